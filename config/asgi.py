@@ -1,0 +1,38 @@
+"""ASGI entry point: ``/v1/*`` goes to the lean relay app, everything else to Django.
+
+Serve with e.g. ``uvicorn config.asgi:application``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_application = get_asgi_application()
+
+from relay.app import RelayApp  # noqa: E402 - needs Django set up first
+
+relay_application = RelayApp()
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+        await relay_application(scope, receive, send)
+    elif scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+    else:
+        await django_application(scope, receive, send)
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await relay_application.shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,205 @@
+"""Tollgate's settings, driven by environment variables (django-environ).
+
+With nothing configured the project runs embedded: SQLite under ``var/``, an in-process
+cache, Celery tasks executed eagerly, and secrets generated once into ``var/secrets.json``.
+Production sets ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY``, ``TOLLGATE_KEY_HMAC_SECRET``
+and ``TOLLGATE_ENCRYPTION_KEYS`` (see README).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("TOLLGATE_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+
+def _embedded_secrets() -> dict[str, str]:
+    """Secrets for the embedded mode: generated on first use, then reused.
+
+    A fresh clone must work with no configuration, yet a hard-coded key would be the same
+    on every install; so each install gets its own, kept out of git under ``var/``.
+    """
+    path = VAR_DIR / "secrets.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        pass
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    values = {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "TOLLGATE_KEY_HMAC_SECRET": secrets.token_urlsafe(32),
+        "TOLLGATE_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    }
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process won the race: use its values
+        return json.loads(path.read_text())
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh)
+    return values
+
+
+_needs_embedded = not all(
+    os.environ.get(name)
+    for name in ("SECRET_KEY", "TOLLGATE_KEY_HMAC_SECRET", "TOLLGATE_ENCRYPTION_KEYS")
+)
+_embedded = _embedded_secrets() if _needs_embedded else {}
+
+SECRET_KEY = env.str("SECRET_KEY", default=_embedded.get("SECRET_KEY", ""))
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "portal",
+    "relay",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'tollgate.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The relay's usage writer and the dashboard write from different threads.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, Redis, Celery -------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "tollgate",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+
+# --- Auth, i18n, static ---------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Serve app static files without a collectstatic step in the embedded mode.
+WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # httpx logs every upstream request at INFO: noise, and a cost on the relay's hot path.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
+
+# --- Tollgate -------------------------------------------------------------------------------
+# API keys are stored as HMAC-SHA256 under this secret; changing it invalidates every key.
+TOLLGATE_KEY_HMAC_SECRET = env.str(
+    "TOLLGATE_KEY_HMAC_SECRET", default=_embedded.get("TOLLGATE_KEY_HMAC_SECRET", "")
+)
+# Fernet keys for upstream secrets, newest first; older keys still decrypt during rotation.
+TOLLGATE_ENCRYPTION_KEYS = env.list(
+    "TOLLGATE_ENCRYPTION_KEYS", default=[_embedded.get("TOLLGATE_ENCRYPTION_KEYS", "")]
+)
+# Public base URL of the relay, shown in quick-start snippets.
+TOLLGATE_PUBLIC_URL = env.str("TOLLGATE_PUBLIC_URL", default="http://127.0.0.1:8000")
+
+RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
+# How often each relay process checks whether keys, models or channels changed.
+RELAY_CACHE_POLL_SECONDS = env.float("RELAY_CACHE_POLL_SECONDS", default=1.0)
+RELAY_MAX_ATTEMPTS = env.int("RELAY_MAX_ATTEMPTS", default=3)
+RELAY_CONNECT_TIMEOUT = env.float("RELAY_CONNECT_TIMEOUT", default=5.0)
+RELAY_FIRST_BYTE_TIMEOUT = env.float("RELAY_FIRST_BYTE_TIMEOUT", default=60.0)
+RELAY_TOTAL_TIMEOUT = env.float("RELAY_TOTAL_TIMEOUT", default=600.0)
+# Usage events are written in batches by a background thread of each relay process.
+RELAY_USAGE_FLUSH_SECONDS = env.float("RELAY_USAGE_FLUSH_SECONDS", default=0.5)
+RELAY_USAGE_BATCH_SIZE = env.int("RELAY_USAGE_BATCH_SIZE", default=500)
+
+
+if not all((SECRET_KEY, TOLLGATE_KEY_HMAC_SECRET, *TOLLGATE_ENCRYPTION_KEYS)):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        "SECRET_KEY, TOLLGATE_KEY_HMAC_SECRET and TOLLGATE_ENCRYPTION_KEYS must be set together"
+    )

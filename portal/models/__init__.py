@@ -1,0 +1,19 @@
+"""The portal's models, one module per concern."""
+
+from __future__ import annotations
+
+from portal.models.audit import AuditEntry
+from portal.models.catalog import CatalogModel
+from portal.models.channels import Channel, ChannelModel
+from portal.models.keys import ApiKey
+from portal.models.organizations import Membership, Organization
+
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "CatalogModel",
+    "Channel",
+    "ChannelModel",
+    "Membership",
+    "Organization",
+]

@@ -1,0 +1,81 @@
+"""Upstream channels: a provider endpoint, its secret, and the models it serves."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from portal import crypto
+
+
+class Channel(models.Model):
+    class ProviderType(models.TextChoices):
+        # Further provider types (with their own request adapters) are added here.
+        OPENAI = "openai", "OpenAI-compatible"
+
+    class Status(models.TextChoices):
+        ENABLED = "enabled", "Enabled"
+        DISABLED = "disabled", "Disabled"
+
+    name = models.CharField(max_length=200, unique=True)
+    provider_type = models.CharField(
+        max_length=32, choices=ProviderType.choices, default=ProviderType.OPENAI
+    )
+    base_url = models.URLField(
+        max_length=500, help_text="Up to and including /v1, e.g. https://api.openai.com/v1"
+    )
+    secret_ciphertext = models.TextField(blank=True, editable=False)
+    priority = models.IntegerField(default=0, help_text="Higher priorities are tried first.")
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Share of traffic among channels of the same priority."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ENABLED)
+    status_reason = models.CharField(max_length=500, blank=True)
+    served_models = models.ManyToManyField(
+        "portal.CatalogModel", through="portal.ChannelModel", related_name="channels"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def secret(self) -> str:
+        return crypto.decrypt_secret(self.secret_ciphertext)
+
+    @secret.setter
+    def secret(self, plain: str) -> None:
+        self.secret_ciphertext = crypto.encrypt_secret(plain) if plain else ""
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.status == self.Status.ENABLED
+
+    def chat_completions_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+class ChannelModel(models.Model):
+    """A model a channel serves, and the name the provider knows it by."""
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="served")
+    model = models.ForeignKey(
+        "portal.CatalogModel", on_delete=models.CASCADE, related_name="served_by"
+    )
+    upstream_name = models.CharField(
+        max_length=200, blank=True, help_text="Name sent to the provider; blank means the same."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "model"], name="unique_channel_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} serves {self.model}"
+
+    def upstream_model(self) -> str:
+        return self.upstream_name or self.model.public_id

@@ -1,0 +1,57 @@
+"""Relay API keys: shown once, stored as a visible prefix plus an HMAC digest."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal import crypto
+
+
+class ApiKey(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        REVOKED = "revoked", "Revoked"
+
+    tenant = models.ForeignKey(
+        "portal.Organization", on_delete=models.PROTECT, related_name="api_keys"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=32, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Public model ids this key may use; empty means all."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def set_secret(self, secret: str) -> None:
+        self.prefix = secret[: crypto.API_KEY_VISIBLE_CHARS]
+        self.digest = crypto.api_key_digest(secret)
+
+    def matches(self, secret: str) -> bool:
+        return crypto.digests_equal(self.digest, crypto.api_key_digest(secret))
+
+    def is_usable(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return self.status == self.Status.ACTIVE and (
+            self.expires_at is None or self.expires_at > now
+        )
+
+    def allows_model(self, public_id: str) -> bool:
+        return not self.allowed_models or public_id in self.allowed_models

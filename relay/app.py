@@ -1,0 +1,89 @@
+"""The relay's ASGI application for ``/v1/*``: a lean path beside Django's full stack.
+
+It uses the project's models, settings and caches, but none of Django's request
+machinery: no middleware, URL resolver or template code runs for a relayed request.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote
+
+import orjson
+
+from relay import chat, errors, upstream
+from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
+from relay.metering import usage_writer
+from relay.snapshot import RelayCache
+
+logger = logging.getLogger(__name__)
+
+MODELS_PREFIX = "/v1/models/"
+
+
+class RelayApp:
+    def __init__(self) -> None:
+        self.cache = RelayCache()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(self, scope, receive, send)
+        try:
+            await self._dispatch(exchange)
+        except errors.RelayError as error:
+            if not exchange.response_started:
+                await exchange.respond_error(error)
+        except ClientGone:
+            pass
+        except Exception:
+            logger.exception("relay request %s failed", exchange.request_id)
+            if not exchange.response_started:
+                await exchange.respond_error(
+                    errors.RelayError(
+                        500,
+                        f"The server had an error processing your request ({exchange.request_id}).",
+                        type="server_error",
+                    )
+                )
+
+    async def _dispatch(self, exchange: Exchange) -> None:
+        path: str = exchange.scope["path"]
+        method: str = exchange.scope["method"]
+        if path == "/v1/chat/completions":
+            _require(method, "POST", path)
+            await chat.handle(exchange)
+        elif path == "/v1/models":
+            _require(method, "GET", path)
+            await self._list_models(exchange)
+        elif path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+            _require(method, "GET", path)
+            await self._retrieve_model(exchange, unquote(path[len(MODELS_PREFIX) :]))
+        else:
+            raise errors.RelayError(404, f"Invalid URL ({method} {path})", code="unknown_url")
+
+    async def _list_models(self, exchange: Exchange) -> None:
+        key = await exchange.authenticate()
+        snapshot = await self.cache.snapshot()
+        data = [model.as_openai() for model in snapshot.servable(key)]
+        await exchange.respond_json(200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _retrieve_model(self, exchange: Exchange, model_id: str) -> None:
+        key = await exchange.authenticate()
+        snapshot = await self.cache.snapshot()
+        model = snapshot.models.get(model_id)
+        if model is None or not model.routes or not key.allows(model_id):
+            raise errors.model_not_found(model_id)
+        await exchange.respond_json(200, orjson.dumps(model.as_openai()))
+
+    async def shutdown(self) -> None:
+        await self.cache.close()
+        await upstream.close_client()
+        usage_writer.flush(timeout=10.0)
+
+
+def _require(method: str, expected: str, path: str) -> None:
+    if method != expected:
+        raise errors.RelayError(
+            405,
+            f"Method {method} is not allowed on {path}; use {expected}.",
+            code="method_not_allowed",
+        )

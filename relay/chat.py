@@ -1,0 +1,427 @@
+"""``POST /v1/chat/completions``: validate, pick a channel, forward, stream back, meter.
+
+The request body reaches the upstream unchanged but for ``model`` (mapped to the
+channel's name for it) and, on streams, ``stream_options.include_usage`` (forced on so
+every stream can be metered). Responses are mapped back to the public model name, and a
+usage chunk the client did not ask for is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from django.conf import settings
+
+from relay import errors, sse, upstream
+from relay.exchange import Exchange
+from relay.metering import Usage, UsageRecord, usage_writer
+from relay.routing import attempt_order
+from relay.snapshot import ModelInfo, Route
+
+logger = logging.getLogger(__name__)
+
+# Statuses after which another channel may well succeed. 401/403 say the channel's own
+# credentials are wrong, which is no fault of the client's.
+RETRYABLE_STATUSES = frozenset({401, 403, 408, 409, 429, 500, 502, 503, 504, 520, 522, 524})
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+_USAGE_NULL = b',"usage":null'
+
+
+class AttemptFailed(Exception):
+    """One channel failed before anything reached the client; try the next."""
+
+    def __init__(self, error: errors.RelayError, attempt: dict[str, Any]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.attempt = attempt
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    """Parse and check the fields the relay itself relies on; the upstream checks the rest."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.invalid_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+        ) from None
+    if not isinstance(payload, dict):
+        raise errors.invalid_request("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.invalid_request("You must provide a model parameter.", param="model")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.invalid_request(
+            "'messages' must be a non-empty array of message objects.", param="messages"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise errors.invalid_request(
+                f"Invalid value for 'messages[{index}]': each message needs a string 'role'.",
+                param=f"messages[{index}].role",
+            )
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.invalid_request("'stream' must be a boolean.", param="stream")
+    options = payload.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise errors.invalid_request(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if not isinstance(options, dict):
+            raise errors.invalid_request(
+                "'stream_options' must be an object.", param="stream_options"
+            )
+    for name, low, high in (
+        ("n", 1, 128),
+        ("max_tokens", 1, None),
+        ("max_completion_tokens", 1, None),
+    ):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            bound = f" and at most {high}" if high else ""
+            raise errors.invalid_request(
+                f"'{name}' must be an integer of at least {low}{bound}.", param=name
+            )
+    return payload
+
+
+def _redact(text: str, route: Route) -> str:
+    """Remove anything that would reveal the channel: its secret, URL and host."""
+    netloc = urlsplit(route.url).netloc
+    for secret in filter(None, (route.secret, route.url, route.url.rsplit("/", 1)[0], netloc)):
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _upstream_error(status: int, body: bytes, route: Route) -> errors.RelayError:
+    """The provider's own error, passed on in OpenAI's envelope with nothing revealing."""
+    message, type_, param, code = f"The upstream provider answered {status}.", None, None, None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        parsed = orjson.loads(body)
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            type_ = error.get("type") if isinstance(error.get("type"), str) else None
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+        elif isinstance(error, str):
+            message = error
+    return errors.RelayError(
+        status,
+        _redact(message, route),
+        type=type_ or "invalid_request_error",
+        param=param,
+        code=code,
+    )
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise errors.upstream_failed(502, "The upstream response was too large.")
+    return bytes(data)
+
+
+def _final_error(failures: list[AttemptFailed]) -> errors.RelayError:
+    if failures and all(f.attempt.get("status") == 429 for f in failures):
+        return errors.RelayError(
+            429,
+            "The upstream provider is rate limiting requests for this model; retry shortly.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers=((b"retry-after", b"1"),),
+        )
+    if failures and failures[-1].attempt.get("error") == "timeout":
+        return errors.upstream_failed(
+            504, "The upstream provider did not answer in time.", code="upstream_timeout"
+        )
+    return errors.upstream_failed(502, "The upstream provider failed to answer the request.")
+
+
+class ChatCompletion:
+    """One chat completion exchange, from a validated request to the usage record."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        payload: dict[str, Any],
+        model: ModelInfo,
+        record: UsageRecord,
+    ) -> None:
+        self.exchange = exchange
+        self.payload = payload
+        self.model = model
+        self.record = record
+        self.stream = payload.get("stream") is True
+        options = payload.get("stream_options") or {}
+        self.client_wants_usage = self.stream and bool(options.get("include_usage"))
+        if self.stream:
+            payload["stream_options"] = {**options, "include_usage": True}
+
+    async def run(self) -> None:
+        failures: list[AttemptFailed] = []
+        routes = attempt_order(self.model.routes)[: max(settings.RELAY_MAX_ATTEMPTS, 1)]
+        try:
+            async with asyncio.timeout(settings.RELAY_TOTAL_TIMEOUT):
+                for route in routes:
+                    try:
+                        await self._attempt(route)
+                    except AttemptFailed as failure:
+                        failures.append(failure)
+                        self.record.attempts.append(failure.attempt)
+                        continue
+                    return
+        except TimeoutError:
+            if self.exchange.response_started:
+                await self._end_stream_with_error("upstream_timeout", "The upstream timed out.")
+                return
+            failures.append(
+                AttemptFailed(errors.upstream_failed(504, "timeout"), {"error": "timeout"})
+            )
+        error = _final_error(failures)
+        self.record.error_code = error.code or ""
+        raise error
+
+    async def _attempt(self, route: Route) -> None:
+        self.payload["model"] = route.upstream_model
+        started = time.monotonic()
+        attempt: dict[str, Any] = {"channel": route.channel_id}
+        http = upstream.client()
+        request = http.build_request(
+            "POST",
+            route.url,
+            content=orjson.dumps(self.payload),
+            headers={
+                "authorization": f"Bearer {route.secret}",
+                "content-type": "application/json",
+                "accept": "text/event-stream" if self.stream else "application/json",
+            },
+        )
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.TimeoutException:
+            attempt.update(error="timeout", latency_ms=_ms_since(started))
+            raise AttemptFailed(errors.upstream_failed(504, "timeout"), attempt) from None
+        except httpx.HTTPError as exc:
+            attempt.update(error=type(exc).__name__, latency_ms=_ms_since(started))
+            raise AttemptFailed(errors.upstream_failed(502, "unreachable"), attempt) from None
+        attempt.update(status=response.status_code, latency_ms=_ms_since(started))
+        try:
+            if response.status_code >= 400:
+                body = await _read_limited(response, MAX_ERROR_BODY_BYTES)
+                error = _upstream_error(response.status_code, body, route)
+                if response.status_code in RETRYABLE_STATUSES:
+                    raise AttemptFailed(error, attempt)
+                # The request itself is at fault: another channel would refuse it too.
+                self.record.attempts.append(attempt)
+                self._note_channel(route, started)
+                self.record.error_code = error.code or "upstream_client_error"
+                raise error
+            self._note_channel(route, started)
+            if self.stream and response.headers.get("content-type", "").startswith(
+                "text/event-stream"
+            ):
+                self.record.attempts.append(attempt)
+                await self._relay_stream(response, route)
+            else:
+                await self._relay_body(response, route, attempt)
+        finally:
+            await response.aclose()
+
+    def _note_channel(self, route: Route, started: float) -> None:
+        self.record.channel_id = route.channel_id
+        self.record.upstream_model = route.upstream_model
+        self.record.upstream_latency_ms = _ms_since(started)
+
+    async def _relay_body(
+        self, response: httpx.Response, route: Route, attempt: dict[str, Any]
+    ) -> None:
+        try:
+            body = await _read_limited(response, MAX_RESPONSE_BYTES)
+            parsed = orjson.loads(body)
+        except (errors.RelayError, orjson.JSONDecodeError, httpx.HTTPError) as exc:
+            attempt["error"] = "invalid_response"
+            raise AttemptFailed(
+                errors.upstream_failed(502, "The upstream sent an invalid response."), attempt
+            ) from exc
+        if not isinstance(parsed, dict) or "error" in parsed or "choices" not in parsed:
+            attempt["error"] = "error_body"
+            raise AttemptFailed(
+                errors.upstream_failed(502, "The upstream sent an error instead of a completion."),
+                attempt,
+            )
+        self.record.attempts.append(attempt)
+        parsed["model"] = self.model.public_id
+        self.record.usage = Usage.from_openai(parsed.get("usage"))
+        if self.record.usage is None:
+            self.record.completion_text = _choice_texts(parsed.get("choices"))
+        self.record.status_code = 200
+        await self.exchange.respond_json(200, orjson.dumps(parsed))
+
+    async def _relay_stream(self, response: httpx.Response, route: Route) -> None:
+        exchange = self.exchange
+        record = self.record
+        record.status_code = 200
+        record.completion_text = []
+        public = self.model.public_id
+        await exchange.start_stream()
+        try:
+            async for event in sse.iter_events(response.aiter_bytes(), MAX_EVENT_BYTES):
+                data = sse.event_data(event)
+                if data is None:
+                    await exchange.send_body(event + b"\n\n")  # comments keep the line alive
+                    continue
+                if data == b"[DONE]":
+                    await exchange.send_body(b"data: [DONE]\n\n")
+                    continue
+                out = self._rewrite_chunk(data, public)
+                if out is not None:
+                    await exchange.send_body(b"data: " + out + b"\n\n")
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.info("upstream stream broke: %s", type(exc).__name__)
+            await self._end_stream_with_error(
+                "upstream_stream_broken", "The upstream connection broke during the response."
+            )
+            return
+        await exchange.end_body()
+
+    def _rewrite_chunk(self, data: bytes, public: str) -> bytes | None:
+        """The chunk as the client should see it, or None to drop it."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ValueError("malformed stream chunk") from None
+        if not isinstance(chunk, dict):
+            raise ValueError("malformed stream chunk")
+        if "error" in chunk:
+            self.record.error_code = "upstream_stream_error"
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            return orjson.dumps(
+                errors.upstream_failed(502, str(message or "upstream error")).payload()
+            )
+        choices = chunk.get("choices")
+        texts = self.record.completion_text
+        if isinstance(choices, list) and texts is not None:
+            for choice in choices:
+                texts.extend(_delta_texts(choice))
+        changed = False
+        if chunk.get("model") != public:
+            chunk["model"] = public
+            changed = True
+        usage = chunk.get("usage")
+        if usage is not None:
+            self.record.usage = Usage.from_openai(usage)
+        if not self.client_wants_usage and "usage" in chunk:
+            if usage is not None and not choices:
+                return None
+            if usage is None and not changed:
+                stripped = data.replace(_USAGE_NULL, b"", 1)
+                if len(stripped) != len(data):
+                    return stripped
+            del chunk["usage"]
+            changed = True
+        return orjson.dumps(chunk) if changed else data
+
+    async def _end_stream_with_error(self, code: str, message: str) -> None:
+        self.record.completed = False
+        self.record.error_code = code
+        error = errors.upstream_failed(502, message, code=code)
+        with contextlib.suppress(Exception):
+            await self.exchange.send_body(b"data: " + error.body() + b"\n\n")
+            await self.exchange.end_body()
+
+
+def _delta_texts(choice: Any) -> list[str]:
+    if not isinstance(choice, Mapping):
+        return []
+    delta = choice.get("delta")
+    if not isinstance(delta, Mapping):
+        return []
+    texts = [
+        value
+        for name in ("content", "reasoning_content", "refusal")
+        if isinstance(value := delta.get(name), str)
+    ]
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            texts.extend(
+                v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
+            )
+    return texts
+
+
+def _choice_texts(choices: Any) -> list[str]:
+    texts: list[str] = []
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        if isinstance(message, Mapping):
+            texts.extend(_delta_texts({"delta": message}))
+    return texts
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+async def handle(exchange: Exchange) -> None:
+    key = await exchange.authenticate()
+    payload = parse_request(await exchange.read_body())
+    snapshot = await exchange.app.cache.snapshot()
+    public = payload["model"]
+    model = snapshot.models.get(public)
+    if model is None or not key.allows(public):
+        raise errors.model_not_found(public)
+    if not model.routes:
+        raise errors.no_channel(public)
+    record = UsageRecord(
+        request_id=exchange.request_id,
+        created_at=exchange.created_at,
+        tenant_id=key.tenant_id,
+        api_key_id=key.id,
+        model=public,
+        stream=payload.get("stream") is True,
+        status_code=0,
+        total_latency_ms=0,
+        prompt_messages=payload["messages"],
+        prompt_tools=payload.get("tools"),
+    )
+    completion = ChatCompletion(exchange, payload, model, record)
+    try:
+        await exchange.until_disconnect(completion.run())
+    except errors.RelayError as error:
+        record.status_code = error.status
+        record.error_code = record.error_code or error.code or ""
+        raise
+    finally:
+        if exchange.disconnected:
+            record.completed = False
+            record.error_code = "client_disconnected"
+            record.status_code = record.status_code or 499
+        record.total_latency_ms = exchange.elapsed_ms()
+        usage_writer.submit(record)

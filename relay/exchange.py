@@ -1,0 +1,185 @@
+"""One HTTP exchange on the relay: ASGI plumbing, key authentication, body reading."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from portal.crypto import api_key_digest
+from relay import errors
+from relay.snapshot import KeyInfo
+
+if TYPE_CHECKING:
+    from relay.app import RelayApp
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON_HEADERS = ((b"content-type", b"application/json"),)
+STREAM_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request was read; nothing is to be answered."""
+
+
+def _mask(secret: str) -> str:
+    return f"{secret[:6]}***{secret[-4:]}" if len(secret) > 12 else "***"
+
+
+class Exchange:
+    __slots__ = (
+        "app",
+        "created_at",
+        "disconnected",
+        "receive",
+        "request_id",
+        "response_started",
+        "scope",
+        "send",
+        "started",
+    )
+
+    def __init__(self, app: RelayApp, scope: Scope, receive: Receive, send: Send) -> None:
+        self.app = app
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.started = time.monotonic()
+        self.created_at = datetime.now(UTC)
+        self.request_id = "req_" + uuid.uuid4().hex
+        self.response_started = False
+        self.disconnected = False
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value
+        return None
+
+    async def authenticate(self) -> KeyInfo:
+        raw = self.header(b"authorization")
+        if not raw:
+            raise errors.authentication(
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code=None,
+            )
+        scheme, _, token = raw.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise errors.authentication(
+                "The Authorization header must use Bearer auth: Authorization: Bearer YOUR_KEY.",
+                code=None,
+            )
+        key = await self.app.cache.key(api_key_digest(token))
+        if key is None:
+            raise errors.authentication(f"Incorrect API key provided: {_mask(token)}.")
+        if not key.active:
+            raise errors.authentication("This API key has been revoked or its owner is inactive.")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise errors.authentication("This API key has expired.", code="expired_api_key")
+        return key
+
+    async def read_body(self) -> bytes:
+        limit = settings.RELAY_MAX_BODY_BYTES
+        content_type = self.header(b"content-type")
+        if content_type is not None and b"json" not in content_type.lower():
+            raise errors.invalid_request(
+                "Unsupported Content-Type: the OpenAI API expects application/json."
+            )
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        body = bytearray()
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientGone
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise _too_large(limit)
+            if not message.get("more_body"):
+                return bytes(body)
+
+    async def until_disconnect(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``, cancelling it if the client goes away before it finishes.
+
+        Cancelling closes the upstream request too, so an abandoned stream stops costing.
+        """
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(self._wait_disconnect())
+        try:
+            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                self.disconnected = True
+                task.cancel()
+            watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _wait_disconnect(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def respond_json(
+        self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        self.response_started = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *JSON_HEADERS,
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", self.request_id.encode()),
+                    *headers,
+                ],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def respond_error(self, error: errors.RelayError) -> None:
+        await self.respond_json(error.status, error.body(), error.headers)
+
+    async def start_stream(self) -> None:
+        self.response_started = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*STREAM_HEADERS, (b"x-request-id", self.request_id.encode())],
+            }
+        )
+
+    async def send_body(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end_body(self) -> None:
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _too_large(limit: int) -> errors.RelayError:
+    return errors.RelayError(
+        413,
+        f"The request body is larger than the {limit} bytes this gateway accepts.",
+        code="request_too_large",
+    )

@@ -1,0 +1,207 @@
+"""What the relay knows about keys, models and channels, loaded once and kept in memory.
+
+Each relay process holds an immutable snapshot of the routing table and a bounded cache
+of the keys it has seen; it polls the shared change counter (portal.invalidation) in the
+background and drops both when anything changed, so steady-state requests touch no SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from portal import invalidation
+from portal.models import ApiKey, CatalogModel, ChannelModel
+
+logger = logging.getLogger(__name__)
+
+# A key that failed to authenticate is remembered briefly, so a client hammering the relay
+# with a wrong key costs one query per interval rather than one per request.
+NEGATIVE_TTL_SECONDS = 10.0
+MAX_CACHED_KEYS = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    tenant_id: int
+    name: str
+    active: bool
+    expires_at: float | None  # epoch seconds
+    allowed_models: frozenset[str]  # empty: every model
+
+    def allows(self, public_id: str) -> bool:
+        return not self.allowed_models or public_id in self.allowed_models
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    channel_id: int
+    channel_name: str
+    url: str
+    secret: str
+    upstream_model: str
+    priority: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    public_id: str
+    owned_by: str
+    created: int
+    routes: tuple[Route, ...]
+
+    def as_openai(self) -> dict[str, str | int]:
+        return {
+            "id": self.public_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.owned_by,
+        }
+
+
+@dataclass(slots=True)
+class Snapshot:
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+
+    def servable(self, key: KeyInfo) -> list[ModelInfo]:
+        """Models this key may use that have at least one enabled channel."""
+        return [m for m in self.models.values() if m.routes and key.allows(m.public_id)]
+
+
+def load_key(digest: str) -> KeyInfo | None:
+    close_old_connections()
+    api_key = (
+        ApiKey.objects.select_related("tenant", "tenant__parent").filter(digest=digest).first()
+    )
+    if api_key is None:
+        return None
+    tenant = api_key.tenant
+    tenant_active = tenant.is_active and (tenant.parent is None or tenant.parent.is_active)
+    return KeyInfo(
+        id=api_key.pk,
+        tenant_id=tenant.pk,
+        name=api_key.name,
+        active=api_key.status == ApiKey.Status.ACTIVE and tenant_active,
+        expires_at=api_key.expires_at.timestamp() if api_key.expires_at else None,
+        allowed_models=frozenset(api_key.allowed_models or ()),
+    )
+
+
+def load_snapshot() -> Snapshot:
+    close_old_connections()
+    routes: dict[int, list[Route]] = {}
+    served = ChannelModel.objects.select_related("channel", "model").filter(
+        channel__status="enabled", model__is_active=True
+    )
+    for link in served:
+        channel = link.channel
+        try:
+            secret = channel.secret
+        except ValueError:
+            logger.error("channel %s: secret cannot be decrypted; channel skipped", channel.pk)
+            continue
+        routes.setdefault(link.model_id, []).append(
+            Route(
+                channel_id=channel.pk,
+                channel_name=channel.name,
+                url=channel.chat_completions_url(),
+                secret=secret,
+                upstream_model=link.upstream_model(),
+                priority=channel.priority,
+                weight=max(channel.weight, 0),
+            )
+        )
+    models = {
+        m.public_id: ModelInfo(
+            public_id=m.public_id,
+            owned_by=m.owned_by,
+            created=int(m.created_at.timestamp()),
+            routes=tuple(routes.get(m.pk, ())),
+        )
+        for m in CatalogModel.objects.filter(is_active=True)
+    }
+    return Snapshot(models=models)
+
+
+class RelayCache:
+    """Per-process cache of keys and the routing snapshot, invalidated by generation."""
+
+    def __init__(self) -> None:
+        self._keys: OrderedDict[str, tuple[KeyInfo | None, float]] = OrderedDict()
+        self._snapshot: Snapshot | None = None
+        self._generation: int | None = None
+        # Bumped on every invalidation; a load that started in an older epoch is not kept.
+        self._epoch = 0
+        self._poller: asyncio.Task[None] | None = None
+        self._snapshot_lock: asyncio.Lock | None = None
+
+    async def key(self, digest: str) -> KeyInfo | None:
+        self._ensure_poller()
+        entry = self._keys.get(digest)
+        if entry is not None:
+            info, loaded_at = entry
+            if info is not None or time.monotonic() - loaded_at < NEGATIVE_TTL_SECONDS:
+                return info
+        epoch = self._epoch
+        info = await sync_to_async(load_key)(digest)
+        if epoch == self._epoch:
+            self._keys[digest] = (info, time.monotonic())
+            if len(self._keys) > MAX_CACHED_KEYS:
+                self._keys.popitem(last=False)
+        return info
+
+    async def snapshot(self) -> Snapshot:
+        self._ensure_poller()
+        snapshot = self._snapshot
+        if snapshot is not None:
+            return snapshot
+        if self._snapshot_lock is None:
+            self._snapshot_lock = asyncio.Lock()
+        async with self._snapshot_lock:
+            if self._snapshot is None:
+                epoch = self._epoch
+                loaded = await sync_to_async(load_snapshot)()
+                if epoch != self._epoch:
+                    return loaded  # stale before it landed: serve it once, keep nothing
+                self._snapshot = loaded
+            return self._snapshot
+
+    def invalidate(self) -> None:
+        self._epoch += 1
+        self._keys.clear()
+        self._snapshot = None
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        interval = settings.RELAY_CACHE_POLL_SECONDS
+        while True:
+            try:
+                generation = await invalidation.acurrent_generation()
+            except Exception:  # the cache being down must not stop the relay
+                logger.warning("relay cache poll failed", exc_info=True)
+            else:
+                if generation != self._generation:
+                    if self._generation is not None:
+                        self.invalidate()
+                    self._generation = generation
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None

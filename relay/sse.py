@@ -1,0 +1,46 @@
+"""Server-sent events: split an upstream byte stream into whole events as they arrive."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+# An event ends at a blank line; providers use either LF or CRLF line endings.
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+
+
+def _split_point(buffer: bytes | bytearray) -> tuple[int, int]:
+    best, width = -1, 0
+    for separator in _SEPARATORS:
+        index = buffer.find(separator)
+        if index != -1 and (best == -1 or index < best):
+            best, width = index, len(separator)
+    return best, width
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The joined ``data:`` payload of one event, or None when it has none (a comment)."""
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+async def iter_events(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncIterator[bytes]:
+    """Yield each complete event (without its separator) as soon as it is complete."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while True:
+            index, width = _split_point(buffer)
+            if index == -1:
+                break
+            event = bytes(buffer[:index])
+            del buffer[: index + width]
+            if event.strip():
+                yield event
+        if len(buffer) > max_event_bytes:
+            raise ValueError("an upstream stream event exceeds the size limit")
+    if buffer.strip():
+        yield bytes(buffer)
