@@ -1,0 +1,103 @@
+"""Validate responses against OpenAI's official OpenAPI schemas, the contract Tollgate keeps.
+
+The schemas live beside the project in ``shared/reference/openai-openapi-chat-subset.json``
+(``TOLLGATE_SHARED_DIR`` points elsewhere). ``validate(instance, "CreateChatCompletionResponse")``
+raises ``jsonschema.ValidationError``; ``validate_chat_stream`` checks a whole SSE body.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+__all__ = [
+    "ValidationError",
+    "parse_sse_data",
+    "schema_document",
+    "validate",
+    "validate_chat_stream",
+    "validator",
+]
+
+SCHEMA_FILE = "reference/openai-openapi-chat-subset.json"
+# The document has no $id; any absolute URI lets its "#/components/..." refs resolve.
+DOCUMENT_URI = "urn:tollgate:openai-openapi-chat-subset"
+
+
+def shared_dir() -> Path:
+    """The ``shared/`` directory that sits next to the repository checkout."""
+    override = os.environ.get("TOLLGATE_SHARED_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "shared"
+
+
+@functools.cache
+def schema_document() -> dict[str, Any]:
+    """The whole OpenAPI document, parsed once per test run."""
+    return json.loads((shared_dir() / SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _registry() -> Registry:
+    resource: Resource[Any] = DRAFT202012.create_resource(schema_document())
+    return Registry().with_resource(DOCUMENT_URI, resource)
+
+
+@functools.cache
+def validator(schema_name: str) -> Draft202012Validator:
+    """A cached validator for ``#/components/schemas/<schema_name>``."""
+    if schema_name not in schema_document()["components"]["schemas"]:
+        raise KeyError(f"no component schema named {schema_name!r} in {SCHEMA_FILE}")
+    schema = {"$ref": f"{DOCUMENT_URI}#/components/schemas/{schema_name}"}
+    return Draft202012Validator(schema, registry=_registry())
+
+
+def validate(instance: Any, schema_name: str) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``instance`` matches the named schema."""
+    validator(schema_name).validate(instance)
+
+
+def parse_sse_data(text: str) -> list[str]:
+    """The ``data`` payloads of a server-sent-events body, in order.
+
+    Follows the SSE rules a client uses: events end at a blank line, several ``data:``
+    lines in one event join with newlines, comments (``:``) and other fields are ignored.
+    """
+    payloads: list[str] = []
+    data: list[str] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if not line:
+            if data:
+                payloads.append("\n".join(data))
+                data = []
+        elif line.startswith("data:"):
+            value = line[len("data:") :]
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:  # an event cut off before its blank line still carried data
+        payloads.append("\n".join(data))
+    return payloads
+
+
+def validate_chat_stream(text: str) -> list[dict[str, Any]]:
+    """Check a complete chat completion stream and return its chunks, ``[DONE]`` excluded.
+
+    Every chunk must match ``CreateChatCompletionStreamResponse`` and the stream must end
+    with ``data: [DONE]``, which is how an OpenAI client knows it was not cut short.
+    """
+    payloads = parse_sse_data(text)
+    if not payloads or payloads[-1] != "[DONE]":
+        raise ValidationError("the stream does not end with 'data: [DONE]'")
+    chunks = []
+    for payload in payloads[:-1]:
+        chunk = json.loads(payload)
+        validate(chunk, "CreateChatCompletionStreamResponse")
+        chunks.append(chunk)
+    return chunks
