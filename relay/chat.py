@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -50,8 +52,12 @@ class AttemptFailed(Exception):
 def parse_request(body: bytes) -> dict[str, Any]:
     """Parse and check the fields the relay itself relies on; the upstream checks the rest."""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        # The stdlib keeps integers exact, where orjson would turn one beyond 64 bits into a
+        # float and so alter the request; orjson then refuses such integers on the way out.
+        payload = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except (ValueError, RecursionError):
         raise errors.invalid_request(
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
@@ -105,6 +111,17 @@ def parse_request(body: bytes) -> dict[str, Any]:
                 f"'{name}' must be an integer of at least {low}{bound}.", param=name
             )
     return payload
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: orjson would send it on as null
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _redact(text: str, route: Route) -> str:
@@ -211,10 +228,17 @@ class ChatCompletion:
         started = time.monotonic()
         attempt: dict[str, Any] = {"channel": route.channel_id}
         http = upstream.client()
+        try:
+            content = orjson.dumps(self.payload)
+        except orjson.JSONEncodeError:
+            raise errors.invalid_request(
+                "The request contains a number or string that cannot be sent on: integers "
+                "must fit in 64 bits and strings must be valid Unicode."
+            ) from None
         request = http.build_request(
             "POST",
             route.url,
-            content=orjson.dumps(self.payload),
+            content=content,
             headers={
                 "authorization": f"Bearer {route.secret}",
                 "content-type": "application/json",

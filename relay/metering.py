@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections
 
 from relay import tokens
 
@@ -147,17 +147,20 @@ class UsageWriter:
 
     def _run(self) -> None:
         pending: list[UsageRecord] = []
-        interval = settings.RELAY_USAGE_FLUSH_SECONDS
-        batch_size = settings.RELAY_USAGE_BATCH_SIZE
         while True:
+            interval = settings.RELAY_USAGE_FLUSH_SECONDS
+            if not pending:
+                pending.append(self._queue.get())  # sleep until there is something to write
+            # Gather what arrives within one interval of the first event into one batch.
             deadline = time.monotonic() + interval
-            while len(pending) < batch_size:
+            while len(pending) < settings.RELAY_USAGE_BATCH_SIZE:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    pending.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
+                    pending.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
-            if not pending:
-                continue
             try:
                 self._write(pending)
             except Exception:
@@ -183,7 +186,15 @@ class UsageWriter:
         close_old_connections()
         events = [UsageEvent(**record.to_event_fields()) for record in records]
         # Idempotent on request_id, so a retry after an ambiguous failure writes no twin.
-        UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+        try:
+            UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+        except IntegrityError:
+            # One event points at a row that no longer exists; keep all the others.
+            for event in events:
+                try:
+                    UsageEvent.objects.bulk_create([event], ignore_conflicts=True)
+                except IntegrityError:
+                    logger.error("usage event %s refused by the database", event.request_id)
 
 
 usage_writer = UsageWriter()

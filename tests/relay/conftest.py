@@ -1,0 +1,152 @@
+"""Fixtures for relay tests: the simulator and a relay served over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from portal import crypto
+from portal.models import ApiKey, CatalogModel, Channel, ChannelModel, Organization
+from relay.app import RelayApp
+from relay.metering import usage_writer
+from relay.simulator import build_app
+from tests.servers import serve_in_thread
+
+UPSTREAM_SECRET = "sk-upstream-test-5f2c9a"  # the simulator refuses any other
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[str]:
+    """Base URL (no /v1) of one simulator process shared by the session."""
+    base_url, stop = serve_in_thread(build_app())
+    yield base_url
+    stop()
+
+
+@pytest.fixture
+def sim(simulator: str) -> Iterator[Simulator]:
+    client = httpx.Client(base_url=simulator, timeout=10)
+    client.delete("/_sim/requests")
+    yield Simulator(simulator, client)
+    client.close()
+
+
+@dataclasses.dataclass
+class Simulator:
+    base_url: str
+    client: httpx.Client
+
+    def channel_url(self, *options: str) -> str:
+        opts = ",".join((f"key={UPSTREAM_SECRET}", *options))
+        return f"{self.base_url}/sim/{opts}/v1"
+
+    def requests(self) -> list[dict[str, Any]]:
+        return self.client.get("/_sim/requests").json()["data"]
+
+    def stats(self) -> dict[str, Any]:
+        return self.client.get("/_sim/stats").json()
+
+
+@dataclasses.dataclass
+class Gateway:
+    """A tenant with a key, a public model served by one simulator channel, and a client."""
+
+    url: str
+    secret: str
+    api_key: ApiKey
+    tenant: Organization
+    model: CatalogModel
+    channel: Channel
+    client: httpx.Client
+
+    def add_channel(
+        self, url: str, *, name: str, priority: int = 0, weight: int = 1, model: str = ""
+    ) -> Channel:
+        channel = Channel(name=name, base_url=url, priority=priority, weight=weight)
+        channel.secret = UPSTREAM_SECRET
+        channel.save()
+        ChannelModel.objects.create(
+            channel=channel,
+            model=CatalogModel.objects.get(public_id=model) if model else self.model,
+            upstream_name="sim-upstream",
+        )
+        return channel
+
+    def new_key(self, **fields: Any) -> str:
+        secret = crypto.generate_api_key()
+        key = ApiKey(tenant=self.tenant, name=fields.pop("name", "another"), **fields)
+        key.set_secret(secret)
+        key.save()
+        return secret
+
+
+PUBLIC_MODEL = "tollgate-chat"
+UPSTREAM_MODEL = "sim-upstream"
+
+
+@pytest.fixture
+def relay_settings(settings: Any) -> Any:
+    """Settings the relay reads; tests change them before the relay starts."""
+    settings.RELAY_CACHE_POLL_SECONDS = 0.2
+    settings.RELAY_USAGE_FLUSH_SECONDS = 0.05
+    return settings
+
+
+@pytest.fixture
+def relay_url(transactional_db: None, relay_settings: Any) -> Iterator[str]:
+    """A fresh relay (own caches, own loop and pool) served on a free loopback port."""
+    base_url, stop = serve_in_thread(RelayApp())
+    yield base_url
+    stop()
+    usage_writer.flush()
+
+
+@pytest.fixture
+def gateway(relay_url: str, sim: Simulator) -> Iterator[Gateway]:
+    platform = Organization.objects.create(name="Platform", slug="platform", kind="platform")
+    tenant = Organization.objects.create(
+        name="Acme", slug="acme", kind="tenant", parent=platform
+    )
+    model = CatalogModel.objects.create(public_id=PUBLIC_MODEL, owned_by="tollgate")
+    channel = Channel(name="primary", base_url=sim.channel_url())
+    channel.secret = UPSTREAM_SECRET
+    channel.save()
+    ChannelModel.objects.create(channel=channel, model=model, upstream_name=UPSTREAM_MODEL)
+    secret = crypto.generate_api_key()
+    api_key = ApiKey(tenant=tenant, name="test")
+    api_key.set_secret(secret)
+    api_key.save()
+    client = httpx.Client(
+        base_url=relay_url, headers={"Authorization": f"Bearer {secret}"}, timeout=20
+    )
+    yield Gateway(relay_url, secret, api_key, tenant, model, channel, client)
+    client.close()
+
+
+def chat_body(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": PUBLIC_MODEL,
+        "messages": [{"role": "user", "content": "Say hello to the gateway"}],
+        **extra,
+    }
+
+
+def sse_chunks(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
+    """The JSON chunks of an SSE response and whether it ended with [DONE]."""
+    import json
+
+    chunks: list[dict[str, Any]] = []
+    done = False
+    for line in response.iter_lines():
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        if data == "[DONE]":
+            done = True
+        else:
+            chunks.append(json.loads(data))
+    return chunks, done
