@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from portal import crypto
+
+
+def validate_upstream_url(value: str) -> None:
+    """http(s) and a host; unlike URLField, single-label hosts (``http://llm:8000``) pass,
+    as service names in Docker or Kubernetes networks are."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ValidationError("Enter a valid http(s) URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL with a host.")
+    if parts.query or parts.fragment:
+        raise ValidationError("The base URL takes no query string or fragment.")
 
 
 class Channel(models.Model):
@@ -20,8 +37,10 @@ class Channel(models.Model):
     provider_type = models.CharField(
         max_length=32, choices=ProviderType.choices, default=ProviderType.OPENAI
     )
-    base_url = models.URLField(
-        max_length=500, help_text="Up to and including /v1, e.g. https://api.openai.com/v1"
+    base_url = models.CharField(
+        max_length=500,
+        validators=[validate_upstream_url],
+        help_text="Up to and including /v1, e.g. https://api.openai.com/v1",
     )
     secret_ciphertext = models.TextField(blank=True, editable=False)
     priority = models.IntegerField(default=0, help_text="Higher priorities are tried first.")

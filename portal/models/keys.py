@@ -23,7 +23,7 @@ class ApiKey(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     name = models.CharField(max_length=200)
-    prefix = models.CharField(max_length=32, db_index=True, editable=False)
+    prefix = models.CharField(max_length=32, editable=False)
     digest = models.CharField(max_length=64, unique=True, editable=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     expires_at = models.DateTimeField(null=True, blank=True)

@@ -37,13 +37,18 @@ class Organization(models.Model):
                 | ~models.Q(kind="platform") & models.Q(parent__isnull=False),
                 name="organization_parent_matches_kind",
             ),
+            models.UniqueConstraint(
+                fields=["kind"], condition=models.Q(kind="platform"), name="single_platform"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"
 
     def clean(self) -> None:
-        allowed = self.ALLOWED_PARENTS[self.kind]
+        allowed = self.ALLOWED_PARENTS.get(self.kind)
+        if allowed is None:
+            return  # field validation reports the invalid kind
         if self.parent is None and allowed:
             raise ValidationError({"parent": f"A {self.kind} needs a parent organisation."})
         if self.parent is not None and self.parent.kind not in allowed:

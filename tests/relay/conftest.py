@@ -108,9 +108,7 @@ def relay_url(transactional_db: None, relay_settings: Any) -> Iterator[str]:
 @pytest.fixture
 def gateway(relay_url: str, sim: Simulator) -> Iterator[Gateway]:
     platform = Organization.objects.create(name="Platform", slug="platform", kind="platform")
-    tenant = Organization.objects.create(
-        name="Acme", slug="acme", kind="tenant", parent=platform
-    )
+    tenant = Organization.objects.create(name="Acme", slug="acme", kind="tenant", parent=platform)
     model = CatalogModel.objects.create(public_id=PUBLIC_MODEL, owned_by="tollgate")
     channel = Channel(name="primary", base_url=sim.channel_url())
     channel.secret = UPSTREAM_SECRET
@@ -150,3 +148,22 @@ def sse_chunks(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
         else:
             chunks.append(json.loads(data))
     return chunks, done
+
+
+def usage_events(expected: int, timeout: float = 5.0) -> list[Any]:
+    """The usage events, once ``expected`` of them are written (oldest first).
+
+    A client can see the end of a response a moment before the relay hands its usage
+    record to the writer, so one flush is not enough: wait for the count.
+    """
+    import time
+
+    from billing.models import UsageEvent
+
+    deadline = time.monotonic() + timeout
+    while True:
+        usage_writer.flush(timeout=timeout)
+        events = list(UsageEvent.objects.order_by("created_at", "id"))
+        if len(events) >= expected or time.monotonic() > deadline:
+            return events
+        time.sleep(0.02)

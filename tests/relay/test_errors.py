@@ -72,7 +72,10 @@ def test_revoked_and_expired_keys_are_401(gateway: Gateway) -> None:
         (b'{"model": "tollgate-chat", "messages": [{"role": "user"}], "n": 0}', "n"),
         (b'{"model": "tollgate-chat", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
         (b'{"model": "tollgate-chat", "messages": [{"role": "user"}], "max_tokens": 1e400}', None),
-        (b'{"model": "tollgate-chat", "messages": [{"role": "user"}], "max_tokens": 2.5}', "max_tokens"),
+        (
+            b'{"model": "tollgate-chat", "messages": [{"role": "user"}], "max_tokens": 2.5}',
+            "max_tokens",
+        ),
         (
             b'{"model": "tollgate-chat", "messages": [{"role": "user", "content": "x"}], '
             b'"seed": 123456789012345678901234567890}',

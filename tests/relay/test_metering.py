@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import time
 
-from billing.models import UsageEvent
 from relay import tokens
-from relay.metering import usage_writer
-from tests.relay.conftest import PUBLIC_MODEL, UPSTREAM_MODEL, Gateway, Simulator, chat_body
-
-
-def _events() -> list[UsageEvent]:
-    assert usage_writer.flush(timeout=10)
-    return list(UsageEvent.objects.order_by("created_at", "id"))
+from tests.relay.conftest import (
+    PUBLIC_MODEL,
+    UPSTREAM_MODEL,
+    Gateway,
+    Simulator,
+    chat_body,
+    usage_events,
+)
 
 
 def _use_channel(gateway: Gateway, url: str) -> None:
@@ -33,7 +33,7 @@ def test_reported_usage_is_recorded_exactly(gateway: Gateway, sim: Simulator) ->
 
     assert plain.status_code == streamed.status_code == 200
     reported = plain.json()["usage"]
-    first, second = _events()
+    first, second = usage_events(2)
     for event, stream in ((first, False), (second, True)):
         assert event.stream is stream
         assert event.tenant_id == gateway.tenant.pk
@@ -74,7 +74,7 @@ def test_missing_usage_is_counted_locally_and_marked_estimated(
     # Sanity of the local counter itself: the chat framing plus a non-trivial text count.
     assert expected_prompt > 3 + 2 * 3
     assert expected_completion >= 5
-    for event in _events():
+    for event in usage_events(2):
         assert event.estimated
         assert event.prompt_tokens == expected_prompt
         assert event.completion_tokens == expected_completion
@@ -97,7 +97,7 @@ def test_a_stream_cut_by_the_upstream_records_what_was_delivered(
         for choice in json.loads(line[len("data: ") :])["choices"]
     )
     assert delivered.startswith("tok0")
-    (event,) = _events()
+    (event,) = usage_events(1)
     assert not event.completed
     assert event.error_code == "upstream_stream_broken"
     assert event.estimated
@@ -116,6 +116,6 @@ def test_every_request_that_reaches_a_model_gets_exactly_one_event(
     failed = gateway.client.post("/v1/chat/completions", json=chat_body(model="no-such-model"))
     assert failed.status_code == 404
 
-    events = _events()
+    events = usage_events(12)
     assert {e.request_id for e in events} == ids
     assert len(events) == 12

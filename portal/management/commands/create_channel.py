@@ -1,0 +1,103 @@
+"""``manage.py create_channel``: connect an upstream provider and the models it serves."""
+
+from __future__ import annotations
+
+import os
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from portal.models import Channel
+from portal.services import channel_create
+
+ACTOR = "cli:create_channel"
+
+
+def parse_models(spec: str) -> dict[str, str]:
+    """``a,b=upstream-b`` → {"a": "a", "b": "upstream-b"}."""
+    names: dict[str, str] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        public_id, _, upstream = item.partition("=")
+        public_id, upstream = public_id.strip(), upstream.strip()
+        if not public_id:
+            raise CommandError(f"Bad --models entry {item!r}: expected public[=upstream].")
+        if public_id in names:
+            raise CommandError(f"Model {public_id!r} is listed twice in --models.")
+        names[public_id] = upstream or public_id
+    if not names:
+        raise CommandError("--models needs at least one model id.")
+    return names
+
+
+class Command(BaseCommand):
+    help = "Create an upstream channel; its secret is stored encrypted."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--name", required=True)
+        parser.add_argument(
+            "--base-url",
+            required=True,
+            help="Up to and including /v1, e.g. https://api.openai.com/v1",
+        )
+        secret = parser.add_mutually_exclusive_group(required=True)
+        secret.add_argument(
+            "--secret-env",
+            metavar="VAR",
+            help="Name of the environment variable holding the upstream API key (preferred).",
+        )
+        secret.add_argument(
+            "--secret",
+            metavar="S",
+            help="The upstream API key itself (visible in the process list and shell history).",
+        )
+        parser.add_argument(
+            "--models",
+            required=True,
+            metavar="PUBLIC[=UPSTREAM],...",
+            help="Public model ids, each optionally with the name the provider uses.",
+        )
+        parser.add_argument("--priority", type=int, default=0)
+        parser.add_argument("--weight", type=int, default=1)
+        parser.add_argument(
+            "--provider-type",
+            choices=Channel.ProviderType.values,
+            default=Channel.ProviderType.OPENAI,
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["secret_env"]:
+            secret = os.environ.get(options["secret_env"], "")
+            if not secret:
+                raise CommandError(
+                    f"Environment variable {options['secret_env']} is unset or empty "
+                    "(use --secret '' for an upstream that needs no key)."
+                )
+        else:
+            secret = options["secret"]
+            if secret:
+                self.stderr.write("Note: --secret-env keeps the secret out of shell history.")
+        models = parse_models(options["models"])
+        try:
+            channel = channel_create(
+                name=options["name"],
+                base_url=options["base_url"],
+                secret=secret,
+                actor=ACTOR,
+                models=models,
+                priority=options["priority"],
+                weight=options["weight"],
+                provider_type=options["provider_type"],
+            )
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
+        served = ", ".join(
+            public if public == upstream else f"{public} (as {upstream})"
+            for public, upstream in models.items()
+        )
+        self.stderr.write(f"Channel {channel.name!r} → {channel.base_url} serves {served}.")
+        self.stdout.write(channel.name)

@@ -1,0 +1,120 @@
+"""Shared pytest fixtures: the organisation tree and the people who act in it.
+
+The tree every persona lives in::
+
+    platform_org ("platform")
+    ├── reseller_org ("reseller")             reseller_admin (admin)
+    │   └── tenant_org ("tenant")             tenant_owner (owner), tenant_member (member)
+    └── other_reseller_org ("other-reseller")
+        └── other_tenant_org ("other-tenant") outsider (owner)
+
+``operator_user`` is platform staff (is_staff and is_superuser, owner of the platform).
+Every view and endpoint test should include ``outsider``: someone with full rights in
+another tenant, under another reseller, who must see none of ``tenant_org``.
+
+Fixtures write rows directly through the ORM rather than through services, so they add
+no audit entries and tests can count those from zero. Users have no usable password; log
+them in with ``client.force_login(user)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+
+from portal.models import Membership, Organization
+
+
+def make_user(username: str, **extra: Any) -> AbstractBaseUser:
+    """A user without a usable password (hashing one would slow every test down)."""
+    user = get_user_model()(username=username, email=f"{username}@example.test", **extra)
+    user.set_unusable_password()
+    user.save()
+    return user
+
+
+def make_member(username: str, organization: Organization, role: str) -> AbstractBaseUser:
+    """A user holding ``role`` in ``organization``."""
+    user = make_user(username)
+    Membership.objects.create(user=user, organization=organization, role=role)
+    return user
+
+
+# --- Organisations --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def platform_org(db: None) -> Organization:
+    return Organization.objects.create(
+        name="Platform", slug="platform", kind=Organization.Kind.PLATFORM
+    )
+
+
+@pytest.fixture
+def reseller_org(platform_org: Organization) -> Organization:
+    return Organization.objects.create(
+        name="Reseller", slug="reseller", kind=Organization.Kind.RESELLER, parent=platform_org
+    )
+
+
+@pytest.fixture
+def tenant_org(reseller_org: Organization) -> Organization:
+    return Organization.objects.create(
+        name="Tenant", slug="tenant", kind=Organization.Kind.TENANT, parent=reseller_org
+    )
+
+
+@pytest.fixture
+def other_reseller_org(platform_org: Organization) -> Organization:
+    return Organization.objects.create(
+        name="Other Reseller",
+        slug="other-reseller",
+        kind=Organization.Kind.RESELLER,
+        parent=platform_org,
+    )
+
+
+@pytest.fixture
+def other_tenant_org(other_reseller_org: Organization) -> Organization:
+    return Organization.objects.create(
+        name="Other Tenant",
+        slug="other-tenant",
+        kind=Organization.Kind.TENANT,
+        parent=other_reseller_org,
+    )
+
+
+# --- People ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def operator_user(platform_org: Organization) -> AbstractBaseUser:
+    """Platform staff: may use the Django admin and see every organisation."""
+    user = make_user("operator", is_staff=True, is_superuser=True)
+    Membership.objects.create(user=user, organization=platform_org, role=Membership.Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def reseller_admin(reseller_org: Organization) -> AbstractBaseUser:
+    return make_member("reseller-admin", reseller_org, Membership.Role.ADMIN)
+
+
+@pytest.fixture
+def tenant_owner(tenant_org: Organization) -> AbstractBaseUser:
+    return make_member("tenant-owner", tenant_org, Membership.Role.OWNER)
+
+
+@pytest.fixture
+def tenant_member(tenant_org: Organization) -> AbstractBaseUser:
+    """A read-only member of ``tenant_org``: may look, may not change."""
+    return make_member("tenant-member", tenant_org, Membership.Role.MEMBER)
+
+
+@pytest.fixture
+def outsider(other_tenant_org: Organization) -> AbstractBaseUser:
+    """Owner of another tenant under another reseller; must never see ``tenant_org``."""
+    return make_member("outsider", other_tenant_org, Membership.Role.OWNER)
