@@ -125,7 +125,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "tollgate",
+            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="tollgate"),
         }
     }
 else:

@@ -1,0 +1,103 @@
+"""Several relay processes sharing PostgreSQL and Redis see every change within seconds."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from portal import services
+from portal.models import Channel
+from tests.relay.conftest import Gateway, chat_body
+
+pytestmark = pytest.mark.services
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def relay_process(gateway: Gateway) -> Iterator[str]:
+    """A relay in its own process, on the test database and this run's Redis namespace."""
+    db = connection.settings_dict
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        ),
+        "REDIS_URL": settings.REDIS_URL,
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+        "RELAY_CACHE_POLL_SECONDS": "0.2",
+    }
+    process = subprocess.Popen(  # noqa: S603 - our own server, fixed arguments
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(url + "/v1/models", timeout=1)
+            break
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(process.stderr.read().decode()) from None
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def _until(check: Any, seconds: float = 5.0) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, f"not seen within {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_revocation_and_channel_edits_reach_every_process(
+    gateway: Gateway, relay_process: str
+) -> None:
+    headers = {"Authorization": f"Bearer {gateway.secret}"}
+    urls = (gateway.url, relay_process)
+    for url in urls:
+        response = httpx.post(url + "/v1/chat/completions", json=chat_body(), headers=headers)
+        assert response.status_code == 200, response.text
+
+    services.channel_set_status(channel=gateway.channel, enabled=False, actor="test")
+    for url in urls:
+        _until(
+            lambda url=url: (
+                httpx.post(
+                    url + "/v1/chat/completions", json=chat_body(), headers=headers
+                ).status_code
+                == 503
+            )
+        )
+    services.channel_set_status(channel=gateway.channel, enabled=True, actor="test")
+    assert Channel.objects.get(pk=gateway.channel.pk).is_enabled
+
+    services.api_key_revoke(api_key=gateway.api_key, actor="test")
+    for url in urls:
+        _until(lambda url=url: httpx.get(url + "/v1/models", headers=headers).status_code == 401)
