@@ -12,4 +12,9 @@ app = Celery("tollgate")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-app.conf.beat_schedule = {}
+app.conf.beat_schedule = {
+    "relay-channels-health-check": {
+        "task": "relay.channels_health_check",
+        "schedule": 60.0,
+    },
+}

@@ -195,6 +195,16 @@ RELAY_TOTAL_TIMEOUT = env.float("RELAY_TOTAL_TIMEOUT", default=600.0)
 # Usage events are written in batches by a background thread of each relay process.
 RELAY_USAGE_FLUSH_SECONDS = env.float("RELAY_USAGE_FLUSH_SECONDS", default=0.5)
 RELAY_USAGE_BATCH_SIZE = env.int("RELAY_USAGE_BATCH_SIZE", default=500)
+RELAY_REDIS_TIMEOUT = env.float("RELAY_REDIS_TIMEOUT", default=2.0)
+# When Redis cannot be reached: refuse limited requests with a 503 (false), or let them
+# through unlimited until it is back (true).
+RELAY_LIMITS_FAIL_OPEN = env.bool("RELAY_LIMITS_FAIL_OPEN", default=False)
+# A channel failing this often within the window is skipped for the cool-down, then probed.
+RELAY_BREAKER_FAILURES = env.int("RELAY_BREAKER_FAILURES", default=5)
+RELAY_BREAKER_WINDOW = env.float("RELAY_BREAKER_WINDOW", default=30.0)
+RELAY_BREAKER_COOLDOWN = env.float("RELAY_BREAKER_COOLDOWN", default=30.0)
+# Tokens reserved against tokens-per-minute limits when a request sets no max_tokens.
+RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS = env.int("RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS", default=0)
 
 
 if not all((SECRET_KEY, TOLLGATE_KEY_HMAC_SECRET, *TOLLGATE_ENCRYPTION_KEYS)):

@@ -32,7 +32,15 @@ def bump_generation() -> None:
         cache.incr(GENERATION_KEY)
 
 
-def bump_on_commit(**_: Any) -> None:
+# Columns the relay does not read: saving only these changes nothing it has cached.
+RELAY_BLIND_FIELDS = frozenset(
+    {"last_check_at", "last_check_ok", "last_check_latency_ms", "last_check_error", "updated_at"}
+)
+
+
+def bump_on_commit(update_fields: frozenset[str] | None = None, **_: Any) -> None:
+    if update_fields and set(update_fields) <= RELAY_BLIND_FIELDS:
+        return
     transaction.on_commit(bump_generation)
 
 

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from portal import crypto
+from portal import crypto, invalidation
 from portal.models import (
     ApiKey,
     AuditEntry,
@@ -430,4 +430,53 @@ def channel_set_status(
         target=channel,
         data={"previous": previous, "reason": reason},
     )
+    return channel
+
+
+@transaction.atomic
+def channel_suspend(*, channel_id: int, reason: str) -> bool:
+    """Take an enabled channel out of rotation automatically (its credentials were refused).
+
+    Claimed with a conditional update so that many relay processes seeing the same 401 at
+    once write one status change and one audit entry. Returns whether this call did it.
+    """
+    reason = reason[:_STATUS_REASON_MAX_LENGTH]
+    changed = Channel.objects.filter(pk=channel_id, status=Channel.Status.ENABLED).update(
+        status=Channel.Status.SUSPENDED, status_reason=reason, updated_at=timezone.now()
+    )
+    if not changed:
+        return False
+    channel = Channel.objects.get(pk=channel_id)
+    AuditEntry.record(
+        actor="relay",
+        action="channel.suspend",
+        target=channel,
+        data={"reason": reason},
+    )
+    invalidation.bump_on_commit()
+    return True
+
+
+@transaction.atomic
+def channel_check_record(
+    *, channel: Channel, ok: bool, latency_ms: int | None, error: str = ""
+) -> Channel:
+    """Store a health check's outcome; a suspended channel that answers again comes back."""
+    channel.last_check_at = timezone.now()
+    channel.last_check_ok = ok
+    channel.last_check_latency_ms = latency_ms
+    channel.last_check_error = error[:_STATUS_REASON_MAX_LENGTH]
+    fields = ["last_check_at", "last_check_ok", "last_check_latency_ms", "last_check_error"]
+    if ok and channel.status == Channel.Status.SUSPENDED:
+        previous_reason = channel.status_reason
+        channel.status = Channel.Status.ENABLED
+        channel.status_reason = ""
+        fields += ["status", "status_reason"]
+        AuditEntry.record(
+            actor="health-check",
+            action="channel.resume",
+            target=channel,
+            data={"previous_reason": previous_reason, "latency_ms": latency_ms},
+        )
+    channel.save(update_fields=[*fields, "updated_at"])
     return channel

@@ -14,19 +14,22 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from relay import errors, sse, upstream
+from relay import errors, shared, sse, tokens, upstream
 from relay.exchange import Exchange
+from relay.limits import Admission
 from relay.metering import Usage, UsageRecord, usage_writer
 from relay.routing import attempt_order
-from relay.snapshot import ModelInfo, Route
+from relay.snapshot import KeyInfo, ModelInfo, Route
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +46,30 @@ _USAGE_NULL = b',"usage":null'
 class AttemptFailed(Exception):
     """One channel failed before anything reached the client; try the next."""
 
-    def __init__(self, error: errors.RelayError, attempt: dict[str, Any]) -> None:
+    def __init__(
+        self, error: errors.RelayError, attempt: dict[str, Any], *, credentials: bool = False
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.attempt = attempt
+        # The provider refused the channel's own credentials: suspend it, don't just skip.
+        self.credentials = credentials
+
+
+# Fire-and-forget work (breaker reports, suspensions) must not be garbage-collected early.
+_background_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(work)
+    _background_tasks.add(task)
+    task.add_done_callback(_finish_background)
+
+
+def _finish_background(task: asyncio.Task[Any]) -> None:
+    _background_tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("relay background work failed", exc_info=task.exception())
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
@@ -187,11 +210,13 @@ class ChatCompletion:
         exchange: Exchange,
         payload: dict[str, Any],
         model: ModelInfo,
+        routes: tuple[Route, ...],
         record: UsageRecord,
     ) -> None:
         self.exchange = exchange
         self.payload = payload
         self.model = model
+        self.routes = routes
         self.record = record
         self.stream = payload.get("stream") is True
         options = payload.get("stream_options") or {}
@@ -201,16 +226,30 @@ class ChatCompletion:
 
     async def run(self) -> None:
         failures: list[AttemptFailed] = []
-        routes = attempt_order(self.model.routes)[: max(settings.RELAY_MAX_ATTEMPTS, 1)]
+        board = shared.breakers()
+        attempts_left = max(settings.RELAY_MAX_ATTEMPTS, 1)
         try:
             async with asyncio.timeout(settings.RELAY_TOTAL_TIMEOUT):
-                for route in routes:
+                for route in attempt_order(self.routes):
+                    if attempts_left == 0:
+                        break
+                    admitted, probe = await board.admit(route.channel_id)
+                    if not admitted:
+                        continue  # its breaker is open
+                    attempts_left -= 1
                     try:
                         await self._attempt(route)
                     except AttemptFailed as failure:
                         failures.append(failure)
                         self.record.attempts.append(failure.attempt)
+                        self._report_failure(route, failure)
                         continue
+                    except errors.RelayError:
+                        if probe:  # the provider answered: the channel itself is fine
+                            _background(board.success(route.channel_id))
+                        raise
+                    if probe:
+                        _background(board.success(route.channel_id))
                     return
         except TimeoutError:
             if self.exchange.response_started:
@@ -219,14 +258,41 @@ class ChatCompletion:
             failures.append(
                 AttemptFailed(errors.upstream_failed(504, "timeout"), {"error": "timeout"})
             )
+        if not failures:
+            raise errors.no_channel(self.model.public_id)
         error = _final_error(failures)
         self.record.error_code = error.code or ""
         raise error
 
+    def _report_failure(self, route: Route, failure: AttemptFailed | None) -> None:
+        """Count a failure against the channel's breaker, off the client's path."""
+        failure_id = f"{self.record.request_id}:{route.channel_id}"
+        _background(shared.breakers().failure(route.channel_id, failure_id))
+        if failure is not None and failure.credentials:
+            status = failure.attempt.get("status")
+            _background(
+                sync_to_async(channel_suspend)(
+                    channel_id=route.channel_id,
+                    reason=f"The provider refused this channel's credentials (HTTP {status}).",
+                )
+            )
+
     async def _attempt(self, route: Route) -> None:
-        self.payload["model"] = route.upstream_model
-        started = time.monotonic()
         attempt: dict[str, Any] = {"channel": route.channel_id}
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(route.total_timeout):
+                await self._attempt_on(route, attempt, started)
+        except TimeoutError:
+            if self.exchange.response_started:
+                self._report_failure(route, None)
+                await self._end_stream_with_error("upstream_timeout", "The upstream timed out.")
+                return
+            attempt.update(error="timeout", latency_ms=_ms_since(started))
+            raise AttemptFailed(errors.upstream_failed(504, "timeout"), attempt) from None
+
+    async def _attempt_on(self, route: Route, attempt: dict[str, Any], started: float) -> None:
+        self.payload["model"] = route.upstream_model
         http = upstream.client()
         try:
             content = orjson.dumps(self.payload)
@@ -244,6 +310,7 @@ class ChatCompletion:
                 "content-type": "application/json",
                 "accept": "text/event-stream" if self.stream else "application/json",
             },
+            **({"timeout": route.timeout} if route.timeout is not None else {}),
         )
         try:
             response = await http.send(request, stream=True)
@@ -259,7 +326,9 @@ class ChatCompletion:
                 body = await _read_limited(response, MAX_ERROR_BODY_BYTES)
                 error = _upstream_error(response.status_code, body, route)
                 if response.status_code in RETRYABLE_STATUSES:
-                    raise AttemptFailed(error, attempt)
+                    raise AttemptFailed(
+                        error, attempt, credentials=response.status_code in (401, 403)
+                    )
                 # The request itself is at fault: another channel would refuse it too.
                 self.record.attempts.append(attempt)
                 self._note_channel(route, started)
@@ -327,6 +396,7 @@ class ChatCompletion:
                     await exchange.send_body(b"data: " + out + b"\n\n")
         except (httpx.HTTPError, ValueError) as exc:
             logger.info("upstream stream broke: %s", type(exc).__name__)
+            self._report_failure(route, None)
             await self._end_stream_with_error(
                 "upstream_stream_broken", "The upstream connection broke during the response."
             )
@@ -421,8 +491,10 @@ async def handle(exchange: Exchange) -> None:
     model = snapshot.models.get(public)
     if model is None or not key.allows(public):
         raise errors.model_not_found(public)
-    if not model.routes:
+    routes = tuple(route for route in model.routes if key.allows_group(route.group))
+    if not routes:
         raise errors.no_channel(public)
+    admission = await _admit(exchange, key, payload)
     record = UsageRecord(
         request_id=exchange.request_id,
         created_at=exchange.created_at,
@@ -435,7 +507,7 @@ async def handle(exchange: Exchange) -> None:
         prompt_messages=payload["messages"],
         prompt_tools=payload.get("tools"),
     )
-    completion = ChatCompletion(exchange, payload, model, record)
+    completion = ChatCompletion(exchange, payload, model, routes, record)
     try:
         await exchange.until_disconnect(completion.run())
     except errors.RelayError as error:
@@ -449,3 +521,71 @@ async def handle(exchange: Exchange) -> None:
             record.status_code = record.status_code or 499
         record.total_latency_ms = exchange.elapsed_ms()
         usage_writer.submit(record)
+        if admission is not None:
+            await _settle(key, exchange, admission, record)
+
+
+async def _admit(exchange: Exchange, key: KeyInfo, payload: dict[str, Any]) -> Admission | None:
+    """Count the request against the key's and tenant's limits, or refuse it with a 429."""
+    scopes = key.limit_scopes()
+    if not scopes:
+        return None
+    output = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    reserved = tokens.estimate_prompt(payload) + (
+        output if isinstance(output, int) else settings.RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS
+    )
+    try:
+        admission = await shared.limit_store().acquire(
+            scopes, exchange.request_id, reserved, settings.RELAY_TOTAL_TIMEOUT + 5
+        )
+    except RedisError:
+        logger.warning("rate limiter unavailable", exc_info=True)
+        if settings.RELAY_LIMITS_FAIL_OPEN:
+            return None
+        raise errors.RelayError(
+            503,
+            "The gateway cannot check rate limits right now; retry shortly.",
+            type="server_error",
+            code="limiter_unavailable",
+            headers=((b"retry-after", b"1"),),
+        ) from None
+    exchange.extra_headers.extend(admission.headers())
+    if not admission.allowed:
+        raise _limit_error(admission)
+    return admission
+
+
+def _limit_error(admission: Admission) -> errors.RelayError:
+    described = {
+        "requests": ("requests per minute", admission.limit_requests),
+        "tokens": ("tokens per minute", admission.limit_tokens),
+        "concurrency": ("concurrent requests", None),
+        "daily_tokens": ("tokens per day", None),
+    }[admission.refused]
+    limit = f" (limit {described[1]})" if described[1] else ""
+    return errors.RelayError(
+        429,
+        f"Rate limit reached for {described[0]}{limit}. "
+        f"Please try again in {admission.retry_after}s.",
+        type="tokens" if "tokens" in admission.refused else "requests",
+        code="rate_limit_exceeded",
+        headers=((b"retry-after", str(admission.retry_after).encode()),),
+    )
+
+
+async def _settle(
+    key: KeyInfo, exchange: Exchange, admission: Admission, record: UsageRecord
+) -> None:
+    """Free the concurrency slot and replace the token estimate by the real count."""
+    usage = record.usage
+    used = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
+    try:
+        await shared.limit_store().release(key.limit_scopes(), exchange.request_id, admission, used)
+    except RedisError:
+        logger.warning("releasing a rate-limit reservation failed", exc_info=True)
+
+
+def channel_suspend(*, channel_id: int, reason: str) -> None:
+    from portal.services import channel_suspend as suspend
+
+    suspend(channel_id=channel_id, reason=reason)

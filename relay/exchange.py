@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -14,7 +15,7 @@ from django.conf import settings
 
 from portal.crypto import api_key_digest
 from relay import errors
-from relay.snapshot import KeyInfo
+from relay.snapshot import IPAddress, KeyInfo
 
 if TYPE_CHECKING:
     from relay.app import RelayApp
@@ -44,6 +45,7 @@ class Exchange:
         "app",
         "created_at",
         "disconnected",
+        "extra_headers",
         "receive",
         "request_id",
         "response_started",
@@ -62,6 +64,8 @@ class Exchange:
         self.request_id = "req_" + uuid.uuid4().hex
         self.response_started = False
         self.disconnected = False
+        # Sent with whatever response goes out (the rate-limit headers).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -94,7 +98,24 @@ class Exchange:
             raise errors.authentication("This API key has been revoked or its owner is inactive.")
         if key.expires_at is not None and key.expires_at <= time.time():
             raise errors.authentication("This API key has expired.", code="expired_api_key")
+        if not key.allows_address(self.client_address()):
+            raise errors.RelayError(
+                403,
+                "This API key may not be used from your network address.",
+                type="permission_error",
+                code="ip_not_allowed",
+            )
         return key
+
+    def client_address(self) -> IPAddress | None:
+        """The caller's address. Behind a load balancer, the ASGI server puts the client's
+        address here from X-Forwarded-For when the balancer is trusted (uvicorn's
+        ``--forwarded-allow-ips``)."""
+        client = self.scope.get("client")
+        try:
+            return ipaddress.ip_address(client[0]) if client else None
+        except ValueError:
+            return None
 
     async def read_body(self) -> bytes:
         limit = settings.RELAY_MAX_BODY_BYTES
@@ -151,6 +172,7 @@ class Exchange:
                     *JSON_HEADERS,
                     (b"content-length", str(len(body)).encode()),
                     (b"x-request-id", self.request_id.encode()),
+                    *self.extra_headers,
                     *headers,
                 ],
             }
@@ -166,7 +188,11 @@ class Exchange:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*STREAM_HEADERS, (b"x-request-id", self.request_id.encode())],
+                "headers": [
+                    *STREAM_HEADERS,
+                    (b"x-request-id", self.request_id.encode()),
+                    *self.extra_headers,
+                ],
             }
         )
 

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
 from portal import invalidation
-from portal.models import ApiKey, CatalogModel, ChannelModel
+from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
+from portal.models.limits import LimitFields
+from relay import shared
+from relay.limits import Limits, Scope
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +45,30 @@ class KeyInfo:
     active: bool
     expires_at: float | None  # epoch seconds
     allowed_models: frozenset[str]  # empty: every model
+    # The key's own groups if it has any, else its tenant's; empty: every group.
+    channel_groups: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()  # empty: any source address
+    key_limits: Limits = field(default_factory=Limits)
+    tenant_limits: Limits = field(default_factory=Limits)
 
     def allows(self, public_id: str) -> bool:
         return not self.allowed_models or public_id in self.allowed_models
+
+    def allows_group(self, group: str) -> bool:
+        return not self.channel_groups or group in self.channel_groups
+
+    def allows_address(self, address: IPAddress | None) -> bool:
+        if not self.networks:
+            return True
+        return address is not None and any(address in network for network in self.networks)
+
+    def limit_scopes(self) -> list[Scope]:
+        scopes = []
+        if self.key_limits.any():
+            scopes.append(Scope(f"key:{self.id}", self.key_limits))
+        if self.tenant_limits.any():
+            scopes.append(Scope(f"tenant:{self.tenant_id}", self.tenant_limits))
+        return scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +80,9 @@ class Route:
     upstream_model: str
     priority: int
     weight: int
+    group: str = "default"
+    timeout: httpx.Timeout | None = None  # None: the relay's defaults
+    total_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +126,33 @@ def load_key(digest: str) -> KeyInfo | None:
         active=api_key.status == ApiKey.Status.ACTIVE and tenant_active,
         expires_at=api_key.expires_at.timestamp() if api_key.expires_at else None,
         allowed_models=frozenset(api_key.allowed_models or ()),
+        channel_groups=frozenset(api_key.channel_groups or tenant.channel_groups or ()),
+        networks=tuple(
+            ipaddress.ip_network(str(n), strict=False) for n in api_key.allowed_networks or ()
+        ),
+        key_limits=_limits(api_key),
+        tenant_limits=_limits(tenant),
+    )
+
+
+def _limits(holder: LimitFields) -> Limits:
+    return Limits(
+        rpm=holder.rpm_limit,
+        tpm=holder.tpm_limit,
+        concurrency=holder.concurrency_limit,
+        daily_tokens=holder.daily_token_limit,
+    )
+
+
+def _timeout(channel: Channel) -> httpx.Timeout | None:
+    if channel.connect_timeout is None and channel.first_byte_timeout is None:
+        return None
+    connect = channel.connect_timeout or settings.RELAY_CONNECT_TIMEOUT
+    return httpx.Timeout(
+        connect=connect,
+        read=channel.first_byte_timeout or settings.RELAY_FIRST_BYTE_TIMEOUT,
+        write=connect,
+        pool=connect,
     )
 
 
@@ -119,6 +178,9 @@ def load_snapshot() -> Snapshot:
                 upstream_model=link.upstream_model(),
                 priority=channel.priority,
                 weight=max(channel.weight, 0),
+                group=channel.group,
+                timeout=_timeout(channel),
+                total_timeout=channel.total_timeout,
             )
         )
     models = {
@@ -197,6 +259,10 @@ class RelayCache:
                     if self._generation is not None:
                         self.invalidate()
                     self._generation = generation
+            try:
+                await shared.breakers().refresh()
+            except Exception:
+                logger.warning("reading breaker states failed", exc_info=True)
             await asyncio.sleep(interval)
 
     async def close(self) -> None:

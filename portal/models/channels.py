@@ -31,7 +31,11 @@ class Channel(models.Model):
 
     class Status(models.TextChoices):
         ENABLED = "enabled", "Enabled"
+        # Switched off by an operator: stays off until an operator switches it on.
         DISABLED = "disabled", "Disabled"
+        # Switched off by Tollgate (the provider refused its credentials); the health
+        # check switches it back on once the provider answers again.
+        SUSPENDED = "suspended", "Suspended"
 
     name = models.CharField(max_length=200, unique=True)
     provider_type = models.CharField(
@@ -47,8 +51,29 @@ class Channel(models.Model):
     weight = models.PositiveIntegerField(
         default=1, help_text="Share of traffic among channels of the same priority."
     )
+    group = models.SlugField(
+        max_length=50,
+        default="default",
+        help_text="Keys and tenants may be restricted to some groups (e.g. premium).",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ENABLED)
     status_reason = models.CharField(max_length=500, blank=True)
+    connect_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds; blank uses RELAY_CONNECT_TIMEOUT."
+    )
+    first_byte_timeout = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds to the response headers and between stream reads; "
+        "blank uses RELAY_FIRST_BYTE_TIMEOUT.",
+    )
+    total_timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds for a whole request on this channel."
+    )
+    last_check_at = models.DateTimeField(null=True, blank=True)
+    last_check_ok = models.BooleanField(null=True, blank=True)
+    last_check_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_check_error = models.CharField(max_length=500, blank=True)
     served_models = models.ManyToManyField(
         "portal.CatalogModel", through="portal.ChannelModel", related_name="channels"
     )

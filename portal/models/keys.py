@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
 from portal import crypto
+from portal.models.limits import LimitFields
 
 
-class ApiKey(models.Model):
+def validate_networks(value: object) -> None:
+    if not isinstance(value, list):
+        raise ValidationError("Give a list of networks in CIDR notation.")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ValidationError(f"{item!r} is not a network in CIDR notation.") from None
+
+
+class ApiKey(LimitFields):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         REVOKED = "revoked", "Revoked"
@@ -30,10 +43,17 @@ class ApiKey(models.Model):
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Public model ids this key may use; empty means all."
     )
+    allowed_networks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Source networks allowed to use this key (CIDR, e.g. ["10.0.0.0/8"]); '
+        "empty means any.",
+        validators=[validate_networks],
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
-    class Meta:
+    class Meta(LimitFields.Meta):
         ordering = ["-created_at"]
         verbose_name = "API key"
 

@@ -6,8 +6,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from portal.models.limits import LimitFields
 
-class Organization(models.Model):
+
+class Organization(LimitFields):
     class Kind(models.TextChoices):
         PLATFORM = "platform", "Platform"
         RESELLER = "reseller", "Reseller"
@@ -29,7 +31,7 @@ class Organization(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    class Meta:
+    class Meta(LimitFields.Meta):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(

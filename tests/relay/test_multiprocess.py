@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from django.db import connection
 
 from portal import services
 from portal.models import Channel
-from tests.relay.conftest import Gateway, chat_body
+from tests.relay.conftest import Gateway, Simulator, chat_body
 
 pytestmark = pytest.mark.services
 
@@ -101,3 +102,63 @@ def test_revocation_and_channel_edits_reach_every_process(
     services.api_key_revoke(api_key=gateway.api_key, actor="test")
     for url in urls:
         _until(lambda url=url: httpx.get(url + "/v1/models", headers=headers).status_code == 401)
+
+
+def _burst(urls: tuple[str, ...], secret: str, count: int) -> list[int]:
+    """``count`` concurrent requests, alternating between the relay processes."""
+
+    def call(index: int) -> int:
+        return httpx.post(
+            urls[index % len(urls)] + "/v1/chat/completions",
+            json=chat_body(),
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=30,
+        ).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(call, range(count)))
+
+
+def test_a_rate_limit_is_exact_across_processes(gateway: Gateway, relay_process: str) -> None:
+    limit = 12
+    secret = gateway.new_key(name="limited", rpm_limit=limit)
+
+    statuses = _burst((gateway.url, relay_process), secret, 3 * limit)
+
+    assert statuses.count(200) == limit
+    assert statuses.count(429) == 2 * limit
+
+
+def test_a_concurrency_limit_holds_across_processes(
+    gateway: Gateway, sim: Simulator, relay_process: str
+) -> None:
+    gateway.channel.base_url = sim.channel_url("latency=300")
+    gateway.channel.save()
+    secret = gateway.new_key(name="narrow", concurrency_limit=3)
+    time.sleep(0.6)
+    sim.client.delete("/_sim/requests")
+
+    statuses = _burst((gateway.url, relay_process), secret, 24)
+
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) >= 3
+    assert 1 <= sim.stats()["peak_in_flight"] <= 3
+
+
+def test_limit_changes_reach_every_process(gateway: Gateway, relay_process: str) -> None:
+    headers = {"Authorization": f"Bearer {gateway.secret}"}
+    urls = (gateway.url, relay_process)
+    for url in urls:
+        assert httpx.get(url + "/v1/models", headers=headers).status_code == 200
+
+    gateway.api_key.rpm_limit = 0  # nothing allowed any more
+    gateway.api_key.save()
+    for url in urls:
+        _until(
+            lambda url=url: (
+                httpx.post(
+                    url + "/v1/chat/completions", json=chat_body(), headers=headers
+                ).status_code
+                == 429
+            )
+        )

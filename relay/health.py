@@ -1,0 +1,89 @@
+"""Channel health checks: one tiny real request per channel, on a schedule or on demand.
+
+A check asks the channel for a one-token completion of a model it serves (or, serving
+none, lists its models). Suspended channels that answer again are put back in rotation,
+and a success closes the channel's breaker; operators see latency and the last error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+from asgiref.sync import async_to_sync
+
+from portal.models import Channel
+from portal.services import channel_check_record
+from relay import shared
+
+CHECK_TIMEOUT_SECONDS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    ok: bool
+    status: int | None
+    latency_ms: int
+    error: str = ""
+
+
+def probe(channel: Channel) -> CheckResult:
+    """Send the check request; never raises for the upstream's faults."""
+    link = channel.served.select_related("model").first()
+    base = channel.base_url.rstrip("/")
+    headers = {"authorization": f"Bearer {channel.secret}"}
+    started = time.monotonic()
+    try:
+        with httpx.Client(timeout=CHECK_TIMEOUT_SECONDS, trust_env=False) as client:
+            if link is None:
+                response = client.get(f"{base}/models", headers=headers)
+            else:
+                response = client.post(
+                    f"{base}/chat/completions",
+                    headers=headers,
+                    json={
+                        "model": link.upstream_model(),
+                        "messages": [{"role": "user", "content": "ping"}],
+                        "max_tokens": 1,
+                    },
+                )
+    except httpx.HTTPError as exc:
+        return CheckResult(False, None, _ms(started), f"{type(exc).__name__}: {exc}"[:300])
+    latency = _ms(started)
+    if response.status_code >= 400:
+        return CheckResult(False, response.status_code, latency, f"HTTP {response.status_code}")
+    return CheckResult(True, response.status_code, latency)
+
+
+def channel_check(channel: Channel) -> CheckResult:
+    """Check one channel now and record the outcome (the operator's "test" button)."""
+    result = probe(channel)
+    channel_check_record(
+        channel=channel, ok=result.ok, latency_ms=result.latency_ms, error=result.error
+    )
+    if result.ok:
+        async_to_sync(_close_breaker)(channel.pk)
+    return result
+
+
+async def _close_breaker(channel_id: int) -> None:
+    try:
+        await shared.breakers().success(channel_id)
+    finally:
+        await shared.close()
+
+
+def channels_check_all() -> dict[int, bool]:
+    """Check every channel that is, or may come back, in rotation."""
+    results = {}
+    for channel in Channel.objects.exclude(status=Channel.Status.DISABLED):
+        results[channel.pk] = channel_check(channel).ok
+    return results
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+__all__ = ["CheckResult", "channel_check", "channels_check_all", "probe"]

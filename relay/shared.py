@@ -1,0 +1,60 @@
+"""Per-process handles on the state relay processes share: Redis, limits, breakers.
+
+With ``REDIS_URL`` set, limits and breaker state live in Redis and hold across every
+relay process; without it (embedded mode: one process) they live in this process.
+Handles are kept per event loop, as connections belong to the loop that opened them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from django.conf import settings
+
+from relay.breaker import BreakerBoard, LocalBreakerStore, RedisBreakerStore
+from relay.limits import LimitStore, LocalLimitStore, RedisLimitStore
+
+_state: dict[int, tuple[Any, LimitStore, BreakerBoard]] = {}
+
+
+def _prefix() -> str:
+    return str(settings.CACHES["default"].get("KEY_PREFIX") or "tollgate")
+
+
+def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
+    loop_id = id(asyncio.get_running_loop())
+    state = _state.get(loop_id)
+    if state is None:
+        if settings.REDIS_URL:
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
+                socket_timeout=settings.RELAY_REDIS_TIMEOUT,
+                health_check_interval=30,
+            )
+            limits: LimitStore = RedisLimitStore(client, _prefix())
+            board = BreakerBoard(RedisBreakerStore(client, _prefix()))
+        else:
+            client = None
+            limits = LocalLimitStore()
+            board = BreakerBoard(LocalBreakerStore())
+        state = (client, limits, board)
+        _state[loop_id] = state
+    return state
+
+
+def limit_store() -> LimitStore:
+    return _for_loop()[1]
+
+
+def breakers() -> BreakerBoard:
+    return _for_loop()[2]
+
+
+async def close() -> None:
+    state = _state.pop(id(asyncio.get_running_loop()), None)
+    if state is not None and state[0] is not None:
+        await state[0].aclose()

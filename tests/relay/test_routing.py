@@ -1,0 +1,185 @@
+"""Channel choice, failover, breakers and health checks, against simulator channels."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from portal.models import AuditEntry, Channel
+from relay import health
+from relay.routing import attempt_order
+from relay.snapshot import Route
+from tests.relay.conftest import Gateway, Simulator, chat_body, usage_events
+
+
+def _route(channel_id: int, priority: int, weight: int) -> Route:
+    return Route(
+        channel_id, f"c{channel_id}", "http://x/v1/chat/completions", "s", "m", priority, weight
+    )
+
+
+def test_attempt_order_follows_priority_then_weight() -> None:
+    routes = [_route(1, 5, 1), _route(2, 5, 3), _route(3, 9, 1), _route(4, 0, 1)]
+    rng = random.Random(7)
+    firsts: Counter[int] = Counter()
+    for _ in range(20_000):
+        order = attempt_order(routes, rng)
+        assert order[0].channel_id == 3  # the only top-priority channel
+        assert order[-1].channel_id == 4
+        assert sorted(r.channel_id for r in order) == [1, 2, 3, 4]  # each exactly once
+        firsts[order[1].channel_id] += 1
+    share = firsts[2] / 20_000
+    assert 0.73 < share < 0.77  # weight 3 of 4
+
+
+def _settle() -> None:
+    time.sleep(0.5)  # the relay polls for changes every 0.2 s in tests
+
+
+def test_weighted_selection_over_real_requests(gateway: Gateway, sim: Simulator) -> None:
+    gateway.channel.base_url = sim.channel_url("tokens=2")
+    gateway.channel.weight = 1
+    gateway.channel.save()
+    heavy = gateway.add_channel(sim.channel_url("tokens=3"), name="heavy", weight=3)
+    _settle()
+    for _ in range(240):
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    counts = Counter(e.channel_id for e in usage_events(240))
+    assert counts[gateway.channel.pk] + counts[heavy.pk] == 240
+    # Expected 180 of 240 on the heavy channel; 5 standard deviations is about ±34.
+    assert 146 < counts[heavy.pk] < 214
+
+
+def _refused_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"  # nothing listens there any more
+
+
+def test_failover_past_500_429_timeout_and_refused_connection(
+    gateway: Gateway, sim: Simulator, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_MAX_ATTEMPTS = 5
+    gateway.channel.priority = 0
+    gateway.channel.save()
+    bad = [
+        gateway.add_channel(sim.channel_url("fail=500"), name="five-hundred", priority=40),
+        gateway.add_channel(sim.channel_url("fail=429"), name="rate-limited", priority=30),
+        gateway.add_channel(_refused_url(), name="refused", priority=20),
+    ]
+    hanging = gateway.add_channel(sim.channel_url("hang"), name="hanging", priority=10)
+    hanging.first_byte_timeout = 0.5
+    hanging.save()
+    _settle()
+
+    response = gateway.client.post("/v1/chat/completions", json=chat_body())
+
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"]
+    (event,) = usage_events(1)
+    tried = [a["channel"] for a in event.attempts]
+    assert tried == [bad[0].pk, bad[1].pk, bad[2].pk, hanging.pk, gateway.channel.pk]
+    assert [a.get("status") for a in event.attempts[:2]] == [500, 429]
+    assert event.attempts[2]["error"] == "ConnectError"
+    assert event.attempts[3]["error"] == "timeout"
+    assert event.channel_id == gateway.channel.pk
+    assert event.status_code == 200
+
+
+def test_a_request_error_is_not_retried(gateway: Gateway, sim: Simulator) -> None:
+    gateway.add_channel(sim.channel_url("fail=400"), name="strict", priority=10)
+    _settle()
+    sim.client.delete("/_sim/requests")
+
+    response = gateway.client.post("/v1/chat/completions", json=chat_body())
+
+    assert response.status_code == 400
+    seen = sim.requests()
+    assert len(seen) == 1 and "fail=400" in seen[0]["path"]
+
+
+def test_breaker_opens_after_repeated_failures_and_closes_after_a_probe(
+    gateway: Gateway, sim: Simulator, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_BREAKER_FAILURES = 3
+    relay_settings.RELAY_BREAKER_COOLDOWN = 1.0
+    flaky = gateway.add_channel(sim.channel_url("fail_first=3"), name="flaky", priority=10)
+    _settle()
+
+    for _ in range(8):
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    events = usage_events(8)
+    on_flaky = [e for e in events if any(a["channel"] == flaky.pk for a in e.attempts)]
+    assert len(on_flaky) == 3, "the open breaker should have kept traffic off the channel"
+    assert all(e.channel_id == gateway.channel.pk for e in events)
+
+    time.sleep(1.3)  # cool-down over: the next request probes the channel, which now works
+    for _ in range(3):
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    latest = usage_events(11)[-3:]
+    assert [e.channel_id for e in latest] == [flaky.pk] * 3
+
+
+def test_refused_credentials_suspend_the_channel_and_the_health_check_resumes_it(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    locked = gateway.add_channel(
+        sim.channel_url("fail_first=1", "fail=401"), name="locked", priority=10
+    )
+    _settle()
+
+    response = gateway.client.post("/v1/chat/completions", json=chat_body())
+
+    assert response.status_code == 200  # served by the primary channel meanwhile
+    deadline = time.monotonic() + 5
+    while Channel.objects.get(pk=locked.pk).status != Channel.Status.SUSPENDED:
+        assert time.monotonic() < deadline, "the channel was not suspended"
+        time.sleep(0.05)
+    locked.refresh_from_db()
+    assert "401" in locked.status_reason
+    assert AuditEntry.objects.filter(action="channel.suspend", target_id=str(locked.pk)).exists()
+
+    # The provider recovered (fail_first used up): the scheduled check brings it back.
+    results = health.channels_check_all()
+
+    assert results[locked.pk] is True
+    locked.refresh_from_db()
+    assert locked.status == Channel.Status.ENABLED
+    assert locked.last_check_ok is True
+    assert locked.last_check_latency_ms is not None
+    _settle()
+    assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    assert usage_events(2)[-1].channel_id == locked.pk
+
+
+def test_health_check_records_a_failing_channel(gateway: Gateway, sim: Simulator) -> None:
+    broken = gateway.add_channel(sim.channel_url("fail=503"), name="broken")
+
+    result = health.channel_check(broken)
+
+    assert not result.ok and result.status == 503
+    broken.refresh_from_db()
+    assert broken.last_check_ok is False
+    assert broken.last_check_error == "HTTP 503"
+    assert broken.status == Channel.Status.ENABLED  # only refused credentials suspend
+
+
+@pytest.mark.parametrize("restricted", [True, False])
+def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, restricted: bool) -> None:
+    premium = gateway.add_channel(sim.channel_url("tokens=4"), name="premium", priority=10)
+    premium.group = "premium"
+    premium.save()
+    gateway.api_key.channel_groups = ["default"] if restricted else []
+    gateway.api_key.save()
+    _settle()
+
+    for _ in range(3):
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    used = {e.channel_id for e in usage_events(3)}
+    assert used == ({gateway.channel.pk} if restricted else {premium.pk})
