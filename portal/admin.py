@@ -466,20 +466,41 @@ class ChannelAdmin(AuditedAdmin):
         "weight",
         "status",
         "status_reason",
+        "last_check_ok",
         "models_served",
         "has_secret",
         "updated_at",
     ]
-    list_filter = ["status", "provider_type"]
+    list_filter = ["status", "provider_type", "group"]
     search_fields = ["name", "base_url", "served__model__public_id"]
-    readonly_fields = ["secret_status", "created_at", "updated_at"]
+    readonly_fields = [
+        "secret_status",
+        "last_check_at",
+        "last_check_ok",
+        "last_check_latency_ms",
+        "last_check_error",
+        "created_at",
+        "updated_at",
+    ]
     fieldsets = [
         (None, {"fields": ["name", "provider_type", "base_url"]}),
         ("Secret", {"fields": ["secret_status", "secret", "clear_secret"]}),
-        ("Routing", {"fields": ["priority", "weight", "status", "status_reason"]}),
+        ("Routing", {"fields": ["priority", "weight", "group", "status", "status_reason"]}),
+        ("Timeouts", {"fields": ["connect_timeout", "first_byte_timeout", "total_timeout"]}),
+        (
+            "Health",
+            {
+                "fields": [
+                    "last_check_at",
+                    "last_check_ok",
+                    "last_check_latency_ms",
+                    "last_check_error",
+                ]
+            },
+        ),
         (None, {"fields": ["created_at", "updated_at"]}),
     ]
-    actions = ["enable_selected", "disable_selected"]
+    actions = ["enable_selected", "disable_selected", "test_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Channel]:
         return super().get_queryset(request).prefetch_related("served__model")
@@ -523,6 +544,23 @@ class ChannelAdmin(AuditedAdmin):
     @admin.action(description="Disable selected channels", permissions=["change"])
     def disable_selected(self, request: HttpRequest, queryset: QuerySet[Channel]) -> None:
         self._set_status(request, queryset, enabled=False)
+
+    @admin.action(description="Test selected channels now", permissions=["change"])
+    def test_selected(self, request: HttpRequest, queryset: QuerySet[Channel]) -> None:
+        from relay.health import channel_check
+
+        for channel in queryset:
+            result = channel_check(channel)
+            if result.ok:
+                self.message_user(
+                    request, f"{channel}: OK in {result.latency_ms} ms.", messages.SUCCESS
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"{channel}: failed after {result.latency_ms} ms: {result.error}",
+                    messages.ERROR,
+                )
 
 
 # --- Audit log ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from relay import chat, errors, upstream
+from relay import chat, errors, shared, upstream
 from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
 from relay.metering import usage_writer
 from relay.snapshot import RelayCache
@@ -77,6 +77,7 @@ class RelayApp:
     async def shutdown(self) -> None:
         await self.cache.close()
         await upstream.close_client()
+        await shared.close()
         usage_writer.flush(timeout=10.0)
 
 

@@ -106,8 +106,8 @@ def relay_url(transactional_db: None, relay_settings: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def gateway(relay_url: str, sim: Simulator) -> Iterator[Gateway]:
-    platform = Organization.objects.create(name="Platform", slug="platform", kind="platform")
+def gateway(relay_url: str, sim: Simulator, platform_org: Organization) -> Iterator[Gateway]:
+    platform = platform_org
     tenant = Organization.objects.create(name="Acme", slug="acme", kind="tenant", parent=platform)
     model = CatalogModel.objects.create(public_id=PUBLIC_MODEL, owned_by="tollgate")
     channel = Channel(name="primary", base_url=sim.channel_url())

@@ -183,3 +183,23 @@ def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, restrict
         assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
     used = {e.channel_id for e in usage_events(3)}
     assert used == ({gateway.channel.pk} if restricted else {premium.pk})
+
+
+def test_an_operator_tests_channels_on_demand_from_the_admin(
+    gateway: Gateway, sim: Simulator, client: Any, operator_user: Any
+) -> None:
+    broken = gateway.add_channel(sim.channel_url("fail=500"), name="broken")
+    client.force_login(operator_user)
+
+    response = client.post(
+        "/admin/portal/channel/",
+        {"action": "test_selected", "_selected_action": [gateway.channel.pk, broken.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("primary: OK in") for m in shown), shown
+    assert any(m.startswith("broken: failed") and "HTTP 500" in m for m in shown), shown
+    gateway.channel.refresh_from_db()
+    assert gateway.channel.last_check_ok is True
