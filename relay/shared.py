@@ -16,6 +16,9 @@ from relay.breaker import BreakerBoard, LocalBreakerStore, RedisBreakerStore
 from relay.limits import LimitStore, LocalLimitStore, RedisLimitStore
 
 _state: dict[int, tuple[Any, LimitStore, BreakerBoard]] = {}
+# In-memory stores hold nothing bound to a loop, and must be one per process so that,
+# say, a health check run from a task closes the breaker the relay consults.
+_local: tuple[None, LimitStore, BreakerBoard] | None = None
 
 
 def _prefix() -> str:
@@ -23,25 +26,27 @@ def _prefix() -> str:
 
 
 def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
+    global _local
+    if not settings.REDIS_URL:
+        if _local is None:
+            _local = (None, LocalLimitStore(), BreakerBoard(LocalBreakerStore()))
+        return _local
     loop_id = id(asyncio.get_running_loop())
     state = _state.get(loop_id)
     if state is None:
-        if settings.REDIS_URL:
-            import redis.asyncio as aioredis
+        import redis.asyncio as aioredis
 
-            client = aioredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
-                socket_timeout=settings.RELAY_REDIS_TIMEOUT,
-                health_check_interval=30,
-            )
-            limits: LimitStore = RedisLimitStore(client, _prefix())
-            board = BreakerBoard(RedisBreakerStore(client, _prefix()))
-        else:
-            client = None
-            limits = LocalLimitStore()
-            board = BreakerBoard(LocalBreakerStore())
-        state = (client, limits, board)
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
+            socket_timeout=settings.RELAY_REDIS_TIMEOUT,
+            health_check_interval=30,
+        )
+        state = (
+            client,
+            RedisLimitStore(client, _prefix()),
+            BreakerBoard(RedisBreakerStore(client, _prefix())),
+        )
         _state[loop_id] = state
     return state
 
