@@ -14,6 +14,7 @@ from portal.models import AuditEntry, Channel
 from relay import health
 from relay.routing import attempt_order
 from relay.snapshot import Route
+from relay.tasks import channels_health_check
 from tests.relay.conftest import Gateway, Simulator, chat_body, usage_events
 
 
@@ -146,7 +147,8 @@ def test_refused_credentials_suspend_the_channel_and_the_health_check_resumes_it
     assert AuditEntry.objects.filter(action="channel.suspend", target_id=str(locked.pk)).exists()
 
     # The provider recovered (fail_first used up): the scheduled check brings it back.
-    results = health.channels_check_all()
+    # (Celery runs tasks eagerly here; CI also runs them on a real worker elsewhere.)
+    results = channels_health_check.apply().get()
 
     assert results[locked.pk] is True
     locked.refresh_from_db()
@@ -170,13 +172,18 @@ def test_health_check_records_a_failing_channel(gateway: Gateway, sim: Simulator
     assert broken.status == Channel.Status.ENABLED  # only refused credentials suspend
 
 
-@pytest.mark.parametrize("restricted", [True, False])
-def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, restricted: bool) -> None:
+@pytest.mark.parametrize("level", ["key", "tenant", "key-overrides-tenant", "none"])
+def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, level: str) -> None:
     premium = gateway.add_channel(sim.channel_url("tokens=4"), name="premium", priority=10)
     premium.group = "premium"
     premium.save()
-    gateway.api_key.channel_groups = ["default"] if restricted else []
+    gateway.api_key.channel_groups = {"key": ["default"], "key-overrides-tenant": ["premium"]}.get(
+        level, []
+    )
     gateway.api_key.save()
+    gateway.tenant.channel_groups = ["default"] if "tenant" in level else []
+    gateway.tenant.save()
+    restricted = level in ("key", "tenant")
     _settle()
 
     for _ in range(3):
