@@ -1,0 +1,46 @@
+"""Portal workflows: organisations, memberships, API keys, the model catalog and channels.
+
+Every function is keyword-only and runs in one transaction that also writes the
+AuditEntry describing the change, so a change and its audit row commit (or vanish)
+together. Secrets never reach an audit entry. One module per concern; import from here.
+"""
+
+from __future__ import annotations
+
+from portal.services.catalog import (
+    catalog_model_upsert,
+)
+from portal.services.channels import (
+    channel_check_record,
+    channel_create,
+    channel_models_add,
+    channel_set_status,
+    channel_suspend,
+    channel_update,
+    channel_update_secret,
+)
+from portal.services.common import Actor
+from portal.services.keys import (
+    api_key_create,
+    api_key_revoke,
+)
+from portal.services.organizations import (
+    membership_add,
+    organization_create,
+)
+
+__all__ = [
+    "Actor",
+    "api_key_create",
+    "api_key_revoke",
+    "catalog_model_upsert",
+    "channel_check_record",
+    "channel_create",
+    "channel_models_add",
+    "channel_set_status",
+    "channel_suspend",
+    "channel_update",
+    "channel_update_secret",
+    "membership_add",
+    "organization_create",
+]

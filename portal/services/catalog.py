@@ -1,0 +1,77 @@
+"""The model catalog: public model ids and what they can do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from portal.models import (
+    AuditEntry,
+    CatalogModel,
+)
+from portal.services.common import Actor
+
+
+def check_public_id(public_id: str) -> None:
+    # Clients type these ids; one with a space in it could never be requested.
+    if not public_id or public_id != "".join(public_id.split()):
+        raise ValidationError({"public_id": "A model id cannot be blank or contain spaces."})
+
+
+@transaction.atomic
+def catalog_model_upsert(
+    *,
+    public_id: str,
+    actor: Actor,
+    owned_by: str = "tollgate",
+    capabilities: Iterable[str] = (),
+    context_window: int | None = None,
+    max_output_tokens: int | None = None,
+    description: str = "",
+) -> CatalogModel:
+    """Create the catalog entry ``public_id`` or bring it to the given values.
+
+    Audited only when something changed, so re-running a seed leaves no noise.
+    """
+    check_public_id(public_id)
+    values: dict[str, Any] = {
+        "owned_by": owned_by,
+        "capabilities": list(capabilities),
+        "context_window": context_window,
+        "max_output_tokens": max_output_tokens,
+        "description": description,
+    }
+    # Validate before get_or_create, which would otherwise insert unchecked values.
+    CatalogModel(public_id=public_id, **values).full_clean(
+        validate_unique=False, validate_constraints=False
+    )
+    model, created = CatalogModel.objects.select_for_update().get_or_create(
+        public_id=public_id, defaults=values
+    )
+    if created:
+        AuditEntry.record(
+            actor=actor,
+            action="catalog_model.create",
+            target=model,
+            data={"public_id": public_id, **values},
+        )
+        return model
+    changed = {field: value for field, value in values.items() if getattr(model, field) != value}
+    if changed:
+        before = {field: getattr(model, field) for field in changed}
+        for field, value in changed.items():
+            setattr(model, field, value)
+        model.save(update_fields=list(changed))
+        AuditEntry.record(
+            actor=actor,
+            action="catalog_model.update",
+            target=model,
+            data={
+                "public_id": public_id,
+                "changed": {f: {"from": before[f], "to": v} for f, v in changed.items()},
+            },
+        )
+    return model

@@ -1,0 +1,89 @@
+"""Organisations and memberships: the tree of platform, resellers and tenants."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils.text import slugify
+
+from portal.models import (
+    AuditEntry,
+    Membership,
+    Organization,
+)
+from portal.services.common import Actor
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+_SLUG_MAX_LENGTH = Organization._meta.get_field("slug").max_length or 80
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:_SLUG_MAX_LENGTH].strip("-") or "org"
+    candidate, n = base, 1
+    while Organization.objects.filter(slug=candidate).exists():
+        n += 1
+        suffix = f"-{n}"
+        candidate = base[: _SLUG_MAX_LENGTH - len(suffix)].rstrip("-") + suffix
+    return candidate
+
+
+@transaction.atomic
+def organization_create(
+    *,
+    name: str,
+    kind: str,
+    parent: Organization | None = None,
+    slug: str | None = None,
+    actor: Actor,
+) -> Organization:
+    """Create an organisation in the tree (platform → resellers → tenants).
+
+    Without a slug one is derived from the name and made unique. Raises ValidationError
+    when the kind may not sit under ``parent`` or a second platform is asked for.
+    """
+    if kind not in Organization.Kind.values:
+        # Checked here because Organization.clean() raises KeyError on an unknown kind.
+        raise ValidationError({"kind": f"Unknown kind {kind!r}."})
+    if kind == Organization.Kind.PLATFORM and Organization.objects.filter(kind=kind).exists():
+        # Everything hangs off one platform; a second root would split the tree.
+        raise ValidationError({"kind": "There is already a platform organisation."})
+    organization = Organization(
+        name=name, kind=kind, parent=parent, slug=slug or _unique_slug(name)
+    )
+    organization.full_clean()
+    organization.save()
+    AuditEntry.record(
+        actor=actor,
+        action="organization.create",
+        target=organization,
+        organization=organization,
+        data={
+            "name": organization.name,
+            "slug": organization.slug,
+            "kind": organization.kind,
+            "parent": parent.slug if parent else None,
+        },
+    )
+    return organization
+
+
+@transaction.atomic
+def membership_add(
+    *, organization: Organization, user: AbstractBaseUser, role: str, actor: Actor
+) -> Membership:
+    """Give ``user`` a role in ``organization``; ValidationError if they already have one."""
+    membership = Membership(organization=organization, user=user, role=role)
+    membership.full_clean()
+    membership.save()
+    AuditEntry.record(
+        actor=actor,
+        action="membership.add",
+        target=membership,
+        organization=organization,
+        data={"user": user.get_username(), "role": role},
+    )
+    return membership
