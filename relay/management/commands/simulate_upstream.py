@@ -15,7 +15,7 @@ from relay import simulator
 
 
 class Command(BaseCommand):
-    help = "Serve a simulated OpenAI-compatible upstream (see relay/simulator.py)."
+    help = "Serve a simulated OpenAI-compatible upstream (see relay/simulator/)."
     # The simulator touches neither models nor the database; skipping the checks lets it
     # start even before migrations have run.
     requires_system_checks: list[str] = []

@@ -1,0 +1,120 @@
+"""The simulator's behaviour options, parsed from a ``/sim/<options>`` path prefix."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+DEFAULT_MODELS = ("sim-small", "sim-large")
+MODEL_CREATED = 1_700_000_000  # fixed, so model listings are reproducible
+SYSTEM_FINGERPRINT = "fp_simulator"
+REQUEST_LOG_SIZE = 200
+MAX_CHOICES = 128  # OpenAI's own limit for ``n``
+MAX_TOP_LOGPROBS = 20
+
+INVALID_BODY = object()  # stands for a body that is not JSON, since ``null`` is valid JSON
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimOptions:
+    """How one behaviour prefix answers; the defaults come from ``build_app``."""
+
+    fail: int | None = None
+    fail_first: int = 0
+    latency_ms: float = 0.0
+    tps: float = 0.0
+    tokens: int = 16
+    hang: bool = False
+    hang_after: int | None = None
+    reset_after: int | None = None
+    nousage: bool = False
+    cached: int = 0
+    reasoning: int = 0
+    key: str | None = None
+    bad_json: bool = False
+    error_body: bool = False
+
+
+class OptionError(ValueError):
+    """A behaviour prefix that cannot be understood; answered with a 400 envelope."""
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(value)
+    return number
+
+
+def _status(value: str) -> int:
+    number = int(value)
+    if not 400 <= number <= 599:
+        raise ValueError(value)
+    return number
+
+
+def _rate(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(value)
+    return number
+
+
+def _secret(value: str) -> str:
+    if not value:
+        raise ValueError(value)
+    return value
+
+
+_FLAGS = frozenset({"hang", "nousage", "bad_json", "error_body"})
+_VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "fail": ("fail", _status),
+    "fail_first": ("fail_first", _count),
+    "latency": ("latency_ms", _rate),
+    "tps": ("tps", _rate),
+    "tokens": ("tokens", _count),
+    "hang_after": ("hang_after", _count),
+    "reset_after": ("reset_after", _count),
+    "cached": ("cached", _count),
+    "reasoning": ("reasoning", _count),
+    "key": ("key", _secret),
+}
+
+
+def parse_options(text: str, defaults: SimOptions) -> SimOptions:
+    """Parse the ``<options>`` of ``/sim/<options>/v1/...`` on top of ``defaults``.
+
+    Grammar: a comma-separated list of ``name`` (flags: hang, nousage, bad_json, error_body)
+    or ``name=value`` (fail=<400-599>, fail_first=<k>, latency=<ms>, tps=<n>, tokens=<n>,
+    hang_after=<k>, reset_after=<k>, cached=<n>, reasoning=<n>, key=<secret>). Empty items
+    are ignored and a repeated option keeps its last value. Raises ``OptionError``.
+    """
+    changes: dict[str, Any] = {}
+    for item in text.split(","):
+        if not item:
+            continue
+        name, has_value, value = item.partition("=")
+        if name in _FLAGS:
+            if has_value:
+                raise OptionError(f"Simulator option '{name}' takes no value.")
+            changes[name] = True
+        elif name in _VALUED:
+            field, convert = _VALUED[name]
+            try:
+                changes[field] = convert(value)
+            except ValueError:
+                raise OptionError(f"Bad value for simulator option '{name}': '{value}'.") from None
+        else:
+            raise OptionError(f"Unknown simulator option '{name}'.")
+    return dataclasses.replace(defaults, **changes)
