@@ -1,4 +1,4 @@
-"""ASGI entry point: ``/v1/*`` goes to the lean relay app, everything else to Django.
+"""ASGI entry point: ``/v1/*`` and the probes go to the lean relay app, the rest to Django.
 
 Serve with e.g. ``uvicorn config.asgi:application``.
 """
@@ -16,10 +16,14 @@ django_application = get_asgi_application()
 from relay.app import RelayApp  # noqa: E402 - needs Django set up first
 
 relay_application = RelayApp()
+# Served by the relay app as well: the bare /v1 (an OpenAI-style 404) and the probes.
+LEAN_PATHS = frozenset({"/v1", "/healthz", "/readyz"})
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
+    if scope["type"] == "http" and (
+        scope["path"].startswith("/v1/") or scope["path"] in LEAN_PATHS
+    ):
         await relay_application(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from relay import chat, errors, shared, upstream
+from relay import chat, errors, probes, shared, upstream
 from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
 from relay.metering import usage_writer
 from relay.snapshot import RelayCache
@@ -48,7 +48,11 @@ class RelayApp:
     async def _dispatch(self, exchange: Exchange) -> None:
         path: str = exchange.scope["path"]
         method: str = exchange.scope["method"]
-        if path == "/v1/chat/completions":
+        if path == "/healthz":
+            await exchange.respond_json(200, probes.LIVENESS_BODY)
+        elif path == "/readyz":
+            await exchange.respond_json(*await probes.readiness())
+        elif path == "/v1/chat/completions":
             _require(method, "POST", path)
             await chat.handle(exchange)
         elif path == "/v1/models":

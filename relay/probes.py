@@ -1,0 +1,62 @@
+"""Liveness and readiness probes for load balancers and orchestrators.
+
+``/healthz`` answers as long as the process serves requests. ``/readyz`` also checks what
+serving needs: the database, and Redis (cache, limits and Celery broker) when configured.
+Both are served by the lean ASGI path: no session, middleware or template runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+def _database() -> None:
+    close_old_connections()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _redis() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
+        socket_timeout=PROBE_TIMEOUT_SECONDS,
+    )
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _check(name: str, check: Any) -> tuple[str, dict[str, Any]]:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            await check()
+    except Exception as exc:  # any failure makes the process not ready; say which
+        return name, {"ok": False, "error": type(exc).__name__}
+    return name, {"ok": True, "latency_ms": int((time.monotonic() - started) * 1000)}
+
+
+async def readiness() -> tuple[int, bytes]:
+    checks = [_check("database", sync_to_async(_database))]
+    if settings.REDIS_URL:
+        checks.append(_check("redis", _redis))
+    results = dict(await asyncio.gather(*checks))
+    ready = all(result["ok"] for result in results.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": results}
+    return (200 if ready else 503), orjson.dumps(body)
+
+
+LIVENESS_BODY = orjson.dumps({"status": "ok"})
