@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from portal import invalidation
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
-from relay import shared
+from relay import errors, shared
 from relay.limits import Limits, Scope
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -195,6 +195,17 @@ def load_snapshot() -> Snapshot:
     return Snapshot(models=models)
 
 
+def _database_unavailable() -> errors.RelayError:
+    # Keys and routes already cached keep being served; only what is not yet is refused.
+    return errors.RelayError(
+        503,
+        "The gateway cannot reach its database right now; retry shortly.",
+        type="server_error",
+        code="database_unavailable",
+        headers=((b"retry-after", b"2"),),
+    )
+
+
 class RelayCache:
     """Per-process cache of keys and the routing snapshot, invalidated by generation."""
 
@@ -215,7 +226,11 @@ class RelayCache:
             if info is not None or time.monotonic() - loaded_at < NEGATIVE_TTL_SECONDS:
                 return info
         epoch = self._epoch
-        info = await sync_to_async(load_key)(digest)
+        try:
+            info = await sync_to_async(load_key)(digest)
+        except DatabaseError:
+            logger.warning("loading an API key failed", exc_info=True)
+            raise _database_unavailable() from None
         if epoch == self._epoch:
             self._keys[digest] = (info, time.monotonic())
             if len(self._keys) > MAX_CACHED_KEYS:
@@ -232,7 +247,11 @@ class RelayCache:
         async with self._snapshot_lock:
             if self._snapshot is None:
                 epoch = self._epoch
-                loaded = await sync_to_async(load_snapshot)()
+                try:
+                    loaded = await sync_to_async(load_snapshot)()
+                except DatabaseError:
+                    logger.warning("loading the routing table failed", exc_info=True)
+                    raise _database_unavailable() from None
                 if epoch != self._epoch:
                     return loaded  # stale before it landed: serve it once, keep nothing
                 self._snapshot = loaded

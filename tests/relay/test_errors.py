@@ -214,3 +214,24 @@ def _eventually(call: Any, done: Any, attempts: int = 40) -> httpx.Response:
         time.sleep(0.1)
         response = call()
     return response
+
+
+def test_an_unreachable_database_is_a_503_for_keys_not_yet_cached(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    from relay import snapshot
+
+    assert gateway.client.get("/v1/models").status_code == 200  # this key is cached now
+    stranger = gateway.new_key(name="never-seen")
+
+    def database_down(digest: str) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(snapshot, "load_key", database_down)
+    cold = httpx.get(gateway.url + "/v1/models", headers={"Authorization": f"Bearer {stranger}"})
+    assert_error(cold, 503, code="database_unavailable")
+    assert cold.headers["retry-after"] == "2"
+    # The cached key keeps working through the outage.
+    assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
