@@ -7,6 +7,7 @@ from portal.models.catalog import CatalogModel
 from portal.models.channels import Channel, ChannelModel
 from portal.models.keys import ApiKey
 from portal.models.organizations import Membership, Organization
+from portal.models.tokens import PersonalAccessToken
 
 __all__ = [
     "ApiKey",
@@ -16,4 +17,5 @@ __all__ = [
     "ChannelModel",
     "Membership",
     "Organization",
+    "PersonalAccessToken",
 ]

@@ -1,0 +1,100 @@
+"""Query-string filters of the API's list endpoints (django-filter)."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import django_filters
+from django import forms
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+
+from billing.models import UsageEvent
+from portal.models import ApiKey, AuditEntry, Organization
+from portal.selectors import DEFAULT_PERIOD_DAYS, Period
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class IntegerFilter(django_filters.NumberFilter):
+    field_class = forms.IntegerField
+
+
+class OrganizationFilter(django_filters.FilterSet):
+    parent = django_filters.CharFilter(field_name="parent__slug", help_text="Parent's slug.")
+
+    class Meta:
+        model = Organization
+        fields = ["kind", "is_active", "parent"]
+
+
+class ApiKeyFilter(django_filters.FilterSet):
+    organization = django_filters.CharFilter(
+        field_name="tenant__slug", help_text="The tenant's slug."
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["organization", "status"]
+
+
+# Usage periods are whole days within these; beyond them date arithmetic overflows.
+EARLIEST_DAY = date(1970, 1, 1)
+LATEST_DAY = date(9999, 12, 30)
+
+
+class UsageFilter(django_filters.FilterSet):
+    """Usage of a period (whole UTC days; the last 30 days by default)."""
+
+    start = django_filters.DateFilter(
+        method="filter_noop", help_text="First day (UTC), included. Default: 29 days ago."
+    )
+    end = django_filters.DateFilter(
+        method="filter_noop", help_text="Last day (UTC), included. Default: today."
+    )
+    organization = django_filters.CharFilter(
+        field_name="tenant__slug", help_text="The tenant's slug."
+    )
+    key = IntegerFilter(field_name="api_key_id", help_text="API key id.")
+    model = django_filters.CharFilter(field_name="model", help_text="Public model id.")
+
+    class Meta:
+        model = UsageEvent
+        fields = ["start", "end", "organization", "key", "model"]
+
+    def filter_noop(self, queryset: QuerySet[Any], name: str, value: date) -> QuerySet[Any]:
+        return queryset  # applied together in filter_queryset, as one period
+
+    def period(self) -> Period:
+        default = Period.last_days()
+        data = self.form.cleaned_data
+        last: date = data.get("end") or default.last
+        first: date = data.get("start") or last - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
+        return Period(first=first, last=last)
+
+    def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        queryset = super().filter_queryset(queryset)
+        period = self.period()
+        return queryset.filter(created_at__gte=period.start, created_at__lt=period.end)
+
+    def is_valid(self) -> bool:
+        if not super().is_valid():
+            return False
+        data = self.form.cleaned_data
+        for name in ("start", "end"):
+            value = data.get(name)
+            if value is not None and not EARLIEST_DAY <= value <= LATEST_DAY:
+                self.form.add_error(name, f"Choose a day from {EARLIEST_DAY} to {LATEST_DAY}.")
+        if data.get("start") and data.get("end") and data["start"] > data["end"]:
+            self.form.add_error("end", "The end comes before the start.")
+        return not self.form.errors
+
+
+class AuditFilter(django_filters.FilterSet):
+    organization = django_filters.CharFilter(field_name="organization__slug")
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+
+    class Meta:
+        model = AuditEntry
+        fields = ["organization", "action", "target_type", "since"]

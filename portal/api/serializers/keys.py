@@ -1,0 +1,77 @@
+"""API keys and personal access tokens: both shown once, never readable again."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from portal.models import ApiKey, PersonalAccessToken
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(source="tenant", slug_field="slug", read_only=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "id",
+            "organization",
+            "name",
+            "prefix",
+            "status",
+            "allowed_models",
+            "expires_at",
+            "created_by",
+            "created_at",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class ApiKeyCreateSerializer(serializers.Serializer):
+    organization = serializers.SlugField(help_text="Slug of the tenant the key is for.")
+    name = serializers.CharField(max_length=200)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    allowed_models = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        default=list,
+        help_text="Public model ids the key may use; empty allows every model.",
+    )
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    secret = serializers.CharField(
+        read_only=True, help_text="The key itself. Shown in this response only."
+    )
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "secret"]
+        read_only_fields = fields
+
+
+class AccessTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PersonalAccessToken
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scope",
+            "expires_at",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
+        read_only_fields = ["id", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+
+class AccessTokenCreatedSerializer(AccessTokenSerializer):
+    secret = serializers.CharField(
+        read_only=True, help_text="The token itself. Shown in this response only."
+    )
+
+    class Meta(AccessTokenSerializer.Meta):
+        fields = [*AccessTokenSerializer.Meta.fields, "secret"]

@@ -1,0 +1,76 @@
+"""Organisations and memberships as the API shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from portal.access import Role, Scope
+from portal.models import Membership, Organization
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    my_role = serializers.SerializerMethodField(
+        help_text="The caller's effective role here: operator, reseller, owner, admin, "
+        "member or billing."
+    )
+
+    class Meta:
+        model = Organization
+        fields = ["slug", "name", "kind", "parent", "is_active", "created_at", "my_role"]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=[r.value for r in Role]))
+    def get_my_role(self, organization: Organization) -> str | None:
+        scope: Scope | None = self.context.get("scope")
+        role = scope.role_for(organization.pk) if scope else None
+        return role.value if role else None
+
+
+class OrganizationCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(
+        choices=[Organization.Kind.TENANT, Organization.Kind.RESELLER],
+        default=Organization.Kind.TENANT,
+    )
+    parent = serializers.SlugField(
+        help_text="Slug of the reseller (or the platform) the new organisation sits under."
+    )
+    slug = serializers.SlugField(
+        max_length=80, required=False, help_text="Derived from the name when omitted."
+    )
+
+    def validate_slug(self, value: str) -> str:
+        if Organization.objects.filter(slug=value).exists():
+            raise serializers.ValidationError("This slug is taken.")
+        return value
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.EmailField(source="user.email", read_only=True)
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "organization", "username", "email", "role", "created_at"]
+        read_only_fields = fields
+
+
+class MembershipCreateSerializer(serializers.Serializer):
+    user = serializers.CharField(help_text="Username or e-mail address of an existing user.")
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+    def validate_user(self, value: str) -> Any:
+        users = get_user_model().objects.filter(
+            Q(username=value) | Q(email__iexact=value), is_active=True
+        )
+        found = list(users[:2])
+        if len(found) != 1:
+            raise serializers.ValidationError("No single active user has this name or e-mail.")
+        return found[0]

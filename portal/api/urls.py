@@ -1,0 +1,31 @@
+"""Routes of the management API, its OpenAPI schema and browsable docs."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import DefaultRouter
+
+from portal.api.docs import api_docs
+from portal.api.views.activity import AuditEntryViewSet, MeView, UsageViewSet
+from portal.api.views.keys import AccessTokenViewSet, ApiKeyViewSet
+from portal.api.views.organizations import OrganizationViewSet
+from portal.api.views.platform import CatalogModelViewSet, ChannelViewSet
+
+app_name = "api"
+
+router = DefaultRouter()
+router.register("organizations", OrganizationViewSet, basename="organization")
+router.register("keys", ApiKeyViewSet, basename="key")
+router.register("tokens", AccessTokenViewSet, basename="token")
+router.register("channels", ChannelViewSet, basename="channel")
+router.register("models", CatalogModelViewSet, basename="model")
+router.register("usage", UsageViewSet, basename="usage")
+router.register("audit", AuditEntryViewSet, basename="audit")
+
+urlpatterns = [
+    path("me/", MeView.as_view(), name="me"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", api_docs, name="docs"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,1 @@
+"""Viewsets of the management API; each scopes its queryset through ``portal.access``."""

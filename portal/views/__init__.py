@@ -1,0 +1,2 @@
+"""Server-rendered dashboard views; thin: authorise through ``portal.access``, call one
+service, render."""

@@ -1,0 +1,120 @@
+"""What every dashboard page shares: rendering with navigation, and service errors on forms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.paginator import Page, Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+
+from portal.access import Access, Need, is_operator, request_scope
+from portal.models import Organization
+
+PAGE_SIZE = 50
+# How many organisations the switcher lists before pointing to the full list.
+SWITCHER_LIMIT = 12
+
+
+@dataclass(frozen=True)
+class NavLink:
+    label: str
+    url: str
+    key: str
+
+
+def _organization_links(access: Access) -> list[NavLink]:
+    """The sections of one organisation this person's role opens."""
+    org = access.organization
+    slug = org.slug
+    links = [NavLink("Overview", reverse("org", args=[slug]), "overview")]
+    if org.is_tenant and access.can(Need.KEYS):
+        links.append(NavLink("API keys", reverse("keys", args=[slug]), "keys"))
+    if org.is_tenant and access.can(Need.USAGE):
+        links.append(NavLink("Usage", reverse("usage", args=[slug]), "usage"))
+    if org.is_tenant and access.can(Need.KEYS):
+        links.append(NavLink("Quick start", reverse("quickstart", args=[slug]), "quickstart"))
+    if not org.is_tenant and access.can(Need.MANAGE):
+        links.append(NavLink("Tenants", reverse("tenants", args=[slug]), "tenants"))
+    links.append(NavLink("Members", reverse("members", args=[slug]), "members"))
+    if access.can(Need.BILLING):
+        links.append(NavLink("Billing", reverse("billing", args=[slug]), "billing"))
+    if access.can(Need.AUDIT):
+        links.append(NavLink("Audit log", reverse("org_audit", args=[slug]), "audit"))
+    return links
+
+
+def _operator_links() -> list[NavLink]:
+    return [
+        NavLink("Overview", reverse("operator"), "operator"),
+        NavLink("Channels", reverse("channels"), "channels"),
+        NavLink("Models", reverse("catalog"), "catalog"),
+        NavLink("Organisations", reverse("operator_orgs"), "operator_orgs"),
+        NavLink("Audit log", reverse("operator_audit"), "operator_audit"),
+    ]
+
+
+def navigation(request: HttpRequest, access: Access | None) -> dict[str, Any]:
+    user = request.user
+    if not user.is_authenticated:
+        return {}
+    scope = request_scope(request)
+    switcher: QuerySet[Organization] = (
+        scope.organizations().exclude(kind=Organization.Kind.PLATFORM).order_by("name")
+    )
+    return {
+        "nav_operator": _operator_links() if is_operator(user) else [],
+        "nav_org": _organization_links(access) if access else [],
+        "nav_switcher": list(switcher[:SWITCHER_LIMIT]),
+        "current_org": access.organization if access else None,
+        "current_role": access.role.value if access else None,
+    }
+
+
+def render_page(
+    request: HttpRequest,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    access: Access | None = None,
+    section: str = "",
+    status: int = 200,
+) -> HttpResponse:
+    """Render a dashboard page inside the base layout with role-aware navigation."""
+    full = {**navigation(request, access), "access": access, "section": section}
+    full.update(context or {})
+    return render(request, template, full, status=status)
+
+
+def paginate(request: HttpRequest, rows: QuerySet[Any], per_page: int = PAGE_SIZE) -> Page:
+    return Paginator(rows, per_page).get_page(request.GET.get("page"))
+
+
+def add_service_errors(form: forms.BaseForm, exc: ValidationError) -> None:
+    """Show a service's ValidationError on the form: on its field where one matches."""
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)
+
+
+@contextmanager
+def form_errors(form: forms.BaseForm) -> Iterator[list[bool]]:
+    """Run a service; on ValidationError put its messages on ``form`` and flag failure.
+
+    Usage: ``with form_errors(form) as failed: services.x(...)`` then ``if failed: ...``.
+    """
+    failed: list[bool] = []
+    try:
+        yield failed
+    except ValidationError as exc:
+        add_service_errors(form, exc)
+        failed.append(True)

@@ -1,0 +1,138 @@
+"""Bar charts as plain geometry, drawn as inline SVG by ``portal/_bar_chart.html``.
+
+Server-side, so pages need no charting script and nothing is fetched at run time; each
+bar carries a text title for tooltips and screen readers, and pages show the numbers
+in a table as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+WIDTH = 720
+HEIGHT = 220
+LEFT = 56  # room for the y-axis labels
+BOTTOM = 24  # room for the x-axis labels
+TOP = 8
+MAX_X_LABELS = 8
+
+
+@dataclass(frozen=True)
+class Segment:
+    y: float
+    height: float
+    css_class: str
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    width: float
+    segments: tuple[Segment, ...]
+    title: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class XLabel:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    width: int
+    height: int
+    left: int
+    baseline: float
+    bars: tuple[Bar, ...]
+    ticks: tuple[Tick, ...]
+    x_labels: tuple[XLabel, ...]
+    legend: tuple[tuple[str, str], ...]
+    empty: bool
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest 1, 2 or 5 times 10^n at or above ``value`` (at least 1)."""
+    if value <= 1:
+        return 1
+    exponent = math.floor(math.log10(value))
+    for step in (1, 2, 5, 10):
+        candidate = step * 10**exponent
+        if candidate >= value:
+            return candidate
+    return 10 ** (exponent + 1)  # pragma: no cover - the loop always returns
+
+
+def compact(value: float) -> str:
+    """12_300 → "12.3k", 4_000_000 → "4M"."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            text = f"{value / size:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{suffix}"
+    return f"{value:g}"
+
+
+def stacked_bars(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[tuple[str, str, Sequence[int]]],
+    *,
+    unit: str = "",
+) -> Chart:
+    """A bar per label, stacking each series (name, css class, values) bottom-up."""
+    count = len(labels)
+    totals = [sum(values[i] for _, _, values in series) for i in range(count)]
+    top = nice_ceiling(max(totals, default=0))
+    plot_height = HEIGHT - TOP - BOTTOM
+    plot_width = WIDTH - LEFT
+    slot = plot_width / max(count, 1)
+    bar_width = max(slot * 0.7, 1.0)
+    baseline = float(TOP + plot_height)
+    bars = []
+    for i, label in enumerate(labels):
+        y = baseline
+        segments = []
+        parts = []
+        for name, css_class, values in series:
+            height = plot_height * values[i] / top
+            y -= height
+            segments.append(Segment(y=round(y, 2), height=round(height, 2), css_class=css_class))
+            parts.append(f"{name} {values[i]:,}")
+        bars.append(
+            Bar(
+                x=round(LEFT + i * slot + (slot - bar_width) / 2, 2),
+                width=round(bar_width, 2),
+                segments=tuple(segments),
+                title=f"{label}: " + ", ".join(parts) + (f" {unit}" if unit else ""),
+            )
+        )
+    ticks = tuple(
+        Tick(y=round(baseline - plot_height * f, 2), label=compact(top * f))
+        for f in (0, 0.25, 0.5, 0.75, 1)
+    )
+    every = max(1, math.ceil(count / MAX_X_LABELS))
+    x_labels = tuple(
+        XLabel(x=round(LEFT + i * slot + slot / 2, 2), label=labels[i])
+        for i in range(0, count, every)
+    )
+    return Chart(
+        title=title,
+        width=WIDTH,
+        height=HEIGHT,
+        left=LEFT,
+        baseline=baseline,
+        bars=tuple(bars),
+        ticks=ticks,
+        x_labels=x_labels,
+        legend=tuple((name, css_class) for name, css_class, _ in series),
+        empty=not any(totals),
+    )

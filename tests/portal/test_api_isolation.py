@@ -1,0 +1,170 @@
+"""Every operation in the OpenAPI schema, called by people of another tenant and of
+another reseller against ``tenant_org``'s objects: 403/404, never its data, no change.
+
+Operations come from the generated schema, so a new endpoint without an entry in
+EXPECTED fails ``test_every_operation_is_covered``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
+from rest_framework.test import APIClient
+
+from billing.models import UsageEvent
+from portal import services, tokens
+from portal.models import ApiKey, AuditEntry, Membership, Organization
+from tests.conftest import make_member, make_user
+
+pytestmark = pytest.mark.django_db
+
+OURS = "ours-api-marker-41b2"
+LIST = "list"  # 200, with none of tenant_org's data in it
+
+# (method, path template) → what an outsider gets. LIST: 200 without our data.
+EXPECTED: dict[tuple[str, str], int | str] = {
+    ("get", "/api/audit/"): LIST,
+    ("get", "/api/channels/"): 403,
+    ("post", "/api/channels/"): 403,
+    ("get", "/api/channels/{id}/"): 403,
+    ("patch", "/api/channels/{id}/"): 403,
+    ("post", "/api/channels/{id}/disable/"): 403,
+    ("post", "/api/channels/{id}/enable/"): 403,
+    ("post", "/api/channels/{id}/models/"): 403,
+    ("post", "/api/channels/{id}/test/"): 403,
+    ("get", "/api/keys/"): LIST,
+    ("post", "/api/keys/"): 404,
+    ("get", "/api/keys/{id}/"): 404,
+    ("post", "/api/keys/{id}/revoke/"): 404,
+    ("get", "/api/me/"): LIST,
+    ("get", "/api/models/"): LIST,  # the catalog is shared, not tenant data
+    ("post", "/api/models/"): 403,
+    ("get", "/api/models/{public_id}/"): 200,
+    ("get", "/api/organizations/"): LIST,
+    ("post", "/api/organizations/"): 404,
+    ("get", "/api/organizations/{slug}/"): 404,
+    ("get", "/api/organizations/{slug}/members/"): 404,
+    ("post", "/api/organizations/{slug}/members/"): 404,
+    ("get", "/api/tokens/"): LIST,
+    ("post", "/api/tokens/"): 201,  # their own token, not ours
+    ("get", "/api/tokens/{id}/"): 404,
+    ("post", "/api/tokens/{id}/revoke/"): 404,
+    ("get", "/api/usage/"): LIST,
+}
+
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/api/keys/"): {"organization": "tenant", "name": "intruder"},
+    ("post", "/api/organizations/"): {"name": "Intruder", "parent": "tenant"},
+    ("post", "/api/organizations/{slug}/members/"): {"user": "outsider", "role": "owner"},
+    ("post", "/api/channels/"): {"name": "x", "base_url": "http://x.test/v1"},
+    ("patch", "/api/channels/{id}/"): {"name": "renamed"},
+    ("post", "/api/channels/{id}/models/"): {"models": [{"public_id": "x"}]},
+    ("post", "/api/models/"): {"public_id": "intruder-model"},
+    ("post", "/api/tokens/"): {"name": "mine"},
+}
+
+
+def operations() -> list[tuple[str, str]]:
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return sorted(
+        (method, path)
+        for path, item in schema["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    )
+
+
+def test_every_operation_is_covered() -> None:
+    assert set(operations()) == set(EXPECTED)
+
+
+@pytest.fixture
+def ours(
+    tenant_org: Organization, tenant_owner: Any, tenant_member: Any, operator_user: Any
+) -> dict[str, str]:
+    key = services.api_key_create(tenant=tenant_org, name=f"key-{OURS}", actor=tenant_owner)[0]
+    UsageEvent.objects.create(
+        request_id=uuid.uuid4().hex,
+        created_at=timezone.now() - timedelta(hours=1),
+        tenant=tenant_org,
+        api_key=key,
+        model=f"model-{OURS}",
+        status_code=200,
+        total_latency_ms=5,
+    )
+    channel = services.channel_create(
+        name="Upstream",
+        base_url="http://u.test/v1",
+        secret="sk-up",
+        models=["sim-small"],
+        actor=operator_user,
+    )
+    token, _ = tokens.personal_access_token_create(
+        user=tenant_owner, name=f"token-{OURS}", actor=tenant_owner
+    )
+    services.membership_add(
+        organization=tenant_org,
+        user=make_user(f"user-{OURS}"),
+        role="member",
+        actor=tenant_owner,
+    )
+    return {
+        "slug": "tenant",
+        "public_id": "sim-small",
+        "key": str(key.pk),
+        "channel": str(channel.pk),
+        "token": str(token.pk),
+    }
+
+
+def _url(path: str, values: dict[str, str]) -> str:
+    if "{id}" in path:
+        kind = "key" if "/keys/" in path else "channel" if "/channels/" in path else "token"
+        path = path.replace("{id}", values[kind])
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
+
+def _snapshot(tenant: Organization) -> tuple[Any, ...]:
+    return (
+        list(ApiKey.objects.filter(tenant=tenant).values_list("id", "status", "name")),
+        list(Membership.objects.filter(organization=tenant).values_list("user_id", "role")),
+        Organization.objects.count(),
+        AuditEntry.objects.filter(organization=tenant).count(),
+        list(AuditEntry.objects.values_list("action", flat=True).order_by("id")),
+    )
+
+
+@pytest.mark.parametrize("persona", ["outsider", "other_reseller_admin"])
+def test_outsiders_get_404_or_403_and_never_our_data(
+    request: pytest.FixtureRequest,
+    persona: str,
+    ours: dict[str, str],
+    tenant_org: Organization,
+    other_reseller_org: Organization,
+    outsider: Any,
+) -> None:
+    if persona == "outsider":
+        user = outsider
+    else:
+        user = make_member("other-reseller-admin", other_reseller_org, Membership.Role.ADMIN)
+    client = APIClient()
+    client.force_login(user)
+    before = _snapshot(tenant_org)
+    for method, path in operations():
+        expected = EXPECTED[(method, path)]
+        response = getattr(client, method)(
+            _url(path, ours), BODIES.get((method, path), {}), format="json"
+        )
+        want = 200 if expected == LIST else expected
+        assert response.status_code == want, (method, path, response.content[:300])
+        assert OURS not in response.content.decode(), (method, path)
+    after = _snapshot(tenant_org)
+    assert after[:4] == before[:4]
+    # The only write that succeeded is the outsider's own token.
+    assert after[4][len(before[4]) :] == ["access_token.create"]

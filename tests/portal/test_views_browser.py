@@ -1,0 +1,253 @@
+"""The main journeys in real headless Chromium, against Tollgate served on loopback.
+
+Debian's ``chromium`` (``apt-get install chromium``) is driven by Playwright; nothing is
+downloaded by the test tool. Screenshots of each main page land in ``tests/artifacts/``
+(ignored by git; CI keeps the folder as an artefact).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth.hashers import make_password
+from django.core.asgi import get_asgi_application
+
+from billing.models import UsageEvent
+from portal.models import ApiKey, Channel, Membership, Organization
+from relay.app import RelayApp
+from relay.metering import usage_writer
+from relay.simulator import build_app
+from tests.conftest import make_member, make_user
+from tests.servers import serve_in_thread
+
+CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+PASSWORD = "browser test pass 2026"
+SIM_KEY = "sk-sim-browser-5d1"
+
+pytestmark = [
+    pytest.mark.skipif(
+        not shutil.which(CHROMIUM),
+        reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium)",
+    ),
+    # WhiteNoise hands static files to Django's ASGI handler as synchronous iterators.
+    pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous"),
+]
+
+
+class Gateway:
+    """Django for everything but /v1, which goes to a fresh relay: as config.asgi does."""
+
+    def __init__(self) -> None:
+        self.django = get_asgi_application()
+        self.relay = RelayApp()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        app = self.relay if path == "/v1" or path.startswith("/v1/") else self.django
+        await app(scope, receive, send)
+
+
+@pytest.fixture
+def site(transactional_db: None, settings: Any) -> Iterator[str]:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.RELAY_CACHE_POLL_SECONDS = 0.2
+    settings.RELAY_USAGE_FLUSH_SECONDS = 0.05
+    gateway = Gateway()
+    base_url, stop = serve_in_thread(gateway)
+    settings.TOLLGATE_PUBLIC_URL = base_url
+    yield base_url
+    stop()
+    usage_writer.flush()
+
+
+@pytest.fixture
+def simulator() -> Iterator[str]:
+    base_url, stop = serve_in_thread(build_app(latency_ms=5))
+    yield base_url
+    stop()
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls
+    # are still plain synchronous code, so Django's guard against async use is lifted.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        yield chromium
+        chromium.close()
+
+
+def with_password(user: Any) -> Any:
+    user.password = make_password(PASSWORD)
+    user.save()
+    return user
+
+
+def sign_in(browser: Any, site: str, username: str) -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=site)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=site)
+    page = context.new_page()
+    page.goto("/account/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+    return page
+
+
+def wait_for_usage(timeout: float = 10.0, **lookup: Any) -> bool:
+    """The relay records usage after the response has gone out; wait for the row."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        usage_writer.flush()
+        if UsageEvent.objects.filter(**lookup).exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_operator_adds_a_channel_tests_it_and_sees_the_model_available(
+    site: str, simulator: str, browser: Any, operator_user: Any
+) -> None:
+    with_password(operator_user)
+    page = sign_in(browser, site, "operator")
+    assert page.url.endswith("/operator/")
+    shot(page, "operator-overview")
+
+    page.get_by_role("link", name="Channels").click()
+    assert page.get_by_text("No channels yet.").is_visible()
+    page.get_by_role("link", name="Add a channel").click()
+    page.get_by_label("Name").fill("Simulator")
+    page.get_by_label("Base URL").fill(f"{simulator}/sim/key={SIM_KEY}/v1")
+    page.get_by_label("Upstream API key").fill(SIM_KEY)
+    page.get_by_label("Models served").fill("sim-small")
+    shot(page, "operator-channel-form")
+    page.get_by_role("button", name="Add channel").click()
+    assert page.get_by_text("Channel “Simulator” created and enabled.").is_visible()
+
+    page.get_by_role("button", name="Test Simulator").click()
+    assert page.get_by_text("“Simulator” answered in").is_visible()
+    shot(page, "operator-channels")
+    assert Channel.objects.get().last_check_ok is True
+
+    page.get_by_role("link", name="Models", exact=True).first.click()
+    row = page.get_by_role("row", name="sim-small")
+    assert "available" in row.inner_text() and "unavailable" not in row.inner_text()
+    shot(page, "operator-model-catalog")
+    page.goto("/models/")
+    assert page.get_by_role("row", name="sim-small").get_by_text("available").is_visible()
+    shot(page, "public-models")
+    page.goto("/operator/audit/")
+    assert page.get_by_role("row", name="channel.create").is_visible()
+    shot(page, "operator-audit-log")
+    page.goto("/api/docs/")
+    assert page.get_by_role("heading", name="Tollgate management API").is_visible()
+    shot(page, "api-docs")
+
+
+def test_reseller_creates_a_tenant_and_its_owner(
+    site: str, browser: Any, reseller_admin: Any, reseller_org: Organization
+) -> None:
+    with_password(reseller_admin)
+    make_user("acme-owner")
+    page = sign_in(browser, site, "reseller-admin")
+    assert page.url.endswith("/o/reseller/tenants/")
+    page.get_by_label("Name").fill("Acme Robotics")
+    page.get_by_role("button", name="Create tenant").click()
+    assert page.get_by_text("Tenant “Acme Robotics” created.").is_visible()
+    page.get_by_label("Username or e-mail").fill("acme-owner@example.test")
+    page.get_by_label("Role").select_option("owner")
+    page.get_by_role("button", name="Add member").click()
+    assert page.get_by_text("acme-owner is now owner of Acme Robotics.").is_visible()
+    shot(page, "tenant-members")
+    assert Membership.objects.get(user__username="acme-owner").organization.parent == reseller_org
+    # HOOK(billing): a price list and a top-up for the new tenant, once billing has pages.
+    page.goto("/o/reseller/tenants/")
+    shot(page, "reseller-tenants")
+
+
+def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
+    site: str, simulator: str, browser: Any, tenant_owner: Any, tenant_org: Organization
+) -> None:
+    from portal import services
+
+    services.channel_create(
+        name="Simulator",
+        base_url=f"{simulator}/sim/key={SIM_KEY}/v1",
+        secret=SIM_KEY,
+        models=["sim-small"],
+        actor="test",
+    )
+    with_password(tenant_owner)
+    page = sign_in(browser, site, "tenant-owner")
+    assert page.url.endswith("/o/tenant/keys/")
+    assert page.get_by_text("No keys yet.").is_visible()
+    shot(page, "tenant-keys-empty")
+
+    page.get_by_label("Name").fill("production")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.get_by_label("API key secret").input_value()
+    assert secret.startswith("sk-tg-")
+    page.get_by_role("button", name="Copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    shot(page, "tenant-key-created")
+    assert ApiKey.objects.get().matches(secret)
+
+    reply = httpx.post(
+        f"{site}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "sim-small", "messages": [{"role": "user", "content": "hello"}]},
+        timeout=20,
+    )
+    assert reply.status_code == 200, reply.text
+    assert wait_for_usage(api_key__name="production", status_code=200)
+
+    page.get_by_role("link", name="Usage").click()
+    log = page.get_by_role("row", name="production")
+    assert "sim-small" in log.inner_text() and "200" in log.inner_text()
+    assert page.locator("figure.chart svg rect").count() >= 1
+    shot(page, "tenant-usage")
+    page.get_by_role("link", name="Quick start").click()
+    assert page.get_by_label("Base URL").input_value() == f"{site}/v1"
+    page.get_by_role("tab", name="curl").click()
+    assert page.get_by_text("/chat/completions").is_visible()
+    shot(page, "tenant-quickstart")
+    page.get_by_role("link", name="API keys").click()
+    shot(page, "tenant-keys")
+
+
+def test_pages_fit_a_phone_screen(
+    site: str, browser: Any, tenant_member: Any, tenant_org: Organization
+) -> None:
+    with_password(tenant_member)
+    make_member("colleague", tenant_org, Membership.Role.OWNER)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=site)
+    page = context.new_page()
+    page.goto("/account/login/")
+    page.get_by_label("Username").fill("tenant-member")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+    for path in ("/o/tenant/keys/", "/o/tenant/usage/", "/o/tenant/members/"):
+        page.goto(path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 1, (path, overflow)
+    shot(page, "phone-members")

@@ -1,0 +1,298 @@
+"""Every dashboard route against every persona: who gets 200, 403 or 404, and nobody sees
+another tenant's data.
+
+The route table below is checked against the URL conf, so a new view without an entry
+here fails ``test_every_dashboard_route_is_covered``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
+
+from billing.models import UsageEvent
+from portal import services
+from portal.models import ApiKey, AuditEntry, Channel, Membership, Organization
+from tests.conftest import make_member
+
+pytestmark = pytest.mark.django_db
+
+PERSONAS = (
+    "anonymous",
+    "operator_user",
+    "reseller_admin",
+    "other_reseller_admin",
+    "tenant_owner",
+    "tenant_member",
+    "tenant_billing",
+    "outsider",
+)
+# Strings that exist only in one tenant's rows: a page showing one to someone who may not
+# see that tenant has leaked.
+OURS = "ours-marker-7f3a"
+THEIRS = "theirs-marker-9c1d"
+
+OK, FORBIDDEN, MISSING, LOGIN = 200, 403, 404, 302
+# Who may open each tenant page at all (everyone else on the platform: 404 or 403 below).
+_TENANT_VIEW = {"operator_user": OK, "reseller_admin": OK, "tenant_owner": OK}
+_OUTSIDERS = {"other_reseller_admin": MISSING, "outsider": MISSING, "anonymous": LOGIN}
+_OPERATOR_ONLY = {
+    "operator_user": OK,
+    "reseller_admin": FORBIDDEN,
+    "other_reseller_admin": FORBIDDEN,
+    "tenant_owner": FORBIDDEN,
+    "tenant_member": FORBIDDEN,
+    "tenant_billing": FORBIDDEN,
+    "outsider": FORBIDDEN,
+    "anonymous": LOGIN,
+}
+
+
+def _tenant_page(member: int, billing: int) -> dict[str, int]:
+    return {**_TENANT_VIEW, **_OUTSIDERS, "tenant_member": member, "tenant_billing": billing}
+
+
+# name → (args builder key, expected GET status per persona)
+ROUTES: dict[str, tuple[str, dict[str, int]]] = {
+    "org": ("tenant", _tenant_page(OK, OK)),
+    "keys": ("tenant", _tenant_page(OK, FORBIDDEN)),
+    "usage": ("tenant", _tenant_page(OK, FORBIDDEN)),
+    "quickstart": ("tenant", _tenant_page(OK, FORBIDDEN)),
+    "members": ("tenant", _tenant_page(OK, OK)),
+    "billing": ("tenant", _tenant_page(FORBIDDEN, OK)),
+    "org_audit": ("tenant", _tenant_page(FORBIDDEN, FORBIDDEN)),
+    # A reseller's tenant list: its admins and operators; the reseller's tenants' people
+    # cannot see the reseller at all.
+    "tenants": (
+        "reseller",
+        {
+            "operator_user": OK,
+            "reseller_admin": OK,
+            "tenant_owner": MISSING,
+            "tenant_member": MISSING,
+            "tenant_billing": MISSING,
+            **_OUTSIDERS,
+        },
+    ),
+    "operator": ("none", _OPERATOR_ONLY),
+    "channels": ("none", _OPERATOR_ONLY),
+    "channel_create": ("none", _OPERATOR_ONLY),
+    "channel_edit": ("channel", _OPERATOR_ONLY),
+    "catalog": ("none", _OPERATOR_ONLY),
+    "operator_orgs": ("none", _OPERATOR_ONLY),
+    "operator_audit": ("none", _OPERATOR_ONLY),
+    # Open to every signed-in person; they show only the person's own things.
+    # Home redirects each person to their landing page (tested in test_views_accounts).
+    "home": ("none", dict.fromkeys(PERSONAS, 302)),
+    "account_tokens": ("none", {**dict.fromkeys(PERSONAS, OK), "anonymous": LOGIN}),
+    "password_change": ("none", {**dict.fromkeys(PERSONAS, OK), "anonymous": LOGIN}),
+    "password_change_done": ("none", {**dict.fromkeys(PERSONAS, OK), "anonymous": LOGIN}),
+    # Public.
+    "models_public": ("none", dict.fromkeys(PERSONAS, OK)),
+}
+# POST-only actions on another tenant's objects: (args key, persona → status).
+ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
+    "key_revoke": (
+        "key",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_billing": FORBIDDEN,
+            "tenant_member": MISSING,
+            "anonymous": LOGIN,
+        },
+    ),
+    "channel_status": ("channel", {**_OPERATOR_ONLY, "operator_user": 302}),
+    "channel_test": ("channel", {**_OPERATOR_ONLY, "operator_user": 302}),
+    "token_revoke": (
+        "token",
+        {p: MISSING for p in PERSONAS if p not in ("anonymous",)}
+        | {"tenant_owner": 302, "anonymous": LOGIN},
+    ),
+}
+# Routes whose access rules are Django's own or that need no scoping.
+UNSCOPED = {
+    "login",
+    "logout",
+    "password_reset",
+    "password_reset_done",
+    "password_reset_confirm",
+    "password_reset_complete",
+}
+
+
+def _route_names(patterns: list[Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for pattern in patterns:
+        if isinstance(pattern, URLResolver):
+            route = prefix + str(pattern.pattern)
+            if route.startswith(("admin/", "api/")):
+                continue  # the admin is Django's; the API has test_api_isolation
+            yield from _route_names(pattern.url_patterns, route)
+        elif isinstance(pattern, URLPattern) and pattern.name:
+            yield pattern.name, prefix + str(pattern.pattern)
+
+
+def test_every_dashboard_route_is_covered() -> None:
+    names = {name for name, _ in _route_names(get_resolver().url_patterns)}
+    missing = names - set(ROUTES) - set(ACTIONS) - UNSCOPED
+    assert not missing, f"dashboard routes without an isolation entry: {sorted(missing)}"
+    assert not (set(ROUTES) | set(ACTIONS)) - names, "entries for routes that do not exist"
+
+
+# --- The world ------------------------------------------------------------------------------
+
+
+def _key(tenant: Organization, user: Any, name: str) -> ApiKey:
+    key, _ = services.api_key_create(tenant=tenant, name=name, actor=user)
+    return key
+
+
+def _event(key: ApiKey, model: str) -> UsageEvent:
+    return UsageEvent.objects.create(
+        request_id=uuid.uuid4().hex,
+        created_at=timezone.now() - timedelta(hours=1),
+        tenant=key.tenant,
+        api_key=key,
+        model=model,
+        prompt_tokens=11,
+        completion_tokens=7,
+        status_code=200,
+        total_latency_ms=120,
+    )
+
+
+@pytest.fixture
+def world(
+    operator_user: Any,
+    reseller_admin: Any,
+    tenant_owner: Any,
+    tenant_member: Any,
+    outsider: Any,
+    tenant_org: Organization,
+    other_tenant_org: Organization,
+    other_reseller_org: Organization,
+) -> dict[str, Any]:
+    """Two tenants with keys, usage, members and audit entries carrying marker strings."""
+    ours = _key(tenant_org, tenant_owner, f"key-{OURS}")
+    _key(tenant_org, tenant_member, f"member-key-{OURS}")
+    theirs = _key(other_tenant_org, outsider, f"key-{THEIRS}")
+    _event(ours, f"model-{OURS}")
+    _event(theirs, f"model-{THEIRS}")
+    make_member(f"user-{THEIRS}", other_tenant_org, Membership.Role.MEMBER)
+    make_member(f"user-{OURS}", tenant_org, Membership.Role.MEMBER)
+    channel = services.channel_create(
+        name="Upstream",
+        base_url="http://upstream.test/v1",
+        secret="sk-up-secret-1",
+        models=["sim-small"],
+        actor="test",
+    )
+    from portal.tokens import personal_access_token_create
+
+    token, _ = personal_access_token_create(user=tenant_owner, name="t", actor=tenant_owner)
+    return {
+        "tenant": ["tenant"],
+        "reseller": ["reseller"],
+        "none": [],
+        "key": ["tenant", ours.pk],
+        "channel": [channel.pk],
+        "token": [token.pk],
+    }
+
+
+@pytest.fixture
+def personas(
+    request: pytest.FixtureRequest, world: dict[str, Any], other_reseller_org: Organization
+) -> dict[str, Client]:
+    users = {
+        name: request.getfixturevalue(name)
+        for name in PERSONAS
+        if name not in ("anonymous", "other_reseller_admin", "tenant_billing")
+    }
+    users["other_reseller_admin"] = make_member(
+        "other-reseller-admin", other_reseller_org, Membership.Role.ADMIN
+    )
+    users["tenant_billing"] = make_member(
+        "tenant-billing", Organization.objects.get(slug="tenant"), Membership.Role.BILLING
+    )
+    clients = {"anonymous": Client()}
+    for name, user in users.items():
+        clients[name] = Client()
+        clients[name].force_login(user)
+    return clients
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_get_status_by_persona(
+    name: str, personas: dict[str, Client], world: dict[str, Any]
+) -> None:
+    args_key, expected = ROUTES[name]
+    url = reverse(name, args=world[args_key])
+    got = {persona: personas[persona].get(url).status_code for persona in PERSONAS}
+    assert got == {p: expected[p] for p in PERSONAS}, url
+
+
+@pytest.mark.parametrize("name", sorted(ROUTES))
+def test_no_page_shows_another_tenants_data(
+    name: str, personas: dict[str, Client], world: dict[str, Any]
+) -> None:
+    args_key, _ = ROUTES[name]
+    url = reverse(name, args=world[args_key])
+    for persona in ("tenant_owner", "tenant_member", "tenant_billing", "reseller_admin"):
+        body = personas[persona].get(url).content.decode()
+        assert THEIRS not in body, (persona, url)
+    for persona in ("outsider", "other_reseller_admin"):
+        body = personas[persona].get(url).content.decode()
+        assert OURS not in body, (persona, url)
+
+
+def test_outsiders_own_pages_show_only_their_tenant(
+    personas: dict[str, Client], world: dict[str, Any]
+) -> None:
+    for name in ("keys", "usage", "members", "org_audit", "org"):
+        body = personas["outsider"].get(reverse(name, args=["other-tenant"])).content.decode()
+        assert OURS not in body, name
+    keys_page = personas["outsider"].get(reverse("keys", args=["other-tenant"])).content.decode()
+    assert f"key-{THEIRS}" in keys_page
+
+
+@pytest.mark.parametrize("name", sorted(ACTIONS))
+def test_post_actions_on_others_objects_are_refused_and_change_nothing(
+    name: str, personas: dict[str, Client], world: dict[str, Any]
+) -> None:
+    args_key, expected = ACTIONS[name]
+    url = reverse(name, args=world[args_key])
+    before = AuditEntry.objects.count()
+    for persona, status in expected.items():
+        if status in (OK, 302) and persona != "anonymous":
+            continue  # allowed personas are exercised in the feature tests
+        response = personas[persona].post(url, {"action": "disable"})
+        assert response.status_code == status, (persona, url)
+    assert AuditEntry.objects.count() == before
+    assert ApiKey.objects.filter(status=ApiKey.Status.REVOKED).count() == 0
+    assert Channel.objects.filter(status=Channel.Status.DISABLED).count() == 0
+
+
+def test_posting_to_read_only_pages_is_refused_to_read_only_roles(
+    personas: dict[str, Client], world: dict[str, Any]
+) -> None:
+    before = AuditEntry.objects.count()
+    cases = [
+        ("tenant_member", "members", ["tenant"], {"user": "outsider", "role": "member"}),
+        ("tenant_billing", "keys", ["tenant"], {"name": "sneaky"}),
+        ("tenant_owner", "tenants", ["reseller"], {"name": "Sneaky"}),
+        ("outsider", "keys", ["tenant"], {"name": "sneaky"}),
+        ("other_reseller_admin", "tenants", ["reseller"], {"name": "Sneaky"}),
+        ("reseller_admin", "channel_create", [], {"name": "x", "base_url": "http://x.test/v1"}),
+    ]
+    for persona, name, args, data in cases:
+        status = personas[persona].post(reverse(name, args=args), data).status_code
+        assert status in (403, 404), (persona, name, status)
+    assert AuditEntry.objects.count() == before

@@ -1,0 +1,262 @@
+"""Operator pages: channels (create, edit, enable, disable), the catalog's availability,
+organisations, the audit log, and the public models page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from portal import services
+from portal.models import AuditEntry, CatalogModel, Channel, Organization
+from relay.simulator import build_app
+from tests.servers import serve_in_thread
+
+pytestmark = pytest.mark.django_db
+
+SECRET = "sk-upstream-dashboard-9e41"
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def operator(operator_user: Any) -> Client:
+    return client_for(operator_user)
+
+
+def test_adding_a_channel_makes_its_models_available(operator: Client) -> None:
+    CatalogModel.objects.create(public_id="sim-large")
+    catalog = operator.get(reverse("catalog")).content.decode()
+    assert "no active channel" in catalog
+
+    response = operator.post(
+        reverse("channel_create"),
+        {
+            "name": "Simulator",
+            "provider_type": "openai",
+            "base_url": "http://127.0.0.1:9100/v1",
+            "secret": SECRET,
+            "priority": "1",
+            "weight": "1",
+            "models": "sim-small\nsim-large = large-upstream\n# a comment",
+        },
+        follow=True,
+    )
+
+    html = response.content.decode()
+    assert "Channel “Simulator” created and enabled." in html
+    assert "large-upstream" in html and SECRET not in html
+    channel = Channel.objects.get()
+    assert channel.secret == SECRET
+    assert {link.upstream_model() for link in channel.served.all()} == {
+        "sim-small",
+        "large-upstream",
+    }
+    catalog = operator.get(reverse("catalog")).content.decode()
+    assert "no active channel" not in catalog and catalog.count("badge ok") == 2
+    public = Client().get(reverse("models_public")).content.decode()
+    assert public.count(">available<") == 2
+
+
+def test_channel_form_errors_are_inline(operator: Client) -> None:
+    response = operator.post(
+        reverse("channel_create"),
+        {
+            "name": "",
+            "provider_type": "openai",
+            "base_url": "ftp://nope",
+            "priority": "0",
+            "weight": "1",
+            "models": "has space",
+        },
+    )
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="id_name_error"' in html and 'id="id_models_error"' in html
+    assert not Channel.objects.exists()
+    response = operator.post(
+        reverse("channel_create"),
+        {
+            "name": "x",
+            "provider_type": "openai",
+            "base_url": "ftp://nope",
+            "priority": "0",
+            "weight": "1",
+        },
+    )
+    assert response.status_code == 400
+    assert "http:// or https://" in response.content.decode()  # the model's own validator
+
+
+@pytest.fixture
+def channel(db: None) -> Channel:
+    return services.channel_create(
+        name="Primary",
+        base_url="http://u.test/v1",
+        secret=SECRET,
+        models=["sim-small"],
+        actor="test",
+    )
+
+
+def test_editing_keeps_the_secret_unless_a_new_one_is_given(
+    operator: Client, channel: Channel
+) -> None:
+    url = reverse("channel_edit", args=[channel.pk])
+    form = operator.get(url).content.decode()
+    assert SECRET not in form and "set (hidden)" in form
+    data = {
+        "name": "Primary",
+        "provider_type": "openai",
+        "base_url": "http://u2.test/v1",
+        "priority": "5",
+        "weight": "2",
+        "secret": "",
+        "models": "sim-xl",
+    }
+    assert operator.post(url, data).status_code == 302
+    channel.refresh_from_db()
+    assert (channel.base_url, channel.priority, channel.secret) == ("http://u2.test/v1", 5, SECRET)
+    assert channel.served.count() == 2
+    operator.post(url, {**data, "secret": "sk-rotated"})
+    channel.refresh_from_db()
+    assert channel.secret == "sk-rotated"
+    actions = list(AuditEntry.objects.values_list("action", flat=True))
+    assert "channel.update" in actions and "channel.secret_update" in actions
+
+
+def test_disable_and_enable_switch_availability(operator: Client, channel: Channel) -> None:
+    status_url = reverse("channel_status", args=[channel.pk])
+    operator.post(status_url, {"action": "disable"})
+    channel.refresh_from_db()
+    assert channel.status == "disabled"
+    assert "no active channel" in operator.get(reverse("catalog")).content.decode()
+    assert "unavailable" in Client().get(reverse("models_public")).content.decode()
+    html = operator.get(reverse("channels")).content.decode()
+    assert "Enable Primary" in html and "Disabled by an operator" in html
+    operator.post(status_url, {"action": "enable"})
+    channel.refresh_from_db()
+    assert channel.status == "enabled"
+    assert [e.action for e in AuditEntry.objects.filter(action__startswith="channel.")][:2] == [
+        "channel.enable",
+        "channel.disable",
+    ]
+
+
+def test_catalog_form_upserts_models(operator: Client, channel: Channel) -> None:
+    edit = operator.get(reverse("catalog"), {"edit": "sim-small"}).content.decode()
+    assert 'value="sim-small"' in edit
+    response = operator.post(
+        reverse("catalog"),
+        {
+            "public_id": "sim-small",
+            "owned_by": "simulator",
+            "capabilities": "chat, tools",
+            "context_window": "32000",
+        },
+    )
+    assert response.status_code == 302
+    model = CatalogModel.objects.get(public_id="sim-small")
+    assert (model.owned_by, model.capabilities, model.context_window) == (
+        "simulator",
+        ["chat", "tools"],
+        32000,
+    )
+    bad = operator.post(reverse("catalog"), {"public_id": "a b", "owned_by": "x"})
+    assert bad.status_code == 400
+
+
+def test_channel_pages_have_bounded_queries(
+    operator: Client, channel: Channel, django_assert_max_num_queries: Any
+) -> None:
+    with django_assert_max_num_queries(15) as one:
+        operator.get(reverse("channels"))
+    for n in range(12):
+        services.channel_create(
+            name=f"c{n}",
+            base_url="http://u.test/v1",
+            secret="",
+            models=[f"m{n}", "sim-small"],
+            actor="test",
+        )
+    for name in ("channels", "catalog", "operator"):
+        with django_assert_max_num_queries(len(one.captured_queries) + 3):
+            assert operator.get(reverse(name)).status_code == 200
+
+
+def test_operator_creates_resellers_and_tenants(
+    operator: Client, platform_org: Organization
+) -> None:
+    response = operator.post(
+        reverse("operator_orgs"),
+        {"name": "Resell Co", "kind": "reseller", "parent": platform_org.pk},
+        follow=True,
+    )
+    assert "Add its first owner" in response.content.decode()
+    reseller = Organization.objects.get(slug="resell-co")
+    bad = operator.post(
+        reverse("operator_orgs"), {"name": "Bad", "kind": "reseller", "parent": reseller.pk}
+    )
+    assert bad.status_code == 400
+    assert "cannot sit under" in bad.content.decode()
+
+
+def test_operator_audit_log_lists_every_change(operator: Client, channel: Channel) -> None:
+    html = operator.get(reverse("operator_audit")).content.decode()
+    assert "channel.create" in html and SECRET not in html
+
+
+def test_public_models_page_needs_no_login(channel: Channel) -> None:
+    response = Client().get(reverse("models_public"))
+    assert response.status_code == 200
+    assert "sim-small" in response.content.decode()
+
+
+SIM_KEY = "sk-sim-dashboard-test-3a7"
+
+
+@pytest.fixture
+def simulator() -> Iterator[str]:
+    base_url, stop = serve_in_thread(build_app(latency_ms=5))
+    yield base_url
+    stop()
+
+
+def test_test_button_reports_result_and_latency(operator: Client, simulator: str) -> None:
+    good = services.channel_create(
+        name="Sim",
+        base_url=f"{simulator}/sim/key={SIM_KEY}/v1",
+        secret=SIM_KEY,
+        models=["sim-small"],
+        actor="test",
+    )
+    bad = services.channel_create(
+        name="Wrong key",
+        base_url=f"{simulator}/sim/key={SIM_KEY}/v1",
+        secret="sk-wrong",
+        models=["sim-small"],
+        actor="test",
+    )
+    ok = operator.post(reverse("channel_test", args=[good.pk]), follow=True).content.decode()
+    assert re.search(r"“Sim” answered in \d+ ms\.", ok)
+    failed = operator.post(reverse("channel_test", args=[bad.pk]), follow=True).content.decode()
+    assert "“Wrong key” failed after" in failed and "HTTP 401" in failed
+    good.refresh_from_db()
+    assert good.last_check_ok is True and good.last_check_latency_ms is not None
+    listing = operator.get(reverse("channels")).content.decode()
+    assert 'badge ok">ok</span>' in listing and "HTTP 401" in listing
+    api = APIClient()
+    api.force_login(User.objects.get(username="operator"))
+    result = api.post(f"/api/channels/{good.pk}/test/").json()
+    assert result["ok"] is True and result["status"] == 200 and result["latency_ms"] >= 0
+    assert api.get(f"/api/channels/{bad.pk}/").json()["last_check_error"] == "HTTP 401"
