@@ -1,4 +1,5 @@
-"""Django admin for billing: usage events, read-only (they are the evidence bills rest on)."""
+"""Django admin for billing: usage events, ledger, invoices and rollups read-only (they are
+the evidence bills rest on); prices and accounts change through the audited services."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from billing.models import UsageEvent
+from billing.models import (
+    BillingAccount,
+    BillingWatermark,
+    BudgetAlert,
+    Invoice,
+    InvoiceLine,
+    KeyQuota,
+    LedgerEntry,
+    ModelPrice,
+    PriceList,
+    RedemptionCode,
+    UsageEvent,
+    UsageRollup,
+)
+from billing.services import prices
 
 
 class OutcomeFilter(admin.SimpleListFilter):
@@ -42,6 +57,8 @@ class UsageEventAdmin(admin.ModelAdmin):
         "prompt_tokens",
         "completion_tokens",
         "cached_tokens",
+        "cost_retail_micros",
+        "currency",
         "status_code",
         "stream",
         "estimated",
@@ -71,3 +88,218 @@ class UsageEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: UsageEvent | None = None) -> bool:
         return False
+
+
+# --- Prices, accounts, ledger, invoices, rollups --------------------------------------------
+# Money changes go through billing.services (audited); the admin shows, and creates only
+# through those services.
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+PRICE_COLUMNS = [
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+    "request_fee_micros",
+    "effective_from",
+]
+
+
+class ModelPriceInline(admin.TabularInline):
+    model = ModelPrice
+    extra = 0
+    fields = ["model", *PRICE_COLUMNS, "created_by"]
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(PriceList)
+class PriceListAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "currency", "is_default", "markup_percent", "created_at"]
+    list_select_related = ["owner"]
+    inlines = [ModelPriceInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: PriceList | None = None) -> Any:
+        return ["owner", "currency", "is_default"] if obj else []
+
+    def save_model(self, request: HttpRequest, obj: PriceList, form: Any, change: bool) -> None:
+        if change:
+            prices.price_list_set_markup(
+                price_list=obj, markup_percent=obj.markup_percent, actor=request.user
+            )
+            return
+        created = prices.price_list_create(
+            owner=obj.owner,
+            name=obj.name,
+            currency=obj.currency,
+            is_default=obj.is_default,
+            markup_percent=obj.markup_percent,
+            actor=request.user,
+        )
+        obj.pk = created.pk
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """Prices are append-only: a change is a new price with a later effective date."""
+
+    list_display = ["model", "price_list", *PRICE_COLUMNS]
+    list_filter = [("price_list", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["model", "price_list"]
+    fields = ["price_list", "model", *PRICE_COLUMNS]
+
+    def has_change_permission(self, request: HttpRequest, obj: ModelPrice | None = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: ModelPrice | None = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: ModelPrice, form: Any, change: bool) -> None:
+        created = prices.model_price_set(
+            price_list=obj.price_list,
+            model=obj.model,
+            input_per_mtok=obj.input_per_mtok,
+            cached_input_per_mtok=obj.cached_input_per_mtok,
+            output_per_mtok=obj.output_per_mtok,
+            request_fee_micros=obj.request_fee_micros,
+            effective_from=obj.effective_from,
+            actor=request.user,
+        )
+        obj.pk = created.pk
+
+
+@admin.register(BillingAccount)
+class BillingAccountAdmin(admin.ModelAdmin):
+    list_display = [
+        "organization",
+        "mode",
+        "currency",
+        "credit_limit_micros",
+        "price_list",
+        "monthly_budget_micros",
+        "budget_hard_stop",
+    ]
+    list_select_related = ["organization", "price_list"]
+    search_fields = ["organization__name", "organization__slug"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: BillingAccount | None = None) -> Any:
+        return ["organization"] if obj else []
+
+    def save_model(
+        self, request: HttpRequest, obj: BillingAccount, form: Any, change: bool
+    ) -> None:
+        fields = {name: form.cleaned_data[name] for name in form.changed_data}
+        fields.pop("organization", None)
+        if change:
+            prices.billing_account_update(
+                account=BillingAccount.objects.get(pk=obj.pk), actor=request.user, **fields
+            )
+        else:
+            created = prices.billing_account_create(
+                organization=obj.organization, actor=request.user, **fields
+            )
+            obj.pk = created.pk
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "account", "kind", "amount_micros", "reference", "memo"]
+    list_filter = ["kind", ("account", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["account__organization"]
+    search_fields = ["reference", "memo"]
+    show_full_result_count = False
+
+
+@admin.register(RedemptionCode)
+class RedemptionCodeAdmin(ReadOnlyAdmin):
+    list_display = ["prefix", "issuer", "amount_micros", "currency", "created_at", "redeemed_at"]
+    list_select_related = ["issuer"]
+    exclude = ["digest"]
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    readonly_fields = [field.name for field in InvoiceLine._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = [
+        "__str__",
+        "issuer",
+        "customer",
+        "period_start",
+        "status",
+        "total_micros",
+        "currency",
+    ]
+    list_filter = ["status", "kind", "period_start"]
+    list_select_related = ["issuer", "customer"]
+    search_fields = ["number", "customer__name", "customer__slug"]
+    inlines = [InvoiceLineInline]
+
+
+@admin.register(UsageRollup)
+class UsageRollupAdmin(ReadOnlyAdmin):
+    list_display = [
+        "granularity",
+        "bucket_start",
+        "tenant",
+        "model",
+        "requests",
+        "errors",
+        "cost_retail_micros",
+        "cost_wholesale_micros",
+    ]
+    list_filter = ["granularity", ("tenant", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["tenant"]
+    show_full_result_count = False
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(ReadOnlyAdmin):
+    list_display = ["account", "period_start", "threshold_percent", "spend_micros", "notified_at"]
+    list_select_related = ["account__organization"]
+
+
+@admin.register(KeyQuota)
+class KeyQuotaAdmin(admin.ModelAdmin):
+    list_display = ["api_key", "total_limit_micros", "period", "period_limit_micros"]
+    list_select_related = ["api_key__tenant"]
+    raw_id_fields = ["api_key"]
+
+    def save_model(self, request: HttpRequest, obj: KeyQuota, form: Any, change: bool) -> None:
+        saved = prices.key_quota_set(
+            api_key=obj.api_key,
+            total_limit_micros=obj.total_limit_micros,
+            period_limit_micros=obj.period_limit_micros,
+            period=obj.period,
+            actor=request.user,
+        )
+        if saved is not None:
+            obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: KeyQuota) -> None:
+        prices.key_quota_set(api_key=obj.api_key, actor=request.user)
+
+
+admin.site.register(BillingWatermark, ReadOnlyAdmin)

@@ -117,7 +117,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Tests run servers in threads; an in-memory database shared between threads reports
     # "table is locked" at once instead of waiting, so tests use a file.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One file per process, so that test runs started side by side never share one.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -238,6 +239,15 @@ RELAY_BREAKER_WINDOW = env.float("RELAY_BREAKER_WINDOW", default=30.0)
 RELAY_BREAKER_COOLDOWN = env.float("RELAY_BREAKER_COOLDOWN", default=30.0)
 # Tokens reserved against tokens-per-minute limits when a request sets no max_tokens.
 RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS = env.int("RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS", default=0)
+
+
+# --- Billing ---------------------------------------------------------------------------------
+BILLING_DEFAULT_CURRENCY = env.str("BILLING_DEFAULT_CURRENCY", default="USD")
+# Raw usage events older than this are pruned once rolled up (rollups and invoices stay).
+BILLING_RAW_RETENTION_DAYS = env.int("BILLING_RAW_RETENTION_DAYS", default=400)
+# Periodic jobs re-read this many seconds before their watermark to fold in late events.
+BILLING_WATERMARK_MARGIN_SECONDS = env.int("BILLING_WATERMARK_MARGIN_SECONDS", default=300)
+BILLING_WEBHOOK_TIMEOUT_SECONDS = env.float("BILLING_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
 
 
 if not all((SECRET_KEY, TOLLGATE_KEY_HMAC_SECRET, *TOLLGATE_ENCRYPTION_KEYS)):

@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+from billing.models.accounts import BillingAccount, KeyQuota
+from billing.models.alerts import BudgetAlert
+from billing.models.invoices import Invoice, InvoiceLine, InvoiceSequence
+from billing.models.ledger import LedgerEntry, RedemptionCode
+from billing.models.prices import ModelPrice, PriceList
+from billing.models.rollups import BillingWatermark, UsageRollup
 from billing.models.usage import UsageEvent
 
-__all__ = ["UsageEvent"]
+__all__ = [
+    "BillingAccount",
+    "BillingWatermark",
+    "BudgetAlert",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceSequence",
+    "KeyQuota",
+    "LedgerEntry",
+    "ModelPrice",
+    "PriceList",
+    "RedemptionCode",
+    "UsageEvent",
+    "UsageRollup",
+]

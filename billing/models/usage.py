@@ -1,8 +1,17 @@
-"""Usage events: one row per relay request, the source of every bill."""
+"""Usage events: one row per relay request, the source of every bill.
+
+Each event keeps the retail and wholesale prices it was charged at (written by the relay
+from ``billing.pricing.event_cost_fields``), so later price changes never rewrite it.
+"""
 
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
+
+
+def _price_field(help_text: str) -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(null=True, blank=True, help_text=help_text)
 
 
 class UsageEvent(models.Model):
@@ -39,12 +48,36 @@ class UsageEvent(models.Model):
     attempts = models.JSONField(
         default=list, blank=True, help_text="Each upstream attempt: channel, status, latency."
     )
+    # When the row was built for writing (not when the request arrived): periodic jobs
+    # find newly written events by it, however late they arrive.
+    recorded_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # --- Price snapshot (blank currency: the event was not priced) --------------------------
+    currency = models.CharField(max_length=3, blank=True)
+    reseller = models.ForeignKey(
+        "portal.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="resold_usage_events",
+        help_text="The reseller that sold this request, when the tenant has one.",
+    )
+    retail_input_per_mtok = _price_field("Micro-units per million uncached prompt tokens.")
+    retail_cached_input_per_mtok = _price_field("Micro-units per million cached tokens.")
+    retail_output_per_mtok = _price_field("Micro-units per million completion tokens.")
+    retail_request_fee_micros = _price_field("Micro-units per request.")
+    wholesale_input_per_mtok = _price_field("Micro-units per million uncached prompt tokens.")
+    wholesale_cached_input_per_mtok = _price_field("Micro-units per million cached tokens.")
+    wholesale_output_per_mtok = _price_field("Micro-units per million completion tokens.")
+    wholesale_request_fee_micros = _price_field("Micro-units per request.")
+    cost_retail_micros = models.BigIntegerField(default=0)
+    cost_wholesale_micros = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["tenant", "created_at"]),
             models.Index(fields=["api_key", "created_at"]),
+            models.Index(fields=["reseller", "created_at"]),
         ]
 
     def __str__(self) -> str:
@@ -53,3 +86,7 @@ class UsageEvent(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def is_priced(self) -> bool:
+        return bool(self.currency)

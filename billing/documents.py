@@ -1,0 +1,188 @@
+"""Invoice documents: PDF (fpdf2, core fonts) and CSV, each returned as bytes.
+
+Amounts are printed exactly, to the micro-unit where needed, so the printed lines add up
+to the printed total.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from fpdf import FPDF
+from fpdf.fonts import FontFace
+
+from billing.models import Invoice, InvoiceLine
+from billing.money import format_micros
+from billing.periods import Period
+
+ROUNDING_NOTE = (
+    "Each line's amount is the sum of its requests' costs, each rounded once to the "
+    "nearest 0.000001 {currency} (halves up). Token prices are per million tokens; "
+    "reasoning tokens are part of the completion tokens."
+)
+
+
+def _latin1(text: str) -> str:
+    """The PDF core fonts cover Latin-1 only; anything else prints as '?'."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _title(invoice: Invoice) -> str:
+    if invoice.status == Invoice.Status.DRAFT:
+        return "DRAFT INVOICE"
+    if invoice.status == Invoice.Status.VOID:
+        return f"INVOICE {invoice.number} (VOID)"
+    return f"INVOICE {invoice.number}"
+
+
+def _unit_prices(line: InvoiceLine) -> str:
+    prices = " / ".join(
+        format_micros(value)
+        for value in (line.input_per_mtok, line.cached_input_per_mtok, line.output_per_mtok)
+    )
+    if line.request_fee_micros:
+        prices += f" + {format_micros(line.request_fee_micros)}/req"
+    return prices
+
+
+def invoice_pdf(invoice: Invoice) -> bytes:
+    """The invoice as a one- or more-page A4 PDF."""
+    lines = list(invoice.lines.order_by("position"))
+    period = Period(invoice.period_start, invoice.period_end)
+    currency = invoice.currency
+    pdf = FPDF(orientation="portrait", unit="mm", format="A4")
+    pdf.set_title(_latin1(_title(invoice)))
+    pdf.set_author(_latin1(invoice.issuer.name))
+    pdf.set_auto_page_break(auto=True, margin=15)
+    pdf.add_page()
+    pdf.set_font("Helvetica", style="B", size=16)
+    pdf.cell(0, 10, _latin1(_title(invoice)), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    facts = [
+        ("From", invoice.issuer.name),
+        ("Bill to", invoice.customer.name),
+        ("Period", f"{period.start:%Y-%m-%d} to {period.end:%Y-%m-%d} (exclusive), UTC"),
+        ("Issued", f"{invoice.issued_at:%Y-%m-%d}" if invoice.issued_at else "not issued"),
+        ("Currency", currency),
+        ("Status", invoice.get_status_display()),
+    ]
+    for label, value in facts:
+        pdf.cell(30, 6, _latin1(f"{label}:"))
+        pdf.cell(0, 6, _latin1(value), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    pdf.set_font("Helvetica", size=8)
+    with pdf.table(
+        col_widths=(34, 15, 22, 20, 22, 53, 24),
+        text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
+        headings_style=FontFace(emphasis="BOLD"),
+        line_height=5,
+    ) as table:
+        table.row(
+            (
+                "Model",
+                "Requests",
+                "Prompt tokens",
+                "Cached",
+                "Completion",
+                f"{currency} per 1M in / cached / out",
+                f"Amount {currency}",
+            )
+        )
+        for line in lines:
+            table.row(
+                (
+                    _latin1(line.model),
+                    f"{line.requests:,}",
+                    f"{line.prompt_tokens:,}",
+                    f"{line.cached_tokens:,}",
+                    f"{line.completion_tokens:,}",
+                    _unit_prices(line),
+                    format_micros(line.amount_micros),
+                )
+            )
+    pdf.ln(4)
+    pdf.set_font("Helvetica", size=10)
+    tax_label = "Tax"
+    if invoice.tax_rate_percent is not None:
+        tax_label = f"Tax ({invoice.tax_rate_percent.normalize():f} %)"
+    totals = [
+        ("Subtotal", invoice.subtotal_micros),
+        (tax_label, invoice.tax_micros),
+        ("Total", invoice.total_micros),
+    ]
+    for label, amount in totals:
+        if label == "Total":
+            pdf.set_font("Helvetica", style="B", size=11)
+        pdf.cell(150, 7, _latin1(label), align="R")
+        pdf.cell(
+            40, 7, f"{format_micros(amount)} {currency}", align="R", new_x="LMARGIN", new_y="NEXT"
+        )
+    pdf.ln(6)
+    pdf.set_font("Helvetica", size=7)
+    pdf.multi_cell(0, 4, _latin1(ROUNDING_NOTE.format(currency=currency)))
+    return bytes(pdf.output())
+
+
+CSV_COLUMNS = (
+    "row_type",
+    "invoice",
+    "period",
+    "currency",
+    "model",
+    "requests",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+    "request_fee",
+    "amount",
+    "amount_micros",
+)
+
+
+def invoice_csv(invoice: Invoice) -> bytes:
+    """One row per line, then subtotal, tax and total rows; amounts as exact decimals
+    in currency units and, for machines, in micro-units."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    common = [
+        invoice.number or "DRAFT",
+        Period(invoice.period_start, invoice.period_end).label,
+        invoice.currency,
+    ]
+
+    def money(micros: int) -> str:
+        return format_micros(micros, min_decimals=0, grouping=False)
+
+    for line in invoice.lines.order_by("position"):
+        writer.writerow(
+            [
+                "line",
+                *common,
+                line.model,
+                line.requests,
+                line.prompt_tokens,
+                line.cached_tokens,
+                line.completion_tokens,
+                line.reasoning_tokens,
+                money(line.input_per_mtok),
+                money(line.cached_input_per_mtok),
+                money(line.output_per_mtok),
+                money(line.request_fee_micros),
+                money(line.amount_micros),
+                line.amount_micros,
+            ]
+        )
+    blank = [""] * 10
+    for row_type, amount in (
+        ("subtotal", invoice.subtotal_micros),
+        ("tax", invoice.tax_micros),
+        ("total", invoice.total_micros),
+    ):
+        writer.writerow([row_type, *common, *blank, money(amount), amount])
+    return buffer.getvalue().encode("utf-8")

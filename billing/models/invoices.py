@@ -1,0 +1,112 @@
+"""Invoices: one per issuer, customer and billing period, with a line per model and price.
+
+A tenant is invoiced at retail by its reseller (or by the platform when it sits directly
+under it); a reseller is invoiced at wholesale by the platform. Drafts are regenerated
+from the usage events until issued; from then on an invoice never changes, except its
+status (paid or void).
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Invoice(models.Model):
+    class Kind(models.TextChoices):
+        TENANT = "tenant", "Tenant (retail)"
+        RESELLER = "reseller", "Reseller (wholesale)"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ISSUED = "issued", "Issued"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+
+    issuer = models.ForeignKey(
+        "portal.Organization", on_delete=models.PROTECT, related_name="issued_invoices"
+    )
+    customer = models.ForeignKey(
+        "portal.Organization", on_delete=models.PROTECT, related_name="invoices"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    period_start = models.DateField()
+    period_end = models.DateField(help_text="Exclusive.")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    number = models.CharField(max_length=100, blank=True, editable=False)
+    subtotal_micros = models.BigIntegerField(default=0)
+    tax_rate_percent = models.DecimalField(max_digits=7, decimal_places=4, null=True, blank=True)
+    tax_micros = models.BigIntegerField(default=0)
+    total_micros = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    generated_at = models.DateTimeField(null=True, blank=True)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-period_start", "customer__name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "customer", "period_start"],
+                condition=~models.Q(status="void"),
+                name="one_live_invoice_per_period",
+            ),
+            models.UniqueConstraint(
+                fields=["issuer", "number"],
+                condition=~models.Q(number=""),
+                name="unique_invoice_number",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.number or f"Draft {self.customer} {self.period_start:%Y-%m}"
+
+    @property
+    def is_draft(self) -> bool:
+        return self.status == self.Status.DRAFT
+
+
+class InvoiceLine(models.Model):
+    """One model at one set of unit prices; the amount is the sum of its events' costs."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    model = models.CharField(max_length=200)
+    input_per_mtok = models.PositiveBigIntegerField()
+    cached_input_per_mtok = models.PositiveBigIntegerField()
+    output_per_mtok = models.PositiveBigIntegerField()
+    request_fee_micros = models.PositiveBigIntegerField(default=0)
+    requests = models.PositiveBigIntegerField()
+    prompt_tokens = models.PositiveBigIntegerField()
+    cached_tokens = models.PositiveBigIntegerField()
+    completion_tokens = models.PositiveBigIntegerField()
+    reasoning_tokens = models.PositiveBigIntegerField()
+    amount_micros = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="unique_line_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.requests} requests"
+
+
+class InvoiceSequence(models.Model):
+    """The last invoice number an issuer used in a year; locked while a number is taken."""
+
+    issuer = models.ForeignKey(
+        "portal.Organization", on_delete=models.PROTECT, related_name="invoice_sequences"
+    )
+    year = models.PositiveSmallIntegerField()
+    last_number = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "year"], name="one_sequence_per_year"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.issuer} {self.year}: {self.last_number}"

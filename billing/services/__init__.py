@@ -1,0 +1,59 @@
+"""Billing workflows, one module per concern; the public functions are re-exported here.
+
+Every function is keyword-only; those a person triggers write an AuditEntry in the same
+transaction as the change.
+"""
+
+from __future__ import annotations
+
+from billing.services.budgets import budget_alert_deliver, budget_check
+from billing.services.invoices import (
+    invoice_generate,
+    invoice_issue,
+    invoice_mark_paid,
+    invoice_void,
+)
+from billing.services.ledger import (
+    account_adjust,
+    account_refund,
+    account_topup,
+    redemption_code_create,
+    redemption_code_redeem,
+    usage_charge_post,
+    usage_charges_advance,
+)
+from billing.services.prices import (
+    billing_account_create,
+    billing_account_update,
+    key_quota_set,
+    model_price_set,
+    price_list_create,
+    price_list_set_markup,
+)
+from billing.services.retention import usage_events_prune
+from billing.services.rollups import rollup_recompute, rollups_advance
+
+__all__ = [
+    "account_adjust",
+    "account_refund",
+    "account_topup",
+    "billing_account_create",
+    "billing_account_update",
+    "budget_alert_deliver",
+    "budget_check",
+    "invoice_generate",
+    "invoice_issue",
+    "invoice_mark_paid",
+    "invoice_void",
+    "key_quota_set",
+    "model_price_set",
+    "price_list_create",
+    "price_list_set_markup",
+    "redemption_code_create",
+    "redemption_code_redeem",
+    "rollup_recompute",
+    "rollups_advance",
+    "usage_charge_post",
+    "usage_charges_advance",
+    "usage_events_prune",
+]

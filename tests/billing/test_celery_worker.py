@@ -1,0 +1,113 @@
+"""End to end through a real Celery worker and Redis: usage events in, invoices out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from billing.models import Invoice, LedgerEntry, UsageEvent, UsageRollup
+from billing.tasks import invoice_drafts_task, rollups_advance_task, usage_charges_advance_task
+from config.celery_app import app
+from tests.billing.conftest import MARCH, Market, generate_month
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_SECONDS = 60
+
+
+@pytest.fixture
+def worker_queue() -> Iterator[str]:
+    """A Celery worker in its own process, on the test database and this run's Redis,
+    consuming a queue of its own (so no other worker can take the test's tasks)."""
+    queue = f"billing-e2e-{uuid.uuid4().hex[:10]}"
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        ),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "--pool=solo",
+        "-Q",
+        queue,
+        "--hostname",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=warning",
+    ]
+    process = subprocess.Popen(  # noqa: S603 - our own worker, fixed arguments
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False  # this test sends to the broker, whatever the default
+    try:
+        yield queue
+    finally:
+        app.conf.task_always_eager = previous
+        process.terminate()
+        try:
+            _, stderr = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+        if stderr.strip():
+            sys.stderr.write("worker stderr:\n" + stderr.decode(errors="replace"))
+
+
+def _until(check: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not done within {WAIT_SECONDS} s"
+        time.sleep(0.25)
+
+
+def test_usage_events_in_invoices_out(market: Market, worker_queue: str) -> None:
+    events = generate_month(market, count=80)
+    customers = [*market.tenants, market.reseller, market.other_reseller]
+
+    usage_charges_advance_task.apply_async(queue=worker_queue)
+    rollups_advance_task.apply_async(queue=worker_queue)
+    invoice_drafts_task.apply_async(("2026-03",), queue=worker_queue)
+
+    _until(lambda: Invoice.objects.count() == len(customers), "invoice drafts")
+    for customer in customers:
+        invoice = Invoice.objects.get(customer=customer, period_start=MARCH.start)
+        side = "retail" if customer.kind == "tenant" else "wholesale"
+        scope = {"tenant": customer} if customer.kind == "tenant" else {"reseller": customer}
+        expected = sum(
+            getattr(e, f"cost_{side}_micros") for e in UsageEvent.objects.filter(**scope)
+        )
+        assert invoice.total_micros == expected > 0
+        assert invoice.status == Invoice.Status.DRAFT
+
+    # The same worker folded the events into rollups and the ledger.
+    daily = UsageRollup.objects.filter(granularity="day")
+    assert sum(daily.values_list("requests", flat=True)) == len(events)
+    assert sum(daily.values_list("cost_retail_micros", flat=True)) == sum(
+        e.cost_retail_micros for e in events
+    )
+    assert LedgerEntry.objects.filter(kind="usage").exists()
