@@ -67,7 +67,8 @@ class RelayApp:
     async def _list_models(self, exchange: Exchange) -> None:
         key = await exchange.authenticate()
         snapshot = await self.cache.snapshot()
-        data = [model.as_openai() for model in snapshot.servable(key)]
+        prices = await self.cache.prices(key.tenant_id)
+        data = [model.as_openai() for model in snapshot.servable(key, prices)]
         await exchange.respond_json(200, orjson.dumps({"object": "list", "data": data}))
 
     async def _retrieve_model(self, exchange: Exchange, model_id: str) -> None:
@@ -76,6 +77,8 @@ class RelayApp:
         model = snapshot.models.get(model_id)
         if model is None or not model.routes or not key.allows(model_id):
             raise errors.model_not_found(model_id)
+        if model_id not in await self.cache.prices(key.tenant_id):
+            raise errors.model_not_priced(model_id)
         await exchange.respond_json(200, orjson.dumps(model.as_openai()))
 
     async def shutdown(self) -> None:

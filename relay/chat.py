@@ -491,6 +491,9 @@ async def handle(exchange: Exchange) -> None:
     model = snapshot.models.get(public)
     if model is None or not key.allows(public):
         raise errors.model_not_found(public)
+    price = (await exchange.app.cache.prices(key.tenant_id)).get(public)
+    if price is None:
+        raise errors.model_not_priced(public)
     routes = tuple(route for route in model.routes if key.allows_group(route.group))
     if not routes:
         raise errors.no_channel(public)
@@ -506,6 +509,7 @@ async def handle(exchange: Exchange) -> None:
         total_latency_ms=0,
         prompt_messages=payload["messages"],
         prompt_tools=payload.get("tools"),
+        price=price,
     )
     completion = ChatCompletion(exchange, payload, model, routes, record)
     try:

@@ -59,6 +59,18 @@ def model_not_found(model: str) -> RelayError:
     )
 
 
+def model_not_priced(model: str) -> RelayError:
+    # Never served free: a model without a price for the tenant is refused, and says why.
+    return RelayError(
+        403,
+        f"The model `{model}` has no price for your account, so it cannot be served. "
+        "Ask your provider to add it to your price list.",
+        type="permission_error",
+        code="model_not_priced",
+        param="model",
+    )
+
+
 def no_channel(model: str) -> RelayError:
     return RelayError(
         503,

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 
+from billing.pricing import PricePair, event_cost_fields
 from relay import tokens
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class UsageRecord:
     upstream_latency_ms: int | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage | None = None
+    # The prices in force when the request arrived, kept on the event with its cost.
+    price: PricePair | None = None
     # Material for local counting when the upstream sent no usage: the request's messages
     # and tools, and the text delivered to the client.
     prompt_messages: Any = None
@@ -110,6 +113,13 @@ class UsageRecord:
             "attempts": self.attempts,
             "estimated": estimated,
             **asdict(usage),
+            **event_cost_fields(
+                self.price,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=usage.completion_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            ),
         }
 
 

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -20,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
+from billing.pricing import PricePair, tenant_price_table
 from portal import invalidation
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 # with a wrong key costs one query per interval rather than one per request.
 NEGATIVE_TTL_SECONDS = 10.0
 MAX_CACHED_KEYS = 200_000
+MAX_CACHED_TENANTS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +108,13 @@ class ModelInfo:
 class Snapshot:
     models: dict[str, ModelInfo] = field(default_factory=dict)
 
-    def servable(self, key: KeyInfo) -> list[ModelInfo]:
-        """Models this key may use that have at least one enabled channel."""
-        return [m for m in self.models.values() if m.routes and key.allows(m.public_id)]
+    def servable(self, key: KeyInfo, prices: Mapping[str, PricePair]) -> list[ModelInfo]:
+        """Models this key may use, priced for its tenant, with at least one enabled channel."""
+        return [
+            m
+            for m in self.models.values()
+            if m.routes and key.allows(m.public_id) and m.public_id in prices
+        ]
 
 
 def load_key(digest: str) -> KeyInfo | None:
@@ -154,6 +161,11 @@ def _timeout(channel: Channel) -> httpx.Timeout | None:
         write=connect,
         pool=connect,
     )
+
+
+def load_prices(tenant_id: int) -> dict[str, PricePair]:
+    close_old_connections()
+    return tenant_price_table(tenant_id)
 
 
 def load_snapshot() -> Snapshot:
@@ -211,6 +223,7 @@ class RelayCache:
 
     def __init__(self) -> None:
         self._keys: OrderedDict[str, tuple[KeyInfo | None, float]] = OrderedDict()
+        self._prices: dict[int, dict[str, PricePair]] = {}
         self._snapshot: Snapshot | None = None
         self._generation: int | None = None
         # Bumped on every invalidation; a load that started in an older epoch is not kept.
@@ -237,6 +250,23 @@ class RelayCache:
                 self._keys.popitem(last=False)
         return info
 
+    async def prices(self, tenant_id: int) -> dict[str, PricePair]:
+        """The tenant's price per public model id; a model missing here cannot be served."""
+        table = self._prices.get(tenant_id)
+        if table is not None:
+            return table
+        epoch = self._epoch
+        try:
+            table = await sync_to_async(load_prices)(tenant_id)
+        except DatabaseError:
+            logger.warning("loading prices failed", exc_info=True)
+            raise _database_unavailable() from None
+        if epoch == self._epoch:
+            if len(self._prices) >= MAX_CACHED_TENANTS:
+                self._prices.clear()
+            self._prices[tenant_id] = table
+        return table
+
     async def snapshot(self) -> Snapshot:
         self._ensure_poller()
         snapshot = self._snapshot
@@ -260,6 +290,7 @@ class RelayCache:
     def invalidate(self) -> None:
         self._epoch += 1
         self._keys.clear()
+        self._prices.clear()
         self._snapshot = None
 
     def _ensure_poller(self) -> None:

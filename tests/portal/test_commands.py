@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from billing.pricing import tenant_price_table
 from portal import crypto, services
 from portal.models import (
     ApiKey,
@@ -225,6 +226,10 @@ def test_seed_demo_creates_a_working_setup(tmp_path: Path) -> None:
     served = {link.model.public_id: link.upstream_model() for link in channel.served.all()}
     assert served == {"sim-small": "sim-small", "sim-large": "sim-large"}
     assert AuditEntry.objects.filter(actor_label="cli:seed_demo").exists()
+    # Both models are priced for the demo tenant, so the relay will serve them.
+    prices = tenant_price_table(tenant.pk)
+    assert set(prices) == {"sim-small", "sim-large"}
+    assert prices["sim-small"].retail.output == 600_000
 
 
 def test_seed_demo_twice_changes_nothing(tmp_path: Path) -> None:

@@ -190,12 +190,34 @@ def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
 ) -> None:
     from portal import services
 
-    services.channel_create(
+    from decimal import Decimal
+
+    from billing.services import model_price_set, price_list_create
+
+    channel = services.channel_create(
         name="Simulator",
         base_url=f"{simulator}/sim/key={SIM_KEY}/v1",
         secret=SIM_KEY,
         models=["sim-small"],
         actor="test",
+    )
+    # The relay serves nothing without a price: wholesale, and the reseller's markup on it.
+    wholesale = price_list_create(
+        owner=tenant_org.parent.parent, name="Wholesale", actor="test", is_default=True
+    )
+    model_price_set(
+        price_list=wholesale,
+        model=channel.served.get().model,
+        input_per_mtok=1_000_000,
+        output_per_mtok=2_000_000,
+        actor="test",
+    )
+    price_list_create(
+        owner=tenant_org.parent,
+        name="Retail",
+        actor="test",
+        is_default=True,
+        markup_percent=Decimal(20),
     )
     with_password(tenant_owner)
     page = sign_in(browser, site, "tenant-owner")

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from billing.models import PriceList
+from billing.services import model_price_set, price_list_create
 from portal import crypto
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel, Organization
 from relay.app import RelayApp
@@ -62,6 +64,7 @@ class Gateway:
     model: CatalogModel
     channel: Channel
     client: httpx.Client
+    price_list: PriceList
 
     def add_channel(
         self, url: str, *, name: str, priority: int = 0, weight: int = 1, model: str = ""
@@ -76,6 +79,16 @@ class Gateway:
         )
         return channel
 
+    def price(self, model: CatalogModel) -> None:
+        """Put ``model`` on the platform's wholesale list, which prices this tenant."""
+        model_price_set(
+            price_list=self.price_list,
+            model=model,
+            input_per_mtok=INPUT_PRICE,
+            output_per_mtok=OUTPUT_PRICE,
+            actor="test",
+        )
+
     def new_key(self, **fields: Any) -> str:
         secret = crypto.generate_api_key()
         key = ApiKey(tenant=self.tenant, name=fields.pop("name", "another"), **fields)
@@ -85,6 +98,9 @@ class Gateway:
 
 
 PUBLIC_MODEL = "tollgate-chat"
+# Micro-units per million tokens: $2.50 in, $10 out.
+INPUT_PRICE = 2_500_000
+OUTPUT_PRICE = 10_000_000
 UPSTREAM_MODEL = "sim-upstream"
 
 
@@ -121,7 +137,10 @@ def gateway(relay_url: str, sim: Simulator, platform_org: Organization) -> Itera
     client = httpx.Client(
         base_url=relay_url, headers={"Authorization": f"Bearer {secret}"}, timeout=20
     )
-    yield Gateway(relay_url, secret, api_key, tenant, model, channel, client)
+    wholesale = price_list_create(owner=platform, name="Wholesale", actor="test", is_default=True)
+    gateway = Gateway(relay_url, secret, api_key, tenant, model, channel, client, wholesale)
+    gateway.price(model)
+    yield gateway
     client.close()
 
 

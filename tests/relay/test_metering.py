@@ -7,6 +7,8 @@ import time
 
 from relay import tokens
 from tests.relay.conftest import (
+    INPUT_PRICE,
+    OUTPUT_PRICE,
     PUBLIC_MODEL,
     UPSTREAM_MODEL,
     Gateway,
@@ -50,6 +52,18 @@ def test_reported_usage_is_recorded_exactly(gateway: Gateway, sim: Simulator) ->
         assert event.reasoning_tokens == 3
         assert event.total_latency_ms >= event.upstream_latency_ms >= 0
         assert event.attempts[-1]["channel"] == gateway.channel.pk
+        # The prices in force, and the cost they give, travel with the event.
+        assert event.currency == "USD"
+        assert event.retail_input_per_mtok == INPUT_PRICE
+        assert event.wholesale_output_per_mtok == OUTPUT_PRICE
+        uncached = event.prompt_tokens - event.cached_tokens
+        expected = (
+            uncached * INPUT_PRICE
+            + event.cached_tokens * INPUT_PRICE
+            + event.completion_tokens * OUTPUT_PRICE
+        )
+        assert event.cost_retail_micros == (expected + 500_000) // 1_000_000  # half up
+        assert event.cost_wholesale_micros == event.cost_retail_micros  # a direct tenant
     assert first.request_id == plain.headers["x-request-id"]
     assert second.request_id == streamed.headers["x-request-id"]
 

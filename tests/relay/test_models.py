@@ -30,6 +30,12 @@ def test_list_shows_models_with_an_enabled_channel_that_the_key_may_use(
     # Served and active: listed, with a slash in its id.
     vendor = CatalogModel.objects.create(public_id="vendor/model-2", owned_by="vendor")
     ChannelModel.objects.create(channel=gateway.channel, model=vendor, upstream_name="v2")
+    # Priced too, so that only the reasons above keep them out of the list.
+    for model in (dark, retired, vendor, CatalogModel.objects.get(public_id="unserved-model")):
+        gateway.price(model)
+    # Served and active but with no price for this tenant: never listed, never free.
+    unpriced = CatalogModel.objects.create(public_id="unpriced-model")
+    ChannelModel.objects.create(channel=gateway.channel, model=unpriced)
 
     response = gateway.client.get("/v1/models")
     assert response.status_code == 200
@@ -44,6 +50,7 @@ def test_list_shows_models_with_an_enabled_channel_that_the_key_may_use(
 def test_retrieve_returns_one_model_or_404(gateway: Gateway) -> None:
     vendor = CatalogModel.objects.create(public_id="vendor/model-2", owned_by="vendor")
     ChannelModel.objects.create(channel=gateway.channel, model=vendor)
+    gateway.price(vendor)
 
     response = gateway.client.get(f"/v1/models/{PUBLIC_MODEL}")
     assert response.status_code == 200
@@ -66,3 +73,20 @@ def test_retrieve_returns_one_model_or_404(gateway: Gateway) -> None:
         f"/v1/models/{PUBLIC_MODEL}", headers={"Authorization": f"Bearer {limited}"}
     )
     assert hidden.status_code == 404
+
+
+def test_a_model_without_a_price_is_never_served(gateway: Gateway) -> None:
+    unpriced = CatalogModel.objects.create(public_id="unpriced-model")
+    ChannelModel.objects.create(channel=gateway.channel, model=unpriced)
+
+    retrieve = gateway.client.get("/v1/models/unpriced-model")
+    chat = gateway.client.post(
+        "/v1/chat/completions",
+        json={"model": "unpriced-model", "messages": [{"role": "user", "content": "hi"}]},
+    )
+
+    for response in (retrieve, chat):
+        assert response.status_code == 403
+        validate(response.json(), "ErrorResponse")
+        assert response.json()["error"]["code"] == "model_not_priced"
+        assert response.json()["error"]["param"] == "model"

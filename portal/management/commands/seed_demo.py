@@ -34,6 +34,8 @@ OWNER_USERNAME = "demo-owner"
 CHANNEL_NAME = "Simulator"
 KEY_NAME = "demo"
 MODELS = ("sim-small", "sim-large")
+# Micro-units per million tokens (input, output): $0.15/$0.60 and $2.50/$10.
+DEMO_PRICES = {"sim-small": (150_000, 600_000), "sim-large": (2_500_000, 10_000_000)}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -83,6 +85,7 @@ class Command(BaseCommand):
                 )
                 tenant = self._tenant(platform)
                 self._models()
+                self._prices(platform)
                 channel = self._channel(options["upstream"])
                 secret, new_key = self._api_key(tenant, key_file)
         except ValidationError as exc:
@@ -173,6 +176,31 @@ class Command(BaseCommand):
                     actor=ACTOR,
                     capabilities=["chat"],
                     description="Simulated model answered by the built-in upstream simulator.",
+                )
+
+    def _prices(self, platform: Organization) -> None:
+        """A wholesale list pricing the demo models; the relay serves nothing unpriced."""
+        from billing.models import ModelPrice, PriceList
+        from billing.services import model_price_set, price_list_create
+
+        wholesale = PriceList.objects.filter(owner=platform, is_default=True).first()
+        if wholesale is None:
+            wholesale = price_list_create(
+                owner=platform, name="Wholesale", actor=ACTOR, is_default=True
+            )
+        priced = set(
+            ModelPrice.objects.filter(price_list=wholesale).values_list(
+                "model__public_id", flat=True
+            )
+        )
+        for public_id, (input_price, output_price) in DEMO_PRICES.items():
+            if public_id not in priced:  # an operator's own prices survive a re-run
+                model_price_set(
+                    price_list=wholesale,
+                    model=CatalogModel.objects.get(public_id=public_id),
+                    input_per_mtok=input_price,
+                    output_per_mtok=output_price,
+                    actor=ACTOR,
                 )
 
     def _channel(self, upstream: str) -> Channel:
