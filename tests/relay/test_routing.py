@@ -210,3 +210,26 @@ def test_an_operator_tests_channels_on_demand_from_the_admin(
     assert any(m.startswith("broken: failed") and "HTTP 500" in m for m in shown), shown
     gateway.channel.refresh_from_db()
     assert gateway.channel.last_check_ok is True
+
+
+def test_a_channel_total_timeout_cuts_a_stream_that_runs_too_long(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    gateway.channel.base_url = sim.channel_url("tps=4", "tokens=40")  # ten seconds of tokens
+    gateway.channel.total_timeout = 1.0
+    gateway.channel.save()
+    _settle()
+
+    started = time.monotonic()
+    with gateway.client.stream(
+        "POST", "/v1/chat/completions", json=chat_body(stream=True)
+    ) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+
+    assert time.monotonic() - started < 5
+    assert response.status_code == 200
+    assert '"upstream_timeout"' in lines[-1]
+    (event,) = usage_events(1)
+    assert not event.completed
+    assert event.error_code == "upstream_timeout"
+    assert 0 < event.completion_tokens < 40
