@@ -16,8 +16,9 @@ django_application = get_asgi_application()
 from relay.app import RelayApp  # noqa: E402 - needs Django set up first
 
 relay_application = RelayApp()
-# Served by the relay app as well: the bare /v1 (an OpenAI-style 404) and the probes.
-LEAN_PATHS = frozenset({"/v1", "/healthz", "/readyz"})
+# Served by the relay app as well: the bare /v1 (an OpenAI-style 404), the probes and the
+# Prometheus metrics.
+LEAN_PATHS = frozenset({"/v1", "/healthz", "/readyz", "/metrics"})
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

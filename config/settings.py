@@ -71,6 +71,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "csp",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "portal",
     "relay",
     "billing",
@@ -83,9 +86,18 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Staff who enrolled a TOTP device must enter a code before anything else.
+    "django_otp.middleware.OTPMiddleware",
+    "portal.middleware.StaffTwoFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
+
+OTP_TOTP_ISSUER = "Tollgate"
+# The admin never shows a TOTP device's seed (its key field, setup page and QR code): an
+# operator must not be able to read another person's second factor.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -183,10 +195,10 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tollgate management API",
-    "DESCRIPTION": "Organisations, members, API keys, channels, models, usage and the audit "
-    "log. Authenticate with a session or a personal access token "
-    "(`Authorization: Bearer tg-pat-...`). The OpenAI-compatible relay lives at /v1/ and "
-    "is not described here.",
+    "DESCRIPTION": "Organisations, members, API keys, channels, models, price lists, "
+    "usage, invoices, balances and top-ups, and the audit log. Authenticate with a session "
+    "or a personal access token (`Authorization: Bearer tg-pat-...`). The OpenAI-compatible "
+    "relay lives at /v1/ and is not described here.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
@@ -197,15 +209,85 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# LOG_FORMAT=json: one JSON object per line (python-json-logger), each with the id of the
+# relay request it belongs to; RELAY_ACCESS_LOG=true adds one line per chat completion.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "relay.metrics.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # httpx logs every upstream request at INFO: noise, and a cost on the relay's hot path.
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        # httpx logs every upstream request at INFO: noise, and a cost on the relay's hot path.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "relay.access": {
+            "level": "INFO" if env.bool("RELAY_ACCESS_LOG", default=False) else "WARNING"
+        },
+    },
 }
+# Prometheus metrics at GET /metrics (see relay/metrics.py); false: not counted, 404.
+RELAY_METRICS = env.bool("RELAY_METRICS", default=True)
+
+# --- Security headers and cookies ----------------------------------------------------------
+# Pages load scripts, styles and images from this origin only; nothing may frame them.
+# Style attributes stay allowed: the Django admin's templates use a few.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Behind a TLS-terminating proxy, opt in with TOLLGATE_BEHIND_TLS_PROXY=true: the proxy's
+# X-Forwarded-Proto then marks requests secure, cookies are sent over HTTPS only, plain HTTP
+# is redirected, and HSTS tells browsers to stay on HTTPS.
+TOLLGATE_BEHIND_TLS_PROXY = env.bool("TOLLGATE_BEHIND_TLS_PROXY", default=False)
+if TOLLGATE_BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=TOLLGATE_BEHIND_TLS_PROXY)
+# (/v1/*, /healthz and /readyz are served by the relay app, which never redirects.)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=TOLLGATE_BEHIND_TLS_PROXY)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=TOLLGATE_BEHIND_TLS_PROXY)
+SECURE_HSTS_SECONDS = env.int(
+    "SECURE_HSTS_SECONDS", default=31_536_000 if TOLLGATE_BEHIND_TLS_PROXY else 0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool(
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS", default=TOLLGATE_BEHIND_TLS_PROXY
+)
+# Joining the browsers' preload list is the domain owner's decision, made with the vendors;
+# check --deploy's reminder about it (security.W021) is silenced unless it is opted into.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Error reports (debug pages, mailed reports) hide secrets held in local variables too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.reporting.SecretScrubbingFilter"
 
 # --- Tollgate -------------------------------------------------------------------------------
 # API keys are stored as HMAC-SHA256 under this secret; changing it invalidates every key.
@@ -239,6 +321,15 @@ RELAY_BREAKER_WINDOW = env.float("RELAY_BREAKER_WINDOW", default=30.0)
 RELAY_BREAKER_COOLDOWN = env.float("RELAY_BREAKER_COOLDOWN", default=30.0)
 # Tokens reserved against tokens-per-minute limits when a request sets no max_tokens.
 RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS = env.int("RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS", default=0)
+# Money: output tokens a request is held for when neither it nor its model caps them
+# (max_tokens / the model's max output); its real cost is charged whatever it comes to.
+RELAY_RESERVE_OUTPUT_TOKENS = env.int("RELAY_RESERVE_OUTPUT_TOKENS", default=4096)
+# How long a money scope's figures seeded from the database are trusted before reseeding
+# (changes made through Tollgate reseed them at once).
+RELAY_SPEND_RESEED_SECONDS = env.float("RELAY_SPEND_RESEED_SECONDS", default=300.0)
+# A usage event claimed by a relay process's writer but not confirmed written within this
+# time (the process died) is claimed again by another.
+RELAY_USAGE_LEASE_SECONDS = env.float("RELAY_USAGE_LEASE_SECONDS", default=60.0)
 
 
 # --- Billing ---------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from portal.views import accounts, operator, organizations, tenant
+from portal.views import (
+    accounts,
+    billing,
+    operator,
+    organizations,
+    selling,
+    tenant,
+    two_factor,
+)
 
 auth_patterns = [
     path("login/", accounts.ThrottledLoginView.as_view(), name="login"),
@@ -40,6 +48,8 @@ auth_patterns = [
         auth_views.PasswordResetCompleteView.as_view(),
         name="password_reset_complete",
     ),
+    path("two-factor/", two_factor.two_factor_setup, name="two_factor_setup"),
+    path("two-factor/verify/", two_factor.two_factor_verify, name="two_factor_verify"),
     path("tokens/", accounts.access_tokens, name="account_tokens"),
     path("tokens/<int:token_id>/revoke/", accounts.access_token_revoke, name="token_revoke"),
 ]
@@ -51,8 +61,19 @@ organization_patterns = [
     path("usage/", tenant.usage, name="usage"),
     path("quickstart/", tenant.quickstart, name="quickstart"),
     path("members/", organizations.members, name="members"),
+    path("members/<int:membership_id>/role/", organizations.member_role, name="member_role"),
+    path("members/<int:membership_id>/remove/", organizations.member_remove, name="member_remove"),
     path("tenants/", organizations.tenants, name="tenants"),
-    path("billing/", organizations.billing, name="billing"),
+    path("billing/", billing.billing_page, name="billing"),
+    path("billing/redeem/", billing.redeem, name="redeem"),
+    path("billing/budget/", billing.budget, name="budget"),
+    path("billing/terms/", billing.terms, name="terms"),
+    path("billing/topup/", billing.topup, name="topup"),
+    path("price-lists/", selling.price_lists, name="price_lists"),
+    path("price-lists/<int:list_id>/", selling.price_list, name="price_list"),
+    path("revenue/", selling.revenue, name="revenue"),
+    path("codes/", selling.codes, name="codes"),
+    path("invoices/", billing.invoices_issued, name="invoices_issued"),
     path("audit/", organizations.audit, name="org_audit"),
 ]
 
@@ -65,6 +86,10 @@ operator_patterns = [
     path("channels/<int:channel_id>/test/", operator.channel_test, name="channel_test"),
     path("models/", operator.catalog, name="catalog"),
     path("organizations/", operator.organizations, name="operator_orgs"),
+    path("usage/", operator.usage_log, name="usage_log"),
+    path("invoices/", billing.operator_invoices, name="operator_invoices"),
+    path("price-lists/", selling.operator_price_lists, name="operator_price_lists"),
+    path("codes/", selling.operator_codes, name="operator_codes"),
     path("audit/", operator.audit, name="operator_audit"),
 ]
 
@@ -74,6 +99,12 @@ urlpatterns = [
     path("account/", include(auth_patterns)),
     path("o/<slug:slug>/", include(organization_patterns)),
     path("operator/", include(operator_patterns)),
+    path(
+        "invoices/<int:invoice_id>/download.<str:fmt>",
+        billing.invoice_download,
+        name="invoice_download",
+    ),
+    path("invoices/<int:invoice_id>/<str:action>/", billing.invoice_action, name="invoice_action"),
     path("api/", include("portal.api.urls")),
     path("admin/", admin.site.urls),
 ]

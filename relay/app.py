@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from relay import chat, errors, probes, shared, upstream
+from relay import chat, errors, metrics, probes, shared, upstream
 from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
 from relay.metering import usage_writer
 from relay.snapshot import RelayCache
@@ -19,6 +19,9 @@ from relay.snapshot import RelayCache
 logger = logging.getLogger(__name__)
 
 MODELS_PREFIX = "/v1/models/"
+# Request headers beyond this are refused (431): some ASGI servers (httptools) set no limit
+# of their own, and no OpenAI client needs more than a few kilobytes.
+MAX_HEADER_BYTES = 32 * 1024
 
 
 class RelayApp:
@@ -27,6 +30,7 @@ class RelayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(self, scope, receive, send)
+        metrics.request_id.set(exchange.request_id)
         try:
             await self._dispatch(exchange)
         except errors.RelayError as error:
@@ -48,6 +52,13 @@ class RelayApp:
     async def _dispatch(self, exchange: Exchange) -> None:
         path: str = exchange.scope["path"]
         method: str = exchange.scope["method"]
+        if sum(len(k) + len(v) + 4 for k, v in exchange.scope["headers"]) > MAX_HEADER_BYTES:
+            raise errors.RelayError(
+                431,
+                f"The request headers are larger than the {MAX_HEADER_BYTES} bytes this "
+                "gateway accepts.",
+                code="request_headers_too_large",
+            )
         if path == "/healthz":
             await exchange.respond_json(200, probes.LIVENESS_BODY)
         elif path == "/readyz":
@@ -55,6 +66,9 @@ class RelayApp:
         elif path == "/v1/chat/completions":
             _require(method, "POST", path)
             await chat.handle(exchange)
+        elif path == "/metrics":
+            _require(method, "GET", path)
+            await metrics.respond(exchange)
         elif path == "/v1/models":
             _require(method, "GET", path)
             await self._list_models(exchange)
@@ -85,7 +99,8 @@ class RelayApp:
         await self.cache.close()
         await upstream.close_client()
         await shared.close()
-        usage_writer.flush(timeout=10.0)
+        # What went to Redis is safe there; only this process's own queue must empty.
+        usage_writer.flush(timeout=10.0, shared_queue=False)
 
 
 def _require(method: str, expected: str, path: str) -> None:

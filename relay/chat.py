@@ -24,9 +24,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from relay import errors, shared, sse, tokens, upstream
+from relay import errors, metrics, shared, spend, sse, tokens, upstream
 from relay.exchange import Exchange
-from relay.limits import Admission
+from relay.limits import Admission, LimitStore, RedisLimitStore, Reservation
 from relay.metering import Usage, UsageRecord, usage_writer
 from relay.routing import attempt_order
 from relay.snapshot import KeyInfo, ModelInfo, Route
@@ -212,7 +212,9 @@ class ChatCompletion:
         model: ModelInfo,
         routes: tuple[Route, ...],
         record: UsageRecord,
+        settle: Settlement | None = None,
     ) -> None:
+        self.settle = settle
         self.exchange = exchange
         self.payload = payload
         self.model = model
@@ -371,9 +373,13 @@ class ChatCompletion:
         parsed["model"] = self.model.public_id
         self.record.usage = Usage.from_openai(parsed.get("usage"))
         if self.record.usage is None:
-            self.record.completion_text = _choice_texts(parsed.get("choices"))
+            self.record.completion_text = []
+            self.record.keep_text(_choice_texts(parsed.get("choices")))
         self.record.status_code = 200
-        await self.exchange.respond_json(200, orjson.dumps(parsed))
+        out = orjson.dumps(parsed)
+        if self.settle is not None:
+            await self.settle()  # recorded before the client has its answer
+        await self.exchange.respond_json(200, out)
 
     async def _relay_stream(self, response: httpx.Response, route: Route) -> None:
         exchange = self.exchange
@@ -383,17 +389,28 @@ class ChatCompletion:
         public = self.model.public_id
         await exchange.start_stream()
         try:
-            async for event in sse.iter_events(response.aiter_bytes(), MAX_EVENT_BYTES):
-                data = sse.event_data(event)
-                if data is None:
-                    await exchange.send_body(event + b"\n\n")  # comments keep the line alive
-                    continue
-                if data == b"[DONE]":
-                    await exchange.send_body(b"data: [DONE]\n\n")
-                    continue
-                out = self._rewrite_chunk(data, public)
-                if out is not None:
-                    await exchange.send_body(b"data: " + out + b"\n\n")
+            async for events in sse.iter_event_batches(response.aiter_bytes(), MAX_EVENT_BYTES):
+                # What one upstream read completed goes out in one write.
+                out = bytearray()
+                for event in events:
+                    data = sse.event_data(event)
+                    if data is None:
+                        out += event + b"\n\n"  # comments keep the line alive
+                    elif data == b"[DONE]":
+                        if self.settle is not None:
+                            await self.settle()  # recorded before the client sees the end
+                        out += b"data: [DONE]\n\n"
+                    else:
+                        try:
+                            chunk = self._rewrite_chunk(data, public, route)
+                        except ValueError:
+                            if out:  # the well-formed events before it still go out
+                                await exchange.send_body(bytes(out))
+                            raise
+                        if chunk is not None:
+                            out += b"data: " + chunk + b"\n\n"
+                if out:
+                    await exchange.send_body(bytes(out))
         except (httpx.HTTPError, ValueError) as exc:
             logger.info("upstream stream broke: %s", type(exc).__name__)
             self._report_failure(route, None)
@@ -403,7 +420,7 @@ class ChatCompletion:
             return
         await exchange.end_body()
 
-    def _rewrite_chunk(self, data: bytes, public: str) -> bytes | None:
+    def _rewrite_chunk(self, data: bytes, public: str, route: Route) -> bytes | None:
         """The chunk as the client should see it, or None to drop it."""
         try:
             chunk = orjson.loads(data)
@@ -416,13 +433,14 @@ class ChatCompletion:
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             return orjson.dumps(
-                errors.upstream_failed(502, str(message or "upstream error")).payload()
+                errors.upstream_failed(
+                    502, _redact(str(message or "upstream error"), route)
+                ).payload()
             )
         choices = chunk.get("choices")
-        texts = self.record.completion_text
-        if isinstance(choices, list) and texts is not None:
+        if isinstance(choices, list):
             for choice in choices:
-                texts.extend(_delta_texts(choice))
+                self.record.keep_text(_delta_texts(choice))
         changed = False
         if chunk.get("model") != public:
             chunk["model"] = public
@@ -485,19 +503,26 @@ def _ms_since(started: float) -> int:
 
 async def handle(exchange: Exchange) -> None:
     key = await exchange.authenticate()
-    payload = parse_request(await exchange.read_body())
-    snapshot = await exchange.app.cache.snapshot()
+    body = await exchange.read_body()
+    payload = parse_request(body)
+    cache = exchange.app.cache
+    snapshot = await cache.snapshot()
     public = payload["model"]
     model = snapshot.models.get(public)
     if model is None or not key.allows(public):
         raise errors.model_not_found(public)
-    price = (await exchange.app.cache.prices(key.tenant_id)).get(public)
+    price = (await cache.prices(key.tenant_id)).get(public)
     if price is None:
         raise errors.model_not_priced(public)
     routes = tuple(route for route in model.routes if key.allows_group(route.group))
     if not routes:
         raise errors.no_channel(public)
-    admission = await _admit(exchange, key, payload)
+    reservation = spend.reservation(
+        key, payload, len(body), price, model.max_output_tokens, cache.generation
+    )
+    admission, store = await _admit(exchange, key, payload, reservation)
+    if store is not None and store is not shared.limit_store():
+        reservation = None  # admitted by the fail-open fallback: nothing was held
     record = UsageRecord(
         request_id=exchange.request_id,
         created_at=exchange.created_at,
@@ -510,8 +535,12 @@ async def handle(exchange: Exchange) -> None:
         prompt_messages=payload["messages"],
         prompt_tools=payload.get("tools"),
         price=price,
+        spend_scopes=reservation.scopes if reservation and admission else (),
     )
-    completion = ChatCompletion(exchange, payload, model, routes, record)
+    settlement = Settlement(
+        exchange, key, admission, reservation if admission else None, record, store
+    )
+    completion = ChatCompletion(exchange, payload, model, routes, record, settlement)
     try:
         await exchange.until_disconnect(completion.run())
     except errors.RelayError as error:
@@ -523,40 +552,53 @@ async def handle(exchange: Exchange) -> None:
             record.completed = False
             record.error_code = "client_disconnected"
             record.status_code = record.status_code or 499
-        record.total_latency_ms = exchange.elapsed_ms()
-        usage_writer.submit(record)
-        if admission is not None:
-            await _settle(key, exchange, admission, record)
+        await settlement()
+        metrics.observe_record(record)
 
 
-async def _admit(exchange: Exchange, key: KeyInfo, payload: dict[str, Any]) -> Admission | None:
-    """Count the request against the key's and tenant's limits, or refuse it with a 429."""
+async def _admit(
+    exchange: Exchange, key: KeyInfo, payload: dict[str, Any], reservation: Reservation | None
+) -> tuple[Admission | None, LimitStore | None]:
+    """Count the request against the key's and tenant's limits and hold its worst-case
+    cost against their money, or refuse it with a 429; returns the admission and the store
+    that made it."""
     scopes = key.limit_scopes()
-    if not scopes:
-        return None
+    if not scopes and reservation is None:
+        return None, None
     output = payload.get("max_completion_tokens") or payload.get("max_tokens")
     reserved = tokens.estimate_prompt(payload) + (
         output if isinstance(output, int) else settings.RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS
     )
+    store = shared.limit_store()
+    hold = settings.RELAY_TOTAL_TIMEOUT + 30
+
+    async def acquire(money: Reservation | None) -> Admission:
+        return await store.acquire(scopes, exchange.request_id, reserved, hold, money)
+
     try:
-        admission = await shared.limit_store().acquire(
-            scopes, exchange.request_id, reserved, settings.RELAY_TOTAL_TIMEOUT + 5
-        )
+        admission = await spend.admit(store, key, acquire, reservation)
     except RedisError:
         logger.warning("rate limiter unavailable", exc_info=True)
-        if settings.RELAY_LIMITS_FAIL_OPEN:
-            return None
-        raise errors.RelayError(
-            503,
-            "The gateway cannot check rate limits right now; retry shortly.",
-            type="server_error",
-            code="limiter_unavailable",
-            headers=((b"retry-after", b"1"),),
-        ) from None
+        if not settings.RELAY_LIMITS_FAIL_OPEN:
+            raise errors.RelayError(
+                503,
+                "The gateway cannot check rate limits right now; retry shortly.",
+                type="server_error",
+                code="limiter_unavailable",
+                headers=((b"retry-after", b"1"),),
+            ) from None
+        # Fail open: this process applies the rate limits on its own (each process allows
+        # the full limit) and holds no money; usage is still recorded and charged.
+        store = shared.fallback_limit_store()
+        admission = await store.acquire(scopes, exchange.request_id, reserved, hold)
     exchange.extra_headers.extend(admission.headers())
+    if admission.refused == "funds":
+        metrics.observe_limit_rejection("insufficient_quota")
+        raise spend.refusal(admission.refused_scope, key.spend.prepaid)
     if not admission.allowed:
+        metrics.observe_limit_rejection(admission.refused)
         raise _limit_error(admission)
-    return admission
+    return admission, store
 
 
 def _limit_error(admission: Admission) -> errors.RelayError:
@@ -577,16 +619,61 @@ def _limit_error(admission: Admission) -> errors.RelayError:
     )
 
 
-async def _settle(
-    key: KeyInfo, exchange: Exchange, admission: Admission, record: UsageRecord
-) -> None:
-    """Free the concurrency slot and replace the token estimate by the real count."""
-    usage = record.usage
-    used = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
-    try:
-        await shared.limit_store().release(key.limit_scopes(), exchange.request_id, admission, used)
-    except RedisError:
-        logger.warning("releasing a rate-limit reservation failed", exc_info=True)
+class Settlement:
+    """Ends a request's accounting once, before its last byte goes out where possible:
+    frees its limits, settles its tokens and money, and queues its usage event (with
+    Redis, all in one atomic step, so no answered request goes unrecorded)."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        key: KeyInfo,
+        admission: Admission | None,
+        reservation: Reservation | None,
+        record: UsageRecord,
+        store: LimitStore | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.store = store
+        self.key = key
+        self.admission = admission
+        self.reservation = reservation
+        self.record = record
+        self.done = False
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        record = self.record
+        record.total_latency_ms = self.exchange.elapsed_ms()
+        store = self.store or shared.limit_store()
+        queued = isinstance(store, RedisLimitStore)
+        if not queued and self.admission is None:
+            usage_writer.submit(record)
+            return
+        usage = record.usage
+        used = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
+        admission = self.admission or Admission(allowed=True, bucket=0, reserved_tokens=0)
+        scopes = self.key.limit_scopes() if self.admission is not None else []
+        try:
+            await store.release(
+                scopes,
+                record.request_id,
+                admission,
+                used,
+                self.reservation,
+                record.known_cost() if self.reservation is not None else None,
+                record.to_json() if queued else b"",
+            )
+        except RedisError:
+            logger.warning("settling request %s in Redis failed", record.request_id, exc_info=True)
+            queued = False
+        if queued:
+            usage_writer.start_draining()
+        else:
+            # Embedded mode, or Redis failed us: this process writes the event itself.
+            usage_writer.submit(record)
 
 
 def channel_suspend(*, channel_id: int, reason: str) -> None:

@@ -1,33 +1,46 @@
 """Metering: turn what the upstream reported into counts, and write usage events.
 
-Events are handed to a per-process background thread that writes them in batches after
-the response has gone out, so the client never waits for the database. Where the
-upstream reported no usage, the counts are made in that thread with the bundled
-tokenizer and the event is marked estimated.
+With Redis, a finished request's usage record is queued in Redis in the same atomic step
+that settles its limits and money (``relay.limits``), before the last byte of its
+response is sent; a writer thread in every relay process claims batches from that queue,
+writes them to the database and only then confirms them, so a process killed at any
+point loses nothing it answered, and a database outage only lengthens the queue. An
+event is written once however often its batch is retried (``request_id`` is unique).
+
+Without Redis (the embedded mode) records go to an in-process queue and the same kind of
+thread. Where the upstream reported no usage, the counts are made in the writer thread
+with the bundled tokenizer and the event is marked estimated.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 
-from billing.pricing import PricePair, event_cost_fields
+from billing.pricing import PricePair, Prices, cost_micros, event_cost_fields
 from relay import tokens
+from relay.limits import money_keys, usage_queue_key
 
 logger = logging.getLogger(__name__)
 
 # Events kept in memory while the database refuses writes; beyond this the oldest are
 # dropped (and logged) rather than let a long outage exhaust the process's memory.
 MAX_PENDING_EVENTS = 100_000
+# Delivered text kept per request for local token counting (when the upstream reports no
+# usage); longer answers are extrapolated from this much.
+MAX_KEPT_TEXT_CHARS = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -83,6 +96,69 @@ class UsageRecord:
     prompt_messages: Any = None
     prompt_tools: Any = None
     completion_text: list[str] | None = None
+    # Characters of delivered text beyond MAX_KEPT_TEXT_CHARS: not kept, only counted.
+    completion_kept_chars: int = 0
+    completion_overflow_chars: int = 0
+    # The money scopes the request was held against (``relay.spend``), released when its
+    # event is written.
+    spend_scopes: tuple[str, ...] = ()
+
+    def keep_text(self, pieces: list[str]) -> None:
+        """Keep delivered text for local counting, up to MAX_KEPT_TEXT_CHARS; beyond that
+        only its length, so a long stream's memory stays flat."""
+        texts = self.completion_text
+        if texts is None:
+            return
+        for piece in pieces:
+            if self.completion_kept_chars < MAX_KEPT_TEXT_CHARS:
+                texts.append(piece)
+                self.completion_kept_chars += len(piece)
+            else:
+                self.completion_overflow_chars += len(piece)
+
+    def known_cost(self) -> int | None:
+        """The retail cost, if it is known without counting tokens locally."""
+        if self.price is None:
+            return 0
+        if self.usage is None:
+            if self.status_code >= 400 and not self.completion_text:
+                return 0
+            return None
+        usage = self.usage
+        return cost_micros(
+            self.price.retail,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+        )
+
+    def to_json(self) -> bytes:
+        """The record for the Redis queue; the prompt only when it must be counted."""
+        data = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        if self.usage is not None or (self.status_code >= 400 and not self.completion_text):
+            data["prompt_messages"] = data["prompt_tools"] = data["completion_text"] = None
+        try:
+            return orjson.dumps(data)
+        except TypeError:  # text orjson refuses (lone surrogates): escape it instead
+            return json.dumps(data, default=_plain, ensure_ascii=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> UsageRecord:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = json.loads(raw)
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        data["spend_scopes"] = tuple(data.get("spend_scopes") or ())
+        if data.get("usage") is not None:
+            data["usage"] = Usage(**data["usage"])
+        if data.get("price") is not None:
+            price = data["price"]
+            data["price"] = PricePair(
+                Prices(**price["retail"]), Prices(**price["wholesale"]), price["reseller_id"]
+            )
+        return cls(**data)
 
     def counts(self) -> tuple[Usage, bool]:
         """The token counts to bill, and whether they are estimated."""
@@ -91,7 +167,13 @@ class UsageRecord:
         if self.status_code >= 400 and not self.completion_text:
             return Usage(), False  # nothing reached a model that we know of
         prompt = tokens.count_prompt(self.prompt_messages or (), self.prompt_tools)
-        completion = tokens.count_text("".join(self.completion_text or ()))
+        kept = "".join(self.completion_text or ())
+        completion = tokens.count_text(kept)
+        if self.completion_overflow_chars:
+            # The text not kept is counted at the kept text's tokens per character.
+            completion += -(
+                -self.completion_overflow_chars * max(completion, 1) // max(len(kept), 4)
+            )
         return Usage(prompt_tokens=prompt, completion_tokens=completion), True
 
     def to_event_fields(self) -> dict[str, Any]:
@@ -123,12 +205,49 @@ class UsageRecord:
         }
 
 
+def write_events(records: list[UsageRecord]) -> list[tuple[UsageRecord, int]]:
+    """Write the records' events (idempotent on ``request_id``); each with its retail cost.
+
+    An event the database refuses (it points at a row that no longer exists) is logged and
+    left out; every other is written. Raises when the database cannot be reached.
+    """
+    from billing.models import UsageEvent
+
+    close_old_connections()
+    events = [UsageEvent(**record.to_event_fields()) for record in records]
+    written = list(zip(records, (e.cost_retail_micros for e in events), strict=True))
+    # Idempotent on request_id, so a retry after an ambiguous failure writes no twin.
+    try:
+        UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
+    except IntegrityError:
+        written = []
+        for record, event in zip(records, events, strict=True):
+            try:
+                UsageEvent.objects.bulk_create([event], ignore_conflicts=True)
+            except IntegrityError:
+                logger.error("usage event %s refused by the database", event.request_id)
+            else:
+                written.append((record, event.cost_retail_micros))
+    return written
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(type(value).__name__)
+
+
 class UsageWriter:
-    """Writes usage events in batches from a daemon thread."""
+    """Writes usage events in batches from a daemon thread: records handed to it in this
+    process (embedded mode, or when Redis cannot take them), and, with Redis, the shared
+    queue every relay process feeds."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[UsageRecord] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._drainer: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._submitted = 0
         self._written = 0
@@ -141,11 +260,33 @@ class UsageWriter:
             self._submitted += 1
         self._queue.put(record)
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written; True if it was in time."""
+    def flush(self, timeout: float = 10.0, *, shared_queue: bool = True) -> bool:
+        """Wait until everything submitted so far (and, with Redis and ``shared_queue``,
+        everything queued there by any process) is written; True if it was in time."""
+        deadline = time.monotonic() + timeout
         with self._progress:
             target = self._submitted
-            return self._progress.wait_for(lambda: self._written >= target, timeout=timeout)
+            if not self._progress.wait_for(lambda: self._written >= target, timeout=timeout):
+                return False
+        if not settings.REDIS_URL or not shared_queue:
+            return True
+        self.start_draining()
+        queue_ = RedisUsageQueue.shared()
+        while time.monotonic() < deadline:
+            if queue_.idle():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def start_draining(self) -> None:
+        """Start this process's thread that writes what the Redis queue holds."""
+        if self._drainer is None and settings.REDIS_URL:
+            with self._start_lock:
+                if self._drainer is None:
+                    self._drainer = threading.Thread(
+                        target=self._drain, name="tollgate-usage-drainer", daemon=True
+                    )
+                    self._drainer.start()
 
     def _start(self) -> None:
         with self._start_lock:
@@ -172,7 +313,7 @@ class UsageWriter:
                 except queue.Empty:
                     break
             try:
-                self._write(pending)
+                written = write_events(pending)
             except Exception:
                 logger.exception("writing %d usage events failed; will retry", len(pending))
                 if len(pending) > MAX_PENDING_EVENTS:
@@ -182,29 +323,167 @@ class UsageWriter:
                     self._mark_written(dropped)
                 time.sleep(min(interval * 4, 2.0))
                 continue
+            _release_local_holds(written)
             self._mark_written(len(pending))
             pending = []
+
+    def _drain(self) -> None:
+        usage = RedisUsageQueue.shared()
+        failing_since = 0.0
+        while True:
+            try:
+                if not usage.drain_once():
+                    time.sleep(settings.RELAY_USAGE_FLUSH_SECONDS / 5)
+            except Exception as exc:
+                # Once with the traceback, then a line every 30 s until it works again.
+                now = time.monotonic()
+                if not failing_since:
+                    logger.exception("writing queued usage events failed; will retry")
+                    failing_since = now
+                elif now - failing_since >= 30:
+                    logger.error("writing queued usage events still fails: %r", exc)
+                    failing_since = now
+                time.sleep(1.0)
+            else:
+                if failing_since:
+                    logger.warning("writing queued usage events works again")
+                    failing_since = 0.0
 
     def _mark_written(self, count: int) -> None:
         with self._progress:
             self._written += count
             self._progress.notify_all()
 
-    def _write(self, records: list[UsageRecord]) -> None:
-        from billing.models import UsageEvent
 
-        close_old_connections()
-        events = [UsageEvent(**record.to_event_fields()) for record in records]
-        # Idempotent on request_id, so a retry after an ambiguous failure writes no twin.
-        try:
-            UsageEvent.objects.bulk_create(events, ignore_conflicts=True)
-        except IntegrityError:
-            # One event points at a row that no longer exists; keep all the others.
-            for event in events:
-                try:
-                    UsageEvent.objects.bulk_create([event], ignore_conflicts=True)
-                except IntegrityError:
-                    logger.error("usage event %s refused by the database", event.request_id)
+def _release_local_holds(written: list[tuple[UsageRecord, int]]) -> None:
+    """Embedded mode: the events are in the database, so their money is no longer held
+    but written (with Redis, the queue's confirmation does this)."""
+    from relay import shared
+
+    store = shared.local_limit_store()
+    if store is None:
+        return
+    for record, cost in written:
+        if record.spend_scopes:
+            store.written(record.request_id, record.spend_scopes, cost)
+
+
+# KEYS: queue, leases. ARGV: now_ms, lease_ms, count, key for a new batch.
+# Claims the oldest batch whose lease ran out (its claimer died), else up to ``count``
+# new records; returns {batch key, records...} or {} when there is nothing.
+CLAIM_LUA = """
+local now = tonumber(ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)
+if #stale > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), stale[1])
+  local items = redis.call('LRANGE', stale[1], 0, -1)
+  table.insert(items, 1, stale[1])
+  return items
+end
+local items = redis.call('LPOP', KEYS[1], tonumber(ARGV[3]))
+if not items then return {} end
+redis.call('RPUSH', ARGV[4], unpack(items))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+table.insert(items, 1, ARGV[4])
+return items
+"""
+
+# KEYS: batch, leases, then per event per money scope: written, held, holds, expiries.
+# ARGV: per event: request id, retail cost, its number of money scopes.
+# Confirms a written batch once: moves each event's hold into ``written``, drops the batch.
+ACK_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local k = 2
+local a = 1
+while a <= #ARGV do
+  local request_id, cost, scopes = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  for s = 1, scopes do
+    local written, held, holds, exp = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+    k = k + 4
+    local previous = redis.call('HGET', holds, request_id)
+    if previous then
+      redis.call('HDEL', holds, request_id)
+      redis.call('DECRBY', held, previous)
+    end
+    redis.call('ZREM', exp, request_id)
+    redis.call('INCRBY', written, cost)
+    redis.call('EXPIRE', written, 3024000)
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1
+"""
+
+
+class RedisUsageQueue:
+    """The shared queue of finished requests' usage records (see the module docstring)."""
+
+    _shared: RedisUsageQueue | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self.queue_key = usage_queue_key(prefix)
+        self.leases_key = f"{prefix}:usage:leases"
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._ack = redis.register_script(ACK_LUA)
+
+    @classmethod
+    def shared(cls) -> RedisUsageQueue:
+        with cls._shared_lock:
+            prefix = str(settings.CACHES["default"].get("KEY_PREFIX") or "tollgate")
+            if cls._shared is None or cls._shared._prefix != prefix:
+                import redis
+
+                client = redis.Redis.from_url(
+                    settings.REDIS_URL,
+                    socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
+                    socket_timeout=max(settings.RELAY_REDIS_TIMEOUT, 5.0),
+                )
+                cls._shared = cls(client, prefix)
+            return cls._shared
+
+    def idle(self) -> bool:
+        """Nothing queued and no batch claimed but unconfirmed."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.llen(self.queue_key)
+        pipe.zcard(self.leases_key)
+        queued, leased = pipe.execute()
+        return queued == 0 and leased == 0
+
+    def drain_once(self) -> int:
+        """Claim one batch, write it, confirm it; the number of records it held."""
+        claimed = self._claim(
+            keys=[self.queue_key, self.leases_key],
+            args=[
+                int(time.time() * 1000),
+                int(settings.RELAY_USAGE_LEASE_SECONDS * 1000),
+                settings.RELAY_USAGE_BATCH_SIZE,
+                f"{self._prefix}:usage:batch:{uuid.uuid4().hex}",
+            ],
+        )
+        if not claimed:
+            return 0
+        batch, raw = claimed[0], claimed[1:]
+        records = []
+        for item in raw:
+            try:
+                records.append(UsageRecord.from_json(item))
+            except (ValueError, TypeError, KeyError):
+                logger.error("dropping an unreadable usage record: %r", item[:200])
+        written = write_events(records)
+        keys: list[Any] = [batch, self.leases_key]
+        args: list[Any] = []
+        for record, cost in written:
+            args += [record.request_id, cost, len(record.spend_scopes)]
+            for name in record.spend_scopes:
+                keys += money_keys(self._prefix, name)[1:]
+        # Refused events: their holds lapse like an abandoned request's.
+        self._ack(keys=keys, args=args)
+        return len(raw)
 
 
 usage_writer = UsageWriter()

@@ -1,7 +1,8 @@
 """Liveness and readiness probes for load balancers and orchestrators.
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` also checks what
-serving needs: the database, and Redis (cache, limits and Celery broker) when configured.
+serving needs: the database, Redis (cache, limits, usage queue) when configured, and the
+Celery broker when it is not that same Redis.
 Both are served by the lean ASGI path: no session, middleware or template runs.
 """
 
@@ -19,17 +20,25 @@ from django.db import close_old_connections, connection
 PROBE_TIMEOUT_SECONDS = 2.0
 
 
+def _broker() -> None:
+    """A Celery broker other than Redis (e.g. RabbitMQ): connect with Celery's own client."""
+    from config.celery_app import app
+
+    with app.connection_for_write(url=settings.CELERY_BROKER_URL) as conn:
+        conn.ensure_connection(max_retries=0, timeout=PROBE_TIMEOUT_SECONDS)
+
+
 def _database() -> None:
     close_old_connections()
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
 
 
-async def _redis() -> None:
+async def _redis(url: str | None = None) -> None:
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(
-        settings.REDIS_URL,
+        url or settings.REDIS_URL,
         socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
         socket_timeout=PROBE_TIMEOUT_SECONDS,
     )
@@ -53,6 +62,12 @@ async def readiness() -> tuple[int, bytes]:
     checks = [_check("database", sync_to_async(_database))]
     if settings.REDIS_URL:
         checks.append(_check("redis", _redis))
+    broker = settings.CELERY_BROKER_URL
+    if broker and broker != settings.REDIS_URL and not broker.startswith("memory://"):
+        if broker.startswith(("redis://", "rediss://")):
+            checks.append(_check("broker", lambda: _redis(broker)))
+        else:
+            checks.append(_check("broker", sync_to_async(_broker)))
     results = dict(await asyncio.gather(*checks))
     ready = all(result["ok"] for result in results.values())
     body = {"status": "ready" if ready else "unavailable", "checks": results}

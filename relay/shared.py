@@ -35,12 +35,18 @@ def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
     state = _state.get(loop_id)
     if state is None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ConstantBackoff
 
         client = aioredis.Redis.from_url(
             settings.REDIS_URL,
             socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
             socket_timeout=settings.RELAY_REDIS_TIMEOUT,
             health_check_interval=30,
+            # One quick retry (a connection dropped while idle), not redis-py's default of
+            # ten with back-off: a request must learn within RELAY_REDIS_TIMEOUT that Redis
+            # is away, and then fail closed or open as configured.
+            retry=Retry(ConstantBackoff(0.01), 1),
         )
         state = (
             client,
@@ -53,6 +59,23 @@ def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
 
 def limit_store() -> LimitStore:
     return _for_loop()[1]
+
+
+_fallback: LocalLimitStore | None = None
+
+
+def fallback_limit_store() -> LocalLimitStore:
+    """This process's own limits, applied while Redis is unreachable and limits fail open."""
+    global _fallback
+    if _fallback is None:
+        _fallback = LocalLimitStore()
+    return _fallback
+
+
+def local_limit_store() -> LocalLimitStore | None:
+    """The in-memory store of the embedded mode, if this process has one."""
+    store = _local[1] if _local is not None else None
+    return store if isinstance(store, LocalLimitStore) else None
 
 
 def breakers() -> BreakerBoard:

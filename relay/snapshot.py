@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, close_old_connections
 
 from billing.pricing import PricePair, tenant_price_table
@@ -27,6 +28,7 @@ from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
 from relay import errors, shared
 from relay.limits import Limits, Scope
+from relay.spend import SpendShape
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -53,6 +55,7 @@ class KeyInfo:
     networks: tuple[IPNetwork, ...] = ()  # empty: any source address
     key_limits: Limits = field(default_factory=Limits)
     tenant_limits: Limits = field(default_factory=Limits)
+    spend: SpendShape = field(default_factory=SpendShape)
 
     def allows(self, public_id: str) -> bool:
         return not self.allowed_models or public_id in self.allowed_models
@@ -94,6 +97,7 @@ class ModelInfo:
     owned_by: str
     created: int
     routes: tuple[Route, ...]
+    max_output_tokens: int | None = None
 
     def as_openai(self) -> dict[str, str | int]:
         return {
@@ -120,7 +124,11 @@ class Snapshot:
 def load_key(digest: str) -> KeyInfo | None:
     close_old_connections()
     api_key = (
-        ApiKey.objects.select_related("tenant", "tenant__parent").filter(digest=digest).first()
+        ApiKey.objects.select_related(
+            "tenant", "tenant__parent", "tenant__billing_account", "spend_quota"
+        )
+        .filter(digest=digest)
+        .first()
     )
     if api_key is None:
         return None
@@ -139,6 +147,28 @@ def load_key(digest: str) -> KeyInfo | None:
         ),
         key_limits=_limits(api_key),
         tenant_limits=_limits(tenant),
+        spend=_spend_shape(api_key),
+    )
+
+
+def _spend_shape(api_key: ApiKey) -> SpendShape:
+    try:
+        account = api_key.tenant.billing_account
+    except ObjectDoesNotExist:
+        account = None
+    try:
+        quota = api_key.spend_quota
+    except ObjectDoesNotExist:
+        quota = None
+    prepaid = account is not None and account.is_prepaid
+    return SpendShape(
+        funds=prepaid or (account is not None and account.credit_limit_micros is not None),
+        prepaid=prepaid,
+        budget=account is not None
+        and account.budget_hard_stop
+        and account.monthly_budget_micros is not None,
+        key_total=quota is not None and quota.total_limit_micros is not None,
+        key_period=quota.period if quota and quota.period_limit_micros is not None else "",
     )
 
 
@@ -201,6 +231,7 @@ def load_snapshot() -> Snapshot:
             owned_by=m.owned_by,
             created=int(m.created_at.timestamp()),
             routes=tuple(routes.get(m.pk, ())),
+            max_output_tokens=m.max_output_tokens,
         )
         for m in CatalogModel.objects.filter(is_active=True)
     }
@@ -286,6 +317,11 @@ class RelayCache:
                     return loaded  # stale before it landed: serve it once, keep nothing
                 self._snapshot = loaded
             return self._snapshot
+
+    @property
+    def generation(self) -> int:
+        """The generation of keys, prices and limits this process has last seen."""
+        return self._generation or 0
 
     def invalidate(self) -> None:
         self._epoch += 1

@@ -27,11 +27,15 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
-async def iter_events(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncIterator[bytes]:
-    """Yield each complete event (without its separator) as soon as it is complete."""
+async def iter_event_batches(
+    chunks: AsyncIterator[bytes], max_event_bytes: int
+) -> AsyncIterator[list[bytes]]:
+    """Yield, for each read from the upstream, the events it completed (without their
+    separators), as soon as they are complete: the relay forwards them in one write."""
     buffer = bytearray()
     async for chunk in chunks:
         buffer += chunk
+        events = []
         while True:
             index, width = _split_point(buffer)
             if index == -1:
@@ -39,8 +43,10 @@ async def iter_events(chunks: AsyncIterator[bytes], max_event_bytes: int) -> Asy
             event = bytes(buffer[:index])
             del buffer[: index + width]
             if event.strip():
-                yield event
+                events.append(event)
+        if events:
+            yield events
         if len(buffer) > max_event_bytes:
             raise ValueError("an upstream stream event exceeds the size limit")
     if buffer.strip():
-        yield bytes(buffer)
+        yield [bytes(buffer)]

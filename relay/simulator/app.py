@@ -40,6 +40,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+HUGE_PIECE_BYTES = 64 * 1024
+
 
 @dataclasses.dataclass(slots=True)
 class _Counters:
@@ -137,8 +139,13 @@ class SimulatorApp:
         if scheme.lower() != "bearer" or not token.strip():
             await exchange.respond_error(401, "You didn't provide an API key.")
             return False
+        echo = (
+            f" (you sent {token.strip()} from {_header(scope, b'host')})"
+            if options.echo_key
+            else ""
+        )
         if options.key is not None and token.strip() != options.key:
-            await exchange.respond_error(401, "Incorrect API key provided.")
+            await exchange.respond_error(401, "Incorrect API key provided." + echo)
             return False
         status = options.fail
         if chat and options.fail_first:
@@ -146,7 +153,7 @@ class SimulatorApp:
             self.fail_first_seen[prefix] = seen + 1
             status = (status or 500) if seen < options.fail_first else None
         if status is not None:
-            await exchange.respond_error(status, f"Simulated failure (HTTP {status}).")
+            await exchange.respond_error(status, f"Simulated failure (HTTP {status}).{echo}")
             return False
         if options.bad_json:
             await exchange.respond(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0,')
@@ -155,6 +162,7 @@ class SimulatorApp:
             envelope = error_envelope(500, "Simulated error envelope with HTTP 200.")
             await exchange.respond_json(200, envelope)
             return False
+        exchange.trickle = options.trickle_ms / 1000
         return True
 
     async def _models(self, exchange: SimExchange, model_id: str) -> None:
@@ -219,6 +227,9 @@ class SimulatorApp:
             return
         if not await self._gate(scope, exchange, prefix, options, chat=True):
             return
+        echo = ""
+        if options.echo_key:
+            echo = f" (you sent {_header(scope, b'authorization').partition(' ')[2].strip()})"
         if body is INVALID_BODY:
             await exchange.respond_error(400, "The request body is not valid JSON.")
             return
@@ -227,12 +238,16 @@ class SimulatorApp:
         except RequestError as exc:
             await exchange.respond_error(400, str(exc), param=exc.param)
             return
-        if plan.stream:
-            await self._stream(exchange, plan, options)
+        if options.huge:
+            await self._huge(exchange, plan, options)
+        elif plan.stream:
+            await self._stream(exchange, plan, options, echo)
         else:
             await exchange.respond_json(200, completion_body(plan, options))
 
-    async def _stream(self, exchange: SimExchange, plan: ChatPlan, options: SimOptions) -> None:
+    async def _stream(
+        self, exchange: SimExchange, plan: ChatPlan, options: SimOptions, echo: str = ""
+    ) -> None:
         base: dict[str, Any] = {
             "id": new_id("chatcmpl-"),
             "object": "chat.completion.chunk",
@@ -280,6 +295,14 @@ class SimulatorApp:
             for index, deltas in enumerate(steps):
                 if step < len(deltas):
                     await exchange.chunk(event(index, deltas[step]))
+            if options.stream_error and step == 0:
+                failure = error_envelope(500, f"Simulated error in the stream.{echo}")
+                await exchange.end(b"data: " + orjson.dumps(failure) + b"\n\n")
+                return
+            if options.bad_sse and step == 0:
+                # Not JSON, and a line that is no SSE field at all: a broken proxy's output.
+                await exchange.chunk(b'data: {"choices": [{"delta": {"content": "x\n\n')
+                await exchange.chunk(b"<html>502 Bad Gateway</html>\n\n")
             if exchange.disconnected:
                 return
         for index in range(plan.n):
@@ -289,6 +312,58 @@ class SimulatorApp:
             tail = {**base, "choices": [], "usage": usage_for(plan, options)}
             await exchange.chunk(b"data: " + orjson.dumps(tail) + b"\n\n")
         await exchange.end(b"data: [DONE]\n\n")
+
+    async def _huge(self, exchange: SimExchange, plan: ChatPlan, options: SimOptions) -> None:
+        """An answer of ``options.huge`` content bytes, generated piece by piece so the
+        simulator itself never holds it (non-streaming: one enormous JSON document)."""
+        filler = ("lorem ipsum " * (HUGE_PIECE_BYTES // 12 + 1))[:HUGE_PIECE_BYTES]
+        pieces, rest = divmod(options.huge, HUGE_PIECE_BYTES)
+        contents = [filler] * pieces + ([filler[:rest]] if rest else [])
+        completion = max(1, options.huge // 4)
+        usage = {
+            "prompt_tokens": plan.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": plan.prompt_tokens + completion,
+        }
+        exchange.watch()
+        if plan.stream:
+            await exchange.start(200, list(SSE_HEADERS))
+            base = {
+                "id": new_id("chatcmpl-"),
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": plan.model,
+            }
+            for content in contents:
+                choice = {"index": 0, "delta": {"content": content}, "finish_reason": None}
+                await exchange.chunk(
+                    b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+                )
+                if exchange.disconnected:
+                    return
+            last = {"index": 0, "delta": {}, "finish_reason": "length"}
+            await exchange.chunk(b"data: " + orjson.dumps({**base, "choices": [last]}) + b"\n\n")
+            if plan.include_usage:
+                tail = {**base, "choices": [], "usage": usage}
+                await exchange.chunk(b"data: " + orjson.dumps(tail) + b"\n\n")
+            await exchange.end(b"data: [DONE]\n\n")
+            return
+        await exchange.start(200, [(b"content-type", b"application/json")])
+        head = {
+            "id": new_id("chatcmpl-"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": plan.model,
+        }
+        await exchange.chunk(
+            orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"finish_reason":"length",'
+            b'"message":{"role":"assistant","content":"'
+        )
+        for content in contents:
+            await exchange.chunk(content.encode())
+            if exchange.disconnected:
+                return
+        await exchange.end(b'"}}],"usage":' + orjson.dumps(usage) + b"}")
 
     async def _introspect(self, method: str, path: str, exchange: SimExchange) -> None:
         if path == "/_sim/requests" and method == "GET":

@@ -18,6 +18,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+TRICKLE_BYTES = 8
+
+
 class SimulatedReset(Exception):
     """Raised inside the app so the ASGI server drops the connection mid-stream."""
 
@@ -32,7 +35,15 @@ def hide_simulated_resets(record: logging.LogRecord) -> bool:
 class SimExchange:
     """One request/response in progress, aware of the client going away."""
 
-    __slots__ = ("_receive", "_send", "_waiter", "_watcher", "disconnected", "finished")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "_waiter",
+        "_watcher",
+        "disconnected",
+        "finished",
+        "trickle",
+    )
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
@@ -41,6 +52,8 @@ class SimExchange:
         self._watcher: asyncio.Task[None] | None = None
         self.disconnected = False
         self.finished = False
+        # Seconds between TRICKLE_BYTES-sized pieces of every body sent; 0 sends at once.
+        self.trickle = 0.0
 
     async def read_body(self) -> bytes:
         chunks = []
@@ -96,11 +109,30 @@ class SimExchange:
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def chunk(self, body: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        await self._write(body)
+        if not self.trickle:
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def end(self, body: bytes = b"") -> None:
+        await self._write(body)
         self.finished = True
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        await self._send(
+            {
+                "type": "http.response.body",
+                "body": b"" if self.trickle else body,
+                "more_body": False,
+            }
+        )
+
+    async def _write(self, body: bytes) -> None:
+        """Trickle ``body`` out piece by piece (only when ``trickle`` is set)."""
+        if not self.trickle:
+            return
+        for start in range(0, len(body), TRICKLE_BYTES):
+            piece = body[start : start + TRICKLE_BYTES]
+            await self._send({"type": "http.response.body", "body": piece, "more_body": True})
+            if not await self.pause(self.trickle):
+                return
 
     async def respond(
         self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None

@@ -44,6 +44,14 @@ class SimOptions:
     key: str | None = None
     bad_json: bool = False
     error_body: bool = False
+    # Faults for resilience tests: slow bytes, broken event streams, enormous answers.
+    trickle_ms: float = 0.0
+    bad_sse: bool = False
+    huge: int = 0
+    # Error messages repeat the caller's credential, as some providers do: the relay must
+    # never pass it on.
+    echo_key: bool = False
+    stream_error: bool = False  # an error event after the first token of a stream
 
 
 class OptionError(ValueError):
@@ -77,7 +85,9 @@ def _secret(value: str) -> str:
     return value
 
 
-_FLAGS = frozenset({"hang", "nousage", "bad_json", "error_body"})
+_FLAGS = frozenset(
+    {"hang", "nousage", "bad_json", "error_body", "bad_sse", "echo_key", "stream_error"}
+)
 _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "fail": ("fail", _status),
     "fail_first": ("fail_first", _count),
@@ -89,15 +99,18 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cached": ("cached", _count),
     "reasoning": ("reasoning", _count),
     "key": ("key", _secret),
+    "trickle": ("trickle_ms", _rate),
+    "huge": ("huge", _count),
 }
 
 
 def parse_options(text: str, defaults: SimOptions) -> SimOptions:
     """Parse the ``<options>`` of ``/sim/<options>/v1/...`` on top of ``defaults``.
 
-    Grammar: a comma-separated list of ``name`` (flags: hang, nousage, bad_json, error_body)
-    or ``name=value`` (fail=<400-599>, fail_first=<k>, latency=<ms>, tps=<n>, tokens=<n>,
-    hang_after=<k>, reset_after=<k>, cached=<n>, reasoning=<n>, key=<secret>). Empty items
+    Grammar: a comma-separated list of ``name`` (flags: hang, nousage, bad_json, error_body,
+    bad_sse, echo_key, stream_error) or ``name=value`` (fail=<400-599>, fail_first=<k>,
+    latency=<ms>, tps=<n>, tokens=<n>, hang_after=<k>, reset_after=<k>, cached=<n>,
+    reasoning=<n>, key=<secret>, trickle=<ms>, huge=<bytes>). Empty items
     are ignored and a repeated option keeps its last value. Raises ``OptionError``.
     """
     changes: dict[str, Any] = {}

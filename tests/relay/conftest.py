@@ -9,8 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from billing.models import PriceList
-from billing.services import model_price_set, price_list_create
+from billing.models import BillingAccount, PriceList
+from billing.services import (
+    account_topup,
+    billing_account_create,
+    model_price_set,
+    price_list_create,
+)
 from portal import crypto
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel, Organization
 from relay.app import RelayApp
@@ -186,3 +191,30 @@ def usage_events(expected: int, timeout: float = 5.0) -> list[Any]:
         if len(events) >= expected or time.monotonic() > deadline:
             return events
         time.sleep(0.02)
+
+
+# --- Money ----------------------------------------------------------------------------------
+# Output-only prices, and requests capped at what the simulator produces: a request's
+# worst case then equals its real cost, so a balance of k * WORST pays for exactly k.
+
+SIM_TOKENS = 16  # the simulator's default answer length
+WORST = SIM_TOKENS * OUTPUT_PRICE // 1_000_000
+
+
+@pytest.fixture
+def output_only(gateway: Gateway) -> Gateway:
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=0,
+        output_per_mtok=OUTPUT_PRICE,
+        actor="test",
+    )
+    return gateway
+
+
+def prepaid(gateway: Gateway, balance: int) -> BillingAccount:
+    account = billing_account_create(organization=gateway.tenant, actor="test", mode="prepaid")
+    if balance:
+        account_topup(account=account, amount_micros=balance, actor="test")
+    return account

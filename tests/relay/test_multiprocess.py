@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +12,22 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 
+from billing.models import LedgerEntry
+from billing.selectors import account_balance_micros
+from billing.services import usage_charge_post
 from portal import services
 from portal.models import Channel
-from tests.relay.conftest import Gateway, Simulator, chat_body
+from tests.relay.conftest import (
+    SIM_TOKENS,
+    WORST,
+    Gateway,
+    Simulator,
+    chat_body,
+    prepaid,
+    usage_events,
+)
+from tests.servers import RelayProcess, database_url
 
 pytestmark = pytest.mark.services
 
@@ -35,38 +43,16 @@ def _free_port() -> int:
 @pytest.fixture
 def relay_process(gateway: Gateway) -> Iterator[str]:
     """A relay in its own process, on the test database and this run's Redis namespace."""
-    db = connection.settings_dict
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        "REDIS_URL": settings.REDIS_URL,
-        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-        "RELAY_CACHE_POLL_SECONDS": "0.2",
-    }
-    process = subprocess.Popen(  # noqa: S603 - our own server, fixed arguments
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    relay = RelayProcess(
+        {
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+            "RELAY_CACHE_POLL_SECONDS": "0.2",
+        }
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(url + "/v1/models", timeout=1)
-            break
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(process.stderr.read().decode()) from None
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
+    yield relay.url
+    relay.stop()
 
 
 def _until(check: Any, seconds: float = 5.0) -> float:
@@ -162,3 +148,40 @@ def test_limit_changes_reach_every_process(gateway: Gateway, relay_process: str)
                 == 429
             )
         )
+
+
+def test_a_balance_is_never_overdrawn_across_processes(
+    output_only: Gateway, sim: Simulator, relay_process: str
+) -> None:
+    """A tenant with balance for exactly K requests' worst case, hit with 5K concurrent
+    requests through two relay processes, gets K successes, each charged exactly once,
+    and its balance ends at zero, never below."""
+    gateway = output_only
+    k = 20
+    gateway.channel.base_url = sim.channel_url("latency=150")
+    gateway.channel.save()
+    account = prepaid(gateway, k * WORST)
+    time.sleep(0.6)
+
+    def call(index: int) -> tuple[int, str]:
+        response = httpx.post(
+            (gateway.url, relay_process)[index % 2] + "/v1/chat/completions",
+            json=chat_body(max_tokens=SIM_TOKENS),
+            headers={"Authorization": f"Bearer {gateway.secret}"},
+            timeout=30,
+        )
+        return response.status_code, response.headers.get("x-request-id", "")
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(call, range(5 * k)))
+
+    statuses = [status for status, _ in results]
+    assert statuses.count(200) == k
+    assert statuses.count(429) == 4 * k
+    events = usage_events(k, timeout=15)
+    assert len(events) == k
+    assert {e.request_id for e in events} == {rid for status, rid in results if status == 200}
+    usage_charge_post()
+    charges = LedgerEntry.objects.filter(account=account, kind=LedgerEntry.Kind.USAGE)
+    assert sorted(c.reference for c in charges) == sorted(e.request_id for e in events)
+    assert account_balance_micros(account) == 0

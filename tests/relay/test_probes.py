@@ -43,6 +43,23 @@ def test_readiness_fails_when_redis_is_unreachable(site: str, settings: Any) -> 
     assert body["checks"]["database"]["ok"] is True
 
 
+def test_readiness_checks_a_separate_broker(site: str, settings: Any) -> None:
+    settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens
+    response = httpx.get(site + "/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["broker"]["ok"] is False
+    assert checks["database"]["ok"] is True
+
+
+@pytest.mark.services
+def test_readiness_checks_a_broker_on_another_redis_database(site: str, settings: Any) -> None:
+    settings.CELERY_BROKER_URL = settings.REDIS_URL.rsplit("/", 1)[0] + "/3"
+    response = httpx.get(site + "/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["broker"]["ok"] is True
+
+
 def test_the_dashboard_still_reaches_django(site: str) -> None:
     response = httpx.get(site + "/admin/login/")
     assert response.status_code == 200

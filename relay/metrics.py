@@ -1,0 +1,352 @@
+"""The relay's observability behind a small API: Prometheus metrics and log context.
+
+The hot path calls ``observe_record`` (once per chat completion) and
+``observe_limit_rejection``; both cost a dictionary lookup and a few increments, and no
+I/O. ``GET /metrics`` (served by the lean relay app) renders them, plus two values read
+at scrape time only: the channels' breaker states and the Celery queue depth.
+
+Several worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory, the
+same for every worker of a server, before it starts (prometheus-client's multiprocess
+mode). Each worker then writes its samples to memory-mapped files there and a scrape of
+any worker sums them all. Without it each process keeps its own registry, which is right
+for a single worker (and the tests).
+
+``request_id`` carries the current request's id to every log record (``RequestIdFilter``),
+so the JSON logs (``LOG_FORMAT=json``) can be joined with usage events and responses.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from relay.exchange import Exchange
+    from relay.metering import UsageRecord
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("relay.access")
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+REGISTRY = CollectorRegistry(auto_describe=True)
+# Seconds: from a cached one-token answer to a long stream.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "tollgate_requests",
+    "Chat completions relayed, by public model, channel id (empty: none reached) and status.",
+    ("model", "channel", "status"),
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "tollgate_request_duration_seconds",
+    "Whole request as the relay saw it, to the last byte of the response.",
+    ("model", "stream"),
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_LATENCY = Histogram(
+    "tollgate_upstream_latency_seconds",
+    "From sending to the upstream until its response headers, for the channel that answered.",
+    ("model", "channel"),
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "tollgate_tokens",
+    "Tokens the upstreams reported (counts estimated locally are on the usage events only).",
+    ("model", "kind"),
+    registry=REGISTRY,
+)
+SPEND = Counter(
+    "tollgate_spend_micros",
+    "Retail cost of the requests, in micro-units of the currency.",
+    ("model", "currency"),
+    registry=REGISTRY,
+)
+LIMIT_REJECTIONS = Counter(
+    "tollgate_limit_rejections",
+    "Requests refused with a 429 by a key's or tenant's limit, by the limit that refused.",
+    ("limit",),
+    registry=REGISTRY,
+)
+
+# Labelled children, looked up once per label set: .labels() takes a lock and builds keys.
+_children: dict[tuple[str, str, int, bool, str], tuple[Any, ...]] = {}
+
+
+def enabled() -> bool:
+    return bool(settings.RELAY_METRICS)
+
+
+def observe_request(
+    *,
+    model: str,
+    channel: str,
+    status: int,
+    stream: bool,
+    latency_s: float,
+    upstream_latency_s: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_micros: int,
+    currency: str = "",
+) -> None:
+    """Count one finished chat completion."""
+    if settings.RELAY_METRICS:
+        _count(
+            model=model,
+            channel=channel,
+            status=status,
+            stream=stream,
+            latency_s=latency_s,
+            upstream_latency_s=upstream_latency_s,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_micros=cost_micros,
+            currency=currency,
+        )
+
+
+def _count(
+    *,
+    model: str,
+    channel: str,
+    status: int,
+    stream: bool,
+    latency_s: float,
+    upstream_latency_s: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_micros: int,
+    currency: str,
+) -> None:
+    label_key = (model, channel, status, stream, currency)
+    children = _children.get(label_key)
+    if children is None:
+        children = _children[label_key] = (
+            REQUESTS.labels(model, channel, str(status)),
+            LATENCY.labels(model, "true" if stream else "false"),
+            UPSTREAM_LATENCY.labels(model, channel),
+            TOKENS.labels(model, "prompt"),
+            TOKENS.labels(model, "completion"),
+            SPEND.labels(model, currency),
+        )
+    requests, latency, upstream, prompt, completion, spend = children
+    requests.inc()
+    latency.observe(latency_s)
+    if upstream_latency_s is not None:
+        upstream.observe(upstream_latency_s)
+    if prompt_tokens:
+        prompt.inc(prompt_tokens)
+    if completion_tokens:
+        completion.inc(completion_tokens)
+    if cost_micros:
+        spend.inc(cost_micros)
+
+
+def observe_record(record: UsageRecord) -> None:
+    """Count one finished chat completion from its usage record (and log it, when the
+    ``relay.access`` logger is on)."""
+    counting = settings.RELAY_METRICS
+    logging_on = access_logger.isEnabledFor(logging.INFO)
+    if not counting and not logging_on:
+        return
+    usage = record.usage
+    prompt = completion = cost = 0
+    currency = ""
+    if usage is not None:
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        if record.price is not None:
+            cost = cost_micros(
+                record.price.retail,
+                prompt_tokens=prompt,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=completion,
+                reasoning_tokens=usage.reasoning_tokens,
+            )
+            currency = record.price.retail.currency
+    upstream_ms = record.upstream_latency_ms
+    if counting:
+        _count(
+            model=record.model,
+            channel="" if record.channel_id is None else str(record.channel_id),
+            status=record.status_code,
+            stream=record.stream,
+            latency_s=record.total_latency_ms / 1000,
+            upstream_latency_s=None if upstream_ms is None else upstream_ms / 1000,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_micros=cost,
+            currency=currency,
+        )
+    if logging_on:
+        access_logger.info(
+            "chat completion",
+            extra={
+                "request_id": record.request_id,
+                "tenant_id": record.tenant_id,
+                "api_key_id": record.api_key_id,
+                "model": record.model,
+                "channel_id": record.channel_id,
+                "status": record.status_code,
+                "error_code": record.error_code,
+                "stream": record.stream,
+                "latency_ms": record.total_latency_ms,
+                "upstream_latency_ms": upstream_ms,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "attempts": len(record.attempts),
+            },
+        )
+
+
+def observe_limit_rejection(limit: str) -> None:
+    """A request refused by a limit: ``requests``, ``tokens``, ``concurrency``..."""
+    if settings.RELAY_METRICS:
+        LIMIT_REJECTIONS.labels(limit).inc()
+
+
+def cost_micros(prices: Any, **counts: int) -> int:
+    from billing.pricing import cost_micros as billing_cost
+
+    return billing_cost(prices, **counts)
+
+
+# --- GET /metrics -----------------------------------------------------------------------
+
+
+BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN = 0, 1, 2
+
+
+class _ScrapeTimeValues:
+    """Gauges measured when scraped (from this process), not kept between scrapes."""
+
+    def __init__(self, breakers: list[tuple[str, str, int]], queues: dict[str, int] | None) -> None:
+        self.breakers = breakers
+        self.queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        breaker = GaugeMetricFamily(
+            "tollgate_channel_breaker_state",
+            "Circuit breaker of each routed channel: 0 closed, 1 open, 2 half-open (cool-down "
+            "over, waiting for a probe).",
+            labels=("channel", "channel_name"),
+        )
+        for channel, name, state in self.breakers:
+            breaker.add_metric((channel, name), state)
+        yield breaker
+        if self.queues is not None:
+            depth = GaugeMetricFamily(
+                "tollgate_celery_queue_length",
+                "Tasks waiting in the Celery broker, by queue.",
+                labels=("queue",),
+            )
+            for queue, length in self.queues.items():
+                depth.add_metric((queue,), length)
+            yield depth
+
+
+async def _breaker_states(exchange: Exchange) -> list[tuple[str, str, int]]:
+    from relay import shared
+
+    snapshot = await exchange.app.cache.snapshot()
+    channels = {
+        route.channel_id: route.channel_name
+        for model in snapshot.models.values()
+        for route in model.routes
+    }
+    try:
+        open_until = await shared.breakers().store.states()
+    except Exception:  # Redis down: report what this process last saw
+        logger.warning("reading breaker states for /metrics failed", exc_info=True)
+        open_until = {}
+    now = time.time()
+    states = []
+    for channel_id in sorted(set(channels) | set(open_until)):
+        until = open_until.get(channel_id)
+        if until is None:
+            state = BREAKER_CLOSED
+        else:
+            state = BREAKER_OPEN if until > now else BREAKER_HALF_OPEN
+        states.append((str(channel_id), channels.get(channel_id, ""), state))
+    return states
+
+
+async def _queue_lengths() -> dict[str, int] | None:
+    """Lengths of the Celery queues in a Redis broker; None with any other broker."""
+    broker = str(getattr(settings, "CELERY_BROKER_URL", "") or "")
+    if not broker.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    import redis.asyncio as aioredis
+
+    queue = str(getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "celery"))
+    client = aioredis.Redis.from_url(
+        broker,
+        socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
+        socket_timeout=settings.RELAY_REDIS_TIMEOUT,
+    )
+    try:
+        return {queue: int(await client.llen(queue))}
+    except Exception:
+        logger.warning("reading the Celery queue length for /metrics failed", exc_info=True)
+        return None
+    finally:
+        await client.aclose()
+
+
+async def respond(exchange: Exchange) -> None:
+    """Answer ``GET /metrics`` in Prometheus' text format."""
+    if not settings.RELAY_METRICS:
+        await exchange.respond_json(404, b'{"error": "metrics are turned off"}')
+        return
+    live = CollectorRegistry(auto_describe=True)
+    live.register(_ScrapeTimeValues(await _breaker_states(exchange), await _queue_lengths()))
+    if MULTIPROCESS:
+        counted = CollectorRegistry()
+        multiprocess.MultiProcessCollector(counted)
+    else:
+        counted = REGISTRY
+    body = generate_latest(counted) + generate_latest(live)
+    exchange.response_started = True
+    await exchange.send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await exchange.send({"type": "http.response.body", "body": body})
+
+
+# --- logs -------------------------------------------------------------------------------
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the id of the request being served (or "") on every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True

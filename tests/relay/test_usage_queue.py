@@ -1,0 +1,126 @@
+"""The Redis usage queue: a writer that dies after claiming a batch, or after writing it
+but before confirming, loses nothing and counts nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from billing.models import UsageEvent
+from billing.pricing import tenant_price_table
+from relay.limits import RedisLimitStore, Reservation, money_keys
+from relay.metering import RedisUsageQueue, Usage, UsageRecord, write_events
+from tests.relay.conftest import PUBLIC_MODEL, Gateway
+
+pytestmark = pytest.mark.services
+
+SCOPE = "t0:funds"
+
+
+def _records(gateway: Gateway, count: int) -> list[UsageRecord]:
+    price = tenant_price_table(gateway.tenant.pk)[PUBLIC_MODEL]
+    return [
+        UsageRecord(
+            request_id=f"queued-{uuid.uuid4().hex}",
+            created_at=timezone.now(),
+            tenant_id=gateway.tenant.pk,
+            api_key_id=gateway.api_key.pk,
+            model=PUBLIC_MODEL,
+            stream=False,
+            status_code=200,
+            total_latency_ms=5,
+            usage=Usage(prompt_tokens=100, completion_tokens=10),
+            price=price,
+            spend_scopes=(SCOPE,),
+        )
+        for _ in range(count)
+    ]
+
+
+def _finish(prefix: str, records: list[UsageRecord], worst: int) -> None:
+    """What relay processes do as requests end: hold, settle and queue each one."""
+
+    async def run() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        money = Reservation((SCOPE,), worst)
+        await store.seed((SCOPE,), [10**9], [0], 0)
+        for record in records:
+            admission = await store.acquire([], record.request_id, 0, 60, money)
+            assert admission.allowed
+            await store.release(
+                [], record.request_id, admission, None, money, record.known_cost(), record.to_json()
+            )
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def queue(settings: Any) -> RedisUsageQueue:
+    settings.RELAY_USAGE_LEASE_SECONDS = 0.3
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    return RedisUsageQueue(client, f"{settings.CACHES['default']['KEY_PREFIX']}-{uuid.uuid4()}")
+
+
+def _money(queue: RedisUsageQueue) -> tuple[int, int]:
+    _, written, held, _, _ = money_keys(queue._prefix, SCOPE)
+    return int(queue._redis.get(written) or 0), int(queue._redis.get(held) or 0)
+
+
+def _claim(queue: RedisUsageQueue) -> list[bytes]:
+    return queue._claim(
+        keys=[queue.queue_key, queue.leases_key],
+        args=[int(time.time() * 1000), 300, 100, f"{queue._prefix}:usage:batch:dead"],
+    )
+
+
+def test_a_batch_claimed_by_a_dead_writer_is_written_by_another(
+    gateway: Gateway, queue: RedisUsageQueue
+) -> None:
+    records = _records(gateway, 5)
+    _finish(queue._prefix, records, worst=10_000)
+    cost = sum(r.known_cost() or 0 for r in records)
+    assert _money(queue) == (0, cost)  # held at the real cost until written
+
+    assert len(_claim(queue)) == 6  # batch key + 5 records; then the claimer "dies"
+    assert queue.drain_once() == 0  # its lease still runs: nobody else takes the batch
+    time.sleep(0.4)
+
+    assert queue.drain_once() == 5
+    assert UsageEvent.objects.filter(request_id__startswith="queued-").count() == 5
+    assert _money(queue) == (cost, 0)
+    assert queue.idle()
+
+
+def test_a_batch_written_but_not_confirmed_is_not_counted_twice(
+    gateway: Gateway, queue: RedisUsageQueue
+) -> None:
+    records = _records(gateway, 3)
+    _finish(queue._prefix, records, worst=10_000)
+    cost = sum(r.known_cost() or 0 for r in records)
+    claimed = _claim(queue)
+    write_events([UsageRecord.from_json(item) for item in claimed[1:]])  # then it dies
+    time.sleep(0.4)
+
+    assert queue.drain_once() == 3
+    assert queue.drain_once() == 0
+    assert UsageEvent.objects.filter(request_id__startswith="queued-").count() == 3
+    assert _money(queue) == (cost, 0)
+
+
+def test_records_survive_the_round_trip(gateway: Gateway) -> None:
+    record = _records(gateway, 1)[0]
+    record.completion_text = ["hello"]
+    copy = UsageRecord.from_json(record.to_json())
+    assert copy.to_event_fields() == record.to_event_fields()
+    assert copy.spend_scopes == (SCOPE,)
