@@ -45,16 +45,20 @@ class Need(StrEnum):
     AUDIT = "audit"  # the organisation's audit log
     OWNER = "owner"  # grant the owner role
     OPERATE = "operate"  # platform-wide configuration: channels, the model catalog
+    # Terms of sale of an organisation, set from above it: its price list, billing mode,
+    # credit limit and top-ups. Never granted by a role inside the organisation itself.
+    SELL = "sell"
 
 
 _EVERYTHING_BUT_OPERATE = frozenset(Need) - {Need.OPERATE}
+_INSIDE = _EVERYTHING_BUT_OPERATE - {Need.SELL}
 _GRANTS: Mapping[Role, frozenset[Need]] = {
     Role.OPERATOR: frozenset(Need),
     Role.RESELLER: _EVERYTHING_BUT_OPERATE,
-    Role.OWNER: _EVERYTHING_BUT_OPERATE,
+    Role.OWNER: _INSIDE,
     # Admins run the organisation day to day but cannot make owners. They see the audit
     # log too: it is the record of the key and member changes they make.
-    Role.ADMIN: _EVERYTHING_BUT_OPERATE - {Need.OWNER},
+    Role.ADMIN: _INSIDE - {Need.OWNER},
     Role.MEMBER: frozenset({Need.VIEW, Need.USAGE, Need.KEYS}),
     Role.BILLING: frozenset({Need.VIEW, Need.BILLING}),
 }
@@ -275,6 +279,23 @@ def get_object_for_user(
             raise Http404("Not found.")
     access.require(need)
     return obj, access
+
+
+def membership_for_manager(access: Access, membership_id: int) -> Membership:
+    """A membership of ``access.organization`` that this manager may change or remove:
+    Http404 if it belongs elsewhere; PermissionDenied without MANAGE, or when it is an
+    owner's and the manager cannot make owners (so admins never demote owners)."""
+    access.require(Need.MANAGE)
+    membership = (
+        Membership.objects.select_related("user", "organization")
+        .filter(pk=membership_id, organization=access.organization)
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such member.")
+    if membership.role == Membership.Role.OWNER:
+        access.require(Need.OWNER)
+    return membership
 
 
 def require_operator(user: Any) -> None:

@@ -6,18 +6,27 @@ Functions take an :class:`portal.access.Access` (one organisation) or a
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 
-from django.db.models import Avg, Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import (
+    Avg,
+    BigIntegerField,
+    Count,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from billing.models import UsageEvent
+from billing.models import LedgerEntry, UsageEvent
 from portal.access import Access, Need, Scope
 from portal.models import (
     ApiKey,
@@ -91,11 +100,22 @@ def tenants_of(parent: Organization) -> QuerySet[Organization]:
         .annotate(n=Count("pk"))
         .values("n")
     )
+    # Posted ledger entries only: the list stays one query however much usage there is
+    # (each tenant's own billing page adds the charges not posted yet).
+    posted = (
+        LedgerEntry.objects.filter(account__organization=OuterRef("pk"))
+        .order_by()
+        .values("account")
+        .annotate(total=Sum("amount_micros"))
+        .values("total")
+    )
     return (
         Organization.objects.filter(parent=parent, kind=Organization.Kind.TENANT)
+        .select_related("billing_account__price_list")
         .annotate(
             active_key_count=Coalesce(Subquery(active_keys, output_field=IntegerField()), 0),
             member_count=Coalesce(Subquery(members, output_field=IntegerField()), 0),
+            posted_balance_micros=Subquery(posted, output_field=BigIntegerField()),
         )
         .order_by("name")
     )
@@ -104,7 +124,7 @@ def tenants_of(parent: Organization) -> QuerySet[Organization]:
 def members_of(organization: Organization) -> QuerySet[Membership]:
     return (
         Membership.objects.filter(organization=organization)
-        .select_related("user")
+        .select_related("user", "organization")
         .order_by("user__username")
     )
 
@@ -173,6 +193,8 @@ def _usage_measures() -> dict[str, Any]:
         "reasoning_tokens": Coalesce(Sum("reasoning_tokens"), 0),
         "errors": Count("pk", filter=Q(status_code__gte=400)),
         "avg_latency_ms": Avg("total_latency_ms"),
+        # What the tenant is charged (retail, micro-units of its price list's currency).
+        "spend_micros": Coalesce(Sum("cost_retail_micros"), 0),
     }
 
 
@@ -205,6 +227,7 @@ class DailyUsage:
     completion_tokens: int
     errors: int
     avg_latency_ms: int | None
+    spend_micros: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -226,6 +249,7 @@ def usage_by_day(events: QuerySet[UsageEvent], period: Period) -> list[DailyUsag
                 completion_tokens=row.get("completion_tokens", 0),
                 errors=row.get("errors", 0),
                 avg_latency_ms=round(latency) if latency is not None else None,
+                spend_micros=row.get("spend_micros", 0),
             )
         )
     return series
@@ -301,62 +325,3 @@ def audit_entries_for(access: Access) -> QuerySet[AuditEntry]:
         else Q(organization=organization)
     )
     return entries.select_related("actor", "organization").order_by("-created_at", "-id")
-
-
-# --- Billing (provided by the billing app) ---------------------------------------------------
-
-INVOICES_SHOWN = 24
-
-
-def format_micros(micros: int) -> str:
-    """12_500_000 → "12.50": at least two decimals, more only when they are not zero."""
-    amount = (Decimal(micros) / 1_000_000).normalize()
-    return f"{amount:,.2f}" if -amount.as_tuple().exponent <= 2 else f"{amount:,}"
-
-
-@dataclass(frozen=True)
-class InvoiceRow:
-    number: str
-    period_start: date
-    period_end: date  # exclusive
-    status: str
-    currency: str
-    total: str
-
-
-@dataclass(frozen=True)
-class BillingOverview:
-    balance: str | None  # None: the organisation has no billing account yet
-    invoices: list[InvoiceRow]
-
-
-def billing_overview(organization: Organization) -> BillingOverview | None:
-    """Balance and latest invoices from the billing app; None where it offers none.
-
-    HOOK(billing): reads ``billing.selectors.organization_balance(organization)`` (micro-
-    units or None) and ``billing.selectors.organization_invoices(organization)``. Without
-    them the page says plainly that billing is not set up, rather than show zeros.
-    """
-    try:
-        module = importlib.import_module("billing.selectors")
-    except ImportError:
-        return None
-    balance_of = getattr(module, "organization_balance", None)
-    invoices_of = getattr(module, "organization_invoices", None)
-    if balance_of is None or invoices_of is None:
-        return None
-    balance = balance_of(organization)
-    invoices = [
-        InvoiceRow(
-            number=invoice.number or f"draft {invoice.pk}",
-            period_start=invoice.period_start,
-            period_end=invoice.period_end,
-            status=invoice.get_status_display(),
-            currency=invoice.currency,
-            total=format_micros(invoice.total_micros),
-        )
-        for invoice in invoices_of(organization)[:INVOICES_SHOWN]
-    ]
-    return BillingOverview(
-        balance=None if balance is None else format_micros(balance), invoices=invoices
-    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import django_filters
@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
-from billing.models import UsageEvent
+from billing.models import Invoice, PriceList, UsageEvent
 from portal.models import ApiKey, AuditEntry, Organization
 from portal.selectors import DEFAULT_PERIOD_DAYS, Period
 
@@ -93,8 +93,40 @@ class UsageFilter(django_filters.FilterSet):
 
 class AuditFilter(django_filters.FilterSet):
     organization = django_filters.CharFilter(field_name="organization__slug")
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    since = django_filters.IsoDateTimeFilter(method="filter_since")
 
     class Meta:
         model = AuditEntry
         fields = ["organization", "action", "target_type", "since"]
+
+    def filter_since(self, queryset: QuerySet[Any], name: str, value: datetime) -> QuerySet[Any]:
+        # In UTC: PostgreSQL refuses offsets beyond ±15:59, which ISO 8601 allows.
+        return queryset.filter(created_at__gte=value.astimezone(UTC))
+
+    def is_valid(self) -> bool:
+        if not super().is_valid():
+            return False
+        since = self.form.cleaned_data.get("since")
+        if since is not None:
+            try:
+                since.astimezone(UTC)
+            except OverflowError:
+                self.form.add_error("since", "This moment is out of range.")
+        return not self.form.errors
+
+
+class PriceListFilter(django_filters.FilterSet):
+    owner = django_filters.CharFilter(field_name="owner__slug", help_text="Owner's slug.")
+
+    class Meta:
+        model = PriceList
+        fields = ["owner", "is_default"]
+
+
+class InvoiceFilter(django_filters.FilterSet):
+    customer = django_filters.CharFilter(field_name="customer__slug", help_text="Customer's slug.")
+    issuer = django_filters.CharFilter(field_name="issuer__slug", help_text="Issuer's slug.")
+
+    class Meta:
+        model = Invoice
+        fields = ["status", "kind", "customer", "issuer"]

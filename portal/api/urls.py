@@ -8,6 +8,7 @@ from rest_framework.routers import DefaultRouter
 
 from portal.api.docs import api_docs
 from portal.api.views.activity import AuditEntryViewSet, MeView, UsageViewSet
+from portal.api.views.billing import BalanceView, InvoiceViewSet, PriceListViewSet, TopUpView
 from portal.api.views.keys import AccessTokenViewSet, ApiKeyViewSet
 from portal.api.views.organizations import OrganizationViewSet
 from portal.api.views.platform import CatalogModelViewSet, ChannelViewSet
@@ -22,9 +23,13 @@ router.register("channels", ChannelViewSet, basename="channel")
 router.register("models", CatalogModelViewSet, basename="model")
 router.register("usage", UsageViewSet, basename="usage")
 router.register("audit", AuditEntryViewSet, basename="audit")
+router.register("price-lists", PriceListViewSet, basename="price-list")
+router.register("invoices", InvoiceViewSet, basename="invoice")
 
 urlpatterns = [
     path("me/", MeView.as_view(), name="me"),
+    path("organizations/<slug:slug>/balance/", BalanceView.as_view(), name="balance"),
+    path("organizations/<slug:slug>/topups/", TopUpView.as_view(), name="topups"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", api_docs, name="docs"),
     path("", include(router.urls)),

@@ -26,6 +26,8 @@ from portal.services.keys import (
 )
 from portal.services.organizations import (
     membership_add,
+    membership_change_role,
+    membership_remove,
     organization_create,
 )
 
@@ -42,5 +44,7 @@ __all__ = [
     "channel_update",
     "channel_update_secret",
     "membership_add",
+    "membership_change_role",
+    "membership_remove",
     "organization_create",
 ]

@@ -87,3 +87,60 @@ def membership_add(
         data={"user": user.get_username(), "role": role},
     )
     return membership
+
+
+def _owner_ids_locked(organization: Organization) -> list[int]:
+    """The organisation's owner memberships, locked until the transaction ends, so two
+    concurrent demotions cannot both see another owner left."""
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organization=organization, role=Membership.Role.OWNER)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def _check_not_last_owner(membership: Membership) -> None:
+    if membership.role != Membership.Role.OWNER:
+        return
+    owners = _owner_ids_locked(membership.organization)
+    if owners == [membership.pk]:
+        raise ValidationError(
+            "This is the last owner: make someone else owner first.", code="last_owner"
+        )
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, role: str, actor: Actor) -> Membership:
+    """Give a member another role; the last owner of an organisation stays owner."""
+    if role not in Membership.Role.values:
+        raise ValidationError({"role": f"Unknown role {role!r}."})
+    before = membership.role
+    if before == role:
+        return membership
+    _check_not_last_owner(membership)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    AuditEntry.record(
+        actor=actor,
+        action="membership.change_role",
+        target=membership,
+        organization=membership.organization,
+        data={"user": membership.user.get_username(), "before": before, "after": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: Actor) -> None:
+    """Take a person's role away; their keys stay (an owner or admin can revoke them)."""
+    _check_not_last_owner(membership)
+    data = {"user": membership.user.get_username(), "role": membership.role}
+    AuditEntry.record(
+        actor=actor,
+        action="membership.remove",
+        target=membership,
+        organization=membership.organization,
+        data=data,
+    )
+    membership.delete()

@@ -41,11 +41,22 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("Usage", reverse("usage", args=[slug]), "usage"))
     if org.is_tenant and access.can(Need.KEYS):
         links.append(NavLink("Quick start", reverse("quickstart", args=[slug]), "quickstart"))
+    reseller = org.kind == Organization.Kind.RESELLER
     if not org.is_tenant and access.can(Need.MANAGE):
         links.append(NavLink("Tenants", reverse("tenants", args=[slug]), "tenants"))
+    if reseller and access.can(Need.MANAGE):
+        links.append(NavLink("Price lists", reverse("price_lists", args=[slug]), "price_lists"))
+        links.append(NavLink("Revenue", reverse("revenue", args=[slug]), "revenue"))
+        links.append(NavLink("Codes", reverse("codes", args=[slug]), "codes"))
+    if reseller and access.can(Need.BILLING):
+        links.append(NavLink("Invoices", reverse("invoices_issued", args=[slug]), "invoices"))
     links.append(NavLink("Members", reverse("members", args=[slug]), "members"))
     if access.can(Need.BILLING):
         links.append(NavLink("Billing", reverse("billing", args=[slug]), "billing"))
+        if org.kind != Organization.Kind.PLATFORM:
+            links.append(NavLink("Budget", reverse("budget", args=[slug]), "budget"))
+    if access.can(Need.SELL) and org.kind != Organization.Kind.PLATFORM:
+        links.append(NavLink("Terms & top-up", reverse("terms", args=[slug]), "terms"))
     if access.can(Need.AUDIT):
         links.append(NavLink("Audit log", reverse("org_audit", args=[slug]), "audit"))
     return links
@@ -57,6 +68,10 @@ def _operator_links() -> list[NavLink]:
         NavLink("Channels", reverse("channels"), "channels"),
         NavLink("Models", reverse("catalog"), "catalog"),
         NavLink("Organisations", reverse("operator_orgs"), "operator_orgs"),
+        NavLink("Usage log", reverse("usage_log"), "usage_log"),
+        NavLink("Price lists", reverse("operator_price_lists"), "price_lists"),
+        NavLink("Codes", reverse("operator_codes"), "codes"),
+        NavLink("Invoices", reverse("operator_invoices"), "operator_invoices"),
         NavLink("Audit log", reverse("operator_audit"), "operator_audit"),
     ]
 

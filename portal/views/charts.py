@@ -61,8 +61,9 @@ class Chart:
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2 or 5 times 10^n at or above ``value`` (at least 1)."""
-    if value <= 1:
+    """The smallest 1, 2 or 5 times 10^n at or above ``value``; 1 for nothing at all,
+    fractions of 1 for charts of small amounts of money."""
+    if value <= 0 or value == 1:
         return 1
     exponent = math.floor(math.log10(value))
     for step in (1, 2, 5, 10):
@@ -72,12 +73,18 @@ def nice_ceiling(value: float) -> float:
     return 10 ** (exponent + 1)  # pragma: no cover - the loop always returns
 
 
+def _fraction(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
 def compact(value: float) -> str:
     """12_300 → "12.3k", 4_000_000 → "4M"."""
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= size:
             text = f"{value / size:.1f}".rstrip("0").rstrip(".")
             return f"{text}{suffix}"
+    if value and abs(value) < 1:
+        return _fraction(value)
     return f"{value:g}"
 
 

@@ -14,9 +14,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
-from portal import selectors, services
+from portal import billing_selectors, selectors, services
 from portal.access import request_scope, require_operator
-from portal.forms import CatalogModelForm, ChannelForm, OperatorOrganizationForm
+from portal.forms import CatalogModelForm, ChannelForm, OperatorOrganizationForm, UsageLogFilterForm
 from portal.models import Channel
 from portal.views.base import form_errors, paginate, render_page
 from portal.views.charts import stacked_bars
@@ -37,6 +37,19 @@ def overview(request: HttpRequest) -> HttpResponse:
     totals = selectors.usage_totals(selectors.in_period(events, period))
     requests = totals["requests"] or 0
     catalog = list(selectors.catalog_with_availability())
+    revenue = billing_selectors.revenue_by_day(events, period.start, period.end)
+    currencies = sorted({r.currency for r in revenue})
+    revenue_totals = [
+        {
+            "currency": currency,
+            "wholesale": sum(r.wholesale_micros for r in revenue if r.currency == currency),
+            "retail": sum(r.retail_micros for r in revenue if r.currency == currency),
+        }
+        for currency in currencies
+    ]
+    # The chart shows the main currency (one, in any usual installation).
+    main = currencies[0] if currencies else ""
+    per_day = {r.day: r.wholesale_micros for r in revenue if r.currency == main}
     return render_page(
         request,
         "portal/operator/overview.html",
@@ -63,6 +76,19 @@ def overview(request: HttpRequest) -> HttpResponse:
                 unit="tokens",
             ),
             "daily": daily,
+            "revenue_totals": revenue_totals,
+            "revenue_chart": stacked_bars(
+                f"Platform revenue per day ({main or 'no priced usage'})",
+                labels,
+                [
+                    (
+                        "Revenue",
+                        "series-a",
+                        [round(per_day.get(d.day, 0) / 1_000_000, 2) for d in daily],
+                    )
+                ],
+                unit=main,
+            ),
             "channels": selectors.channels_overview(),
             "available_count": sum(1 for m in catalog if m.served),
             "catalog_count": len(catalog),
@@ -224,6 +250,21 @@ def organizations(request: HttpRequest) -> HttpResponse:
         "portal/operator/organizations.html",
         {"form": form, "page": paginate(request, rows)},
         section="operator_orgs",
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def usage_log(request: HttpRequest) -> HttpResponse:
+    """Every request on the platform, newest first, narrowed by the filters."""
+    require_operator(request.user)
+    form = UsageLogFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    return render_page(
+        request,
+        "portal/operator/usage_log.html",
+        {"form": form, "page": paginate(request, billing_selectors.usage_log(filters))},
+        section="usage_log",
         status=400 if form.errors else 200,
     )
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
 
 from portal import selectors, services
-from portal.access import Need, get_access, require_operator
+from portal.access import Need, get_access, membership_for_manager, require_operator
 from portal.forms import MemberAddForm, OrganizationForm
 from portal.models import ApiKey, Membership, Organization
 from portal.views.base import form_errors, paginate, render_page
@@ -65,11 +66,58 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
     return render_page(
         request,
         "portal/members.html",
-        {"form": form, "members": selectors.members_of(access.organization)},
+        {
+            "form": form,
+            "members": selectors.members_of(access.organization),
+            "role_choices": [
+                (value, label)
+                for value, label in Membership.Role.choices
+                if value in access.assignable_roles()
+            ],
+            "can_touch_owners": access.can(Need.OWNER),
+        },
         access=access,
         section="members",
         status=400 if form is not None and form.errors else 200,
     )
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, slug: str, membership_id: int) -> HttpResponseRedirect:
+    """Change a member's role, within what the manager's own role may grant."""
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    membership = membership_for_manager(access, membership_id)
+    role = request.POST.get("role", "")
+    if role not in access.assignable_roles():
+        raise PermissionDenied(f"Your role cannot grant the {role or 'empty'} role.")
+    try:
+        services.membership_change_role(membership=membership, role=role, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request,
+            f"{membership.user.get_username()} is now {membership.get_role_display().lower()}.",
+        )
+    return redirect("members", slug=slug)
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, slug: str, membership_id: int) -> HttpResponseRedirect:
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    membership = membership_for_manager(access, membership_id)
+    try:
+        services.membership_remove(membership=membership, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request,
+            f"{membership.user.get_username()} no longer has a role in {access.organization.name}.",
+        )
+    return redirect("members", slug=slug)
 
 
 @login_required
@@ -101,19 +149,6 @@ def tenants(request: HttpRequest, slug: str) -> HttpResponse:
         access=access,
         section="tenants",
         status=400 if form.errors else 200,
-    )
-
-
-@login_required
-def billing(request: HttpRequest, slug: str) -> HttpResponse:
-    """Balance and invoices; says so plainly while the billing app provides none."""
-    access = get_access(request.user, slug, need=Need.BILLING)
-    return render_page(
-        request,
-        "portal/billing.html",
-        {"billing": selectors.billing_overview(access.organization)},
-        access=access,
-        section="billing",
     )
 
 

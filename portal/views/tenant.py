@@ -10,7 +10,7 @@ from django.shortcuts import redirect
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
-from portal import selectors, services
+from portal import billing_selectors, selectors, services
 from portal.access import Access, Need, get_access, get_object_for_user
 from portal.forms import ApiKeyForm, UsageFilterForm
 from portal.models import ApiKey
@@ -123,6 +123,20 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
         ],
         unit="requests",
     )
+    account = billing_selectors.account_of(access.organization)
+    totals = selectors.usage_totals(selectors.in_period(events, period))
+    currency = account.currency if account is not None else ""
+    if not currency and totals["spend_micros"]:
+        # No account opened yet: the currency its requests were priced in (LIMIT 1, no
+        # ordering, so the first priced row ends the scan).
+        priced = selectors.in_period(events, period).exclude(currency="").order_by()
+        currency = next(iter(priced.values_list("currency", flat=True)[:1]), "")
+    spend_chart = stacked_bars(
+        "Spend per day" + (f" ({currency})" if currency else ""),
+        labels,
+        [("Spend", "series-b", [round(d.spend_micros / 1_000_000, 6) for d in daily])],
+        unit=currency,
+    )
     return render_page(
         request,
         "portal/usage.html",
@@ -130,11 +144,13 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
             "form": form,
             "period": period,
             "daily": daily,
-            "totals": selectors.usage_totals(selectors.in_period(events, period)),
+            "totals": totals,
             "by_model": selectors.usage_by_model(events, period),
             "recent": selectors.recent_requests(selectors.in_period(events, period)),
             "tokens_chart": tokens_chart,
             "requests_chart": requests_chart,
+            "spend_chart": spend_chart,
+            "currency": currency,
             "has_keys": visible_keys.exists(),
         },
         access=access,

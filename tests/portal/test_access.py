@@ -45,21 +45,11 @@ EXPECTED_ROLES: dict[str, dict[str, Role]] = {
 EXPECTED_GRANTS: dict[Role, set[Need]] = {
     Role.OPERATOR: set(Need),
     Role.RESELLER: set(Need) - {Need.OPERATE},
-    Role.OWNER: set(Need) - {Need.OPERATE},
-    Role.ADMIN: set(Need) - {Need.OPERATE, Need.OWNER},
+    Role.OWNER: set(Need) - {Need.OPERATE, Need.SELL},
+    Role.ADMIN: set(Need) - {Need.OPERATE, Need.OWNER, Need.SELL},
     Role.MEMBER: {Need.VIEW, Need.USAGE, Need.KEYS},
     Role.BILLING: {Need.VIEW, Need.BILLING},
 }
-
-
-@pytest.fixture
-def tenant_billing(tenant_org: Organization) -> Any:
-    return make_member("tenant-billing", tenant_org, Membership.Role.BILLING)
-
-
-@pytest.fixture
-def tenant_admin(tenant_org: Organization) -> Any:
-    return make_member("tenant-admin", tenant_org, Membership.Role.ADMIN)
 
 
 @pytest.fixture

@@ -6,20 +6,14 @@ import json
 from typing import Any
 
 import pytest
-from rest_framework.test import APIClient
 
 from portal import services
 from portal.models import AuditEntry, CatalogModel, Channel
+from tests.portal.conftest import api_client_for as client_for
 
 pytestmark = pytest.mark.django_db
 
 SECRET = "sk-upstream-api-test-51c0"
-
-
-def client_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from billing.models import UsageEvent
+from billing.models import Invoice, LedgerEntry, PriceList, UsageEvent
 from portal import services, tokens
 from portal.models import ApiKey, AuditEntry, Membership, Organization
 from tests.conftest import make_member, make_user
@@ -51,11 +51,24 @@ EXPECTED: dict[tuple[str, str], int | str] = {
     ("get", "/api/organizations/{slug}/"): 404,
     ("get", "/api/organizations/{slug}/members/"): 404,
     ("post", "/api/organizations/{slug}/members/"): 404,
+    ("patch", "/api/organizations/{slug}/members/{membership_id}/"): 404,
+    ("delete", "/api/organizations/{slug}/members/{membership_id}/"): 404,
     ("get", "/api/tokens/"): LIST,
     ("post", "/api/tokens/"): 201,  # their own token, not ours
     ("get", "/api/tokens/{id}/"): 404,
     ("post", "/api/tokens/{id}/revoke/"): 404,
     ("get", "/api/usage/"): LIST,
+    ("get", "/api/invoices/"): LIST,
+    ("get", "/api/invoices/{id}/"): 404,
+    ("get", "/api/invoices/{id}/pdf/"): 404,
+    ("get", "/api/invoices/{id}/csv/"): 404,
+    ("get", "/api/price-lists/"): LIST,
+    ("post", "/api/price-lists/"): 404,
+    ("get", "/api/price-lists/{id}/"): 404,
+    ("post", "/api/price-lists/{id}/prices/"): 404,
+    ("get", "/api/organizations/{slug}/balance/"): 404,
+    ("get", "/api/organizations/{slug}/topups/"): 404,
+    ("post", "/api/organizations/{slug}/topups/"): 404,
 }
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -67,6 +80,14 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/api/channels/{id}/models/"): {"models": [{"public_id": "x"}]},
     ("post", "/api/models/"): {"public_id": "intruder-model"},
     ("post", "/api/tokens/"): {"name": "mine"},
+    ("post", "/api/price-lists/"): {"owner": "reseller", "name": "intruder"},
+    ("post", "/api/price-lists/{id}/prices/"): {
+        "model": "sim-small",
+        "input_per_mtok": 0,
+        "output_per_mtok": 0,
+    },
+    ("post", "/api/organizations/{slug}/topups/"): {"amount_micros": 1_000_000},
+    ("patch", "/api/organizations/{slug}/members/{membership_id}/"): {"role": "member"},
 }
 
 
@@ -108,15 +129,29 @@ def ours(
     token, _ = tokens.personal_access_token_create(
         user=tenant_owner, name=f"token-{OURS}", actor=tenant_owner
     )
-    services.membership_add(
+    member = services.membership_add(
         organization=tenant_org,
         user=make_user(f"user-{OURS}"),
         role="member",
         actor=tenant_owner,
     )
+    price_list = PriceList.objects.create(owner=tenant_org.parent, name=f"list-{OURS}")
+    invoice = Invoice.objects.create(
+        issuer=tenant_org.parent,
+        customer=tenant_org,
+        kind=Invoice.Kind.TENANT,
+        period_start=date(2026, 1, 1),
+        period_end=date(2026, 2, 1),
+        currency="USD",
+        status=Invoice.Status.ISSUED,
+        number=f"INV-{OURS}",
+    )
     return {
         "slug": "tenant",
         "public_id": "sim-small",
+        "invoice": str(invoice.pk),
+        "membership_id": str(member.pk),
+        "price_list": str(price_list.pk),
         "key": str(key.pk),
         "channel": str(channel.pk),
         "token": str(token.pk),
@@ -125,7 +160,13 @@ def ours(
 
 def _url(path: str, values: dict[str, str]) -> str:
     if "{id}" in path:
-        kind = "key" if "/keys/" in path else "channel" if "/channels/" in path else "token"
+        kinds = {
+            "/keys/": "key",
+            "/channels/": "channel",
+            "/invoices/": "invoice",
+            "/price-lists/": "price_list",
+        }
+        kind = next((k for part, k in kinds.items() if part in path), "token")
         path = path.replace("{id}", values[kind])
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
@@ -136,6 +177,8 @@ def _snapshot(tenant: Organization) -> tuple[Any, ...]:
         list(Membership.objects.filter(organization=tenant).values_list("user_id", "role")),
         Organization.objects.count(),
         AuditEntry.objects.filter(organization=tenant).count(),
+        LedgerEntry.objects.count(),
+        PriceList.objects.count(),
         list(AuditEntry.objects.values_list("action", flat=True).order_by("id")),
     )
 
@@ -165,6 +208,6 @@ def test_outsiders_get_404_or_403_and_never_our_data(
         assert response.status_code == want, (method, path, response.content[:300])
         assert OURS not in response.content.decode(), (method, path)
     after = _snapshot(tenant_org)
-    assert after[:4] == before[:4]
+    assert after[:6] == before[:6]
     # The only write that succeeded is the outsider's own token.
-    assert after[4][len(before[4]) :] == ["access_token.create"]
+    assert after[6][len(before[6]) :] == ["access_token.create"]

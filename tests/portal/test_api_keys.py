@@ -7,19 +7,13 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from portal import services
 from portal.models import ApiKey, AuditEntry, Membership, Organization
 from tests.conftest import make_member
+from tests.portal.conftest import api_client_for as client_for
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
 
 
 def key_for(tenant: Organization, user: Any, name: str) -> ApiKey:

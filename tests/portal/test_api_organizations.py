@@ -5,18 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rest_framework.test import APIClient
 
 from portal.models import AuditEntry, Membership, Organization
 from tests.conftest import make_member, make_user
+from tests.portal.conftest import api_client_for as client_for
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
 
 
 def slugs(response: Any) -> set[str]:
@@ -211,3 +205,33 @@ def test_outsider_cannot_add_themselves(outsider: Any, tenant_org: Organization)
     )
     assert response.status_code == 404
     assert not Membership.objects.filter(user=outsider, organization=tenant_org).exists()
+
+
+def test_members_roles_change_and_members_leave_through_the_api(
+    tenant_owner: Any, tenant_member: Any, tenant_org: Organization
+) -> None:
+    admin_user = make_member("api-admin", tenant_org, Membership.Role.ADMIN)
+    member = Membership.objects.get(user=tenant_member)
+    owner_row = Membership.objects.get(user=tenant_owner)
+    url = f"/api/organizations/tenant/members/{member.pk}/"
+
+    # A member cannot escalate, an admin cannot make or touch owners.
+    assert client_for(tenant_member).patch(url, {"role": "owner"}, format="json").status_code == 403
+    admin = client_for(admin_user)
+    assert admin.patch(url, {"role": "owner"}, format="json").status_code == 403
+    owner_url = f"/api/organizations/tenant/members/{owner_row.pk}/"
+    assert admin.patch(owner_url, {"role": "member"}, format="json").status_code == 403
+    assert admin.delete(owner_url).status_code == 403
+
+    changed = admin.patch(url, {"role": "billing"}, format="json")
+    assert changed.status_code == 200 and changed.json()["role"] == "billing"
+    # The last owner stays owner.
+    last = client_for(tenant_owner).patch(owner_url, {"role": "admin"}, format="json")
+    assert last.status_code == 400 and "last owner" in str(last.json())
+    assert client_for(tenant_owner).delete(url).status_code == 204
+    assert not Membership.objects.filter(pk=member.pk).exists()
+    assert Membership.objects.get(pk=owner_row.pk).role == "owner"
+    actions = list(
+        AuditEntry.objects.filter(action__startswith="membership.").values_list("action", flat=True)
+    )
+    assert sorted(actions) == ["membership.change_role", "membership.remove"]

@@ -8,21 +8,15 @@ from typing import Any
 
 import pytest
 import time_machine
-from rest_framework.test import APIClient
 
 from billing.models import UsageEvent
 from portal import services
 from portal.models import ApiKey, AuditEntry, Organization
+from tests.portal.conftest import api_client_for as client_for
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
-
-
-def client_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_login(user)
-    return client
 
 
 def event(key: ApiKey, model: str, *, days_ago: int = 0, status: int = 200, **extra: Any) -> None:
@@ -87,6 +81,7 @@ def test_default_groups_by_day_and_model_over_30_days(tenant_owner: Any, keys: A
             "total_tokens": 160,
             "errors": 0,
             "avg_latency_ms": 100,
+            "spend_micros": 0,
         },
         {
             "day": "2026-03-14",
@@ -99,6 +94,7 @@ def test_default_groups_by_day_and_model_over_30_days(tenant_owner: Any, keys: A
             "total_tokens": 15,
             "errors": 0,
             "avg_latency_ms": 300,
+            "spend_micros": 0,
         },
         {
             "day": "2026-03-14",
@@ -111,6 +107,7 @@ def test_default_groups_by_day_and_model_over_30_days(tenant_owner: Any, keys: A
             "total_tokens": 0,
             "errors": 1,
             "avg_latency_ms": 100,
+            "spend_micros": 0,
         },
     ]
 

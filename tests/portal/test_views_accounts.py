@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from portal.models import AuditEntry, Membership, Organization, PersonalAccessToken
 from tests.conftest import make_member
+from tests.portal.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -35,12 +36,6 @@ def owner_with_password(tenant_owner: Any, fast_hashing: None) -> Any:
     tenant_owner.password = make_password(PASSWORD)
     tenant_owner.save()
     return tenant_owner
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_pages_need_a_login(db: None) -> None:

@@ -8,6 +8,7 @@ downloaded by the test tool. Screenshots of each main page land in ``tests/artif
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,8 +20,8 @@ import pytest
 from django.contrib.auth.hashers import make_password
 from django.core.asgi import get_asgi_application
 
-from billing.models import UsageEvent
-from portal.models import ApiKey, Channel, Membership, Organization
+from billing.models import BillingAccount, UsageEvent
+from portal.models import ApiKey, CatalogModel, Channel, Membership, Organization
 from relay.app import RelayApp
 from relay.metering import usage_writer
 from relay.simulator import build_app
@@ -162,11 +163,16 @@ def test_operator_adds_a_channel_tests_it_and_sees_the_model_available(
     page.goto("/api/docs/")
     assert page.get_by_role("heading", name="Tollgate management API").is_visible()
     shot(page, "api-docs")
+    page.goto("/account/two-factor/")
+    page.get_by_role("button", name="Set up two-factor").click()
+    assert page.locator(".qr svg").is_visible()
+    shot(page, "operator-two-factor")
 
 
-def test_reseller_creates_a_tenant_and_its_owner(
+def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
     site: str, browser: Any, reseller_admin: Any, reseller_org: Organization
 ) -> None:
+    CatalogModel.objects.create(public_id="sim-small")
     with_password(reseller_admin)
     make_user("acme-owner")
     page = sign_in(browser, site, "reseller-admin")
@@ -180,19 +186,114 @@ def test_reseller_creates_a_tenant_and_its_owner(
     assert page.get_by_text("acme-owner is now owner of Acme Robotics.").is_visible()
     shot(page, "tenant-members")
     assert Membership.objects.get(user__username="acme-owner").organization.parent == reseller_org
-    # HOOK(billing): a price list and a top-up for the new tenant, once billing has pages.
+
+    page.goto("/o/reseller/price-lists/")
+    assert page.get_by_text("No price lists yet.").is_visible()
+    page.get_by_label("Name").fill("Standard")
+    page.get_by_label("Markup over wholesale (%)").fill("20")
+    page.get_by_label("Default list").check()
+    page.get_by_role("button", name="Create price list").click()
+    assert page.get_by_text("Price list “Standard” created.").is_visible()
+    page.get_by_label("Model").select_option("sim-small")
+    page.get_by_label(re.compile(r"^Input per 1M tokens")).fill("0.6")
+    page.get_by_label("Output per 1M tokens").fill("2.4")
+    page.get_by_role("button", name="Set price").click()
+    assert page.get_by_text("Price of sim-small set.").is_visible()
+    shot(page, "reseller-price-list")
+
     page.goto("/o/reseller/tenants/")
+    page.get_by_role("link", name="Terms and top-up of Acme Robotics").click()
+    page.get_by_label("Price list").select_option(label="Standard (USD)")
+    page.get_by_label("Billing mode").select_option("prepaid")
+    page.get_by_label("Monthly budget").fill("100")
+    page.get_by_role("button", name="Save terms").click()
+    assert page.get_by_text("Terms of Acme Robotics saved.").is_visible()
+    page.get_by_label("Amount").fill("50")
+    page.get_by_label("Memo").fill("bank transfer 0042")
+    page.get_by_role("button", name="Add to balance").click()
+    assert page.get_by_text("50.00 USD added to the balance of Acme Robotics.").is_visible()
+    assert page.get_by_test_id("balance").inner_text() == "50.00 USD"
+    shot(page, "reseller-terms")
+    account = BillingAccount.objects.get(organization__slug="acme-robotics")
+    assert (account.mode, account.price_list.name) == ("prepaid", "Standard")
+
+    page.goto("/o/reseller/tenants/")
+    row = page.get_by_role("row", name="Acme Robotics")
+    assert "prepaid" in row.inner_text() and "Standard" in row.inner_text()
+    assert "50.00 USD" in row.inner_text()
     shot(page, "reseller-tenants")
+
+
+def test_an_invoice_is_issued_then_downloaded(
+    site: str,
+    browser: Any,
+    market: Any,
+    reseller_admin: Any,
+    tenant_owner: Any,
+    operator_user: Any,
+) -> None:
+    from billing.services import invoice_generate, rollup_recompute
+    from tests.billing.conftest import MARCH, generate_month
+
+    generate_month(market, count=120)
+    rollup_recompute(start=MARCH.start_at, end=MARCH.end_at)
+    draft = invoice_generate(customer=market.tenant, period=MARCH)
+    assert draft is not None
+    for user in (reseller_admin, tenant_owner, operator_user):
+        with_password(user)
+
+    reseller = sign_in(browser, site, "reseller-admin")
+    reseller.get_by_role("link", name="Revenue").click()
+    reseller.get_by_role("textbox", name="Month").fill("2026-03")
+    reseller.get_by_role("button", name="Show").click()
+    assert reseller.get_by_role("row", name="Tenant").first.is_visible()
+    shot(reseller, "reseller-revenue")
+    reseller.get_by_role("link", name="Invoices").click()
+    reseller.get_by_role("button", name="Issue invoice to Tenant for 2026-03").click()
+    assert reseller.get_by_text("Invoice RESELLER-2026-000001 issued.").is_visible()
+    shot(reseller, "reseller-invoices")
+
+    owner = sign_in(browser, site, "tenant-owner")
+    owner.get_by_role("link", name="Billing").click()
+    row = owner.get_by_role("row", name="RESELLER-2026-000001")
+    assert "issued" in row.inner_text()
+    shot(owner, "tenant-billing")
+    with owner.expect_download() as pdf_download:
+        owner.get_by_role("link", name="PDF of invoice RESELLER-2026-000001 2026-03").click()
+    pdf = Path(pdf_download.value.path())
+    assert pdf_download.value.suggested_filename == "invoice-RESELLER-2026-000001.pdf"
+    assert pdf.read_bytes().startswith(b"%PDF")
+    with owner.expect_download() as csv_download:
+        owner.get_by_role("link", name="CSV of invoice RESELLER-2026-000001 2026-03").click()
+    lines = Path(csv_download.value.path()).read_text().splitlines()
+    draft.refresh_from_db()
+    assert lines[-1].startswith("total,RESELLER-2026-000001,2026-03,USD")
+    assert lines[-1].endswith(f",{draft.total_micros}")
+    owner.get_by_role("link", name="Budget").click()
+    owner.get_by_label("Monthly budget").fill("25")
+    owner.get_by_role("button", name="Save budget").click()
+    assert owner.get_by_text("Budget and alerts saved.").is_visible()
+    shot(owner, "tenant-budget")
+
+    operator = sign_in(browser, site, "operator")
+    operator.get_by_role("link", name="Usage log").click()
+    operator.get_by_label("Tenant").select_option("tenant")
+    operator.get_by_label("Status").fill("ok")
+    operator.get_by_role("button", name="Apply").click()
+    assert operator.locator("tr[data-request]").count() > 0
+    shot(operator, "operator-usage-log")
+    operator.get_by_role("link", name="Invoices").click()
+    assert operator.get_by_role("row", name="RESELLER-2026-000001").is_visible()
+    shot(operator, "operator-invoices")
 
 
 def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
     site: str, simulator: str, browser: Any, tenant_owner: Any, tenant_org: Organization
 ) -> None:
-    from portal import services
-
     from decimal import Decimal
 
     from billing.services import model_price_set, price_list_create
+    from portal import services
 
     channel = services.channel_create(
         name="Simulator",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from billing.models import UsageEvent
+from billing.models import Invoice, InvoiceLine, PriceList, UsageEvent
 from portal import services
 from portal.models import ApiKey, AuditEntry, Channel, Membership, Organization
 from tests.conftest import make_member
@@ -59,6 +59,16 @@ def _tenant_page(member: int, billing: int) -> dict[str, int]:
     return {**_TENANT_VIEW, **_OUTSIDERS, "tenant_member": member, "tenant_billing": billing}
 
 
+# A reseller's own pages: its admins and operators; its tenants' people cannot see it.
+_RESELLER_ONLY = {
+    "operator_user": OK,
+    "reseller_admin": OK,
+    "tenant_owner": MISSING,
+    "tenant_member": MISSING,
+    "tenant_billing": MISSING,
+    **_OUTSIDERS,
+}
+
 # name → (args builder key, expected GET status per persona)
 ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "org": ("tenant", _tenant_page(OK, OK)),
@@ -67,6 +77,18 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "quickstart": ("tenant", _tenant_page(OK, FORBIDDEN)),
     "members": ("tenant", _tenant_page(OK, OK)),
     "billing": ("tenant", _tenant_page(FORBIDDEN, OK)),
+    "budget": ("tenant", _tenant_page(FORBIDDEN, OK)),
+    # Terms of sale are set from above: the reseller and operators, never the tenant.
+    "terms": (
+        "tenant",
+        {
+            **_TENANT_VIEW,
+            **_OUTSIDERS,
+            "tenant_owner": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "tenant_billing": FORBIDDEN,
+        },
+    ),
     "org_audit": ("tenant", _tenant_page(FORBIDDEN, FORBIDDEN)),
     # A reseller's tenant list: its admins and operators; the reseller's tenants' people
     # cannot see the reseller at all.
@@ -81,7 +103,18 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
             **_OUTSIDERS,
         },
     ),
+    "price_lists": ("reseller", _RESELLER_ONLY),
+    "price_list": ("price_list", _RESELLER_ONLY),
+    "revenue": ("reseller", _RESELLER_ONLY),
+    "codes": ("reseller", _RESELLER_ONLY),
+    "invoices_issued": ("reseller", _RESELLER_ONLY),
+    # An invoice to the tenant: its billing people and the reseller (issuer).
+    "invoice_download": ("invoice", {**_tenant_page(FORBIDDEN, OK)}),
     "operator": ("none", _OPERATOR_ONLY),
+    "usage_log": ("none", _OPERATOR_ONLY),
+    "operator_invoices": ("none", _OPERATOR_ONLY),
+    "operator_price_lists": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
+    "operator_codes": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
     "channels": ("none", _OPERATOR_ONLY),
     "channel_create": ("none", _OPERATOR_ONLY),
     "channel_edit": ("channel", _OPERATOR_ONLY),
@@ -94,6 +127,12 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "account_tokens": ("none", {**dict.fromkeys(PERSONAS, OK), "anonymous": LOGIN}),
     "password_change": ("none", {**dict.fromkeys(PERSONAS, OK), "anonymous": LOGIN}),
     "password_change_done": ("none", {**dict.fromkeys(PERSONAS, OK), "anonymous": LOGIN}),
+    # Staff only; the code form opens to any signed-in person and sends them on.
+    "two_factor_setup": (
+        "none",
+        {**dict.fromkeys(PERSONAS, FORBIDDEN), "operator_user": OK, "anonymous": LOGIN},
+    ),
+    "two_factor_verify": ("none", {**dict.fromkeys(PERSONAS, 302), "anonymous": LOGIN}),
     # Public.
     "models_public": ("none", dict.fromkeys(PERSONAS, OK)),
 }
@@ -111,6 +150,57 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
     ),
     "channel_status": ("channel", {**_OPERATOR_ONLY, "operator_user": 302}),
     "channel_test": ("channel", {**_OPERATOR_ONLY, "operator_user": 302}),
+    "member_role": (
+        "membership",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_billing": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
+    "member_remove": (
+        "membership",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_billing": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
+    "redeem": (
+        "tenant",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
+    "topup": (
+        "tenant",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_owner": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "tenant_billing": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
+    "invoice_action": (
+        "invoice_issue",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_owner": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "tenant_billing": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
     "token_revoke": (
         "token",
         {p: MISSING for p in PERSONAS if p not in ("anonymous",)}
@@ -168,6 +258,37 @@ def _event(key: ApiKey, model: str) -> UsageEvent:
     )
 
 
+def _invoice(customer: Organization, marker: str) -> Invoice:
+    """An issued invoice with one line naming ``marker``."""
+    invoice = Invoice.objects.create(
+        issuer=customer.parent,
+        customer=customer,
+        kind=Invoice.Kind.TENANT,
+        period_start=date(2026, 1, 1),
+        period_end=date(2026, 2, 1),
+        currency="USD",
+        status=Invoice.Status.ISSUED,
+        number=f"INV-{marker}",
+        subtotal_micros=1_000_000,
+        total_micros=1_000_000,
+    )
+    InvoiceLine.objects.create(
+        invoice=invoice,
+        position=1,
+        model=f"model-{marker}",
+        input_per_mtok=1,
+        cached_input_per_mtok=1,
+        output_per_mtok=1,
+        requests=1,
+        prompt_tokens=1,
+        cached_tokens=0,
+        completion_tokens=1,
+        reasoning_tokens=0,
+        amount_micros=1_000_000,
+    )
+    return invoice
+
+
 @pytest.fixture
 def world(
     operator_user: Any,
@@ -197,6 +318,11 @@ def world(
     from portal.tokens import personal_access_token_create
 
     token, _ = personal_access_token_create(user=tenant_owner, name="t", actor=tenant_owner)
+    ours_list = PriceList.objects.create(owner=tenant_org.parent, name=f"list-{OURS}")
+    PriceList.objects.create(owner=other_reseller_org, name=f"list-{THEIRS}")
+    invoice = _invoice(tenant_org, OURS)
+    _invoice(other_tenant_org, THEIRS)
+    owner_membership = Membership.objects.get(user=tenant_owner, organization=tenant_org)
     return {
         "tenant": ["tenant"],
         "reseller": ["reseller"],
@@ -204,6 +330,10 @@ def world(
         "key": ["tenant", ours.pk],
         "channel": [channel.pk],
         "token": [token.pk],
+        "price_list": ["reseller", ours_list.pk],
+        "invoice": [invoice.pk, "csv"],
+        "invoice_issue": [invoice.pk, "paid"],
+        "membership": ["tenant", owner_membership.pk],
     }
 
 
@@ -211,17 +341,7 @@ def world(
 def personas(
     request: pytest.FixtureRequest, world: dict[str, Any], other_reseller_org: Organization
 ) -> dict[str, Client]:
-    users = {
-        name: request.getfixturevalue(name)
-        for name in PERSONAS
-        if name not in ("anonymous", "other_reseller_admin", "tenant_billing")
-    }
-    users["other_reseller_admin"] = make_member(
-        "other-reseller-admin", other_reseller_org, Membership.Role.ADMIN
-    )
-    users["tenant_billing"] = make_member(
-        "tenant-billing", Organization.objects.get(slug="tenant"), Membership.Role.BILLING
-    )
+    users = {name: request.getfixturevalue(name) for name in PERSONAS if name != "anonymous"}
     clients = {"anonymous": Client()}
     for name, user in users.items():
         clients[name] = Client()

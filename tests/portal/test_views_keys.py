@@ -7,22 +7,17 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.test import Client, override_settings
+from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
 from portal import services
 from portal.models import ApiKey, AuditEntry, CatalogModel, Organization
+from tests.portal.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 
 KEYS_URL = reverse("keys", args=["tenant"])
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_empty_state_says_what_to_do(tenant_owner: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,22 +17,12 @@ from rest_framework.test import APIClient
 from portal import services
 from portal.models import AuditEntry, CatalogModel, Channel, Organization
 from relay.simulator import build_app
+from tests.billing.conftest import generate_month
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.django_db
 
 SECRET = "sk-upstream-dashboard-9e41"
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def operator(operator_user: Any) -> Client:
-    return client_for(operator_user)
 
 
 def test_adding_a_channel_makes_its_models_available(operator: Client) -> None:
@@ -179,8 +170,12 @@ def test_catalog_form_upserts_models(operator: Client, channel: Channel) -> None
 def test_channel_pages_have_bounded_queries(
     operator: Client, channel: Channel, django_assert_max_num_queries: Any
 ) -> None:
-    with django_assert_max_num_queries(15) as one:
-        operator.get(reverse("channels"))
+    names = ("channels", "catalog", "operator")
+    baseline = {}
+    for name in names:
+        with django_assert_max_num_queries(15) as one:
+            assert operator.get(reverse(name)).status_code == 200
+        baseline[name] = len(one.captured_queries)
     for n in range(12):
         services.channel_create(
             name=f"c{n}",
@@ -189,8 +184,8 @@ def test_channel_pages_have_bounded_queries(
             models=[f"m{n}", "sim-small"],
             actor="test",
         )
-    for name in ("channels", "catalog", "operator"):
-        with django_assert_max_num_queries(len(one.captured_queries) + 3):
+    for name in names:
+        with django_assert_max_num_queries(baseline[name] + 3):
             assert operator.get(reverse(name)).status_code == 200
 
 
@@ -260,3 +255,99 @@ def test_test_button_reports_result_and_latency(operator: Client, simulator: str
     result = api.post(f"/api/channels/{good.pk}/test/").json()
     assert result["ok"] is True and result["status"] == 200 and result["latency_ms"] >= 0
     assert api.get(f"/api/channels/{bad.pk}/").json()["last_check_error"] == "HTTP 401"
+
+
+# --- The usage log --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def traffic(market: Any) -> Any:
+    """Two tenants' requests over March, through one channel, some failing."""
+    generate_month(market, count=90)
+    return market
+
+
+def _log(operator: Client, **filters: Any) -> tuple[int, str]:
+    response = operator.get(reverse("usage_log"), filters)
+    return response.status_code, response.content.decode()
+
+
+def _rows(html: str) -> int:
+    return html.count("<tr data-request=")
+
+
+def test_usage_log_filters_narrow_the_rows(operator: Client, traffic: Any) -> None:
+    from billing.models import UsageEvent
+
+    status, html = _log(operator)
+    assert status == 200 and "Page 1 of 2" in html  # 90 events, 50 a page
+    tenant = traffic.tenant
+    key = traffic.keys[tenant.pk][1]
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"tenant": "tenant"}, UsageEvent.objects.filter(tenant=tenant)),
+        ({"key": key.prefix}, UsageEvent.objects.filter(api_key=key)),
+        ({"model": "model-b"}, UsageEvent.objects.filter(model="model-b")),
+        ({"status": "error"}, UsageEvent.objects.filter(status_code__gte=400)),
+        (
+            {"channel": traffic.channel.pk, "status": "ok"},
+            UsageEvent.objects.filter(channel=traffic.channel, status_code__lt=400),
+        ),
+        (
+            {"start": "2026-03-10T00:00", "end": "2026-03-12T00:00"},
+            UsageEvent.objects.filter(
+                created_at__gte=datetime(2026, 3, 10, tzinfo=UTC),
+                created_at__lt=datetime(2026, 3, 12, tzinfo=UTC),
+            ),
+        ),
+    ]
+    for filters, expected in cases:
+        count = expected.count()
+        assert 0 < count <= 50, filters
+        status, html = _log(operator, **filters)
+        assert status == 200 and _rows(html) == count, filters
+    status, html = _log(operator, status="teapot", start="2026-03-12T00:00", end="2026-03-01T00:00")
+    assert status == 400
+    assert "Give ok, error or a three-digit status code." in html
+    assert "The end comes after the start." in html
+
+
+def test_usage_log_keeps_filters_across_pages(operator: Client, traffic: Any) -> None:
+    from billing.models import UsageEvent
+
+    assert UsageEvent.objects.filter(status_code__lt=400).count() > 50
+    _, html = _log(operator, status="ok")
+    assert "Page 1 of 2" in html and "?status=ok&amp;page=2" in html
+
+
+def test_usage_log_query_count_does_not_grow_with_rows(
+    operator: Client, traffic: Any, django_assert_max_num_queries: Any
+) -> None:
+    with django_assert_max_num_queries(12):
+        assert operator.get(reverse("usage_log"), {"status": "ok"}).status_code == 200
+
+
+def test_overview_shows_platform_revenue(operator: Client, market: Any) -> None:
+    from django.utils import timezone
+
+    from billing.money import format_micros
+    from tests.billing.conftest import record_event
+
+    html = operator.get(reverse("operator")).content.decode()
+    assert "revenue: no priced usage" in html
+    events = [
+        record_event(
+            tenant=tenant,
+            api_key=market.keys[tenant.pk][0],
+            model="model-b",
+            created_at=timezone.now() - timedelta(days=1),
+            prompt_tokens=40_000,
+            completion_tokens=9_000,
+        )
+        for tenant in (market.tenant, market.direct_tenant)
+    ]
+    wholesale = sum(e.cost_wholesale_micros for e in events)
+    retail = sum(e.cost_retail_micros for e in events)
+    assert retail > wholesale > 0
+    html = operator.get(reverse("operator")).content.decode()
+    assert f"{format_micros(wholesale)} USD" in html and f"{format_micros(retail)} USD" in html
+    assert "Platform revenue per day (USD)" in html

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from datetime import date
-from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from portal import services
 from portal.models import AuditEntry, Membership, Organization
 from tests.conftest import make_member, make_user
+from tests.portal.conftest import client_for
 
 pytestmark = pytest.mark.django_db
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_reseller_creates_a_tenant_then_adds_its_owner(
@@ -170,40 +161,87 @@ def test_navigation_follows_the_role(
     assert 'aria-current="page"' in owner
 
 
-def _billing_page(user: Any) -> str:
-    response = client_for(user).get(reverse("billing", args=["tenant"]))
-    assert response.status_code == 200
-    return response.content.decode()
+# --- Changing and removing members ----------------------------------------------------------
 
 
-def test_billing_page_without_the_billing_module(
-    tenant_owner: Any, monkeypatch: pytest.MonkeyPatch
+def _membership(user: Any) -> Membership:
+    return Membership.objects.get(user=user)
+
+
+def test_owner_changes_a_role_and_removes_a_member(
+    tenant_owner: Any, tenant_member: Any, tenant_admin: Any
 ) -> None:
-    monkeypatch.setitem(sys.modules, "billing.selectors", None)  # import now fails
-    assert "Billing is not set up on this installation yet." in _billing_page(tenant_owner)
-
-
-def test_billing_page_shows_balance_and_invoices_from_the_billing_module(
-    tenant_owner: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    invoice = SimpleNamespace(
-        pk=7,
-        number="INV-2026-0007",
-        period_start=date(2026, 4, 1),
-        period_end=date(2026, 5, 1),
-        get_status_display=lambda: "Issued",
-        currency="EUR",
-        total_micros=12_345_678,
+    page = client_for(tenant_owner)
+    member = _membership(tenant_member)
+    response = page.post(
+        reverse("member_role", args=["tenant", member.pk]), {"role": "billing"}, follow=True
     )
-    fake = ModuleType("billing.selectors")
-    fake.organization_balance = lambda organization: -2_500_000  # type: ignore[attr-defined]
-    fake.organization_invoices = lambda organization: [invoice]  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "billing.selectors", fake)
-    html = _billing_page(tenant_owner)
-    assert "-2.50" in html and "INV-2026-0007" in html and "12.345678 EUR" in html
+    assert "tenant-member is now billing." in response.content.decode()
+    assert _membership(tenant_member).role == Membership.Role.BILLING
+    entry = AuditEntry.objects.get(action="membership.change_role")
+    assert entry.data == {"user": "tenant-member", "before": "member", "after": "billing"}
+    assert entry.actor == tenant_owner
 
-    fake.organization_balance = lambda organization: None  # type: ignore[attr-defined]
-    fake.organization_invoices = lambda organization: []  # type: ignore[attr-defined]
-    html = _billing_page(tenant_owner)
-    assert "No billing account yet." in html and "Your reseller" in html
-    assert "No invoices yet." in html
+    page.post(reverse("member_remove", args=["tenant", _membership(tenant_admin).pk]))
+    assert not Membership.objects.filter(user=tenant_admin).exists()
+    assert AuditEntry.objects.filter(action="membership.remove").count() == 1
+
+
+def test_the_last_owner_can_be_neither_demoted_nor_removed(tenant_owner: Any) -> None:
+    page = client_for(tenant_owner)
+    own = _membership(tenant_owner)
+    response = page.post(
+        reverse("member_role", args=["tenant", own.pk]), {"role": "admin"}, follow=True
+    )
+    assert "This is the last owner" in response.content.decode()
+    response = page.post(reverse("member_remove", args=["tenant", own.pk]), follow=True)
+    assert "This is the last owner" in response.content.decode()
+    assert _membership(tenant_owner).role == Membership.Role.OWNER
+    assert not AuditEntry.objects.filter(action__startswith="membership.").exists()
+
+    # With a second owner, the first may step down.
+    second = make_member("second-owner", tenant_owner.memberships.get().organization, "owner")
+    page.post(reverse("member_role", args=["tenant", own.pk]), {"role": "admin"})
+    assert _membership(tenant_owner).role == Membership.Role.ADMIN
+    assert _membership(second).role == Membership.Role.OWNER
+
+
+def test_admins_and_members_cannot_escalate(
+    tenant_owner: Any, tenant_admin: Any, tenant_member: Any
+) -> None:
+    admin = client_for(tenant_admin)
+    member_row = _membership(tenant_member)
+    # An admin cannot make owners, nor demote or remove an owner.
+    url = reverse("member_role", args=["tenant", member_row.pk])
+    assert admin.post(url, {"role": "owner"}).status_code == 403
+    own = reverse("member_role", args=["tenant", _membership(tenant_admin).pk])
+    assert admin.post(own, {"role": "owner"}).status_code == 403
+    owner_row = _membership(tenant_owner)
+    assert (
+        admin.post(reverse("member_role", args=["tenant", owner_row.pk]), {"role": "member"})
+    ).status_code == 403
+    assert admin.post(reverse("member_remove", args=["tenant", owner_row.pk])).status_code == 403
+    # A member cannot change roles at all, their own included.
+    member = client_for(tenant_member)
+    assert member.post(url, {"role": "owner"}).status_code == 403
+    assert member.post(url, {"role": "admin"}).status_code == 403
+    assert _membership(tenant_member).role == Membership.Role.MEMBER
+    assert _membership(tenant_admin).role == Membership.Role.ADMIN
+    assert not AuditEntry.objects.filter(action__startswith="membership.").exists()
+    # The admin may still move people between the roles it can grant.
+    assert admin.post(url, {"role": "billing"}).status_code == 302
+    html = admin.get(reverse("members", args=["tenant"])).content.decode()
+    assert 'value="owner"' not in html
+    assert f"Remove {tenant_owner.get_username()}" not in html
+
+
+def test_memberships_of_another_organisation_are_not_found(
+    tenant_owner: Any, outsider: Any
+) -> None:
+    theirs = _membership(outsider)
+    page = client_for(tenant_owner)
+    assert page.post(reverse("member_remove", args=["tenant", theirs.pk])).status_code == 404
+    assert (
+        page.post(reverse("member_role", args=["tenant", theirs.pk]), {"role": "member"})
+    ).status_code == 404
+    assert Membership.objects.filter(pk=theirs.pk, role="owner").exists()

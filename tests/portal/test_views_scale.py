@@ -17,7 +17,9 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from billing import services as billing
 from billing.models import UsageEvent
+from billing.services.common import account_for
 from portal.models import ApiKey, Organization
 
 pytestmark = [
@@ -71,12 +73,14 @@ def timed(fetch: Any) -> tuple[int, float]:
 
 
 def test_pages_and_endpoints_stay_fast(
-    seeded: list[ApiKey], tenant_owner: Any, operator_user: Any
+    seeded: list[ApiKey], tenant_owner: Any, operator_user: Any, reseller_admin: Any
 ) -> None:
-    owner, operator, api = Client(), Client(), APIClient()
+    owner, operator, reseller, api = Client(), Client(), Client(), APIClient()
     owner.force_login(tenant_owner)
     operator.force_login(operator_user)
+    reseller.force_login(reseller_admin)
     api.force_login(tenant_owner)
+    billing.account_topup(account=account_for(seeded[0].tenant), amount_micros=10, actor="t")
     checks = {
         "keys page": lambda: owner.get(reverse("keys", args=["tenant"])).status_code,
         "usage page": lambda: owner.get(reverse("usage", args=["tenant"])).status_code,
@@ -88,6 +92,22 @@ def test_pages_and_endpoints_stay_fast(
         ),
         "tenant overview": lambda: owner.get(reverse("org", args=["tenant"])).status_code,
         "operator overview": lambda: operator.get(reverse("operator")).status_code,
+        "operator usage log": lambda: operator.get(reverse("usage_log")).status_code,
+        "usage log, last page": lambda: (
+            operator.get(reverse("usage_log"), {"page": "2000"}).status_code
+        ),
+        "usage log, errors of one tenant": lambda: (
+            operator.get(reverse("usage_log"), {"tenant": "tenant", "status": "error"}).status_code
+        ),
+        "usage log, one key prefix": lambda: (
+            operator.get(reverse("usage_log"), {"key": "sk-tg-000003"}).status_code
+        ),
+        "tenant billing": lambda: owner.get(reverse("billing", args=["tenant"])).status_code,
+        "tenant budget": lambda: owner.get(reverse("budget", args=["tenant"])).status_code,
+        "reseller tenants": lambda: reseller.get(reverse("tenants", args=["reseller"])).status_code,
+        "reseller terms": lambda: reseller.get(reverse("terms", args=["tenant"])).status_code,
+        "reseller revenue": lambda: reseller.get(reverse("revenue", args=["reseller"])).status_code,
+        "operator invoices": lambda: operator.get(reverse("operator_invoices")).status_code,
         "api keys": lambda: api.get("/api/keys/").status_code,
         "api usage by day and model": lambda: api.get("/api/usage/").status_code,
         "api usage by key, 90 days": lambda: (

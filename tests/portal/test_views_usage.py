@@ -9,24 +9,19 @@ from typing import Any
 
 import pytest
 import time_machine
-from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from billing.models import UsageEvent
 from portal import services
 from portal.models import ApiKey, Organization
 from portal.views.charts import compact, nice_ceiling, stacked_bars
+from tests.portal.conftest import api_client_for, client_for
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 5, 20, 15, 0, tzinfo=UTC)
 USAGE_URL = reverse("usage", args=["tenant"])
-
-
-def client_for(user: Any) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def event(key: ApiKey, model: str, *, days_ago: int = 0, status: int = 200, **extra: Any) -> None:
@@ -142,6 +137,9 @@ def test_tenant_overview_summarises_the_month(tenant_owner: Any, keys: dict[str,
 def test_nice_ceiling_and_compact_labels() -> None:
     assert [nice_ceiling(v) for v in (0, 1, 3, 7, 11, 999, 1001)] == [1, 1, 5, 10, 20, 1000, 2000]
     assert [compact(v) for v in (0, 950, 12_300, 4_000_000)] == ["0", "950", "12.3k", "4M"]
+    # Small amounts of money: fractional scales, plain decimals.
+    assert [nice_ceiling(v) for v in (0.000048, 0.3, 0.06)] == [0.00005, 0.5, 0.1]
+    assert [compact(v) for v in (0.0000125, 0.25)] == ["0.000013", "0.25"]
 
 
 def test_stacked_bars_stay_inside_the_plot() -> None:
@@ -154,3 +152,33 @@ def test_stacked_bars_stay_inside_the_plot() -> None:
     assert top >= 0 and abs(sum(s.height for s in tallest.segments) - (chart.baseline - top)) < 0.1
     assert chart.ticks[-1].label == "10"
     assert stacked_bars("t", ["a"], [("x", "series-a", [0])]).empty
+
+
+def test_usage_shows_spend_by_day_and_model(market: Any, tenant_owner: Any) -> None:
+    from billing.money import format_micros
+    from billing.services.common import account_for
+    from tests.billing.conftest import record_event
+
+    account_for(market.tenant)
+    events = [
+        record_event(
+            tenant=market.tenant,
+            api_key=market.keys[market.tenant.pk][0],
+            model=model,
+            created_at=timezone.now() - timedelta(days=2),
+            prompt_tokens=30_000,
+            completion_tokens=4_000,
+        )
+        for model in ("model-a", "model-b")
+    ]
+    html = client_for(tenant_owner).get(reverse("usage", args=["tenant"])).content.decode()
+    total = sum(e.cost_retail_micros for e in events)
+    assert total > 0
+    assert f"{format_micros(total)} USD" in html
+    assert "Spend per day (USD)" in html
+    for e in events:
+        assert f'<td class="num">{format_micros(e.cost_retail_micros)}</td>' in html
+    api = api_client_for(tenant_owner).get("/api/usage/", {"group_by": "model"}).json()
+    assert {r["model"]: r["spend_micros"] for r in api["results"]} == {
+        e.model: e.cost_retail_micros for e in events
+    }

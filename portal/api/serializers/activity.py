@@ -25,6 +25,9 @@ class UsageRowSerializer(serializers.Serializer):
     total_tokens = serializers.SerializerMethodField()
     errors = serializers.IntegerField(help_text="Requests answered with a 4xx or 5xx status.")
     avg_latency_ms = serializers.SerializerMethodField()
+    spend_micros = serializers.IntegerField(
+        help_text="What the tenant is charged (retail), in micro-units of its currency."
+    )
 
     def get_total_tokens(self, row: dict[str, Any]) -> int:
         return int(row["prompt_tokens"]) + int(row["completion_tokens"])

@@ -74,3 +74,7 @@ class MembershipCreateSerializer(serializers.Serializer):
         if len(found) != 1:
             raise serializers.ValidationError("No single active user has this name or e-mail.")
         return found[0]
+
+
+class MembershipRoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices)

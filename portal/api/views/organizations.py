@@ -12,10 +12,11 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from portal import selectors, services
-from portal.access import Need, get_access, require_operator
+from portal.access import Need, get_access, membership_for_manager, require_operator
 from portal.api.filters import OrganizationFilter
 from portal.api.serializers.organizations import (
     MembershipCreateSerializer,
+    MembershipRoleSerializer,
     MembershipSerializer,
     OrganizationCreateSerializer,
     OrganizationSerializer,
@@ -91,3 +92,33 @@ class OrganizationViewSet(
                 actor=request.user,
             )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=MembershipRoleSerializer, responses=MembershipSerializer)
+    @action(
+        detail=True,
+        methods=["patch"],
+        url_path=r"members/(?P<membership_id>\d+)",
+        filterset_class=None,
+    )
+    def change_member(self, request: Request, slug: str, membership_id: str) -> Response:
+        """Change a member's role (within what the caller may grant; the last owner stays)."""
+        access = get_access(request.user, slug, need=Need.MANAGE)
+        membership = membership_for_manager(access, int(membership_id))
+        form = MembershipRoleSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        role = form.validated_data["role"]
+        if role not in access.assignable_roles():
+            raise PermissionDenied(f"Your role cannot grant the {role} role.")
+        with service_errors():
+            services.membership_change_role(membership=membership, role=role, actor=request.user)
+        return Response(MembershipSerializer(membership).data)
+
+    @extend_schema(responses={204: None})
+    @change_member.mapping.delete
+    def remove_member(self, request: Request, slug: str, membership_id: str) -> Response:
+        """Take the person's role away (never the last owner's)."""
+        access = get_access(request.user, slug, need=Need.MANAGE)
+        membership = membership_for_manager(access, int(membership_id))
+        with service_errors():
+            services.membership_remove(membership=membership, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)

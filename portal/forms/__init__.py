@@ -1,4 +1,5 @@
-"""Dashboard forms: they parse and check input; services do the work."""
+"""Dashboard forms: they parse and check input; services do the work. The money forms
+live in ``portal.forms.billing`` and are re-exported here."""
 
 from __future__ import annotations
 
@@ -232,3 +233,41 @@ class UsageFilterForm(forms.Form):
     def period_days(self) -> int:
         data = self.cleaned_data if self.is_valid() else {}
         return int(data.get("days") or 30)
+
+
+# Re-exported at the end: the money forms build on the helpers above.
+from portal.forms.billing import (  # noqa: E402
+    AccountTermsForm,
+    BudgetForm,
+    MarkupForm,
+    ModelPriceForm,
+    MoneyField,
+    MonthForm,
+    PriceListForm,
+    RedeemCodeForm,
+    RedemptionCodeForm,
+    TopUpForm,
+    UsageLogFilterForm,
+)
+
+__all__ = [
+    "AccessTokenForm",
+    "AccountTermsForm",
+    "ApiKeyForm",
+    "BudgetForm",
+    "CatalogModelForm",
+    "ChannelForm",
+    "MarkupForm",
+    "MemberAddForm",
+    "ModelPriceForm",
+    "MoneyField",
+    "MonthForm",
+    "OperatorOrganizationForm",
+    "OrganizationForm",
+    "PriceListForm",
+    "RedeemCodeForm",
+    "RedemptionCodeForm",
+    "TopUpForm",
+    "UsageFilterForm",
+    "UsageLogFilterForm",
+]
