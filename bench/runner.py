@@ -1,0 +1,337 @@
+"""The relay benchmark: simulator, bare proxy, Tollgate and LiteLLM, driven by wrk.
+
+Run through ``bench/run`` (see bench/README.md). Everything listens on 127.0.0.1, every
+run is bounded by ``--duration``, and every process started here is stopped at the end.
+
+A default run has three sections, each printed as a table and written, with the machine
+and the command, to ``bench/results/<stamp>/report.md``:
+
+1. PostgreSQL + Redis: the bare proxy, Tollgate (production server configuration, full
+   metering), Tollgate with a key that has limits, Tollgate with metrics off and with JSON
+   access logs on (the cost of observability), and LiteLLM's proxy when installed;
+2. the embedded default (SQLite, no Redis): Tollgate;
+3. scale with data (PostgreSQL): a near-empty database against one with 100,000 keys,
+   500 channels and 10 million usage rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from bench import prepare, profiling, report
+from bench.measuring import (
+    check_metrics,
+    machine,
+    measure,
+    observability_call_costs,
+    save,
+    warm_up,
+)
+from bench.prepare import BENCH, PYTHON, ROOT, log
+from bench.procs import Services, free_port, wait_http
+from bench.servers import start_group
+from bench.targets import (
+    EMBEDDED,
+    OBSERVABILITY_NAMES,
+    PG_DATABASE,
+    PLAIN_BODY,
+    POSTGRES,
+    STREAM_BODY,
+    UPSTREAM_PREFIX,
+    WARMUP_CONCURRENCY,
+    Context,
+    Target,
+    embedded_targets,
+    pg_targets,
+)
+
+
+def run_targets(ctx: Context, targets: list[Target], round_index: int) -> None:
+    groups = list(dict.fromkeys(t.group for t in targets))
+    for group in groups:
+        members = [t for t in targets if t.group == group]
+        service, url = start_group(ctx, members[0])
+        sent = 0  # every request wrk completed against this server, warm-ups included
+        cut = 0  # at most one request per connection is cut off when a wrk run ends
+        try:
+            for target in members:
+                for mode in ctx.args.modes:
+                    sent += warm_up(ctx, target, url, mode)
+                    cut += WARMUP_CONCURRENCY
+                    for concurrency in target.concurrency or ctx.args.concurrency:
+                        measurement = measure(ctx, target, service, url, mode, concurrency)
+                        sent += measurement.requests
+                        cut += concurrency
+                        ctx.results.append(measurement)
+                        save(ctx)  # as we go, so an interrupted run keeps what it had
+            if group.startswith("tollgate") and members[0].env.get("RELAY_METRICS") != "false":
+                check_metrics(ctx, group, url, sent, cut)
+            if ctx.args.profile and group == "tollgate" and round_index == 0:
+                profiling.profile_group(ctx, service, url, targets, group)
+        finally:
+            ctx.services.stop(service)
+
+
+def headline(args: argparse.Namespace) -> str:
+    return "tollgate+limits" if args.limits else "tollgate"
+
+
+def summarise(ctx: Context, started: dict[str, str]) -> None:
+    """Print every table and the acceptance checks, and write them to report.md."""
+    args = ctx.args
+    results = ctx.results
+    finished = machine()
+    floor = {m.target: "bare" for m in results if m.target.startswith("tollgate")}
+    rival = "litellm" if args.litellm else None
+    sections: list[tuple[str, str]] = []
+    main = [m for m in results if not m.extra.get("phase")]
+    if main:
+        sections.append(("Throughput, latency, CPU and memory", "table"))
+        print()
+        print(report.table(main, floor=floor, rival=rival))
+    accept: list[tuple[str, list[tuple[str, str, bool | None]]]] = []
+    names = {m.target for m in main}
+    for name in dict.fromkeys([headline(args), "tollgate", "tollgate/embedded"]):
+        if name not in names:
+            continue
+        store = "embedded SQLite" if name.endswith("/embedded") else "PostgreSQL + Redis"
+        title = f"issue 6 acceptance, {name} (uvicorn, {args.workers} workers, {store})"
+        checks = report.acceptance(main, tollgate=name, bare="bare", litellm=rival)
+        accept.append((title, checks))
+        print(title + ":")
+        print(report.format_acceptance(checks))
+    observability = report.observability(
+        main, base="tollgate", variants=OBSERVABILITY_NAMES, call_costs=ctx.call_costs
+    )
+    if observability:
+        print("\n" + observability)
+    scale_text = ""
+    if any(m.extra.get("phase") for m in results):
+        from bench import scale
+
+        scale_text = scale.scale_table(
+            [m for m in results if m.extra.get("phase")], ctx.sizes or {}
+        )
+        print("\n" + scale_text)
+    for check in ctx.checks:
+        mark = "PASS" if check["ok"] else "FAIL"
+        print(
+            f"  [{mark}] {check['check']}: {check['counted']} counted, "
+            f"{check['completed_by_wrk']} completed by wrk"
+        )
+    save(ctx)
+    markdown = report.markdown(
+        command=" ".join(["bench/run", *sys.argv[1:]]),
+        machine_before=started,
+        machine_after=finished,
+        measurements=main,
+        floor=floor,
+        rival=rival,
+        acceptance=accept,
+        observability=observability,
+        scale=scale_text,
+        checks=ctx.checks,
+    )
+    (ctx.out / "report.md").write_text(markdown)
+    print(f"\nreport: {(ctx.out / 'report.md').relative_to(ROOT)}")
+    print(f"raw results: {(ctx.out / 'results.json').relative_to(ROOT)}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
+    parser.add_argument(
+        "--stores",
+        default=[POSTGRES, EMBEDDED],
+        type=lambda s: s.split(","),
+        help="postgres (PostgreSQL + Redis, with the bare proxy and LiteLLM), embedded "
+        "(SQLite, no Redis), or both (the default)",
+    )
+    parser.add_argument("--postgres", action="store_true", help="same as --stores postgres")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--server",
+        dest="servers",
+        default="uvicorn",
+        type=lambda s: s.split(","),
+        help="uvicorn, granian or uvicorn,granian",
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up")
+    parser.add_argument(
+        "--concurrency", default=[1, 8, 64], type=lambda s: [int(x) for x in s.split(",")]
+    )
+    parser.add_argument(
+        "--modes",
+        default=["plain", "stream"],
+        type=lambda s: s.split(","),
+        help="plain,stream",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, to show the noise")
+    parser.add_argument(
+        "--with-litellm",
+        action="store_true",
+        help=f"set-up: create bench/.venv-litellm with litellm[proxy]=={prepare.LITELLM_VERSION} "
+        "from PyPI if missing, and compare (once it exists, it is used without this flag)",
+    )
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even if present")
+    parser.add_argument(
+        "--no-limits",
+        dest="limits",
+        action="store_false",
+        help="skip the tollgate+limits target (a key with limits: the Redis Lua path)",
+    )
+    parser.add_argument(
+        "--no-observability",
+        dest="observability",
+        action="store_false",
+        help="skip the metrics-off and JSON-access-log variants",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the relay at c=64")
+    parser.add_argument(
+        "--bare-aiohttp",
+        action="store_true",
+        help="also run the bare proxy with aiohttp, and with one httpx client instead of 8 "
+        "(what the HTTP client and its connection pool cost)",
+    )
+    parser.add_argument(
+        "--scale-only", action="store_true", help="only the scale-with-data section"
+    )
+    parser.add_argument(
+        "--no-scale", dest="scale", action="store_false", help="skip the scale-with-data section"
+    )
+    parser.add_argument("--scale-keys", type=int, default=100_000)
+    parser.add_argument("--scale-rows", type=int, default=10_000_000)
+    parser.add_argument("--scale-channels", type=int, default=500)
+    parser.add_argument(
+        "--scale-concurrency", default=[64], type=lambda s: [int(x) for x in s.split(",")]
+    )
+    parser.add_argument("--scale-repeat", type=int, default=2, help="alternating rounds")
+    args = parser.parse_args(argv)
+    if args.postgres:
+        args.stores = [POSTGRES]
+    if args.scale_only:
+        args.stores, args.scale = [POSTGRES], True
+    for store in args.stores:
+        if store not in {POSTGRES, EMBEDDED}:
+            parser.error(f"unknown store {store!r}")
+    if POSTGRES not in args.stores:
+        args.scale = False
+    for server in args.servers:
+        if server not in {"uvicorn", "granian"}:
+            parser.error(f"unknown server {server!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    services = Services(out)
+    starts = prepare.ServiceStarts()
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    try:
+        prepare.ensure_wrk()
+        if args.with_litellm:
+            prepare.ensure_litellm()
+        args.litellm = (
+            prepare.litellm_installed()
+            and not args.no_litellm
+            and POSTGRES in args.stores
+            and not args.scale_only
+        )
+        if args.bare_aiohttp:
+            prepare.ensure_aiohttp()
+        if "granian" in args.servers:
+            prepare.ensure_granian()
+        if args.profile:
+            prepare.ensure_py_spy()
+        started = machine()
+        log(f"machine: {started}")
+        run(args, out, services, starts, started)
+    finally:
+        services.stop_all()
+        starts.stop()
+    return 0
+
+
+def run(
+    args: argparse.Namespace,
+    out: Path,
+    services: Services,
+    starts: prepare.ServiceStarts,
+    started: dict[str, str],
+) -> None:
+    sim_port = free_port()
+    simulator = services.start(
+        "simulator",
+        [str(PYTHON), "-m", "relay.simulator", "--host", "127.0.0.1", "--port", str(sim_port)],
+        env=prepare.project_env(postgres_db=None, var_dir=BENCH / "results" / "var-sqlite"),
+        cwd=ROOT,
+    )
+    wait_http(f"http://127.0.0.1:{sim_port}/v1/models", simulator)
+    upstream = f"http://127.0.0.1:{sim_port}{UPSTREAM_PREFIX}"
+    bodies = {"plain": out / "plain.json", "stream": out / "stream.json"}
+    bodies["plain"].write_text(json.dumps(PLAIN_BODY))
+    bodies["stream"].write_text(json.dumps(STREAM_BODY))
+    contexts: dict[str, tuple[Context, Path, Path]] = {}
+    for store in args.stores:
+        if store == POSTGRES:
+            starts.ensure()
+            prepare.ensure_database(PG_DATABASE)
+            var_dir = BENCH / "results" / "var-pg"
+        else:
+            var_dir = BENCH / "results" / "var-sqlite"
+            for stale in var_dir.glob("tollgate.sqlite3*"):
+                stale.unlink()
+        var_dir.mkdir(parents=True, exist_ok=True)
+        env = prepare.project_env(postgres_db=PG_DATABASE if store == POSTGRES else None,
+                                  var_dir=var_dir)  # fmt: skip
+        key_file, limited_key_file = var_dir / "bench-key.txt", var_dir / "bench-limited-key.txt"
+        prepare.prepare_database(
+            env, upstream=upstream, key_file=key_file, limited_key_file=limited_key_file
+        )
+        counter = prepare.UsageCounter(env)
+        counter.reset()
+        ctx = Context(args, services, env, out, upstream, bodies, simulator, counter, store)
+        contexts[store] = (ctx, key_file, limited_key_file)
+    # One list of results for every section.
+    shared = next(iter(contexts.values()))[0]
+    for ctx, _, _ in contexts.values():
+        ctx.results = shared.results
+        ctx.checks = shared.checks
+    if not args.scale_only:
+        plans = []
+        if POSTGRES in contexts:
+            ctx, key_file, limited = contexts[POSTGRES]
+            plans.append((ctx, pg_targets(ctx, key_file, limited)))
+        if EMBEDDED in contexts:
+            ctx, key_file, _ = contexts[EMBEDDED]
+            plans.append((ctx, embedded_targets(key_file)))
+        for round_index in range(args.repeat):
+            if args.repeat > 1:
+                log(f"round {round_index + 1}/{args.repeat}")
+            for ctx, targets in plans:
+                log(f"section: {ctx.store}")
+                run_targets(ctx, targets, round_index)
+    if args.observability and not args.scale_only:
+        shared.call_costs = observability_call_costs(shared)
+    if args.scale:
+        from bench import scale
+
+        ctx, key_file, _ = contexts[POSTGRES]
+        shared.sizes = scale.run_scale(ctx, key_file)
+    summarise(shared, started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

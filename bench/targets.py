@@ -1,0 +1,94 @@
+"""What the bench measures: the requests, the targets and the state one section shares."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import prepare, report
+from bench.procs import Service, Services
+
+PLAIN_BODY = {
+    "model": "sim-small",
+    "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Write two sentences about toll roads."},
+    ],
+    "max_tokens": 64,
+}
+STREAM_BODY = {**PLAIN_BODY, "stream": True, "stream_options": {"include_usage": True}}
+# The simulator answers 20 completion tokens: 20 content chunks plus the usage chunk.
+UPSTREAM_PREFIX = "/sim/tokens=20/v1"
+STORE_PROCESSES = frozenset({"postgres", "redis-server"})
+POSTGRES, EMBEDDED = "postgres", "embedded"
+WARMUP_CONCURRENCY = 8
+# Observability variants: what metrics and JSON access logs cost, against "tollgate".
+METRICS_OFF = {"RELAY_METRICS": "false"}
+JSON_ACCESS_LOG = {"LOG_FORMAT": "json", "RELAY_ACCESS_LOG": "true"}
+
+
+PG_DATABASE = "bench"
+OBSERVABILITY_NAMES = ("tollgate-metrics-off", "tollgate+json-log")
+
+
+@dataclass
+class Target:
+    name: str
+    group: str  # targets of one group share one running server
+    keys_file: Path | None
+    metered: bool
+    env: dict[str, str] = field(default_factory=dict)  # on top of the project's, for the server
+    concurrency: list[int] | None = None  # None: --concurrency
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    services: Services
+    env: dict[str, str]
+    out: Path
+    upstream: str
+    bodies: dict[str, Path]
+    simulator: Service
+    counter: prepare.UsageCounter
+    store: str = POSTGRES
+    results: list[report.Measurement] = field(default_factory=list)
+    checks: list[dict[str, object]] = field(default_factory=list)
+    sizes: dict[str, dict[str, int]] | None = None  # of the scale section's databases
+    call_costs: dict[str, float] | None = None  # bench/observability_cost.py, microseconds
+
+
+def pg_targets(ctx: Context, key_file: Path, limited_key_file: Path) -> list[Target]:
+    args = ctx.args
+    chosen: list[Target] = []
+    for server in args.servers:
+        suffix = "" if server == "uvicorn" else f"@{server}"
+        chosen.append(Target(f"bare{suffix}", f"bare{suffix}", key_file, metered=False))
+        chosen.append(Target(f"tollgate{suffix}", f"tollgate{suffix}", key_file, metered=True))
+        if args.limits:
+            chosen.append(
+                Target(f"tollgate+limits{suffix}", f"tollgate{suffix}", limited_key_file, True)
+            )
+    if args.observability:
+        top = [max(args.concurrency)]
+        chosen.append(
+            Target("tollgate-metrics-off", "tollgate-metrics-off", key_file, True, METRICS_OFF, top)
+        )
+        chosen.append(
+            Target("tollgate+json-log", "tollgate+json-log", key_file, True, JSON_ACCESS_LOG, top)
+        )
+    if args.bare_aiohttp:
+        chosen.insert(1, Target("bare-aiohttp", "bare-aiohttp", key_file, metered=False))
+        chosen.insert(1, Target("bare-1client", "bare-1client", key_file, metered=False))
+    if args.litellm:
+        # LiteLLM refuses to start without a master key; clients send it as their key.
+        master = ctx.out / "litellm-master-key.txt"
+        master.write_text("sk-bench-" + secrets.token_hex(16) + "\n")
+        chosen.append(Target("litellm", "litellm", master, metered=False))
+    return chosen
+
+
+def embedded_targets(key_file: Path) -> list[Target]:
+    return [Target("tollgate/embedded", "tollgate/embedded", key_file, metered=True)]
