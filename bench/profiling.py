@@ -1,9 +1,9 @@
 """Sampling profiles of the relay under load (py-spy), summarised per request.
 
 For each mode, py-spy samples every worker of the running server (``--subprocesses``)
-while wrk drives it at concurrency 64: once as collapsed stacks, which are summarised
-here (self and inclusive time per function, scaled to CPU ms per request), and once as
-a flame graph SVG to look at.
+while wrk drives it at concurrency 64 (or ``--profile-concurrency``): once as collapsed
+stacks, which are summarised here (self and inclusive time per function, scaled to CPU
+ms per request), and once as a flame graph SVG to look at.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _record(
             url=url,
             body_file=ctx.bodies[mode],
             keys_file=target.keys_file,
-            concurrency=64,
+            concurrency=ctx.args.profile_concurrency,
             duration=duration,
         )
         cpu = service.cpu_seconds() - cpu_before
@@ -126,5 +126,6 @@ def profile_group(
         cpu_ms = cpu * 1000 / max(requests, 1)
         summary = summarise(stem.with_suffix(".txt"), cpu_ms)
         (stem.parent / f"{stem.name}-summary.txt").write_text(summary + "\n")
-        prepare.log(f"profile of {target.name} {mode} c=64 written to {stem}.svg/.txt")
-        print(f"\n== profile: {target.name}, {mode}, c=64 ==\n{summary}")
+        conc = ctx.args.profile_concurrency
+        prepare.log(f"profile of {target.name} {mode} c={conc} written to {stem}.svg/.txt")
+        print(f"\n== profile: {target.name}, {mode}, c={conc} ==\n{summary}")

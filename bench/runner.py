@@ -193,6 +193,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the relay at c=64")
     parser.add_argument(
+        "--profile-concurrency",
+        type=int,
+        default=64,
+        help="the concurrency --profile samples at (1 shows the single-client path)",
+    )
+    parser.add_argument(
         "--bare-aiohttp",
         action="store_true",
         help="also run the bare proxy with aiohttp, and with one httpx client instead of 8 "
