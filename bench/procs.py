@@ -47,9 +47,16 @@ class Service:
         """The processes that serve requests: the children when there are any (uvicorn,
         granian and LiteLLM with several workers), else the process itself. Helpers such
         as multiprocessing's resource tracker are children too; they count for CPU and are
-        small enough never to be the peak."""
-        children = descendants(self.pid)
+        small enough never to be the peak. The workers' own children (Tollgate's token
+        counter) are not workers: see ``helpers``."""
+        children = children_of(self.pid)
         return children or [self.pid]
+
+    def helpers(self) -> list[int]:
+        """The workers' children: Tollgate's token counter process, started by a worker
+        when an event without upstream usage must be counted."""
+        workers = set(self.workers())
+        return [pid for pid in descendants(self.pid) if pid not in workers]
 
     def cpu_seconds(self) -> float:
         """CPU of the server: its processes alive now, plus what the master's reaped
@@ -61,6 +68,10 @@ class Service:
     def peak_rss_mb(self) -> float:
         """The largest VmHWM (peak resident set) among the serving processes."""
         return max((peak_rss_kb(pid) for pid in self.workers()), default=0) / 1024
+
+    def helpers_peak_rss_mb(self) -> float:
+        """The largest VmHWM among the workers' children (0 when there are none)."""
+        return max((peak_rss_kb(pid) for pid in self.helpers()), default=0) / 1024
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -112,8 +123,12 @@ class Services:
             self.stop(service)
 
 
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid``, from /proc."""
+def children_of(pid: int) -> list[int]:
+    """The live children of ``pid``, from /proc."""
+    return _parents().get(pid, [])
+
+
+def _parents() -> dict[int, list[int]]:
     parents: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -123,6 +138,12 @@ def descendants(pid: int) -> list[int]:
             continue
         fields = stat.rsplit(")", 1)[-1].split()
         parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    return parents
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid``, from /proc."""
+    parents = _parents()
     found: list[int] = []
     pending = [pid]
     while pending:

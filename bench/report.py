@@ -31,6 +31,9 @@ class Measurement:
     # as wrk does to the streams in flight when a run ends): this loads the tokenizer.
     events_estimated: int | None = None
     store: str = ""  # "postgres" or "embedded" for Tollgate, "" for the others
+    # Peak RSS of the workers' children: Tollgate's token counter process, alive only after
+    # an event without upstream usage was counted (0 when none ran).
+    helpers_peak_rss_mb: float = 0.0
     load1: float = 0.0  # the machine's 1-minute load average when the run ended
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -187,6 +190,11 @@ def acceptance(
     rss = [m.peak_rss_mb for m in measurements if m.target == tollgate]
     if rss:
         checks.append(("peak RSS per worker <= 150 MB", f"{max(rss):.0f} MB", max(rss) <= 150))
+    counter = max((m.helpers_peak_rss_mb for m in measurements if m.target == tollgate), default=0)
+    if counter:
+        checks.append(
+            ("token counter process (one per worker, only while needed)", f"{counter:.0f} MB", None)
+        )
     metered = [m.metering_ok for m in measurements if m.target == tollgate]
     if metered and all(s is not None for s in metered):
         checks.append(("usage events written for every request", "", all(metered)))

@@ -168,9 +168,13 @@ class UsageRecord:
             return self.usage, False
         if self.status_code >= 400 and not self.completion_text:
             return Usage(), False  # nothing reached a model that we know of
-        prompt = tokens.count_prompt(self.prompt_messages or (), self.prompt_tools)
         kept = "".join(self.completion_text or ())
-        completion = tokens.count_text(kept)
+        prompt, completion = tokens.counter.count(
+            self.prompt_messages,
+            self.prompt_tools,
+            kept,
+            idle_seconds=settings.RELAY_TOKEN_COUNTER_IDLE_SECONDS,
+        )
         if self.completion_overflow_chars:
             # The text not kept is counted at the kept text's tokens per character.
             completion += -(

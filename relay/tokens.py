@@ -1,15 +1,25 @@
 """Local token counting, used only when an upstream reports no usage.
 
 The o200k_base encoding ships inside the bpe-openai wheel, so counting works with no
-network. It costs ~70 MB once loaded, so it is loaded on first need, off the event loop
-(the usage writer's thread calls this), never at import.
+network. Loaded, it takes ~150 MB, more than a whole relay worker, for the few requests
+an upstream leaves without usage (streams cut short, providers that ignore
+``stream_options``). So relay processes count in a child process (``count_usage``),
+started on first need by the usage writer's thread, never on the event loop, and stopped
+after ``RELAY_TOKEN_COUNTER_IDLE_SECONDS`` without work. Should the child fail, the count
+is made in the calling process rather than lost.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import multiprocessing
+import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Per-message framing tokens of the chat format and the reply's priming tokens: the
 # figures OpenAI documents for counting chat prompts.
@@ -93,3 +103,79 @@ def count_prompt(messages: Iterable[Any], tools: Any = None) -> int:
 
         total += count_text(orjson.dumps(tools).decode())
     return total
+
+
+def count_all(messages: Any, tools: Any, completion: str) -> tuple[int, int]:
+    """Prompt and completion tokens, counted here."""
+    return count_prompt(messages or (), tools), count_text(completion)
+
+
+class TokenCounter:
+    """Counts in one child process, shared by the threads of this process."""
+
+    # The first count starts the child and loads the encoding (about a second).
+    TIMEOUT_SECONDS = 120
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._busy = 0
+        self._timer: threading.Timer | None = None
+
+    def count(
+        self, messages: Any, tools: Any, completion: str, idle_seconds: float
+    ) -> tuple[int, int]:
+        with self._lock:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")  # this process has threads
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            pool = self._pool
+            self._busy += 1
+        try:
+            future = pool.submit(count_all, messages, tools, completion)
+            return future.result(timeout=self.TIMEOUT_SECONDS)
+        except Exception:
+            logger.warning("the token counter process failed; counting here", exc_info=True)
+            self._discard(pool)
+            return count_all(messages, tools, completion)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._arm(idle_seconds)
+
+    def running(self) -> bool:
+        with self._lock:
+            return self._pool is not None
+
+    def stop(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _arm(self, idle_seconds: float) -> None:
+        """(Re)start the idle timer; the lock is held."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(idle_seconds, self._stop_if_idle)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            if self._busy or self._pool is None:
+                return
+            pool, self._pool, self._timer = self._pool, None, None
+        pool.shutdown(wait=False)
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+counter = TokenCounter()

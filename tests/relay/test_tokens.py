@@ -1,0 +1,76 @@
+"""The token counter: counts in a child process that stops when idle, and still counts
+when that process dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from relay import tokens
+
+MESSAGES = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": [{"type": "text", "text": "Count to five, please."}]},
+]
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+ANSWER = "one, two, three, four, five"
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+@pytest.fixture
+def counter() -> Iterator[tokens.TokenCounter]:
+    made = tokens.TokenCounter()
+    yield made
+    made.stop()
+
+
+def test_counts_in_a_child_process_what_counting_here_gives(
+    counter: tokens.TokenCounter,
+) -> None:
+    counted = counter.count(MESSAGES, TOOLS, ANSWER, idle_seconds=30)
+
+    assert counted == tokens.count_all(MESSAGES, TOOLS, ANSWER)
+    assert counted[0] > tokens.count_all(MESSAGES, None, ANSWER)[0] > 3 + 2 * 3
+    assert counted[1] >= 5
+    assert counter.running()
+    pool = counter._pool
+    assert pool is not None
+    child = pool.submit(_pid).result(timeout=30)
+    assert child != os.getpid()
+
+
+def test_the_child_stops_when_idle(counter: tokens.TokenCounter) -> None:
+    counter.count(MESSAGES, None, ANSWER, idle_seconds=0.3)
+    assert counter.running()
+    deadline = time.monotonic() + 10
+    while counter.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not counter.running()
+    # and the next count starts it again
+    assert counter.count(MESSAGES, None, ANSWER, idle_seconds=30)[1] >= 5
+    assert counter.running()
+
+
+def test_a_killed_child_costs_no_count(
+    counter: tokens.TokenCounter, caplog: pytest.LogCaptureFixture
+) -> None:
+    counter.count(MESSAGES, None, ANSWER, idle_seconds=30)
+    pool = counter._pool
+    assert pool is not None
+    os.kill(pool.submit(_pid).result(timeout=30), signal.SIGKILL)
+    time.sleep(0.2)
+
+    assert counter.count(MESSAGES, None, ANSWER, idle_seconds=30) == tokens.count_all(
+        MESSAGES, None, ANSWER
+    )
+    assert "token counter process failed" in caplog.text
+    # a fresh child serves the next one
+    assert counter.count(MESSAGES, None, "six", idle_seconds=30)[1] >= 1
+    assert counter.running()
