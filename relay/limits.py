@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from relay.batching import ScriptBatcher
+
 WINDOW_SECONDS = 60
 
 
@@ -476,6 +478,8 @@ class RedisLimitStore:
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._seed = redis.register_script(SEED_LUA)
+        # The limit checks and settlements of one loop turn share a round trip.
+        self._batcher = ScriptBatcher(redis)
 
     @property
     def queue_key(self) -> str:
@@ -498,7 +502,7 @@ class RedisLimitStore:
         keys = _keys(scopes, self._prefix, now)
         for name in reservation.scopes if reservation else ():
             keys += money_keys(self._prefix, name)
-        result = await self._acquire(keys=keys, args=args)
+        result = await self._batcher.run(self._acquire, keys, args)
         stats = [int(v) for v in result[4:]]
         admission = _admission(
             scopes, bool(result[0]), _text(result[1]), int(result[2]), stats, now, tokens
@@ -523,9 +527,10 @@ class RedisLimitStore:
         for name in reservation.scopes if reservation else ():
             keys += money_keys(self._prefix, name)
         keys.append(self.queue_key)
-        await self._finish(
-            keys=keys,
-            args=[
+        await self._batcher.run(
+            self._finish,
+            keys,
+            [
                 request_id,
                 admission.bucket,
                 delta,

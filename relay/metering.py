@@ -282,9 +282,16 @@ def _insert_events(rows: list[dict[str, Any]]) -> None:
         if postgres:
             import psycopg
 
-            connection.ensure_connection()
-            with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
-                cur.executemany(sql, params)
+            # Django's own wrapper around the server-binding cursor: its error mapping,
+            # execute wrappers and query logging still apply.
+            raw = psycopg.Cursor(connection.connection)
+            wrap = (
+                connection.make_debug_cursor
+                if connection.queries_logged
+                else connection.make_cursor
+            )
+            with wrap(raw) as cursor:
+                cursor.executemany(sql, params)
         else:
             with connection.cursor() as cursor:
                 cursor.executemany(sql, params)
