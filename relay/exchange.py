@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import time
 import uuid
@@ -48,6 +47,7 @@ class Exchange:
         "extra_headers",
         "receive",
         "request_id",
+        "response_finished",
         "response_started",
         "scope",
         "send",
@@ -63,6 +63,8 @@ class Exchange:
         self.created_at = datetime.now(UTC)
         self.request_id = "req_" + uuid.uuid4().hex
         self.response_started = False
+        # The last byte of the response was handed to the server.
+        self.response_finished = False
         self.disconnected = False
         # Sent with whatever response goes out (the rate-limit headers).
         self.extra_headers: list[tuple[bytes, bytes]] = []
@@ -143,22 +145,28 @@ class Exchange:
         """Run ``work``, cancelling it if the client goes away before it finishes.
 
         Cancelling closes the upstream request too, so an abandoned stream stops costing.
+        The work runs in this task; one watcher task waits for the disconnect.
         """
-        task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(self._wait_disconnect())
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(self._cancel_on_disconnect(task))
         try:
-            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+            await work
+        except asyncio.CancelledError:
+            if not self.disconnected:
+                raise  # cancelled from outside (shutdown): not ours to swallow
+            task.uncancel()
         finally:
-            if not task.done():
-                self.disconnected = True
-                task.cancel()
             watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
-    async def _wait_disconnect(self) -> None:
+    async def _cancel_on_disconnect(self, task: asyncio.Task[Any]) -> None:
         while (await self.receive())["type"] != "http.disconnect":
             pass
+        # The server also says "disconnect" once the whole response is out: the work
+        # may still be tidying up (closing the upstream response) and is left to finish.
+        if not self.response_finished:
+            self.disconnected = True
+            task.cancel()
 
     async def respond_json(
         self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -177,6 +185,7 @@ class Exchange:
                 ],
             }
         )
+        self.response_finished = True
         await self.send({"type": "http.response.body", "body": body})
 
     async def respond_error(self, error: errors.RelayError) -> None:
@@ -200,6 +209,7 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end_body(self) -> None:
+        self.response_finished = True
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -25,6 +25,7 @@ in memory.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -162,7 +163,13 @@ class LimitStore(Protocol):
 
 
 def _day(now: float) -> str:
-    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+    return _day_of(int(now // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_of(days_since_epoch: int) -> str:
+    """The UTC date of a day number, formatted once per day rather than per request."""
+    return datetime.fromtimestamp(days_since_epoch * 86400, UTC).strftime("%Y%m%d")
 
 
 def _seconds_to_midnight(now: float) -> int:
@@ -441,6 +448,8 @@ def _money_detail(admission: Admission, reservation: Reservation | None, detail:
 
 
 def _keys(scopes: list[Scope], prefix: str, now: float) -> list[str]:
+    if not scopes:
+        return []
     day = _day(now)
     keys: list[str] = []
     for scope in scopes:
