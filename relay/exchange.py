@@ -100,7 +100,7 @@ class Exchange:
             raise errors.authentication("This API key has been revoked or its owner is inactive.")
         if key.expires_at is not None and key.expires_at <= time.time():
             raise errors.authentication("This API key has expired.", code="expired_api_key")
-        if not key.allows_address(self.client_address()):
+        if key.networks and not key.allows_address(self.client_address()):
             raise errors.RelayError(
                 403,
                 "This API key may not be used from your network address.",
