@@ -303,16 +303,8 @@ class ChatCompletion:
                 "The request contains a number or string that cannot be sent on: integers "
                 "must fit in 64 bits and strings must be valid Unicode."
             ) from None
-        request = http.build_request(
-            "POST",
-            route.url,
-            content=content,
-            headers={
-                "authorization": f"Bearer {route.secret}",
-                "content-type": "application/json",
-                "accept": "text/event-stream" if self.stream else "application/json",
-            },
-            **({"timeout": route.timeout} if route.timeout is not None else {}),
+        request = upstream.request(
+            http, route.target, route.headers[self.stream], content, route.timeout
         )
         try:
             response = await http.send(request, stream=True)

@@ -26,7 +26,7 @@ from billing.pricing import PricePair, tenant_price_table
 from portal import invalidation
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
-from relay import errors, shared
+from relay import errors, shared, upstream
 from relay.limits import Limits, Scope
 from relay.spend import SpendShape
 
@@ -89,6 +89,21 @@ class Route:
     group: str = "default"
     timeout: httpx.Timeout | None = None  # None: the relay's defaults
     total_timeout: float | None = None
+    # Made once per snapshot rather than per request: the parsed URL and the request
+    # headers for JSON and for streamed answers (see ``upstream.request``).
+    target: httpx.URL = field(init=False, repr=False, compare=False)
+    headers: tuple[httpx.Headers, httpx.Headers] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", httpx.URL(self.url))
+        object.__setattr__(
+            self,
+            "headers",
+            (
+                upstream.headers(self.secret, "application/json"),
+                upstream.headers(self.secret, "text/event-stream"),
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from tests.faults.test_upstream_faults import stream_parts
 from tests.relay.conftest import Gateway, Simulator, chat_body, usage_events
 from tests.servers import RelayProcess, database_url
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The relay runs in its own process and must share the test database: PostgreSQL only.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024

@@ -108,6 +108,10 @@ def test_completion_validates_and_maps_the_model_both_ways(
     (seen,) = sim.requests()
     assert seen["body"]["model"] == UPSTREAM_MODEL
     assert seen["headers"]["authorization"] == f"Bearer {UPSTREAM_SECRET}"
+    assert seen["headers"]["content-type"] == "application/json"
+    assert seen["headers"]["accept"] == "application/json"
+    assert seen["headers"]["user-agent"] == "Tollgate"
+    assert int(seen["headers"]["content-length"]) > 0
     # The client's own key never travels upstream.
     assert gateway.secret not in json.dumps(seen)
 
@@ -144,6 +148,7 @@ def test_streams_pass_every_field_and_only_add_include_usage(
     expected["model"] = UPSTREAM_MODEL
     expected["stream_options"] = {"include_obfuscation": False, "include_usage": True}
     assert seen["body"] == expected
+    assert seen["headers"]["accept"] == "text/event-stream"
     assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1}
 
 
