@@ -8,8 +8,9 @@ point loses nothing it answered, and a database outage only lengthens the queue.
 event is written once however often its batch is retried (``request_id`` is unique).
 
 Without Redis (the embedded mode) records go to an in-process queue and the same kind of
-thread. Where the upstream reported no usage, the counts are made in the writer thread
-with the bundled tokenizer and the event is marked estimated.
+thread. Where the upstream reported no usage, the writer thread has the counts made with
+the bundled tokenizer (in a child process, ``relay.tokens``) and the event is marked
+estimated.
 """
 
 from __future__ import annotations
