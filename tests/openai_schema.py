@@ -20,9 +20,11 @@ from referencing.jsonschema import DRAFT202012
 __all__ = [
     "ValidationError",
     "parse_sse_data",
+    "responses_validator",
     "schema_document",
     "validate",
     "validate_chat_stream",
+    "validate_responses_stream",
     "validator",
 ]
 
@@ -101,3 +103,45 @@ def validate_chat_stream(text: str) -> list[dict[str, Any]]:
         validate(chunk, "CreateChatCompletionStreamResponse")
         chunks.append(chunk)
     return chunks
+
+
+RESPONSES_SCHEMA_FILE = "reference/openai-openapi-responses-subset.json"
+RESPONSES_DOCUMENT_URI = "urn:tollgate:openai-openapi-responses-subset"
+
+
+@functools.cache
+def _responses_registry() -> Registry:
+    document = json.loads((shared_dir() / RESPONSES_SCHEMA_FILE).read_text(encoding="utf-8"))
+    resource: Resource[Any] = DRAFT202012.create_resource(document)
+    return Registry().with_resource(RESPONSES_DOCUMENT_URI, resource)
+
+
+@functools.cache
+def responses_validator(schema_name: str) -> Draft202012Validator:
+    """A cached validator for a component of the Responses API subset (``Response``,
+    ``ResponseStreamEvent``, ...)."""
+    schema = {"$ref": f"{RESPONSES_DOCUMENT_URI}#/components/schemas/{schema_name}"}
+    return Draft202012Validator(schema, registry=_responses_registry())
+
+
+def validate_responses_stream(text: str) -> list[dict[str, Any]]:
+    """Check a Responses API stream: every event matches ``ResponseStreamEvent``, its SSE
+    ``event:`` name equals its ``type``, sequence numbers count up from 0, and the last
+    event is ``response.completed`` (or ``response.incomplete``). Returns the events."""
+    events: list[dict[str, Any]] = []
+    name = None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line.startswith("event:"):
+            name = line[len("event:") :].strip()
+        elif line.startswith("data:"):
+            event = json.loads(line[len("data:") :].strip())
+            if name is not None and name != event.get("type"):
+                raise ValidationError(f"event name {name!r} differs from type {event['type']!r}")
+            responses_validator("ResponseStreamEvent").validate(event)
+            events.append(event)
+            name = None
+    if [e["sequence_number"] for e in events] != list(range(len(events))):
+        raise ValidationError("sequence numbers do not count up from 0")
+    if not events or events[-1]["type"] not in ("response.completed", "response.incomplete"):
+        raise ValidationError("the stream does not end with response.completed")
+    return events

@@ -5,34 +5,27 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import orjson
 
-from relay.simulator.exchange import SimExchange, SimulatedReset, hide_simulated_resets
+from relay.simulator import anthropic, chat_stream, legacy, openai_responses
+from relay.simulator.exchange import SimExchange, hide_simulated_resets
 from relay.simulator.options import (
     DEFAULT_MODELS,
     INVALID_BODY,
     MODEL_CREATED,
     REQUEST_LOG_SIZE,
-    SSE_HEADERS,
-    SYSTEM_FINGERPRINT,
     OptionError,
     SimOptions,
     parse_options,
 )
 from relay.simulator.responses import (
-    ChatPlan,
     RequestError,
     completion_body,
     error_envelope,
-    new_id,
     plan_chat,
-    stream_steps,
-    token_logprob,
-    usage_for,
 )
 
 Scope = MutableMapping[str, Any]
@@ -40,7 +33,41 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-HUGE_PIECE_BYTES = 64 * 1024
+RESPONSES_PREFIX = "/v1/responses/"
+SURFACES = {
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
+    "/v1/responses/input_tokens": "responses_input_tokens",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "messages_count_tokens",
+    "/v1/embeddings": "embeddings",
+    "/v1/completions": "completions",
+}
+Answer = Callable[[SimExchange, Any, SimOptions, str], Awaitable[None]]
+
+
+async def _responses_input_tokens(
+    exchange: SimExchange, body: Any, options: SimOptions, echo: str
+) -> None:
+    await openai_responses.input_tokens(exchange, body)
+
+
+async def _messages(exchange: SimExchange, body: Any, options: SimOptions, echo: str) -> None:
+    await anthropic.create(exchange, body, options)
+
+
+async def _messages_count_tokens(
+    exchange: SimExchange, body: Any, options: SimOptions, echo: str
+) -> None:
+    await anthropic.count_tokens(exchange, body)
+
+
+async def _embeddings(exchange: SimExchange, body: Any, options: SimOptions, echo: str) -> None:
+    await legacy.embeddings(exchange, body, options)
+
+
+async def _completions(exchange: SimExchange, body: Any, options: SimOptions, echo: str) -> None:
+    await legacy.completions(exchange, body, options)
 
 
 @dataclasses.dataclass(slots=True)
@@ -74,6 +101,21 @@ class SimulatorApp:
         self.totals = _Counters()
         self.by_prefix: dict[str, _Counters] = {}
         self._options: dict[str, SimOptions | OptionError] = {}
+        self.stored_responses = openai_responses.ResponseStore()
+        self._answers: dict[str, Answer] = {
+            "chat": self._answer_chat,
+            "responses": self._responses,
+            "responses_input_tokens": _responses_input_tokens,
+            "messages": _messages,
+            "messages_count_tokens": _messages_count_tokens,
+            "embeddings": _embeddings,
+            "completions": _completions,
+        }
+
+    async def _responses(
+        self, exchange: SimExchange, body: Any, options: SimOptions, echo: str
+    ) -> None:
+        await openai_responses.create(exchange, body, options, self.stored_responses)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -110,20 +152,37 @@ class SimulatorApp:
             opts, slash, tail = path[len("/sim/") :].partition("/")
             prefix, rest = "/sim/" + opts, slash + tail
         options = self._options_for(prefix) if prefix else self.defaults
-        if rest == "/v1/chat/completions":
-            if method != "POST":
-                await exchange.respond_error(405, f"Method {method} not allowed on {path}.")
-                return
-            await self._chat(scope, exchange, prefix, options)
-        elif rest == "/v1/models" or rest.startswith("/v1/models/"):
-            if method != "GET":
+        if rest.startswith("/v1/models"):
+            if rest != "/v1/models" and not rest.startswith("/v1/models/"):
+                await exchange.respond_error(404, f"Invalid URL ({method} {path})")
+            elif method != "GET":
                 await exchange.respond_error(405, f"Method {method} not allowed on {path}.")
             elif isinstance(options, OptionError):
                 await exchange.respond_error(400, str(options), code="unknown_option")
             elif await self._gate(scope, exchange, prefix, options, chat=False):
                 await self._models(exchange, rest[len("/v1/models/") :])
-        else:
+            return
+        if rest.startswith(RESPONSES_PREFIX) and not rest.endswith("/input_tokens"):
+            answer = self._stored_response(method, rest[len(RESPONSES_PREFIX) :])
+            await self._serve(scope, exchange, prefix, options, answer, counted=False)
+            return
+        surface = SURFACES.get(rest)
+        if surface is None:
             await exchange.respond_error(404, f"Invalid URL ({method} {path})")
+        elif method != "POST":
+            exchange.anthropic = surface.startswith("messages")
+            await exchange.respond_error(405, f"Method {method} not allowed on {path}.")
+        else:
+            exchange.anthropic = surface.startswith("messages")
+            await self._serve(
+                scope, exchange, prefix, options, self._answers[surface], counted=True
+            )
+
+    def _stored_response(self, method: str, rest: str) -> Answer:
+        async def answer(exchange: SimExchange, body: Any, options: SimOptions, echo: str) -> None:
+            await openai_responses.stored(exchange, method, rest, self.stored_responses)
+
+        return answer
 
     async def _gate(
         self, scope: Scope, exchange: SimExchange, prefix: str, options: SimOptions, *, chat: bool
@@ -134,17 +193,12 @@ class SimulatorApp:
         if options.hang:
             await exchange.pause(None)
             return False
-        authorization = _header(scope, b"authorization")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = _credential(scope, exchange.anthropic)
+        if not token:
             await exchange.respond_error(401, "You didn't provide an API key.")
             return False
-        echo = (
-            f" (you sent {token.strip()} from {_header(scope, b'host')})"
-            if options.echo_key
-            else ""
-        )
-        if options.key is not None and token.strip() != options.key:
+        echo = f" (you sent {token} from {_header(scope, b'host')})" if options.echo_key else ""
+        if options.key is not None and token != options.key:
             await exchange.respond_error(401, "Incorrect API key provided." + echo)
             return False
         status = options.fail
@@ -184,26 +238,41 @@ class SimulatorApp:
             message = f"The model '{model_id}' does not exist"
             await exchange.respond_error(404, message, param="model", code="model_not_found")
 
-    async def _chat(
-        self, scope: Scope, exchange: SimExchange, prefix: str, options: SimOptions | OptionError
+    async def _serve(
+        self,
+        scope: Scope,
+        exchange: SimExchange,
+        prefix: str,
+        options: SimOptions | OptionError,
+        answer: Answer,
+        *,
+        counted: bool,
     ) -> None:
         raw = await exchange.read_body()
         try:
-            body, parsed = orjson.loads(raw), True
+            body, parsed = (orjson.loads(raw), True) if raw or counted else (None, True)
         except orjson.JSONDecodeError:
             body, parsed = None, False
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        self.requests.append({"path": scope["path"], "headers": headers, "body": body, "raw": raw})
+        self.requests.append(
+            {
+                "path": scope["path"],
+                "method": scope["method"],
+                "headers": headers,
+                "body": body,
+                "raw": raw,
+            }
+        )
         counters = self.by_prefix.get(prefix)
         if counters is None:
             counters = self.by_prefix[prefix] = _Counters()
         counters.enter()
         self.totals.enter()
         try:
-            await self._answer_chat(
-                scope, exchange, prefix, options, body if parsed else INVALID_BODY
+            await self._answer(
+                scope, exchange, prefix, options, body if parsed else INVALID_BODY, answer, counted
             )
         finally:
             counters.in_flight -= 1
@@ -212,158 +281,44 @@ class SimulatorApp:
                 counters.disconnects += 1
                 self.totals.disconnects += 1
 
-    async def _answer_chat(
+    async def _answer(
         self,
         scope: Scope,
         exchange: SimExchange,
         prefix: str,
         options: SimOptions | OptionError,
         body: Any,
+        answer: Answer,
+        counted: bool,
     ) -> None:
         if exchange.disconnected:
             return
         if isinstance(options, OptionError):
             await exchange.respond_error(400, str(options), code="unknown_option")
             return
-        if not await self._gate(scope, exchange, prefix, options, chat=True):
+        if not await self._gate(scope, exchange, prefix, options, chat=counted):
             return
         echo = ""
         if options.echo_key:
-            echo = f" (you sent {_header(scope, b'authorization').partition(' ')[2].strip()})"
+            echo = f" (you sent {_credential(scope, exchange.anthropic)})"
         if body is INVALID_BODY:
             await exchange.respond_error(400, "The request body is not valid JSON.")
             return
         try:
-            plan = plan_chat(body, options)
+            await answer(exchange, body, options, echo)
         except RequestError as exc:
             await exchange.respond_error(400, str(exc), param=exc.param)
-            return
+
+    async def _answer_chat(
+        self, exchange: SimExchange, body: Any, options: SimOptions, echo: str
+    ) -> None:
+        plan = plan_chat(body, options)
         if options.huge:
-            await self._huge(exchange, plan, options)
+            await chat_stream.huge(exchange, plan, options)
         elif plan.stream:
-            await self._stream(exchange, plan, options, echo)
+            await chat_stream.stream(exchange, plan, options, echo)
         else:
             await exchange.respond_json(200, completion_body(plan, options))
-
-    async def _stream(
-        self, exchange: SimExchange, plan: ChatPlan, options: SimOptions, echo: str = ""
-    ) -> None:
-        base: dict[str, Any] = {
-            "id": new_id("chatcmpl-"),
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": plan.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-        if plan.include_usage:
-            base["usage"] = None  # OpenAI marks every chunk but the last this way
-
-        def event(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-            logprobs = None
-            if plan.logprobs and "content" in delta and delta["content"]:
-                entry = token_logprob(delta["content"], plan.top_logprobs)
-                logprobs = {"content": [entry], "refusal": None}
-            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
-
-        exchange.watch()
-        await exchange.start(200, [*SSE_HEADERS, (b"x-request-id", new_id("req_").encode())])
-        steps = [stream_steps(plan, index) for index in range(plan.n)]
-        for index in range(plan.n):
-            tool = index == 0 and plan.tool_name is not None
-            await exchange.chunk(
-                event(index, {"role": "assistant", "content": None if tool else ""})
-            )
-        total_steps = max(map(len, steps))
-        # A stalled or reset stream must never look complete, so both stop before the
-        # finish chunks at the latest, even when k exceeds the content available.
-        hang_at = reset_at = -1
-        if options.hang_after is not None:
-            hang_at = min(options.hang_after, total_steps)
-        if options.reset_after is not None:
-            reset_at = min(options.reset_after, total_steps)
-        for step in range(total_steps + 1):
-            if step == hang_at:
-                await exchange.pause(None)
-                return
-            if step == reset_at:
-                raise SimulatedReset(f"simulated connection reset after {step} chunks")
-            if step == total_steps:
-                break
-            if options.tps and not await exchange.pause(1 / options.tps):
-                return
-            for index, deltas in enumerate(steps):
-                if step < len(deltas):
-                    await exchange.chunk(event(index, deltas[step]))
-            if options.stream_error and step == 0:
-                failure = error_envelope(500, f"Simulated error in the stream.{echo}")
-                await exchange.end(b"data: " + orjson.dumps(failure) + b"\n\n")
-                return
-            if options.bad_sse and step == 0:
-                # Not JSON, and a line that is no SSE field at all: a broken proxy's output.
-                await exchange.chunk(b'data: {"choices": [{"delta": {"content": "x\n\n')
-                await exchange.chunk(b"<html>502 Bad Gateway</html>\n\n")
-            if exchange.disconnected:
-                return
-        for index in range(plan.n):
-            finish = "tool_calls" if index == 0 and plan.tool_name else plan.finish_reason
-            await exchange.chunk(event(index, {}, finish))
-        if plan.include_usage:
-            tail = {**base, "choices": [], "usage": usage_for(plan, options)}
-            await exchange.chunk(b"data: " + orjson.dumps(tail) + b"\n\n")
-        await exchange.end(b"data: [DONE]\n\n")
-
-    async def _huge(self, exchange: SimExchange, plan: ChatPlan, options: SimOptions) -> None:
-        """An answer of ``options.huge`` content bytes, generated piece by piece so the
-        simulator itself never holds it (non-streaming: one enormous JSON document)."""
-        filler = ("lorem ipsum " * (HUGE_PIECE_BYTES // 12 + 1))[:HUGE_PIECE_BYTES]
-        pieces, rest = divmod(options.huge, HUGE_PIECE_BYTES)
-        contents = [filler] * pieces + ([filler[:rest]] if rest else [])
-        completion = max(1, options.huge // 4)
-        usage = {
-            "prompt_tokens": plan.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": plan.prompt_tokens + completion,
-        }
-        exchange.watch()
-        if plan.stream:
-            await exchange.start(200, list(SSE_HEADERS))
-            base = {
-                "id": new_id("chatcmpl-"),
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": plan.model,
-            }
-            for content in contents:
-                choice = {"index": 0, "delta": {"content": content}, "finish_reason": None}
-                await exchange.chunk(
-                    b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
-                )
-                if exchange.disconnected:
-                    return
-            last = {"index": 0, "delta": {}, "finish_reason": "length"}
-            await exchange.chunk(b"data: " + orjson.dumps({**base, "choices": [last]}) + b"\n\n")
-            if plan.include_usage:
-                tail = {**base, "choices": [], "usage": usage}
-                await exchange.chunk(b"data: " + orjson.dumps(tail) + b"\n\n")
-            await exchange.end(b"data: [DONE]\n\n")
-            return
-        await exchange.start(200, [(b"content-type", b"application/json")])
-        head = {
-            "id": new_id("chatcmpl-"),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": plan.model,
-        }
-        await exchange.chunk(
-            orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"finish_reason":"length",'
-            b'"message":{"role":"assistant","content":"'
-        )
-        for content in contents:
-            await exchange.chunk(content.encode())
-            if exchange.disconnected:
-                return
-        await exchange.end(b'"}}],"usage":' + orjson.dumps(usage) + b"}")
 
     async def _introspect(self, method: str, path: str, exchange: SimExchange) -> None:
         if path == "/_sim/requests" and method == "GET":
@@ -387,6 +342,16 @@ class SimulatorApp:
             await exchange.respond_json(200, stats)
         else:
             await exchange.respond_error(404, f"Invalid URL ({method} {path})")
+
+
+def _credential(scope: Scope, anthropic: bool) -> str:
+    """The caller's key: a Bearer token, or Anthropic's ``x-api-key`` on its surface."""
+    if anthropic:
+        key = _header(scope, b"x-api-key").strip()
+        if key:
+            return key
+    scheme, _, token = _header(scope, b"authorization").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _header(scope: Scope, name: bytes) -> str:

@@ -40,6 +40,7 @@ class SimExchange:
         "_send",
         "_waiter",
         "_watcher",
+        "anthropic",
         "disconnected",
         "finished",
         "trickle",
@@ -54,6 +55,8 @@ class SimExchange:
         self.finished = False
         # Seconds between TRICKLE_BYTES-sized pieces of every body sent; 0 sends at once.
         self.trickle = 0.0
+        # Errors go out in Anthropic's envelope rather than OpenAI's (the Messages API).
+        self.anthropic = False
 
     async def read_body(self) -> bytes:
         chunks = []
@@ -152,13 +155,30 @@ class SimExchange:
         headers = list(JSON_HEADERS)
         if status == 429:
             headers.append((b"retry-after", b"1"))
-        envelope = error_envelope(status, message, param=param, code=code)
+        if self.anthropic:
+            envelope = anthropic_error(status, message)
+        else:
+            envelope = error_envelope(status, message, param=param, code=code)
         await self.respond(status, orjson.dumps(envelope), headers)
 
     def close(self) -> None:
         self.finished = True
         if self._watcher is not None:
             self._watcher.cancel()
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error body; ``error.type`` follows the status as Anthropic's API does."""
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

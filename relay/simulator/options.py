@@ -40,6 +40,7 @@ class SimOptions:
     reset_after: int | None = None
     nousage: bool = False
     cached: int = 0
+    cache_write: int = 0  # Anthropic's cache_creation_input_tokens
     reasoning: int = 0
     key: str | None = None
     bad_json: bool = False
@@ -97,6 +98,7 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "hang_after": ("hang_after", _count),
     "reset_after": ("reset_after", _count),
     "cached": ("cached", _count),
+    "cache_write": ("cache_write", _count),
     "reasoning": ("reasoning", _count),
     "key": ("key", _secret),
     "trickle": ("trickle_ms", _rate),
@@ -110,7 +112,7 @@ def parse_options(text: str, defaults: SimOptions) -> SimOptions:
     Grammar: a comma-separated list of ``name`` (flags: hang, nousage, bad_json, error_body,
     bad_sse, echo_key, stream_error) or ``name=value`` (fail=<400-599>, fail_first=<k>,
     latency=<ms>, tps=<n>, tokens=<n>, hang_after=<k>, reset_after=<k>, cached=<n>,
-    reasoning=<n>, key=<secret>, trickle=<ms>, huge=<bytes>). Empty items
+    cache_write=<n>, reasoning=<n>, key=<secret>, trickle=<ms>, huge=<bytes>). Empty items
     are ignored and a repeated option keeps its last value. Raises ``OptionError``.
     """
     changes: dict[str, Any] = {}
