@@ -1,0 +1,186 @@
+"""The one canonical form every API format is translated through.
+
+A request, a complete answer, and the events of a streamed answer, each as plain
+dataclasses that know no wire format. Every format module (``chat``, ``responses``,
+``messages``; later Gemini or Bedrock) converts its own shapes to and from these, so N
+formats need 2N converters rather than N squared, and a feature one format lacks is
+dropped or refused at one place.
+
+Usage is kept in one convention: ``input_tokens`` is the whole prompt, cached reads and
+cache writes included (OpenAI's convention; Anthropic's ``input_tokens`` excludes both),
+and ``output_tokens`` includes reasoning tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class TranslationError(ValueError):
+    """The request uses something the target format cannot express; answered with 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+    cache_control: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Image:
+    url: str  # an https URL or a data: URL with base64 content
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # a JSON document, as OpenAI's formats carry it
+
+
+@dataclass(slots=True)
+class ToolResult:
+    call_id: str
+    content: list[Text | Image]
+    is_error: bool = False
+
+
+@dataclass(slots=True)
+class Reasoning:
+    text: str
+    signature: str | None = None
+
+
+Part = Text | Image | ToolCall | ToolResult | Reasoning
+
+
+@dataclass(slots=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    parts: list[Part]
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(slots=True)
+class OutputFormat:
+    kind: Literal["json_schema", "json_object"]
+    name: str = "output"
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(slots=True)
+class Request:
+    model: str
+    turns: list[Turn]
+    system: list[Text] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
+    # "auto", "none", "required", or the name of the one tool to call
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    reasoning_effort: str | None = None
+    output_format: OutputFormat | None = None
+    user: str | None = None
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+# Why generation stopped: the model was done, hit the output cap, called tools, met a
+# stop sequence, or was filtered.
+Stop = Literal["end", "length", "tool_use", "stop_sequence", "content_filter"]
+
+
+@dataclass(slots=True)
+class Response:
+    id: str
+    model: str
+    parts: list[Text | ToolCall | Reasoning]
+    stop: Stop = "end"
+    usage: Usage | None = None
+    created: int = 0
+
+
+# Stream events: what any streamed answer is made of, in order.
+@dataclass(slots=True)
+class StreamStart:
+    id: str
+    model: str
+    created: int = 0
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCallStart:
+    index: int  # the call's position among the answer's tool calls
+    id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True)
+class StreamFinish:
+    stop: Stop
+
+
+@dataclass(slots=True)
+class StreamUsage:
+    usage: Usage
+
+
+Event = (
+    StreamStart
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | StreamFinish
+    | StreamUsage
+)
+
+
+def text_of(parts: list[Any]) -> str:
+    """The text parts of ``parts`` joined."""
+    return "".join(part.text for part in parts if isinstance(part, Text))
+
+
+def as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,272 @@
+"""Anthropic's Messages API to and from the canonical form (streams: ``messages_stream``).
+
+Anthropic reports ``input_tokens`` without cache reads and writes; the canonical form
+counts the whole prompt, so reads and writes are added on the way in and taken off on
+the way out. ``thinking.budget_tokens`` and ``reasoning_effort`` map by the thresholds
+in ``EFFORT_BUDGETS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import orjson
+
+from relay.translate import canonical as c
+
+STOPS_IN: dict[str, c.Stop] = {
+    "end_turn": "end",
+    "max_tokens": "length",
+    "tool_use": "tool_use",
+    "stop_sequence": "stop_sequence",
+    "refusal": "content_filter",
+    "pause_turn": "end",
+}
+STOPS_OUT: dict[str, str] = {
+    "end": "end_turn",
+    "length": "max_tokens",
+    "tool_use": "tool_use",
+    "stop_sequence": "stop_sequence",
+    "content_filter": "refusal",
+}
+EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+
+
+def _effort(budget: int) -> str:
+    if budget < 2048:
+        return "minimal" if budget <= 1024 else "low"
+    return "low" if budget < 4096 else "medium" if budget < 16384 else "high"
+
+
+def _image(source: Any) -> c.Image:
+    if isinstance(source, dict) and source.get("type") == "base64":
+        return c.Image(f"data:{source.get('media_type')};base64,{source.get('data')}")
+    if isinstance(source, dict) and source.get("type") == "url":
+        return c.Image(str(source.get("url")))
+    raise c.TranslationError("Only base64 and url image sources can be translated.", "messages")
+
+
+def _blocks(content: Any) -> list[c.Part]:
+    if isinstance(content, str):
+        return [c.Text(content)] if content else []
+    parts: list[c.Part] = []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "text":
+            parts.append(c.Text(str(block.get("text") or ""), block.get("cache_control")))
+        elif kind == "image":
+            parts.append(_image(block.get("source")))
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            parts.append(
+                c.ToolCall(str(block.get("id") or ""), str(block.get("name") or ""), arguments)
+            )
+        elif kind == "tool_result":
+            inner = [p for p in _blocks(block.get("content")) if isinstance(p, (c.Text, c.Image))]
+            parts.append(
+                c.ToolResult(
+                    str(block.get("tool_use_id") or ""), inner, block.get("is_error") is True
+                )
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            parts.append(c.Reasoning(str(block.get("thinking") or ""), block.get("signature")))
+        else:
+            raise c.TranslationError(
+                f"Content blocks of type '{kind}' cannot be translated.", "messages"
+            )
+    return parts
+
+
+def request_to_canonical(body: dict[str, Any]) -> c.Request:
+    request = c.Request(model=str(body.get("model") or ""), turns=[])
+    request.system = [p for p in _blocks(body.get("system")) if isinstance(p, c.Text)]
+    for message in body.get("messages") or ():
+        role = message.get("role")
+        if role in ("user", "assistant"):
+            request.turns.append(c.Turn(role, _blocks(message.get("content"))))
+    for tool in body.get("tools") or ():
+        if tool.get("type") not in (None, "custom"):
+            raise c.TranslationError(
+                f"Tools of type '{tool.get('type')}' cannot be translated.", "tools"
+            )
+        request.tools.append(
+            c.Tool(str(tool.get("name") or ""), tool.get("description"), tool.get("input_schema"))
+        )
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        request.tool_choice = {"auto": "auto", "any": "required", "none": "none"}.get(
+            str(kind), str(choice.get("name") or "")
+        )
+        if choice.get("disable_parallel_tool_use") is True:
+            request.parallel_tool_calls = False
+    request.max_output_tokens = body.get("max_tokens")
+    request.temperature = body.get("temperature")
+    request.top_p = body.get("top_p")
+    request.stop = list(body.get("stop_sequences") or ())
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        request.reasoning_effort = _effort(c.as_int(thinking.get("budget_tokens")))
+    fmt = body.get("output_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        request.output_format = c.OutputFormat("json_schema", "output", fmt.get("schema"), True)
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        request.user = metadata["user_id"]
+    request.stream = body.get("stream") is True
+    return request
+
+
+def _image_out(image: c.Image) -> dict[str, Any]:
+    if image.url.startswith("data:") and ";base64," in image.url:
+        media, _, data = image.url[len("data:") :].partition(";base64,")
+        return {"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": image.url}}
+
+
+def _text_out(text: c.Text) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "text", "text": text.text}
+    if text.cache_control is not None:
+        block["cache_control"] = text.cache_control
+    return block
+
+
+def _blocks_out(parts: list[c.Part]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, c.Text):
+            if part.text:
+                out.append(_text_out(part))
+        elif isinstance(part, c.Image):
+            out.append(_image_out(part))
+        elif isinstance(part, c.ToolCall):
+            try:
+                arguments = orjson.loads(part.arguments or "{}")
+            except orjson.JSONDecodeError:
+                arguments = {}
+            out.append({"type": "tool_use", "id": part.id, "name": part.name, "input": arguments})
+        elif isinstance(part, c.ToolResult):
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": part.call_id,
+                "content": _blocks_out(list(part.content)),
+            }
+            if part.is_error:
+                block["is_error"] = True
+            out.append(block)
+        elif isinstance(part, c.Reasoning) and part.signature:
+            out.append({"type": "thinking", "thinking": part.text, "signature": part.signature})
+    return out
+
+
+def request_from_canonical(request: c.Request) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for turn in request.turns:
+        blocks = _blocks_out(turn.parts)
+        if messages and messages[-1]["role"] == turn.role:  # Anthropic wants turns to alternate
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": turn.role, "content": blocks})
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_output_tokens or 4096,
+    }
+    if request.system:
+        body["system"] = [_text_out(t) for t in request.system]
+    if request.tools:
+        body["tools"] = [
+            {
+                "name": t.name,
+                "input_schema": t.parameters or {"type": "object"},
+                **({"description": t.description} if t.description else {}),
+            }
+            for t in request.tools
+        ]
+    if request.tool_choice:
+        choice: dict[str, Any] = {
+            "auto": {"type": "auto"},
+            "required": {"type": "any"},
+            "none": {"type": "none"},
+        }.get(request.tool_choice) or {"type": "tool", "name": request.tool_choice}
+        if request.parallel_tool_calls is False:
+            choice["disable_parallel_tool_use"] = True
+        body["tool_choice"] = choice
+    for name, value in (("temperature", request.temperature), ("top_p", request.top_p)):
+        if value is not None:
+            body[name] = value
+    if request.stop:
+        body["stop_sequences"] = request.stop
+    if request.reasoning_effort in EFFORT_BUDGETS:
+        body["thinking"] = {
+            "type": "enabled",
+            "budget_tokens": EFFORT_BUDGETS[request.reasoning_effort],
+        }
+    if request.output_format is not None and request.output_format.kind == "json_schema":
+        body["output_format"] = {
+            "type": "json_schema",
+            "schema": request.output_format.schema or {},
+        }
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if request.stream:
+        body["stream"] = True
+    return body
+
+
+def usage_to_canonical(usage: Any) -> c.Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    read = c.as_int(usage.get("cache_read_input_tokens"))
+    write = c.as_int(usage.get("cache_creation_input_tokens"))
+    return c.Usage(
+        input_tokens=c.as_int(usage.get("input_tokens")) + read + write,
+        output_tokens=c.as_int(usage.get("output_tokens")),
+        cached_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
+def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+
+
+def response_to_canonical(body: dict[str, Any]) -> c.Response:
+    parts = [
+        p for p in _blocks(body.get("content")) if isinstance(p, (c.Text, c.ToolCall, c.Reasoning))
+    ]
+    return c.Response(
+        id=str(body.get("id") or ""),
+        model=str(body.get("model") or ""),
+        parts=parts,
+        stop=STOPS_IN.get(str(body.get("stop_reason")), "end"),
+        usage=usage_to_canonical(body.get("usage")),
+    )
+
+
+def response_from_canonical(response: c.Response) -> dict[str, Any]:
+    content = _blocks_out([p for p in response.parts if not isinstance(p, c.Reasoning)])
+    return {
+        "id": response.id if response.id.startswith("msg_") else "msg_" + uuid.uuid4().hex[:24],
+        "type": "message",
+        "role": "assistant",
+        "model": response.model,
+        "content": content,
+        "stop_reason": STOPS_OUT[response.stop],
+        "stop_sequence": None,
+        "usage": usage_from_canonical(response.usage or c.Usage()),
+    }
+
+
+def data_url_bytes(url: str) -> bytes:
+    """The bytes of a base64 ``data:`` URL (for tests and size checks)."""
+    return base64.b64decode(url.partition(";base64,")[2])

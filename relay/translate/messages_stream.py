@@ -1,0 +1,172 @@
+"""Anthropic Messages streams to and from canonical stream events.
+
+The encoder writes ``message_start``, one ``content_block_start`` / ``_delta`` /
+``_stop`` run per text or tool-use block, then, once the source stream has ended,
+``message_delta`` with the stop reason and the whole usage, and ``message_stop``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from relay.translate import canonical as c
+from relay.translate import messages as m
+
+
+def frame(event: dict[str, Any]) -> bytes:
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+class Encoder:
+    def __init__(self, model: str, message_id: str) -> None:
+        self.model = model
+        self.id = message_id
+        self.started = False
+        self.block = -1
+        self.open: str | None = None  # "text" or "tool_use"
+        self.calls: dict[int, int] = {}  # canonical call index -> block index
+        self.stop: c.Stop = "end"
+        self.usage: c.Usage | None = None
+
+    def _start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        message = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": m.usage_from_canonical(c.Usage()),
+        }
+        return [frame({"type": "message_start", "message": message})]
+
+    def _close(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [frame({"type": "content_block_stop", "index": self.block})]
+
+    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+        frames = self._close()
+        self.block += 1
+        self.open = kind
+        frames.append(
+            frame({"type": "content_block_start", "index": self.block, "content_block": block})
+        )
+        return frames
+
+    def feed(self, event: c.Event) -> list[bytes]:
+        frames = self._start()
+        if isinstance(event, c.TextDelta):
+            if self.open != "text":
+                frames += self._open("text", {"type": "text", "text": ""})
+            frames.append(
+                frame(
+                    {
+                        "type": "content_block_delta",
+                        "index": self.block,
+                        "delta": {"type": "text_delta", "text": event.text},
+                    }
+                )
+            )
+        elif isinstance(event, c.ToolCallStart):
+            frames += self._open(
+                "tool_use", {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
+            )
+            self.calls[event.index] = self.block
+        elif isinstance(event, c.ToolCallDelta):
+            if self.calls.get(event.index) == self.block and self.open == "tool_use":
+                frames.append(
+                    frame(
+                        {
+                            "type": "content_block_delta",
+                            "index": self.block,
+                            "delta": {"type": "input_json_delta", "partial_json": event.arguments},
+                        }
+                    )
+                )
+        elif isinstance(event, c.StreamFinish):
+            self.stop = event.stop
+        elif isinstance(event, c.StreamUsage):
+            self.usage = event.usage
+        return frames
+
+    def close(self) -> list[bytes]:
+        frames = self._start() + self._close()
+        usage = m.usage_from_canonical(self.usage or c.Usage())
+        frames.append(
+            frame(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": m.STOPS_OUT[self.stop], "stop_sequence": None},
+                    "usage": usage,
+                }
+            )
+        )
+        frames.append(frame({"type": "message_stop"}))
+        return frames
+
+    @staticmethod
+    def error(kind: str, message: str) -> bytes:
+        return frame({"type": "error", "error": {"type": kind, "message": message}})
+
+
+class Decoder:
+    """Anthropic stream events (parsed JSON) to canonical events."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, int] = {}  # block index -> canonical call index
+        self.usage = c.Usage()
+
+    def _merge(self, usage: Any) -> None:
+        found = m.usage_to_canonical(usage)
+        if found is None:
+            return
+        raw = usage if isinstance(usage, dict) else {}
+        if "input_tokens" in raw or "cache_read_input_tokens" in raw:
+            self.usage.input_tokens = found.input_tokens
+            self.usage.cached_tokens = found.cached_tokens
+            self.usage.cache_write_tokens = found.cache_write_tokens
+        if "output_tokens" in raw:
+            self.usage.output_tokens = found.output_tokens
+
+    def feed(self, event: dict[str, Any]) -> list[c.Event]:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self._merge(message.get("usage"))
+            return [c.StreamStart(str(message.get("id") or ""), str(message.get("model") or ""))]
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = self.blocks[c.as_int(event.get("index"))] = len(self.blocks)
+                return [
+                    c.ToolCallStart(index, str(block.get("id") or ""), str(block.get("name") or ""))
+                ]
+            if block.get("type") == "text" and block.get("text"):
+                return [c.TextDelta(str(block["text"]))]
+            return []
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return [c.TextDelta(str(delta.get("text") or ""))]
+            if delta.get("type") == "thinking_delta":
+                return [c.ReasoningDelta(str(delta.get("thinking") or ""))]
+            if delta.get("type") == "input_json_delta":
+                index = self.blocks.get(c.as_int(event.get("index")))
+                if index is not None:
+                    return [c.ToolCallDelta(index, str(delta.get("partial_json") or ""))]
+            return []
+        if kind == "message_delta":
+            self._merge(event.get("usage"))
+            stop = (event.get("delta") or {}).get("stop_reason")
+            return [c.StreamFinish(m.STOPS_IN.get(str(stop), "end"))]
+        if kind == "message_stop":
+            return [c.StreamUsage(self.usage)]
+        return []

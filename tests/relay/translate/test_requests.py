@@ -1,0 +1,191 @@
+"""Requests translate between chat completions, Responses and Anthropic Messages through
+the canonical form, feature by feature and in both directions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.translate import canonical as c
+from relay.translate import chat, messages, responses
+
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}}
+
+
+def chat_request() -> dict[str, Any]:
+    return {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": IMAGE}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "look", "arguments": '{"q": 1}'},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "look", "parameters": SCHEMA}}],
+        "tool_choice": "required",
+        "max_completion_tokens": 50,
+        "reasoning_effort": "high",
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "out", "schema": SCHEMA},
+        },
+        "stop": ["END"],
+        "stream": True,
+    }
+
+
+def test_chat_round_trips_through_canonical() -> None:
+    canonical = chat.request_to_canonical(chat_request())
+    again = chat.request_from_canonical(canonical)
+    assert again["messages"] == [
+        {"role": "system", "content": "be brief"},
+        chat_request()["messages"][1],
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": chat_request()["messages"][2]["tool_calls"],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+    ]
+    assert again["tools"] == chat_request()["tools"]
+    assert again["tool_choice"] == "required"
+    assert again["max_completion_tokens"] == 50
+    assert again["reasoning_effort"] == "high"
+    assert again["response_format"] == chat_request()["response_format"]
+    assert again["stream_options"] == {"include_usage": True}
+
+
+def test_chat_to_messages_and_back() -> None:
+    body = messages.request_from_canonical(chat.request_to_canonical(chat_request()))
+    assert body["system"] == [{"type": "text", "text": "be brief"}]
+    user, assistant, tool = body["messages"]
+    assert user["content"][1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+    }
+    assert assistant["content"] == [
+        {"type": "tool_use", "id": "call_1", "name": "look", "input": {"q": 1}}
+    ]
+    assert tool == {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "call_1",
+                "content": [{"type": "text", "text": "a cat"}],
+            }
+        ],
+    }
+    assert body["tools"] == [{"name": "look", "input_schema": SCHEMA}]
+    assert body["tool_choice"] == {"type": "any"}
+    assert body["max_tokens"] == 50
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 24576}
+    assert body["stop_sequences"] == ["END"]
+    back = chat.request_from_canonical(messages.request_to_canonical(body))
+    assert back["messages"][1]["content"][1]["image_url"]["url"] == IMAGE
+    assert back["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"q":1}'
+    assert back["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}
+    assert back["reasoning_effort"] == "high"
+    assert back["tool_choice"] == "required"
+
+
+def test_chat_to_responses_and_back() -> None:
+    body = responses.request_from_canonical(chat.request_to_canonical(chat_request()))
+    assert body["instructions"] == "be brief"
+    assert body["input"][0]["content"][1] == {
+        "type": "input_image",
+        "image_url": IMAGE,
+        "detail": "auto",
+    }
+    assert body["input"][1] == {
+        "type": "function_call",
+        "call_id": "call_1",
+        "name": "look",
+        "arguments": '{"q": 1}',
+    }
+    assert body["input"][2] == {
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": "a cat",
+    }
+    assert body["reasoning"] == {"effort": "high"}
+    assert body["max_output_tokens"] == 50
+    assert body["text"]["format"]["type"] == "json_schema"
+    assert body["text"]["format"]["schema"] == SCHEMA
+    back = chat.request_from_canonical(responses.request_to_canonical(body))
+    assert back["messages"][0] == {"role": "system", "content": "be brief"}
+    assert back["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}
+    assert back["response_format"]["json_schema"]["schema"] == SCHEMA
+
+
+def test_responses_string_input_and_instructions_to_chat() -> None:
+    body = {
+        "model": "m",
+        "input": "hello",
+        "instructions": "sys",
+        "max_output_tokens": 20,
+        "text": {"format": {"type": "json_object"}},
+    }
+    out = chat.request_from_canonical(responses.request_to_canonical(body))
+    assert out["messages"] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "hello"},
+    ]
+    assert out["max_completion_tokens"] == 20
+    assert out["response_format"] == {"type": "json_object"}
+
+
+def test_messages_system_blocks_cache_control_and_thinking_to_chat() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": {"type": "enabled", "budget_tokens": 5000},
+        "tool_choice": {"type": "tool", "name": "f", "disable_parallel_tool_use": True},
+        "tools": [{"name": "f", "description": "d", "input_schema": SCHEMA}],
+        "metadata": {"user_id": "u1"},
+    }
+    canonical = messages.request_to_canonical(body)
+    assert canonical.system[0].cache_control == {"type": "ephemeral"}
+    out = chat.request_from_canonical(canonical)
+    assert out["reasoning_effort"] == "medium"
+    assert out["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert out["parallel_tool_calls"] is False
+    assert out["tools"][0]["function"] == {"name": "f", "description": "d", "parameters": SCHEMA}
+    assert out["user"] == "u1"
+    # and cache_control survives a pass back into Anthropic's format
+    assert messages.request_from_canonical(canonical)["system"][0]["cache_control"] == {
+        "type": "ephemeral"
+    }
+
+
+def test_untranslatable_features_are_refused() -> None:
+    with pytest.raises(c.TranslationError):
+        responses.request_to_canonical(
+            {"model": "m", "input": "x", "tools": [{"type": "web_search"}]}
+        )
+    with pytest.raises(c.TranslationError):
+        responses.request_to_canonical({"model": "m", "input": [{"type": "file_search_call"}]})
+    with pytest.raises(c.TranslationError):
+        messages.request_to_canonical(
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "document"}]}]}
+        )
