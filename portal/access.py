@@ -40,6 +40,7 @@ class Need(StrEnum):
     VIEW = "view"  # know the organisation and open its overview
     USAGE = "usage"  # usage and request log (a member: their own keys' only)
     KEYS = "keys"  # list, issue and revoke API keys (a member: their own only)
+    MEMBERS = "members"  # who has a role here, with their e-mail addresses
     BILLING = "billing"  # balance and invoices
     MANAGE = "manage"  # members, everyone's keys, tenants of a reseller
     AUDIT = "audit"  # the organisation's audit log
@@ -59,7 +60,8 @@ _GRANTS: Mapping[Role, frozenset[Need]] = {
     # Admins run the organisation day to day but cannot make owners. They see the audit
     # log too: it is the record of the key and member changes they make.
     Role.ADMIN: _INSIDE - {Need.OWNER},
-    Role.MEMBER: frozenset({Need.VIEW, Need.USAGE, Need.KEYS}),
+    Role.MEMBER: frozenset({Need.VIEW, Need.USAGE, Need.KEYS, Need.MEMBERS}),
+    # Billing people see money and nothing else: not even who else works here.
     Role.BILLING: frozenset({Need.VIEW, Need.BILLING}),
 }
 # Roles that, held in a reseller, reach down into the reseller's tenants.

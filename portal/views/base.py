@@ -50,7 +50,8 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("Codes", reverse("codes", args=[slug]), "codes"))
     if reseller and access.can(Need.BILLING):
         links.append(NavLink("Invoices", reverse("invoices_issued", args=[slug]), "invoices"))
-    links.append(NavLink("Members", reverse("members", args=[slug]), "members"))
+    if access.can(Need.MEMBERS):
+        links.append(NavLink("Members", reverse("members", args=[slug]), "members"))
     if access.can(Need.BILLING):
         links.append(NavLink("Billing", reverse("billing", args=[slug]), "billing"))
         if org.kind != Organization.Kind.PLATFORM:

@@ -38,7 +38,7 @@ def overview(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def members(request: HttpRequest, slug: str) -> HttpResponse:
     """Everyone with a role here; managers may add people (owners only make owners)."""
-    access = get_access(request.user, slug, need=Need.VIEW)
+    access = get_access(request.user, slug, need=Need.MEMBERS)
     if request.method == "POST":
         access.require(Need.MANAGE)
         requested = request.POST.get("role", "")

@@ -47,7 +47,8 @@ EXPECTED_GRANTS: dict[Role, set[Need]] = {
     Role.RESELLER: set(Need) - {Need.OPERATE},
     Role.OWNER: set(Need) - {Need.OPERATE, Need.SELL},
     Role.ADMIN: set(Need) - {Need.OPERATE, Need.OWNER, Need.SELL},
-    Role.MEMBER: {Need.VIEW, Need.USAGE, Need.KEYS},
+    Role.MEMBER: {Need.VIEW, Need.USAGE, Need.KEYS, Need.MEMBERS},
+    # Billing people see money only, not who else works here (issue 11, finding 8e).
     Role.BILLING: {Need.VIEW, Need.BILLING},
 }
 

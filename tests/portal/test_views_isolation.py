@@ -75,7 +75,7 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "keys": ("tenant", _tenant_page(OK, FORBIDDEN)),
     "usage": ("tenant", _tenant_page(OK, FORBIDDEN)),
     "quickstart": ("tenant", _tenant_page(OK, FORBIDDEN)),
-    "members": ("tenant", _tenant_page(OK, OK)),
+    "members": ("tenant", _tenant_page(OK, FORBIDDEN)),  # billing: money only (issue 11, 8e)
     "billing": ("tenant", _tenant_page(FORBIDDEN, OK)),
     "budget": ("tenant", _tenant_page(FORBIDDEN, OK)),
     # Terms of sale are set from above: the reseller and operators, never the tenant.

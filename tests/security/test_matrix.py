@@ -134,7 +134,8 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     ),
     "usage": ("tenant", {"GET": tenant_page(200, 403)}),
     "quickstart": ("tenant", {"GET": tenant_page(200, 403)}),
-    "members": ("tenant", {"GET": tenant_page(200, 200)}),
+    # Billing people see money, not who works here (issue 11, finding 8e).
+    "members": ("tenant", {"GET": tenant_page(200, 403)}),
     # A fresh plain member for every role that may change or remove one (see args_for).
     "member_role": ("new_membership", {"GET": POST_ONLY, "POST": MANAGE_POST}),
     "member_remove": ("new_membership", {"GET": POST_ONLY, "POST": MANAGE_POST}),
@@ -215,7 +216,8 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "api:organization-members": (
         "tenant_slug",
         {
-            "GET": API_TENANT,
+            # Names and e-mails: not for billing people (issue 11, finding 8e).
+            "GET": row(200, tenant_billing=403, **OUTSIDERS_404, anonymous=ANON),
             "POST": row(
                 201,
                 tenant_member=403,

@@ -70,7 +70,7 @@ class OrganizationViewSet(
     @action(detail=True, methods=["get"], filterset_class=None)
     def members(self, request: Request, slug: str) -> Response:
         """People with a role in the organisation."""
-        access = get_access(request.user, slug, need=Need.VIEW)
+        access = get_access(request.user, slug, need=Need.MEMBERS)
         page = self.paginate_queryset(selectors.members_of(access.organization))
         return self.get_paginated_response(MembershipSerializer(page, many=True).data)
 
