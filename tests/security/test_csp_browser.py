@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from portal import services
-from tests.portal.test_views_browser import (  # noqa: F401 - fixtures
+from tests.console.test_views_browser import (  # noqa: F401 - fixtures
     browser,
     pytestmark,
     sign_in,

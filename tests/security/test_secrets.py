@@ -302,8 +302,8 @@ def test_exception_reports_hide_secrets(
     logs: Captured,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from portal.api.views import keys as api_keys
-    from portal.views import operator as operator_views
+    from console.api.views import keys as api_keys
+    from console.views import operator as operator_views
 
     settings.DEBUG = debug
     monkeypatch.setattr(operator_views.services, "channel_create", _crash_holding_secrets)

@@ -1,1 +1,1 @@
-"""Operator commands: create tenants, keys and channels, and seed the embedded demo."""
+"""Operator commands: create tenants, keys and channels."""

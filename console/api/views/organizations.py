@@ -1,0 +1,124 @@
+"""Organisations the caller can see, and their members."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.viewsets import GenericViewSet
+
+from console.api.filters import OrganizationFilter
+from console.api.serializers.organizations import (
+    MembershipCreateSerializer,
+    MembershipRoleSerializer,
+    MembershipSerializer,
+    OrganizationCreateSerializer,
+    OrganizationSerializer,
+)
+from console.api.views.base import ScopedMixin, service_errors
+from portal import selectors, services
+from portal.access import Need, get_access, membership_for_manager, require_operator
+from portal.models import Organization
+
+
+class OrganizationViewSet(
+    ScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet
+):
+    """Organisations: operators see all, resellers their tenants, others their own."""
+
+    serializer_class = OrganizationSerializer
+    filterset_class = OrganizationFilter
+    lookup_field = "slug"
+
+    def get_queryset(self) -> QuerySet[Organization]:
+        if getattr(self, "swagger_fake_view", False):
+            return Organization.objects.none()
+        return selectors.organizations_visible(self.scope)
+
+    def get_object(self) -> Organization:
+        return get_access(self.request.user, self.kwargs["slug"]).organization
+
+    @extend_schema(
+        request=OrganizationCreateSerializer,
+        responses={201: OrganizationSerializer},
+        description="Create a tenant under a reseller you manage, or (operators) a reseller "
+        "or tenant under the platform.",
+    )
+    def create(self, request: Request) -> Response:
+        form = OrganizationCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        parent = get_access(request.user, data["parent"], need=Need.MANAGE).organization
+        if parent.kind == Organization.Kind.PLATFORM:
+            require_operator(request.user)
+        with service_errors():
+            organization = services.organization_create(
+                name=data["name"],
+                kind=data["kind"],
+                parent=parent,
+                slug=data.get("slug"),
+                actor=request.user,
+            )
+        body = OrganizationSerializer(organization, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=MembershipSerializer(many=True), filters=False)
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def members(self, request: Request, slug: str) -> Response:
+        """People with a role in the organisation."""
+        access = get_access(request.user, slug, need=Need.MEMBERS)
+        page = self.paginate_queryset(selectors.members_of(access.organization))
+        return self.get_paginated_response(MembershipSerializer(page, many=True).data)
+
+    @extend_schema(request=MembershipCreateSerializer, responses={201: MembershipSerializer})
+    @members.mapping.post
+    def add_member(self, request: Request, slug: str) -> Response:
+        """Give an existing user a role; only owners (and above) may make owners."""
+        access = get_access(request.user, slug, need=Need.MANAGE)
+        form = MembershipCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        role = form.validated_data["role"]
+        if role not in access.assignable_roles():
+            raise PermissionDenied(f"Your role cannot grant the {role} role.")
+        with service_errors():
+            membership = services.membership_add(
+                organization=access.organization,
+                user=form.validated_data["user"],
+                role=role,
+                actor=request.user,
+            )
+        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=MembershipRoleSerializer, responses=MembershipSerializer)
+    @action(
+        detail=True,
+        methods=["patch"],
+        url_path=r"members/(?P<membership_id>\d+)",
+        filterset_class=None,
+    )
+    def change_member(self, request: Request, slug: str, membership_id: str) -> Response:
+        """Change a member's role (within what the caller may grant; the last owner stays)."""
+        access = get_access(request.user, slug, need=Need.MANAGE)
+        membership = membership_for_manager(access, int(membership_id))
+        form = MembershipRoleSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        role = form.validated_data["role"]
+        if role not in access.assignable_roles():
+            raise PermissionDenied(f"Your role cannot grant the {role} role.")
+        with service_errors():
+            services.membership_change_role(membership=membership, role=role, actor=request.user)
+        return Response(MembershipSerializer(membership).data)
+
+    @extend_schema(responses={204: None})
+    @change_member.mapping.delete
+    def remove_member(self, request: Request, slug: str, membership_id: str) -> Response:
+        """Take the person's role away (never the last owner's)."""
+        access = get_access(request.user, slug, need=Need.MANAGE)
+        membership = membership_for_manager(access, int(membership_id))
+        with service_errors():
+            services.membership_remove(membership=membership, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)

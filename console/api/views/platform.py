@@ -1,0 +1,147 @@
+"""The operator's configuration: channels (operators only) and the model catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.viewsets import GenericViewSet
+
+from console.api.permissions import IsOperator, IsOperatorOrReadOnly, TokenScopePermission
+from console.api.serializers.platform import (
+    CatalogModelSerializer,
+    ChannelCreateSerializer,
+    ChannelModelsAddSerializer,
+    ChannelSerializer,
+    ChannelStatusSerializer,
+    ChannelTestSerializer,
+)
+from console.api.views.base import service_errors
+from portal import selectors, services
+from portal.models import CatalogModel, Channel
+from relay import health
+
+# Fields channel_update accepts; the secret goes through channel_update_secret.
+_CHANNEL_FIELDS = ("name", "base_url", "priority", "weight", "provider_type")
+
+
+class ChannelViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, GenericViewSet
+):
+    """Upstream channels. Operators only; secrets can be written, never read."""
+
+    permission_classes = [IsAuthenticated, TokenScopePermission, IsOperator]
+    serializer_class = ChannelSerializer
+    filterset_fields = ["status", "provider_type"]
+    http_method_names = ["get", "post", "patch", "head", "options"]
+    lookup_value_regex = r"\d+"
+
+    def get_queryset(self) -> QuerySet[Channel]:
+        return selectors.channels_overview()
+
+    @extend_schema(request=ChannelCreateSerializer, responses={201: ChannelSerializer})
+    def create(self, request: Request) -> Response:
+        form = ChannelCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        with service_errors():
+            channel = services.channel_create(
+                actor=request.user,
+                secret=data.get("secret", ""),
+                models=data["models"],
+                **{field: data[field] for field in _CHANNEL_FIELDS if field in data},
+            )
+        return Response(self._show(channel.pk), status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer: Any) -> None:
+        data = serializer.validated_data
+        channel = serializer.instance
+        with service_errors(), transaction.atomic():
+            changes = {field: data[field] for field in _CHANNEL_FIELDS if field in data}
+            services.channel_update(channel=channel, actor=self.request.user, **changes)
+            if "secret" in data:
+                services.channel_update_secret(
+                    channel=channel, secret=data["secret"], actor=self.request.user
+                )
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        super().update(request, *args, **kwargs)
+        return Response(self._show(self.kwargs["pk"]))
+
+    @extend_schema(request=ChannelStatusSerializer, responses=ChannelSerializer)
+    @action(detail=True, methods=["post"])
+    def enable(self, request: Request, pk: str) -> Response:
+        return self._set_status(request, enabled=True)
+
+    @extend_schema(request=ChannelStatusSerializer, responses=ChannelSerializer)
+    @action(detail=True, methods=["post"])
+    def disable(self, request: Request, pk: str) -> Response:
+        return self._set_status(request, enabled=False)
+
+    @extend_schema(request=ChannelModelsAddSerializer, responses=ChannelSerializer)
+    @action(detail=True, methods=["post"], url_path="models")
+    def add_models(self, request: Request, pk: str) -> Response:
+        """Let the channel also serve these models (links that exist are kept as they are)."""
+        form = ChannelModelsAddSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        models = {m["public_id"]: m["upstream_name"] for m in form.validated_data["models"]}
+        with service_errors():
+            services.channel_models_add(
+                channel=self.get_object(), models=models, actor=request.user
+            )
+        return Response(self._show(pk))
+
+    @extend_schema(request=None, responses=ChannelTestSerializer)
+    @action(detail=True, methods=["post"], url_path="test")
+    def check(self, request: Request, pk: str) -> Response:
+        """Send the channel one tiny request now; the outcome is also stored on it."""
+        result = health.channel_check(self.get_object())
+        return Response(ChannelTestSerializer(result).data)
+
+    def _set_status(self, request: Request, *, enabled: bool) -> Response:
+        form = ChannelStatusSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        channel = services.channel_set_status(
+            channel=self.get_object(),
+            enabled=enabled,
+            reason=form.validated_data["reason"],
+            actor=request.user,
+        )
+        return Response(self._show(channel.pk))
+
+    def _show(self, pk: Any) -> dict[str, Any]:
+        return ChannelSerializer(self.get_queryset().get(pk=pk)).data
+
+
+class CatalogModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
+    """The model catalog with live availability; operators may add and edit entries."""
+
+    permission_classes = [IsAuthenticated, TokenScopePermission, IsOperatorOrReadOnly]
+    serializer_class = CatalogModelSerializer
+    lookup_field = "public_id"
+    lookup_value_regex = r"[^/]+"
+    filterset_fields = ["is_active", "owned_by"]
+
+    def get_queryset(self) -> QuerySet[CatalogModel]:
+        return selectors.catalog_with_availability(include_inactive=True)
+
+    @extend_schema(
+        responses={200: CatalogModelSerializer, 201: CatalogModelSerializer},
+        description="Create the model, or update it when the public id exists already.",
+    )
+    def create(self, request: Request) -> Response:
+        form = CatalogModelSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        existed = CatalogModel.objects.filter(public_id=data["public_id"]).exists()
+        with service_errors():
+            model = services.catalog_model_upsert(actor=request.user, **data)
+        body = CatalogModelSerializer(self.get_queryset().get(pk=model.pk)).data
+        return Response(body, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)

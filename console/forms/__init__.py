@@ -1,0 +1,273 @@
+"""Dashboard forms: they parse and check input; services do the work. The money forms
+live in ``console.forms.billing`` and are re-exported here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+from django.utils import timezone
+
+from portal.models import CatalogModel, Channel, Membership, Organization, PersonalAccessToken
+
+DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+
+
+def _is_model_id(value: str) -> bool:
+    # Clients type these ids; the services reject blanks and spaces too.
+    return bool(value) and value == "".join(value.split())
+
+
+def _future(value: Any) -> Any:
+    if value is not None and value <= timezone.now():
+        raise forms.ValidationError("Choose a moment in the future.")
+    return value
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(
+        max_length=200, help_text="Say where the key is used, e.g. “billing-service prod”."
+    )
+    expires_at = forms.DateTimeField(
+        required=False,
+        widget=DATETIME_INPUT,
+        label="Expires",
+        help_text="Optional, in UTC. Leave empty for a key that does not expire.",
+    )
+    allowed_models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Tick none to allow every model.",
+    )
+
+    def __init__(self, *args: Any, model_ids: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["allowed_models"].choices = [(m, m) for m in model_ids]
+
+    def clean_expires_at(self) -> Any:
+        return _future(self.cleaned_data.get("expires_at"))
+
+
+class MemberAddForm(forms.Form):
+    user = forms.CharField(
+        label="Username or e-mail", help_text="The person must already have a Tollgate login."
+    )
+    role = forms.ChoiceField()
+
+    def __init__(self, *args: Any, roles: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        labels = dict(Membership.Role.choices)
+        self.fields["role"].choices = [(r, labels[r]) for r in roles]
+
+    def clean_user(self) -> Any:
+        value = self.cleaned_data["user"].strip()
+        users = get_user_model().objects.filter(
+            Q(username=value) | Q(email__iexact=value), is_active=True
+        )[:2]
+        found = list(users)
+        if len(found) != 1:
+            raise forms.ValidationError("No single active user has this username or e-mail.")
+        return found[0]
+
+
+class OrganizationForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(
+        max_length=80,
+        required=False,
+        help_text="Used in URLs and the API. Leave empty to derive it from the name.",
+    )
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data.get("slug") or ""
+        if slug and Organization.objects.filter(slug=slug).exists():
+            raise forms.ValidationError("This slug is taken; choose another.")
+        return slug
+
+
+class OperatorOrganizationForm(OrganizationForm):
+    kind = forms.ChoiceField(
+        choices=[(Organization.Kind.RESELLER, "Reseller"), (Organization.Kind.TENANT, "Tenant")]
+    )
+    parent = forms.ModelChoiceField(
+        queryset=Organization.objects.filter(
+            kind__in=[Organization.Kind.PLATFORM, Organization.Kind.RESELLER]
+        ).order_by("kind", "name"),
+        help_text="Resellers sit under the platform; tenants under the platform or a reseller.",
+    )
+
+
+def _parse_served_models(text: str) -> dict[str, str]:
+    """``public-id`` or ``public-id = upstream-name``, one per line."""
+    models: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        public_id, _, upstream = (part.strip() for part in line.partition("="))
+        if not _is_model_id(public_id):
+            raise forms.ValidationError(
+                f"Line {number}: “{line}” is not a model id (no spaces allowed)."
+            )
+        models[public_id] = upstream
+    return models
+
+
+class ChannelForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    provider_type = forms.ChoiceField(
+        choices=Channel.ProviderType.choices, initial=Channel.ProviderType.OPENAI
+    )
+    base_url = forms.CharField(
+        max_length=500,
+        label="Base URL",
+        help_text="Up to and including /v1, e.g. https://api.openai.com/v1",
+    )
+    secret = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        label="Upstream API key",
+        help_text="Stored encrypted and never shown again.",
+    )
+    priority = forms.IntegerField(initial=0, help_text="Higher priorities are tried first.")
+    weight = forms.IntegerField(
+        min_value=0, initial=1, help_text="Share of traffic among channels of equal priority."
+    )
+    models = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        label="Models served",
+        help_text="One public model id per line; write “public-id = upstream-name” when the "
+        "provider uses another name.",
+    )
+
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.editing = editing
+        if editing:
+            self.fields["secret"].help_text = "Leave empty to keep the current key."
+            self.fields["models"].label = "Add models"
+            self.fields[
+                "models"
+            ].help_text = "Models listed here are added; models already served stay as they are."
+
+    def clean_models(self) -> dict[str, str]:
+        return _parse_served_models(self.cleaned_data.get("models") or "")
+
+
+class CatalogModelForm(forms.Form):
+    public_id = forms.CharField(max_length=200, label="Model id")
+    owned_by = forms.CharField(max_length=100, initial="tollgate")
+    description = forms.CharField(max_length=500, required=False)
+    capabilities = forms.CharField(
+        required=False, help_text="Comma-separated, e.g. chat, tools, vision."
+    )
+    context_window = forms.IntegerField(min_value=1, required=False)
+    max_output_tokens = forms.IntegerField(min_value=1, required=False)
+
+    def clean_public_id(self) -> str:
+        value = self.cleaned_data["public_id"].strip()
+        if not _is_model_id(value):
+            raise forms.ValidationError("A model id cannot be blank or contain spaces.")
+        return value
+
+    def clean_capabilities(self) -> list[str]:
+        raw = self.cleaned_data.get("capabilities") or ""
+        return list(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
+
+    @classmethod
+    def for_model(cls, model: CatalogModel) -> CatalogModelForm:
+        return cls(
+            initial={
+                "public_id": model.public_id,
+                "owned_by": model.owned_by,
+                "description": model.description,
+                "capabilities": ", ".join(model.capabilities or []),
+                "context_window": model.context_window,
+                "max_output_tokens": model.max_output_tokens,
+            }
+        )
+
+
+EXPIRY_CHOICES = [("30", "30 days"), ("90", "90 days"), ("365", "1 year"), ("", "Never")]
+
+
+class AccessTokenForm(forms.Form):
+    name = forms.CharField(max_length=200, help_text="What the token is for, e.g. “CI export”.")
+    scope = forms.ChoiceField(
+        choices=PersonalAccessToken.Scope.choices,
+        initial=PersonalAccessToken.Scope.READ,
+        widget=forms.RadioSelect,
+        help_text="A read-only token cannot change anything.",
+    )
+    expires_in = forms.ChoiceField(choices=EXPIRY_CHOICES, initial="90", required=False)
+
+    def expires_at(self) -> Any:
+        days = self.cleaned_data.get("expires_in")
+        return timezone.now() + timedelta(days=int(days)) if days else None
+
+
+PERIOD_CHOICES = [("7", "Last 7 days"), ("30", "Last 30 days"), ("90", "Last 90 days")]
+
+
+class UsageFilterForm(forms.Form):
+    days = forms.ChoiceField(choices=PERIOD_CHOICES, initial="30", required=False, label="Period")
+    key = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="API key")
+    model = forms.ChoiceField(required=False)
+
+    def __init__(
+        self,
+        *args: Any,
+        keys: Iterable[tuple[int, str]] = (),
+        models: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["key"].choices = [("", "All keys"), *keys]
+        self.fields["model"].choices = [("", "All models"), *((m, m) for m in models)]
+
+    def period_days(self) -> int:
+        data = self.cleaned_data if self.is_valid() else {}
+        return int(data.get("days") or 30)
+
+
+# Re-exported at the end: the money forms build on the helpers above.
+from console.forms.billing import (  # noqa: E402
+    AccountTermsForm,
+    BudgetForm,
+    MarkupForm,
+    ModelPriceForm,
+    MoneyField,
+    MonthForm,
+    PriceListForm,
+    RedeemCodeForm,
+    RedemptionCodeForm,
+    TopUpForm,
+    UsageLogFilterForm,
+)
+
+__all__ = [
+    "AccessTokenForm",
+    "AccountTermsForm",
+    "ApiKeyForm",
+    "BudgetForm",
+    "CatalogModelForm",
+    "ChannelForm",
+    "MarkupForm",
+    "MemberAddForm",
+    "ModelPriceForm",
+    "MoneyField",
+    "MonthForm",
+    "OperatorOrganizationForm",
+    "OrganizationForm",
+    "PriceListForm",
+    "RedeemCodeForm",
+    "RedemptionCodeForm",
+    "TopUpForm",
+    "UsageFilterForm",
+    "UsageLogFilterForm",
+]

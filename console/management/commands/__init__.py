@@ -1,0 +1,1 @@
+"""Console commands: seed the embedded demo."""

@@ -1,0 +1,164 @@
+"""Pages of any organisation: overview, members, a reseller's tenants, billing, audit log."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
+from django.views.decorators.http import require_POST
+
+from console.forms import MemberAddForm, OrganizationForm
+from console.views.base import form_errors, paginate, render_page
+from portal import selectors, services
+from portal.access import Need, get_access, membership_for_manager, require_operator
+from portal.models import ApiKey, Membership, Organization
+
+
+@login_required
+def overview(request: HttpRequest, slug: str) -> HttpResponse:
+    """What the organisation is and what to do next, by role."""
+    access = get_access(request.user, slug, need=Need.VIEW)
+    organization = access.organization
+    context: dict[str, object] = {"organization": organization}
+    if organization.is_tenant and access.can(Need.USAGE):
+        period = selectors.Period.last_days(30)
+        events = selectors.in_period(selectors.usage_events_for(access), period)
+        context["totals"] = selectors.usage_totals(events)
+    if organization.is_tenant and access.can(Need.KEYS):
+        context["active_keys"] = (
+            selectors.api_keys_for(access).filter(status=ApiKey.Status.ACTIVE).count()
+        )
+    if not organization.is_tenant and access.can(Need.MANAGE):
+        context["tenant_count"] = selectors.tenants_of(organization).count()
+    return render_page(request, "portal/overview.html", context, access=access, section="overview")
+
+
+@login_required
+def members(request: HttpRequest, slug: str) -> HttpResponse:
+    """Everyone with a role here; managers may add people (owners only make owners)."""
+    access = get_access(request.user, slug, need=Need.MEMBERS)
+    if request.method == "POST":
+        access.require(Need.MANAGE)
+        requested = request.POST.get("role", "")
+        if requested in Membership.Role.values and requested not in access.assignable_roles():
+            # Asking for a role above one's own is refused outright, not shown as a typo.
+            raise PermissionDenied(f"Your role cannot grant the {requested} role.")
+    form = None
+    if access.can(Need.MANAGE):
+        form = MemberAddForm(request.POST or None, roles=access.assignable_roles())
+    if request.method == "POST" and form is not None and form.is_valid():
+        with form_errors(form) as failed:
+            membership = services.membership_add(
+                organization=access.organization,
+                user=form.cleaned_data["user"],
+                role=form.cleaned_data["role"],
+                actor=request.user,
+            )
+        if not failed:
+            messages.success(
+                request,
+                f"{membership.user.get_username()} is now "
+                f"{membership.get_role_display().lower()} of {access.organization.name}.",
+            )
+            return redirect("members", slug=slug)
+    return render_page(
+        request,
+        "portal/members.html",
+        {
+            "form": form,
+            "members": selectors.members_of(access.organization),
+            "role_choices": [
+                (value, label)
+                for value, label in Membership.Role.choices
+                if value in access.assignable_roles()
+            ],
+            "can_touch_owners": access.can(Need.OWNER),
+        },
+        access=access,
+        section="members",
+        status=400 if form is not None and form.errors else 200,
+    )
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, slug: str, membership_id: int) -> HttpResponseRedirect:
+    """Change a member's role, within what the manager's own role may grant."""
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    membership = membership_for_manager(access, membership_id)
+    role = request.POST.get("role", "")
+    if role not in access.assignable_roles():
+        raise PermissionDenied(f"Your role cannot grant the {role or 'empty'} role.")
+    try:
+        services.membership_change_role(membership=membership, role=role, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request,
+            f"{membership.user.get_username()} is now {membership.get_role_display().lower()}.",
+        )
+    return redirect("members", slug=slug)
+
+
+@login_required
+@require_POST
+def member_remove(request: HttpRequest, slug: str, membership_id: int) -> HttpResponseRedirect:
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    membership = membership_for_manager(access, membership_id)
+    try:
+        services.membership_remove(membership=membership, actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request,
+            f"{membership.user.get_username()} no longer has a role in {access.organization.name}.",
+        )
+    return redirect("members", slug=slug)
+
+
+@login_required
+def tenants(request: HttpRequest, slug: str) -> HttpResponse:
+    """A reseller's (or the platform's) tenants, and a form to add one."""
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    parent = access.organization
+    if parent.is_tenant:
+        raise PermissionDenied("Tenants have no tenants of their own.")
+    if parent.kind == Organization.Kind.PLATFORM:
+        require_operator(request.user)
+    form = OrganizationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        with form_errors(form) as failed:
+            tenant = services.organization_create(
+                name=form.cleaned_data["name"],
+                slug=form.cleaned_data["slug"] or None,
+                kind=Organization.Kind.TENANT,
+                parent=parent,
+                actor=request.user,
+            )
+        if not failed:
+            messages.success(request, f"Tenant “{tenant.name}” created. Add its first owner below.")
+            return redirect("members", slug=tenant.slug)
+    return render_page(
+        request,
+        "portal/tenants.html",
+        {"form": form, "page": paginate(request, selectors.tenants_of(parent))},
+        access=access,
+        section="tenants",
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def audit(request: HttpRequest, slug: str) -> HttpResponse:
+    access = get_access(request.user, slug, need=Need.AUDIT)
+    return render_page(
+        request,
+        "portal/audit.html",
+        {"page": paginate(request, selectors.audit_entries_for(access))},
+        access=access,
+        section="audit",
+    )

@@ -1,0 +1,182 @@
+"""A tenant's pages: API keys, usage with charts, and the quick start."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.http import require_POST
+
+from console.forms import ApiKeyForm, UsageFilterForm
+from console.views.base import form_errors, paginate, render_page
+from console.views.charts import stacked_bars
+from portal import billing_selectors, selectors, services
+from portal.access import Access, Need, get_access, get_object_for_user
+from portal.models import ApiKey
+
+
+def _tenant_access(request: HttpRequest, slug: str, need: Need) -> Access:
+    access = get_access(request.user, slug, need=need)
+    if not access.organization.is_tenant:
+        raise Http404("Only tenants have this page.")
+    return access
+
+
+def _model_ids(*, include_inactive: bool = False) -> list[str]:
+    models = selectors.catalog_with_availability(include_inactive=include_inactive)
+    return list(models.values_list("public_id", flat=True))
+
+
+@login_required
+def keys(request: HttpRequest, slug: str) -> HttpResponse:
+    """List the tenant's keys and issue new ones; the secret is shown once, on this reply."""
+    access = _tenant_access(request, slug, Need.KEYS)
+    form = ApiKeyForm(request.POST or None, model_ids=_model_ids())
+    if request.method == "POST" and form.is_valid():
+        with form_errors(form) as failed:
+            api_key, secret = services.api_key_create(
+                tenant=access.organization,
+                name=form.cleaned_data["name"],
+                expires_at=form.cleaned_data["expires_at"],
+                allowed_models=form.cleaned_data["allowed_models"],
+                actor=request.user,
+            )
+        if not failed:
+            response = render_page(
+                request,
+                "portal/key_created.html",
+                {
+                    "api_key": api_key,
+                    "secret": secret,
+                    "base_url": _base_url(),
+                },
+                access=access,
+                section="keys",
+            )
+            add_never_cache_headers(response)
+            return response
+    page = paginate(request, selectors.api_keys_for(access))
+    return render_page(
+        request,
+        "portal/keys.html",
+        {"form": form, "page": page},
+        access=access,
+        section="keys",
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, slug: str, key_id: int) -> HttpResponseRedirect:
+    api_key, _ = get_object_for_user(
+        request.user,
+        ApiKey.objects.filter(tenant__slug=slug),
+        organization_field="tenant",
+        owner_field="created_by",
+        need=Need.KEYS,
+        pk=key_id,
+    )
+    services.api_key_revoke(api_key=api_key, actor=request.user)
+    messages.success(request, f"Key “{api_key.name}” revoked. Requests using it now fail.")
+    return redirect("keys", slug=slug)
+
+
+@login_required
+def usage(request: HttpRequest, slug: str) -> HttpResponse:
+    """Requests and tokens by day and by model, and the latest requests."""
+    access = _tenant_access(request, slug, Need.USAGE)
+    visible_keys = selectors.api_keys_for(access)
+    form = UsageFilterForm(
+        request.GET or None,
+        keys=[(k.pk, f"{k.name} ({k.prefix}…)") for k in visible_keys],
+        # Withdrawn models too: their past requests are still worth filtering on.
+        models=_model_ids(include_inactive=True),
+    )
+    events = selectors.usage_events_for(access)
+    if form.is_valid():
+        if form.cleaned_data.get("key"):
+            events = events.filter(api_key_id=form.cleaned_data["key"])
+        if form.cleaned_data.get("model"):
+            events = events.filter(model=form.cleaned_data["model"])
+    period = selectors.Period.last_days(form.period_days())
+    daily = selectors.usage_by_day(events, period)
+    labels = [d.day.strftime("%b %d") for d in daily]
+    tokens_chart = stacked_bars(
+        "Tokens per day",
+        labels,
+        [
+            ("Prompt", "series-a", [d.prompt_tokens for d in daily]),
+            ("Completion", "series-b", [d.completion_tokens for d in daily]),
+        ],
+        unit="tokens",
+    )
+    requests_chart = stacked_bars(
+        "Requests per day",
+        labels,
+        [
+            ("Succeeded", "series-a", [d.requests - d.errors for d in daily]),
+            ("Failed", "series-err", [d.errors for d in daily]),
+        ],
+        unit="requests",
+    )
+    account = billing_selectors.account_of(access.organization)
+    totals = selectors.usage_totals(selectors.in_period(events, period))
+    currency = account.currency if account is not None else ""
+    if not currency and totals["spend_micros"]:
+        # No account opened yet: the currency its requests were priced in (LIMIT 1, no
+        # ordering, so the first priced row ends the scan).
+        priced = selectors.in_period(events, period).exclude(currency="").order_by()
+        currency = next(iter(priced.values_list("currency", flat=True)[:1]), "")
+    spend_chart = stacked_bars(
+        "Spend per day" + (f" ({currency})" if currency else ""),
+        labels,
+        [("Spend", "series-b", [round(d.spend_micros / 1_000_000, 6) for d in daily])],
+        unit=currency,
+    )
+    return render_page(
+        request,
+        "portal/usage.html",
+        {
+            "form": form,
+            "period": period,
+            "daily": daily,
+            "totals": totals,
+            "by_model": selectors.usage_by_model(events, period),
+            "recent": selectors.recent_requests(selectors.in_period(events, period)),
+            "tokens_chart": tokens_chart,
+            "requests_chart": requests_chart,
+            "spend_chart": spend_chart,
+            "currency": currency,
+            "has_keys": visible_keys.exists(),
+        },
+        access=access,
+        section="usage",
+    )
+
+
+def _base_url() -> str:
+    return settings.TOLLGATE_PUBLIC_URL.rstrip("/") + "/v1"
+
+
+@login_required
+def quickstart(request: HttpRequest, slug: str) -> HttpResponse:
+    """The base URL and copy-paste snippets for Python, Node and curl."""
+    access = _tenant_access(request, slug, Need.KEYS)
+    available = [
+        m.public_id for m in selectors.catalog_with_availability() if getattr(m, "served", False)
+    ]
+    return render_page(
+        request,
+        "portal/quickstart.html",
+        {
+            "base_url": _base_url(),
+            "model": available[0] if available else "MODEL-ID",
+            "available_models": available,
+        },
+        access=access,
+        section="quickstart",
+    )
