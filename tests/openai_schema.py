@@ -1,15 +1,14 @@
 """Validate responses against OpenAI's official OpenAPI schemas, the contract Tollgate keeps.
 
-The schemas live beside the project in ``shared/reference/openai-openapi-chat-subset.json``
-(``TOLLGATE_SHARED_DIR`` points elsewhere). ``validate(instance, "CreateChatCompletionResponse")``
-raises ``jsonschema.ValidationError``; ``validate_chat_stream`` checks a whole SSE body.
+The schemas travel with the tests in ``tests/reference/`` (MIT, OpenAI; see its README).
+``validate(instance, "CreateChatCompletionResponse")`` raises ``jsonschema.ValidationError``;
+``validate_chat_stream`` checks a whole SSE body.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
+    "REFERENCE_DIR",
     "ValidationError",
     "parse_sse_data",
     "responses_validator",
@@ -28,23 +28,16 @@ __all__ = [
     "validator",
 ]
 
-SCHEMA_FILE = "reference/openai-openapi-chat-subset.json"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+SCHEMA_FILE = "openai-openapi-chat-subset.json"
 # The document has no $id; any absolute URI lets its "#/components/..." refs resolve.
 DOCUMENT_URI = "urn:tollgate:openai-openapi-chat-subset"
-
-
-def shared_dir() -> Path:
-    """The ``shared/`` directory that sits next to the repository checkout."""
-    override = os.environ.get("TOLLGATE_SHARED_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared"
 
 
 @functools.cache
 def schema_document() -> dict[str, Any]:
     """The whole OpenAPI document, parsed once per test run."""
-    return json.loads((shared_dir() / SCHEMA_FILE).read_text(encoding="utf-8"))
+    return json.loads((REFERENCE_DIR / SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 @functools.cache
