@@ -1,16 +1,15 @@
 """Invoice documents: PDF (fpdf2, core fonts) and CSV, each returned as bytes.
 
 Amounts are printed exactly, to the micro-unit where needed, so the printed lines add up
-to the printed total.
+to the printed total. fpdf2 is imported when a PDF is made, not with this module: the
+views import it, and every management command that loads the URLconf would otherwise pay
+for fpdf's (and fontTools') import on each start.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-
-from fpdf import FPDF
-from fpdf.fonts import FontFace
 
 from billing.models import Invoice, InvoiceLine
 from billing.money import format_micros
@@ -48,6 +47,9 @@ def _unit_prices(line: InvoiceLine) -> str:
 
 def invoice_pdf(invoice: Invoice) -> bytes:
     """The invoice as a one- or more-page A4 PDF."""
+    from fpdf import FPDF
+    from fpdf.fonts import FontFace
+
     lines = list(invoice.lines.order_by("position"))
     period = Period(invoice.period_start, invoice.period_end)
     currency = invoice.currency

@@ -1,9 +1,13 @@
-"""Operator commands: tenants, keys and channels."""
+"""Operator commands: tenants, keys and channels, and how fast commands start."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -172,3 +176,44 @@ def test_create_channel_refuses_a_duplicate_name() -> None:
     run("create_channel", "--name", "sim", *args)
     with pytest.raises(CommandError, match="already exists"):
         run("create_channel", "--name", "sim", *args)
+
+
+# --- start-up cost --------------------------------------------------------------------------
+
+HEAVY_MODULES = ("fpdf", "fontTools")
+IMPORTS_AFTER = """
+import sys
+from django.core.management import execute_from_command_line
+try:
+    execute_from_command_line(sys.argv[1:])
+except SystemExit as exit:
+    if exit.code:
+        raise
+print("LOADED", *sorted(name for name in {heavy} if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["manage.py", "help"],
+        # check loads the URLconf and so every view module, as migrate and runserver do.
+        ["manage.py", "check"],
+        ["manage.py", "create_tenant", "--help"],
+    ],
+)
+def test_commands_start_without_the_pdf_library(argv: list[str]) -> None:
+    """fpdf2 (and fontTools under it) took most of each command's 5 s start; only making
+    a PDF needs it."""
+    root = Path(__file__).resolve().parents[2]
+    script = IMPORTS_AFTER.format(heavy=repr(HEAVY_MODULES))
+    done = subprocess.run(  # noqa: S603 - this interpreter and the project's manage.py
+        [sys.executable, "-c", script, *argv],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "LOADED", done.stdout[-500:]
