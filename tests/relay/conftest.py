@@ -174,7 +174,7 @@ def sse_chunks(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
     return chunks, done
 
 
-def usage_events(expected: int, timeout: float = 5.0) -> list[Any]:
+def usage_events(expected: int, timeout: float = 30.0) -> list[Any]:
     """The usage events, once ``expected`` of them are written (oldest first).
 
     A client can see the end of a response a moment before the relay hands its usage
