@@ -2,7 +2,7 @@
 
 The schemas travel with the tests in ``tests/reference/`` (MIT, OpenAI; see its README).
 ``validate(instance, "CreateChatCompletionResponse")`` raises ``jsonschema.ValidationError``;
-``validate_chat_stream`` checks a whole SSE body.
+``validate_chat_stream`` checks a whole SSE body, ``validate_responses_stream`` a Responses one.
 """
 
 from __future__ import annotations
@@ -98,13 +98,13 @@ def validate_chat_stream(text: str) -> list[dict[str, Any]]:
     return chunks
 
 
-RESPONSES_SCHEMA_FILE = "reference/openai-openapi-responses-subset.json"
+RESPONSES_SCHEMA_FILE = "openai-openapi-responses-subset.json"
 RESPONSES_DOCUMENT_URI = "urn:tollgate:openai-openapi-responses-subset"
 
 
 @functools.cache
 def _responses_registry() -> Registry:
-    document = json.loads((shared_dir() / RESPONSES_SCHEMA_FILE).read_text(encoding="utf-8"))
+    document = json.loads((REFERENCE_DIR / RESPONSES_SCHEMA_FILE).read_text(encoding="utf-8"))
     resource: Resource[Any] = DRAFT202012.create_resource(document)
     return Registry().with_resource(RESPONSES_DOCUMENT_URI, resource)
 
