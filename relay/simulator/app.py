@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from relay.simulator import anthropic, chat_stream, legacy, openai_responses
+from relay.simulator import anthropic, chat_stream, legacy, native, openai_responses
 from relay.simulator.exchange import SimExchange, hide_simulated_resets
 from relay.simulator.options import (
     DEFAULT_MODELS,
@@ -101,6 +101,8 @@ class SimulatorApp:
         self.totals = _Counters()
         self.by_prefix: dict[str, _Counters] = {}
         self._options: dict[str, SimOptions | OptionError] = {}
+        # Credentials the native provider protocols accept (relay.simulator.native).
+        self.native = native.NativeTrust()
         self.stored_responses = openai_responses.ResponseStore()
         self._answers: dict[str, Answer] = {
             "chat": self._answer_chat,
@@ -167,6 +169,8 @@ class SimulatorApp:
             await self._serve(scope, exchange, prefix, options, answer, counted=False)
             return
         surface = SURFACES.get(rest)
+        if surface is None and await native.dispatch(self, scope, exchange, rest, options):
+            return
         if surface is None:
             await exchange.respond_error(404, f"Invalid URL ({method} {path})")
         elif method != "POST":

@@ -1,0 +1,129 @@
+"""What every provider adapter shares: the upstream request it builds, the stream
+decoder it hands back, and the three kinds of failure the relay tells apart.
+
+Adapters translate between the canonical form (``relay.translate.canonical``) and a
+provider's native format: ``build`` takes a canonical ``Request``, ``decode`` gives a
+canonical ``Response`` and stream decoders give canonical stream events. Usage comes back
+in the canonical convention (the whole prompt in ``input_tokens``, cache reads and writes
+beside it, reasoning inside ``output_tokens``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import httpx
+
+from relay.translate import canonical as c
+
+MAX_MESSAGE_CHARS = 500
+
+
+class FailureKind(enum.Enum):
+    """How the relay should react to a failed upstream answer."""
+
+    # Another channel may well succeed (rate limits, overload, outages): fail over.
+    RETRYABLE = "retryable"
+    # The provider refused the channel's own credentials: suspend the channel, fail over.
+    CREDENTIALS = "credentials"
+    # The request itself is at fault: any channel would refuse it, so answer the client.
+    CLIENT = "client"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderFailure:
+    """A provider's error, classified and worded for the client (no secrets in it)."""
+
+    kind: FailureKind
+    status: int  # the status to give the client if this is the last word
+    message: str
+    type: str = "invalid_request_error"
+    code: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind is not FailureKind.CLIENT
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """One request to a provider, ready to send: nothing in it is computed later."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes
+
+    def to_httpx(self, timeout: httpx.Timeout | None = None) -> httpx.Request:
+        extensions: dict[str, Any] = {}
+        if timeout is not None:
+            extensions["timeout"] = timeout.as_dict()
+        return httpx.Request(
+            self.method,
+            httpx.URL(self.url),
+            headers=self.headers,
+            content=self.content,
+            extensions=extensions,
+        )
+
+
+class StreamFailed(Exception):
+    """The provider reported an error inside a stream that had already begun."""
+
+    def __init__(self, failure: ProviderFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class StreamDecoder(Protocol):
+    """Turns a provider's stream into canonical events as its bytes arrive; ``finish``
+    raises ValueError when the stream ended before the provider said it was complete."""
+
+    def feed(self, data: bytes) -> list[c.Event]: ...
+
+    def finish(self) -> list[c.Event]: ...
+
+
+class Adapter(Protocol):
+    """One provider type: request building, answer and stream decoding, error mapping."""
+
+    provider_type: str
+
+    async def build(
+        self, request: c.Request, *, upstream_model: str, stream: bool
+    ) -> UpstreamRequest: ...
+
+    def decode(self, body: bytes) -> c.Response: ...
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+    def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure: ...
+
+
+def clip(message: str, secrets: tuple[str, ...] = ()) -> str:
+    """A provider's error message made safe to show: secrets removed, length bounded."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "[redacted]")
+    return message[:MAX_MESSAGE_CHARS]
+
+
+def by_status(status: int, message: str, *, code: str | None = None) -> ProviderFailure:
+    """The default classification of an HTTP status, shared by every provider."""
+    if status in (401, 403):
+        return ProviderFailure(
+            FailureKind.CREDENTIALS, 502, message, type="server_error", code="upstream_auth_failed"
+        )
+    if status in (408, 409, 425, 429) or status >= 500:
+        client_status = 429 if status == 429 else 503 if status in (503, 529) else 502
+        return ProviderFailure(
+            FailureKind.RETRYABLE,
+            client_status,
+            message,
+            type="server_error",
+            code=code or "upstream_error",
+        )
+    return ProviderFailure(FailureKind.CLIENT, status, message, code=code)

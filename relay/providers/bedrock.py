@@ -1,0 +1,332 @@
+"""AWS Bedrock's Converse API: SigV4-signed requests, ``ConverseStream`` in AWS's
+event-stream framing, and AWS's error types. The conversion is all in this module."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from relay.providers.base import (
+    FailureKind,
+    ProviderFailure,
+    StreamFailed,
+    UpstreamRequest,
+    by_status,
+    clip,
+)
+from relay.providers.bedrock_auth import AwsCredentials, EventStreamDecoder, sign
+from relay.translate import canonical as c
+
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+STOP_REASONS: dict[str, c.Stop] = {
+    "end_turn": "end",
+    "stop_sequence": "stop_sequence",
+    "tool_use": "tool_use",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
+# AWS's error types: the channel's credentials, worth another channel, or the request's fault.
+CREDENTIAL_ERRORS = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "ExpiredTokenException",
+        "AccessDeniedException",
+        "SignatureDoesNotMatch",
+    }
+)
+RETRYABLE_ERRORS = frozenset(
+    {
+        "ThrottlingException",
+        "ServiceUnavailableException",
+        "InternalServerException",
+        "ModelNotReadyException",
+        "ModelTimeoutException",
+        "ModelStreamErrorException",
+    }
+)
+
+
+class UnsupportedContent(ValueError):
+    """A canonical request that Converse cannot carry (e.g. an image by URL)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BedrockConfig:
+    credentials: AwsCredentials
+    base_url: str = ""  # blank: the region's bedrock-runtime endpoint
+
+    def url(self, model: str, *, stream: bool) -> str:
+        root = self.base_url.rstrip("/") or (
+            f"https://bedrock-runtime.{self.credentials.region}.amazonaws.com"
+        )
+        action = "converse-stream" if stream else "converse"
+        return f"{root}/model/{quote(model, safe='')}/{action}"
+
+
+def _media(part: c.Text | c.Image) -> dict[str, Any]:
+    if isinstance(part, c.Text):
+        return {"text": part.text}
+    mime, _, data = part.url[len("data:") :].partition(";base64,")
+    if not part.url.startswith("data:") or not data or mime not in IMAGE_FORMATS:
+        raise UnsupportedContent("Bedrock takes images inline as PNG, JPEG, GIF or WebP only.")
+    return {"image": {"format": IMAGE_FORMATS[mime], "source": {"bytes": data}}}
+
+
+def _blocks(parts: list[Any]) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, c.Text):
+            if part.text:
+                blocks.append(_media(part))
+                # A cache breakpoint becomes a Converse cache point right after its block.
+                if part.cache_control is not None:
+                    blocks.append({"cachePoint": {"type": "default"}})
+        elif isinstance(part, c.Image):
+            blocks.append(_media(part))
+        elif isinstance(part, c.ToolCall):
+            try:
+                arguments = orjson.loads(part.arguments or "{}")
+            except orjson.JSONDecodeError:
+                arguments = {}
+            use = {"toolUseId": part.id, "name": part.name, "input": arguments}
+            blocks.append({"toolUse": use})
+        elif isinstance(part, c.ToolResult):
+            content = [_media(p) for p in part.content if not isinstance(p, c.Text) or p.text]
+            result = {
+                "toolUseId": part.call_id,
+                "content": content or [{"text": ""}],
+                "status": "error" if part.is_error else "success",
+            }
+            blocks.append({"toolResult": result})
+        elif isinstance(part, c.Reasoning) and part.signature:
+            text = {"text": part.text, "signature": part.signature}
+            blocks.append({"reasoningContent": {"reasoningText": text}})
+    return blocks
+
+
+def _tool_choice(choice: str | None) -> dict[str, Any] | None:
+    if choice is None or choice == "none":
+        return None
+    if choice == "auto":
+        return {"auto": {}}
+    if choice == "required":
+        return {"any": {}}
+    return {"tool": {"name": choice}}
+
+
+def request_body(request: c.Request) -> bytes:
+    """The Converse request for a canonical request (the model is in the URL)."""
+    messages: list[dict[str, Any]] = []
+    for turn in request.turns:
+        blocks = _blocks(turn.parts)
+        if not blocks:
+            continue
+        if messages and messages[-1]["role"] == turn.role:  # Converse wants turns to alternate
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": turn.role, "content": blocks})
+    body: dict[str, Any] = {"messages": messages}
+    if request.system:
+        body["system"] = _blocks(list(request.system))
+    inference: dict[str, Any] = {}
+    for name, value in (
+        ("maxTokens", request.max_output_tokens),
+        ("temperature", request.temperature),
+        ("topP", request.top_p),
+    ):
+        if value is not None:
+            inference[name] = value
+    if request.stop:
+        inference["stopSequences"] = request.stop
+    if inference:
+        body["inferenceConfig"] = inference
+    if request.tools and request.tool_choice != "none":
+        specs = [
+            {
+                "toolSpec": {
+                    "name": tool.name,
+                    "description": tool.description or tool.name,
+                    "inputSchema": {"json": tool.parameters or {"type": "object"}},
+                }
+            }
+            for tool in request.tools
+        ]
+        config: dict[str, Any] = {"tools": specs}
+        choice = _tool_choice(request.tool_choice)
+        if choice is not None:
+            config["toolChoice"] = choice
+        body["toolConfig"] = config
+    budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
+    if budget is not None:
+        thinking = {"type": "enabled", "budget_tokens": budget}
+        body["additionalModelRequestFields"] = {"thinking": thinking}
+    return orjson.dumps(body)
+
+
+def usage(native: Any) -> c.Usage | None:
+    """Bedrock's ``inputTokens`` leave out cache reads and writes; canonical input counts
+    the whole prompt."""
+    if not isinstance(native, Mapping):
+        return None
+    read = c.as_int(native.get("cacheReadInputTokens"))
+    write = c.as_int(native.get("cacheWriteInputTokens"))
+    return c.Usage(
+        input_tokens=c.as_int(native.get("inputTokens")) + read + write,
+        output_tokens=c.as_int(native.get("outputTokens")),
+        cached_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
+def decode(body: bytes) -> c.Response:
+    answer = orjson.loads(body)
+    message = (answer.get("output") or {}).get("message") if isinstance(answer, dict) else None
+    if not isinstance(message, Mapping):
+        raise ValueError("not a Converse answer")
+    parts: list[c.Text | c.ToolCall | c.Reasoning] = []
+    for block in message.get("content") or ():
+        if not isinstance(block, Mapping):
+            continue
+        if isinstance(block.get("text"), str):
+            parts.append(c.Text(block["text"]))
+        elif isinstance(block.get("toolUse"), Mapping):
+            use = block["toolUse"]
+            arguments = orjson.dumps(use.get("input") or {}).decode()
+            parts.append(c.ToolCall(str(use.get("toolUseId")), str(use.get("name")), arguments))
+        elif isinstance(block.get("reasoningContent"), Mapping):
+            text = block["reasoningContent"].get("reasoningText") or {}
+            if isinstance(text.get("text"), str):
+                parts.append(c.Reasoning(text["text"], text.get("signature")))
+    return c.Response(
+        id=f"bedrock-{uuid.uuid4().hex[:24]}",
+        model="",
+        parts=parts,
+        stop=STOP_REASONS.get(str(answer.get("stopReason")), "end"),
+        usage=usage(answer.get("usage")),
+    )
+
+
+class BedrockStream:
+    """``ConverseStream`` event-stream messages in, canonical events out."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.decoder = EventStreamDecoder()
+        self.calls: dict[Any, int] = {}  # content block index -> canonical call index
+        self.ended = False
+        self.secrets = secrets
+
+    def feed(self, data: bytes) -> list[c.Event]:
+        events: list[c.Event] = []
+        for message in self.decoder.feed(data):
+            if message.message_type != "event":
+                failure = failure_for(message.event_type, message.payload, 502, self.secrets)
+                raise StreamFailed(failure)
+            events.extend(self._event(message.event_type, orjson.loads(message.payload or b"{}")))
+        return events
+
+    def finish(self) -> list[c.Event]:
+        if not self.ended:
+            raise ValueError("the stream ended before its metadata event")
+        return []
+
+    def _event(self, name: str, event: Any) -> list[c.Event]:
+        if name == "messageStart":
+            return [c.StreamStart(f"bedrock-{uuid.uuid4().hex[:24]}", "")]
+        block = event.get("contentBlockIndex")
+        if name == "contentBlockStart":
+            use = (event.get("start") or {}).get("toolUse")
+            if isinstance(use, Mapping):
+                index = self.calls[block] = len(self.calls)
+                return [c.ToolCallStart(index, str(use.get("toolUseId")), str(use.get("name")))]
+            return []
+        if name == "contentBlockDelta":
+            delta = event.get("delta") or {}
+            if isinstance(delta.get("text"), str):
+                return [c.TextDelta(delta["text"])]
+            if isinstance(delta.get("toolUse"), Mapping) and block in self.calls:
+                return [
+                    c.ToolCallDelta(self.calls[block], str(delta["toolUse"].get("input") or ""))
+                ]
+            reasoning = delta.get("reasoningContent")
+            if isinstance(reasoning, Mapping) and isinstance(reasoning.get("text"), str):
+                return [c.ReasoningDelta(reasoning["text"])]
+            return []
+        if name == "messageStop":
+            return [c.StreamFinish(STOP_REASONS.get(str(event.get("stopReason")), "end"))]
+        if name == "metadata":
+            self.ended = True
+            found = usage(event.get("usage"))
+            return [c.StreamUsage(found)] if found else []
+        return []
+
+
+def error_type(headers: Mapping[str, str], body: Any) -> str:
+    """AWS's error type, from ``x-amzn-ErrorType`` or the body's ``__type``."""
+    raw = headers.get("x-amzn-errortype") or ""
+    if not raw and isinstance(body, Mapping):
+        raw = str(body.get("__type") or "")
+    return raw.split(":", 1)[0].rsplit("#", 1)[-1]
+
+
+def failure_for(kind: str, body: bytes, status: int, secrets: tuple[str, ...]) -> ProviderFailure:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    message = parsed.get("message") or parsed.get("Message") if isinstance(parsed, dict) else None
+    text = clip(str(message or f"Bedrock answered {kind or status}."), secrets)
+    # Stream exceptions name the type in lowerCamelCase (throttlingException).
+    kind = kind[:1].upper() + kind[1:]
+    if kind in CREDENTIAL_ERRORS:
+        return by_status(403, text)
+    if kind in RETRYABLE_ERRORS:
+        client_status = 429 if kind in ("ThrottlingException", "ModelNotReadyException") else 503
+        return ProviderFailure(
+            FailureKind.RETRYABLE, client_status, text, type="server_error", code="upstream_error"
+        )
+    return by_status(status, text, code=kind or None)
+
+
+class BedrockAdapter:
+    provider_type = "bedrock"
+
+    def __init__(self, config: BedrockConfig) -> None:
+        self.config = config
+        self.secrets = (config.credentials.secret_access_key,)
+
+    async def build(
+        self, request: c.Request, *, upstream_model: str, stream: bool
+    ) -> UpstreamRequest:
+        content = request_body(request)
+        url = self.config.url(upstream_model, stream=stream)
+        accept = "application/vnd.amazon.eventstream" if stream else "application/json"
+        headers = {"content-type": "application/json", "accept": accept}
+        signed = sign(
+            self.config.credentials, method="POST", url=url, headers=headers, body=content
+        )
+        return UpstreamRequest("POST", url, signed, content)
+
+    def decode(self, body: bytes) -> c.Response:
+        return decode(body)
+
+    def stream_decoder(self) -> BedrockStream:
+        return BedrockStream(self.secrets)
+
+    def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return failure_for(error_type(lowered, parsed), body, status, self.secrets)

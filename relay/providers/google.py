@@ -1,0 +1,286 @@
+"""Google's ``generateContent`` format, spoken by both the Gemini API and Vertex AI.
+
+Requests, answers, streams (``streamGenerateContent?alt=sse``), ``usageMetadata`` and
+Google's error envelope; the two providers differ only in URLs and authentication.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from relay.providers.base import (
+    FailureKind,
+    ProviderFailure,
+    StreamFailed,
+    by_status,
+    clip,
+)
+from relay.providers.streams import SseSplitter
+from relay.translate import canonical as c
+
+THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+FINISH_REASONS: dict[str, c.Stop] = {
+    "STOP": "end",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}
+# JSON Schema keywords Google's function declarations refuse.
+_UNSUPPORTED_SCHEMA_KEYS = frozenset({"$schema", "additionalProperties", "strict", "$id"})
+CREDENTIAL_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "ACCESS_TOKEN_EXPIRED"})
+CREDENTIAL_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+RETRYABLE_STATUSES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "ABORTED"})
+
+
+def _schema(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _schema(v) for k, v in value.items() if k not in _UNSUPPORTED_SCHEMA_KEYS}
+    if isinstance(value, list):
+        return [_schema(v) for v in value]
+    return value
+
+
+def _media(part: c.Text | c.Image) -> dict[str, Any]:
+    if isinstance(part, c.Text):
+        return {"text": part.text}
+    if part.url.startswith("data:") and ";base64," in part.url:
+        mime, _, data = part.url[len("data:") :].partition(";base64,")
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    return {"fileData": {"mimeType": "image/*", "fileUri": part.url}}
+
+
+def _contents(request: c.Request) -> list[dict[str, Any]]:
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # a tool result names its call; Google wants the function
+    for turn in request.turns:
+        parts: list[dict[str, Any]] = []
+        for part in turn.parts:
+            if isinstance(part, (c.Text, c.Image)):
+                if not isinstance(part, c.Text) or part.text:
+                    parts.append(_media(part))
+            elif isinstance(part, c.ToolCall):
+                names[part.id] = part.name
+                try:
+                    args = orjson.loads(part.arguments or "{}")
+                except orjson.JSONDecodeError:
+                    args = {}
+                parts.append({"functionCall": {"name": part.name, "args": args}})
+            elif isinstance(part, c.ToolResult):
+                text = c.text_of(list(part.content))
+                try:
+                    result = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    result = text
+                if not isinstance(result, dict):
+                    result = {"error" if part.is_error else "result": result}
+                response = {"name": names.get(part.call_id, ""), "response": result}
+                parts.append({"functionResponse": response})
+        if not parts:
+            continue
+        role = "model" if turn.role == "assistant" else "user"
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    return contents
+
+
+def _tool_config(choice: str | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    modes = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+    if choice in modes:
+        return {"functionCallingConfig": {"mode": modes[choice]}}
+    return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice]}}
+
+
+def request_body(request: c.Request) -> bytes:
+    """The ``generateContent`` request for a canonical request (the model is in the URL)."""
+    body: dict[str, Any] = {"contents": _contents(request)}
+    if request.system:
+        body["systemInstruction"] = {"parts": [{"text": t.text} for t in request.system]}
+    config: dict[str, Any] = {}
+    for name, value in (
+        ("maxOutputTokens", request.max_output_tokens),
+        ("temperature", request.temperature),
+        ("topP", request.top_p),
+    ):
+        if value is not None:
+            config[name] = value
+    if request.stop:
+        config["stopSequences"] = request.stop
+    budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
+    if budget is not None:
+        config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True}
+    fmt = request.output_format
+    if fmt is not None:
+        config["responseMimeType"] = "application/json"
+        if fmt.kind == "json_schema" and fmt.schema:
+            config["responseSchema"] = _schema(fmt.schema)
+    if config:
+        body["generationConfig"] = config
+    if request.tools:
+        declarations = []
+        for tool in request.tools:
+            declaration: dict[str, Any] = {"name": tool.name}
+            if tool.description:
+                declaration["description"] = tool.description
+            if tool.parameters:
+                declaration["parameters"] = _schema(tool.parameters)
+            declarations.append(declaration)
+        body["tools"] = [{"functionDeclarations": declarations}]
+        tool_config = _tool_config(request.tool_choice)
+        if tool_config is not None:
+            body["toolConfig"] = tool_config
+    return orjson.dumps(body)
+
+
+def usage(metadata: Any) -> c.Usage | None:
+    """``promptTokenCount`` already includes cached tokens; thoughts are counted apart from
+    ``candidatesTokenCount``, so output is their sum (the canonical convention)."""
+    if not isinstance(metadata, Mapping):
+        return None
+    thoughts = c.as_int(metadata.get("thoughtsTokenCount"))
+    return c.Usage(
+        input_tokens=c.as_int(metadata.get("promptTokenCount"))
+        + c.as_int(metadata.get("toolUsePromptTokenCount")),
+        output_tokens=c.as_int(metadata.get("candidatesTokenCount")) + thoughts,
+        cached_tokens=c.as_int(metadata.get("cachedContentTokenCount")),
+        reasoning_tokens=thoughts,
+    )
+
+
+def _read_parts(candidate: Any, first_call: int) -> list[c.Text | c.ToolCall | c.Reasoning]:
+    found: list[c.Text | c.ToolCall | c.Reasoning] = []
+    content = candidate.get("content") if isinstance(candidate, Mapping) else None
+    for part in (content or {}).get("parts") or ():
+        if not isinstance(part, Mapping):
+            continue
+        if isinstance(part.get("functionCall"), Mapping):
+            call = part["functionCall"]
+            index = first_call + sum(isinstance(p, c.ToolCall) for p in found)
+            call_id = str(call.get("id") or f"call_{uuid.uuid4().hex[:20]}_{index}")
+            arguments = orjson.dumps(call.get("args") or {}).decode()
+            found.append(c.ToolCall(call_id, str(call.get("name") or ""), arguments))
+        elif isinstance(part.get("text"), str) and part["text"]:
+            kind = c.Reasoning if part.get("thought") else c.Text
+            found.append(kind(part["text"]))
+    return found
+
+
+def _stop(reason: Any, has_calls: bool) -> c.Stop:
+    if has_calls and reason in (None, "STOP"):
+        return "tool_use"
+    return FINISH_REASONS.get(reason, "end") if isinstance(reason, str) else "end"
+
+
+def decode(body: bytes) -> c.Response:
+    answer = orjson.loads(body)
+    if not isinstance(answer, dict) or not isinstance(answer.get("candidates"), list):
+        raise ValueError("not a generateContent answer")
+    candidate = (answer["candidates"] or [{}])[0]
+    parts = _read_parts(candidate, 0)
+    has_calls = any(isinstance(p, c.ToolCall) for p in parts)
+    return c.Response(
+        id=str(answer.get("responseId") or ""),
+        model=str(answer.get("modelVersion") or ""),
+        parts=parts,
+        stop=_stop(candidate.get("finishReason"), has_calls),
+        usage=usage(answer.get("usageMetadata")),
+    )
+
+
+class GoogleStream:
+    """``streamGenerateContent?alt=sse`` chunks in, canonical events out."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.splitter = SseSplitter()
+        self.started = False
+        self.finish_reason: str | None = None
+        self.calls = 0
+        self.usage: c.Usage | None = None
+        self.secrets = secrets
+
+    def feed(self, data: bytes) -> list[c.Event]:
+        return [e for _, payload in self.splitter.feed(data) for e in self._event(payload)]
+
+    def finish(self) -> list[c.Event]:
+        events = [e for _, payload in self.splitter.finish() for e in self._event(payload)]
+        if self.finish_reason is None:
+            raise ValueError("the stream ended before its last candidate")
+        events.append(c.StreamFinish(_stop(self.finish_reason, self.calls > 0)))
+        if self.usage is not None:
+            events.append(c.StreamUsage(self.usage))
+        return events
+
+    def _event(self, payload: bytes) -> list[c.Event]:
+        answer = orjson.loads(payload)
+        if isinstance(answer, list) and answer:
+            answer = answer[0]
+        if not isinstance(answer, dict):
+            raise ValueError("malformed stream chunk")
+        if "error" in answer:
+            raise StreamFailed(failure_from(502, answer, self.secrets))
+        events: list[c.Event] = []
+        if not self.started:
+            self.started = True
+            model = str(answer.get("modelVersion") or "")
+            events.append(c.StreamStart(str(answer.get("responseId") or ""), model))
+        found = usage(answer.get("usageMetadata"))
+        if found is not None:
+            self.usage = found  # each chunk's counts are running totals
+        for candidate in (answer.get("candidates") or [])[:1]:
+            for part in _read_parts(candidate, self.calls):
+                if isinstance(part, c.Reasoning):
+                    events.append(c.ReasoningDelta(part.text))
+                elif isinstance(part, c.Text):
+                    events.append(c.TextDelta(part.text))
+                else:
+                    events.append(c.ToolCallStart(self.calls, part.id, part.name))
+                    events.append(c.ToolCallDelta(self.calls, part.arguments))
+                    self.calls += 1
+            if isinstance(candidate, Mapping) and candidate.get("finishReason"):
+                self.finish_reason = str(candidate["finishReason"])
+        return events
+
+
+def failure_from(status: int, body: Any, secrets: tuple[str, ...]) -> ProviderFailure:
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(error, Mapping):
+        return by_status(status, f"The provider answered HTTP {status}.")
+    text = clip(str(error.get("message") or f"The provider answered HTTP {status}."), secrets)
+    reasons = {
+        detail.get("reason") for detail in error.get("details") or () if isinstance(detail, Mapping)
+    }
+    state = error.get("status")
+    # An invalid Gemini key is a 400 INVALID_ARGUMENT; only its reason tells it apart.
+    if reasons & CREDENTIAL_REASONS or state in CREDENTIAL_STATUSES:
+        return by_status(401, text)
+    if state in RETRYABLE_STATUSES:
+        return ProviderFailure(
+            FailureKind.RETRYABLE,
+            429 if state == "RESOURCE_EXHAUSTED" else 503,
+            text,
+            type="server_error",
+            code="upstream_error",
+        )
+    return by_status(status, text)
+
+
+def parse_failure(status: int, body: bytes, secrets: tuple[str, ...]) -> ProviderFailure:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    # Some Google front ends answer a list holding the envelope.
+    if isinstance(parsed, list) and parsed:
+        parsed = parsed[0]
+    return failure_from(status, parsed, secrets)

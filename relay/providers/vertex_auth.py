@@ -1,0 +1,132 @@
+"""Vertex AI access tokens from a service account, shared by all of a process's requests.
+
+google-auth signs the service account's JWT and exchanges it at the account's
+``token_uri``; its refresh is blocking, so it runs on a worker thread. A token is
+refreshed a while before it expires, and however many requests need a fresh token at the
+same moment (on any event loop of the process) only one fetch is made: the others await
+the same future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urllib3
+from google.auth.exceptions import GoogleAuthError
+from google.auth.transport.urllib3 import Request as Urllib3Request
+from google.oauth2 import service_account
+
+SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# Refresh this long before expiry, or a quarter of the token's life if that is shorter.
+REFRESH_MARGIN_SECONDS = 300.0
+FETCH_TIMEOUT_SECONDS = 15.0
+MAX_SOURCES = 1024
+REQUIRED_FIELDS = ("client_email", "private_key", "token_uri")
+
+_executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vertex-auth")
+_http = urllib3.PoolManager(timeout=urllib3.Timeout(total=FETCH_TIMEOUT_SECONDS), retries=False)
+
+
+class TokenFetchFailed(Exception):
+    """The token endpoint refused the service account or could not be reached."""
+
+
+def check_service_account(info: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``info`` looks like a service-account key file."""
+    if info.get("type") != "service_account":
+        raise ValueError(
+            "The JSON is not a service-account key (its type must be service_account)."
+        )
+    missing = [name for name in REQUIRED_FIELDS if not isinstance(info.get(name), str)]
+    if missing:
+        raise ValueError(f"The service-account key lacks {', '.join(missing)}.")
+
+
+class VertexTokenSource:
+    """Bearer tokens for one service account, refreshed before they expire."""
+
+    def __init__(self, info: Mapping[str, Any], *, clock: Callable[[], float] = time.time) -> None:
+        check_service_account(info)
+        self._credentials = service_account.Credentials.from_service_account_info(
+            dict(info), scopes=list(SCOPES)
+        )
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: concurrent.futures.Future[str] | None = None
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self.fetches = 0  # token fetches made, for tests and metrics
+
+    @property
+    def email(self) -> str:
+        return str(self._credentials.service_account_email)
+
+    def _fresh(self) -> str | None:
+        token = self._token
+        return token if token is not None and self._clock() < self._refresh_at else None
+
+    async def token(self) -> str:
+        """A valid token; at most one fetch is in flight however many callers wait."""
+        token = self._fresh()
+        if token is not None:
+            return token
+        with self._lock:
+            token = self._fresh()
+            if token is not None:
+                return token
+            if self._pending is None:
+                self._pending = _executor.submit(self._fetch)
+            pending = self._pending
+        return await asyncio.wrap_future(pending)
+
+    def _fetch(self) -> str:
+        started = self._clock()
+        try:
+            self._credentials.refresh(Urllib3Request(_http))
+            token = self._credentials.token
+            expiry = self._credentials.expiry  # naive UTC, as google-auth keeps it
+            if not isinstance(token, str) or expiry is None:
+                raise TokenFetchFailed("The token endpoint answered without a token.")
+            lifetime = expiry.replace(tzinfo=datetime.UTC).timestamp() - time.time()
+            margin = min(REFRESH_MARGIN_SECONDS, max(lifetime, 0.0) / 4)
+            with self._lock:
+                self.fetches += 1
+                self._token = token
+                self._refresh_at = started + lifetime - margin
+            return token
+        except GoogleAuthError as exc:
+            with self._lock:
+                self.fetches += 1
+            raise TokenFetchFailed(str(exc)[:300]) from None
+        finally:
+            with self._lock:
+                self._pending = None
+
+
+_sources: OrderedDict[str, VertexTokenSource] = OrderedDict()
+_sources_lock = threading.Lock()
+
+
+def token_source(info: Mapping[str, Any]) -> VertexTokenSource:
+    """The process's one token source for this service-account key (made on first use),
+    so channels and snapshots that share a key share its tokens."""
+    fingerprint = hashlib.sha256(
+        "\0".join(str(info.get(name, "")) for name in (*REQUIRED_FIELDS, "private_key_id")).encode()
+    ).hexdigest()
+    with _sources_lock:
+        source = _sources.get(fingerprint)
+        if source is None:
+            source = _sources[fingerprint] = VertexTokenSource(info)
+            while len(_sources) > MAX_SOURCES:
+                _sources.popitem(last=False)
+        else:
+            _sources.move_to_end(fingerprint)
+        return source

@@ -1,0 +1,58 @@
+"""The simulator's native provider protocols: Gemini and Vertex AI ``generateContent``
+(with Google's OAuth token endpoint), Bedrock Converse and ConverseStream, and Azure
+OpenAI deployments. (Anthropic's Messages API is the simulator's ``/v1/messages``
+surface, in ``relay.simulator.anthropic``.)
+
+Each checks its credential for real: keys against the ones it was told to trust, SigV4
+signatures recomputed with botocore, Vertex bearer tokens only if this simulator issued
+them to a service account whose public key it trusts. Tests register credentials with
+``app.native`` (a ``NativeTrust``); behaviour prefixes (``/sim/<options>/...``) apply as
+they do to chat completions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from relay.simulator.native.trust import NativeTrust
+
+if TYPE_CHECKING:
+    from relay.simulator.app import SimulatorApp
+    from relay.simulator.exchange import SimExchange
+    from relay.simulator.options import OptionError, SimOptions
+
+__all__ = ["NativeTrust", "dispatch"]
+
+_GEMINI = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):(?P<method>\w+)$")
+_VERTEX = re.compile(
+    r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/publishers/google/models/(?P<model>[^/:]+):(?P<method>\w+)$"
+)
+_BEDROCK = re.compile(r"^/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream)$")
+_AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
+
+
+async def dispatch(
+    app: SimulatorApp,
+    scope: dict[str, Any],
+    exchange: SimExchange,
+    path: str,
+    options: SimOptions | OptionError,
+) -> bool:
+    """Answer ``path`` if it is a native provider's; False if it is not one of them."""
+    from relay.simulator.native import azure, bedrock, google
+
+    if path == "/oauth2/token":
+        await google.token_endpoint(app, scope, exchange)
+    elif match := _GEMINI.match(path):
+        await google.handle(app, scope, exchange, options, match.groupdict(), vertex=False)
+    elif match := _VERTEX.match(path):
+        await google.handle(app, scope, exchange, options, match.groupdict(), vertex=True)
+    elif match := _BEDROCK.match(path):
+        await bedrock.handle(app, scope, exchange, options, match.groupdict())
+    elif match := _AZURE.match(path):
+        await azure.handle(app, scope, exchange, options, match["deployment"])
+    else:
+        return False
+    return True

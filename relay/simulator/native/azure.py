@@ -1,0 +1,65 @@
+"""Azure OpenAI's deployments as the simulator speaks them: ``api-key``, a known
+``api-version`` and a known deployment; the answer itself is the simulator's chat one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import orjson
+
+from relay.simulator.native.common import header, query
+from relay.simulator.options import OptionError, SimOptions
+
+if TYPE_CHECKING:
+    from relay.simulator.app import SimulatorApp
+    from relay.simulator.exchange import SimExchange
+
+
+async def error(exchange: SimExchange, status: int, code: str, message: str) -> None:
+    await exchange.respond_json(status, {"error": {"code": code, "message": message}})
+
+
+async def handle(
+    app: SimulatorApp,
+    scope: dict[str, Any],
+    exchange: SimExchange,
+    options: SimOptions | OptionError,
+    deployment: str,
+) -> None:
+    trust = app.native
+    key = header(scope, "api-key")
+    option_key = options.key if isinstance(options, SimOptions) else None
+    if not trust.key_ok(trust.azure_keys, key, option_key):
+        await exchange.read_body()
+        await error(
+            exchange,
+            401,
+            "401",
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
+            "to provide a valid key for an active subscription and use a correct regional "
+            "API endpoint for your resource.",
+        )
+        return
+    if query(scope).get("api-version") not in trust.azure_api_versions:
+        await exchange.read_body()
+        await error(exchange, 404, "404", "Resource not found")
+        return
+    name = unquote(deployment)
+    if trust.azure_deployments and name not in trust.azure_deployments:
+        await exchange.read_body()
+        await error(
+            exchange,
+            404,
+            "DeploymentNotFound",
+            f"The API deployment {name} for this resource does not exist.",
+        )
+        return
+    # The chat simulator answers from here on; it expects the key as a bearer token.
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
+    headers.append((b"authorization", b"Bearer " + key.encode("latin-1")))
+    headers.append((b"x-sim-deployment", orjson.dumps(name)))
+    # The request log shows the query string too, since Azure's api-version lives there.
+    logged = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
+    rewritten = {**scope, "headers": headers, "path": logged}
+    await app._serve(rewritten, exchange, "", options, app._answers["chat"], counted=True)

@@ -1,0 +1,326 @@
+"""AWS Bedrock's Converse and ConverseStream as the simulator speaks them.
+
+Every request's SigV4 signature is recomputed with botocore from the request as it
+arrived (method, raw path, query, signed headers, body) and the secret registered for its
+access key; a mismatch is refused the way AWS refuses it. Streams use AWS's event-stream
+framing (prelude, headers, payload, CRC32s).
+"""
+
+from __future__ import annotations
+
+import binascii
+import calendar
+import hmac
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import orjson
+
+from relay.simulator.native.common import (
+    NativePlan,
+    count_text,
+    gate,
+    header,
+    option_error,
+    plan,
+    read_request,
+)
+from relay.simulator.options import INVALID_BODY, OptionError, SimOptions
+
+if TYPE_CHECKING:
+    from relay.simulator.app import SimulatorApp
+    from relay.simulator.exchange import SimExchange
+
+MAX_CLOCK_SKEW_SECONDS = 300
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. Consult the service "
+    "documentation for details."
+)
+ERROR_TYPES = {
+    400: "ValidationException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+
+
+async def error(exchange: SimExchange, status: int, kind: str, message: str) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (
+            b"x-amzn-errortype",
+            f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/".encode(),
+        ),
+        (b"x-amzn-requestid", f"sim-{time.monotonic_ns()}".encode()),
+    ]
+    await exchange.respond(status, orjson.dumps({"message": message}), headers)
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message; every header value is a string (type 7)."""
+    encoded = b"".join(
+        bytes([len(name)])
+        + name.encode()
+        + b"\x07"
+        + struct.pack(">H", len(value))
+        + value.encode()
+        for name, value in headers.items()
+    )
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(encoded))
+    prelude += struct.pack(">I", binascii.crc32(prelude) & 0xFFFFFFFF)
+    message = prelude + encoded + payload
+    return message + struct.pack(">I", binascii.crc32(message) & 0xFFFFFFFF)
+
+
+def event(name: str, data: dict[str, Any]) -> bytes:
+    headers = {":event-type": name, ":content-type": "application/json", ":message-type": "event"}
+    return frame(headers, orjson.dumps(data))
+
+
+def exception(kind: str, message: str) -> bytes:
+    headers = {
+        ":exception-type": kind,
+        ":content-type": "application/json",
+        ":message-type": "exception",
+    }
+    return frame(headers, orjson.dumps({"message": message}))
+
+
+def _authorization(value: str) -> dict[str, str]:
+    scheme, _, rest = value.partition(" ")
+    if scheme != "AWS4-HMAC-SHA256":
+        return {}
+    fields = {}
+    for item in rest.split(","):
+        name, _, field = item.strip().partition("=")
+        fields[name] = field
+    return fields
+
+
+def verify_signature(
+    app: SimulatorApp, scope: dict[str, Any], raw: bytes
+) -> tuple[int, str, str] | None:
+    """None if the request is signed by a trusted key; else (status, AWS type, message)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    fields = _authorization(header(scope, "authorization"))
+    credential = fields.get("Credential", "").split("/")
+    if len(credential) != 5 or not fields.get("Signature") or not fields.get("SignedHeaders"):
+        return 403, "MissingAuthenticationTokenException", "Missing Authentication Token"
+    access_key, day, region, service, terminator = credential
+    trusted = app.native.aws_keys.get(access_key)
+    if trusted is None:
+        return (
+            403,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    secret, trusted_region = trusted
+    stamp = header(scope, "x-amz-date")
+    try:
+        signed_at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    except ValueError:
+        return (
+            403,
+            "IncompleteSignatureException",
+            "Authorization header requires existence of X-Amz-Date.",
+        )
+    if abs(app.native.clock() - signed_at) > MAX_CLOCK_SKEW_SECONDS:
+        return 403, "InvalidSignatureException", "Signature expired: " + stamp
+    if service != "bedrock" or terminator != "aws4_request" or day != stamp[:8]:
+        return (
+            403,
+            "InvalidSignatureException",
+            "Credential should be scoped to correct service: 'bedrock'.",
+        )
+    if region != trusted_region:
+        return (
+            403,
+            "InvalidSignatureException",
+            f"Credential should be scoped to a valid region, not '{region}'.",
+        )
+    names = fields["SignedHeaders"].split(";")
+    if "host" not in names:
+        return 403, "InvalidSignatureException", "'Host' or ':authority' must be a 'SignedHeader'."
+    headers = {name: header(scope, name) for name in names}
+    path = scope.get("raw_path") or scope["path"].encode()
+    url = f"http://{header(scope, 'host')}{path.decode('latin-1')}"
+    if scope.get("query_string"):
+        url += "?" + scope["query_string"].decode("latin-1")
+    request = AWSRequest(method=scope["method"], url=url, data=raw, headers=headers)
+    request.context["timestamp"] = stamp
+    signer = SigV4Auth(Credentials(access_key, secret), "bedrock", region)
+    expected = signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+    if not hmac.compare_digest(expected, fields["Signature"]):
+        return 403, "InvalidSignatureException", SIGNATURE_MISMATCH
+    return None
+
+
+def _read(body: dict[str, Any]) -> tuple[list[str], int, int, bool]:
+    texts: list[str] = []
+    images, last_result = 0, False
+    for block in body.get("system") or ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+    for message in body.get("messages") or ():
+        last_result = False
+        for block in (message or {}).get("content") or ():
+            if not isinstance(block, dict):
+                continue
+            if isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            elif "image" in block:
+                images += 1
+            elif "toolResult" in block:
+                last_result = True
+                for inner in block["toolResult"].get("content") or ():
+                    if isinstance(inner, dict) and isinstance(inner.get("text"), str):
+                        texts.append(inner["text"])
+    messages = len(body.get("messages") or ()) + (1 if body.get("system") else 0)
+    return texts, messages, images, last_result
+
+
+def plan_converse(body: Any, options: SimOptions) -> NativePlan | str:
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("messages"), list)
+        or not body["messages"]
+    ):
+        return "1 validation error detected: Value null at 'messages' failed to satisfy constraint"
+    texts, messages, images, last_result = _read(body)
+    limit = (body.get("inferenceConfig") or {}).get("maxTokens")
+    tools = (body.get("toolConfig") or {}).get("tools") or []
+    tool = None
+    if tools and not last_result:
+        tool = ((tools[0] or {}).get("toolSpec") or {}).get("name")
+    thinking = "thinking" in (body.get("additionalModelRequestFields") or {})
+    return plan(
+        options,
+        prompt_tokens=count_text(texts, messages, images),
+        max_tokens=limit if isinstance(limit, int) else None,
+        tool_name=tool,
+        thinking=thinking,
+    )
+
+
+def _usage(p: NativePlan) -> dict[str, Any]:
+    return {
+        "inputTokens": p.uncached_prompt,
+        "outputTokens": p.output_tokens,
+        "totalTokens": p.prompt_tokens + p.output_tokens,
+        "cacheReadInputTokens": p.cache_read,
+        "cacheWriteInputTokens": p.cache_write,
+    }
+
+
+def _stop(p: NativePlan) -> str:
+    return "tool_use" if p.tool_name else "max_tokens" if p.truncated else "end_turn"
+
+
+async def handle(
+    app: SimulatorApp,
+    scope: dict[str, Any],
+    exchange: SimExchange,
+    options: SimOptions | OptionError,
+    route: dict[str, str],
+) -> None:
+    raw, body = await read_request(app, scope, exchange)
+    if (problem := option_error(options)) is not None:
+        await error(exchange, 400, "ValidationException", problem)
+        return
+    assert isinstance(options, SimOptions)
+    refused = verify_signature(app, scope, raw)
+    if refused is not None:
+        await error(exchange, *refused)
+        return
+    status = await gate(app, scope, exchange, options)
+    if status is False:
+        return
+    if status:
+        kind = ERROR_TYPES.get(int(status), "InternalServerException")
+        await error(exchange, int(status), kind, f"Simulated failure (HTTP {status}).")
+        return
+    planned = plan_converse(None if body is INVALID_BODY else body, options)
+    if isinstance(planned, str):
+        await error(exchange, 400, "ValidationException", planned)
+        return
+    model = unquote(route["model"])
+    content: list[dict[str, Any]] = []
+    if planned.reasoning:
+        content.append(
+            {"reasoningContent": {"reasoningText": {"text": "sim thought", "signature": "sig"}}}
+        )
+    if planned.tool_name:
+        content.append(
+            {
+                "toolUse": {
+                    "toolUseId": f"tooluse_{time.monotonic_ns()}",
+                    "name": planned.tool_name,
+                    "input": {},
+                }
+            }
+        )
+    else:
+        content.append({"text": planned.text})
+    if route["action"] == "converse":
+        answer = {
+            "output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": _stop(planned),
+            "usage": _usage(planned),
+            "metrics": {"latencyMs": 1},
+        }
+        await exchange.respond(
+            200,
+            orjson.dumps(answer),
+            [(b"content-type", b"application/json"), (b"x-sim-model", model.encode())],
+        )
+        return
+    exchange.watch()
+    await exchange.start(200, [(b"content-type", b"application/vnd.amazon.eventstream")])
+    await exchange.chunk(event("messageStart", {"role": "assistant"}))
+    for index, block in enumerate(content):
+        if "toolUse" in block:
+            use = block["toolUse"]
+            start = {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}
+            await exchange.chunk(
+                event("contentBlockStart", {"contentBlockIndex": index, "start": start})
+            )
+            await exchange.chunk(
+                event(
+                    "contentBlockDelta",
+                    {"contentBlockIndex": index, "delta": {"toolUse": {"input": "{}"}}},
+                )
+            )
+        elif "reasoningContent" in block:
+            delta = {"reasoningContent": {"text": "sim thought"}}
+            await exchange.chunk(
+                event("contentBlockDelta", {"contentBlockIndex": index, "delta": delta})
+            )
+        else:
+            for piece in planned.pieces:
+                await exchange.chunk(
+                    event(
+                        "contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}}
+                    )
+                )
+                if exchange.disconnected:
+                    return
+            if options.stream_error:
+                await exchange.end(
+                    exception("modelStreamErrorException", "Simulated stream error.")
+                )
+                return
+        await exchange.chunk(event("contentBlockStop", {"contentBlockIndex": index}))
+    await exchange.chunk(event("messageStop", {"stopReason": _stop(planned)}))
+    await exchange.end(event("metadata", {"usage": _usage(planned), "metrics": {"latencyMs": 1}}))

@@ -1,0 +1,161 @@
+"""Vertex AI over loopback: service-account tokens from google-auth, fetched from the
+simulator's OAuth endpoint (which verifies the signed JWT), refreshed before expiry with
+one fetch however many requests wait, and generateContent with those tokens only."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from relay.providers import client
+from relay.providers.base import FailureKind
+from relay.providers.vertex import VertexAdapter, VertexConfig
+from relay.providers.vertex_auth import REFRESH_MARGIN_SECONDS, VertexTokenSource, token_source
+from relay.translate import canonical as c
+from tests.relay.providers.conftest import (
+    CHAT,
+    CHAT_PROMPT_TOKENS,
+    WEATHER_TOOL,
+    NativeSim,
+    canonical,
+    complete,
+    private_key_pem,
+    run,
+    service_account_info,
+    stream,
+    summarise,
+    tool_calls,
+)
+
+MODEL = "gemini-2.5-pro"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def vertex(
+    sim: NativeSim, info: dict[str, Any], tokens: VertexTokenSource, options: str = ""
+) -> VertexAdapter:
+    base = f"{sim.url}/sim/{options}" if options else sim.url
+    return VertexAdapter(VertexConfig(info, location="us-central1", base_url=base), tokens)
+
+
+def many(adapter: VertexAdapter, count: int) -> list[c.Response]:
+    request = canonical(CHAT)
+
+    async def work(http: httpx.AsyncClient) -> list[c.Response]:
+        calls = [
+            client.complete(adapter, http, request, upstream_model=MODEL) for _ in range(count)
+        ]
+        return list(await asyncio.gather(*calls))
+
+    return run(work)
+
+
+def test_answer_with_usage_metadata(native_sim: NativeSim, sa_info: dict[str, Any]) -> None:
+    adapter = vertex(
+        native_sim, sa_info, VertexTokenSource(sa_info), "tokens=2,cached=4,reasoning=3"
+    )
+    answer = many(adapter, 1)[0]
+    assert c.text_of(answer.parts) == "tok0 tok1"
+    assert [p.text for p in answer.parts if isinstance(p, c.Reasoning)] == ["sim thought"]
+    assert answer.usage == c.Usage(
+        input_tokens=CHAT_PROMPT_TOKENS, output_tokens=2 + 3, cached_tokens=4, reasoning_tokens=3
+    )
+    sent = native_sim.requests()[-1]
+    assert sent["path"].endswith(
+        "/v1/projects/sim-project/locations/us-central1/publishers/google/models/"
+        "gemini-2.5-pro:generateContent"
+    )
+    assert sent["headers"]["authorization"].startswith("Bearer ya29.sim-")
+
+
+def test_one_token_fetch_for_many_concurrent_requests(
+    native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    tokens = VertexTokenSource(sa_info)
+    answers = many(vertex(native_sim, sa_info, tokens), 40)
+    assert all(c.text_of(a.parts).startswith("tok0") for a in answers)
+    assert native_sim.app.native.token_fetches == 1
+    assert tokens.fetches == 1
+    bearers = {
+        r["headers"]["authorization"] for r in native_sim.requests() if "projects" in r["path"]
+    }
+    assert len(bearers) == 1
+
+
+def test_refreshed_before_expiry_with_one_fetch(
+    native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    clock = FakeClock()
+    tokens = VertexTokenSource(sa_info, clock=clock)
+    adapter = vertex(native_sim, sa_info, tokens)
+    many(adapter, 5)
+    lifetime = native_sim.app.native.token_lifetime
+    clock.now += lifetime - REFRESH_MARGIN_SECONDS - 5  # not yet due
+    many(adapter, 5)
+    assert native_sim.app.native.token_fetches == 1
+    clock.now += 10  # inside the margin: still valid at the provider, but due
+    many(adapter, 30)
+    assert native_sim.app.native.token_fetches == 2
+    assert tokens.fetches == 2
+    bearers = [
+        r["headers"]["authorization"] for r in native_sim.requests() if "projects" in r["path"]
+    ]
+    assert len(set(bearers)) == 2
+    assert bearers[-30:] == [bearers[-1]] * 30
+
+
+def test_simulator_refuses_an_expired_token(native_sim: NativeSim, sa_info: dict[str, Any]) -> None:
+    tokens = VertexTokenSource(sa_info, clock=FakeClock())  # never thinks it is due
+    adapter = vertex(native_sim, sa_info, tokens)
+    many(adapter, 1)
+    sim_clock = FakeClock()
+    sim_clock.now = native_sim.app.native.clock() + native_sim.app.native.token_lifetime + 1
+    native_sim.app.native.clock = sim_clock
+    with pytest.raises(client.ProviderError) as caught:
+        many(adapter, 1)
+    assert caught.value.failure.kind is FailureKind.CREDENTIALS
+
+
+def test_untrusted_service_account_gets_no_token(native_sim: NativeSim) -> None:
+    stranger = service_account_info(native_sim.url, private_key_pem()[0])  # same email, other key
+    with pytest.raises(client.ProviderError) as caught:
+        many(vertex(native_sim, stranger, VertexTokenSource(stranger)), 3)
+    assert caught.value.failure.kind is FailureKind.CREDENTIALS
+    assert "Invalid JWT Signature" in caught.value.failure.message
+    assert native_sim.app.native.token_fetches == 0
+
+
+def test_token_for_another_project_is_refused(
+    native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    other = {**sa_info, "project_id": "someone-elses"}
+    with pytest.raises(client.ProviderError) as caught:
+        many(vertex(native_sim, other, VertexTokenSource(other)), 1)
+    assert caught.value.failure.kind is FailureKind.CREDENTIALS
+
+
+def test_stream_and_tool_call(native_sim: NativeSim, sa_info: dict[str, Any]) -> None:
+    adapter = vertex(native_sim, sa_info, VertexTokenSource(sa_info), "tokens=3")
+    streamed = summarise(stream(adapter, CHAT, MODEL))
+    assert (streamed.text, streamed.stop) == ("tok0 tok1 tok2", "end")
+    assert streamed.usage is not None and streamed.usage.input_tokens == CHAT_PROMPT_TOKENS
+    answer = complete(adapter, {**CHAT, "tools": [WEATHER_TOOL]}, MODEL)
+    assert answer.stop == "tool_use"
+    assert [call.name for call in tool_calls(answer)] == ["get_weather"]
+    declaration = native_sim.requests()[-1]["body"]["tools"][0]["functionDeclarations"][0]
+    assert "additionalProperties" not in declaration["parameters"]
+
+
+def test_sources_are_shared_per_service_account(sa_info: dict[str, Any]) -> None:
+    assert token_source(sa_info) is token_source(dict(sa_info))
+    assert token_source(sa_info) is not token_source({**sa_info, "private_key_id": "other"})
