@@ -343,6 +343,9 @@ BILLING_RAW_RETENTION_DAYS = env.int("BILLING_RAW_RETENTION_DAYS", default=400)
 # Periodic jobs re-read this many seconds before their watermark to fold in late events.
 BILLING_WATERMARK_MARGIN_SECONDS = env.int("BILLING_WATERMARK_MARGIN_SECONDS", default=300)
 BILLING_WEBHOOK_TIMEOUT_SECONDS = env.float("BILLING_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Budget webhooks go only to public addresses (a tenant must not make Tollgate's workers
+# reach loopback, private or link-local hosts); True lets them reach any address.
+BILLING_WEBHOOK_ALLOW_PRIVATE = env.bool("BILLING_WEBHOOK_ALLOW_PRIVATE", default=False)
 
 
 if not all((SECRET_KEY, TOLLGATE_KEY_HMAC_SECRET, *TOLLGATE_ENCRYPTION_KEYS)):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from billing.webhooks import DELIVERY_FAILED, DELIVERY_OUTCOMES
+
 
 class BudgetAlert(models.Model):
     account = models.ForeignKey(
@@ -32,3 +34,15 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account.organization} {self.period_start:%Y-%m} {self.threshold_percent}%"
+
+    @property
+    def webhook_outcome(self) -> str:
+        """What the tenant is shown of the webhook's delivery: the HTTP status or a coarse
+        failure, never a connection error's text (older rows may hold one)."""
+        if self.webhook_status is not None:
+            return f"HTTP {self.webhook_status}"
+        if self.webhook_error:
+            return (
+                self.webhook_error if self.webhook_error in DELIVERY_OUTCOMES else DELIVERY_FAILED
+            )
+        return ""

@@ -20,6 +20,7 @@ from billing.models import BillingAccount, BudgetAlert
 from billing.money import format_micros
 from billing.periods import Period
 from billing.selectors import period_spend_micros
+from billing.webhooks import DELIVERY_FAILED, DELIVERY_REFUSED, WebhookRefused, webhook_post
 from portal.models import Membership
 
 logger = logging.getLogger(__name__)
@@ -125,17 +126,25 @@ def budget_alert_deliver(*, alert_id: int) -> bool:
         )
     fields: dict[str, Any] = {"emailed_to": recipients}
     if account.alert_webhook_url:
-        timeout = settings.BILLING_WEBHOOK_TIMEOUT_SECONDS
-        try:
-            response = httpx.post(
-                account.alert_webhook_url, json=alert_payload(alert), timeout=timeout
-            )
-            fields["webhook_status"] = response.status_code
-        except httpx.HTTPError as exc:
-            fields["webhook_error"] = f"{type(exc).__name__}: {exc}"[:500]
-            logger.warning("budget webhook for %s failed: %s", organization.slug, exc)
+        fields.update(_webhook_deliver(organization.slug, account.alert_webhook_url, alert))
     BudgetAlert.objects.filter(pk=alert_id).update(**fields)
     return True
+
+
+def _webhook_deliver(slug: str, url: str, alert: BudgetAlert) -> dict[str, Any]:
+    """Post the alert; the outcome tenants see is the HTTP status or a coarse failure,
+    never the connection error (which would tell open ports from closed ones)."""
+    try:
+        response = webhook_post(
+            url, alert_payload(alert), timeout=settings.BILLING_WEBHOOK_TIMEOUT_SECONDS
+        )
+    except WebhookRefused as exc:
+        logger.warning("budget webhook for %s refused: %s", slug, exc)
+        return {"webhook_error": DELIVERY_REFUSED}
+    except httpx.HTTPError as exc:
+        logger.warning("budget webhook for %s failed: %s: %s", slug, type(exc).__name__, exc)
+        return {"webhook_error": DELIVERY_FAILED}
+    return {"webhook_status": response.status_code}
 
 
 def budget_accounts() -> list[int]:

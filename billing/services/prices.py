@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from billing.models import BillingAccount, BillingWatermark, KeyQuota, ModelPrice, PriceList
 from billing.services.common import Actor, tell_relay, user_or_none, watermark_lock
+from billing.webhooks import WebhookRefused, webhook_url_check
 from portal.models import ApiKey, AuditEntry, CatalogModel, Organization
 
 # A new price may start a moment ago (a form submitted slowly) but not further back:
@@ -201,6 +202,7 @@ def billing_account_create(
     account = BillingAccount(organization=organization, **fields)
     account.full_clean()
     _check_price_list(account)
+    _check_webhook(account)
     account.save()
     AuditEntry.record(
         actor=actor,
@@ -226,6 +228,8 @@ def billing_account_update(
         setattr(account, name, value)
     account.full_clean()
     _check_price_list(account)
+    if _webhook_changed(before, account):
+        _check_webhook(account)
     account.save(update_fields=[*changes, "updated_at"])
     after = _account_data(account)
     AuditEntry.record(
@@ -237,6 +241,19 @@ def billing_account_update(
     )
     tell_relay()
     return account
+
+
+def _webhook_changed(before: dict[str, Any], account: BillingAccount) -> bool:
+    # A URL set before the check existed does not block unrelated changes (terms, credit).
+    return bool(before["alert_webhook_url"] != account.alert_webhook_url)
+
+
+def _check_webhook(account: BillingAccount) -> None:
+    """The alert webhook must reach a public address (see billing.webhooks)."""
+    try:
+        webhook_url_check(account.alert_webhook_url)
+    except WebhookRefused as exc:
+        raise ValidationError({"alert_webhook_url": str(exc)}) from None
 
 
 def _account_data(account: BillingAccount) -> dict[str, Any]:

@@ -130,7 +130,13 @@ def budget(request: HttpRequest, slug: str) -> HttpResponse:
     return render_page(
         request,
         "portal/budget.html",
-        {"summary": summary, "form": form, "alerts": reads.budget_alerts(account)},
+        {
+            "summary": summary,
+            "form": form,
+            "alerts": reads.budget_alerts(account),
+            # Who was e-mailed names members: billing people see how many, not who.
+            "show_recipients": access.can(Need.MEMBERS),
+        },
         access=access,
         section="budget",
         status=400 if form is not None and form.errors else 200,
