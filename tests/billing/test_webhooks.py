@@ -24,7 +24,7 @@ from billing.services import budget_alert_deliver, budget_check
 from billing.webhooks import DELIVERY_FAILED, DELIVERY_REFUSED, is_public_address
 from tests.billing.conftest import EventFactory, Market
 from tests.billing.test_budgets import WebhookReceiver, spend
-from tests.portal.conftest import client_for
+from tests.console.conftest import client_for
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.django_db
