@@ -70,9 +70,12 @@ def budget_alert_deliver_task(alert_id: int) -> bool:
 
 @shared_task(name="billing.invoice_drafts", bind=True)
 def invoice_drafts_task(self: Task, period: str | None = None) -> int:
-    """Create or refresh the drafts of ``period`` (``YYYY-MM``; default last month) for
-    every customer with usage in it, one task per customer."""
-    month = Period.parse(period) if period else Period.current().previous()
+    """Create or refresh the drafts of ``period`` (``YYYY-MM``, or ``current``; default
+    last month) for every customer with usage in it, one task per customer."""
+    if period == "current":
+        month = Period.current()
+    else:
+        month = Period.parse(period) if period else Period.current().previous()
     customers = invoice_customers(period=month)
     for customer_id in customers:
         invoice_draft_task.apply_async((customer_id, month.label), **_same_queue(self))

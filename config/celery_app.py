@@ -9,6 +9,10 @@ Beat schedule (UTC); every task is idempotent, so a missed or doubled run is har
 - billing.budget_checks, every 10 minutes: budget alerts, once per threshold and month;
 - billing.invoice_drafts, daily 02:15: create or refresh last month's draft invoices;
 - billing.prune_usage_events, daily 03:30: drop raw events past BILLING_RAW_RETENTION_DAYS.
+
+With ``TOLLGATE_PERIODIC_SECONDS`` set (``bin/demo`` sets it), every job but pruning runs
+that often instead, and the drafts job also drafts the current month: a demo shows its
+money within a minute of traffic.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 
 from celery import Celery
 from celery.schedules import crontab
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -24,7 +29,7 @@ app = Celery("tollgate")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-app.conf.beat_schedule = {
+PRODUCTION_SCHEDULE = {
     "relay-channels-health-check": {
         "task": "relay.channels_health_check",
         "schedule": crontab(minute="*"),
@@ -55,3 +60,26 @@ app.conf.beat_schedule = {
         "schedule": crontab(hour=3, minute=30),
     },
 }
+
+
+def demo_schedule(seconds: float) -> dict[str, dict[str, object]]:
+    """The same jobs every ``seconds``; invoice drafts for this month as well as the last."""
+    schedule: dict[str, dict[str, object]] = {
+        name: {**entry, "schedule": seconds}
+        for name, entry in PRODUCTION_SCHEDULE.items()
+        if name != "billing-prune-usage-events"
+    }
+    schedule["billing-prune-usage-events"] = PRODUCTION_SCHEDULE["billing-prune-usage-events"]
+    schedule["billing-invoice-drafts-current"] = {
+        "task": "billing.invoice_drafts",
+        "schedule": seconds,
+        "args": ("current",),
+    }
+    return schedule
+
+
+app.conf.beat_schedule = (
+    demo_schedule(settings.TOLLGATE_PERIODIC_SECONDS)
+    if settings.TOLLGATE_PERIODIC_SECONDS
+    else PRODUCTION_SCHEDULE
+)

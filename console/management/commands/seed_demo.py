@@ -2,8 +2,10 @@
 
 Creates the platform, an operator login, a demo tenant with an owner, two simulated
 models, a channel to the built-in simulator and an API key whose secret is kept in a
-file (mode 0600). Safe to re-run: existing objects are reused, the channel follows
---upstream, and a new key is issued only when the file no longer holds a usable one.
+file (mode 0600). The tenant is prepaid with a demo credit and a monthly budget, so the
+key works at once and a little traffic moves the money pages. Safe to re-run: existing
+objects are reused, the channel follows --upstream, terms are set only on a tenant that
+has none, and a new key is issued only when the file no longer holds a usable one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ KEY_NAME = "demo"
 MODELS = ("sim-small", "sim-large")
 # Micro-units per million tokens (input, output): $0.15/$0.60 and $2.50/$10.
 DEMO_PRICES = {"sim-small": (150_000, 600_000), "sim-large": (2_500_000, 10_000_000)}
+# The demo tenant's credit and its monthly budget (alerts at 50, 80 and 100 %, no hard stop).
+DEMO_CREDIT_MICROS = 10_000_000
+DEMO_BUDGET_MICROS = 1_000_000
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -86,6 +91,7 @@ class Command(BaseCommand):
                 tenant = self._tenant(platform)
                 self._models()
                 self._prices(platform)
+                self._terms(tenant)
                 channel = self._channel(options["upstream"])
                 secret, new_key = self._api_key(tenant, key_file)
         except ValidationError as exc:
@@ -202,6 +208,23 @@ class Command(BaseCommand):
                     output_per_mtok=output_price,
                     actor=ACTOR,
                 )
+
+    def _terms(self, tenant: Organization) -> None:
+        """Prepaid with a demo credit and a budget, unless the tenant has terms already."""
+        from billing.models import BillingAccount
+        from billing.services import account_topup, billing_account_create
+
+        if BillingAccount.objects.filter(organization=tenant).exists():
+            return  # an operator's terms (and the balance left) survive a re-run
+        account = billing_account_create(
+            organization=tenant,
+            actor=ACTOR,
+            mode=BillingAccount.Mode.PREPAID,
+            monthly_budget_micros=DEMO_BUDGET_MICROS,
+        )
+        account_topup(
+            account=account, amount_micros=DEMO_CREDIT_MICROS, actor=ACTOR, memo="Demo credit"
+        )
 
     def _channel(self, upstream: str) -> Channel:
         channel = Channel.objects.filter(name=CHANNEL_NAME).first()
