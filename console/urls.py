@@ -74,6 +74,7 @@ organization_patterns = [
     path("revenue/", selling.revenue, name="revenue"),
     path("codes/", selling.codes, name="codes"),
     path("invoices/", billing.invoices_issued, name="invoices_issued"),
+    path("invoices/draft-now/", billing.invoices_draft_now, name="invoices_draft_now"),
     path("audit/", organizations.audit, name="org_audit"),
 ]
 
@@ -88,6 +89,11 @@ operator_patterns = [
     path("organizations/", operator.organizations, name="operator_orgs"),
     path("usage/", operator.usage_log, name="usage_log"),
     path("invoices/", billing.operator_invoices, name="operator_invoices"),
+    path(
+        "invoices/draft-now/",
+        billing.operator_invoices_draft_now,
+        name="operator_invoices_draft_now",
+    ),
     path("price-lists/", selling.operator_price_lists, name="operator_price_lists"),
     path("codes/", selling.operator_codes, name="operator_codes"),
     path("audit/", operator.audit, name="operator_audit"),

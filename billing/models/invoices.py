@@ -66,6 +66,13 @@ class Invoice(models.Model):
     def is_draft(self) -> bool:
         return self.status == self.Status.DRAFT
 
+    @property
+    def is_issuable(self) -> bool:
+        """A draft whose period is over (UTC), which is when ``invoice_issue`` accepts it."""
+        from django.utils import timezone
+
+        return self.is_draft and self.period_end <= timezone.now().date()
+
 
 class InvoiceLine(models.Model):
     """One model at one set of unit prices; the amount is the sum of its events' costs."""

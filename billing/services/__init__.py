@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from billing.services.budgets import budget_alert_deliver, budget_check
 from billing.services.invoices import (
+    invoice_drafts_refresh,
     invoice_generate,
     invoice_issue,
     invoice_mark_paid,
@@ -41,6 +42,7 @@ __all__ = [
     "billing_account_update",
     "budget_alert_deliver",
     "budget_check",
+    "invoice_drafts_refresh",
     "invoice_generate",
     "invoice_issue",
     "invoice_mark_paid",

@@ -184,7 +184,7 @@ def invoice_issue(*, invoice: Invoice, actor: Actor) -> Invoice:
     if not current.is_draft:
         raise ValidationError(f"Only a draft can be issued; this invoice is {current.status}.")
     now = timezone.now()
-    if current.period_end > now.date():
+    if not current.is_issuable:
         raise ValidationError("The billing period is not over yet.")
     current = (
         invoice_generate(
@@ -299,3 +299,27 @@ def invoice_customers(*, period: Period) -> list[int]:
         )
     )
     return sorted(tenants | resellers | drafts)
+
+
+def invoice_drafts_refresh(*, issuer: Organization | None, actor: Actor) -> list[Invoice]:
+    """Create or refresh this month's drafts now, for ``issuer``'s customers (None: every
+    issuer's), rather than waiting for the nightly job; returns the drafts."""
+    period = Period.current()
+    customers = Organization.objects.filter(pk__in=invoice_customers(period=period))
+    if issuer is not None:
+        customers = customers.filter(parent=issuer)
+    drafts = []
+    for customer in customers.select_related("parent").order_by("pk"):
+        invoice = invoice_generate(customer=customer, period=period)
+        if invoice is not None:
+            drafts.append(invoice)
+    audited = issuer or Organization.objects.filter(kind=Organization.Kind.PLATFORM).first()
+    if audited is not None:
+        AuditEntry.record(
+            actor=actor,
+            action="invoice.drafts_refresh",
+            target=audited,
+            organization=audited,
+            data={"period": period.label, "drafts": [invoice.pk for invoice in drafts]},
+        )
+    return drafts

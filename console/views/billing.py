@@ -260,10 +260,38 @@ def invoices_issued(request: HttpRequest, slug: str) -> HttpResponse:
             "status": status,
             "statuses": Invoice.Status.choices,
             "can_change": access.can(Need.MANAGE),
+            "draft_now_url": reverse("invoices_draft_now", args=[issuer.slug]),
         },
         access=access,
         section="invoices",
     )
+
+
+@login_required
+@require_POST
+def invoices_draft_now(request: HttpRequest, slug: str) -> HttpResponseRedirect:
+    """Create or refresh this month's drafts to the issuer's customers at once."""
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    if access.organization.is_tenant:
+        raise Http404("Tenants issue no invoices.")
+    drafts = billing.invoice_drafts_refresh(issuer=access.organization, actor=request.user)
+    messages.success(request, _drafted(drafts))
+    return redirect("invoices_issued", slug=slug)
+
+
+@login_required
+@require_POST
+def operator_invoices_draft_now(request: HttpRequest) -> HttpResponseRedirect:
+    require_operator(request.user)
+    drafts = billing.invoice_drafts_refresh(issuer=None, actor=request.user)
+    messages.success(request, _drafted(drafts))
+    return redirect("operator_invoices")
+
+
+def _drafted(drafts: list[Invoice]) -> str:
+    if not drafts:
+        return "No usage to invoice this month yet."
+    return f"{len(drafts)} draft{'s' if len(drafts) != 1 else ''} for this month refreshed."
 
 
 @login_required
@@ -279,6 +307,7 @@ def operator_invoices(request: HttpRequest) -> HttpResponse:
             "statuses": Invoice.Status.choices,
             "can_change": True,
             "platform_wide": True,
+            "draft_now_url": reverse("operator_invoices_draft_now"),
         },
         section="operator_invoices",
     )

@@ -311,6 +311,35 @@ def test_invoice_is_issued_by_the_reseller_and_downloaded_by_the_tenant(
         assert "RESELLER-2026-000001" in issued.content.decode()
 
 
+def test_draft_now_drafts_the_current_month_which_is_not_issuable_yet(
+    market: Market, reseller_admin: Any, tenant_owner: Any
+) -> None:
+    generate_month(market, count=40)  # March 2026
+    reseller = client_for(reseller_admin)
+    with time_machine.travel(datetime(2026, 3, 20, tzinfo=UTC), tick=False):
+        listing = reseller.get(reverse("invoices_issued", args=["reseller"])).content.decode()
+        assert "Draft now" in listing and "No invoices" in listing
+        response = reseller.post(reverse("invoices_draft_now", args=["reseller"]))
+        assert response.status_code == 302
+        drafts = Invoice.objects.filter(issuer=market.reseller, period_start=MARCH.start)
+        # Only this reseller's tenants (the other reseller's tenant is not its customer).
+        assert {d.customer for d in drafts} == {market.tenant}
+        assert all(d.is_draft and not d.is_issuable for d in drafts)
+        html = reseller.get(reverse("invoices_issued", args=["reseller"])).content.decode()
+        # A draft of a month not over offers no Issue button, only when it can be issued.
+        assert "Issue invoice to" not in html and "Issuable from 2026-04-01" in html
+        refused = reseller.post(reverse("invoice_action", args=[drafts[0].pk, "issue"]))
+        assert refused.status_code == 302
+        drafts[0].refresh_from_db()
+        assert drafts[0].is_draft
+        # Tenant people cannot draft their reseller's invoices.
+        denied = client_for(tenant_owner).post(reverse("invoices_draft_now", args=["reseller"]))
+        assert denied.status_code == 404
+    with time_machine.travel(datetime(2026, 4, 1, 0, 1, tzinfo=UTC), tick=False):
+        html = reseller.get(reverse("invoices_issued", args=["reseller"])).content.decode()
+        assert "Issue invoice to" in html and "Issuable from" not in html
+
+
 def test_operator_sees_every_invoice(market: Market, operator: Any) -> None:
     generate_month(market, count=80)
     with time_machine.travel(datetime(2026, 4, 2, tzinfo=UTC), tick=False):

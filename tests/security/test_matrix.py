@@ -152,6 +152,8 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     # A new code is shown once on a page of its own (200), not behind a redirect.
     "codes": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE}),
     "invoices_issued": ("reseller", {"GET": RESELLER_PAGE}),
+    # Drafting this month's invoices now: the issuer's managers and operators.
+    "invoices_draft_now": ("reseller", {"GET": POST_ONLY, "POST": RESELLER_PAGE_POST}),
     # The tenant's issued invoice: its billing people (owner, admin, billing) and its issuer.
     "invoice_download": ("invoice_csv", {"GET": tenant_page(403, 200)}),
     # Issue / paid / void: the issuer's managers only, never the customer.
@@ -176,6 +178,7 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "operator_audit": ("none", {"GET": OPERATOR_ONLY}),
     "usage_log": ("none", {"GET": OPERATOR_ONLY}),
     "operator_invoices": ("none", {"GET": OPERATOR_ONLY}),
+    "operator_invoices_draft_now": ("none", {"GET": POST_ONLY, "POST": OPERATOR_ONLY_POST}),
     # Shortcuts to the platform organisation's own pages.
     "operator_price_lists": ("none", {"GET": OPERATOR_ONLY_POST}),
     "operator_codes": ("none", {"GET": OPERATOR_ONLY_POST}),
