@@ -1,8 +1,10 @@
 """Channel health checks: one tiny real request per channel, on a schedule or on demand.
 
 A check asks the channel for a one-token completion of a model it serves (or, serving
-none, lists its models). Suspended channels that answer again are put back in rotation,
-and a success closes the channel's breaker; operators see latency and the last error.
+none, lists its models); channels of a native provider type are asked through their
+adapter, in their own protocol and with their own authentication. Suspended channels
+that answer again are put back in rotation, and a success closes the channel's breaker;
+operators see latency and the last error.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from asgiref.sync import async_to_sync
 from portal.models import Channel
 from portal.services import channel_check_record
 from relay import shared
+from relay.providers import client as provider_client
+from relay.providers.registry import adapter_for
+from relay.translate import canonical as c
 
 CHECK_TIMEOUT_SECONDS = 20.0
 
@@ -30,6 +35,8 @@ class CheckResult:
 
 def probe(channel: Channel) -> CheckResult:
     """Send the check request; never raises for the upstream's faults."""
+    if channel.provider_type != Channel.ProviderType.OPENAI:
+        return _probe_native(channel)
     link = channel.served.select_related("model").first()
     base = channel.base_url.rstrip("/")
     headers = {"authorization": f"Bearer {channel.secret}"}
@@ -54,6 +61,40 @@ def probe(channel: Channel) -> CheckResult:
     if response.status_code >= 400:
         return CheckResult(False, response.status_code, latency, f"HTTP {response.status_code}")
     return CheckResult(True, response.status_code, latency)
+
+
+def _probe_native(channel: Channel) -> CheckResult:
+    link = channel.served.select_related("model").first()
+    started = time.monotonic()
+    if link is None:
+        return CheckResult(False, None, 0, "The channel serves no model to check with.")
+    try:
+        adapter = adapter_for(
+            channel.provider_type,
+            base_url=channel.base_url,
+            secret=channel.secret,
+            settings=channel.provider_settings,
+        )
+    except ValueError as exc:
+        return CheckResult(False, None, 0, f"Misconfigured: {exc}"[:300])
+    ping = c.Request(
+        model=link.upstream_model(),
+        turns=[c.Turn("user", [c.Text("ping")])],
+        max_output_tokens=1,
+    )
+
+    async def ask() -> None:
+        async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_SECONDS, trust_env=False) as http:
+            await provider_client.complete(
+                adapter, http, ping, upstream_model=link.upstream_model()
+            )
+
+    try:
+        async_to_sync(ask)()
+    except provider_client.ProviderError as exc:
+        failure = exc.failure
+        return CheckResult(False, failure.status, _ms(started), failure.message[:300])
+    return CheckResult(True, 200, _ms(started))
 
 
 def channel_check(channel: Channel) -> CheckResult:

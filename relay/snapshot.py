@@ -221,6 +221,10 @@ def load_snapshot() -> Snapshot:
     )
     for link in served:
         channel = link.channel
+        if channel.provider_type != Channel.ProviderType.OPENAI:
+            # Native provider adapters (relay.providers) are not on the request path yet:
+            # sending them OpenAI's format would fail, so such channels are not routed.
+            continue
         try:
             secret = channel.secret
         except ValueError:

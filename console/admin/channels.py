@@ -66,6 +66,7 @@ class ChannelForm(forms.ModelForm):
             "name",
             "provider_type",
             "base_url",
+            "provider_settings",
             "priority",
             "weight",
             "status",
@@ -76,6 +77,11 @@ class ChannelForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("secret") and cleaned.get("clear_secret"):
             raise forms.ValidationError("Either type a new secret or remove it, not both.")
+        # The model checks the secret against the provider type, so it sees the new one.
+        if cleaned.get("clear_secret"):
+            self.instance.secret = ""
+        elif cleaned.get("secret"):
+            self.instance.secret = cleaned["secret"]
         return cleaned
 
 
@@ -110,7 +116,7 @@ class ChannelAdmin(AuditedAdmin):
         "updated_at",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "provider_type", "base_url"]}),
+        (None, {"fields": ["name", "provider_type", "base_url", "provider_settings"]}),
         ("Secret", {"fields": ["secret_status", "secret", "clear_secret"]}),
         ("Routing", {"fields": ["priority", "weight", "group", "status", "status_reason"]}),
         ("Timeouts", {"fields": ["connect_timeout", "first_byte_timeout", "total_timeout"]}),

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from portal import crypto
+from portal.models import provider_settings
 
 
 def validate_upstream_url(value: str) -> None:
@@ -26,8 +27,13 @@ def validate_upstream_url(value: str) -> None:
 
 class Channel(models.Model):
     class ProviderType(models.TextChoices):
-        # Further provider types (with their own request adapters) are added here.
+        # Each has a request adapter in relay.providers and rules in provider_settings.
         OPENAI = "openai", "OpenAI-compatible"
+        ANTHROPIC = "anthropic", "Anthropic"
+        GEMINI = "gemini", "Google Gemini API"
+        VERTEX = "vertex", "Google Vertex AI"
+        BEDROCK = "bedrock", "AWS Bedrock"
+        AZURE = "azure", "Azure OpenAI"
 
     class Status(models.TextChoices):
         ENABLED = "enabled", "Enabled"
@@ -43,10 +49,18 @@ class Channel(models.Model):
     )
     base_url = models.CharField(
         max_length=500,
+        blank=True,
         validators=[validate_upstream_url],
-        help_text="Up to and including /v1, e.g. https://api.openai.com/v1",
+        help_text="Up to and including /v1, e.g. https://api.openai.com/v1; blank for "
+        "providers with a well-known endpoint (all but OpenAI-compatible).",
     )
     secret_ciphertext = models.TextField(blank=True, editable=False)
+    provider_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Not secret. Vertex: {"location", "project"}; Bedrock: {"region"}; '
+        'Azure: {"resource", "deployments": {model: deployment}, "api_version"}.',
+    )
     priority = models.IntegerField(default=0, help_text="Higher priorities are tried first.")
     weight = models.PositiveIntegerField(
         default=1, help_text="Share of traffic among channels of the same priority."
@@ -93,6 +107,11 @@ class Channel(models.Model):
     @secret.setter
     def secret(self, plain: str) -> None:
         self.secret_ciphertext = crypto.encrypt_secret(plain) if plain else ""
+
+    def clean(self) -> None:
+        provider_settings.check_settings(self.provider_type, self.base_url, self.provider_settings)
+        if self.secret_ciphertext or self.provider_type != self.ProviderType.OPENAI:
+            provider_settings.check_secret(self.provider_type, self.secret)
 
     @property
     def is_enabled(self) -> bool:

@@ -16,13 +16,16 @@ from portal.models import (
     Channel,
     ChannelModel,
 )
+from portal.models.provider_settings import check_secret
 from portal.services.catalog import catalog_model_upsert, check_public_id
 from portal.services.common import Actor
 
 _STATUS_REASON_MAX_LENGTH = Channel._meta.get_field("status_reason").max_length or 500
 # Fields of a channel that channel_update may change; the secret and the status have
 # their own functions because they are audited differently.
-_CHANNEL_UPDATABLE_FIELDS = frozenset({"name", "base_url", "priority", "weight", "provider_type"})
+_CHANNEL_UPDATABLE_FIELDS = frozenset(
+    {"name", "base_url", "priority", "weight", "provider_type", "provider_settings"}
+)
 
 
 def _upstream_names(models: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
@@ -59,18 +62,21 @@ def _channel_models_add(channel: Channel, names: dict[str, str], actor: Actor) -
 def channel_create(
     *,
     name: str,
-    base_url: str,
     secret: str,
     actor: Actor,
     models: Mapping[str, str] | Iterable[str],
+    base_url: str = "",
     priority: int = 0,
     weight: int = 1,
     provider_type: str = Channel.ProviderType.OPENAI,
+    provider_settings: Mapping[str, Any] | None = None,
 ) -> Channel:
     """Connect an upstream and say which public models it serves.
 
     ``models`` maps public id → upstream name, or lists public ids the upstream knows
     by the same name. Catalog entries that do not exist yet are created.
+    ``provider_settings`` holds what a provider type needs beyond a URL and a secret
+    (``portal.models.provider_settings``).
     """
     channel = Channel(
         name=name,
@@ -78,6 +84,7 @@ def channel_create(
         priority=priority,
         weight=weight,
         provider_type=provider_type,
+        provider_settings=dict(provider_settings or {}),
     )
     channel.secret = secret
     channel.full_clean()
@@ -91,6 +98,7 @@ def channel_create(
             "name": channel.name,
             "base_url": channel.base_url,
             "provider_type": channel.provider_type,
+            "provider_settings": channel.provider_settings,
             "priority": channel.priority,
             "weight": channel.weight,
             "models": served,
@@ -118,7 +126,7 @@ def channel_models_add(
 
 @transaction.atomic
 def channel_update(*, channel: Channel, actor: Actor, **changes: Any) -> Channel:
-    """Change a channel's name, base_url, priority, weight or provider_type.
+    """Change a channel's name, base_url, priority, weight, provider_type or settings.
 
     Unchanged values are ignored; nothing is written or audited when nothing changed.
     """
@@ -151,6 +159,7 @@ def channel_update(*, channel: Channel, actor: Actor, **changes: Any) -> Channel
 @transaction.atomic
 def channel_update_secret(*, channel: Channel, secret: str, actor: Actor) -> Channel:
     """Replace the upstream secret (stored encrypted); an empty secret removes it."""
+    check_secret(channel.provider_type, secret)
     channel.secret = secret
     channel.save(update_fields=["secret_ciphertext", "updated_at"])
     AuditEntry.record(

@@ -42,6 +42,7 @@ class ChannelSerializer(serializers.ModelSerializer):
             "name",
             "provider_type",
             "base_url",
+            "provider_settings",
             "priority",
             "weight",
             "status",

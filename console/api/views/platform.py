@@ -29,7 +29,14 @@ from portal.models import CatalogModel, Channel
 from relay import health
 
 # Fields channel_update accepts; the secret goes through channel_update_secret.
-_CHANNEL_FIELDS = ("name", "base_url", "priority", "weight", "provider_type")
+_CHANNEL_FIELDS = (
+    "name",
+    "base_url",
+    "priority",
+    "weight",
+    "provider_type",
+    "provider_settings",
+)
 
 
 class ChannelViewSet(

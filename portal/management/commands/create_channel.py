@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from argparse import ArgumentParser
 from typing import Any
@@ -41,14 +42,20 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument(
             "--base-url",
-            required=True,
-            help="Up to and including /v1, e.g. https://api.openai.com/v1",
+            default="",
+            help="Up to and including /v1, e.g. https://api.openai.com/v1 (optional for "
+            "providers with a well-known endpoint)",
         )
         secret = parser.add_mutually_exclusive_group(required=True)
         secret.add_argument(
             "--secret-env",
             metavar="VAR",
             help="Name of the environment variable holding the upstream API key (preferred).",
+        )
+        secret.add_argument(
+            "--secret-file",
+            metavar="PATH",
+            help="A file holding the secret, e.g. a Vertex service-account JSON key.",
         )
         secret.add_argument(
             "--secret",
@@ -68,6 +75,14 @@ class Command(BaseCommand):
             choices=Channel.ProviderType.values,
             default=Channel.ProviderType.OPENAI,
         )
+        parser.add_argument(
+            "--provider-settings",
+            metavar="JSON",
+            default="{}",
+            help='Not secret, e.g. {"region": "us-east-1"} for Bedrock, {"location": '
+            '"us-central1"} for Vertex, {"resource": "contoso", "api_version": "2024-10-21", '
+            '"deployments": {"gpt-4o": "prod-gpt4o"}} for Azure.',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["secret_env"]:
@@ -77,11 +92,21 @@ class Command(BaseCommand):
                     f"Environment variable {options['secret_env']} is unset or empty "
                     "(use --secret '' for an upstream that needs no key)."
                 )
+        elif options["secret_file"]:
+            try:
+                with open(options["secret_file"], encoding="utf-8") as handle:
+                    secret = handle.read().strip()
+            except OSError as exc:
+                raise CommandError(f"Cannot read {options['secret_file']}: {exc}") from exc
         else:
             secret = options["secret"]
             if secret:
                 self.stderr.write("Note: --secret-env keeps the secret out of shell history.")
         models = parse_models(options["models"])
+        try:
+            settings = json.loads(options["provider_settings"])
+        except ValueError:
+            raise CommandError("--provider-settings must be a JSON object.") from None
         try:
             channel = channel_create(
                 name=options["name"],
@@ -92,6 +117,7 @@ class Command(BaseCommand):
                 priority=options["priority"],
                 weight=options["weight"],
                 provider_type=options["provider_type"],
+                provider_settings=settings if isinstance(settings, dict) else {"": settings},
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
@@ -99,5 +125,6 @@ class Command(BaseCommand):
             public if public == upstream else f"{public} (as {upstream})"
             for public, upstream in models.items()
         )
-        self.stderr.write(f"Channel {channel.name!r} → {channel.base_url} serves {served}.")
+        where = channel.base_url or f"{channel.provider_type}'s endpoint"
+        self.stderr.write(f"Channel {channel.name!r} → {where} serves {served}.")
         self.stdout.write(channel.name)
