@@ -201,6 +201,19 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
             "anonymous": LOGIN,
         },
     ),
+    # Drafting this month's invoices: the issuer's managers and operators only.
+    "invoices_draft_now": (
+        "reseller",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_owner": MISSING,
+            "tenant_member": MISSING,
+            "tenant_billing": MISSING,
+            "anonymous": LOGIN,
+        },
+    ),
+    "operator_invoices_draft_now": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
     "token_revoke": (
         "token",
         {p: MISSING for p in PERSONAS if p not in ("anonymous",)}
