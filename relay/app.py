@@ -11,7 +11,11 @@ from urllib.parse import unquote
 
 import orjson
 
-from relay import chat, errors, metrics, probes, shared, upstream
+from relay import errors, metrics, probes, serve, shared, side_calls, upstream
+from relay.dialects.chat import ChatDialect
+from relay.dialects.legacy import CompletionsDialect, EmbeddingsDialect
+from relay.dialects.messages import MessagesDialect
+from relay.dialects.responses import ResponsesDialect
 from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
 from relay.metering import usage_writer
 from relay.snapshot import RelayCache
@@ -19,6 +23,15 @@ from relay.snapshot import RelayCache
 logger = logging.getLogger(__name__)
 
 MODELS_PREFIX = "/v1/models/"
+# POST endpoints, each served by its dialect through the one core (``relay.serve``).
+DIALECTS = {
+    "/v1/chat/completions": ChatDialect(),
+    "/v1/responses": ResponsesDialect(),
+    "/v1/messages": MessagesDialect(),
+    "/v1/embeddings": EmbeddingsDialect(),
+    "/v1/completions": CompletionsDialect(),
+}
+COUNTING = {"/v1/responses/input_tokens": "responses", "/v1/messages/count_tokens": "messages"}
 # Request headers beyond this are refused (431): some ASGI servers (httptools) set no limit
 # of their own, and no OpenAI client needs more than a few kilobytes.
 MAX_HEADER_BYTES = 32 * 1024
@@ -63,9 +76,18 @@ class RelayApp:
             await exchange.respond_json(200, probes.LIVENESS_BODY)
         elif path == "/readyz":
             await exchange.respond_json(*await probes.readiness())
-        elif path == "/v1/chat/completions":
+        elif (dialect := DIALECTS.get(path)) is not None:
+            exchange.anthropic = dialect.anthropic
             _require(method, "POST", path)
-            await chat.handle(exchange)
+            await serve.handle(exchange, dialect)
+        elif path in COUNTING:
+            exchange.anthropic = COUNTING[path] == "messages"
+            _require(method, "POST", path)
+            await side_calls.count_tokens(exchange, COUNTING[path])
+        elif path.startswith(side_calls.RESPONSES_PREFIX):
+            await side_calls.stored_response(
+                exchange, method, unquote(path[len(side_calls.RESPONSES_PREFIX) :])
+            )
         elif path == "/metrics":
             _require(method, "GET", path)
             await metrics.respond(exchange)

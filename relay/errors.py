@@ -1,4 +1,5 @@
-"""OpenAI-shaped errors: every failure leaves the relay as ``{"error": {...}}``."""
+"""Relay errors: every failure leaves the relay as OpenAI's ``{"error": {...}}``, or on
+Anthropic's Messages API as ``{"type": "error", "error": {...}}``."""
 
 from __future__ import annotations
 
@@ -38,6 +39,30 @@ class RelayError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(self.payload())
+
+    def anthropic_payload(self) -> dict[str, object]:
+        """The same error in Anthropic's envelope, ``{"type": "error", "error": {...}}``."""
+        kind = ANTHROPIC_TYPES.get(self.status)
+        if kind is None:
+            kind = "api_error" if self.status >= 500 else "invalid_request_error"
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def anthropic_body(self) -> bytes:
+        return orjson.dumps(self.anthropic_payload())
+
+
+# Anthropic's error types by HTTP status (its API's own table).
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def invalid_request(

@@ -41,6 +41,7 @@ def _mask(secret: str) -> str:
 
 class Exchange:
     __slots__ = (
+        "anthropic",
         "app",
         "created_at",
         "disconnected",
@@ -68,6 +69,8 @@ class Exchange:
         self.disconnected = False
         # Sent with whatever response goes out (the rate-limit headers).
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        # Anthropic's Messages API: errors in its envelope, and the key may be x-api-key.
+        self.anthropic = False
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -80,6 +83,8 @@ class Exchange:
 
     async def authenticate(self) -> KeyInfo:
         raw = self.header(b"authorization")
+        if self.anthropic and (api_key := self.header(b"x-api-key")):
+            raw = b"Bearer " + api_key
         if not raw:
             raise errors.authentication(
                 "You didn't provide an API key. You need to provide your API key in an "
@@ -189,7 +194,8 @@ class Exchange:
         await self.send({"type": "http.response.body", "body": body})
 
     async def respond_error(self, error: errors.RelayError) -> None:
-        await self.respond_json(error.status, error.body(), error.headers)
+        body = error.anthropic_body() if self.anthropic else error.body()
+        await self.respond_json(error.status, body, error.headers)
 
     async def start_stream(self) -> None:
         self.response_started = True

@@ -52,6 +52,21 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # Part of prompt_tokens: what the provider wrote to its prompt cache.
+    cache_write_tokens: int = 0
+
+    @classmethod
+    def from_canonical(cls, usage: Any) -> Usage | None:
+        """From ``relay.translate.canonical.Usage`` (whole prompt, reasoning in output)."""
+        if usage is None:
+            return None
+        return cls(
+            prompt_tokens=usage.input_tokens,
+            completion_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -85,6 +100,7 @@ class UsageRecord:
     stream: bool
     status_code: int
     total_latency_ms: int
+    surface: str = "chat"
     channel_id: int | None = None
     upstream_model: str = ""
     error_code: str = ""
@@ -191,6 +207,7 @@ class UsageRecord:
             "tenant_id": self.tenant_id,
             "api_key_id": self.api_key_id,
             "model": self.model,
+            "surface": self.surface,
             "channel_id": self.channel_id,
             "upstream_model": self.upstream_model,
             "stream": self.stream,

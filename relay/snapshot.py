@@ -53,12 +53,16 @@ class KeyInfo:
     # The key's own groups if it has any, else its tenant's; empty: every group.
     channel_groups: frozenset[str] = frozenset()
     networks: tuple[IPNetwork, ...] = ()  # empty: any source address
+    allowed_surfaces: frozenset[str] = frozenset()  # empty: every client API
     key_limits: Limits = field(default_factory=Limits)
     tenant_limits: Limits = field(default_factory=Limits)
     spend: SpendShape = field(default_factory=SpendShape)
 
     def allows(self, public_id: str) -> bool:
         return not self.allowed_models or public_id in self.allowed_models
+
+    def allows_surface(self, surface: str) -> bool:
+        return not self.allowed_surfaces or surface in self.allowed_surfaces
 
     def allows_group(self, group: str) -> bool:
         return not self.channel_groups or group in self.channel_groups
@@ -89,13 +93,30 @@ class Route:
     group: str = "default"
     timeout: httpx.Timeout | None = None  # None: the relay's defaults
     total_timeout: float | None = None
+    # Client APIs the provider serves itself ("responses", "messages"): those requests
+    # pass through; others are translated to chat completions.
+    native: frozenset[str] = frozenset()
     # Made once per snapshot rather than per request: the parsed URL and the request
     # headers for JSON and for streamed answers (see ``upstream.request``).
     target: httpx.URL = field(init=False, repr=False, compare=False)
     headers: tuple[httpx.Headers, httpx.Headers] = field(init=False, repr=False, compare=False)
+    # Parsed URLs of the other surfaces' paths, made on first use.
+    targets: dict[str, httpx.URL] = field(init=False, repr=False, compare=False)
+
+    def target_for(self, path: str) -> httpx.URL:
+        """The parsed URL of ``path`` (``/responses``, ``/responses/{id}``...) on this channel."""
+        if path == "/chat/completions":
+            return self.target
+        target = self.targets.get(path)
+        if target is None:
+            target = httpx.URL(self.url[: -len("/chat/completions")] + path)
+            if len(self.targets) < 16:  # ids in paths must not grow the cache
+                self.targets[path] = target
+        return target
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", httpx.URL(self.url))
+        object.__setattr__(self, "targets", {})
         object.__setattr__(
             self,
             "headers",
@@ -113,6 +134,7 @@ class ModelInfo:
     created: int
     routes: tuple[Route, ...]
     max_output_tokens: int | None = None
+    surfaces: frozenset[str] = frozenset(("chat", "responses", "messages", "completions"))
 
     def as_openai(self) -> dict[str, str | int]:
         return {
@@ -128,11 +150,15 @@ class Snapshot:
     models: dict[str, ModelInfo] = field(default_factory=dict)
 
     def servable(self, key: KeyInfo, prices: Mapping[str, PricePair]) -> list[ModelInfo]:
-        """Models this key may use, priced for its tenant, with at least one enabled channel."""
+        """Models this key may use, priced for its tenant, with at least one enabled channel
+        and a client API the key may call."""
         return [
             m
             for m in self.models.values()
-            if m.routes and key.allows(m.public_id) and m.public_id in prices
+            if m.routes
+            and key.allows(m.public_id)
+            and m.public_id in prices
+            and (not key.allowed_surfaces or m.surfaces & key.allowed_surfaces)
         ]
 
 
@@ -156,6 +182,7 @@ def load_key(digest: str) -> KeyInfo | None:
         active=api_key.status == ApiKey.Status.ACTIVE and tenant_active,
         expires_at=api_key.expires_at.timestamp() if api_key.expires_at else None,
         allowed_models=frozenset(api_key.allowed_models or ()),
+        allowed_surfaces=frozenset(api_key.allowed_surfaces or ()),
         channel_groups=frozenset(api_key.channel_groups or tenant.channel_groups or ()),
         networks=tuple(
             ipaddress.ip_network(str(n), strict=False) for n in api_key.allowed_networks or ()
@@ -242,6 +269,7 @@ def load_snapshot() -> Snapshot:
                 group=channel.group,
                 timeout=_timeout(channel),
                 total_timeout=channel.total_timeout,
+                native=frozenset(channel.native_surfaces or ()),
             )
         )
     models = {
@@ -251,6 +279,7 @@ def load_snapshot() -> Snapshot:
             created=int(m.created_at.timestamp()),
             routes=tuple(routes.get(m.pk, ())),
             max_output_tokens=m.max_output_tokens,
+            surfaces=frozenset(m.surfaces or ()),
         )
         for m in CatalogModel.objects.filter(is_active=True)
     }

@@ -76,32 +76,20 @@ def scope_names(key: KeyInfo, now: datetime) -> tuple[str, ...]:
     return tuple(names)
 
 
-def worst_case_output_tokens(payload: dict[str, Any], max_output_tokens: int | None) -> int:
-    """The most output the request can be billed for: its own cap on every choice, else
-    the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``."""
-    cap = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if not isinstance(cap, int) or isinstance(cap, bool):
-        cap = max_output_tokens or settings.RELAY_RESERVE_OUTPUT_TOKENS
-    choices = payload.get("n")
-    if not isinstance(choices, int) or isinstance(choices, bool) or choices < 1:
-        choices = 1
-    return cap * choices
-
-
 def reservation(
     key: KeyInfo,
-    payload: dict[str, Any],
+    output_tokens: int,
     body_bytes: int,
     price: PricePair,
-    max_output_tokens: int | None,
     generation: int,
 ) -> Reservation | None:
+    """The hold for a request of ``body_bytes`` that may be billed ``output_tokens`` at
+    worst (its dialect's figure: its own cap on every choice, else the model's, else
+    ``RELAY_RESERVE_OUTPUT_TOKENS``)."""
     if not key.spend.any():
         return None
     worst = worst_case_cost_micros(
-        price.retail,
-        prompt_bytes=body_bytes,
-        max_output_tokens=worst_case_output_tokens(payload, max_output_tokens),
+        price.retail, prompt_bytes=body_bytes, max_output_tokens=output_tokens
     )
     return Reservation(
         scopes=scope_names(key, datetime.now(UTC)),

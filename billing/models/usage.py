@@ -24,6 +24,11 @@ class UsageEvent(models.Model):
         "portal.ApiKey", on_delete=models.PROTECT, related_name="usage_events"
     )
     model = models.CharField(max_length=200, help_text="Public model id the client asked for.")
+    surface = models.CharField(
+        max_length=16,
+        default="chat",
+        help_text="The client API: chat, responses, messages, embeddings or completions.",
+    )
     channel = models.ForeignKey(
         "portal.Channel",
         null=True,
@@ -36,6 +41,9 @@ class UsageEvent(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0)
+    # Prompt tokens the provider wrote to its cache (Anthropic's cache_creation_input_tokens);
+    # part of prompt_tokens, and priced as prompt tokens.
+    cache_write_tokens = models.PositiveIntegerField(default=0)
     # True when the upstream reported no usage and the counts come from our tokenizer.
     estimated = models.BooleanField(default=False)
     stream = models.BooleanField(default=False)

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from django.db import models
 
+# The client APIs (``/v1/...``) the relay serves; see relay/dialects.
+SURFACES = ("chat", "responses", "messages", "embeddings", "completions")
+TEXT_SURFACES = ("chat", "responses", "messages", "completions")
+
+
+def default_model_surfaces() -> list[str]:
+    return list(TEXT_SURFACES)
+
 
 class CatalogModel(models.Model):
     """One public model id, e.g. ``gpt-4o-mini``; channels say which upstream serves it."""
@@ -22,6 +30,12 @@ class CatalogModel(models.Model):
     )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    surfaces = models.JSONField(
+        default=default_model_surfaces,
+        blank=True,
+        help_text="Client APIs this model is offered on: chat, responses, messages, "
+        'completions, embeddings (an embedding model: ["embeddings"]).',
+    )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -54,6 +54,13 @@ class Channel(models.Model):
         help_text="Up to and including /v1, e.g. https://api.openai.com/v1; blank for "
         "providers with a well-known endpoint (all but OpenAI-compatible).",
     )
+    native_surfaces = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="APIs the provider serves itself beyond chat, embeddings and completions: "
+        '"responses" (OpenAI\'s Responses API), "messages" (Anthropic\'s). Requests on other '
+        "surfaces are translated to chat completions.",
+    )
     secret_ciphertext = models.TextField(blank=True, editable=False)
     provider_settings = models.JSONField(
         default=dict,
@@ -116,6 +123,10 @@ class Channel(models.Model):
     @property
     def is_enabled(self) -> bool:
         return self.status == self.Status.ENABLED
+
+    def surface_url(self, path: str) -> str:
+        """The provider's URL for ``path`` (e.g. ``/responses``) under its base URL."""
+        return self.base_url.rstrip("/") + path
 
     def chat_completions_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"

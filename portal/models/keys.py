@@ -43,6 +43,12 @@ class ApiKey(LimitFields):
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Public model ids this key may use; empty means all."
     )
+    allowed_surfaces = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Client APIs this key may call (chat, responses, messages, embeddings, "
+        "completions); empty means all.",
+    )
     allowed_networks = models.JSONField(
         default=list,
         blank=True,

@@ -219,9 +219,16 @@ class ResponsePlan:
         return "incomplete" if self.truncated and not self.tool else "completed"
 
 
+def _listed(item: dict[str, Any]) -> dict[str, Any]:
+    """An input item as OpenAI lists it: a message's text content as input_text parts."""
+    if item.get("type") == "message" and isinstance(item.get("content"), str):
+        return {**item, "content": [{"type": "input_text", "text": item["content"]}]}
+    return item
+
+
 def _keep(store: ResponseStore, plan: ResponsePlan, response: dict[str, Any]) -> None:
     if plan.body.get("store", True) is not False:
-        numbered = [{"id": new_id("msg_"), **item} for item in plan.items]
+        numbered = [{"id": new_id("msg_"), **_listed(item)} for item in plan.items]
         store.put(response, numbered)
 
 

@@ -102,6 +102,10 @@ def _tool_name(body: dict[str, Any]) -> str | None:
     choice = body.get("tool_choice")
     if not isinstance(tools, list) or not tools or choice == "none":
         return None
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return None  # the tool has answered: now the model speaks
     if isinstance(choice, dict) and choice.get("type") == "function":
         function = choice.get("function")
         name = function.get("name") if isinstance(function, dict) else None

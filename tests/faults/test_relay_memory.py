@@ -91,7 +91,7 @@ def _warm(url: str, headers: dict[str, str]) -> None:
 def test_a_gigantic_plain_answer_costs_at_most_the_size_limit(
     gateway: Gateway, sim: Simulator, relay_process: tuple[str, int]
 ) -> None:
-    from relay import chat
+    from relay import upstream_errors as chat
 
     url, pid = relay_process
     headers = {"Authorization": f"Bearer {gateway.secret}"}

@@ -175,7 +175,7 @@ def test_an_error_body_with_status_200_is_a_502(gateway: Gateway, sim: Simulator
 def test_a_gigantic_plain_answer_is_refused_not_buffered_whole(
     gateway: Gateway, sim: Simulator
 ) -> None:
-    from relay import chat
+    from relay import upstream_errors as chat
 
     use_channel(gateway, sim, f"huge={chat.MAX_RESPONSE_BYTES + 1024 * 1024}")
     started = time.monotonic()

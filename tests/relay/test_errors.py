@@ -11,8 +11,8 @@ import pytest
 from django.utils import timezone
 
 from portal.models import ApiKey, CatalogModel, Channel
-from relay.chat import _upstream_error
 from relay.snapshot import Route
+from relay.upstream_errors import upstream_error as _upstream_error
 from tests.openai_schema import validate
 from tests.relay.conftest import Gateway, Simulator, chat_body
 

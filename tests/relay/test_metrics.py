@@ -216,10 +216,10 @@ def test_other_log_records_get_the_request_id_of_the_request_being_served(
     gateway.channel.save()
     time.sleep(0.5)
     caplog.handler.addFilter(RequestIdFilter())
-    with caplog.at_level(logging.INFO, logger="relay.chat"):
+    with caplog.at_level(logging.INFO, logger="relay.forward"):
         response = gateway.client.post("/v1/chat/completions", json=chat_body(stream=True))
         response.read()
-    broke = [r for r in caplog.records if r.name == "relay.chat"]
+    broke = [r for r in caplog.records if r.name == "relay.forward"]
     assert broke, "the broken stream was not logged"
     assert broke[0].request_id == response.headers["x-request-id"]  # type: ignore[attr-defined]
     assert RequestIdFilter().filter(logging.makeLogRecord({}))  # outside a request: ""

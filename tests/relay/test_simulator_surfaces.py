@@ -113,7 +113,7 @@ def test_stored_response_lifecycle(client: httpx.Client) -> None:
     got = client.get(f"/v1/responses/{made['id']}").json()
     assert got["id"] == made["id"]
     items = client.get(f"/v1/responses/{made['id']}/input_items").json()
-    assert items["data"][0]["content"] == "keep me"
+    assert items["data"][0]["content"] == [{"type": "input_text", "text": "keep me"}]
     assert client.post(f"/v1/responses/{made['id']}/cancel").status_code == 400
     gone = client.delete(f"/v1/responses/{made['id']}").json()
     assert gone == {"id": made["id"], "object": "response", "deleted": True}

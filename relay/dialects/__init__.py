@@ -1,0 +1,1 @@
+"""The client APIs the relay serves, one small module each (see ``base``)."""

@@ -1,0 +1,277 @@
+"""What a dialect is, and the parts the OpenAI-style dialects share.
+
+A *dialect* is one client API (``/v1/chat/completions``, ``/v1/responses`` ...). It parses
+and checks the fields the relay relies on, sizes the request for limits and the money
+reservation, and, per channel tried, makes a *leg*: how the request goes to that channel
+and how its answer comes back (passed through with the model name mapped, or translated
+through ``relay.translate``). The core (``relay.serve``, ``relay.forward``) knows no
+format: it authenticates, admits, routes with failover, settles and records through
+these two small interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+import orjson
+from django.conf import settings
+
+from relay import errors, upstream
+from relay.exchange import Exchange
+from relay.metering import Usage, UsageRecord
+from relay.snapshot import Route
+from relay.upstream_errors import redact
+
+_USAGE_NULL = b',"usage":null'
+
+
+def load_json(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, integers kept exact; raises a 400."""
+    try:
+        # The stdlib keeps integers exact, where orjson would turn one beyond 64 bits into a
+        # float and so alter the request; orjson then refuses such integers on the way out.
+        payload = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except (ValueError, RecursionError):
+        raise errors.invalid_request(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+        ) from None
+    if not isinstance(payload, dict):
+        raise errors.invalid_request("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.invalid_request("You must provide a model parameter.", param="model")
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.invalid_request("'stream' must be a boolean.", param="stream")
+    return payload
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: orjson would send it on as null
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def check_int(payload: Mapping[str, Any], name: str, low: int, high: int | None = None) -> None:
+    value = payload.get(name)
+    if value is None:
+        return
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bound = f" and at most {high}" if high else ""
+        raise errors.invalid_request(
+            f"'{name}' must be an integer of at least {low}{bound}.", param=name
+        )
+
+
+def dump(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        raise errors.invalid_request(
+            "The request contains a number or string that cannot be sent on: integers "
+            "must fit in 64 bits and strings must be valid Unicode."
+        ) from None
+
+
+def int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class Leg:
+    """One channel's side of a request: what is sent, and how the answer is relayed."""
+
+    path: str = "/chat/completions"
+    method: str = "POST"
+
+    def __init__(self, record: UsageRecord, public: str) -> None:
+        self.record = record
+        self.public = public
+        self.route: Route | None = None
+
+    def content(self, route: Route) -> bytes:
+        """The request body for ``route`` (remembered, so errors can be redacted)."""
+        raise NotImplementedError
+
+    def redact(self, text: str) -> str:
+        return redact(text, self.route) if self.route is not None else text
+
+    def target(self, route: Route) -> httpx.URL:
+        return route.target_for(self.path)
+
+    def headers(self, route: Route, stream: bool) -> httpx.Headers:
+        return route.headers[stream]
+
+    def answer(self, parsed: Any) -> bytes | None:
+        """The client's body for a complete upstream answer (recording its usage), or
+        None when the upstream answered with something other than an answer."""
+        raise NotImplementedError
+
+    def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
+        """What to send the client for one upstream stream event, and whether it ends
+        the answer (the request is settled before it goes out). Raises ValueError on a
+        malformed event."""
+        raise NotImplementedError
+
+
+class Call:
+    """One request in a dialect, from its parsed payload to the legs that serve it."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self.stream = payload.get("stream") is True
+
+    def output_cap(self) -> int | None:
+        """The client's own cap on output tokens per choice, if it set one."""
+        return None
+
+    def choices(self) -> int:
+        return 1
+
+    def output_tokens(self, model_max: int | None) -> int:
+        """The most output the request can be billed for: its own cap on every choice,
+        else the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``."""
+        limit = self.output_cap()
+        if limit is None:
+            limit = model_max or settings.RELAY_RESERVE_OUTPUT_TOKENS
+        return limit * self.choices()
+
+    def limit_tokens(self) -> int:
+        """What the request counts against tokens-per-minute limits until it settles."""
+        limit = self.output_cap()
+        if limit is None:
+            limit = settings.RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS
+        return self.prompt_estimate() + limit
+
+    def prompt_estimate(self) -> int:
+        """A quick prompt size (about 4 characters a token), without the tokenizer."""
+        raise NotImplementedError
+
+    def count_material(self) -> tuple[Any, Any]:
+        """Chat-shaped messages and tools to count locally when no usage came back."""
+        raise NotImplementedError
+
+    def restrict(self, routes: tuple[Route, ...], tenant_id: int) -> tuple[Route, ...]:
+        """The routes that may serve this request (all, unless it is pinned to one)."""
+        return routes
+
+    def leg(self, route: Route, record: UsageRecord, public: str) -> Leg:
+        raise NotImplementedError
+
+
+class Dialect:
+    """One client API; see the module docstring."""
+
+    surface: ClassVar[str]
+    path: ClassVar[str]
+    anthropic: ClassVar[bool] = False
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:
+        raise NotImplementedError
+
+    def stream_error(self, error: errors.RelayError) -> bytes:
+        return b"data: " + error.body() + b"\n\n"
+
+
+class OpenAIStreamLeg(Leg):
+    """Pass-through of an OpenAI-style answer (chat, completions): the body unchanged but
+    for ``model``; stream chunks as ``data:`` lines ending in ``[DONE]``, the usage chunk
+    the relay asked for dropped when the client did not."""
+
+    answer_key = "choices"
+
+    def __init__(
+        self, record: UsageRecord, public: str, payload: dict[str, Any], wants_usage: bool
+    ) -> None:
+        super().__init__(record, public)
+        self.payload = payload
+        self.client_wants_usage = wants_usage
+
+    def content(self, route: Route) -> bytes:
+        self.route = route
+        self.payload["model"] = route.upstream_model
+        return dump(self.payload)
+
+    def texts(self, choice: Any) -> list[str]:
+        raise NotImplementedError
+
+    def answer(self, parsed: Any) -> bytes | None:
+        if not isinstance(parsed, dict) or "error" in parsed or self.answer_key not in parsed:
+            return None
+        parsed["model"] = self.public
+        self.record.usage = Usage.from_openai(parsed.get("usage"))
+        if self.record.usage is None:
+            self.record.completion_text = []
+            for choice in parsed.get(self.answer_key) or ():
+                self.record.keep_text(self.body_texts(choice))
+        return orjson.dumps(parsed)
+
+    def body_texts(self, choice: Any) -> list[str]:
+        return self.texts(choice)
+
+    def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
+        if data == b"[DONE]":
+            return b"data: [DONE]\n\n", True
+        chunk = self.rewrite(data)
+        return (b"data: " + chunk + b"\n\n" if chunk is not None else b""), False
+
+    def rewrite(self, data: bytes) -> bytes | None:
+        """The chunk as the client should see it, or None to drop it."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ValueError("malformed stream chunk") from None
+        if not isinstance(chunk, dict):
+            raise ValueError("malformed stream chunk")
+        if "error" in chunk:
+            self.record.error_code = "upstream_stream_error"
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            text = self.redact(str(message or "upstream error"))
+            return orjson.dumps(errors.upstream_failed(502, text).payload())
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                self.record.keep_text(self.texts(choice))
+        changed = False
+        if chunk.get("model") != self.public:
+            chunk["model"] = self.public
+            changed = True
+        usage = chunk.get("usage")
+        if usage is not None:
+            self.record.usage = Usage.from_openai(usage)
+        if not self.client_wants_usage and "usage" in chunk:
+            if usage is not None and not choices:
+                return None
+            if usage is None and not changed:
+                stripped = data.replace(_USAGE_NULL, b"", 1)
+                if len(stripped) != len(data):
+                    return stripped
+            del chunk["usage"]
+            changed = True
+        return orjson.dumps(chunk) if changed else data
+
+
+def json_headers(secret: str, accept: str, extra: dict[str, str]) -> httpx.Headers:
+    headers = upstream.headers(secret, accept)
+    headers.update(extra)
+    return headers

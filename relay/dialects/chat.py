@@ -1,0 +1,131 @@
+"""``POST /v1/chat/completions``: passed through to every channel.
+
+The request body reaches the upstream unchanged but for ``model`` (mapped to the
+channel's name for it) and, on streams, ``stream_options.include_usage`` (forced on so
+every stream can be metered). Responses are mapped back to the public model name, and a
+usage chunk the client did not ask for is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from relay import errors, tokens
+from relay.dialects.base import (
+    Call,
+    Dialect,
+    OpenAIStreamLeg,
+    check_int,
+    int_or_none,
+    load_json,
+)
+from relay.exchange import Exchange
+from relay.metering import UsageRecord
+from relay.snapshot import Route
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    """Parse and check the fields the relay itself relies on; the upstream checks the rest."""
+    payload = load_json(body)
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.invalid_request(
+            "'messages' must be a non-empty array of message objects.", param="messages"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise errors.invalid_request(
+                f"Invalid value for 'messages[{index}]': each message needs a string 'role'.",
+                param=f"messages[{index}].role",
+            )
+    check_stream_options(payload)
+    check_int(payload, "n", 1, 128)
+    check_int(payload, "max_tokens", 1)
+    check_int(payload, "max_completion_tokens", 1)
+    return payload
+
+
+def check_stream_options(payload: Mapping[str, Any]) -> None:
+    options = payload.get("stream_options")
+    if options is None:
+        return
+    if not payload.get("stream"):
+        raise errors.invalid_request(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+    if not isinstance(options, dict):
+        raise errors.invalid_request("'stream_options' must be an object.", param="stream_options")
+
+
+def force_usage(payload: dict[str, Any]) -> bool:
+    """Ask a stream for its usage; True when the client asked for it itself."""
+    if payload.get("stream") is not True:
+        return False
+    options = payload.get("stream_options") or {}
+    payload["stream_options"] = {**options, "include_usage": True}
+    return bool(options.get("include_usage"))
+
+
+def delta_texts(choice: Any) -> list[str]:
+    if not isinstance(choice, Mapping):
+        return []
+    delta = choice.get("delta")
+    if not isinstance(delta, Mapping):
+        return []
+    texts = [
+        value
+        for name in ("content", "reasoning_content", "refusal")
+        if isinstance(value := delta.get(name), str)
+    ]
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            texts.extend(
+                v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
+            )
+    return texts
+
+
+class ChatLeg(OpenAIStreamLeg):
+    def texts(self, choice: Any) -> list[str]:
+        return delta_texts(choice)
+
+    def body_texts(self, choice: Any) -> list[str]:
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        return delta_texts({"delta": message}) if isinstance(message, Mapping) else []
+
+
+class ChatCall(Call):
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload)
+        self.client_wants_usage = force_usage(payload)
+
+    def output_cap(self) -> int | None:
+        payload = self.payload
+        return int_or_none(payload.get("max_completion_tokens") or payload.get("max_tokens"))
+
+    def choices(self) -> int:
+        choices = self.payload.get("n")
+        return choices if isinstance(choices, int) and choices >= 1 else 1
+
+    def prompt_estimate(self) -> int:
+        return tokens.estimate_prompt(self.payload)
+
+    def count_material(self) -> tuple[Any, Any]:
+        return self.payload["messages"], self.payload.get("tools")
+
+    def leg(self, route: Route, record: UsageRecord, public: str) -> ChatLeg:
+        return ChatLeg(record, public, self.payload, self.client_wants_usage)
+
+
+class ChatDialect(Dialect):
+    surface = "chat"
+    path = "/chat/completions"
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        return parse_request(body)
+
+    def begin(self, payload: dict[str, Any], exchange: Exchange) -> ChatCall:
+        return ChatCall(payload)

@@ -1,0 +1,200 @@
+"""``POST /v1/messages``: Anthropic's Messages API, errors in Anthropic's envelope.
+
+The key may come as ``x-api-key`` or as a Bearer token; ``anthropic-version`` is
+accepted. Channels that speak Messages themselves (``"messages"`` in their native
+surfaces) get the request as sent but for the model name, with the client's
+``anthropic-version`` and ``anthropic-beta``; OpenAI-compatible channels get it
+translated to chat completions, so Claude Code runs on any model an operator sells.
+Cache reads and writes are metered from Anthropic's usage (``cache_read_input_tokens``,
+``cache_creation_input_tokens``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from relay import errors, upstream
+from relay.dialects.base import Call, Dialect, Leg, check_int, dump, load_json
+from relay.dialects.translated import TranslatedLeg, translate
+from relay.exchange import Exchange
+from relay.metering import Usage, UsageRecord
+from relay.snapshot import Route
+from relay.translate import canonical, chat, messages, messages_stream
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+def _size(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    total = 0
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, Mapping):
+            total += sum(
+                len(block[name]) for name in ("text", "content") if isinstance(block.get(name), str)
+            )
+            if isinstance(block.get("content"), list):
+                total += _size(block["content"])
+    return total
+
+
+def anthropic_headers(route: Route, version: str, beta: str | None, stream: bool) -> httpx.Headers:
+    headers = upstream.headers(route.secret, "text/event-stream" if stream else "application/json")
+    del headers["authorization"]
+    headers["x-api-key"] = route.secret
+    headers["anthropic-version"] = version
+    if beta:
+        headers["anthropic-beta"] = beta
+    return headers
+
+
+class PassLeg(Leg):
+    path = "/messages"
+
+    def __init__(self, call: MessagesCall, record: UsageRecord, public: str) -> None:
+        super().__init__(record, public)
+        self.call = call
+        self.usage = canonical.Usage()
+        self.seen_usage = False
+
+    def content(self, route: Route) -> bytes:
+        self.route = route
+        self.call.payload["model"] = route.upstream_model
+        return dump(self.call.payload)
+
+    def headers(self, route: Route, stream: bool) -> httpx.Headers:
+        return anthropic_headers(route, self.call.version, self.call.beta, stream)
+
+    def answer(self, parsed: Any) -> bytes | None:
+        if not isinstance(parsed, dict) or parsed.get("type") != "message":
+            return None
+        parsed["model"] = self.public
+        self.record.usage = Usage.from_canonical(messages.usage_to_canonical(parsed.get("usage")))
+        if self.record.usage is None:
+            self.record.completion_text = []
+            self.record.keep_text([canonical.text_of(messages.response_to_canonical(parsed).parts)])
+        return orjson.dumps(parsed)
+
+    def _merge(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        found = messages.usage_to_canonical(usage)
+        if found is None:
+            return
+        self.seen_usage = True
+        if "input_tokens" in usage or "cache_read_input_tokens" in usage:
+            self.usage.input_tokens = found.input_tokens
+            self.usage.cached_tokens = found.cached_tokens
+            self.usage.cache_write_tokens = found.cache_write_tokens
+        if "output_tokens" in usage:
+            self.usage.output_tokens = found.output_tokens
+        self.record.usage = Usage.from_canonical(self.usage)
+
+    def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ValueError("malformed stream event") from None
+        if not isinstance(event, dict):
+            raise ValueError("malformed stream event")
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            text = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
+            self.record.keep_text([text] if isinstance(text, str) else [])
+            return raw + b"\n\n", False
+        if kind == "message_start" and isinstance(event.get("message"), dict):
+            event["message"]["model"] = self.public
+            self._merge(event["message"].get("usage"))
+        elif kind == "message_delta":
+            self._merge(event.get("usage"))
+            return raw + b"\n\n", False
+        elif kind == "error" and isinstance(event.get("error"), dict):
+            self.record.error_code = "upstream_stream_error"
+            message = str(event["error"].get("message") or "upstream error")
+            event["error"]["message"] = self.redact(message)
+        else:
+            return raw + b"\n\n", kind == "message_stop"
+        return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n", False
+
+
+class MessagesCall(Call):
+    def __init__(self, payload: dict[str, Any], version: str, beta: str | None) -> None:
+        super().__init__(payload)
+        self.version = version
+        self.beta = beta
+
+    def output_cap(self) -> int | None:
+        return int(self.payload["max_tokens"])
+
+    def prompt_estimate(self) -> int:
+        payload = self.payload
+        size = _size(payload.get("system"))
+        for message in payload["messages"]:
+            size += _size(message.get("content"))
+        return 3 + size // 4
+
+    def count_material(self) -> tuple[Any, Any]:
+        try:
+            body = chat.request_from_canonical(messages.request_to_canonical(self.payload))
+        except canonical.TranslationError:
+            return self.payload["messages"], None
+        return body["messages"], body.get("tools")
+
+    def leg(self, route: Route, record: UsageRecord, public: str) -> Leg:
+        if "messages" in route.native:
+            return PassLeg(self, record, public)
+        request = translate(messages.request_to_canonical, self.payload)
+        message_id = "msg_" + record.request_id.removeprefix("req_")[:24]
+        return TranslatedLeg(
+            record,
+            public,
+            request,
+            messages.response_from_canonical,
+            lambda: messages_stream.Encoder(public, message_id),
+            MessagesDialect.stream_error,
+        )
+
+
+class MessagesDialect(Dialect):
+    surface = "messages"
+    path = "/messages"
+    anthropic = True
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        payload = parse_messages(body)
+        if payload.get("max_tokens") is None:
+            raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
+        return payload
+
+    def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:
+        version = exchange.header(b"anthropic-version")
+        beta = exchange.header(b"anthropic-beta")
+        return MessagesCall(
+            payload,
+            version.decode("latin-1") if version else ANTHROPIC_VERSION,
+            beta.decode("latin-1") if beta else None,
+        )
+
+    @staticmethod
+    def stream_error(error: errors.RelayError) -> bytes:
+        return messages_stream.frame(error.anthropic_payload() | {"type": "error"})
+
+
+def parse_messages(body: bytes) -> dict[str, Any]:
+    payload = load_json(body)
+    listed = payload.get("messages")
+    if not isinstance(listed, list) or not listed:
+        raise errors.invalid_request("messages: at least one message is required", param="messages")
+    for index, message in enumerate(listed):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise errors.invalid_request(
+                f"messages.{index}.role: Input should be 'user' or 'assistant'",
+                param=f"messages.{index}.role",
+            )
+    check_int(payload, "max_tokens", 1)
+    return payload

@@ -1,0 +1,217 @@
+"""``POST /v1/responses``: OpenAI's Responses API.
+
+Channels that serve it (``"responses"`` in their native surfaces) get the request as
+sent, but for the model name and a ``previous_response_id`` unsealed to the upstream's
+own id; the response ids they return are sealed (``response_ids``) so later calls reach
+the same channel, for the same tenant only. Other channels get it translated to chat
+completions and the answer translated back; such a response is kept nowhere, so a
+translated request with ``previous_response_id`` is refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from relay import errors
+from relay.dialects import response_ids
+from relay.dialects.base import Call, Dialect, Leg, check_int, dump, int_or_none, load_json
+from relay.dialects.translated import TranslatedLeg, translate
+from relay.exchange import Exchange
+from relay.metering import Usage, UsageRecord
+from relay.snapshot import Route
+from relay.translate import canonical, chat, responses, responses_stream
+
+FINAL_EVENTS = frozenset({b"response.completed", b"response.incomplete", b"response.failed"})
+_TEXT_EVENTS = {
+    "response.output_text.delta": "delta",
+    "response.function_call_arguments.delta": "delta",
+    "response.refusal.delta": "delta",
+}
+
+
+def not_found(response_id: str, param: str | None = None) -> errors.RelayError:
+    status = 400 if param else 404
+    return errors.RelayError(status, f"Response with id '{response_id}' not found.", param=param)
+
+
+def _texts(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    total = 0
+    for part in value if isinstance(value, list) else ():
+        if isinstance(part, Mapping):
+            total += sum(
+                len(part[name])
+                for name in ("text", "output", "arguments", "content")
+                if isinstance(part.get(name), str)
+            )
+            if isinstance(part.get("content"), list):
+                total += _texts(part["content"])
+    return total
+
+
+class PassLeg(Leg):
+    path = "/responses"
+
+    def __init__(self, call: ResponsesCall, record: UsageRecord, public: str) -> None:
+        super().__init__(record, public)
+        self.call = call
+
+    def content(self, route: Route) -> bytes:
+        self.route = route
+        payload = dict(self.call.payload)
+        payload["model"] = route.upstream_model
+        if self.call.previous is not None:
+            payload["previous_response_id"] = self.call.previous[1]
+        return dump(payload)
+
+    def _rewrite(self, response: dict[str, Any]) -> None:
+        assert self.route is not None
+        if isinstance(response.get("id"), str):
+            response["id"] = response_ids.seal(
+                response["id"], self.route.channel_id, self.record.tenant_id
+            )
+        if response.get("previous_response_id"):
+            response["previous_response_id"] = self.call.payload.get("previous_response_id")
+        response["model"] = self.public
+        usage = responses.usage_to_canonical(response.get("usage"))
+        if usage is not None:
+            self.record.usage = Usage.from_canonical(usage)
+
+    def answer(self, parsed: Any) -> bytes | None:
+        if not isinstance(parsed, dict) or parsed.get("object") != "response":
+            return None
+        self._rewrite(parsed)
+        if self.record.usage is None:
+            self.record.completion_text = []
+            self.record.keep_text(
+                [canonical.text_of(responses.response_to_canonical(parsed).parts)]
+            )
+        return orjson.dumps(parsed)
+
+    def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ValueError("malformed stream event") from None
+        if not isinstance(event, dict):
+            raise ValueError("malformed stream event")
+        kind = event.get("type")
+        field = _TEXT_EVENTS.get(kind) if isinstance(kind, str) else None
+        if field is not None:
+            text = event.get(field)
+            self.record.keep_text([text] if isinstance(text, str) else [])
+            return raw + b"\n\n", False  # the hot events go out untouched
+        if isinstance(event.get("response"), dict):
+            self._rewrite(event["response"])
+        elif kind == "error":
+            self.record.error_code = "upstream_stream_error"
+            event["message"] = self.redact(str(event.get("message") or "upstream error"))
+        else:
+            return raw + b"\n\n", False
+        name = str(kind).encode()
+        return b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n", name in FINAL_EVENTS
+
+
+class ResponsesCall(Call):
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload)
+        self.previous: tuple[int, str] | None = None
+
+    def output_cap(self) -> int | None:
+        return int_or_none(self.payload.get("max_output_tokens"))
+
+    def prompt_estimate(self) -> int:
+        payload = self.payload
+        return 3 + (_texts(payload.get("input")) + _texts(payload.get("instructions"))) // 4
+
+    def count_material(self) -> tuple[Any, Any]:
+        try:
+            body = chat.request_from_canonical(responses.request_to_canonical(self.payload))
+        except canonical.TranslationError:
+            return [{"role": "user", "content": str(self.payload.get("input"))}], None
+        return body["messages"], body.get("tools")
+
+    def restrict(self, routes: tuple[Route, ...], tenant_id: int) -> tuple[Route, ...]:
+        previous = self.payload.get("previous_response_id")
+        if previous is None:
+            return routes
+        if not any("responses" in route.native for route in routes):
+            raise errors.invalid_request(
+                "'previous_response_id' is not available for this model: its provider keeps "
+                "no responses. Send the whole conversation in 'input' instead.",
+                param="previous_response_id",
+            )
+        self.previous = response_ids.unseal(str(previous), tenant_id)
+        if self.previous is None:
+            raise not_found(str(previous), "previous_response_id")
+        pinned = tuple(r for r in routes if r.channel_id == self.previous[0])
+        if not pinned or "responses" not in pinned[0].native:
+            raise errors.invalid_request(
+                "'previous_response_id' needs the channel that made that response, which "
+                "cannot serve this request; send the conversation in 'input' instead.",
+                param="previous_response_id",
+            )
+        return pinned
+
+    def leg(self, route: Route, record: UsageRecord, public: str) -> Leg:
+        if "responses" in route.native:
+            return PassLeg(self, record, public)
+        payload = self.payload
+        if payload.get("previous_response_id") is not None:
+            raise errors.invalid_request(
+                "'previous_response_id' is not available for this model: its provider keeps "
+                "no responses. Send the whole conversation in 'input' instead.",
+                param="previous_response_id",
+            )
+        for name in ("background", "conversation", "prompt"):
+            if payload.get(name):
+                raise errors.invalid_request(
+                    f"'{name}' is not available for this model.", param=name
+                )
+        request = translate(responses.request_to_canonical, payload)
+        return TranslatedLeg(
+            record,
+            public,
+            request,
+            lambda answer: responses.response_from_canonical(answer, payload),
+            lambda: responses_stream.Encoder(payload, public),
+            ResponsesDialect.stream_error,
+        )
+
+
+class ResponsesDialect(Dialect):
+    surface = "responses"
+    path = "/responses"
+
+    def parse(self, body: bytes) -> dict[str, Any]:
+        payload = load_json(body)
+        value = payload.get("input")
+        if not isinstance(value, str) and not (isinstance(value, list) and value):
+            raise errors.invalid_request(
+                "'input' must be a string or a non-empty array of input items.", param="input"
+            )
+        check_int(payload, "max_output_tokens", 1)
+        previous = payload.get("previous_response_id")
+        if previous is not None and not isinstance(previous, str):
+            raise errors.invalid_request(
+                "'previous_response_id' must be a string.", param="previous_response_id"
+            )
+        return payload
+
+    def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:
+        return ResponsesCall(payload)
+
+    @staticmethod
+    def stream_error(error: errors.RelayError) -> bytes:
+        event = {
+            "type": "error",
+            "code": error.code,
+            "message": error.message,
+            "param": error.param,
+            "sequence_number": 0,
+        }
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"

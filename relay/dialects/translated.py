@@ -1,0 +1,94 @@
+"""A leg that serves a Responses or Messages request from a chat completions channel:
+the request translated to chat through the canonical form, the answer and its stream
+translated back, with the channel's own usage metered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from relay import errors
+from relay.dialects.base import Leg, dump
+from relay.dialects.chat import delta_texts
+from relay.metering import Usage, UsageRecord
+from relay.snapshot import Route
+from relay.translate import canonical, chat
+
+
+class StreamEncoder(Protocol):
+    def feed(self, event: canonical.Event) -> list[bytes]: ...
+
+    def close(self) -> list[bytes]: ...
+
+
+class TranslatedLeg(Leg):
+    path = "/chat/completions"
+
+    def __init__(
+        self,
+        record: UsageRecord,
+        public: str,
+        request: canonical.Request,
+        to_client: Callable[[canonical.Response], dict[str, Any]],
+        encoder: Callable[[], StreamEncoder],
+        stream_error: Callable[[errors.RelayError], bytes],
+    ) -> None:
+        super().__init__(record, public)
+        self.body = chat.request_from_canonical(request)
+        self.to_client = to_client
+        self.decoder = chat.Decoder()
+        self.encoder = encoder()
+        self.stream_error = stream_error
+
+    def content(self, route: Route) -> bytes:
+        self.route = route
+        self.body["model"] = route.upstream_model
+        return dump(self.body)
+
+    def answer(self, parsed: Any) -> bytes | None:
+        if not isinstance(parsed, dict) or "error" in parsed or "choices" not in parsed:
+            return None
+        self.record.usage = Usage.from_openai(parsed.get("usage"))
+        if self.record.usage is None:
+            self.record.completion_text = []
+            for choice in parsed.get("choices") or ():
+                message = choice.get("message") if isinstance(choice, dict) else None
+                self.record.keep_text(delta_texts({"delta": message}))
+        answer = chat.response_to_canonical(parsed)
+        answer.model = self.public
+        return orjson.dumps(self.to_client(answer))
+
+    def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
+        if data == b"[DONE]":
+            return b"".join(self.encoder.close()), True
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ValueError("malformed stream chunk") from None
+        if not isinstance(chunk, dict):
+            raise ValueError("malformed stream chunk")
+        if "error" in chunk:
+            self.record.error_code = "upstream_stream_error"
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            failure = errors.upstream_failed(502, self.redact(str(message or "upstream error")))
+            return self.stream_error(failure), False
+        if chunk.get("usage") is not None:
+            self.record.usage = Usage.from_openai(chunk["usage"])
+        for choice in chunk.get("choices") or ():
+            self.record.keep_text(delta_texts(choice))
+        out = bytearray()
+        for event in self.decoder.feed(chunk):
+            for frame in self.encoder.feed(event):
+                out += frame
+        return bytes(out), False
+
+
+def translate(convert: Callable[[dict[str, Any]], canonical.Request], payload: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """The canonical request, or the 400 that says what cannot be translated."""
+    try:
+        return convert(payload)
+    except canonical.TranslationError as exc:
+        raise errors.invalid_request(str(exc), param=exc.param) from None

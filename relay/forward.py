@@ -1,0 +1,261 @@
+"""Forwarding one request, in any dialect: channels in order, failover before the first
+byte, breakers, and the answer relayed back (whole, or as a stream without buffering)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import httpx
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from relay import errors, shared, sse, upstream
+from relay.dialects.base import Call, Dialect, Leg
+from relay.exchange import Exchange
+from relay.metering import UsageRecord
+from relay.routing import attempt_order
+from relay.snapshot import ModelInfo, Route
+from relay.upstream_errors import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_EVENT_BYTES,
+    MAX_RESPONSE_BYTES,
+    RETRYABLE_STATUSES,
+    AttemptFailed,
+    final_error,
+    read_limited,
+    upstream_error,
+)
+
+logger = logging.getLogger(__name__)
+
+# Fire-and-forget work (breaker reports, suspensions) must not be garbage-collected early.
+_background_tasks: set[asyncio.Task[Any]] = set()
+
+
+def background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.ensure_future(work)
+    _background_tasks.add(task)
+    task.add_done_callback(_finish_background)
+
+
+def _finish_background(task: asyncio.Task[Any]) -> None:
+    _background_tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("relay background work failed", exc_info=task.exception())
+
+
+def ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+class Forwarding:
+    """One exchange, from a validated request to the usage record."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        dialect: Dialect,
+        call: Call,
+        model: ModelInfo,
+        routes: tuple[Route, ...],
+        record: UsageRecord,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settle = settle
+        self.exchange = exchange
+        self.dialect = dialect
+        self.call = call
+        self.model = model
+        self.routes = routes
+        self.record = record
+        self.stream = call.stream
+
+    async def run(self) -> None:
+        failures: list[AttemptFailed] = []
+        board = shared.breakers()
+        attempts_left = max(settings.RELAY_MAX_ATTEMPTS, 1)
+        try:
+            async with asyncio.timeout(settings.RELAY_TOTAL_TIMEOUT):
+                for route in attempt_order(self.routes):
+                    if attempts_left == 0:
+                        break
+                    admitted, probe = await board.admit(route.channel_id)
+                    if not admitted:
+                        continue  # its breaker is open
+                    attempts_left -= 1
+                    try:
+                        await self._attempt(route)
+                    except AttemptFailed as failure:
+                        failures.append(failure)
+                        self.record.attempts.append(failure.attempt)
+                        self._report_failure(route, failure)
+                        continue
+                    except errors.RelayError:
+                        if probe:  # the provider answered: the channel itself is fine
+                            background(board.success(route.channel_id))
+                        raise
+                    if probe:
+                        background(board.success(route.channel_id))
+                    return
+        except TimeoutError:
+            if self.exchange.response_started:
+                await self._end_stream_with_error("upstream_timeout", "The upstream timed out.")
+                return
+            failures.append(
+                AttemptFailed(errors.upstream_failed(504, "timeout"), {"error": "timeout"})
+            )
+        if not failures:
+            raise errors.no_channel(self.model.public_id)
+        error = final_error(failures)
+        self.record.error_code = error.code or ""
+        raise error
+
+    def _report_failure(self, route: Route, failure: AttemptFailed | None) -> None:
+        """Count a failure against the channel's breaker, off the client's path."""
+        failure_id = f"{self.record.request_id}:{route.channel_id}"
+        background(shared.breakers().failure(route.channel_id, failure_id))
+        if failure is not None and failure.credentials:
+            status = failure.attempt.get("status")
+            background(
+                sync_to_async(channel_suspend)(
+                    channel_id=route.channel_id,
+                    reason=f"The provider refused this channel's credentials (HTTP {status}).",
+                )
+            )
+
+    async def _attempt(self, route: Route) -> None:
+        attempt: dict[str, Any] = {"channel": route.channel_id}
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(route.total_timeout):
+                await self._attempt_on(route, attempt, started)
+        except TimeoutError:
+            if self.exchange.response_started:
+                self._report_failure(route, None)
+                await self._end_stream_with_error("upstream_timeout", "The upstream timed out.")
+                return
+            attempt.update(error="timeout", latency_ms=ms_since(started))
+            raise AttemptFailed(errors.upstream_failed(504, "timeout"), attempt) from None
+
+    async def _attempt_on(self, route: Route, attempt: dict[str, Any], started: float) -> None:
+        leg = self.call.leg(route, self.record, self.model.public_id)
+        content = leg.content(route)
+        http = upstream.client()
+        request = upstream.request(
+            http, leg.target(route), leg.headers(route, self.stream), content, route.timeout
+        )
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.TimeoutException:
+            attempt.update(error="timeout", latency_ms=ms_since(started))
+            raise AttemptFailed(errors.upstream_failed(504, "timeout"), attempt) from None
+        except httpx.HTTPError as exc:
+            attempt.update(error=type(exc).__name__, latency_ms=ms_since(started))
+            raise AttemptFailed(errors.upstream_failed(502, "unreachable"), attempt) from None
+        attempt.update(status=response.status_code, latency_ms=ms_since(started))
+        try:
+            if response.status_code >= 400:
+                body = await read_limited(response, MAX_ERROR_BODY_BYTES)
+                error = upstream_error(response.status_code, body, route)
+                if response.status_code in RETRYABLE_STATUSES:
+                    raise AttemptFailed(
+                        error, attempt, credentials=response.status_code in (401, 403)
+                    )
+                # The request itself is at fault: another channel would refuse it too.
+                self.record.attempts.append(attempt)
+                self._note_channel(route, started)
+                self.record.error_code = error.code or "upstream_client_error"
+                raise error
+            self._note_channel(route, started)
+            if self.stream and response.headers.get("content-type", "").startswith(
+                "text/event-stream"
+            ):
+                self.record.attempts.append(attempt)
+                await self._relay_stream(response, route, leg)
+            else:
+                await self._relay_body(response, attempt, leg)
+        finally:
+            await response.aclose()
+
+    def _note_channel(self, route: Route, started: float) -> None:
+        self.record.channel_id = route.channel_id
+        self.record.upstream_model = route.upstream_model
+        self.record.upstream_latency_ms = ms_since(started)
+
+    async def _relay_body(
+        self, response: httpx.Response, attempt: dict[str, Any], leg: Leg
+    ) -> None:
+        try:
+            body = await read_limited(response, MAX_RESPONSE_BYTES)
+            parsed = orjson.loads(body)
+        except (errors.RelayError, orjson.JSONDecodeError, httpx.HTTPError) as exc:
+            attempt["error"] = "invalid_response"
+            raise AttemptFailed(
+                errors.upstream_failed(502, "The upstream sent an invalid response."), attempt
+            ) from exc
+        out = leg.answer(parsed)
+        if out is None:
+            attempt["error"] = "error_body"
+            raise AttemptFailed(
+                errors.upstream_failed(502, "The upstream sent an error instead of a completion."),
+                attempt,
+            )
+        self.record.attempts.append(attempt)
+        self.record.status_code = 200
+        if self.settle is not None:
+            await self.settle()  # recorded before the client has its answer
+        await self.exchange.respond_json(200, out)
+
+    async def _relay_stream(self, response: httpx.Response, route: Route, leg: Leg) -> None:
+        exchange = self.exchange
+        self.record.status_code = 200
+        self.record.completion_text = []
+        await exchange.start_stream()
+        try:
+            async for events in sse.iter_event_batches(response.aiter_bytes(), MAX_EVENT_BYTES):
+                # What one upstream read completed goes out in one write.
+                out = bytearray()
+                for event in events:
+                    data = sse.event_data(event)
+                    if data is None:
+                        out += event + b"\n\n"  # comments keep the line alive
+                        continue
+                    try:
+                        chunk, final = leg.event(event, data)
+                    except ValueError:
+                        if out:  # the well-formed events before it still go out
+                            await exchange.send_body(bytes(out))
+                        raise
+                    if final and self.settle is not None:
+                        await self.settle()  # recorded before the client sees the end
+                    out += chunk
+                if out:
+                    await exchange.send_body(bytes(out))
+        except (httpx.HTTPError, ValueError) as exc:
+            logger.info("upstream stream broke: %s", type(exc).__name__)
+            self._report_failure(route, None)
+            await self._end_stream_with_error(
+                "upstream_stream_broken", "The upstream connection broke during the response."
+            )
+            return
+        await exchange.end_body()
+
+    async def _end_stream_with_error(self, code: str, message: str) -> None:
+        self.record.completed = False
+        self.record.error_code = code
+        error = errors.upstream_failed(502, message, code=code)
+        with contextlib.suppress(Exception):
+            await self.exchange.send_body(self.dialect.stream_error(error))
+            await self.exchange.end_body()
+
+
+def channel_suspend(*, channel_id: int, reason: str) -> None:
+    from portal.services import channel_suspend as suspend
+
+    suspend(channel_id=channel_id, reason=reason)

@@ -1,0 +1,232 @@
+"""The format-agnostic core of a relayed request: authenticate, resolve the model, admit
+(limits and the money reservation), forward (``relay.forward``), settle, record.
+
+Every dialect (``relay.dialects``) goes through ``handle``; none adds a query or a Redis
+round trip to this path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from relay import errors, metrics, shared, spend
+from relay.dialects.base import Call, Dialect
+from relay.exchange import Exchange
+from relay.forward import Forwarding
+from relay.limits import Admission, LimitStore, RedisLimitStore, Reservation
+from relay.metering import UsageRecord, usage_writer
+from relay.snapshot import KeyInfo, ModelInfo, Route
+
+logger = logging.getLogger(__name__)
+
+
+def surface_refused(surface: str) -> errors.RelayError:
+    return errors.RelayError(
+        403,
+        f"This API key may not be used for the {surface} API.",
+        type="permission_error",
+        code="surface_not_allowed",
+    )
+
+
+async def resolve(
+    exchange: Exchange, key: KeyInfo, surface: str, public: str
+) -> tuple[ModelInfo, Any, tuple[Route, ...]]:
+    """The model, its price for the tenant and the routes the key may use; or a refusal."""
+    cache = exchange.app.cache
+    snapshot = await cache.snapshot()
+    model = snapshot.models.get(public)
+    if model is None or not key.allows(public):
+        raise errors.model_not_found(public)
+    if surface not in model.surfaces:
+        raise errors.invalid_request(
+            f"The model `{public}` is not available on the {surface} API.",
+            param="model",
+            code="model_not_supported",
+        )
+    price = (await cache.prices(key.tenant_id)).get(public)
+    if price is None:
+        raise errors.model_not_priced(public)
+    routes = tuple(route for route in model.routes if key.allows_group(route.group))
+    if not routes:
+        raise errors.no_channel(public)
+    return model, price, routes
+
+
+async def handle(exchange: Exchange, dialect: Dialect) -> None:
+    exchange.anthropic = dialect.anthropic
+    key = await exchange.authenticate()
+    if not key.allows_surface(dialect.surface):
+        raise surface_refused(dialect.surface)
+    body = await exchange.read_body()
+    payload = dialect.parse(body)
+    call = dialect.begin(payload, exchange)
+    public = payload["model"]
+    model, price, routes = await resolve(exchange, key, dialect.surface, public)
+    routes = call.restrict(routes, key.tenant_id)
+    cache = exchange.app.cache
+    reservation = spend.reservation(
+        key, call.output_tokens(model.max_output_tokens), len(body), price, cache.generation
+    )
+    admission, store = await _admit(exchange, key, call, reservation)
+    if store is not None and store is not shared.limit_store():
+        reservation = None  # admitted by the fail-open fallback: nothing was held
+    record = UsageRecord(
+        request_id=exchange.request_id,
+        created_at=exchange.created_at,
+        tenant_id=key.tenant_id,
+        api_key_id=key.id,
+        model=public,
+        surface=dialect.surface,
+        stream=call.stream,
+        status_code=0,
+        total_latency_ms=0,
+        price=price,
+        spend_scopes=reservation.scopes if reservation and admission else (),
+    )
+    settlement = Settlement(
+        exchange, key, admission, reservation if admission else None, record, store, call
+    )
+    forwarding = Forwarding(exchange, dialect, call, model, routes, record, settlement)
+    try:
+        await exchange.until_disconnect(forwarding.run())
+    except errors.RelayError as error:
+        record.status_code = error.status
+        record.error_code = record.error_code or error.code or ""
+        raise
+    finally:
+        if exchange.disconnected:
+            record.completed = False
+            record.error_code = "client_disconnected"
+            record.status_code = record.status_code or 499
+        await settlement()
+        metrics.observe_record(record)
+
+
+async def _admit(
+    exchange: Exchange,
+    key: KeyInfo,
+    call: Call,
+    reservation: Reservation | None,
+) -> tuple[Admission | None, LimitStore | None]:
+    """Count the request against the key's and tenant's limits and hold its worst-case
+    cost against their money, or refuse it with a 429; returns the admission and the store
+    that made it."""
+    scopes = key.limit_scopes()
+    if not scopes and reservation is None:
+        return None, None
+    reserved = call.limit_tokens()
+    store = shared.limit_store()
+    hold = settings.RELAY_TOTAL_TIMEOUT + 30
+
+    async def acquire(money: Reservation | None) -> Admission:
+        return await store.acquire(scopes, exchange.request_id, reserved, hold, money)
+
+    try:
+        admission = await spend.admit(store, key, acquire, reservation)
+    except RedisError:
+        logger.warning("rate limiter unavailable", exc_info=True)
+        if not settings.RELAY_LIMITS_FAIL_OPEN:
+            raise errors.RelayError(
+                503,
+                "The gateway cannot check rate limits right now; retry shortly.",
+                type="server_error",
+                code="limiter_unavailable",
+                headers=((b"retry-after", b"1"),),
+            ) from None
+        # Fail open: this process applies the rate limits on its own (each process allows
+        # the full limit) and holds no money; usage is still recorded and charged.
+        store = shared.fallback_limit_store()
+        admission = await store.acquire(scopes, exchange.request_id, reserved, hold)
+    exchange.extra_headers.extend(admission.headers())
+    if admission.refused == "funds":
+        metrics.observe_limit_rejection("insufficient_quota")
+        raise spend.refusal(admission.refused_scope, key.spend.prepaid)
+    if not admission.allowed:
+        metrics.observe_limit_rejection(admission.refused)
+        raise _limit_error(admission)
+    return admission, store
+
+
+def _limit_error(admission: Admission) -> errors.RelayError:
+    described = {
+        "requests": ("requests per minute", admission.limit_requests),
+        "tokens": ("tokens per minute", admission.limit_tokens),
+        "concurrency": ("concurrent requests", None),
+        "daily_tokens": ("tokens per day", None),
+    }[admission.refused]
+    limit = f" (limit {described[1]})" if described[1] else ""
+    return errors.RelayError(
+        429,
+        f"Rate limit reached for {described[0]}{limit}. "
+        f"Please try again in {admission.retry_after}s.",
+        type="tokens" if "tokens" in admission.refused else "requests",
+        code="rate_limit_exceeded",
+        headers=((b"retry-after", str(admission.retry_after).encode()),),
+    )
+
+
+class Settlement:
+    """Ends a request's accounting once, before its last byte goes out where possible:
+    frees its limits, settles its tokens and money, and queues its usage event (with
+    Redis, all in one atomic step, so no answered request goes unrecorded)."""
+
+    def __init__(
+        self,
+        exchange: Exchange,
+        key: KeyInfo,
+        admission: Admission | None,
+        reservation: Reservation | None,
+        record: UsageRecord,
+        store: LimitStore | None = None,
+        call: Call | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.store = store
+        self.key = key
+        self.admission = admission
+        self.reservation = reservation
+        self.record = record
+        self.call = call
+        self.done = False
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        record = self.record
+        record.total_latency_ms = self.exchange.elapsed_ms()
+        if record.usage is None and self.call is not None:
+            # Only a request left without usage carries its prompt, to be counted locally.
+            record.prompt_messages, record.prompt_tools = self.call.count_material()
+        store = self.store or shared.limit_store()
+        queued = isinstance(store, RedisLimitStore)
+        if not queued and self.admission is None:
+            usage_writer.submit(record)
+            return
+        usage = record.usage
+        used = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
+        admission = self.admission or Admission(allowed=True, bucket=0, reserved_tokens=0)
+        scopes = self.key.limit_scopes() if self.admission is not None else []
+        try:
+            await store.release(
+                scopes,
+                record.request_id,
+                admission,
+                used,
+                self.reservation,
+                record.known_cost() if self.reservation is not None else None,
+                record.to_json() if queued else b"",
+            )
+        except RedisError:
+            logger.warning("settling request %s in Redis failed", record.request_id, exc_info=True)
+            queued = False
+        if queued:
+            usage_writer.start_draining()
+        else:
+            # Embedded mode, or Redis failed us: this process writes the event itself.
+            usage_writer.submit(record)

@@ -1,0 +1,90 @@
+"""What a channel's failures become for the client: its own error without anything that
+reveals the channel, and the one error reported after every channel failed."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from relay import errors
+from relay.snapshot import Route
+
+# Statuses after which another channel may well succeed. 401/403 say the channel's own
+# credentials are wrong, which is no fault of the client's.
+RETRYABLE_STATUSES = frozenset({401, 403, 408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+class AttemptFailed(Exception):
+    """One channel failed before anything reached the client; try the next."""
+
+    def __init__(
+        self, error: errors.RelayError, attempt: dict[str, Any], *, credentials: bool = False
+    ) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.attempt = attempt
+        # The provider refused the channel's own credentials: suspend it, don't just skip.
+        self.credentials = credentials
+
+
+def redact(text: str, route: Route) -> str:
+    """Remove anything that would reveal the channel: its secret, URL and host."""
+    netloc = urlsplit(route.url).netloc
+    for secret in filter(None, (route.secret, route.url, route.url.rsplit("/", 1)[0], netloc)):
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def upstream_error(status: int, body: bytes, route: Route) -> errors.RelayError:
+    """The provider's own error, passed on with nothing revealing. OpenAI's envelope and
+    Anthropic's (``{"type": "error", "error": {"type", "message"}}``) are both read."""
+    message, type_, param, code = f"The upstream provider answered {status}.", None, None, None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        parsed = orjson.loads(body)
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            type_ = error.get("type") if isinstance(error.get("type"), str) else None
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+        elif isinstance(error, str):
+            message = error
+    return errors.RelayError(
+        status,
+        redact(message, route),
+        type=type_ or "invalid_request_error",
+        param=param,
+        code=code,
+    )
+
+
+async def read_limited(response: httpx.Response, limit: int) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise errors.upstream_failed(502, "The upstream response was too large.")
+    return bytes(data)
+
+
+def final_error(failures: list[AttemptFailed]) -> errors.RelayError:
+    if failures and all(f.attempt.get("status") == 429 for f in failures):
+        return errors.RelayError(
+            429,
+            "The upstream provider is rate limiting requests for this model; retry shortly.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers=((b"retry-after", b"1"),),
+        )
+    if failures and failures[-1].attempt.get("error") == "timeout":
+        return errors.upstream_failed(
+            504, "The upstream provider did not answer in time.", code="upstream_timeout"
+        )
+    return errors.upstream_failed(502, "The upstream provider failed to answer the request.")

@@ -1,0 +1,178 @@
+"""The official anthropic Python SDK, unmodified, on the relay's Messages API: passed
+through to a channel that speaks Messages, and translated to chat completions for an
+OpenAI-compatible one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import pytest
+
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
+
+IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5E"
+    "rkJggg=="
+)
+TOOLS: list[anthropic.types.ToolParam] = [
+    {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+
+
+@pytest.fixture(params=["native", "translated"])
+def mode(request: pytest.FixtureRequest, gateway: Gateway) -> str:
+    if request.param == "native":
+        gateway.channel.native_surfaces = ["messages"]
+        gateway.channel.save()
+    return str(request.param)
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(
+        base_url=gateway.url, api_key=gateway.secret, max_retries=0
+    ) as sdk:  # the SDK sends the key as x-api-key
+        yield sdk
+
+
+def test_messages_create_with_system_and_image(client: anthropic.Anthropic, mode: str) -> None:
+    message = client.messages.create(
+        model=PUBLIC_MODEL,
+        max_tokens=100,
+        system="You describe pictures.",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": IMAGE},
+                    },
+                ],
+            }
+        ],
+    )
+    assert message.type == "message" and message.model == PUBLIC_MODEL
+    assert message.content[0].type == "text" and message.content[0].text.startswith("tok0")
+    assert message.stop_reason == "end_turn"
+    [event] = usage_events(1)
+    assert event.surface == "messages" and not event.estimated
+    assert event.completion_tokens == message.usage.output_tokens
+    assert event.prompt_tokens == message.usage.input_tokens
+
+
+def test_messages_streamed(client: anthropic.Anthropic, mode: str) -> None:
+    with client.messages.stream(
+        model=PUBLIC_MODEL, max_tokens=5, messages=[{"role": "user", "content": "Hello"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "tok0 tok1 tok2 tok3 tok4"
+    assert final.stop_reason == "max_tokens"
+    assert final.usage.output_tokens == 5
+    [event] = usage_events(1)
+    assert event.surface == "messages" and event.stream and event.completed
+    assert event.completion_tokens == 5 and not event.estimated
+
+
+def test_tool_use_round_trip(client: anthropic.Anthropic, mode: str) -> None:
+    question: anthropic.types.MessageParam = {"role": "user", "content": "Weather in Oslo?"}
+    first = client.messages.create(
+        model=PUBLIC_MODEL, max_tokens=100, tools=TOOLS, messages=[question]
+    )
+    assert first.stop_reason == "tool_use"
+    [use] = [block for block in first.content if block.type == "tool_use"]
+    assert use.name == "get_weather"
+    second = client.messages.create(
+        model=PUBLIC_MODEL,
+        max_tokens=100,
+        tools=TOOLS,
+        messages=[
+            question,
+            {"role": "assistant", "content": first.content},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}],
+            },
+        ],
+    )
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].type == "text"
+
+
+def test_streamed_tool_use(client: anthropic.Anthropic, mode: str) -> None:
+    with client.messages.stream(
+        model=PUBLIC_MODEL,
+        max_tokens=100,
+        tools=TOOLS,
+        messages=[{"role": "user", "content": "Weather?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert final.content[-1].type == "tool_use" and final.content[-1].input == {}
+
+
+def test_count_tokens(client: anthropic.Anthropic, mode: str) -> None:
+    counted = client.messages.count_tokens(
+        model=PUBLIC_MODEL, system="rules", messages=[{"role": "user", "content": "one two"}]
+    )
+    assert counted.input_tokens > 0
+    assert usage_events(0) == []
+
+
+def test_cache_reads_and_writes_are_metered(gateway: Gateway, sim: object) -> None:
+    gateway.channel.native_surfaces = ["messages"]
+    gateway.channel.base_url = gateway.channel.base_url.replace("/v1", "").rstrip("/")
+    gateway.channel.base_url = (
+        gateway.channel.base_url.replace("/sim/key=", "/sim/cached=2,cache_write=3,key=") + "/v1"
+    )
+    gateway.channel.save()
+    answer = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": gateway.secret, "anthropic-version": "2023-06-01"},
+        json={
+            "model": PUBLIC_MODEL,
+            "max_tokens": 10,
+            "system": [
+                {"type": "text", "text": "long rules", "cache_control": {"type": "ephemeral"}}
+            ],
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    ).json()
+    assert answer["usage"]["cache_read_input_tokens"] == 2
+    assert answer["usage"]["cache_creation_input_tokens"] == 3
+    [event] = usage_events(1)
+    assert event.cached_tokens == 2 and event.cache_write_tokens == 3
+    assert event.prompt_tokens == answer["usage"]["input_tokens"] + 5
+
+
+def test_errors_use_anthropic_envelope(gateway: Gateway) -> None:
+    refused = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": "sk-wrong"},
+        json={
+            "model": PUBLIC_MODEL,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
+    assert refused.status_code == 401
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "authentication_error"
+    missing = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": gateway.secret},
+        json={"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert missing.status_code == 400
+    assert missing.json()["error"]["type"] == "invalid_request_error"
+    # x-api-key counts only on Anthropic's API
+    other = httpx.get(gateway.url + "/v1/models", headers={"x-api-key": gateway.secret})
+    assert other.status_code == 401 and "error" in other.json()
