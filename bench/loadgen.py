@@ -41,9 +41,15 @@ def run_wrk(
     concurrency: int,
     duration: float,
     timeout: float = 10.0,
+    path: str = "/v1/chat/completions",
 ) -> WrkResult:
     threads = min(2, concurrency)
-    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_KEYS": str(keys_file or "")}
+    env = {
+        **os.environ,
+        "BENCH_BODY": str(body_file),
+        "BENCH_KEYS": str(keys_file or ""),
+        "BENCH_PATH": path,
+    }
     argv = [
         "wrk",
         f"-t{threads}",

@@ -17,7 +17,14 @@ from bench import report
 from bench.loadgen import run_wrk
 from bench.prepare import BENCH, PYTHON, ROOT, log
 from bench.procs import Service, cpu_seconds, pids_named
-from bench.targets import POSTGRES, STORE_PROCESSES, WARMUP_CONCURRENCY, Context, Target
+from bench.targets import (
+    POSTGRES,
+    STORE_PROCESSES,
+    WARMUP_CONCURRENCY,
+    Context,
+    Target,
+    mode_path,
+)
 
 
 def measure(
@@ -36,6 +43,7 @@ def measure(
     result = run_wrk(
         url=url,
         body_file=ctx.bodies[mode],
+        path=mode_path(mode),
         keys_file=target.keys_file,
         concurrency=concurrency,
         duration=ctx.args.duration,
@@ -104,6 +112,7 @@ def warm_up(ctx: Context, target: Target, url: str, mode: str) -> int:
     return run_wrk(
         url=url,
         body_file=ctx.bodies[mode],
+        path=mode_path(mode),
         keys_file=target.keys_file,
         concurrency=WARMUP_CONCURRENCY,
         duration=ctx.args.warmup,

@@ -238,6 +238,7 @@ def prepare_database(
     manage(env, "migrate", "--noinput")
     manage(env, "seed_demo", "--upstream", upstream, "--key-file", str(key_file))
     seed(env, "limited-key", "--out", str(limited_key_file))
+    seed(env, "translated-model")
 
 
 class UsageCounter:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bench import prepare
 from bench.loadgen import run_wrk
+from bench.targets import mode_path
 
 if TYPE_CHECKING:
     from bench.procs import Service
@@ -57,6 +58,7 @@ def _record(
         result = run_wrk(
             url=url,
             body_file=ctx.bodies[mode],
+            path=mode_path(mode),
             keys_file=target.keys_file,
             concurrency=ctx.args.profile_concurrency,
             duration=duration,

@@ -42,6 +42,7 @@ from bench.targets import (
     PLAIN_BODY,
     POSTGRES,
     STREAM_BODY,
+    SURFACE_MODES,
     UPSTREAM_PREFIX,
     WARMUP_CONCURRENCY,
     Context,
@@ -169,7 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--modes",
         default=["plain", "stream"],
         type=lambda s: s.split(","),
-        help="plain,stream",
+        help="plain,stream (chat completions), and responses, messages, each with "
+        "-translated and/or -stream (e.g. responses-translated-stream)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds, to show the noise")
     parser.add_argument(
@@ -289,6 +291,9 @@ def run(
     bodies = {"plain": out / "plain.json", "stream": out / "stream.json"}
     bodies["plain"].write_text(json.dumps(PLAIN_BODY))
     bodies["stream"].write_text(json.dumps(STREAM_BODY))
+    for mode, (_, body) in SURFACE_MODES.items():
+        bodies[mode] = out / f"{mode}.json"
+        bodies[mode].write_text(json.dumps(body))
     contexts: dict[str, tuple[Context, Path, Path]] = {}
     for store in args.stores:
         if store == POSTGRES:

@@ -77,6 +77,35 @@ def limited_key(out: Path) -> None:
     print(f"limited key ready in {out}")
 
 
+def translated_model() -> None:
+    """``sim-translated``: the demo's simulator behind a channel with no native surfaces,
+    so Responses and Messages requests for it are translated to chat completions."""
+    from billing.models import PriceList
+    from billing.services import model_price_set
+
+    demo = Channel.objects.get(name="Simulator")
+    model = services.catalog_model_upsert(public_id="sim-translated", actor=ACTOR)
+    channel = Channel.objects.filter(name="Simulator (chat only)").first()
+    if channel is None:
+        channel = services.channel_create(
+            name="Simulator (chat only)",
+            base_url=demo.base_url,
+            secret=demo.secret,
+            actor=ACTOR,
+            models={"sim-translated": "sim-small"},
+        )
+    services.channel_update(channel=channel, actor=ACTOR, base_url=demo.base_url)
+    wholesale = PriceList.objects.get(owner__kind="platform", is_default=True)
+    model_price_set(
+        price_list=wholesale,
+        model=model,
+        input_per_mtok=150_000,
+        output_per_mtok=600_000,
+        actor=ACTOR,
+    )
+    print("translated model ready")
+
+
 def scale(*, keys: int, rows: int, channels: int, sample: int, sample_out: Path) -> None:
     if connection.vendor != "postgresql":
         raise SystemExit("the scale data set is PostgreSQL-only (bulk generate_series)")
@@ -244,6 +273,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     limited = commands.add_parser("limited-key")
     limited.add_argument("--out", type=Path, required=True)
+    commands.add_parser("translated-model")
     big = commands.add_parser("scale")
     big.add_argument("--keys", type=int, default=100_000)
     big.add_argument("--rows", type=int, default=10_000_000)
@@ -253,6 +283,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "limited-key":
         limited_key(args.out)
+    elif args.command == "translated-model":
+        translated_model()
     else:
         scale(
             keys=args.keys,

@@ -19,6 +19,31 @@ PLAIN_BODY = {
     "max_tokens": 64,
 }
 STREAM_BODY = {**PLAIN_BODY, "stream": True, "stream_options": {"include_usage": True}}
+# The other surfaces (``--modes``): Responses and Anthropic Messages, passed through to the
+# demo channel (which serves both natively) or, on ``sim-translated`` (a channel without
+# native surfaces, ``bench/seed.py translated-model``), translated to chat completions.
+TRANSLATED_MODEL = "sim-translated"
+_RESPONSES = {"input": PLAIN_BODY["messages"], "max_output_tokens": 64}
+_MESSAGES = {
+    "system": "You are a helpful assistant.",
+    "messages": [PLAIN_BODY["messages"][1]],
+    "max_tokens": 64,
+}
+SURFACE_MODES: dict[str, tuple[str, dict[str, object]]] = {}
+for _name, _path, _body in (
+    ("responses", "/v1/responses", _RESPONSES),
+    ("messages", "/v1/messages", _MESSAGES),
+):
+    for _model, _suffix in (("sim-small", ""), (TRANSLATED_MODEL, "-translated")):
+        _base = {"model": _model, **_body}
+        SURFACE_MODES[_name + _suffix] = (_path, _base)
+        SURFACE_MODES[_name + _suffix + "-stream"] = (_path, {**_base, "stream": True})
+
+
+def mode_path(mode: str) -> str:
+    return SURFACE_MODES[mode][0] if mode in SURFACE_MODES else "/v1/chat/completions"
+
+
 # The simulator answers 20 completion tokens: 20 content chunks plus the usage chunk.
 UPSTREAM_PREFIX = "/sim/tokens=20/v1"
 STORE_PROCESSES = frozenset({"postgres", "redis-server"})

@@ -240,6 +240,8 @@ def usage_log(filters: dict[str, Any]) -> QuerySet[UsageEvent]:
         events = events.filter(api_key__prefix__startswith=filters["key"].strip())
     if filters.get("model"):
         events = events.filter(model=filters["model"].strip())
+    if filters.get("surface"):
+        events = events.filter(surface=filters["surface"])
     if filters.get("channel"):
         events = events.filter(channel=filters["channel"])
     status = filters.get("status") or ""

@@ -46,6 +46,7 @@ USAGE_GROUPS: dict[str, str] = {
     "model": "model",
     "key": "api_key_id",
     "organization": "tenant__slug",
+    "surface": "surface",
 }
 
 

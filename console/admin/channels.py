@@ -67,6 +67,7 @@ class ChannelForm(forms.ModelForm):
             "provider_type",
             "base_url",
             "provider_settings",
+            "native_surfaces",
             "priority",
             "weight",
             "status",
@@ -116,7 +117,18 @@ class ChannelAdmin(AuditedAdmin):
         "updated_at",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "provider_type", "base_url", "provider_settings"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "provider_type",
+                    "base_url",
+                    "provider_settings",
+                    "native_surfaces",
+                ]
+            },
+        ),
         ("Secret", {"fields": ["secret_status", "secret", "clear_secret"]}),
         ("Routing", {"fields": ["priority", "weight", "group", "status", "status_reason"]}),
         ("Timeouts", {"fields": ["connect_timeout", "first_byte_timeout", "total_timeout"]}),

@@ -13,6 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from billing.models import Invoice, PriceList, UsageEvent
 from portal.models import ApiKey, AuditEntry, Organization
+from portal.models.catalog import SURFACES
 from portal.selectors import DEFAULT_PERIOD_DAYS, Period
 
 
@@ -58,10 +59,15 @@ class UsageFilter(django_filters.FilterSet):
     )
     key = IntegerFilter(field_name="api_key_id", help_text="API key id.")
     model = django_filters.CharFilter(field_name="model", help_text="Public model id.")
+    surface = django_filters.ChoiceFilter(
+        field_name="surface",
+        choices=[(s, s) for s in SURFACES],
+        help_text="The client API: chat, responses, messages, embeddings or completions.",
+    )
 
     class Meta:
         model = UsageEvent
-        fields = ["start", "end", "organization", "key", "model"]
+        fields = ["start", "end", "organization", "key", "model", "surface"]
 
     def filter_noop(self, queryset: QuerySet[Any], name: str, value: date) -> QuerySet[Any]:
         return queryset  # applied together in filter_queryset, as one period

@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from portal.models import CatalogModel, Channel, Membership, Organization, PersonalAccessToken
+from portal.models.catalog import SURFACES
 
 DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
@@ -42,6 +43,13 @@ class ApiKeyForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="Tick none to allow every model.",
+    )
+    allowed_surfaces = forms.MultipleChoiceField(
+        required=False,
+        label="Allowed APIs",
+        choices=[(s, s) for s in SURFACES],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Tick none to allow every API.",
     )
 
     def __init__(self, *args: Any, model_ids: Iterable[str] = (), **kwargs: Any) -> None:
@@ -218,6 +226,11 @@ class UsageFilterForm(forms.Form):
     days = forms.ChoiceField(choices=PERIOD_CHOICES, initial="30", required=False, label="Period")
     key = forms.TypedChoiceField(coerce=int, required=False, empty_value=None, label="API key")
     model = forms.ChoiceField(required=False)
+    surface = forms.ChoiceField(
+        required=False,
+        label="API",
+        choices=[("", "All APIs"), *((s, s) for s in SURFACES)],
+    )
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from billing.models import BillingAccount, PriceList
 from billing.money import MICROS, to_micros
 from console.forms import DATETIME_INPUT, _future
 from portal.models import CatalogModel, Channel, Organization
+from portal.models.catalog import SURFACES
 
 # --- Billing ------------------------------------------------------------------------------
 
@@ -236,6 +237,11 @@ class UsageLogFilterForm(forms.Form):
         required=False, label="Key prefix", help_text="The first characters, e.g. sk-tg-ab12."
     )
     model = forms.CharField(required=False)
+    surface = forms.ChoiceField(
+        required=False,
+        label="API",
+        choices=[("", "All APIs"), *((s, s) for s in SURFACES)],
+    )
     channel = forms.ModelChoiceField(
         queryset=Channel.objects.order_by("name"), required=False, empty_label="All channels"
     )

@@ -42,6 +42,7 @@ def keys(request: HttpRequest, slug: str) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 expires_at=form.cleaned_data["expires_at"],
                 allowed_models=form.cleaned_data["allowed_models"],
+                allowed_surfaces=form.cleaned_data["allowed_surfaces"],
                 actor=request.user,
             )
         if not failed:
@@ -102,6 +103,8 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
             events = events.filter(api_key_id=form.cleaned_data["key"])
         if form.cleaned_data.get("model"):
             events = events.filter(model=form.cleaned_data["model"])
+        if form.cleaned_data.get("surface"):
+            events = events.filter(surface=form.cleaned_data["surface"])
     period = selectors.Period.last_days(form.period_days())
     daily = selectors.usage_by_day(events, period)
     labels = [d.day.strftime("%b %d") for d in daily]

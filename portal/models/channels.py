@@ -25,6 +25,17 @@ def validate_upstream_url(value: str) -> None:
         raise ValidationError("The base URL takes no query string or fragment.")
 
 
+NATIVE_SURFACE_CHOICES = ("responses", "messages")
+
+
+def validate_native_surfaces(value: object) -> None:
+    if not isinstance(value, list) or any(v not in NATIVE_SURFACE_CHOICES for v in value):
+        raise ValidationError(
+            f"A list of: {', '.join(NATIVE_SURFACE_CHOICES)} (chat, embeddings and "
+            "completions are served by every channel)."
+        )
+
+
 class Channel(models.Model):
     class ProviderType(models.TextChoices):
         # Each has a request adapter in relay.providers and rules in provider_settings.
@@ -57,6 +68,7 @@ class Channel(models.Model):
     native_surfaces = models.JSONField(
         default=list,
         blank=True,
+        validators=[validate_native_surfaces],
         help_text="APIs the provider serves itself beyond chat, embeddings and completions: "
         '"responses" (OpenAI\'s Responses API), "messages" (Anthropic\'s). Requests on other '
         "surfaces are translated to chat completions.",

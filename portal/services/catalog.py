@@ -31,6 +31,7 @@ def catalog_model_upsert(
     context_window: int | None = None,
     max_output_tokens: int | None = None,
     description: str = "",
+    surfaces: Iterable[str] | None = None,
 ) -> CatalogModel:
     """Create the catalog entry ``public_id`` or bring it to the given values.
 
@@ -44,6 +45,8 @@ def catalog_model_upsert(
         "max_output_tokens": max_output_tokens,
         "description": description,
     }
+    if surfaces is not None:
+        values["surfaces"] = list(surfaces)
     # Validate before get_or_create, which would otherwise insert unchecked values.
     CatalogModel(public_id=public_id, **values).full_clean(
         validate_unique=False, validate_constraints=False

@@ -24,7 +24,15 @@ _STATUS_REASON_MAX_LENGTH = Channel._meta.get_field("status_reason").max_length 
 # Fields of a channel that channel_update may change; the secret and the status have
 # their own functions because they are audited differently.
 _CHANNEL_UPDATABLE_FIELDS = frozenset(
-    {"name", "base_url", "priority", "weight", "provider_type", "provider_settings"}
+    {
+        "name",
+        "base_url",
+        "priority",
+        "weight",
+        "provider_type",
+        "provider_settings",
+        "native_surfaces",
+    }
 )
 
 

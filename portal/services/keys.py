@@ -15,6 +15,7 @@ from portal.models import (
     AuditEntry,
     Organization,
 )
+from portal.models.catalog import SURFACES
 from portal.services.common import Actor, user_or_none
 
 
@@ -32,6 +33,19 @@ def _model_ids(allowed_models: Iterable[str]) -> list[str]:
     return ids
 
 
+def _surfaces(allowed: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(allowed))
+    unknown = [s for s in chosen if s not in SURFACES]
+    if unknown:
+        raise ValidationError(
+            {
+                "allowed_surfaces": f"Unknown APIs: {', '.join(unknown)}; choose from "
+                f"{', '.join(SURFACES)}."
+            }
+        )
+    return chosen
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -40,6 +54,7 @@ def api_key_create(
     actor: Actor,
     expires_at: datetime | None = None,
     allowed_models: Iterable[str] = (),
+    allowed_surfaces: Iterable[str] = (),
 ) -> tuple[ApiKey, str]:
     """Issue a relay key for a tenant and return it with its secret.
 
@@ -59,6 +74,7 @@ def api_key_create(
         created_by=user_or_none(actor),
         expires_at=expires_at,
         allowed_models=_model_ids(allowed_models),
+        allowed_surfaces=_surfaces(allowed_surfaces),
     )
     api_key.set_secret(secret)
     api_key.full_clean()
@@ -73,6 +89,7 @@ def api_key_create(
             "prefix": api_key.prefix,
             "expires_at": expires_at.isoformat() if expires_at else None,
             "allowed_models": api_key.allowed_models,
+            "allowed_surfaces": api_key.allowed_surfaces,
         },
     )
     return api_key, secret

@@ -1,8 +1,10 @@
 """A fake OpenAI-compatible upstream for the demo, the tests and the benchmarks.
 
 A raw ASGI application, deliberately free of Django so a benchmark can run it in a bare
-interpreter. It answers ``POST /v1/chat/completions`` and ``GET /v1/models[/{id}]`` with
-deterministic content, and misbehaves on demand when the path carries a behaviour prefix,
+interpreter. It answers ``POST /v1/chat/completions``, the Responses API (``/v1/responses``
+with stored responses), Anthropic's ``/v1/messages`` (and ``count_tokens``),
+``/v1/embeddings``, ``/v1/completions`` and ``GET /v1/models[/{id}]`` with deterministic
+content and usage, and misbehaves on demand when the path carries a behaviour prefix,
 ``/sim/<options>/v1/...`` (see ``parse_options``), so one process can stand in for many
 channels. ``/_sim/requests`` and ``/_sim/stats`` show tests what a gateway really sent and
 how many upstream requests it held open.

@@ -73,11 +73,14 @@ def test_seed_demo_creates_a_working_setup(tmp_path: Path) -> None:
     assert channel.base_url == "http://127.0.0.1:9100/v1"
     assert channel.secret  # the simulator wants some bearer token
     served = {link.model.public_id: link.upstream_model() for link in channel.served.all()}
-    assert served == {"sim-small": "sim-small", "sim-large": "sim-large"}
+    assert served == {"sim-small": "sim-small", "sim-large": "sim-large", "sim-embed": "sim-embed"}
+    # The simulator serves Responses and Messages itself; sim-embed is an embedding model.
+    assert channel.native_surfaces == ["responses", "messages"]
+    assert CatalogModel.objects.get(public_id="sim-embed").surfaces == ["embeddings"]
     assert AuditEntry.objects.filter(actor_label="cli:seed_demo").exists()
     # Both models are priced for the demo tenant, so the relay will serve them.
     prices = tenant_price_table(tenant.pk)
-    assert set(prices) == {"sim-small", "sim-large"}
+    assert set(prices) == {"sim-small", "sim-large", "sim-embed"}
     assert prices["sim-small"].retail.output == 600_000
 
 

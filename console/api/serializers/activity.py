@@ -17,6 +17,7 @@ class UsageRowSerializer(serializers.Serializer):
     model = serializers.CharField(required=False)
     key = serializers.IntegerField(source="api_key_id", required=False)
     organization = serializers.CharField(source="tenant__slug", required=False)
+    surface = serializers.CharField(required=False)
     requests = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()

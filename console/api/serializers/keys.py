@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from portal.models import ApiKey, PersonalAccessToken
+from portal.models.catalog import SURFACES
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -22,6 +23,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "prefix",
             "status",
             "allowed_models",
+            "allowed_surfaces",
             "expires_at",
             "created_by",
             "created_at",
@@ -39,6 +41,13 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         required=False,
         default=list,
         help_text="Public model ids the key may use; empty allows every model.",
+    )
+    allowed_surfaces = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(SURFACES)),
+        required=False,
+        default=list,
+        help_text="APIs the key may call (chat, responses, messages, embeddings, "
+        "completions); empty allows every one.",
     )
 
 

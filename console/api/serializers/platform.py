@@ -43,6 +43,7 @@ class ChannelSerializer(serializers.ModelSerializer):
             "provider_type",
             "base_url",
             "provider_settings",
+            "native_surfaces",
             "priority",
             "weight",
             "status",
@@ -59,6 +60,7 @@ class ChannelSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = [
             "id",
+            "native_surfaces",
             "status",
             "status_reason",
             "last_check_at",
@@ -121,11 +123,12 @@ class CatalogModelSerializer(serializers.ModelSerializer):
             "capabilities",
             "context_window",
             "max_output_tokens",
+            "surfaces",
             "is_active",
             "available",
             "availability",
         ]
-        read_only_fields = ["is_active", "available", "availability"]
+        read_only_fields = ["surfaces", "is_active", "available", "availability"]
         # Uniqueness is the upsert's business: posting an existing id updates it.
         extra_kwargs = {"public_id": {"validators": []}}
 

@@ -63,6 +63,7 @@ class ApiKeyViewSet(ScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
                 actor=request.user,
                 expires_at=data.get("expires_at"),
                 allowed_models=data.get("allowed_models", []),
+                allowed_surfaces=data.get("allowed_surfaces", []),
             )
         api_key.secret = secret  # type: ignore[attr-defined] - for this response only
         return Response(ApiKeyCreatedSerializer(api_key).data, status=status.HTTP_201_CREATED)

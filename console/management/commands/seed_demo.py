@@ -35,9 +35,17 @@ TENANT_NAME = "Demo Tenant"
 OWNER_USERNAME = "demo-owner"
 CHANNEL_NAME = "Simulator"
 KEY_NAME = "demo"
-MODELS = ("sim-small", "sim-large")
-# Micro-units per million tokens (input, output): $0.15/$0.60 and $2.50/$10.
-DEMO_PRICES = {"sim-small": (150_000, 600_000), "sim-large": (2_500_000, 10_000_000)}
+MODELS = ("sim-small", "sim-large", "sim-embed")
+EMBEDDING_MODELS = ("sim-embed",)
+# Micro-units per million tokens (input, output): $0.15/$0.60, $2.50/$10 and $0.02/0.
+DEMO_PRICES = {
+    "sim-small": (150_000, 600_000),
+    "sim-large": (2_500_000, 10_000_000),
+    "sim-embed": (20_000, 0),
+}
+# The simulator serves the Responses and Messages APIs itself: they pass through, and
+# stored responses and previous_response_id work in the demo.
+NATIVE_SURFACES = ["responses", "messages"]
 # The demo tenant's credit and its monthly budget (alerts at 50, 80 and 100 %, no hard stop).
 DEMO_CREDIT_MICROS = 10_000_000
 DEMO_BUDGET_MICROS = 1_000_000
@@ -177,10 +185,12 @@ class Command(BaseCommand):
         # Only missing entries are written, so an operator's later edits survive a re-run.
         for public_id in MODELS:
             if public_id not in existing:
+                embedding = public_id in EMBEDDING_MODELS
                 services.catalog_model_upsert(
                     public_id=public_id,
                     actor=ACTOR,
-                    capabilities=["chat"],
+                    capabilities=["embeddings"] if embedding else ["chat"],
+                    surfaces=["embeddings"] if embedding else None,
                     description="Simulated model answered by the built-in upstream simulator.",
                 )
 
@@ -230,14 +240,19 @@ class Command(BaseCommand):
         channel = Channel.objects.filter(name=CHANNEL_NAME).first()
         if channel is None:
             # The simulator accepts any bearer token; a random one keeps secrets out of code.
-            return services.channel_create(
+            channel = services.channel_create(
                 name=CHANNEL_NAME,
                 base_url=upstream,
                 secret=secrets.token_urlsafe(24),
                 actor=ACTOR,
                 models=MODELS,
             )
-        services.channel_update(channel=channel, actor=ACTOR, base_url=upstream)
+            return services.channel_update(
+                channel=channel, actor=ACTOR, native_surfaces=NATIVE_SURFACES
+            )
+        services.channel_update(
+            channel=channel, actor=ACTOR, base_url=upstream, native_surfaces=NATIVE_SURFACES
+        )
         services.channel_models_add(channel=channel, models=MODELS, actor=ACTOR)
         return channel
 
