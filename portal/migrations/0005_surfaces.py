@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portal', '0003_personal_access_tokens'),
+        ('portal', '0004_channel_provider_settings'),
     ]
 
     operations = [
