@@ -15,7 +15,8 @@ import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from relay import errors, shared, sse, upstream
+from relay import errors, forward_native, shared, sse, upstream
+from relay.affinity import conversation_key
 from relay.dialects.base import Call, Dialect, Leg
 from relay.exchange import Exchange
 from relay.metering import UsageRecord
@@ -82,7 +83,10 @@ class Forwarding:
         attempts_left = max(settings.RELAY_MAX_ATTEMPTS, 1)
         try:
             async with asyncio.timeout(settings.RELAY_TOTAL_TIMEOUT):
-                for route in attempt_order(self.routes):
+                # One conversation's turns go to one channel while it is healthy, so the
+                # provider's prompt cache keeps hitting (keys never cross tenants).
+                affinity = f"{self.record.tenant_id}:{conversation_key(self.call.payload)}"
+                for route in attempt_order(self.routes, affinity=affinity):
                     if attempts_left == 0:
                         break
                     admitted, probe = await board.admit(route.channel_id)
@@ -145,6 +149,9 @@ class Forwarding:
 
     async def _attempt_on(self, route: Route, attempt: dict[str, Any], started: float) -> None:
         leg = self.call.leg(route, self.record, self.model.public_id)
+        if route.adapter is not None and not leg.passthrough:
+            await forward_native.attempt(self, route, leg, attempt, started)
+            return
         content = leg.content(route)
         http = upstream.client()
         request = upstream.request(

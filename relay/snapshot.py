@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -28,6 +29,8 @@ from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
 from relay import errors, shared, upstream
 from relay.limits import Limits, Scope
+from relay.providers.anthropic import DEFAULT_BASE_URL as ANTHROPIC_URL
+from relay.providers.registry import adapter_for
 from relay.spend import SpendShape
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,6 +99,9 @@ class Route:
     # Client APIs the provider serves itself ("responses", "messages"): those requests
     # pass through; others are translated to chat completions.
     native: frozenset[str] = frozenset()
+    # The provider adapter (relay.providers) of a channel that is not OpenAI-compatible;
+    # None: requests go out in OpenAI's format to ``url``.
+    adapter: Any = field(default=None, repr=False, compare=False)
     # Made once per snapshot rather than per request: the parsed URL and the request
     # headers for JSON and for streamed answers (see ``upstream.request``).
     target: httpx.URL = field(init=False, repr=False, compare=False)
@@ -240,6 +246,16 @@ def load_prices(tenant_id: int) -> dict[str, PricePair]:
     return tenant_price_table(tenant_id)
 
 
+def _adapter_route(channel: Channel) -> tuple[str, list[str]]:
+    """The URL and native surfaces of a channel served through its adapter. An Anthropic
+    channel takes ``/v1/messages`` requests as they are (the Messages dialect's pass-through
+    leg); every other request goes through the adapter, which makes its own URL."""
+    if channel.provider_type == Channel.ProviderType.ANTHROPIC:
+        base = (channel.base_url or ANTHROPIC_URL).rstrip("/")
+        return f"{base}/v1/chat/completions", ["messages"]
+    return f"https://{channel.provider_type}.adapter.invalid/v1/chat/completions", []
+
+
 def load_snapshot() -> Snapshot:
     close_old_connections()
     routes: dict[int, list[Route]] = {}
@@ -248,20 +264,30 @@ def load_snapshot() -> Snapshot:
     )
     for link in served:
         channel = link.channel
-        if channel.provider_type != Channel.ProviderType.OPENAI:
-            # Native provider adapters (relay.providers) are not on the request path yet:
-            # sending them OpenAI's format would fail, so such channels are not routed.
-            continue
         try:
             secret = channel.secret
         except ValueError:
             logger.error("channel %s: secret cannot be decrypted; channel skipped", channel.pk)
             continue
+        url, native, adapter = channel.chat_completions_url(), channel.native_surfaces, None
+        if channel.provider_type != Channel.ProviderType.OPENAI:
+            try:
+                adapter = adapter_for(
+                    channel.provider_type,
+                    base_url=channel.base_url,
+                    secret=secret,
+                    settings=channel.provider_settings,
+                )
+            except ValueError as exc:
+                logger.error("channel %s: %s; channel skipped", channel.pk, exc)
+                continue
+            url, native = _adapter_route(channel)
         routes.setdefault(link.model_id, []).append(
             Route(
                 channel_id=channel.pk,
                 channel_name=channel.name,
-                url=channel.chat_completions_url(),
+                url=url,
+                adapter=adapter,
                 secret=secret,
                 upstream_model=link.upstream_model(),
                 priority=channel.priority,
@@ -269,7 +295,7 @@ def load_snapshot() -> Snapshot:
                 group=channel.group,
                 timeout=_timeout(channel),
                 total_timeout=channel.total_timeout,
-                native=frozenset(channel.native_surfaces or ()),
+                native=frozenset(native or ()),
             )
         )
     models = {

@@ -21,6 +21,7 @@ import orjson
 from django.conf import settings
 
 from relay import errors, upstream
+from relay.dialects.native import NativeCodec
 from relay.exchange import Exchange
 from relay.metering import Usage, UsageRecord
 from relay.snapshot import Route
@@ -99,6 +100,8 @@ class Leg:
 
     path: str = "/chat/completions"
     method: str = "POST"
+    # True for legs that send the client's own body to a channel that speaks its API.
+    passthrough: bool = False
 
     def __init__(self, record: UsageRecord, public: str) -> None:
         self.record = record
@@ -128,6 +131,10 @@ class Leg:
         the answer (the request is settled before it goes out). Raises ValueError on a
         malformed event."""
         raise NotImplementedError
+
+    def native(self) -> NativeCodec:
+        """The request in the canonical form, for a channel with a provider adapter."""
+        raise errors.invalid_request("This API cannot be served by this model's provider.")
 
 
 class Call:

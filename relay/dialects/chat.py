@@ -20,6 +20,7 @@ from relay.dialects.base import (
     int_or_none,
     load_json,
 )
+from relay.dialects.native import NativeCodec, chat_codec
 from relay.exchange import Exchange
 from relay.metering import UsageRecord
 from relay.snapshot import Route
@@ -91,6 +92,9 @@ def delta_texts(choice: Any) -> list[str]:
 class ChatLeg(OpenAIStreamLeg):
     def texts(self, choice: Any) -> list[str]:
         return delta_texts(choice)
+
+    def native(self) -> NativeCodec:
+        return chat_codec(self.payload, self.public, self.client_wants_usage)
 
     def body_texts(self, choice: Any) -> list[str]:
         message = choice.get("message") if isinstance(choice, Mapping) else None

@@ -54,6 +54,7 @@ def anthropic_headers(route: Route, version: str, beta: str | None, stream: bool
 
 class PassLeg(Leg):
     path = "/messages"
+    passthrough = True
 
     def __init__(self, call: MessagesCall, record: UsageRecord, public: str) -> None:
         super().__init__(record, public)

@@ -55,6 +55,7 @@ def _texts(value: Any) -> int:
 
 class PassLeg(Leg):
     path = "/responses"
+    passthrough = True
 
     def __init__(self, call: ResponsesCall, record: UsageRecord, public: str) -> None:
         super().__init__(record, public)

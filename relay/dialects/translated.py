@@ -12,6 +12,7 @@ import orjson
 from relay import errors
 from relay.dialects.base import Leg, dump
 from relay.dialects.chat import delta_texts
+from relay.dialects.native import NativeCodec
 from relay.metering import Usage, UsageRecord
 from relay.snapshot import Route
 from relay.translate import canonical, chat
@@ -36,11 +37,16 @@ class TranslatedLeg(Leg):
         stream_error: Callable[[errors.RelayError], bytes],
     ) -> None:
         super().__init__(record, public)
+        self.request = request
         self.body = chat.request_from_canonical(request)
         self.to_client = to_client
         self.decoder = chat.Decoder()
+        self.make_encoder = encoder
         self.encoder = encoder()
         self.stream_error = stream_error
+
+    def native(self) -> NativeCodec:
+        return NativeCodec(self.request, self.to_client, self.make_encoder, self.stream_error)
 
     def content(self, route: Route) -> bytes:
         self.route = route

@@ -48,8 +48,11 @@ def test_weighted_selection_over_real_requests(gateway: Gateway, sim: Simulator)
     gateway.channel.save()
     heavy = gateway.add_channel(sim.channel_url("tokens=3"), name="heavy", weight=3)
     _settle()
-    for _ in range(240):
-        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    for n in range(240):
+        # Each request its own conversation: cache affinity keeps one conversation on one
+        # channel, and the weights hold across conversations.
+        body = chat_body(user=f"conversation-{n}")
+        assert gateway.client.post("/v1/chat/completions", json=body).status_code == 200
     counts = Counter(e.channel_id for e in usage_events(240))
     assert counts[gateway.channel.pk] + counts[heavy.pk] == 240
     # Expected 180 of 240 on the heavy channel; 5 standard deviations is about ±34.

@@ -1,0 +1,182 @@
+"""One attempt on a channel through its provider adapter (``relay.providers``).
+
+The client's request, in the canonical form, is built into the provider's native request
+(signed, or with a fresh token); the answer or stream is decoded back to canonical and
+written in the client's dialect. Failures are classified by the adapter: retryable ones
+and refused credentials fail over (the latter also suspend the channel), the client's
+own errors are answered at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from relay import errors, upstream
+from relay.dialects.base import Leg
+from relay.dialects.native import NativeCodec
+from relay.metering import Usage
+from relay.providers.base import FailureKind, ProviderFailure, StreamFailed
+from relay.providers.bedrock import UnsupportedContent
+from relay.providers.vertex import credentials_failure
+from relay.providers.vertex_auth import TokenFetchFailed
+from relay.snapshot import Route
+from relay.translate import canonical as c
+from relay.upstream_errors import (
+    MAX_ERROR_BODY_BYTES,
+    MAX_RESPONSE_BYTES,
+    AttemptFailed,
+    read_limited,
+)
+
+if TYPE_CHECKING:
+    from relay.forward import Forwarding
+
+logger = logging.getLogger(__name__)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _error(failure: ProviderFailure) -> errors.RelayError:
+    return errors.RelayError(failure.status, failure.message, type=failure.type, code=failure.code)
+
+
+def _texts(event: c.Event) -> list[str]:
+    if isinstance(event, (c.TextDelta, c.ReasoningDelta)):
+        return [event.text]
+    if isinstance(event, c.ToolCallDelta):
+        return [event.arguments]
+    if isinstance(event, c.ToolCallStart):
+        return [event.name]
+    return []
+
+
+async def attempt(
+    forwarding: Forwarding, route: Route, leg: Leg, info: dict[str, Any], started: float
+) -> None:
+    adapter = route.adapter
+    codec = leg.native()
+    record = forwarding.record
+    try:
+        built = await adapter.build(
+            codec.request, upstream_model=route.upstream_model, stream=forwarding.stream
+        )
+    except TokenFetchFailed as exc:
+        info.update(error="credentials", latency_ms=_ms(started), status=401)
+        raise AttemptFailed(_error(credentials_failure(exc)), info, credentials=True) from None
+    except (UnsupportedContent, c.TranslationError) as exc:
+        raise errors.invalid_request(str(exc)) from None
+    http = upstream.client()
+    try:
+        response = await http.send(built.to_httpx(route.timeout or http.timeout), stream=True)
+    except httpx.TimeoutException:
+        info.update(error="timeout", latency_ms=_ms(started))
+        raise AttemptFailed(errors.upstream_failed(504, "timeout"), info) from None
+    except httpx.HTTPError as exc:
+        info.update(error=type(exc).__name__, latency_ms=_ms(started))
+        raise AttemptFailed(errors.upstream_failed(502, "unreachable"), info) from None
+    info.update(status=response.status_code, latency_ms=_ms(started))
+    try:
+        if response.status_code >= 400:
+            body = await read_limited(response, MAX_ERROR_BODY_BYTES)
+            failure = adapter.failure(response.status_code, response.headers, body)
+            if failure.retryable:
+                credentials = failure.kind is FailureKind.CREDENTIALS
+                raise AttemptFailed(_error(failure), info, credentials=credentials)
+            record.attempts.append(info)
+            forwarding._note_channel(route, started)
+            record.error_code = failure.code or "upstream_client_error"
+            raise _error(failure)
+        forwarding._note_channel(route, started)
+        if forwarding.stream:
+            record.attempts.append(info)
+            await _relay_stream(forwarding, route, response, codec)
+        else:
+            await _relay_body(forwarding, route, response, codec, info)
+    finally:
+        await response.aclose()
+
+
+async def _relay_body(
+    forwarding: Forwarding,
+    route: Route,
+    response: httpx.Response,
+    codec: NativeCodec,
+    info: dict[str, Any],
+) -> None:
+    try:
+        body = await read_limited(response, MAX_RESPONSE_BYTES)
+        answer = route.adapter.decode(body)
+    except (errors.RelayError, ValueError, TypeError, AttributeError, httpx.HTTPError) as exc:
+        info["error"] = "invalid_response"
+        raise AttemptFailed(
+            errors.upstream_failed(502, "The upstream sent an invalid response."), info
+        ) from exc
+    record = forwarding.record
+    record.attempts.append(info)
+    answer.model = forwarding.model.public_id
+    record.usage = Usage.from_canonical(answer.usage)
+    if record.usage is None:
+        record.completion_text = []
+        record.keep_text([c.text_of(answer.parts)])
+    record.status_code = 200
+    out = codec.to_client(answer)
+    if forwarding.settle is not None:
+        await forwarding.settle()
+    await forwarding.exchange.respond_json(200, orjson.dumps(out))
+
+
+async def _relay_stream(
+    forwarding: Forwarding, route: Route, response: httpx.Response, codec: NativeCodec
+) -> None:
+    exchange = forwarding.exchange
+    record = forwarding.record
+    record.status_code = 200
+    record.completion_text = []
+    decoder = route.adapter.stream_decoder()
+    encoder = codec.encoder()
+    public = forwarding.model.public_id
+    await exchange.start_stream()
+
+    async def send(events: list[c.Event]) -> None:
+        out = bytearray()
+        for event in events:
+            if isinstance(event, c.StreamStart):
+                event.model = public
+            elif isinstance(event, c.StreamUsage):
+                record.usage = Usage.from_canonical(event.usage)
+            record.keep_text(_texts(event))
+            for frame in encoder.feed(event):
+                out += frame
+        if out:
+            await exchange.send_body(bytes(out))
+
+    try:
+        async for data in response.aiter_bytes():
+            await send(decoder.feed(data))
+        await send(decoder.finish())
+    except StreamFailed as exc:
+        record.error_code = "upstream_stream_error"
+        record.completed = False
+        forwarding._report_failure(route, None)
+        error = _error(exc.failure)
+        await exchange.send_body(codec.stream_error(error))
+        await exchange.end_body()
+        return
+    except (httpx.HTTPError, ValueError) as exc:
+        logger.info("upstream stream broke: %s", type(exc).__name__)
+        forwarding._report_failure(route, None)
+        await forwarding._end_stream_with_error(
+            "upstream_stream_broken", "The upstream connection broke during the response."
+        )
+        return
+    if forwarding.settle is not None:
+        await forwarding.settle()  # recorded before the client sees the end
+    await exchange.send_body(b"".join(encoder.close()))
+    await exchange.end_body()

@@ -1,0 +1,204 @@
+"""Native provider channels on the request path, over loopback with the official SDKs:
+chat completions and Messages clients get answers, streams, tool calls and usage from
+Anthropic, Gemini, Vertex AI, Bedrock and Azure channels; failover crosses provider
+types; a Bedrock channel whose signature is refused is suspended."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from portal.models import Channel
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, usage_events
+from tests.relay.providers.conftest import (
+    ANTHROPIC_KEY,
+    AWS_ACCESS_KEY,
+    AWS_REGION,
+    AWS_SECRET,
+    AZURE_KEY,
+    GEMINI_KEY,
+    WEATHER_TOOL,
+    NativeSim,
+)
+
+PROVIDERS = ["anthropic", "gemini", "vertex", "bedrock", "azure"]
+
+
+def configure(
+    channel: Channel, provider: str, sim: NativeSim, sa_info: dict[str, Any], options: str = ""
+) -> None:
+    """Make ``channel`` a channel of ``provider`` on the native simulator."""
+    prefix = f"/sim/{options}" if options else ""
+    base, settings, secret = {
+        "anthropic": (f"{sim.url}/sim/key={ANTHROPIC_KEY},{options}", {}, ANTHROPIC_KEY),
+        "gemini": (sim.url + prefix, {}, GEMINI_KEY),
+        "vertex": (sim.url + prefix, {"location": "us-central1"}, json.dumps(sa_info)),
+        "bedrock": (
+            sim.url + prefix,
+            {"region": AWS_REGION},
+            json.dumps({"access_key_id": AWS_ACCESS_KEY, "secret_access_key": AWS_SECRET}),
+        ),
+        "azure": (sim.url + prefix, {"api_version": "2024-10-21"}, AZURE_KEY),
+    }[provider]
+    channel.provider_type = provider
+    channel.base_url = base
+    channel.provider_settings = settings
+    channel.secret = secret
+    channel.full_clean()
+    channel.save()
+
+
+@pytest.fixture
+def sdk(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_chat_clients_get_answers_streams_tools_and_usage(
+    provider: str,
+    gateway: Gateway,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+) -> None:
+    configure(
+        gateway.channel,
+        provider,
+        native_sim,
+        sa_info,
+        "tokens=3,cached=4,cache_write=2,reasoning=5",
+    )
+    messages: list[Any] = [{"role": "user", "content": "Say hello to the gateway"}]
+    plain = sdk.chat.completions.create(model=PUBLIC_MODEL, messages=messages)
+    assert plain.model == PUBLIC_MODEL
+    assert plain.choices[0].message.content == "tok0 tok1 tok2"
+    assert plain.usage is not None and plain.usage.completion_tokens == 3 + 5
+
+    stream = sdk.chat.completions.create(
+        model=PUBLIC_MODEL, messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    text, usage = "", None
+    for chunk in stream:
+        assert chunk.model == PUBLIC_MODEL
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+        usage = chunk.usage or usage
+    assert text == "tok0 tok1 tok2"
+    assert usage is not None and usage.completion_tokens == 3 + 5
+
+    tooled = sdk.chat.completions.create(
+        model=PUBLIC_MODEL, messages=messages, tools=[WEATHER_TOOL]
+    )
+    assert tooled.choices[0].finish_reason == "tool_calls"
+    call = tooled.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    answered = sdk.chat.completions.create(
+        model=PUBLIC_MODEL,
+        tools=[WEATHER_TOOL],
+        messages=[
+            *messages,
+            tooled.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ],
+    )
+    assert answered.choices[0].message.content == "tok0 tok1 tok2"
+
+    events = usage_events(4)
+    assert len(events) == 4 and {e.channel_id for e in events} == {gateway.channel.pk}
+    first = events[0]
+    assert first.completion_tokens == 3 + 5
+    if provider in ("anthropic", "bedrock"):  # they report cache writes
+        assert (first.cached_tokens, first.cache_write_tokens) == (4, 2)
+    else:
+        assert first.cached_tokens == 4
+    if provider in ("gemini", "vertex", "azure"):  # they report reasoning apart
+        assert first.reasoning_tokens == 5
+
+
+def test_messages_clients_get_a_bedrock_answer(
+    gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    configure(gateway.channel, "bedrock", native_sim, sa_info, "tokens=2")
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=0)
+    message = client.messages.create(
+        model=PUBLIC_MODEL, max_tokens=50, messages=[{"role": "user", "content": "Hi there"}]
+    )
+    assert message.content[0].text == "tok0 tok1"
+    with client.messages.stream(
+        model=PUBLIC_MODEL, max_tokens=50, messages=[{"role": "user", "content": "Hi there"}]
+    ) as stream:
+        assert "".join(stream.text_stream) == "tok0 tok1"
+    client.close()
+
+
+def test_messages_to_an_anthropic_channel_pass_through_unchanged(
+    gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    configure(gateway.channel, "anthropic", native_sim, sa_info)
+    body = {
+        "model": PUBLIC_MODEL,
+        "max_tokens": 20,
+        "system": [{"type": "text", "text": "Cached.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Hi there"}],
+    }
+    response = gateway.client.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    sent = native_sim.requests()[-1]
+    assert sent["path"].endswith("/v1/messages")
+    assert sent["body"] == {**body, "model": "sim-upstream"}
+    assert sent["headers"]["x-api-key"] == ANTHROPIC_KEY
+
+
+def test_failing_anthropic_channel_hands_over_to_an_openai_channel(
+    gateway: Gateway,
+    sim: Simulator,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+) -> None:
+    configure(gateway.channel, "anthropic", native_sim, sa_info, "fail=529")
+    gateway.channel.priority = 10
+    gateway.channel.save()
+    backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
+    answer = sdk.chat.completions.create(
+        model=PUBLIC_MODEL, messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert answer.choices[0].message.content.startswith("tok0")
+    (event,) = usage_events(1)
+    assert event.channel_id == backup.pk
+    assert [a["channel"] for a in event.attempts] == [gateway.channel.pk, backup.pk]
+
+
+def test_bedrock_wrong_secret_suspends_the_channel_and_fails_over(
+    gateway: Gateway,
+    sim: Simulator,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+) -> None:
+    configure(gateway.channel, "bedrock", native_sim, sa_info)
+    gateway.channel.secret = json.dumps(
+        {"access_key_id": AWS_ACCESS_KEY, "secret_access_key": "not-the-secret"}
+    )
+    gateway.channel.priority = 10
+    gateway.channel.save()
+    backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
+    answer = sdk.chat.completions.create(
+        model=PUBLIC_MODEL, messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert answer.choices[0].message.content.startswith("tok0")
+    (event,) = usage_events(1)
+    assert event.channel_id == backup.pk
+    deadline = time.monotonic() + 10
+    while Channel.objects.get(pk=gateway.channel.pk).status != Channel.Status.SUSPENDED:
+        assert time.monotonic() < deadline, "the Bedrock channel was not suspended"
+        time.sleep(0.05)
+    assert "credentials" in Channel.objects.get(pk=gateway.channel.pk).status_reason
