@@ -118,10 +118,11 @@ def test_azure_deployment_map_turns_the_public_name_into_the_url(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_native_channels_stay_off_the_request_path_until_it_speaks_them(
+def test_native_channels_are_routed_through_their_adapters(
     native_sim: NativeSim, sa_info: dict[str, Any]
 ) -> None:
     create("anthropic", channels(native_sim, sa_info)["anthropic"])
+    create("bedrock", channels(native_sim, sa_info)["bedrock"])
     channel_create(
         name="openai-ok",
         base_url=f"{native_sim.url}/v1",
@@ -129,5 +130,15 @@ def test_native_channels_stay_off_the_request_path_until_it_speaks_them(
         actor="test",
         models=["served-model"],
     )
-    routes = load_snapshot().models["served-model"].routes
-    assert [route.channel_name for route in routes] == ["openai-ok"]
+    # A channel whose stored secret no longer makes an adapter is skipped, not fatal.
+    broken = create("gemini", channels(native_sim, sa_info)["gemini"])
+    Channel.objects.filter(pk=broken.pk).update(provider_settings={"region": "x"})
+    Channel.objects.filter(pk=broken.pk).update(provider_type="bedrock")
+    routes = {r.channel_name: r for r in load_snapshot().models["served-model"].routes}
+    assert set(routes) == {"anthropic-ok", "bedrock-ok", "openai-ok"}
+    assert routes["openai-ok"].adapter is None
+    assert routes["bedrock-ok"].adapter.provider_type == "bedrock"
+    # Messages requests reach an Anthropic channel as they are, at its /v1/messages.
+    anthropic_route = routes["anthropic-ok"]
+    assert anthropic_route.native == frozenset({"messages"})
+    assert str(anthropic_route.target_for("/messages")).endswith("/v1/messages")
