@@ -1,0 +1,117 @@
+"""The Redis limit store: exact across every relay process."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from relay.batching import ScriptBatcher
+from relay.limits.scripts import ACQUIRE_LUA, FINISH_LUA, SEED_LUA
+from relay.limits.shapes import (
+    Admission,
+    Reservation,
+    Scope,
+    _admission,
+    _keys,
+    _money_args,
+    _money_detail,
+    _text,
+    money_keys,
+)
+
+
+class RedisLimitStore:
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._acquire = redis.register_script(ACQUIRE_LUA)
+        self._finish = redis.register_script(FINISH_LUA)
+        self._seed = redis.register_script(SEED_LUA)
+        # The limit checks and settlements of one loop turn share a round trip.
+        self._batcher = ScriptBatcher(redis)
+
+    @property
+    def queue_key(self) -> str:
+        return usage_queue_key(self._prefix)
+
+    async def acquire(
+        self,
+        scopes: list[Scope],
+        request_id: str,
+        tokens: int,
+        hold_seconds: float,
+        reservation: Reservation | None = None,
+    ) -> Admission:
+        now = time.time()
+        args: list[Any] = [int(now * 1000), request_id, tokens, int(hold_seconds * 1000)]
+        args.append(len(scopes))
+        for scope in scopes:
+            args += scope.limits.as_args()
+        args += _money_args(reservation, hold_seconds)
+        keys = _keys(scopes, self._prefix, now)
+        for name in reservation.scopes if reservation else ():
+            keys += money_keys(self._prefix, name)
+        result = await self._batcher.run(self._acquire, keys, args)
+        stats = [int(v) for v in result[4:]]
+        admission = _admission(
+            scopes, bool(result[0]), _text(result[1]), int(result[2]), stats, now, tokens
+        )
+        _money_detail(admission, reservation, _text(result[3]))
+        return admission
+
+    async def release(
+        self,
+        scopes: list[Scope],
+        request_id: str,
+        admission: Admission,
+        used_tokens: int | None,
+        reservation: Reservation | None = None,
+        cost_micros: int | None = None,
+        event: bytes = b"",
+    ) -> None:
+        """Free the request's slots, settle its tokens and money, and queue its usage
+        event: one atomic round trip."""
+        delta = 0 if used_tokens is None else used_tokens - admission.reserved_tokens
+        keys = _keys(scopes, self._prefix, admission.bucket)
+        for name in reservation.scopes if reservation else ():
+            keys += money_keys(self._prefix, name)
+        keys.append(self.queue_key)
+        await self._batcher.run(
+            self._finish,
+            keys,
+            [
+                request_id,
+                admission.bucket,
+                delta,
+                len(scopes),
+                len(reservation.scopes) if reservation else 0,
+                reservation.worst_micros if reservation else 0,
+                -1 if cost_micros is None else cost_micros,
+                event,
+            ],
+        )
+
+    async def written_totals(self, names: tuple[str, ...]) -> list[int]:
+        values = await self._redis.mget([money_keys(self._prefix, n)[1] for n in names])
+        return [int(v or 0) for v in values]
+
+    async def seed(
+        self,
+        names: tuple[str, ...],
+        bases: list[int],
+        written: list[int],
+        generation: int,
+        fresh_after: float | None = None,
+    ) -> None:
+        now_ms = int(time.time() * 1000)
+        keys: list[str] = []
+        args: list[Any] = [generation, now_ms]
+        args.append(now_ms + 1 if fresh_after is None else int(fresh_after * 1000))
+        for name, base, total in zip(names, bases, written, strict=True):
+            keys += money_keys(self._prefix, name)[:2]
+            args += [base, total]
+        await self._seed(keys=keys, args=args)
+
+
+def usage_queue_key(prefix: str) -> str:
+    return f"{prefix}:usage:queue"

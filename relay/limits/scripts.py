@@ -1,0 +1,223 @@
+"""The Lua scripts that admit, settle and seed in one Redis round trip each."""
+
+from __future__ import annotations
+
+# Money keys per reserved scope, in this order (see ``money_keys``).
+MONEY_KEYS = 5
+
+# KEYS: per limit scope 4 keys (req, tok, conc, day), then per money scope MONEY_KEYS keys.
+# ARGV: now_ms, request_id, tokens, hold_ms, limit scope count, per limit scope 4 limits
+# (-1 = none), then money scope count, worst-case cost, money hold ms, the generation a
+# base must have reached, the oldest seeding time (ms) still fresh.
+# Returns {allowed, refused_kind, retry_ms, detail, then per limit scope: req_used,
+# req_oldest, tok_used, tok_oldest}. ``detail`` is, when refused for money, the index of
+# the scope that cannot cover the worst case and, for 'seed', the indexes to (re)seed,
+# comma-separated.
+ACQUIRE_LUA = """
+local now_ms = tonumber(ARGV[1])
+local now = math.floor(now_ms / 1000)
+local request_id = ARGV[2]
+local tokens = tonumber(ARGV[3])
+local hold_ms = tonumber(ARGV[4])
+local scopes = tonumber(ARGV[5])
+local m_at = 6 + scopes * 4
+local money = tonumber(ARGV[m_at]) or 0
+local worst = tonumber(ARGV[m_at + 1]) or 0
+local money_hold_ms = tonumber(ARGV[m_at + 2]) or 0
+local min_gen = tonumber(ARGV[m_at + 3]) or 0
+local fresh_after = tonumber(ARGV[m_at + 4]) or 0
+local m_keys = scopes * 4
+local stats = {}
+local refused_kind = ''
+local retry_ms = 0
+local detail = ''
+
+local function window(key)
+  local fields = redis.call('HGETALL', key)
+  local used, oldest = 0, 0
+  local stale = {}
+  for i = 1, #fields, 2 do
+    local second = tonumber(fields[i])
+    if second <= now - 60 then
+      stale[#stale + 1] = fields[i]
+    else
+      used = used + tonumber(fields[i + 1])
+      if oldest == 0 or second < oldest then oldest = second end
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  return used, oldest
+end
+
+for s = 0, scopes - 1 do
+  local req_key, tok_key, conc_key, day_key = KEYS[s*4+1], KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
+  local rpm = tonumber(ARGV[6 + s*4])
+  local tpm = tonumber(ARGV[7 + s*4])
+  local conc = tonumber(ARGV[8 + s*4])
+  local daily = tonumber(ARGV[9 + s*4])
+  local req_used, req_oldest = window(req_key)
+  local tok_used, tok_oldest = window(tok_key)
+  stats[#stats + 1] = req_used
+  stats[#stats + 1] = req_oldest
+  stats[#stats + 1] = tok_used
+  stats[#stats + 1] = tok_oldest
+  if refused_kind == '' then
+    if rpm >= 0 and req_used + 1 > rpm then
+      refused_kind = 'requests'
+      retry_ms = ((req_oldest + 60) * 1000) - now_ms
+    elseif tpm >= 0 and tok_used + tokens > tpm then
+      refused_kind = 'tokens'
+      retry_ms = ((tok_oldest > 0 and tok_oldest or now) + 60) * 1000 - now_ms
+    end
+  end
+  if refused_kind == '' and conc >= 0 then
+    redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now_ms)
+    if redis.call('ZCARD', conc_key) + 1 > conc then
+      refused_kind = 'concurrency'
+      retry_ms = 1000
+    end
+  end
+  if refused_kind == '' and daily >= 0 then
+    local day_used = tonumber(redis.call('GET', day_key) or '0')
+    if day_used + tokens > daily then
+      refused_kind = 'daily_tokens'
+      retry_ms = -1
+    end
+  end
+end
+
+-- Money: what a scope may still spend is its seeded base, less what was written to the
+-- database since the seed, less what requests hold (in flight, or finished but unwritten).
+local seeds = {}
+for m = 0, money - 1 do
+  local k = m_keys + m * 5
+  local base_key, written_key, held_key, holds_key, exp_key =
+    KEYS[k+1], KEYS[k+2], KEYS[k+3], KEYS[k+4], KEYS[k+5]
+  local base = redis.call('HMGET', base_key, 'base', 'written', 'gen', 'at')
+  if not base[1] or tonumber(base[3]) < min_gen or tonumber(base[4]) < fresh_after then
+    seeds[#seeds + 1] = m
+  elseif refused_kind == '' then
+    local expired = redis.call('ZRANGEBYSCORE', exp_key, '-inf', now_ms, 'LIMIT', 0, 200)
+    if #expired > 0 then
+      local amounts = redis.call('HMGET', holds_key, unpack(expired))
+      local freed = 0
+      for i = 1, #amounts do
+        if amounts[i] then freed = freed + tonumber(amounts[i]) end
+      end
+      redis.call('HDEL', holds_key, unpack(expired))
+      redis.call('ZREM', exp_key, unpack(expired))
+      if freed ~= 0 then redis.call('DECRBY', held_key, freed) end
+    end
+    local available = tonumber(base[1]) + tonumber(base[2])
+      - tonumber(redis.call('GET', written_key) or '0')
+      - tonumber(redis.call('GET', held_key) or '0')
+    if available < worst then
+      refused_kind = 'funds'
+      detail = tostring(m)
+    end
+  end
+end
+
+if refused_kind ~= '' then
+  return {0, refused_kind, retry_ms, detail, unpack(stats)}
+end
+if #seeds > 0 then
+  return {0, 'seed', 0, table.concat(seeds, ','), unpack(stats)}
+end
+
+for s = 0, scopes - 1 do
+  local req_key, tok_key, conc_key, day_key = KEYS[s*4+1], KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
+  local rpm = tonumber(ARGV[6 + s*4])
+  local tpm = tonumber(ARGV[7 + s*4])
+  local conc = tonumber(ARGV[8 + s*4])
+  local daily = tonumber(ARGV[9 + s*4])
+  if rpm >= 0 then
+    redis.call('HINCRBY', req_key, now, 1)
+    redis.call('EXPIRE', req_key, 120)
+  end
+  if tpm >= 0 then
+    redis.call('HINCRBY', tok_key, now, tokens)
+    redis.call('EXPIRE', tok_key, 120)
+  end
+  if conc >= 0 then
+    redis.call('ZADD', conc_key, now_ms + hold_ms, request_id)
+    redis.call('PEXPIRE', conc_key, hold_ms + 60000)
+  end
+  if daily >= 0 then
+    redis.call('INCRBY', day_key, tokens)
+    redis.call('EXPIRE', day_key, 172800)
+  end
+end
+for m = 0, money - 1 do
+  local k = m_keys + m * 5
+  redis.call('HSET', KEYS[k+4], request_id, worst)
+  redis.call('ZADD', KEYS[k+5], now_ms + money_hold_ms, request_id)
+  redis.call('INCRBY', KEYS[k+3], worst)
+  for i = 1, 5 do redis.call('EXPIRE', KEYS[k+i], MONEY_TTL) end
+end
+return {1, '', 0, '', unpack(stats)}
+""".replace("MONEY_TTL", "3024000")  # 35 days: longer than any period a scope counts
+
+# KEYS: as for acquire, then the usage queue. ARGV: request_id, bucket second, token
+# delta, limit scope count, money scope count, worst-case cost held, the actual cost (-1:
+# not known yet, keep holding the worst case until the event is written), the usage event
+# to queue ('' for none).
+FINISH_LUA = """
+local request_id = ARGV[1]
+local bucket = ARGV[2]
+local delta = tonumber(ARGV[3])
+local scopes = tonumber(ARGV[4])
+local money = tonumber(ARGV[5])
+local worst = tonumber(ARGV[6])
+local cost = tonumber(ARGV[7])
+for s = 0, scopes - 1 do
+  local tok_key, conc_key, day_key = KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
+  redis.call('ZREM', conc_key, request_id)
+  if delta ~= 0 then
+    if redis.call('HEXISTS', tok_key, bucket) == 1 then
+      redis.call('HINCRBY', tok_key, bucket, delta)
+    end
+    if redis.call('EXISTS', day_key) == 1 then
+      redis.call('INCRBY', day_key, delta)
+    end
+  end
+end
+local amount = cost >= 0 and cost or worst
+for m = 0, money - 1 do
+  local k = scopes * 4 + m * 5
+  local held_key, holds_key, exp_key = KEYS[k+3], KEYS[k+4], KEYS[k+5]
+  local previous = tonumber(redis.call('HGET', holds_key, request_id) or '0')
+  redis.call('ZREM', exp_key, request_id)
+  if amount > 0 then
+    -- Held, now without expiry, until the usage event is in the database.
+    redis.call('HSET', holds_key, request_id, amount)
+  else
+    redis.call('HDEL', holds_key, request_id)
+  end
+  if amount ~= previous then redis.call('INCRBY', held_key, amount - previous) end
+end
+if ARGV[8] ~= '' then
+  redis.call('RPUSH', KEYS[#KEYS], ARGV[8])
+end
+return 1
+"""
+
+# KEYS: per scope: base, written. ARGV: generation, now_ms, the seeding time (ms) from
+# which a base of the same generation is fresh and kept, then per scope: base, the written
+# total read before the database was asked. A newer generation is never replaced.
+SEED_LUA = """
+local gen = tonumber(ARGV[1])
+local fresh_after = tonumber(ARGV[3])
+for s = 0, (#KEYS / 2) - 1 do
+  local base_key = KEYS[s*2+1]
+  local seen = redis.call('HMGET', base_key, 'gen', 'at')
+  local current = tonumber(seen[1] or '-1')
+  local at = tonumber(seen[2] or '-1')
+  if current < gen or (current == gen and at < fresh_after) then
+    redis.call('HSET', base_key, 'base', ARGV[4 + s*2], 'written', ARGV[5 + s*2],
+      'gen', gen, 'at', ARGV[2])
+    redis.call('EXPIRE', base_key, MONEY_TTL)
+  end
+end
+return 1
+""".replace("MONEY_TTL", "3024000")

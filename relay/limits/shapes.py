@@ -1,0 +1,233 @@
+"""What admission deals in: limits, scopes, reservations, admissions, the store
+protocol, and UTC day arithmetic."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    daily_tokens: int | None = None
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.tpm, self.concurrency, self.daily_tokens))
+
+    def as_args(self) -> list[int]:
+        """The limits for the scripts: -1 for none (0 is a real limit: nothing allowed)."""
+        return [
+            -1 if v is None else v
+            for v in (self.rpm, self.tpm, self.concurrency, self.daily_tokens)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    name: str  # e.g. "key:12" or "tenant:3"
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Money to hold before forwarding: the request's worst-case retail cost, held against
+    each limited money scope (names from ``relay.spend``)."""
+
+    scopes: tuple[str, ...]
+    worst_micros: int
+    # A base seeded before this generation of the relay's caches, or before this moment
+    # (epoch seconds), is seeded again first.
+    min_generation: int = 0
+    fresh_after: float = 0.0
+
+
+@dataclass(slots=True)
+class Admission:
+    allowed: bool
+    bucket: int  # the second the reservation was counted in
+    reserved_tokens: int
+    # Which limit refused the request ("requests", "tokens", "concurrency", "daily_tokens",
+    # "funds": a money scope, named by ``refused_scope``, cannot cover the worst case), or
+    # "seed": the money scopes in ``unseeded`` must be (re)seeded and the request retried.
+    refused: str = ""
+    refused_scope: str = ""
+    unseeded: tuple[str, ...] = ()
+    retry_after: int = 0
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float = 0.0
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float = 0.0
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's x-ratelimit-* headers, for the tightest limit that applies."""
+        headers: list[tuple[bytes, bytes]] = []
+        if self.limit_requests is not None:
+            headers += [
+                (b"x-ratelimit-limit-requests", str(self.limit_requests).encode()),
+                (b"x-ratelimit-remaining-requests", str(self.remaining_requests).encode()),
+                (b"x-ratelimit-reset-requests", _duration(self.reset_requests)),
+            ]
+        if self.limit_tokens is not None:
+            headers += [
+                (b"x-ratelimit-limit-tokens", str(self.limit_tokens).encode()),
+                (b"x-ratelimit-remaining-tokens", str(self.remaining_tokens).encode()),
+                (b"x-ratelimit-reset-tokens", _duration(self.reset_tokens)),
+            ]
+        return headers
+
+
+def _duration(seconds: float) -> bytes:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``120ms``."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms".encode()
+    whole = math.ceil(seconds)
+    minutes, rest = divmod(whole, 60)
+    return (f"{minutes}m{rest}s" if minutes else f"{rest}s").encode()
+
+
+class LimitStore(Protocol):
+    async def acquire(
+        self,
+        scopes: list[Scope],
+        request_id: str,
+        tokens: int,
+        hold_seconds: float,
+        reservation: Reservation | None = None,
+    ) -> Admission: ...
+
+    async def release(
+        self,
+        scopes: list[Scope],
+        request_id: str,
+        admission: Admission,
+        used_tokens: int | None,
+        reservation: Reservation | None = None,
+        cost_micros: int | None = None,
+        event: bytes = b"",
+    ) -> None: ...
+
+    async def written_totals(self, names: tuple[str, ...]) -> list[int]: ...
+
+    async def seed(
+        self,
+        names: tuple[str, ...],
+        bases: list[int],
+        written: list[int],
+        generation: int,
+        fresh_after: float | None = None,
+    ) -> None:
+        """Set the scopes' bases, unless a newer figure is already there.
+
+        A base of a newer generation is always kept. One of the same generation is kept
+        when it was seeded at or after ``fresh_after`` (another request seeded it while
+        this one read the database, and its figure may be the more exact one); with
+        ``fresh_after`` None, the same generation is replaced.
+        """
+        ...
+
+
+def _day(now: float) -> str:
+    return _day_of(int(now // 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_of(days_since_epoch: int) -> str:
+    """The UTC date of a day number, formatted once per day rather than per request."""
+    return datetime.fromtimestamp(days_since_epoch * 86400, UTC).strftime("%Y%m%d")
+
+
+def _seconds_to_midnight(now: float) -> int:
+    moment = datetime.fromtimestamp(now, UTC)
+    midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(math.ceil((midnight - moment).total_seconds()), 1)
+
+
+def _admission(
+    scopes: list[Scope],
+    allowed: bool,
+    refused: str,
+    retry_ms: int,
+    stats: list[int],
+    now: float,
+    tokens: int,
+) -> Admission:
+    """Build the answer, with headers for the tightest request and token limits."""
+    admission = Admission(
+        allowed=allowed, bucket=int(now), reserved_tokens=tokens if allowed else 0
+    )
+    admission.refused = refused
+    if refused == "daily_tokens":
+        admission.retry_after = _seconds_to_midnight(now)
+    elif refused in ("requests", "tokens", "concurrency"):
+        admission.retry_after = max(math.ceil(retry_ms / 1000), 1)
+    for index, scope in enumerate(scopes):
+        req_used, req_oldest, tok_used, tok_oldest = stats[index * 4 : index * 4 + 4]
+        counted = 1 if allowed else 0
+        if scope.limits.rpm is not None:
+            remaining = max(scope.limits.rpm - req_used - counted, 0)
+            if admission.remaining_requests is None or remaining < admission.remaining_requests:
+                admission.limit_requests = scope.limits.rpm
+                admission.remaining_requests = remaining
+                oldest = req_oldest or int(now)
+                admission.reset_requests = max(oldest + WINDOW_SECONDS - now, 0.0)
+        if scope.limits.tpm is not None:
+            remaining = max(scope.limits.tpm - tok_used - counted * tokens, 0)
+            if admission.remaining_tokens is None or remaining < admission.remaining_tokens:
+                admission.limit_tokens = scope.limits.tpm
+                admission.remaining_tokens = remaining
+                oldest = tok_oldest or int(now)
+                admission.reset_tokens = max(oldest + WINDOW_SECONDS - now, 0.0)
+    return admission
+
+
+def _money_detail(admission: Admission, reservation: Reservation | None, detail: str) -> None:
+    if reservation is None or not detail:
+        return
+    indexes = [int(i) for i in detail.split(",")]
+    if admission.refused == "funds":
+        admission.refused_scope = reservation.scopes[indexes[0]]
+    elif admission.refused == "seed":
+        admission.unseeded = tuple(reservation.scopes[i] for i in indexes)
+
+
+def _keys(scopes: list[Scope], prefix: str, now: float) -> list[str]:
+    if not scopes:
+        return []
+    day = _day(now)
+    keys: list[str] = []
+    for scope in scopes:
+        base = f"{prefix}:rl:{scope.name}"
+        keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", f"{base}:day:{day}"]
+    return keys
+
+
+def money_keys(prefix: str, scope: str) -> list[str]:
+    """A money scope's keys: seeded base, written total, held total, holds, hold expiries."""
+    base = f"{prefix}:m:{scope}"
+    return [f"{base}:base", f"{base}:written", f"{base}:held", f"{base}:holds", f"{base}:exp"]
+
+
+def _money_args(reservation: Reservation | None, hold_seconds: float) -> list[Any]:
+    if reservation is None:
+        return [0, 0, 0, 0, 0]
+    return [
+        len(reservation.scopes),
+        reservation.worst_micros,
+        int(hold_seconds * 1000),
+        reservation.min_generation,
+        int(reservation.fresh_after * 1000),
+    ]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,216 @@
+"""A request's usage record and its token counts, as queued and as written."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from billing.pricing import PricePair, Prices, cost_micros, event_cost_fields
+from relay import tokens
+
+logger = logging.getLogger("relay.metering")
+
+# Events kept in memory while the database refuses writes; beyond this the oldest are
+# dropped (and logged) rather than let a long outage exhaust the process's memory.
+MAX_PENDING_EVENTS = 100_000
+# Delivered text kept per request for local token counting (when the upstream reports no
+# usage); longer answers are extrapolated from this much.
+MAX_KEPT_TEXT_CHARS = 64 * 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    # Part of prompt_tokens: what the provider wrote to its prompt cache.
+    cache_write_tokens: int = 0
+
+    @classmethod
+    def from_canonical(cls, usage: Any) -> Usage | None:
+        """From ``relay.translate.canonical.Usage`` (whole prompt, reasoning in output)."""
+        if usage is None:
+            return None
+        return cls(
+            prompt_tokens=usage.input_tokens,
+            completion_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage | None:
+        if not isinstance(usage, Mapping):
+            return None
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            cached_tokens=_count(_get(prompt_details, "cached_tokens")),
+            reasoning_tokens=_count(_get(completion_details, "reasoning_tokens")),
+        )
+
+
+def _get(mapping: Any, name: str) -> Any:
+    return mapping.get(name) if isinstance(mapping, Mapping) else None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    created_at: datetime
+    tenant_id: int
+    api_key_id: int
+    model: str
+    stream: bool
+    status_code: int
+    total_latency_ms: int
+    surface: str = "chat"
+    channel_id: int | None = None
+    upstream_model: str = ""
+    error_code: str = ""
+    completed: bool = True
+    upstream_latency_ms: int | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage | None = None
+    # The prices in force when the request arrived, kept on the event with its cost.
+    price: PricePair | None = None
+    # Material for local counting when the upstream sent no usage: the request's messages
+    # and tools, and the text delivered to the client.
+    prompt_messages: Any = None
+    prompt_tools: Any = None
+    completion_text: list[str] | None = None
+    # Characters of delivered text beyond MAX_KEPT_TEXT_CHARS: not kept, only counted.
+    completion_kept_chars: int = 0
+    completion_overflow_chars: int = 0
+    # The money scopes the request was held against (``relay.spend``), released when its
+    # event is written.
+    spend_scopes: tuple[str, ...] = ()
+
+    def keep_text(self, pieces: list[str]) -> None:
+        """Keep delivered text for local counting, up to MAX_KEPT_TEXT_CHARS; beyond that
+        only its length, so a long stream's memory stays flat."""
+        texts = self.completion_text
+        if texts is None:
+            return
+        for piece in pieces:
+            if self.completion_kept_chars < MAX_KEPT_TEXT_CHARS:
+                texts.append(piece)
+                self.completion_kept_chars += len(piece)
+            else:
+                self.completion_overflow_chars += len(piece)
+
+    def known_cost(self) -> int | None:
+        """The retail cost, if it is known without counting tokens locally."""
+        if self.price is None:
+            return 0
+        if self.usage is None:
+            if self.status_code >= 400 and not self.completion_text:
+                return 0
+            return None
+        usage = self.usage
+        return cost_micros(
+            self.price.retail,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+        )
+
+    def to_json(self) -> bytes:
+        """The record for the Redis queue; the prompt only when it must be counted."""
+        data = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        if self.usage is not None or (self.status_code >= 400 and not self.completion_text):
+            data["prompt_messages"] = data["prompt_tools"] = data["completion_text"] = None
+        try:
+            return orjson.dumps(data)
+        except TypeError:  # text orjson refuses (lone surrogates): escape it instead
+            return json.dumps(data, default=_plain, ensure_ascii=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> UsageRecord:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = json.loads(raw)
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        data["spend_scopes"] = tuple(data.get("spend_scopes") or ())
+        if data.get("usage") is not None:
+            data["usage"] = Usage(**data["usage"])
+        if data.get("price") is not None:
+            price = data["price"]
+            data["price"] = PricePair(
+                Prices(**price["retail"]), Prices(**price["wholesale"]), price["reseller_id"]
+            )
+        return cls(**data)
+
+    def counts(self) -> tuple[Usage, bool]:
+        """The token counts to bill, and whether they are estimated."""
+        if self.usage is not None:
+            return self.usage, False
+        if self.status_code >= 400 and not self.completion_text:
+            return Usage(), False  # nothing reached a model that we know of
+        kept = "".join(self.completion_text or ())
+        prompt, completion = tokens.counter.count(
+            self.prompt_messages,
+            self.prompt_tools,
+            kept,
+            idle_seconds=settings.RELAY_TOKEN_COUNTER_IDLE_SECONDS,
+        )
+        if self.completion_overflow_chars:
+            # The text not kept is counted at the kept text's tokens per character.
+            completion += -(
+                -self.completion_overflow_chars * max(completion, 1) // max(len(kept), 4)
+            )
+        return Usage(prompt_tokens=prompt, completion_tokens=completion), True
+
+    def to_event_fields(self) -> dict[str, Any]:
+        usage, estimated = self.counts()
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "tenant_id": self.tenant_id,
+            "api_key_id": self.api_key_id,
+            "model": self.model,
+            "surface": self.surface,
+            "channel_id": self.channel_id,
+            "upstream_model": self.upstream_model,
+            "stream": self.stream,
+            "status_code": self.status_code,
+            "error_code": self.error_code,
+            "completed": self.completed,
+            "upstream_latency_ms": self.upstream_latency_ms,
+            "total_latency_ms": self.total_latency_ms,
+            "attempts": self.attempts,
+            "estimated": estimated,
+            **asdict(usage),
+            **event_cost_fields(
+                self.price,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=usage.completion_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            ),
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(type(value).__name__)

@@ -1,0 +1,271 @@
+"""The usage writer thread, and the Redis queue every relay process feeds."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+from django.conf import settings
+
+from relay.limits import money_keys, usage_queue_key
+from relay.metering.events import write_events
+from relay.metering.records import MAX_PENDING_EVENTS, UsageRecord
+
+logger = logging.getLogger("relay.metering")
+
+
+class UsageWriter:
+    """Writes usage events in batches from a daemon thread: records handed to it in this
+    process (embedded mode, or when Redis cannot take them), and, with Redis, the shared
+    queue every relay process feeds."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[UsageRecord] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._drainer: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._submitted = 0
+        self._written = 0
+        self._progress = threading.Condition()
+
+    def submit(self, record: UsageRecord) -> None:
+        if self._thread is None:
+            self._start()
+        with self._progress:
+            self._submitted += 1
+        self._queue.put(record)
+
+    def flush(self, timeout: float = 10.0, *, shared_queue: bool = True) -> bool:
+        """Wait until everything submitted so far (and, with Redis and ``shared_queue``,
+        everything queued there by any process) is written; True if it was in time."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            target = self._submitted
+            if not self._progress.wait_for(lambda: self._written >= target, timeout=timeout):
+                return False
+        if not settings.REDIS_URL or not shared_queue:
+            return True
+        self.start_draining()
+        queue_ = RedisUsageQueue.shared()
+        while time.monotonic() < deadline:
+            if queue_.idle():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def start_draining(self) -> None:
+        """Start this process's thread that writes what the Redis queue holds."""
+        if self._drainer is None and settings.REDIS_URL:
+            with self._start_lock:
+                if self._drainer is None:
+                    self._drainer = threading.Thread(
+                        target=self._drain, name="tollgate-usage-drainer", daemon=True
+                    )
+                    self._drainer.start()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tollgate-usage-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        pending: list[UsageRecord] = []
+        while True:
+            interval = settings.RELAY_USAGE_FLUSH_SECONDS
+            if not pending:
+                pending.append(self._queue.get())  # sleep until there is something to write
+            # Gather what arrives within one interval of the first event into one batch.
+            deadline = time.monotonic() + interval
+            while len(pending) < settings.RELAY_USAGE_BATCH_SIZE:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    pending.append(self._queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            try:
+                written = write_events(pending)
+            except Exception:
+                logger.exception("writing %d usage events failed; will retry", len(pending))
+                if len(pending) > MAX_PENDING_EVENTS:
+                    dropped = len(pending) - MAX_PENDING_EVENTS
+                    logger.error("dropping %d usage events after a long outage", dropped)
+                    del pending[:dropped]
+                    self._mark_written(dropped)
+                time.sleep(min(interval * 4, 2.0))
+                continue
+            _release_local_holds(written)
+            self._mark_written(len(pending))
+            pending = []
+
+    def _drain(self) -> None:
+        usage = RedisUsageQueue.shared()
+        failing_since = 0.0
+        while True:
+            try:
+                # Straight on while there is a backlog; otherwise let the next batch
+                # gather for a moment: a batch of one costs ten times as much per event
+                # (bench/usage_write.py), and the records wait safely in Redis.
+                if usage.drain_once() < settings.RELAY_USAGE_BATCH_SIZE:
+                    time.sleep(settings.RELAY_USAGE_FLUSH_SECONDS / 5)
+            except Exception as exc:
+                # Once with the traceback, then a line every 30 s until it works again.
+                now = time.monotonic()
+                if not failing_since:
+                    logger.exception("writing queued usage events failed; will retry")
+                    failing_since = now
+                elif now - failing_since >= 30:
+                    logger.error("writing queued usage events still fails: %r", exc)
+                    failing_since = now
+                time.sleep(1.0)
+            else:
+                if failing_since:
+                    logger.warning("writing queued usage events works again")
+                    failing_since = 0.0
+
+    def _mark_written(self, count: int) -> None:
+        with self._progress:
+            self._written += count
+            self._progress.notify_all()
+
+
+def _release_local_holds(written: list[tuple[UsageRecord, int]]) -> None:
+    """Embedded mode: the events are in the database, so their money is no longer held
+    but written (with Redis, the queue's confirmation does this)."""
+    from relay import shared
+
+    store = shared.local_limit_store()
+    if store is None:
+        return
+    for record, cost in written:
+        if record.spend_scopes:
+            store.written(record.request_id, record.spend_scopes, cost)
+
+
+# KEYS: queue, leases. ARGV: now_ms, lease_ms, count, key for a new batch.
+# Claims the oldest batch whose lease ran out (its claimer died), else up to ``count``
+# new records; returns {batch key, records...} or {} when there is nothing.
+CLAIM_LUA = """
+local now = tonumber(ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)
+if #stale > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), stale[1])
+  local items = redis.call('LRANGE', stale[1], 0, -1)
+  table.insert(items, 1, stale[1])
+  return items
+end
+local items = redis.call('LPOP', KEYS[1], tonumber(ARGV[3]))
+if not items then return {} end
+redis.call('RPUSH', ARGV[4], unpack(items))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[4])
+table.insert(items, 1, ARGV[4])
+return items
+"""
+
+# KEYS: batch, leases, then per event per money scope: written, held, holds, expiries.
+# ARGV: per event: request id, retail cost, its number of money scopes.
+# Confirms a written batch once: moves each event's hold into ``written``, drops the batch.
+ACK_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local k = 2
+local a = 1
+while a <= #ARGV do
+  local request_id, cost, scopes = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  for s = 1, scopes do
+    local written, held, holds, exp = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+    k = k + 4
+    local previous = redis.call('HGET', holds, request_id)
+    if previous then
+      redis.call('HDEL', holds, request_id)
+      redis.call('DECRBY', held, previous)
+    end
+    redis.call('ZREM', exp, request_id)
+    redis.call('INCRBY', written, cost)
+    redis.call('EXPIRE', written, 3024000)
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
+return 1
+"""
+
+
+class RedisUsageQueue:
+    """The shared queue of finished requests' usage records (see the module docstring)."""
+
+    _shared: RedisUsageQueue | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self.queue_key = usage_queue_key(prefix)
+        self.leases_key = f"{prefix}:usage:leases"
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._ack = redis.register_script(ACK_LUA)
+
+    @classmethod
+    def shared(cls) -> RedisUsageQueue:
+        with cls._shared_lock:
+            prefix = str(settings.CACHES["default"].get("KEY_PREFIX") or "tollgate")
+            if cls._shared is None or cls._shared._prefix != prefix:
+                import redis
+
+                client = redis.Redis.from_url(
+                    settings.REDIS_URL,
+                    socket_connect_timeout=settings.RELAY_REDIS_TIMEOUT,
+                    socket_timeout=max(settings.RELAY_REDIS_TIMEOUT, 5.0),
+                )
+                cls._shared = cls(client, prefix)
+            return cls._shared
+
+    def idle(self) -> bool:
+        """Nothing queued and no batch claimed but unconfirmed."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.llen(self.queue_key)
+        pipe.zcard(self.leases_key)
+        queued, leased = pipe.execute()
+        return queued == 0 and leased == 0
+
+    def drain_once(self) -> int:
+        """Claim one batch, write it, confirm it; the number of records it held."""
+        claimed = self._claim(
+            keys=[self.queue_key, self.leases_key],
+            args=[
+                int(time.time() * 1000),
+                int(settings.RELAY_USAGE_LEASE_SECONDS * 1000),
+                settings.RELAY_USAGE_BATCH_SIZE,
+                f"{self._prefix}:usage:batch:{uuid.uuid4().hex}",
+            ],
+        )
+        if not claimed:
+            return 0
+        batch, raw = claimed[0], claimed[1:]
+        records = []
+        for item in raw:
+            try:
+                records.append(UsageRecord.from_json(item))
+            except (ValueError, TypeError, KeyError):
+                logger.error("dropping an unreadable usage record: %r", item[:200])
+        written = write_events(records)
+        keys: list[Any] = [batch, self.leases_key]
+        args: list[Any] = []
+        for record, cost in written:
+            args += [record.request_id, cost, len(record.spend_scopes)]
+            for name in record.spend_scopes:
+                keys += money_keys(self._prefix, name)[1:]
+        # Refused events: their holds lapse like an abandoned request's.
+        self._ack(keys=keys, args=args)
+        return len(raw)
+
+
+usage_writer = UsageWriter()
