@@ -81,6 +81,7 @@ class Forwarding:
         failures: list[AttemptFailed] = []
         board = shared.breakers()
         attempts_left = max(settings.RELAY_MAX_ATTEMPTS, 1)
+        skipped = False
         try:
             async with asyncio.timeout(settings.RELAY_TOTAL_TIMEOUT):
                 # One conversation's turns go to one channel while it is healthy, so the
@@ -95,6 +96,10 @@ class Forwarding:
                     attempts_left -= 1
                     try:
                         await self._attempt(route)
+                    except forward_native.NotExpressible:
+                        attempts_left += 1  # nothing was sent: it costs no attempt
+                        skipped = True
+                        continue
                     except AttemptFailed as failure:
                         failures.append(failure)
                         self.record.attempts.append(failure.attempt)
@@ -113,6 +118,12 @@ class Forwarding:
                 return
             failures.append(
                 AttemptFailed(errors.upstream_failed(504, "timeout"), {"error": "timeout"})
+            )
+        if not failures and skipped:
+            raise errors.invalid_request(
+                f"The model `{self.model.public_id}` cannot serve this request: its providers "
+                "do not support this API or this content.",
+                param="model",
             )
         if not failures:
             raise errors.no_channel(self.model.public_id)

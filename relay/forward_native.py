@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class NotExpressible(Exception):
+    """The request cannot go to this channel's provider (no canonical form for its API,
+    or content the translation cannot carry): skip the channel without blaming it."""
+
+
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
@@ -61,7 +66,12 @@ async def attempt(
     forwarding: Forwarding, route: Route, leg: Leg, info: dict[str, Any], started: float
 ) -> None:
     adapter = route.adapter
-    codec = leg.native()
+    try:
+        codec = leg.native()
+    except errors.RelayError as exc:
+        raise NotExpressible(exc.message) from None
+    if codec is None:
+        raise NotExpressible("This API is not served through provider adapters.")
     record = forwarding.record
     try:
         built = await adapter.build(

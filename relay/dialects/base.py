@@ -132,9 +132,10 @@ class Leg:
         malformed event."""
         raise NotImplementedError
 
-    def native(self) -> NativeCodec:
-        """The request in the canonical form, for a channel with a provider adapter."""
-        raise errors.invalid_request("This API cannot be served by this model's provider.")
+    def native(self) -> NativeCodec | None:
+        """The request in the canonical form, for a channel with a provider adapter; None
+        when this API has no canonical form (embeddings, legacy completions)."""
+        return None
 
 
 class Call:

@@ -202,3 +202,79 @@ def test_bedrock_wrong_secret_suspends_the_channel_and_fails_over(
         assert time.monotonic() < deadline, "the Bedrock channel was not suspended"
         time.sleep(0.05)
     assert "credentials" in Channel.objects.get(pk=gateway.channel.pk).status_reason
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_responses_clients_get_answers_streams_and_tool_calls(
+    provider: str,
+    gateway: Gateway,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+) -> None:
+    configure(gateway.channel, provider, native_sim, sa_info, "tokens=3,cached=4")
+    plain = sdk.responses.create(model=PUBLIC_MODEL, input="Say hello", store=False)
+    assert plain.output_text == "tok0 tok1 tok2"
+    assert plain.usage is not None and plain.usage.input_tokens_details.cached_tokens == 4
+    streamed = sdk.responses.create(model=PUBLIC_MODEL, input="Say hello", stream=True, store=False)
+    kinds, text = [], ""
+    for event in streamed:
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+    assert text == "tok0 tok1 tok2" and kinds[-1] == "response.completed"
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    called = sdk.responses.create(model=PUBLIC_MODEL, input="Weather?", tools=[tool], store=False)
+    calls = [item for item in called.output if item.type == "function_call"]
+    assert [call.name for call in calls] == ["get_weather"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_messages_clients_get_answers_streams_and_tool_use(
+    provider: str, gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    configure(gateway.channel, provider, native_sim, sa_info, "tokens=2,cached=3,cache_write=1")
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=0)
+    asked: list[Any] = [{"role": "user", "content": "Hi there"}]
+    message = client.messages.create(
+        model=PUBLIC_MODEL, max_tokens=50, system="Be brief.", messages=asked
+    )
+    assert message.content[0].text == "tok0 tok1"
+    assert message.usage.cache_read_input_tokens == 3
+    with client.messages.stream(model=PUBLIC_MODEL, max_tokens=50, messages=asked) as stream:
+        assert "".join(stream.text_stream) == "tok0 tok1"
+        final = stream.get_final_message()
+    assert final.usage.output_tokens == 2
+    tool = {
+        "name": "get_weather",
+        "description": "Weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    used = client.messages.create(model=PUBLIC_MODEL, max_tokens=50, messages=asked, tools=[tool])
+    assert used.stop_reason == "tool_use"
+    assert [b.name for b in used.content if b.type == "tool_use"] == ["get_weather"]
+    client.close()
+
+
+def test_apis_without_a_canonical_form_skip_native_channels(
+    gateway: Gateway, sim: Simulator, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    configure(gateway.channel, "bedrock", native_sim, sa_info)
+    gateway.channel.priority = 10
+    gateway.channel.save()
+    body = {"model": PUBLIC_MODEL, "prompt": "Once upon a time", "max_tokens": 5}
+    refused = gateway.client.post("/v1/completions", json=body)
+    assert refused.status_code == 400, refused.text
+    assert native_sim.requests() == []  # nothing was sent to Bedrock
+    backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
+    deadline, sent = time.monotonic() + 10, 1
+    while (answer := gateway.client.post("/v1/completions", json=body)).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+        sent += 1
+    served = [e for e in usage_events(sent + 1) if e.status_code == 200]
+    assert [e.channel_id for e in served] == [backup.pk]
+    assert Channel.objects.get(pk=gateway.channel.pk).status == Channel.Status.ENABLED
