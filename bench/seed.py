@@ -65,9 +65,29 @@ def _usable_secret(path: Path, name: str) -> str | None:
     return secret if key is not None and key.is_usable() else None
 
 
+def _postpaid(tenant: Organization) -> None:
+    """seed_demo makes the demo tenant prepaid with a small credit; the bench measures
+    what it always has, a tenant on credit without a limit (no money held per request),
+    and must never run out."""
+    from billing.models import BillingAccount
+    from billing.services import billing_account_update
+    from billing.services.common import account_for
+
+    account = account_for(tenant)
+    if account.mode != BillingAccount.Mode.POSTPAID or account.credit_limit_micros is not None:
+        billing_account_update(
+            account=account,
+            actor=ACTOR,
+            mode=BillingAccount.Mode.POSTPAID,
+            credit_limit_micros=None,
+        )
+
+
 def limited_key(out: Path) -> None:
-    """A key whose key and tenant limits are set (and never reached): the limits path."""
+    """A key whose key and tenant limits are set (and never reached): the limits path.
+    Also puts the bench tenant on unlimited credit (see ``_postpaid``)."""
     tenant = _tenant()
+    _postpaid(tenant)
     secret = _usable_secret(out, LIMITED_KEY_NAME)
     if secret is None:
         _, secret = services.api_key_create(tenant=tenant, name=LIMITED_KEY_NAME, actor=ACTOR)

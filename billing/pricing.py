@@ -30,7 +30,7 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from billing.models import BillingAccount, KeyQuota, ModelPrice, PriceList
+from billing.models import BillingAccount, KeyQuota, ModelPrice, PriceList, TenantDefaults
 from billing.models.prices import default_currency
 from billing.money import PER_MILLION, div_ceil, div_round_half_up, percent_of
 from billing.periods import Period
@@ -285,7 +285,8 @@ def account_spending_limit(tenant_id: int) -> SpendingLimit:
 
     The figures count every usage event already in the database; requests in flight
     (reserved, or settled but not yet written by the relay's writer) are the relay's to
-    subtract. A tenant without a billing account is postpaid without limits.
+    subtract. A tenant without a billing account is on its seller's default terms:
+    prepaid with nothing to spend unless the seller set others (``TenantDefaults``).
     """
     from billing import selectors
 
@@ -295,7 +296,7 @@ def account_spending_limit(tenant_id: int) -> SpendingLimit:
         .first()
     )
     if account is None:
-        return SpendingLimit("postpaid", default_currency(), None, None, False)
+        return _default_spending_limit(tenant_id)
     balance = selectors.account_balance_micros(account, include_unposted=True)
     if account.is_prepaid:
         available: int | None = balance
@@ -303,7 +304,10 @@ def account_spending_limit(tenant_id: int) -> SpendingLimit:
         available = None
     else:
         available = account.credit_limit_micros + balance
-    budget = account.monthly_budget_micros
+    # The budget that refuses requests: the lower of the seller's and the tenant's own,
+    # among those with a hard stop; else the one alerts measure (no refusal).
+    hard = account.hard_budget_micros
+    budget = hard if hard is not None else account.budget_micros
     remaining = None
     if budget is not None:
         remaining = budget - selectors.period_spend_micros(account=account, period=Period.current())
@@ -312,8 +316,18 @@ def account_spending_limit(tenant_id: int) -> SpendingLimit:
         currency=account.currency,
         available_micros=available,
         budget_remaining_micros=remaining,
-        hard_stop=account.budget_hard_stop and budget is not None,
+        hard_stop=hard is not None,
     )
+
+
+def _default_spending_limit(tenant_id: int) -> SpendingLimit:
+    """A tenant without an account: its seller's defaults, and nothing paid in yet."""
+    defaults = TenantDefaults.objects.filter(
+        seller_id=Organization.objects.filter(pk=tenant_id).values("parent_id")[:1]
+    ).first()
+    if defaults is None or defaults.mode == BillingAccount.Mode.PREPAID:
+        return SpendingLimit("prepaid", default_currency(), 0, None, False)
+    return SpendingLimit("postpaid", default_currency(), defaults.credit_limit_micros, None, False)
 
 
 def key_spending_limit(api_key_id: int) -> KeySpendingLimit | None:

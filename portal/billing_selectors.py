@@ -55,9 +55,10 @@ class AccountSummary:
     @property
     def budget_used_percent(self) -> int | None:
         account = self.account
-        if account is None or not account.monthly_budget_micros:
+        budget = account.budget_micros if account is not None else None
+        if not budget:
             return None
-        return int((self.month_spend_micros or 0) * 100 // account.monthly_budget_micros)
+        return int((self.month_spend_micros or 0) * 100 // budget)
 
 
 def account_summary(organization: Organization) -> AccountSummary:

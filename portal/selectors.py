@@ -276,8 +276,16 @@ def _served_by_enabled_channel() -> Exists:
     )
 
 
+def _priced_for_anyone() -> Exists:
+    """A price in any list, in force now. Prices live in billing, a layer above: reached
+    through the catalog's reverse relation rather than an import."""
+    prices = CatalogModel._meta.get_field("prices").related_model
+    return Exists(prices.objects.filter(model=OuterRef("pk"), effective_from__lte=timezone.now()))
+
+
 def catalog_with_availability(*, include_inactive: bool = False) -> QuerySet[CatalogModel]:
-    """Catalog models annotated ``available``: active and served by an enabled channel."""
+    """Catalog models annotated ``served`` (by an enabled channel) and ``priced`` (in some
+    price list): available means active, served and priced."""
     models = CatalogModel.objects.all()
     if not include_inactive:
         models = models.filter(is_active=True)
@@ -290,6 +298,7 @@ def catalog_with_availability(*, include_inactive: bool = False) -> QuerySet[Cat
     )
     return models.annotate(
         served=_served_by_enabled_channel(),
+        priced=_priced_for_anyone(),
         enabled_channel_count=Coalesce(Subquery(enabled_links, output_field=IntegerField()), 0),
     ).order_by("public_id")
 
@@ -300,6 +309,8 @@ def availability_reason(model: CatalogModel) -> str:
         return "unavailable: withdrawn from the catalog"
     if not getattr(model, "served", False):
         return "unavailable: no active channel"
+    if not getattr(model, "priced", False):
+        return "unpriced"
     return "available"
 
 

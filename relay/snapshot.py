@@ -172,7 +172,11 @@ def load_key(digest: str) -> KeyInfo | None:
     close_old_connections()
     api_key = (
         ApiKey.objects.select_related(
-            "tenant", "tenant__parent", "tenant__billing_account", "spend_quota"
+            "tenant",
+            "tenant__parent",
+            "tenant__parent__tenant_defaults",
+            "tenant__billing_account",
+            "spend_quota",
         )
         .filter(digest=digest)
         .first()
@@ -208,13 +212,21 @@ def _spend_shape(api_key: ApiKey) -> SpendShape:
         quota = api_key.spend_quota
     except ObjectDoesNotExist:
         quota = None
-    prepaid = account is not None and account.is_prepaid
+    if account is None:  # the seller's defaults for new tenants (prepaid without them)
+        parent = api_key.tenant.parent
+        try:
+            defaults = parent.tenant_defaults if parent is not None else None
+        except ObjectDoesNotExist:
+            defaults = None
+        prepaid = defaults is None or defaults.mode == "prepaid"
+        limited = defaults is not None and defaults.credit_limit_micros is not None
+    else:
+        prepaid = account.is_prepaid
+        limited = account.credit_limit_micros is not None
     return SpendShape(
-        funds=prepaid or (account is not None and account.credit_limit_micros is not None),
+        funds=prepaid or limited,
         prepaid=prepaid,
-        budget=account is not None
-        and account.budget_hard_stop
-        and account.monthly_budget_micros is not None,
+        budget=account is not None and account.hard_budget_micros is not None,
         key_total=quota is not None and quota.total_limit_micros is not None,
         key_period=quota.period if quota and quota.period_limit_micros is not None else "",
     )

@@ -158,3 +158,25 @@ def tenant_member(tenant_org: Organization) -> AbstractBaseUser:
 def outsider(other_tenant_org: Organization) -> AbstractBaseUser:
     """Owner of another tenant under another reseller; must never see ``tenant_org``."""
     return make_member("outsider", other_tenant_org, Membership.Role.OWNER)
+
+
+def price_models(*public_ids: str) -> None:
+    """Give each catalog model (created if missing) a wholesale price, so that it is
+    "available" rather than "unpriced" wherever a channel serves it."""
+    from billing.models import PriceList
+    from billing.services import model_price_set, price_list_create
+    from portal.models import CatalogModel
+
+    platform, _ = Organization.objects.get_or_create(
+        kind=Organization.Kind.PLATFORM, defaults={"name": "Platform", "slug": "platform"}
+    )
+    wholesale = PriceList.objects.filter(owner=platform, is_default=True).first()
+    if wholesale is None:
+        wholesale = price_list_create(
+            owner=platform, name="Wholesale", actor="test", is_default=True
+        )
+    for public_id in public_ids:
+        model, _ = CatalogModel.objects.get_or_create(public_id=public_id)
+        model_price_set(
+            price_list=wholesale, model=model, input_per_mtok=1, output_per_mtok=2, actor="test"
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billing.models.accounts import BillingAccount, KeyQuota
+from billing.models.accounts import BillingAccount, KeyQuota, TenantDefaults
 from billing.models.alerts import BudgetAlert
 from billing.models.invoices import Invoice, InvoiceLine, InvoiceSequence
 from billing.models.ledger import LedgerEntry, RedemptionCode
@@ -22,6 +22,7 @@ __all__ = [
     "ModelPrice",
     "PriceList",
     "RedemptionCode",
+    "TenantDefaults",
     "UsageEvent",
     "UsageRollup",
 ]

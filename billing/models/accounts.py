@@ -32,7 +32,9 @@ class BillingAccount(models.Model):
     organization = models.OneToOneField(
         "portal.Organization", on_delete=models.PROTECT, related_name="billing_account"
     )
-    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.POSTPAID)
+    # Prepaid with nothing to spend until topped up: a customer is never served on credit
+    # its seller did not grant (TenantDefaults, or terms set on the account).
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.PREPAID)
     currency = models.CharField(max_length=3, default=default_currency)
     credit_limit_micros = models.PositiveBigIntegerField(
         null=True,
@@ -49,9 +51,18 @@ class BillingAccount(models.Model):
         help_text="Tenants: the list that prices them; blank uses their parent's default "
         "list (the wholesale list for tenants directly under the platform).",
     )
+    # The seller's budget (terms): only the seller and operators change it.
     monthly_budget_micros = models.PositiveBigIntegerField(null=True, blank=True)
     budget_hard_stop = models.BooleanField(
         default=False, help_text="Refuse requests once the monthly budget is spent."
+    )
+    # The organisation's own budget beside the seller's: its owners and admins set it; it
+    # can only be tighter, as the lower of the two applies.
+    own_budget_micros = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The customer's own monthly budget."
+    )
+    own_budget_hard_stop = models.BooleanField(
+        default=False, help_text="Refuse requests once the customer's own budget is spent."
     )
     alert_thresholds = models.JSONField(
         default=default_alert_thresholds,
@@ -82,12 +93,62 @@ class BillingAccount(models.Model):
     def is_prepaid(self) -> bool:
         return self.mode == self.Mode.PREPAID
 
+    @property
+    def budget_micros(self) -> int | None:
+        """The monthly budget that applies: the lower of the seller's and the customer's
+        own (alerts are measured against it), or None without either."""
+        budgets = [b for b in (self.monthly_budget_micros, self.own_budget_micros) if b is not None]
+        return min(budgets) if budgets else None
+
+    @property
+    def hard_budget_micros(self) -> int | None:
+        """The lowest budget that refuses requests once spent, or None."""
+        budgets = [
+            budget
+            for budget, hard in (
+                (self.monthly_budget_micros, self.budget_hard_stop),
+                (self.own_budget_micros, self.own_budget_hard_stop),
+            )
+            if hard and budget is not None
+        ]
+        return min(budgets) if budgets else None
+
     def clean(self) -> None:
         self.currency = (self.currency or "").upper()
         if self.price_list_id and self.price_list.currency != self.currency:
             raise ValidationError(
                 {"price_list": "The price list's currency differs from the account's."}
             )
+
+
+class TenantDefaults(models.Model):
+    """The terms a seller (a reseller, or the platform for its direct tenants) gives a new
+    tenant until it sets the tenant's own. Without a row: prepaid, nothing to spend."""
+
+    seller = models.OneToOneField(
+        "portal.Organization", on_delete=models.CASCADE, related_name="tenant_defaults"
+    )
+    mode = models.CharField(
+        max_length=16, choices=BillingAccount.Mode.choices, default=BillingAccount.Mode.PREPAID
+    )
+    credit_limit_micros = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Postpaid: the most a new tenant may owe; blank means no limit.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "tenant defaults"
+
+    def __str__(self) -> str:
+        return f"Defaults of {self.seller}: {self.mode}"
+
+    def account_fields(self) -> dict[str, object]:
+        """The fields a new tenant's BillingAccount starts with."""
+        if self.mode == BillingAccount.Mode.PREPAID:
+            return {"mode": self.mode}
+        return {"mode": self.mode, "credit_limit_micros": self.credit_limit_micros}
 
 
 class KeyQuota(models.Model):

@@ -30,6 +30,7 @@ from billing.services.prices import (
     model_price_set,
     price_list_create,
     price_list_set_markup,
+    tenant_defaults_set,
 )
 from billing.services.retention import usage_events_prune
 from billing.services.rollups import rollup_recompute, rollups_advance
@@ -55,6 +56,7 @@ __all__ = [
     "redemption_code_redeem",
     "rollup_recompute",
     "rollups_advance",
+    "tenant_defaults_set",
     "usage_charge_post",
     "usage_charges_advance",
     "usage_events_prune",

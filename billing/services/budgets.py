@@ -38,7 +38,7 @@ def _crossed(spend: int, budget: int, threshold: int) -> bool:
 def budget_check(*, account: BillingAccount, period: Period | None = None) -> list[BudgetAlert]:
     """Record an alert for each threshold the period's spend has reached for the first
     time, and have it delivered after commit; returns the new alerts."""
-    budget = account.monthly_budget_micros
+    budget = account.budget_micros  # the lower of the seller's and the customer's own
     if budget is None:
         return []
     period = period or Period.current()
@@ -118,7 +118,7 @@ def budget_alert_deliver(*, alert_id: int) -> bool:
             f"({alert.threshold_percent}% threshold).\n"
             + (
                 "Requests are refused once the budget is spent.\n"
-                if account.budget_hard_stop
+                if account.hard_budget_micros == alert.budget_micros
                 else ""
             ),
             from_email=None,
@@ -150,5 +150,7 @@ def _webhook_deliver(slug: str, url: str, alert: BudgetAlert) -> dict[str, Any]:
 def budget_accounts() -> list[int]:
     """Accounts with a monthly budget: the ones the periodic check looks at."""
     return list(
-        BillingAccount.objects.exclude(monthly_budget_micros=None).values_list("pk", flat=True)
+        BillingAccount.objects.exclude(
+            monthly_budget_micros=None, own_budget_micros=None
+        ).values_list("pk", flat=True)
     )

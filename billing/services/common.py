@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from django.db import transaction
 
-from billing.models import BillingAccount, BillingWatermark
+from billing.models import BillingAccount, BillingWatermark, TenantDefaults
 from portal import invalidation
 from portal.models import AuditEntry, Organization
 
@@ -36,13 +36,25 @@ def tell_relay() -> None:
     transaction.on_commit(invalidation.bump_generation)
 
 
+def new_account_fields(organization: Organization) -> dict[str, Any]:
+    """What a new account of ``organization`` starts with: a tenant gets its seller's
+    TenantDefaults (prepaid with nothing to spend when the seller set none); a reseller is
+    invoiced by the platform (postpaid)."""
+    if organization.kind == Organization.Kind.RESELLER:
+        return {"mode": BillingAccount.Mode.POSTPAID}
+    defaults = TenantDefaults.objects.filter(seller_id=organization.parent_id).first()
+    return defaults.account_fields() if defaults else {"mode": BillingAccount.Mode.PREPAID}
+
+
 def account_for(organization: Organization, *, currency: str | None = None) -> BillingAccount:
-    """The organisation's billing account, created with the defaults (postpaid, no credit
-    limit, no budget) the first time something is charged to it."""
+    """The organisation's billing account, created the first time something is charged to
+    it, on its seller's default terms (``new_account_fields``), with no budget."""
     account = BillingAccount.objects.filter(organization=organization).first()
     if account is not None:
         return account
-    defaults: dict[str, Any] = {"currency": currency} if currency else {}
+    defaults: dict[str, Any] = new_account_fields(organization)
+    if currency:
+        defaults["currency"] = currency
     with transaction.atomic():
         account, created = BillingAccount.objects.get_or_create(
             organization=organization, defaults=defaults

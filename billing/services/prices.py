@@ -13,8 +13,21 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import BillingAccount, BillingWatermark, KeyQuota, ModelPrice, PriceList
-from billing.services.common import Actor, tell_relay, user_or_none, watermark_lock
+from billing.models import (
+    BillingAccount,
+    BillingWatermark,
+    KeyQuota,
+    ModelPrice,
+    PriceList,
+    TenantDefaults,
+)
+from billing.services.common import (
+    Actor,
+    new_account_fields,
+    tell_relay,
+    user_or_none,
+    watermark_lock,
+)
 from billing.webhooks import WebhookRefused, webhook_url_check
 from portal.models import ApiKey, AuditEntry, CatalogModel, Organization
 
@@ -30,6 +43,8 @@ _ACCOUNT_FIELDS = frozenset(
         "price_list",
         "monthly_budget_micros",
         "budget_hard_stop",
+        "own_budget_micros",
+        "own_budget_hard_stop",
         "alert_thresholds",
         "alert_emails",
         "alert_webhook_url",
@@ -199,7 +214,10 @@ def billing_account_create(
         raise TypeError(f"unknown account fields: {sorted(unknown)}")
     if organization.kind == Organization.Kind.PLATFORM:
         raise ValidationError("The platform is not billed.")
-    account = BillingAccount(organization=organization, **fields)
+    # Terms not given are the seller's defaults for new tenants (prepaid without them).
+    account = BillingAccount(
+        organization=organization, **{**new_account_fields(organization), **fields}
+    )
     account.full_clean()
     _check_price_list(account)
     _check_webhook(account)
@@ -264,6 +282,8 @@ def _account_data(account: BillingAccount) -> dict[str, Any]:
         "price_list": account.price_list_id,
         "monthly_budget_micros": account.monthly_budget_micros,
         "budget_hard_stop": account.budget_hard_stop,
+        "own_budget_micros": account.own_budget_micros,
+        "own_budget_hard_stop": account.own_budget_hard_stop,
         "alert_thresholds": account.alert_thresholds,
         "alert_emails": account.alert_emails,
         "alert_webhook_url": account.alert_webhook_url,
@@ -313,3 +333,33 @@ def _quota_data(quota: KeyQuota) -> dict[str, Any]:
         "period": quota.period,
         "period_limit_micros": quota.period_limit_micros,
     }
+
+
+@transaction.atomic
+def tenant_defaults_set(
+    *, seller: Organization, mode: str, credit_limit_micros: int | None, actor: Actor
+) -> TenantDefaults:
+    """The terms ``seller`` (a reseller, or the platform) gives its new tenants until it
+    sets theirs; audited. Existing tenants keep their own terms."""
+    if seller.kind == Organization.Kind.TENANT:
+        raise ValidationError("Tenants have no tenants.")
+    defaults = TenantDefaults.objects.filter(seller=seller).first() or TenantDefaults(seller=seller)
+    before = {"mode": defaults.mode, "credit_limit_micros": defaults.credit_limit_micros}
+    defaults.mode = mode
+    defaults.credit_limit_micros = (
+        credit_limit_micros if mode == BillingAccount.Mode.POSTPAID else None
+    )
+    defaults.full_clean()
+    defaults.save()
+    AuditEntry.record(
+        actor=actor,
+        action="tenant_defaults.set",
+        target=defaults,
+        organization=seller,
+        data={
+            "before": before,
+            "after": {"mode": defaults.mode, "credit_limit_micros": defaults.credit_limit_micros},
+        },
+    )
+    tell_relay()
+    return defaults

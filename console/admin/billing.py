@@ -20,6 +20,7 @@ from billing.models import (
     ModelPrice,
     PriceList,
     RedemptionCode,
+    TenantDefaults,
     UsageEvent,
     UsageRollup,
 )
@@ -303,3 +304,26 @@ class KeyQuotaAdmin(admin.ModelAdmin):
 
 
 admin.site.register(BillingWatermark, ReadOnlyAdmin)
+
+
+@admin.register(TenantDefaults)
+class TenantDefaultsAdmin(admin.ModelAdmin):
+    """What a seller's new tenants start on; saved through the audited service."""
+
+    list_display = ["seller", "mode", "credit_limit_micros", "updated_at"]
+    list_select_related = ["seller"]
+    search_fields = ["seller__name", "seller__slug"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TenantDefaults | None = None) -> Any:
+        return ["seller"] if obj else []
+
+    def save_model(
+        self, request: HttpRequest, obj: TenantDefaults, form: Any, change: bool
+    ) -> None:
+        saved = prices.tenant_defaults_set(
+            seller=obj.seller,
+            mode=obj.mode,
+            credit_limit_micros=obj.credit_limit_micros,
+            actor=request.user,
+        )
+        obj.pk = saved.pk

@@ -50,12 +50,18 @@ def _comma_list(text: str) -> list[str]:
 
 
 class BudgetForm(forms.Form):
-    monthly_budget = MoneyField(
-        required=False, help_text="Spend per calendar month (UTC). Leave empty for none."
-    )
-    budget_hard_stop = forms.BooleanField(
+    """The organisation's own budget and alerts. The seller's budget and hard stop are
+    terms (AccountTermsForm): shown on the page, never changed here."""
+
+    own_budget = MoneyField(
         required=False,
-        label="Stop requests once the budget is spent",
+        label="Your monthly budget",
+        help_text="Spend per calendar month (UTC), at most your seller's budget. Leave empty "
+        "for none.",
+    )
+    own_budget_hard_stop = forms.BooleanField(
+        required=False,
+        label="Stop requests once your budget is spent",
         help_text="Otherwise alerts are sent and requests go on.",
     )
     alert_thresholds = forms.CharField(
@@ -89,24 +95,38 @@ class BudgetForm(forms.Form):
             validator.clean(address)
         return addresses
 
+    def __init__(self, *args: Any, seller_budget_micros: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.seller_budget_micros = seller_budget_micros
+
+    def clean_own_budget(self) -> int | None:
+        value = self.cleaned_data.get("own_budget")
+        ceiling = self.seller_budget_micros
+        if value is not None and ceiling is not None and value > ceiling:
+            raise forms.ValidationError(
+                f"Your seller's budget is {micros_to_units(ceiling)}: yours can only be lower."
+            )
+        return value
+
     @classmethod
     def for_account(cls, account: Any, data: Any = None) -> BudgetForm:
         initial = {}
         if account is not None:
             initial = {
-                "monthly_budget": micros_to_units(account.monthly_budget_micros),
-                "budget_hard_stop": account.budget_hard_stop,
+                "own_budget": micros_to_units(account.own_budget_micros),
+                "own_budget_hard_stop": account.own_budget_hard_stop,
                 "alert_thresholds": ", ".join(str(t) for t in account.alert_thresholds or []),
                 "alert_emails": ", ".join(account.alert_emails or []),
                 "alert_webhook_url": account.alert_webhook_url,
             }
-        return cls(data, initial=initial)
+        seller_budget = account.monthly_budget_micros if account is not None else None
+        return cls(data, initial=initial, seller_budget_micros=seller_budget)
 
     def account_changes(self) -> dict[str, Any]:
         data = self.cleaned_data
         return {
-            "monthly_budget_micros": data["monthly_budget"],
-            "budget_hard_stop": data["budget_hard_stop"],
+            "own_budget_micros": data["own_budget"],
+            "own_budget_hard_stop": data["own_budget_hard_stop"],
             "alert_thresholds": data["alert_thresholds"],
             "alert_emails": data["alert_emails"],
             "alert_webhook_url": data["alert_webhook_url"],

@@ -95,7 +95,7 @@ def overview(request: HttpRequest) -> HttpResponse:
                 unit=main,
             ),
             "channels": selectors.channels_overview(),
-            "available_count": sum(1 for m in catalog if m.served),
+            "available_count": sum(1 for m in catalog if m.served and m.priced),
             "catalog_count": len(catalog),
         },
         section="operator",

@@ -170,7 +170,9 @@ def quickstart(request: HttpRequest, slug: str) -> HttpResponse:
     """The base URL and copy-paste snippets for Python, Node and curl."""
     access = _tenant_access(request, slug, Need.KEYS)
     available = [
-        m.public_id for m in selectors.catalog_with_availability() if getattr(m, "served", False)
+        m.public_id
+        for m in selectors.catalog_with_availability()
+        if getattr(m, "served", False) and getattr(m, "priced", False)
     ]
     return render_page(
         request,

@@ -183,7 +183,7 @@ def test_issue_refuses_a_period_not_over(market: Market, event: EventFactory) ->
 
 def test_paid_and_void(market: Market, event: EventFactory, april: Any) -> None:
     account = billing_account_create(
-        organization=market.tenant, tax_rate_percent=Decimal(20), actor="test"
+        organization=market.tenant, mode="postpaid", tax_rate_percent=Decimal(20), actor="test"
     )
     event(prompt_tokens=100_000, completion_tokens=10_000)
     invoice = invoice_issue(
@@ -206,7 +206,9 @@ def test_paid_and_void(market: Market, event: EventFactory, april: Any) -> None:
 def test_void_reverses_tax_and_frees_the_period(
     market: Market, event: EventFactory, april: Any
 ) -> None:
-    billing_account_create(organization=market.tenant, tax_rate_percent=Decimal(10), actor="t")
+    billing_account_create(
+        organization=market.tenant, mode="postpaid", tax_rate_percent=Decimal(10), actor="t"
+    )
     event(prompt_tokens=100_000, completion_tokens=10_000)
     invoice = invoice_issue(
         invoice=invoice_generate(customer=market.tenant, period=MARCH), actor="t"

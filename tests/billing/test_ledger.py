@@ -13,7 +13,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection
 
-from billing.models import BillingAccount, LedgerEntry, RedemptionCode, UsageEvent
+from billing.models import BillingAccount, LedgerEntry, RedemptionCode, TenantDefaults, UsageEvent
 from billing.pricing import account_spending_limit
 from billing.selectors import BILLABLE, account_balance_micros, organization_balance
 from billing.services import (
@@ -27,6 +27,7 @@ from billing.services import (
     usage_charge_post,
     usage_charges_advance,
 )
+from billing.services.common import account_for
 from portal.models import AuditEntry
 from tests.billing.conftest import EventFactory, Market, generate_month
 
@@ -217,6 +218,7 @@ def test_prepaid_limit_counts_events_not_yet_posted(
 def test_postpaid_limit_is_credit_minus_what_is_owed(market: Market, event: EventFactory) -> None:
     billing_account_create(
         organization=market.tenant,
+        mode="postpaid",
         credit_limit_micros=5_000_000,
         monthly_budget_micros=3_000_000,
         budget_hard_stop=True,
@@ -242,14 +244,31 @@ def test_postpaid_limit_is_credit_minus_what_is_owed(market: Market, event: Even
 
 
 @pytest.mark.django_db
-def test_no_account_means_postpaid_without_limits(market: Market) -> None:
+def test_no_account_means_prepaid_with_nothing_to_spend(market: Market) -> None:
     limit = account_spending_limit(market.direct_tenant.pk)
     assert (limit.mode, limit.available_micros, limit.budget_remaining_micros) == (
-        "postpaid",
-        None,
+        "prepaid",
+        0,
         None,
     )
     assert organization_balance(market.direct_tenant) is None
+    # The first charge opens the account on the same terms.
+    assert account_for(market.direct_tenant).mode == BillingAccount.Mode.PREPAID
+
+
+@pytest.mark.django_db
+def test_no_account_follows_the_sellers_default_terms(market: Market) -> None:
+    TenantDefaults.objects.create(
+        seller=market.reseller, mode="postpaid", credit_limit_micros=2_000_000
+    )
+    limit = account_spending_limit(market.tenant.pk)
+    assert (limit.mode, limit.available_micros) == ("postpaid", 2_000_000)
+    # Another seller's defaults change nothing for its neighbours.
+    assert account_spending_limit(market.direct_tenant.pk).available_micros == 0
+    account = account_for(market.tenant)
+    assert (account.mode, account.credit_limit_micros) == ("postpaid", 2_000_000)
+    # A reseller itself is invoiced by the platform: postpaid.
+    assert account_for(market.reseller).mode == BillingAccount.Mode.POSTPAID
 
 
 @pytest.mark.django_db

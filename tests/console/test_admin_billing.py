@@ -20,6 +20,7 @@ from billing.services import (
     key_quota_set,
     redemption_code_create,
     rollups_advance,
+    tenant_defaults_set,
     usage_charges_advance,
 )
 from portal.models import AuditEntry, CatalogModel
@@ -49,6 +50,9 @@ def populated(market: Market, event: EventFactory) -> None:
         redemption_code_create(issuer=market.platform, amount_micros=1, currency="USD", actor="t")
         key_quota_set(api_key=market.keys[market.tenant.pk][0], total_limit_micros=9, actor="t")
         invoice_generate(customer=market.tenant, period=MARCH)
+        tenant_defaults_set(
+            seller=market.reseller, mode="postpaid", credit_limit_micros=1, actor="test"
+        )
     with time_machine.travel(datetime(2026, 4, 2, 1, tzinfo=UTC), tick=False):
         rollups_advance()
         usage_charges_advance()
@@ -98,7 +102,7 @@ def test_a_price_added_in_the_admin_is_audited(
 def test_an_account_changed_in_the_admin_is_audited(
     operator_client: Client, market: Market
 ) -> None:
-    account = billing_account_create(organization=market.tenant, actor="test")
+    account = billing_account_create(organization=market.tenant, mode="postpaid", actor="test")
     response = operator_client.post(
         admin_url(BillingAccount, "change", account.pk),
         {

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from portal import services
-from portal.models import AuditEntry, CatalogModel, Channel
+from portal.models import AuditEntry, CatalogModel, Channel, Organization
+from tests.conftest import price_models
 from tests.console.conftest import api_client_for as client_for
 
 pytestmark = pytest.mark.django_db
@@ -17,7 +18,8 @@ SECRET = "sk-upstream-api-test-51c0"
 
 
 @pytest.fixture
-def channel(db: None) -> Channel:
+def channel(platform_org: Organization) -> Channel:
+    price_models("sim-small", "sim-large")
     return services.channel_create(
         name="Primary",
         base_url="http://upstream.test/v1",
@@ -116,12 +118,16 @@ def test_models_are_readable_by_every_signed_in_person(
     tenant_member: Any, outsider: Any, channel: Channel
 ) -> None:
     CatalogModel.objects.create(public_id="orphan")
+    services.channel_models_add(channel=channel, models=["unpriced-model"], actor="test")
     for user in (tenant_member, outsider):
         rows = client_for(user).get("/api/models/").json()["results"]
         by_id = {r["public_id"]: r for r in rows}
         assert by_id["sim-small"]["available"] is True
         assert by_id["orphan"]["available"] is False
         assert by_id["orphan"]["availability"] == "unavailable: no active channel"
+        # Served, but no price list prices it: every request would be refused.
+        assert by_id["unpriced-model"]["available"] is False
+        assert by_id["unpriced-model"]["availability"] == "unpriced"
     detail = client_for(outsider).get("/api/models/sim-small/")
     assert detail.status_code == 200 and detail.json()["available"] is True
 

@@ -71,8 +71,8 @@ def test_owner_sets_the_budget_and_billing_members_only_see_it(
     response = client_for(tenant_owner).post(
         url,
         {
-            "monthly_budget": "150.5",
-            "budget_hard_stop": "on",
+            "own_budget": "150.5",
+            "own_budget_hard_stop": "on",
             "alert_thresholds": "80, 50%, 100",
             "alert_emails": "ops@example.test, cfo@example.test",
             "alert_webhook_url": "https://hooks.example.test/budget",
@@ -80,22 +80,54 @@ def test_owner_sets_the_budget_and_billing_members_only_see_it(
     )
     assert response.status_code == 302
     account = BillingAccount.objects.get(organization=market.tenant)
-    assert account.monthly_budget_micros == 150_500_000
-    assert account.budget_hard_stop is True
+    assert account.own_budget_micros == 150_500_000
+    assert account.own_budget_hard_stop is True
     assert account.alert_thresholds == [50, 80, 100]
     assert account.alert_emails == ["ops@example.test", "cfo@example.test"]
     assert AuditEntry.objects.filter(action="billing_account.create").count() == 1
+    # Opening the account from the budget page gives no credit: the seller's defaults.
+    assert account.mode == BillingAccount.Mode.PREPAID
+    assert (account.monthly_budget_micros, account.hard_budget_micros) == (None, 150_500_000)
 
     viewer = client_for(tenant_billing)
     html = viewer.get(url).content.decode()
     assert "150.50 USD" in html and "Save budget" not in html
-    assert viewer.post(url, {"monthly_budget": "1"}).status_code == 403
-    assert BillingAccount.objects.get(pk=account.pk).monthly_budget_micros == 150_500_000
+    assert viewer.post(url, {"own_budget": "1"}).status_code == 403
+    assert BillingAccount.objects.get(pk=account.pk).own_budget_micros == 150_500_000
 
     bad = client_for(tenant_owner).post(url, {"alert_thresholds": "half", "alert_emails": "x"})
     assert bad.status_code == 400
     body = bad.content.decode()
     assert "Give whole percentages" in body and "Enter a valid email address." in body
+
+
+def test_the_tenant_cannot_lift_its_sellers_budget_only_add_a_lower_one(
+    market: Market, tenant_owner: Any, reseller_admin: Any
+) -> None:
+    account = billing.billing_account_create(
+        organization=market.tenant,
+        mode="postpaid",
+        monthly_budget_micros=100_000_000,
+        budget_hard_stop=True,
+        actor=reseller_admin,
+    )
+    url = reverse("budget", args=["tenant"])
+    owner = client_for(tenant_owner)
+    # Clearing "its" budget and hard stop touches only the tenant's own fields.
+    assert owner.post(url, {"own_budget": "", "alert_thresholds": "50"}).status_code == 302
+    account.refresh_from_db()
+    assert (account.monthly_budget_micros, account.budget_hard_stop) == (100_000_000, True)
+    assert account.hard_budget_micros == 100_000_000
+    # A higher budget of its own is refused; a lower one applies beside the seller's.
+    higher = owner.post(url, {"own_budget": "150", "own_budget_hard_stop": "on"})
+    assert higher.status_code == 400 and "can only be lower" in higher.content.decode()
+    lower = owner.post(url, {"own_budget": "40", "own_budget_hard_stop": "on"})
+    assert lower.status_code == 302
+    account.refresh_from_db()
+    assert (account.own_budget_micros, account.hard_budget_micros) == (40_000_000, 40_000_000)
+    assert account.monthly_budget_micros == 100_000_000 and account.budget_hard_stop
+    html = owner.get(url).content.decode()
+    assert "budget set by the seller" in html and "100.00 USD" in html and "40.00 USD" in html
 
 
 def test_budget_alerts_are_listed(market: Market, tenant_owner: Any) -> None:

@@ -25,7 +25,7 @@ from portal.models import ApiKey, CatalogModel, Channel, Membership, Organizatio
 from relay.app import RelayApp
 from relay.metering import usage_writer
 from relay.simulator import build_app
-from tests.conftest import make_member, make_user
+from tests.conftest import make_member, make_user, price_models
 from tests.servers import serve_in_thread
 
 CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")
@@ -130,6 +130,7 @@ def test_operator_adds_a_channel_tests_it_and_sees_the_model_available(
     site: str, simulator: str, browser: Any, operator_user: Any
 ) -> None:
     with_password(operator_user)
+    price_models("sim-small")  # the wholesale list prices it: available once served
     page = sign_in(browser, site, "operator")
     assert page.url.endswith("/operator/")
     shot(page, "operator-overview")
@@ -292,7 +293,7 @@ def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
 ) -> None:
     from decimal import Decimal
 
-    from billing.services import model_price_set, price_list_create
+    from billing.services import billing_account_create, model_price_set, price_list_create
     from portal import services
 
     channel = services.channel_create(
@@ -320,6 +321,8 @@ def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
         is_default=True,
         markup_percent=Decimal(20),
     )
+    # Explicit terms: a new tenant is prepaid with nothing to spend until given some.
+    billing_account_create(organization=tenant_org, mode="postpaid", actor="test")
     with_password(tenant_owner)
     page = sign_in(browser, site, "tenant-owner")
     assert page.url.endswith("/o/tenant/keys/")

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from portal import services
 from portal.models import ApiKey, AuditEntry, CatalogModel, Organization
+from tests.conftest import price_models
 from tests.console.conftest import client_for
 
 pytestmark = pytest.mark.django_db
@@ -143,15 +144,20 @@ def test_keys_list_query_count_does_not_grow(
 def test_quickstart_shows_base_url_and_snippets(
     tenant_member: Any, tenant_org: Organization
 ) -> None:
+    price_models("sim-small")
     services.channel_create(
-        name="c", base_url="http://u.test/v1", secret="s", models=["sim-small"], actor="test"
+        name="c",
+        base_url="http://u.test/v1",
+        secret="s",
+        models=["sim-small", "sim-unpriced"],
+        actor="test",
     )
     CatalogModel.objects.create(public_id="no-channel")
     html = client_for(tenant_member).get(reverse("quickstart", args=["tenant"])).content.decode()
     assert 'value="https://llm.example.test/v1"' in html
     assert 'model="sim-small"' in html  # Python, with a model that works now
     assert "new OpenAI({ baseURL" in html and "curl https://llm.example.test/v1/chat" in html
-    assert "no-channel" not in html
+    assert "no-channel" not in html and "sim-unpriced" not in html
     assert html.count("data-copy-target") == 4
 
 

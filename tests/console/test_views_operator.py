@@ -18,6 +18,7 @@ from portal import services
 from portal.models import AuditEntry, CatalogModel, Channel, Organization
 from relay.simulator import build_app
 from tests.billing.conftest import generate_month
+from tests.conftest import price_models
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +27,8 @@ SECRET = "sk-upstream-dashboard-9e41"
 
 
 def test_adding_a_channel_makes_its_models_available(operator: Client) -> None:
-    CatalogModel.objects.create(public_id="sim-large")
+    price_models("sim-large", "sim-small")
+    CatalogModel.objects.create(public_id="sim-unpriced")
     catalog = operator.get(reverse("catalog")).content.decode()
     assert "no active channel" in catalog
 
@@ -39,7 +41,7 @@ def test_adding_a_channel_makes_its_models_available(operator: Client) -> None:
             "secret": SECRET,
             "priority": "1",
             "weight": "1",
-            "models": "sim-small\nsim-large = large-upstream\n# a comment",
+            "models": "sim-small\nsim-large = large-upstream\nsim-unpriced\n# a comment",
         },
         follow=True,
     )
@@ -52,11 +54,14 @@ def test_adding_a_channel_makes_its_models_available(operator: Client) -> None:
     assert {link.upstream_model() for link in channel.served.all()} == {
         "sim-small",
         "large-upstream",
+        "sim-unpriced",
     }
     catalog = operator.get(reverse("catalog")).content.decode()
     assert "no active channel" not in catalog and catalog.count("badge ok") == 2
+    # Served but priced by no list: operators see why; it is never offered as available.
+    assert catalog.count(">unpriced<") == 1
     public = Client().get(reverse("models_public")).content.decode()
-    assert public.count(">available<") == 2
+    assert public.count(">available<") == 2 and ">unpriced<" not in public
 
 
 def test_channel_form_errors_are_inline(operator: Client) -> None:

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from billing.models import UsageEvent, UsageRollup
+from billing.models import BillingAccount, UsageEvent, UsageRollup
 from portal import crypto
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel, Organization
 from relay.simulator import build_app
@@ -111,6 +111,7 @@ def test_the_procfile_runs_tollgate_on_one_machine(
 ) -> None:
     sim_url, stop_sim = serve_in_thread(build_app())
     tenant = Organization.objects.create(name="T", slug="t", kind="tenant", parent=platform_org)
+    BillingAccount.objects.create(organization=tenant, mode="postpaid")  # explicit terms
     model = CatalogModel.objects.create(public_id="deploy-model")
     channel = Channel(name="sim", base_url=f"{sim_url}/v1")
     channel.secret = "sk-upstream-deploy"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from billing.models import BillingAccount, PriceList
+from billing.models import BillingAccount, PriceList, TenantDefaults
 from billing.services import (
     account_topup,
     billing_account_create,
@@ -129,6 +129,9 @@ def relay_url(transactional_db: None, relay_settings: Any) -> Iterator[str]:
 @pytest.fixture
 def gateway(relay_url: str, sim: Simulator, platform_org: Organization) -> Iterator[Gateway]:
     platform = platform_org
+    # Explicit terms: the platform's tenants start postpaid without a limit (new tenants are
+    # prepaid with nothing to spend otherwise); money tests set the tenant's own terms.
+    TenantDefaults.objects.create(seller=platform, mode="postpaid")
     tenant = Organization.objects.create(name="Acme", slug="acme", kind="tenant", parent=platform)
     model = CatalogModel.objects.create(public_id=PUBLIC_MODEL, owned_by="tollgate")
     channel = Channel(name="primary", base_url=sim.channel_url())

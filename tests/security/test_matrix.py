@@ -14,7 +14,8 @@ changes nothing (keys, members, channels, tokens, price lists and prices, accoun
 balances, invoices, redemption codes, TOTP devices).
 
 Money: a tenant's terms and top-ups are set from above it (its reseller, operators), never
-by its own people; price lists, codes, revenue and invoices issued are a reseller's own
+by its own people, who cannot lift their reseller's budget or hard stop either (only add a
+lower budget of their own); price lists, codes, revenue and invoices issued are a reseller's own
 pages, which its tenants' people cannot even see; an invoice is its customer's billing
 people's (once issued) and its issuer's.
 """
@@ -887,6 +888,51 @@ def test_no_one_below_owner_can_make_an_owner(role: str, via: str, world: dict[s
         assert response.status_code == 403, (role, via, target)
     assert snapshot()[:2] == before[:2]
     assert not Membership.objects.filter(user=user, role=Membership.Role.OWNER).exists()
+
+
+@pytest.mark.parametrize("role", TENANT_PEOPLE)
+def test_a_tenant_cannot_lift_its_resellers_cap(role: str, world: dict[str, Any]) -> None:
+    """The reseller's budget, hard stop and credit terms are out of the tenant's reach: its
+    people may only add a lower budget of their own, and the relay applies the lower."""
+    from billing.pricing import account_spending_limit
+
+    cap = 100_000_000
+    terms = {
+        "mode": "postpaid",
+        "credit_limit_micros": 50_000_000,
+        "monthly_budget_micros": cap,
+        "budget_hard_stop": True,
+    }
+    account = BillingAccount.objects.filter(organization=world["tenant"]).first()
+    if account is None:
+        account = billing.billing_account_create(
+            organization=world["tenant"], actor=world["people"]["reseller_admin"], **terms
+        )
+    else:
+        billing.billing_account_update(
+            account=account, actor=world["people"]["reseller_admin"], **terms
+        )
+    client = dashboard_client(world, role)
+    budget_url = reverse("budget", kwargs={"slug": "tenant"})
+    attempts = [
+        # Yesterday's form fields, the seller's own, and a budget of its own above the cap.
+        (budget_url, {"monthly_budget": "", "budget_hard_stop": "", "alert_thresholds": "50"}),
+        (budget_url, {"own_budget": "1000", "own_budget_hard_stop": "", "alert_thresholds": ""}),
+        (
+            reverse("terms", kwargs={"slug": "tenant"}),
+            {"mode": "postpaid", "credit_limit": "", "monthly_budget": "", "budget_hard_stop": ""},
+        ),
+    ]
+    for url, data in attempts:
+        response = client.post(url, data)
+        assert response.status_code in (302, 400, 403), (role, url, response.status_code)
+    account.refresh_from_db()
+    assert {name: getattr(account, name) for name in terms} == terms, role
+    assert account.own_budget_micros is None or account.own_budget_micros <= cap
+    assert account.hard_budget_micros == cap
+    limit = account_spending_limit(world["tenant"].pk)  # what the relay holds requests to
+    assert limit.hard_stop and limit.budget_remaining_micros <= cap
+    assert limit.available_micros is not None and limit.available_micros <= 50_000_000
 
 
 @pytest.mark.parametrize("via", ["api", "dashboard"])

@@ -108,10 +108,11 @@ class ChannelModelsAddSerializer(serializers.Serializer):
 
 class CatalogModelSerializer(serializers.ModelSerializer):
     available = serializers.SerializerMethodField(
-        help_text="Whether an enabled channel serves this model now."
+        help_text="Whether an enabled channel serves this model now and a price list prices it."
     )
     availability = serializers.SerializerMethodField(
-        help_text='"available", or "unavailable: ..." with the reason.'
+        help_text='"available", "unpriced" (no price list prices it), or "unavailable: ..." '
+        "with the reason."
     )
 
     class Meta:
@@ -133,7 +134,9 @@ class CatalogModelSerializer(serializers.ModelSerializer):
         extra_kwargs = {"public_id": {"validators": []}}
 
     def get_available(self, model: CatalogModel) -> bool:
-        return bool(model.is_active and getattr(model, "served", False))
+        return bool(
+            model.is_active and getattr(model, "served", False) and getattr(model, "priced", False)
+        )
 
     def get_availability(self, model: CatalogModel) -> str:
         return availability_reason(model)
