@@ -30,7 +30,7 @@ def forwards(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0002_money'),
+        ('billing', '0003_usage_surface'),
         ('portal', '0003_personal_access_tokens'),
     ]
 
