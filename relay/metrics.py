@@ -82,6 +82,13 @@ SPEND = Counter(
     ("model", "currency"),
     registry=REGISTRY,
 )
+SURFACE_REQUESTS = Counter(
+    "tollgate_surface_requests",
+    "Requests relayed per client API (chat, responses, messages, embeddings, completions) "
+    "and status.",
+    ("surface", "status"),
+    registry=REGISTRY,
+)
 LIMIT_REJECTIONS = Counter(
     "tollgate_limit_rejections",
     "Requests refused with a 429 by a key's or tenant's limit, by the limit that refused.",
@@ -91,6 +98,7 @@ LIMIT_REJECTIONS = Counter(
 
 # Labelled children, looked up once per label set: .labels() takes a lock and builds keys.
 _children: dict[tuple[str, str, int, bool, str], tuple[Any, ...]] = {}
+_surface_children: dict[tuple[str, int], Any] = {}
 
 
 def enabled() -> bool:
@@ -186,6 +194,13 @@ def observe_record(record: UsageRecord) -> None:
             currency = record.price.retail.currency
     upstream_ms = record.upstream_latency_ms
     if counting:
+        surface_key = (record.surface, record.status_code)
+        surface_child = _surface_children.get(surface_key)
+        if surface_child is None:
+            surface_child = _surface_children[surface_key] = SURFACE_REQUESTS.labels(
+                record.surface, str(record.status_code)
+            )
+        surface_child.inc()
         _count(
             model=record.model,
             channel="" if record.channel_id is None else str(record.channel_id),
@@ -206,6 +221,7 @@ def observe_record(record: UsageRecord) -> None:
                 "tenant_id": record.tenant_id,
                 "api_key_id": record.api_key_id,
                 "model": record.model,
+                "surface": record.surface,
                 "channel_id": record.channel_id,
                 "status": record.status_code,
                 "error_code": record.error_code,

@@ -261,3 +261,24 @@ def test_models_list_only_what_the_key_may_use(gateway: Gateway, embedding_model
 def b64_floats(text: str) -> list[float]:
     raw = base64.b64decode(text)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def surface_counts(gateway: Gateway) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(gateway.client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "tollgate_surface_requests_total":
+                counts[(sample.labels["surface"], sample.labels["status"])] = sample.value
+    return counts
+
+
+def test_metrics_count_requests_per_surface(client: openai.OpenAI, gateway: Gateway) -> None:
+    before = surface_counts(gateway)
+    client.responses.create(model=PUBLIC_MODEL, input="Say hello")
+    client.completions.create(model=PUBLIC_MODEL, prompt="Say this", max_tokens=2)
+    usage_events(2)
+    after = surface_counts(gateway)
+    for key in (("responses", "200"), ("completions", "200")):
+        assert after[key] - before.get(key, 0.0) == 1.0
