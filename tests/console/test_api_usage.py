@@ -222,3 +222,21 @@ def test_audit_filters(tenant_owner: Any, audited: None) -> None:
     assert [r["action"] for r in got] == ["api_key.revoke"]
     assert got[0]["actor"] == "tenant-owner"
     assert AuditEntry.objects.count() > len(got)
+
+
+def test_filters_and_groups_by_surface(tenant_owner: Any, keys: dict[str, ApiKey]) -> None:
+    event(keys["owner"], "sim-small", surface="responses", prompt=20, completion=4)
+    event(keys["owner"], "sim-small", surface="messages", prompt=30, completion=6)
+    event(keys["other"], "sim-small", surface="messages", prompt=999)  # another tenant's
+    client = client_for(tenant_owner)
+    messages = rows(client.get("/api/usage/?group_by=model&surface=messages"))
+    assert [(r["model"], r["requests"], r["prompt_tokens"]) for r in messages] == [
+        ("sim-small", 1, 30)
+    ]
+    grouped = rows(client.get("/api/usage/?group_by=surface"))
+    assert {r["surface"]: r["requests"] for r in grouped} == {
+        "chat": 4,
+        "responses": 1,
+        "messages": 1,
+    }
+    assert client.get("/api/usage/?surface=telepathy").status_code == 400

@@ -182,3 +182,14 @@ def test_usage_shows_spend_by_day_and_model(market: Any, tenant_owner: Any) -> N
     assert {r["model"]: r["spend_micros"] for r in api["results"]} == {
         e.model: e.cost_retail_micros for e in events
     }
+
+
+def test_usage_page_filters_by_surface(tenant_owner: Any, keys: dict[str, ApiKey]) -> None:
+    event(keys["owner"], "chat-model")
+    event(keys["owner"], "messages-model", surface="messages")
+    client = client_for(tenant_owner)
+    html = client.get(USAGE_URL, {"surface": "messages"}).content.decode()
+    assert "messages-model" in html and "chat-model" not in html
+    assert '<span class="badge muted">messages</span>' in html
+    everything = client.get(USAGE_URL).content.decode()
+    assert "messages-model" in everything and "chat-model" in everything
