@@ -135,6 +135,12 @@ def account_refund(
 
 
 def _normalise_code(code: str) -> str:
+    """A code as printed, ``TG-XXXX-…-XXXX``, however it was typed: any case, spaces or
+    dashes between the groups, or none."""
+    compact = "".join(code.replace("-", " ").split()).upper()
+    body = compact.removeprefix(REDEMPTION_CODE_PREFIX)
+    if compact.startswith(REDEMPTION_CODE_PREFIX) and len(body) == 24:
+        return "-".join([REDEMPTION_CODE_PREFIX, *(body[i : i + 4] for i in range(0, 24, 4))])
     return "".join(code.split()).upper()
 
 

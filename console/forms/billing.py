@@ -41,7 +41,8 @@ class RedeemCodeForm(forms.Form):
     code = forms.CharField(
         max_length=64,
         label="Redemption code",
-        help_text="As printed, e.g. TG-ABCD-EFGH-…; spaces and case do not matter.",
+        help_text="As printed, e.g. TG-ABCD-EFGH-…; case does not matter, and spaces may "
+        "stand for the dashes.",
     )
 
 

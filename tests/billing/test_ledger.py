@@ -86,6 +86,28 @@ def test_a_code_works_once(account: BillingAccount, market: Market, tenant_owner
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "typed",
+    [
+        lambda text: text.replace("-", " "),  # spaces in place of dashes
+        lambda text: text.replace("-", ""),  # no separators at all
+        lambda text: f"  {text.lower().replace('-', ' - ')} ",  # loose spacing, lower case
+    ],
+)
+def test_a_code_is_recognised_however_its_groups_are_separated(
+    account: BillingAccount, market: Market, typed: Any
+) -> None:
+    _, text = redemption_code_create(
+        issuer=market.reseller, amount_micros=1_000_000, currency="USD", actor="test"
+    )
+    entry = redemption_code_redeem(code=typed(text), account=account, actor="test")
+    assert entry.amount_micros == 1_000_000
+    with pytest.raises(ValidationError):  # a different code is still refused
+        other = text[:-1] + ("A" if text[-1] != "A" else "B")
+        redemption_code_redeem(code=other, account=account, actor="test")
+
+
+@pytest.mark.django_db
 def test_codes_are_refused_outside_their_issuer_currency_or_time(
     account: BillingAccount, market: Market
 ) -> None:

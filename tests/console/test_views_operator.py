@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db.models import F
 from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -255,6 +256,11 @@ def test_test_button_reports_result_and_latency(operator: Client, simulator: str
     assert good.last_check_ok is True and good.last_check_latency_ms is not None
     listing = operator.get(reverse("channels")).content.decode()
     assert 'badge ok">ok</span>' in listing and "HTTP 401" in listing
+    # A check a moment ago reads "just now", not "0 minutes ago".
+    assert "failed</span> just now" in listing and "0 minutes ago" not in listing
+    three_ago = F("last_check_at") - timedelta(minutes=3)
+    Channel.objects.filter(pk=bad.pk).update(last_check_at=three_ago)
+    assert "failed</span> 3\xa0minutes ago" in operator.get(reverse("channels")).content.decode()
     api = APIClient()
     api.force_login(User.objects.get(username="operator"))
     result = api.post(f"/api/channels/{good.pk}/test/").json()

@@ -245,3 +245,11 @@ def test_memberships_of_another_organisation_are_not_found(
         page.post(reverse("member_role", args=["tenant", theirs.pk]), {"role": "member"})
     ).status_code == 404
     assert Membership.objects.filter(pk=theirs.pk, role="owner").exists()
+
+
+def test_a_reseller_with_one_tenant_reads_1_tenant(
+    reseller_admin: Any, tenant_org: Organization
+) -> None:
+    html = client_for(reseller_admin).get(reverse("org", args=["reseller"])).content.decode()
+    assert '<div class="value">1</div><div class="label">tenant</div>' in html
+    assert '1</div><div class="label">tenants' not in html
