@@ -319,6 +319,12 @@ TOLLGATE_PUBLIC_URL = env.str("TOLLGATE_PUBLIC_URL", default="http://127.0.0.1:8
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # How often each relay process checks whether keys, models or channels changed.
 RELAY_CACHE_POLL_SECONDS = env.float("RELAY_CACHE_POLL_SECONDS", default=1.0)
+# However a change notice was lost, each relay process re-reads the keys, prices and
+# routing table it holds this often (in the background, a few queries in all).
+RELAY_CACHE_REVALIDATE_SECONDS = env.float("RELAY_CACHE_REVALIDATE_SECONDS", default=30.0)
+# Unknown keys each client address may try per minute and relay process before further
+# unknown keys from it are refused (429) without a database lookup.
+RELAY_AUTH_FAILURES_PER_MINUTE = env.int("RELAY_AUTH_FAILURES_PER_MINUTE", default=30)
 RELAY_MAX_ATTEMPTS = env.int("RELAY_MAX_ATTEMPTS", default=3)
 RELAY_CONNECT_TIMEOUT = env.float("RELAY_CONNECT_TIMEOUT", default=5.0)
 RELAY_FIRST_BYTE_TIMEOUT = env.float("RELAY_FIRST_BYTE_TIMEOUT", default=60.0)

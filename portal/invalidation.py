@@ -3,15 +3,20 @@
 Relay processes keep what they need in memory and poll one shared counter (in the
 Django cache: Redis in production) about once a second; any committed change to those
 tables bumps it, so an edit or a revocation reaches every process within seconds while
-the hot path itself makes no query.
+the hot path itself makes no query. When the notice cannot be given (Redis away), the
+relay catches up by itself (``relay.cache``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from django.core.cache import cache
 from django.db import transaction
+
+logger = logging.getLogger(__name__)
 
 GENERATION_KEY = "relay:generation"
 
@@ -25,11 +30,27 @@ async def acurrent_generation() -> int:
 
 
 def bump_generation() -> None:
+    """Tell the relay processes; never raises: the change is committed whatever happens.
+
+    A notice lost here (Redis away) is made up for by the relay itself: a process that
+    could not read the counter re-reads what it holds once it can, and every process
+    re-reads everything on a schedule (``relay.cache``).
+    """
     try:
-        cache.incr(GENERATION_KEY)
-    except ValueError:  # not set yet (or evicted): start it
-        cache.add(GENERATION_KEY, 1, timeout=None)
-        cache.incr(GENERATION_KEY)
+        try:
+            cache.incr(GENERATION_KEY)
+        except ValueError:  # not set yet, or lost with a Redis restart: start it again
+            # From the clock, in milliseconds, not from 1: a counter restarted at 1 could
+            # come back to the very value a relay process last saw and hide this change.
+            # (Milliseconds keep it exact in Redis's Lua scripts, which use doubles.)
+            cache.add(GENERATION_KEY, int(time.time() * 1000), timeout=None)
+            cache.incr(GENERATION_KEY)
+    except Exception as exc:  # Redis away: the caller's change stands, answer normally
+        logger.warning(
+            "could not tell relay processes about a change (%s: %s); they will re-read it",
+            type(exc).__name__,
+            exc,
+        )
 
 
 # Columns the relay does not read: saving only these changes nothing it has cached.

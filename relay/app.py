@@ -12,13 +12,13 @@ from urllib.parse import unquote
 import orjson
 
 from relay import errors, metrics, probes, serve, shared, side_calls, upstream
+from relay.cache import RelayCache
 from relay.dialects.chat import ChatDialect
 from relay.dialects.legacy import CompletionsDialect, EmbeddingsDialect
 from relay.dialects.messages import MessagesDialect
 from relay.dialects.responses import ResponsesDialect
 from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
 from relay.metering import usage_writer
-from relay.snapshot import RelayCache
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class RelayApp:
         if path == "/healthz":
             await exchange.respond_json(200, probes.LIVENESS_BODY)
         elif path == "/readyz":
-            await exchange.respond_json(*await probes.readiness())
+            await exchange.respond_json(*await probes.readiness(self.cache))
         elif (dialect := DIALECTS.get(path)) is not None:
             exchange.anthropic = dialect.anthropic
             _require(method, "POST", path)

@@ -98,7 +98,8 @@ class Exchange:
                 "The Authorization header must use Bearer auth: Authorization: Bearer YOUR_KEY.",
                 code=None,
             )
-        key = await self.app.cache.key(api_key_digest(token))
+        client = self.scope.get("client")
+        key = await self.app.cache.key(api_key_digest(token), client[0] if client else None)
         if key is None:
             raise errors.authentication(f"Incorrect API key provided: {_mask(token)}.")
         if not key.active:

@@ -14,8 +14,9 @@ import httpx
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from relay import errors, forward_native, shared, sse, upstream
+from relay import errors, forward_native, outage, shared, sse, upstream
 from relay.affinity import conversation_key
 from relay.dialects.base import Call, Dialect, Leg
 from relay.exchange import Exchange
@@ -47,8 +48,12 @@ def background(work: Coroutine[Any, Any, Any]) -> None:
 
 def _finish_background(task: asyncio.Task[Any]) -> None:
     _background_tasks.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("relay background work failed", exc_info=task.exception())
+    if task.cancelled() or (exc := task.exception()) is None:
+        return
+    if isinstance(exc, RedisError | OSError):  # Redis away: one line per outage, not per task
+        outage.redis.failed("relay background work", exc)
+    else:
+        logger.warning("relay background work failed", exc_info=exc)
 
 
 def ms_since(started: float) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 from asgiref.sync import async_to_sync
 
+from portal import redaction
 from portal.models import Channel
 from portal.services import channel_check_record
 from relay import shared
@@ -34,7 +35,11 @@ class CheckResult:
 
 
 def probe(channel: Channel) -> CheckResult:
-    """Send the check request; never raises for the upstream's faults."""
+    """Send the check request; never raises for the upstream's faults or the channel's own
+    (a secret or URL that cannot be sent is reported, as the relay leaves it out)."""
+    problem = channel.configuration_problem()
+    if problem:
+        return CheckResult(False, None, 0, f"Not in rotation: {problem}")
     if channel.provider_type != Channel.ProviderType.OPENAI:
         return _probe_native(channel)
     link = channel.served.select_related("model").first()
@@ -55,8 +60,9 @@ def probe(channel: Channel) -> CheckResult:
                         "max_tokens": 1,
                     },
                 )
-    except httpx.HTTPError as exc:
-        return CheckResult(False, None, _ms(started), f"{type(exc).__name__}: {exc}"[:300])
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: a header httpx refuses
+        error = redaction.redact(f"{type(exc).__name__}: {exc}", (channel.secret,))
+        return CheckResult(False, None, _ms(started), error[:300])
     latency = _ms(started)
     if response.status_code >= 400:
         return CheckResult(False, response.status_code, latency, f"HTTP {response.status_code}")
@@ -76,7 +82,8 @@ def _probe_native(channel: Channel) -> CheckResult:
             settings=channel.provider_settings,
         )
     except ValueError as exc:
-        return CheckResult(False, None, 0, f"Misconfigured: {exc}"[:300])
+        error = redaction.redact(f"Misconfigured: {exc}", (channel.secret,))
+        return CheckResult(False, None, 0, error[:300])
     ping = c.Request(
         model=link.upstream_model(),
         turns=[c.Turn("user", [c.Text("ping")])],

@@ -34,6 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from relay import outage
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -292,8 +294,8 @@ async def _breaker_states(exchange: Exchange) -> list[tuple[str, str, int]]:
     }
     try:
         open_until = await shared.breakers().store.states()
-    except Exception:  # Redis down: report what this process last saw
-        logger.warning("reading breaker states for /metrics failed", exc_info=True)
+    except Exception as exc:  # Redis down: report what this process last saw
+        outage.redis.failed("reading breaker states for /metrics", exc)
         open_until = {}
     now = time.time()
     states = []
@@ -322,8 +324,8 @@ async def _queue_lengths() -> dict[str, int] | None:
     )
     try:
         return {queue: int(await client.llen(queue))}
-    except Exception:
-        logger.warning("reading the Celery queue length for /metrics failed", exc_info=True)
+    except Exception as exc:
+        outage.redis.failed("reading the Celery queue length for /metrics", exc)
         return None
     finally:
         await client.aclose()

@@ -1,8 +1,9 @@
 """Liveness and readiness probes for load balancers and orchestrators.
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` also checks what
-serving needs: the database, Redis (cache, limits, usage queue) when configured, and the
-Celery broker when it is not that same Redis.
+serving needs: the database, Redis (cache, limits, usage queue) when configured, the
+Celery broker when it is not that same Redis, and that the routing table can be built
+(naming the channels left out of it).
 Both are served by the lean ASGI path: no session, middleware or template runs.
 """
 
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
+
+from relay.errors import RelayError
+
+if TYPE_CHECKING:
+    from relay.cache import RelayCache
 
 PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -58,7 +64,21 @@ async def _check(name: str, check: Any) -> tuple[str, dict[str, Any]]:
     return name, {"ok": True, "latency_ms": int((time.monotonic() - started) * 1000)}
 
 
-async def readiness() -> tuple[int, bytes]:
+async def _routing(cache: RelayCache) -> dict[str, Any]:
+    """The routing table builds (loaded once; later probes read it from memory)."""
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            table = await cache.snapshot()
+    except TimeoutError:
+        return {"ok": False, "error": "TimeoutError"}
+    except RelayError as exc:
+        return {"ok": False, "error": exc.code or "unavailable"}
+    # A channel that cannot be built is left out (and flagged on its page); the others
+    # serve, so the process is ready, and says which channels are missing.
+    return {"ok": True, "models": len(table.models), "skipped_channels": table.skipped_channels}
+
+
+async def readiness(cache: RelayCache | None = None) -> tuple[int, bytes]:
     checks = [_check("database", sync_to_async(_database))]
     if settings.REDIS_URL:
         checks.append(_check("redis", _redis))
@@ -69,6 +89,8 @@ async def readiness() -> tuple[int, bytes]:
         else:
             checks.append(_check("broker", sync_to_async(_broker)))
     results = dict(await asyncio.gather(*checks))
+    if cache is not None:
+        results["routing"] = await _routing(cache)
     ready = all(result["ok"] for result in results.values())
     body = {"status": "ready" if ready else "unavailable", "checks": results}
     return (200 if ready else 503), orjson.dumps(body)

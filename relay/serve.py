@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from relay import errors, metrics, shared, spend
+from relay import errors, metrics, outage, shared, spend
 from relay.dialects.base import Call, Dialect
 from relay.exchange import Exchange
 from relay.forward import Forwarding
@@ -128,8 +128,8 @@ async def _admit(
 
     try:
         admission = await spend.admit(store, key, acquire, reservation)
-    except RedisError:
-        logger.warning("rate limiter unavailable", exc_info=True)
+    except RedisError as exc:
+        outage.redis.failed("checking rate limits", exc)
         if not settings.RELAY_LIMITS_FAIL_OPEN:
             raise errors.RelayError(
                 503,
@@ -222,8 +222,8 @@ class Settlement:
                 record.known_cost() if self.reservation is not None else None,
                 record.to_json() if queued else b"",
             )
-        except RedisError:
-            logger.warning("settling request %s in Redis failed", record.request_id, exc_info=True)
+        except RedisError as exc:
+            outage.redis.failed(f"settling request {record.request_id}", exc)
             queued = False
         if queued:
             usage_writer.start_draining()

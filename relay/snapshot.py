@@ -1,33 +1,29 @@
-"""What the relay knows about keys, models and channels, loaded once and kept in memory.
+"""What the relay knows about keys, models and channels, and how it loads them.
 
-Each relay process holds an immutable snapshot of the routing table and a bounded cache
-of the keys it has seen; it polls the shared change counter (portal.invalidation) in the
-background and drops both when anything changed, so steady-state requests touch no SQL.
+The data the relay keeps in memory (keys, the routing table) and the queries that load it;
+``relay.cache`` keeps them per process and decides when to load them again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import logging
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
+from django.db.models import QuerySet
+from django.utils import timezone
 
 from billing.pricing import PricePair, tenant_price_table
-from portal import invalidation
+from portal import redaction
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
-from relay import errors, shared, upstream
+from relay import upstream
 from relay.limits import Limits, Scope
 from relay.providers.anthropic import DEFAULT_BASE_URL as ANTHROPIC_URL
 from relay.providers.registry import adapter_for
@@ -37,12 +33,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 logger = logging.getLogger(__name__)
-
-# A key that failed to authenticate is remembered briefly, so a client hammering the relay
-# with a wrong key costs one query per interval rather than one per request.
-NEGATIVE_TTL_SECONDS = 10.0
-MAX_CACHED_KEYS = 200_000
-MAX_CACHED_TENANTS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +144,8 @@ class ModelInfo:
 @dataclass(slots=True)
 class Snapshot:
     models: dict[str, ModelInfo] = field(default_factory=dict)
+    # Enabled channels left out because requests to them cannot be built (bad secret, URL).
+    skipped_channels: tuple[int, ...] = ()
 
     def servable(self, key: KeyInfo, prices: Mapping[str, PricePair]) -> list[ModelInfo]:
         """Models this key may use, priced for its tenant, with at least one enabled channel
@@ -168,21 +160,29 @@ class Snapshot:
         ]
 
 
+def _keys_with_owners() -> QuerySet[ApiKey]:
+    return ApiKey.objects.select_related(
+        "tenant",
+        "tenant__parent",
+        "tenant__parent__tenant_defaults",
+        "tenant__billing_account",
+        "spend_quota",
+    )
+
+
 def load_key(digest: str) -> KeyInfo | None:
     close_old_connections()
-    api_key = (
-        ApiKey.objects.select_related(
-            "tenant",
-            "tenant__parent",
-            "tenant__parent__tenant_defaults",
-            "tenant__billing_account",
-            "spend_quota",
-        )
-        .filter(digest=digest)
-        .first()
-    )
-    if api_key is None:
-        return None
+    api_key = _keys_with_owners().filter(digest=digest).first()
+    return None if api_key is None else key_info(api_key)
+
+
+def load_keys(digests: list[str]) -> dict[str, KeyInfo]:
+    """Many keys in one query, by digest; a digest missing from the answer is unknown."""
+    close_old_connections()
+    return {k.digest: key_info(k) for k in _keys_with_owners().filter(digest__in=digests)}
+
+
+def key_info(api_key: ApiKey) -> KeyInfo:
     tenant = api_key.tenant
     tenant_active = tenant.is_active and (tenant.parent is None or tenant.parent.is_active)
     return KeyInfo(
@@ -274,28 +274,29 @@ def load_snapshot() -> Snapshot:
     served = ChannelModel.objects.select_related("channel", "model").filter(
         channel__status="enabled", model__is_active=True
     )
+    usable: dict[int, bool] = {}
+    broken: dict[int, str] = {}
     for link in served:
         channel = link.channel
-        try:
-            secret = channel.secret
-        except ValueError:
-            logger.error("channel %s: secret cannot be decrypted; channel skipped", channel.pk)
+        if channel.pk not in usable:
+            problem = channel.configuration_problem()
+            usable[channel.pk] = not problem
+            if problem:
+                broken[channel.pk] = problem
+        if not usable[channel.pk]:
             continue
-        url, native, adapter = channel.chat_completions_url(), channel.native_surfaces, None
-        if channel.provider_type != Channel.ProviderType.OPENAI:
-            try:
+        secret = channel.secret
+        try:
+            url, native, adapter = channel.chat_completions_url(), channel.native_surfaces, None
+            if channel.provider_type != Channel.ProviderType.OPENAI:
                 adapter = adapter_for(
                     channel.provider_type,
                     base_url=channel.base_url,
                     secret=secret,
                     settings=channel.provider_settings,
                 )
-            except ValueError as exc:
-                logger.error("channel %s: %s; channel skipped", channel.pk, exc)
-                continue
-            url, native = _adapter_route(channel)
-        routes.setdefault(link.model_id, []).append(
-            Route(
+                url, native = _adapter_route(channel)
+            route = Route(
                 channel_id=channel.pk,
                 channel_name=channel.name,
                 url=url,
@@ -309,7 +310,12 @@ def load_snapshot() -> Snapshot:
                 total_timeout=channel.total_timeout,
                 native=frozenset(native or ()),
             )
-        )
+        except Exception as exc:  # one channel must never take the routing table down
+            usable[channel.pk] = False
+            reason = redaction.redact(f"{type(exc).__name__}: {exc}", (secret,))
+            broken[channel.pk] = f"Its requests cannot be built ({reason[:300]})."
+            continue
+        routes.setdefault(link.model_id, []).append(route)
     models = {
         m.public_id: ModelInfo(
             public_id=m.public_id,
@@ -321,125 +327,23 @@ def load_snapshot() -> Snapshot:
         )
         for m in CatalogModel.objects.filter(is_active=True)
     }
-    return Snapshot(models=models)
+    # Drop routes of channels found broken on a later link of theirs.
+    for public_id, info in models.items():
+        if any(route.channel_id in broken for route in info.routes):
+            models[public_id] = replace(
+                info, routes=tuple(r for r in info.routes if r.channel_id not in broken)
+            )
+    for channel_id, problem in broken.items():
+        flag_broken_channel(channel_id, problem)
+    return Snapshot(models=models, skipped_channels=tuple(sorted(broken)))
 
 
-def _database_unavailable() -> errors.RelayError:
-    # Keys and routes already cached keep being served; only what is not yet is refused.
-    return errors.RelayError(
-        503,
-        "The gateway cannot reach its database right now; retry shortly.",
-        type="server_error",
-        code="database_unavailable",
-        headers=((b"retry-after", b"2"),),
-    )
-
-
-class RelayCache:
-    """Per-process cache of keys and the routing snapshot, invalidated by generation."""
-
-    def __init__(self) -> None:
-        self._keys: OrderedDict[str, tuple[KeyInfo | None, float]] = OrderedDict()
-        self._prices: dict[int, dict[str, PricePair]] = {}
-        self._snapshot: Snapshot | None = None
-        self._generation: int | None = None
-        # Bumped on every invalidation; a load that started in an older epoch is not kept.
-        self._epoch = 0
-        self._poller: asyncio.Task[None] | None = None
-        self._snapshot_lock: asyncio.Lock | None = None
-
-    async def key(self, digest: str) -> KeyInfo | None:
-        self._ensure_poller()
-        entry = self._keys.get(digest)
-        if entry is not None:
-            info, loaded_at = entry
-            if info is not None or time.monotonic() - loaded_at < NEGATIVE_TTL_SECONDS:
-                return info
-        epoch = self._epoch
-        try:
-            info = await sync_to_async(load_key)(digest)
-        except DatabaseError:
-            logger.warning("loading an API key failed", exc_info=True)
-            raise _database_unavailable() from None
-        if epoch == self._epoch:
-            self._keys[digest] = (info, time.monotonic())
-            if len(self._keys) > MAX_CACHED_KEYS:
-                self._keys.popitem(last=False)
-        return info
-
-    async def prices(self, tenant_id: int) -> dict[str, PricePair]:
-        """The tenant's price per public model id; a model missing here cannot be served."""
-        table = self._prices.get(tenant_id)
-        if table is not None:
-            return table
-        epoch = self._epoch
-        try:
-            table = await sync_to_async(load_prices)(tenant_id)
-        except DatabaseError:
-            logger.warning("loading prices failed", exc_info=True)
-            raise _database_unavailable() from None
-        if epoch == self._epoch:
-            if len(self._prices) >= MAX_CACHED_TENANTS:
-                self._prices.clear()
-            self._prices[tenant_id] = table
-        return table
-
-    async def snapshot(self) -> Snapshot:
-        self._ensure_poller()
-        snapshot = self._snapshot
-        if snapshot is not None:
-            return snapshot
-        if self._snapshot_lock is None:
-            self._snapshot_lock = asyncio.Lock()
-        async with self._snapshot_lock:
-            if self._snapshot is None:
-                epoch = self._epoch
-                try:
-                    loaded = await sync_to_async(load_snapshot)()
-                except DatabaseError:
-                    logger.warning("loading the routing table failed", exc_info=True)
-                    raise _database_unavailable() from None
-                if epoch != self._epoch:
-                    return loaded  # stale before it landed: serve it once, keep nothing
-                self._snapshot = loaded
-            return self._snapshot
-
-    @property
-    def generation(self) -> int:
-        """The generation of keys, prices and limits this process has last seen."""
-        return self._generation or 0
-
-    def invalidate(self) -> None:
-        self._epoch += 1
-        self._keys.clear()
-        self._prices.clear()
-        self._snapshot = None
-
-    def _ensure_poller(self) -> None:
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
-
-    async def _poll(self) -> None:
-        interval = settings.RELAY_CACHE_POLL_SECONDS
-        while True:
-            try:
-                generation = await invalidation.acurrent_generation()
-            except Exception:  # the cache being down must not stop the relay
-                logger.warning("relay cache poll failed", exc_info=True)
-            else:
-                if generation != self._generation:
-                    if self._generation is not None:
-                        self.invalidate()
-                    self._generation = generation
-            try:
-                await shared.breakers().refresh()
-            except Exception:
-                logger.warning("reading breaker states failed", exc_info=True)
-            await asyncio.sleep(interval)
-
-    async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+def flag_broken_channel(channel_id: int, problem: str) -> None:
+    """Say on the channel's page why the relay leaves it out (its last check's error)."""
+    message = f"Not in rotation: {problem}"[:500]
+    logger.error("channel %s left out of the routing table: %s", channel_id, problem)
+    # An UPDATE, not save(): these columns are ones the relay does not read, and a
+    # conditional one, so that every relay process reloading writes it at most once.
+    Channel.objects.filter(pk=channel_id).exclude(
+        last_check_ok=False, last_check_error=message
+    ).update(last_check_ok=False, last_check_error=message, last_check_at=timezone.now())

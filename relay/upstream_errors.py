@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from portal import redaction
 from relay import errors
 from relay.snapshot import Route
 
@@ -35,11 +36,22 @@ class AttemptFailed(Exception):
 
 
 def redact(text: str, route: Route) -> str:
-    """Remove anything that would reveal the channel: its secret, URL and host."""
+    """Remove anything that would reveal the channel: its secret (in every spelling, see
+    ``portal.redaction``), URL and host."""
     netloc = urlsplit(route.url).netloc
-    for secret in filter(None, (route.secret, route.url, route.url.rsplit("/", 1)[0], netloc)):
-        text = text.replace(secret, "[redacted]")
-    return text
+    return redaction.redact(text, (route.secret, route.url, route.url.rsplit("/", 1)[0], netloc))
+
+
+# OpenAI's error codes and types are short identifiers; the usage event keeps 64 characters.
+MAX_ERROR_FIELD = 64
+
+
+def _error_field(value: Any, route: Route) -> str | None:
+    """An upstream error's ``type``, ``param`` or ``code``, redacted like its message: a
+    provider that echoes the key would put it before the client and in the usage event."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return redact(str(value), route)[:MAX_ERROR_FIELD] or None
 
 
 def upstream_error(status: int, body: bytes, route: Route) -> errors.RelayError:
@@ -51,9 +63,9 @@ def upstream_error(status: int, body: bytes, route: Route) -> errors.RelayError:
         error = parsed.get("error") if isinstance(parsed, dict) else None
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            type_ = error.get("type") if isinstance(error.get("type"), str) else None
-            param = error.get("param") if isinstance(error.get("param"), str) else None
-            code = error.get("code") if isinstance(error.get("code"), str) else None
+            type_ = _error_field(error.get("type"), route)
+            param = _error_field(error.get("param"), route)
+            code = _error_field(error.get("code"), route)
         elif isinstance(error, str):
             message = error
     return errors.RelayError(

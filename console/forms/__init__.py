@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from portal.models import CatalogModel, Channel, Membership, Organization, PersonalAccessToken
 from portal.models.catalog import SURFACES
+from portal.models.channels import validate_upstream_url
 
 DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
 
@@ -133,6 +134,7 @@ class ChannelForm(forms.Form):
     base_url = forms.CharField(
         max_length=500,
         label="Base URL",
+        validators=[validate_upstream_url],
         help_text="Up to and including /v1, e.g. https://api.openai.com/v1",
     )
     secret = forms.CharField(

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
+import httpx
 from django.core.exceptions import ValidationError
 from django.db import models
 
 from portal import crypto
 from portal.models import provider_settings
 
+_VISIBLE_ASCII = provider_settings.VISIBLE_ASCII
+
 
 def validate_upstream_url(value: str) -> None:
     """http(s) and a host; unlike URLField, single-label hosts (``http://llm:8000``) pass,
-    as service names in Docker or Kubernetes networks are."""
+    as service names in Docker or Kubernetes networks are. Only printable ASCII: an
+    internationalised host is written in its ``xn--`` form."""
+    if not _VISIBLE_ASCII.fullmatch(value or ""):
+        raise ValidationError(
+            "Enter the URL in printable ASCII, without spaces (an internationalised host "
+            "name in its xn-- form)."
+        )
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
+        httpx.URL(value + "/chat/completions")
+    except (ValueError, httpx.InvalidURL):
         raise ValidationError("Enter a valid http(s) URL.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Enter an http:// or https:// URL with a host.")
@@ -142,6 +153,31 @@ class Channel(models.Model):
 
     def chat_completions_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    def configuration_problem(self) -> str:
+        """Why requests cannot be sent to this channel as it is stored, or "" if they can.
+
+        Input is validated, but a row written some other way (SQL, an old version, a
+        restored dump) must not reach the routing table: the relay skips such a channel.
+        """
+        try:
+            secret = self.secret
+        except ValueError:
+            return (
+                "The stored secret cannot be decrypted with TOLLGATE_ENCRYPTION_KEYS; "
+                "enter it again."
+            )
+        try:
+            provider_settings.check_settings(
+                self.provider_type, self.base_url, self.provider_settings
+            )
+            if secret or self.provider_type != self.ProviderType.OPENAI:
+                provider_settings.check_secret(self.provider_type, secret)
+            if self.base_url:
+                validate_upstream_url(self.base_url)
+        except ValidationError as exc:
+            return " ".join(exc.messages)
+        return ""
 
 
 class ChannelModel(models.Model):

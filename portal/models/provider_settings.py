@@ -49,8 +49,34 @@ def parse_json_secret(secret: str) -> dict[str, Any]:
     return parsed
 
 
+# What may go into an HTTP header as it is: visible ASCII. A key pasted with a
+# non-breaking space or a line break cannot be sent (and CR/LF would inject headers).
+VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+MAX_HEADER_SECRET_LENGTH = 4096
+
+
+def check_header_secret(value: str, what: str = "The secret") -> None:
+    """Refuse a credential that is sent in a header but cannot be (never echoing it)."""
+    if len(value) > MAX_HEADER_SECRET_LENGTH:
+        raise ValidationError(
+            {"secret": f"{what} is longer than {MAX_HEADER_SECRET_LENGTH} characters."}
+        )
+    if value and not VISIBLE_ASCII.fullmatch(value):
+        raise ValidationError(
+            {
+                "secret": f"{what} may only contain printable ASCII characters, without "
+                "spaces, line breaks or non-ASCII characters (check for a space pasted "
+                "with it)."
+            }
+        )
+
+
 def check_secret(provider_type: str, secret: str) -> None:
-    """Refuse a secret that cannot work for ``provider_type`` (never echoing it back)."""
+    """Refuse a secret that cannot work for ``provider_type`` (never echoing it back).
+
+    The one check of a channel's secret: the model's ``clean`` (so the services, the API,
+    the dashboard and the admin) and the relay's routing table all use it.
+    """
     if provider_type == VERTEX:
         info = parse_json_secret(secret)
         if info.get("type") != "service_account" or not all(
@@ -59,7 +85,9 @@ def check_secret(provider_type: str, secret: str) -> None:
             raise ValidationError(
                 {"secret": "Paste the service account's JSON key file (type service_account)."}
             )
-        if not str(info["token_uri"]).startswith(("https://", "http://")):
+        if not str(info["token_uri"]).startswith(("https://", "http://")) or not (
+            VISIBLE_ASCII.fullmatch(str(info["token_uri"]))
+        ):
             raise ValidationError({"secret": "The key file's token_uri must be an http(s) URL."})
     elif provider_type == BEDROCK:
         keys = parse_json_secret(secret)
@@ -72,8 +100,13 @@ def check_secret(provider_type: str, secret: str) -> None:
                     '(and "session_token" for temporary credentials).'
                 }
             )
+        for name in ("access_key_id", "secret_access_key", "session_token"):
+            if name in keys:  # each is sent in, or signs, a header
+                check_header_secret(str(keys[name]), name)
     elif provider_type != OPENAI and not secret:
         raise ValidationError({"secret": "This provider needs an API key."})
+    else:
+        check_header_secret(secret)
 
 
 def check_settings(provider_type: str, base_url: str, settings: Any) -> None:

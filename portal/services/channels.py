@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from portal import invalidation
+from portal import invalidation, redaction
 from portal.models import (
     AuditEntry,
     CatalogModel,
@@ -164,6 +164,15 @@ def channel_update(*, channel: Channel, actor: Actor, **changes: Any) -> Channel
     return channel
 
 
+def _redacted(channel: Channel, text: str) -> str:
+    """``text`` without the channel's secret: errors and reasons are stored and shown."""
+    try:
+        secret = channel.secret
+    except ValueError:  # undecryptable: nothing of it can be in the text either
+        return text
+    return redaction.redact(text, (secret,))
+
+
 @transaction.atomic
 def channel_update_secret(*, channel: Channel, secret: str, actor: Actor) -> Channel:
     """Replace the upstream secret (stored encrypted); an empty secret removes it."""
@@ -189,7 +198,7 @@ def channel_set_status(
     """
     status = Channel.Status.ENABLED if enabled else Channel.Status.DISABLED
     # Error messages from health checks can be long; the column is not.
-    reason = reason[:_STATUS_REASON_MAX_LENGTH]
+    reason = _redacted(channel, reason)[:_STATUS_REASON_MAX_LENGTH]
     if channel.status == status and channel.status_reason == reason:
         return channel
     previous = channel.status
@@ -237,7 +246,7 @@ def channel_check_record(
     channel.last_check_at = timezone.now()
     channel.last_check_ok = ok
     channel.last_check_latency_ms = latency_ms
-    channel.last_check_error = error[:_STATUS_REASON_MAX_LENGTH]
+    channel.last_check_error = _redacted(channel, error)[:_STATUS_REASON_MAX_LENGTH]
     fields = ["last_check_at", "last_check_ok", "last_check_latency_ms", "last_check_error"]
     if ok and channel.status == Channel.Status.SUSPENDED:
         previous_reason = channel.status_reason

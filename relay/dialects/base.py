@@ -115,6 +115,17 @@ class Leg:
     def redact(self, text: str) -> str:
         return redact(text, self.route) if self.route is not None else text
 
+    def redact_all(self, value: Any) -> Any:
+        """``value`` (an error event's fields) with every string in it redacted: a provider
+        may echo the key in ``type``, ``param`` or ``code`` as well as ``message``."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {key: self.redact_all(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.redact_all(item) for item in value]
+        return value
+
     def target(self, route: Route) -> httpx.URL:
         return route.target_for(self.path)
 

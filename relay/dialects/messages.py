@@ -117,7 +117,7 @@ class PassLeg(Leg):
         elif kind == "error" and isinstance(event.get("error"), dict):
             self.record.error_code = "upstream_stream_error"
             message = str(event["error"].get("message") or "upstream error")
-            event["error"]["message"] = self.redact(message)
+            event["error"] = self.redact_all({**event["error"], "message": message})
         else:
             return raw + b"\n\n", kind == "message_stop"
         return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n", False

@@ -110,7 +110,8 @@ class PassLeg(Leg):
             self._rewrite(event["response"])
         elif kind == "error":
             self.record.error_code = "upstream_stream_error"
-            event["message"] = self.redact(str(event.get("message") or "upstream error"))
+            event["message"] = str(event.get("message") or "upstream error")
+            event = self.redact_all(event)
         else:
             return raw + b"\n\n", False
         name = str(kind).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -10,7 +11,9 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 
+from relay import outage
 from relay.limits import money_keys, usage_queue_key
 from relay.metering.events import write_events
 from relay.metering.records import MAX_PENDING_EVENTS, UsageRecord
@@ -93,8 +96,8 @@ class UsageWriter:
                     break
             try:
                 written = write_events(pending)
-            except Exception:
-                logger.exception("writing %d usage events failed; will retry", len(pending))
+            except Exception as exc:
+                _store_failed(exc, f"writing {len(pending)} usage events")
                 if len(pending) > MAX_PENDING_EVENTS:
                     dropped = len(pending) - MAX_PENDING_EVENTS
                     logger.error("dropping %d usage events after a long outage", dropped)
@@ -102,13 +105,13 @@ class UsageWriter:
                     self._mark_written(dropped)
                 time.sleep(min(interval * 4, 2.0))
                 continue
+            outage.database.ok()
             _release_local_holds(written)
             self._mark_written(len(pending))
             pending = []
 
     def _drain(self) -> None:
         usage = RedisUsageQueue.shared()
-        failing_since = 0.0
         while True:
             try:
                 # Straight on while there is a backlog; otherwise let the next batch
@@ -117,19 +120,11 @@ class UsageWriter:
                 if usage.drain_once() < settings.RELAY_USAGE_BATCH_SIZE:
                     time.sleep(settings.RELAY_USAGE_FLUSH_SECONDS / 5)
             except Exception as exc:
-                # Once with the traceback, then a line every 30 s until it works again.
-                now = time.monotonic()
-                if not failing_since:
-                    logger.exception("writing queued usage events failed; will retry")
-                    failing_since = now
-                elif now - failing_since >= 30:
-                    logger.error("writing queued usage events still fails: %r", exc)
-                    failing_since = now
+                _store_failed(exc, "writing queued usage events")
                 time.sleep(1.0)
             else:
-                if failing_since:
-                    logger.warning("writing queued usage events works again")
-                    failing_since = 0.0
+                outage.redis.ok()
+                outage.database.ok()
 
     def _mark_written(self, count: int) -> None:
         with self._progress:
@@ -153,6 +148,31 @@ def _release_local_holds(written: list[tuple[UsageRecord, int]]) -> None:
 # KEYS: queue, leases. ARGV: now_ms, lease_ms, count, key for a new batch.
 # Claims the oldest batch whose lease ran out (its claimer died), else up to ``count``
 # new records; returns {batch key, records...} or {} when there is nothing.
+def _store_failed(exc: Exception, what: str) -> None:
+    """Log a failed write once per outage of the store at fault (see ``relay.outage``)."""
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, DatabaseError):
+        outage.database.failed(what, exc)
+    elif isinstance(exc, RedisError | OSError):
+        outage.redis.failed(what, exc)
+    else:
+        logger.exception("%s failed; will retry", what)
+
+
+# KEYS: leases. ARGV: batch key, the lease deadline its claim set.
+# A batch whose write failed (the database is away) is handed back at once, so it is
+# written as soon as the database returns rather than when its lease would have run out;
+# not if its lease ran out meanwhile and another process claimed it.
+RELEASE_LUA = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], 0, ARGV[1])
+  return 1
+end
+return 0
+"""
+
 CLAIM_LUA = """
 local now = tonumber(ARGV[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1)
@@ -212,6 +232,7 @@ class RedisUsageQueue:
         self.leases_key = f"{prefix}:usage:leases"
         self._claim = redis.register_script(CLAIM_LUA)
         self._ack = redis.register_script(ACK_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
 
     @classmethod
     def shared(cls) -> RedisUsageQueue:
@@ -238,11 +259,13 @@ class RedisUsageQueue:
 
     def drain_once(self) -> int:
         """Claim one batch, write it, confirm it; the number of records it held."""
+        now_ms = int(time.time() * 1000)
+        lease_ms = int(settings.RELAY_USAGE_LEASE_SECONDS * 1000)
         claimed = self._claim(
             keys=[self.queue_key, self.leases_key],
             args=[
-                int(time.time() * 1000),
-                int(settings.RELAY_USAGE_LEASE_SECONDS * 1000),
+                now_ms,
+                lease_ms,
                 settings.RELAY_USAGE_BATCH_SIZE,
                 f"{self._prefix}:usage:batch:{uuid.uuid4().hex}",
             ],
@@ -256,7 +279,12 @@ class RedisUsageQueue:
                 records.append(UsageRecord.from_json(item))
             except (ValueError, TypeError, KeyError):
                 logger.error("dropping an unreadable usage record: %r", item[:200])
-        written = write_events(records)
+        try:
+            written = write_events(records)
+        except Exception:
+            with contextlib.suppress(Exception):  # else the lease runs out on its own
+                self._release(keys=[self.leases_key], args=[batch, now_ms + lease_ms])
+            raise
         keys: list[Any] = [batch, self.leases_key]
         args: list[Any] = []
         for record, cost in written:
