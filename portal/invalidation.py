@@ -40,10 +40,10 @@ def bump_generation() -> None:
         try:
             cache.incr(GENERATION_KEY)
         except ValueError:  # not set yet, or lost with a Redis restart: start it again
-            # From the clock, in milliseconds, not from 1: a counter restarted at 1 could
+            # From the clock, in microseconds, not from 1: a counter restarted at 1 could
             # come back to the very value a relay process last saw and hide this change.
-            # (Milliseconds keep it exact in Redis's Lua scripts, which use doubles.)
-            cache.add(GENERATION_KEY, int(time.time() * 1000), timeout=None)
+            # (Below 2**53, so Redis's Lua scripts, which use doubles, keep it exact.)
+            cache.add(GENERATION_KEY, int(time.time() * 1_000_000), timeout=None)
             cache.incr(GENERATION_KEY)
     except Exception as exc:  # Redis away: the caller's change stands, answer normally
         logger.warning(
