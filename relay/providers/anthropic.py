@@ -21,6 +21,7 @@ from relay.providers.base import (
     UpstreamRequest,
     by_status,
     clip,
+    clip_code,
 )
 from relay.providers.streams import SseSplitter
 from relay.translate import canonical as c
@@ -88,7 +89,7 @@ def failure_from(status: int, body: Any, secrets: tuple[str, ...]) -> ProviderFa
         )
     if kind in ("authentication_error", "permission_error"):
         return by_status(401, text)
-    return by_status(status, text, code=kind if isinstance(kind, str) else None)
+    return by_status(status, text, code=clip_code(kind, secrets))
 
 
 class AnthropicAdapter:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from portal import redaction
 from relay.translate import canonical as c
 
 MAX_MESSAGE_CHARS = 500
@@ -104,11 +105,20 @@ class Adapter(Protocol):
 
 
 def clip(message: str, secrets: tuple[str, ...] = ()) -> str:
-    """A provider's error message made safe to show: secrets removed, length bounded."""
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "[redacted]")
-    return message[:MAX_MESSAGE_CHARS]
+    """A provider's error message made safe to show: secrets removed (in every spelling,
+    see ``portal.redaction``), length bounded."""
+    return redaction.redact(message, secrets)[:MAX_MESSAGE_CHARS]
+
+
+# A usage event keeps an error code in 64 characters.
+MAX_CODE_CHARS = 64
+
+
+def clip_code(code: object, secrets: tuple[str, ...] = ()) -> str | None:
+    """A provider's error code or type, redacted like its message (issue 11, #4)."""
+    if not isinstance(code, str) or not code:
+        return None
+    return redaction.redact(code, secrets)[:MAX_CODE_CHARS]
 
 
 def by_status(status: int, message: str, *, code: str | None = None) -> ProviderFailure:

@@ -18,6 +18,7 @@ from relay.providers.base import (
     UpstreamRequest,
     by_status,
     clip,
+    clip_code,
 )
 from relay.providers.bedrock_auth import AwsCredentials, EventStreamDecoder, sign
 from relay.translate import canonical as c
@@ -295,7 +296,7 @@ def failure_for(kind: str, body: bytes, status: int, secrets: tuple[str, ...]) -
         return ProviderFailure(
             FailureKind.RETRYABLE, client_status, text, type="server_error", code="upstream_error"
         )
-    return by_status(status, text, code=kind or None)
+    return by_status(status, text, code=clip_code(kind, secrets))
 
 
 class BedrockAdapter:

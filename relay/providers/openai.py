@@ -19,6 +19,7 @@ from relay.providers.base import (
     UpstreamRequest,
     by_status,
     clip,
+    clip_code,
 )
 from relay.providers.streams import SseSplitter
 from relay.translate import canonical as c
@@ -82,7 +83,7 @@ def failure_from(status: int, body: Any, secrets: tuple[str, ...]) -> ProviderFa
         return ProviderFailure(
             FailureKind.RETRYABLE, 502, text, type="server_error", code="upstream_error"
         )
-    return by_status(status, text, code=code if isinstance(code, str) else None)
+    return by_status(status, text, code=clip_code(code, secrets))
 
 
 def parse_failure(status: int, body: bytes, secrets: tuple[str, ...]) -> ProviderFailure:
