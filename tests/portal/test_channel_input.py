@@ -1,12 +1,14 @@
 """Channel secrets and base URLs are checked on every way in (issue 11, #3 and 8c).
 
-One validator each, used by the REST API, the dashboard's form, the admin and the
-services: a secret is sent as an HTTP header, so only printable ASCII without spaces; a
-base URL is printable ASCII that httpx can parse. Errors never repeat the value.
+One check each, used by the REST API, the dashboard's form, the admin and the services
+(through the model's ``clean``): a secret sent as an HTTP header is printable ASCII
+without spaces (JSON secrets are checked field by field); a base URL is printable ASCII
+that httpx can parse. Errors never repeat the value.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,7 +18,8 @@ from rest_framework.test import APIClient
 
 from portal import services
 from portal.models import Channel
-from portal.models.channels import validate_channel_secret, validate_upstream_url
+from portal.models.channels import validate_upstream_url
+from portal.models.provider_settings import check_secret
 
 pytestmark = pytest.mark.django_db
 
@@ -46,14 +49,24 @@ GOOD_URLS = ["https://api.openai.com/v1", "http://llm:8000/v1", "http://[::1]:91
 
 @pytest.mark.parametrize("secret", BAD_SECRETS)
 def test_bad_secrets_are_refused_without_being_repeated(secret: str) -> None:
-    with pytest.raises(ValidationError) as refused:
-        validate_channel_secret(secret)
-    assert secret not in str(refused.value)
+    for provider in ("openai", "anthropic", "gemini", "azure"):
+        with pytest.raises(ValidationError) as refused:
+            check_secret(provider, secret)
+        assert secret not in str(refused.value)
+        assert "secret" in refused.value.message_dict
+    # Inside a JSON secret, as JSON escapes it: still refused.
+    escaped = json.dumps(secret)
+    with pytest.raises(ValidationError):
+        check_secret("bedrock", f'{{"access_key_id": {escaped}, "secret_access_key": "x"}}')
 
 
 @pytest.mark.parametrize("secret", GOOD_SECRETS)
 def test_good_secrets_pass(secret: str) -> None:
-    validate_channel_secret(secret)
+    check_secret("openai", secret)
+
+
+def test_json_secrets_keep_their_spaces_and_line_breaks() -> None:
+    check_secret("bedrock", '{\n  "access_key_id": "AKIA1",\n  "secret_access_key": "s/k+1"\n}')
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
