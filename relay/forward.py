@@ -240,6 +240,9 @@ class Forwarding:
         self.record.status_code = 200
         self.record.completion_text = []
         await exchange.start_stream()
+        # From here the stream has reached its client: a lost process must not lose it.
+        track = getattr(self.settle, "track_stream", None)
+        progress = track() if track is not None else None
         try:
             async for events in sse.iter_event_batches(response.aiter_bytes(), MAX_EVENT_BYTES):
                 # What one upstream read completed goes out in one write.
@@ -260,6 +263,8 @@ class Forwarding:
                     out += chunk
                 if out:
                     await exchange.send_body(bytes(out))
+                    if progress is not None:
+                        progress.delivered()
         except (httpx.HTTPError, ValueError) as exc:
             logger.info("upstream stream broke: %s", type(exc).__name__)
             self._report_failure(route, None)

@@ -13,7 +13,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from relay import errors, metrics, outage, shared, spend
+from relay import errors, metrics, orphans, outage, shared, spend
 from relay.dialects.base import Call, Dialect
 from relay.exchange import Exchange
 from relay.forward import Forwarding
@@ -193,12 +193,36 @@ class Settlement:
         self.record = record
         self.call = call
         self.done = False
+        self.progress: orphans.Progress | None = None
+
+    def track_stream(self) -> orphans.Progress | None:
+        """Keep the stream's progress in Redis, so that a sweeper can bill it should this
+        process die before it settles (``relay.orphans``)."""
+        store = self.store or shared.limit_store()
+        if not isinstance(store, RedisLimitStore) or self.done:
+            return None
+        admission = self.admission
+        self.progress = orphans.Progress(
+            store,
+            self.record,
+            self.key.limit_scopes() if admission is not None else [],
+            admission.bucket if admission is not None else 0,
+            self.reservation,
+            prompt=self.call.count_material() if self.call is not None else (None, None),
+        )
+        self.progress.delivered()  # the first mark registers the stream at once
+        return self.progress
 
     async def __call__(self) -> None:
         if self.done:
             return
         self.done = True
         record = self.record
+        open_keys = None
+        if self.progress is not None:
+            await self.progress.close()
+            if self.progress.attempted:
+                open_keys = self.progress.open_keys()
         record.total_latency_ms = self.exchange.elapsed_ms()
         if record.usage is None and self.call is not None:
             # Only a request left without usage carries its prompt, to be counted locally.
@@ -213,7 +237,7 @@ class Settlement:
         admission = self.admission or Admission(allowed=True, bucket=0, reserved_tokens=0)
         scopes = self.key.limit_scopes() if self.admission is not None else []
         try:
-            await store.release(
+            settled = await store.release(
                 scopes,
                 record.request_id,
                 admission,
@@ -221,12 +245,18 @@ class Settlement:
                 self.reservation,
                 record.known_cost() if self.reservation is not None else None,
                 record.to_json() if queued else b"",
+                open_keys,
             )
         except RedisError as exc:
             outage.redis.failed(f"settling request {record.request_id}", exc)
             queued = False
+        else:
+            if not settled:  # a sweeper took this process for dead and billed the stream
+                logger.warning("request %s was settled as cut meanwhile", record.request_id)
+                return
         if queued:
             usage_writer.start_draining()
+            orphans.sweeper.start()  # every relay process watches for others' lost streams
         else:
             # Embedded mode, or Redis failed us: this process writes the event itself.
             usage_writer.submit(record)

@@ -32,6 +32,7 @@ from relay.limits.shapes import (
     LimitStore,
     Reservation,
     Scope,
+    limit_keys,
     money_keys,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "RedisLimitStore",
     "Reservation",
     "Scope",
+    "limit_keys",
     "money_keys",
     "usage_queue_key",
 ]

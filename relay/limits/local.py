@@ -149,7 +149,8 @@ class LocalLimitStore:
         reservation: Reservation | None = None,
         cost_micros: int | None = None,
         event: bytes = b"",
-    ) -> None:
+        open_keys: list[str] | None = None,
+    ) -> bool:
         delta = 0 if used_tokens is None else used_tokens - admission.reserved_tokens
         keys = _keys(scopes, "local", admission.bucket)
         for index in range(len(scopes)):
@@ -162,7 +163,7 @@ class LocalLimitStore:
                 if day_key in self._days:
                     self._days[day_key] += delta
         if reservation is None:
-            return
+            return True
         amount = reservation.worst_micros if cost_micros is None else cost_micros
         with self._lock:
             for name in reservation.scopes:
@@ -172,6 +173,7 @@ class LocalLimitStore:
                 if amount > 0:
                     money.holds[request_id] = amount
                 money.held += amount - previous
+        return True
 
     def written(self, request_id: str, names: tuple[str, ...], cost_micros: int) -> None:
         """The usage writer wrote this request's event: move its hold into ``written``."""

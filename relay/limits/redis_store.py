@@ -27,12 +27,24 @@ class RedisLimitStore:
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._seed = redis.register_script(SEED_LUA)
+        self._scripts: dict[str, Any] = {}
         # The limit checks and settlements of one loop turn share a round trip.
         self._batcher = ScriptBatcher(redis)
 
     @property
     def queue_key(self) -> str:
         return usage_queue_key(self._prefix)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def run_script(self, source: str, keys: list[Any], args: list[Any]) -> Any:
+        """Another module's script, sent with this loop turn's limit checks."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._redis.register_script(source)
+        return await self._batcher.run(script, keys, args)
 
     async def acquire(
         self,
@@ -68,15 +80,19 @@ class RedisLimitStore:
         reservation: Reservation | None = None,
         cost_micros: int | None = None,
         event: bytes = b"",
-    ) -> None:
+        open_keys: list[str] | None = None,
+    ) -> bool:
         """Free the request's slots, settle its tokens and money, and queue its usage
-        event: one atomic round trip."""
+        event: one atomic round trip. With ``open_keys`` (a stream's open entry, see
+        ``relay.orphans``) the entry goes too, and nothing happens (False) if a sweeper
+        has already settled the request."""
         delta = 0 if used_tokens is None else used_tokens - admission.reserved_tokens
         keys = _keys(scopes, self._prefix, admission.bucket)
         for name in reservation.scopes if reservation else ():
             keys += money_keys(self._prefix, name)
         keys.append(self.queue_key)
-        await self._batcher.run(
+        keys += open_keys or []
+        done = await self._batcher.run(
             self._finish,
             keys,
             [
@@ -88,8 +104,10 @@ class RedisLimitStore:
                 reservation.worst_micros if reservation else 0,
                 -1 if cost_micros is None else cost_micros,
                 event,
+                "1" if open_keys else "",
             ],
         )
+        return bool(done)
 
     async def written_totals(self, names: tuple[str, ...]) -> list[int]:
         values = await self._redis.mget([money_keys(self._prefix, n)[1] for n in names])

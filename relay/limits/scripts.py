@@ -158,10 +158,12 @@ end
 return {1, '', 0, '', unpack(stats)}
 """.replace("MONEY_TTL", "3024000")  # 35 days: longer than any period a scope counts
 
-# KEYS: as for acquire, then the usage queue. ARGV: request_id, bucket second, token
-# delta, limit scope count, money scope count, worst-case cost held, the actual cost (-1:
-# not known yet, keep holding the worst case until the event is written), the usage event
-# to queue ('' for none).
+# KEYS: as for acquire, then the usage queue, then (for a stream with an open entry, see
+# ``relay.orphans``) the entry, its text and its owner's set. ARGV: request_id, bucket
+# second, token delta, limit scope count, money scope count, worst-case cost held, the
+# actual cost (-1: not known yet, keep holding the worst case until the event is written),
+# the usage event to queue ('' for none), '1' if the request has an open entry.
+# Returns 0, doing nothing, when a sweeper already settled the request as cut.
 FINISH_LUA = """
 local request_id = ARGV[1]
 local bucket = ARGV[2]
@@ -170,6 +172,13 @@ local scopes = tonumber(ARGV[4])
 local money = tonumber(ARGV[5])
 local worst = tonumber(ARGV[6])
 local cost = tonumber(ARGV[7])
+local queue_at = scopes * 4 + money * 5 + 1
+if ARGV[9] == '1' then
+  local entry = KEYS[queue_at + 1]
+  if redis.call('HEXISTS', entry, 'swept') == 1 then return 0 end
+  redis.call('DEL', entry, KEYS[queue_at + 2])
+  redis.call('ZREM', KEYS[queue_at + 3], request_id)
+end
 for s = 0, scopes - 1 do
   local tok_key, conc_key, day_key = KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
   redis.call('ZREM', conc_key, request_id)
@@ -197,7 +206,7 @@ for m = 0, money - 1 do
   if amount ~= previous then redis.call('INCRBY', held_key, amount - previous) end
 end
 if ARGV[8] ~= '' then
-  redis.call('RPUSH', KEYS[#KEYS], ARGV[8])
+  redis.call('RPUSH', KEYS[queue_at], ARGV[8])
 end
 return 1
 """

@@ -114,7 +114,8 @@ class LimitStore(Protocol):
         reservation: Reservation | None = None,
         cost_micros: int | None = None,
         event: bytes = b"",
-    ) -> None: ...
+        open_keys: list[str] | None = None,
+    ) -> bool: ...
 
     async def written_totals(self, names: tuple[str, ...]) -> list[int]: ...
 
@@ -209,6 +210,12 @@ def _keys(scopes: list[Scope], prefix: str, now: float) -> list[str]:
         base = f"{prefix}:rl:{scope.name}"
         keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", f"{base}:day:{day}"]
     return keys
+
+
+def limit_keys(scopes: list[Scope], prefix: str, bucket: float) -> list[str]:
+    """The keys a request's settlement touches, per limit scope: tokens, concurrency, day."""
+    keys = _keys(scopes, prefix, bucket)
+    return [key for index, key in enumerate(keys) if index % 4]
 
 
 def money_keys(prefix: str, scope: str) -> list[str]:

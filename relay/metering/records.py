@@ -158,6 +158,24 @@ class UsageRecord:
             )
         return cls(**data)
 
+    @classmethod
+    def from_queued(cls, raw: bytes) -> UsageRecord:
+        """A record from the Redis queue: as queued by a settlement, or wrapped by the
+        sweeper of a stream cut by a lost relay process (``relay.orphans``)."""
+        if raw.startswith(b'{"request_id"'):
+            return cls.from_json(raw)
+        wrapper = json.loads(raw)
+        if not isinstance(wrapper, dict) or not isinstance(wrapper.get("cut"), str):
+            return cls.from_json(raw)
+        record = cls.from_json(wrapper["cut"].encode())
+        text = str(wrapper.get("text") or "")
+        record.completion_text = [text] if text else []
+        record.completion_kept_chars = len(text)
+        record.completion_overflow_chars = int(wrapper.get("over") or 0)
+        if wrapper.get("usage"):
+            record.usage = Usage(**json.loads(wrapper["usage"]))
+        return record
+
     def counts(self) -> tuple[Usage, bool]:
         """The token counts to bill, and whether they are estimated."""
         if self.usage is not None:

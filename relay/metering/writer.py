@@ -276,7 +276,7 @@ class RedisUsageQueue:
         records = []
         for item in raw:
             try:
-                records.append(UsageRecord.from_json(item))
+                records.append(UsageRecord.from_queued(item))
             except (ValueError, TypeError, KeyError):
                 logger.error("dropping an unreadable usage record: %r", item[:200])
         try:
