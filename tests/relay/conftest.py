@@ -118,9 +118,15 @@ def relay_settings(settings: Any) -> Any:
 
 
 @pytest.fixture
-def relay_url(transactional_db: None, relay_settings: Any) -> Iterator[str]:
+def relay_app(transactional_db: None, relay_settings: Any) -> RelayApp:
+    """The relay application the ``relay_url`` server runs, for tests that look inside."""
+    return RelayApp()
+
+
+@pytest.fixture
+def relay_url(relay_app: RelayApp) -> Iterator[str]:
     """A fresh relay (own caches, own loop and pool) served on a free loopback port."""
-    base_url, stop = serve_in_thread(RelayApp())
+    base_url, stop = serve_in_thread(relay_app)
     yield base_url
     stop()
     usage_writer.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from portal.models import ApiKey, CatalogModel, Channel
+from relay.app import RelayApp
 from relay.snapshot import Route
 from relay.upstream_errors import upstream_error as _upstream_error
 from tests.openai_schema import validate
@@ -217,14 +219,21 @@ def _eventually(call: Any, done: Any, attempts: int = 40) -> httpx.Response:
 
 
 def test_an_unreachable_database_is_a_503_for_keys_not_yet_cached(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, relay_app: RelayApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from django.db import OperationalError
 
-    from portal import crypto
+    from portal import crypto, invalidation
     from portal.models import ApiKey
     from relay import snapshot
 
+    assert gateway.client.get("/v1/models").status_code == 200  # starts the change poller
+    # The fixture's own writes bump the change counter; once the relay has seen the last of
+    # them it drops nothing more, so the key cached next stays cached.
+    deadline = time.monotonic() + 30
+    while relay_app.cache.generation != invalidation.current_generation():
+        assert time.monotonic() < deadline, "the relay never caught up with the change counter"
+        time.sleep(0.05)
     assert gateway.client.get("/v1/models").status_code == 200  # this key is cached now
     # Written without a change notice (bulk_create sends no signal), so that the relay
     # keeps the key it has cached: a notice would make it drop everything.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.relay.conftest import (  # noqa: F401 - fixtures
     gateway,
+    relay_app,
     relay_settings,
     relay_url,
     sim,
