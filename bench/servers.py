@@ -49,7 +49,7 @@ def _server_argv(server: str, app: str, port: int, workers: int) -> list[str]:
         "--loop",
         "uvloop",
         "--http",
-        "httptools",
+        "relay.server:HttpToolsProtocol" if app.startswith("config.") else "httptools",
         "--no-access-log",
         "--log-level",
         "warning",

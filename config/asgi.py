@@ -1,6 +1,7 @@
 """ASGI entry point: ``/v1/*`` and the probes go to the lean relay app, the rest to Django.
 
-Serve with e.g. ``uvicorn config.asgi:application``.
+Serve with ``uvicorn config.asgi:application --http relay.server:HttpToolsProtocol`` (the
+protocol adds read deadlines; see ``relay.server`` and deploy/Procfile).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await relay_application(scope, receive, send)
     elif scope["type"] == "lifespan":
         await _lifespan(receive, send)
+    elif scope["type"] == "websocket":
+        # Nothing here speaks WebSocket (Django would raise): refuse the handshake, which
+        # the server answers with a bare 403.
+        await send({"type": "websocket.close", "code": 1008})
     else:
         await django_application(scope, receive, send)
 

@@ -317,6 +317,20 @@ TOLLGATE_ENCRYPTION_KEYS = env.list(
 TOLLGATE_PUBLIC_URL = env.str("TOLLGATE_PUBLIC_URL", default="http://127.0.0.1:8000")
 
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
+# JSON values (counted as commas and opening brackets, strings included) a request body may
+# hold: parsing is what costs memory and event-loop time, so it is bounded before (see
+# relay.intake).
+RELAY_MAX_BODY_VALUES = env.int("RELAY_MAX_BODY_VALUES", default=200_000)
+# A body up to this size that arrives within this time is admitted once, after the parse;
+# a larger or slower one is first counted against its key's request and concurrency
+# limits, before the rest is read.
+RELAY_BODY_FAST_PATH_BYTES = env.int("RELAY_BODY_FAST_PATH_BYTES", default=64 * 1024)
+RELAY_BODY_FAST_PATH_SECONDS = env.float("RELAY_BODY_FAST_PATH_SECONDS", default=0.5)
+# Every connection of the web process (relay, dashboard, API): request headers must arrive
+# within RELAY_HEADER_TIMEOUT of the connection (or of the request's first byte), and the
+# body within RELAY_BODY_TIMEOUT of the headers (relay.server).
+RELAY_HEADER_TIMEOUT = env.float("RELAY_HEADER_TIMEOUT", default=10.0)
+RELAY_BODY_TIMEOUT = env.float("RELAY_BODY_TIMEOUT", default=30.0)
 # How often each relay process checks whether keys, models or channels changed.
 RELAY_CACHE_POLL_SECONDS = env.float("RELAY_CACHE_POLL_SECONDS", default=1.0)
 # However a change notice was lost, each relay process re-reads the keys, prices and

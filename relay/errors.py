@@ -3,6 +3,8 @@ Anthropic's Messages API as ``{"type": "error", "error": {...}}``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 
@@ -38,7 +40,7 @@ class RelayError(Exception):
         }
 
     def body(self) -> bytes:
-        return orjson.dumps(self.payload())
+        return _dumps(self.payload())
 
     def anthropic_payload(self) -> dict[str, object]:
         """The same error in Anthropic's envelope, ``{"type": "error", "error": {...}}``."""
@@ -48,7 +50,33 @@ class RelayError(Exception):
         return {"type": "error", "error": {"type": kind, "message": self.message}}
 
     def anthropic_body(self) -> bytes:
-        return orjson.dumps(self.anthropic_payload())
+        return _dumps(self.anthropic_payload())
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        # A string echoed from the request (a model name) that is not valid Unicode: the
+        # answer must still go out, with the unpaired surrogates replaced.
+        error = payload["error"]
+        for name, value in error.items():
+            if isinstance(value, str):
+                error[name] = valid_unicode(value)
+        return orjson.dumps(payload)
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with any unpaired surrogate (from a JSON ``\\ud800`` escape) replaced."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Anthropic's error types by HTTP status (its API's own table).

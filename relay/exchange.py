@@ -1,4 +1,7 @@
-"""One HTTP exchange on the relay: ASGI plumbing, key authentication, body reading."""
+"""One HTTP exchange on the relay: ASGI plumbing and key authentication.
+
+The body is read by ``relay.intake``, under its caps, deadline and limits.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-
-from django.conf import settings
 
 from portal.crypto import api_key_digest
 from relay import errors
@@ -24,6 +25,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON_HEADERS = ((b"content-type", b"application/json"),)
+CLOSE_HEADERS = ((b"connection", b"close"),)
 STREAM_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -43,6 +45,7 @@ class Exchange:
     __slots__ = (
         "anthropic",
         "app",
+        "body_read",
         "created_at",
         "disconnected",
         "extra_headers",
@@ -67,6 +70,8 @@ class Exchange:
         # The last byte of the response was handed to the server.
         self.response_finished = False
         self.disconnected = False
+        # The whole request body was received (``relay.intake``).
+        self.body_read = False
         # Sent with whatever response goes out (the rate-limit headers).
         self.extra_headers: list[tuple[bytes, bytes]] = []
         # Anthropic's Messages API: errors in its envelope, and the key may be x-api-key.
@@ -125,28 +130,6 @@ class Exchange:
         except ValueError:
             return None
 
-    async def read_body(self) -> bytes:
-        limit = settings.RELAY_MAX_BODY_BYTES
-        content_type = self.header(b"content-type")
-        if content_type is not None and b"json" not in content_type.lower():
-            raise errors.invalid_request(
-                "Unsupported Content-Type: the OpenAI API expects application/json."
-            )
-        declared = self.header(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
-        body = bytearray()
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise ClientGone
-            body += message.get("body", b"")
-            if len(body) > limit:
-                raise _too_large(limit)
-            if not message.get("more_body"):
-                return bytes(body)
-
     async def until_disconnect(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work``, cancelling it if the client goes away before it finishes.
 
@@ -174,10 +157,20 @@ class Exchange:
             self.disconnected = True
             task.cancel()
 
+    def _body_left(self) -> bool:
+        """The client may still be sending a body nobody will read."""
+        if self.body_read:
+            return False
+        length = self.header(b"content-length")
+        return length not in (None, b"0") or self.header(b"transfer-encoding") is not None
+
     async def respond_json(
         self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> None:
         self.response_started = True
+        # Answered before its body was read (refused by a limit or cap): close the
+        # connection rather than receive the rest of the body only to discard it.
+        close = CLOSE_HEADERS if self._body_left() else ()
         await self.send(
             {
                 "type": "http.response.start",
@@ -188,6 +181,7 @@ class Exchange:
                     (b"x-request-id", self.request_id.encode()),
                     *self.extra_headers,
                     *headers,
+                    *close,
                 ],
             }
         )
@@ -218,11 +212,3 @@ class Exchange:
     async def end_body(self) -> None:
         self.response_finished = True
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _too_large(limit: int) -> errors.RelayError:
-    return errors.RelayError(
-        413,
-        f"The request body is larger than the {limit} bytes this gateway accepts.",
-        code="request_too_large",
-    )

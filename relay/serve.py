@@ -17,6 +17,7 @@ from relay import errors, metrics, orphans, outage, shared, spend
 from relay.dialects.base import Call, Dialect
 from relay.exchange import Exchange
 from relay.forward import Forwarding
+from relay.intake import admit, intake_body, intake_release
 from relay.limits import Admission, LimitStore, RedisLimitStore, Reservation
 from relay.metering import UsageRecord, usage_writer
 from relay.snapshot import KeyInfo, ModelInfo, Route
@@ -62,17 +63,23 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
     key = await exchange.authenticate()
     if not key.allows_surface(dialect.surface):
         raise surface_refused(dialect.surface)
-    body = await exchange.read_body()
-    payload = dialect.parse(body)
-    call = dialect.begin(payload, exchange)
-    public = payload["model"]
-    model, price, routes = await resolve(exchange, key, dialect.surface, public)
-    routes = call.restrict(routes, key.tenant_id)
-    cache = exchange.app.cache
-    reservation = spend.reservation(
-        key, call.output_tokens(model.max_output_tokens), len(body), price, cache.generation
-    )
-    admission, store = await _admit(exchange, key, call, reservation)
+    taken = await intake_body(exchange, key, max_bytes=settings.RELAY_MAX_BODY_BYTES)
+    try:
+        payload = dialect.parse(taken.body)
+        body_bytes = len(taken.body)
+        taken.body = b""  # parsed: the raw bytes need not stay in memory
+        call = dialect.begin(payload, exchange)
+        public = payload["model"]
+        model, price, routes = await resolve(exchange, key, dialect.surface, public)
+        routes = call.restrict(routes, key.tenant_id)
+        cache = exchange.app.cache
+        reservation = spend.reservation(
+            key, call.output_tokens(model.max_output_tokens), body_bytes, price, cache.generation
+        )
+        admission, store = await admit(exchange, key, call.limit_tokens(), reservation, taken.pre)
+    except BaseException:
+        await intake_release(exchange, key, taken.pre)
+        raise
     if store is not None and store is not shared.limit_store():
         reservation = None  # admitted by the fail-open fallback: nothing was held
     record = UsageRecord(
@@ -105,69 +112,6 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
             record.status_code = record.status_code or 499
         await settlement()
         metrics.observe_record(record)
-
-
-async def _admit(
-    exchange: Exchange,
-    key: KeyInfo,
-    call: Call,
-    reservation: Reservation | None,
-) -> tuple[Admission | None, LimitStore | None]:
-    """Count the request against the key's and tenant's limits and hold its worst-case
-    cost against their money, or refuse it with a 429; returns the admission and the store
-    that made it."""
-    scopes = key.limit_scopes()
-    if not scopes and reservation is None:
-        return None, None
-    reserved = call.limit_tokens()
-    store = shared.limit_store()
-    hold = settings.RELAY_TOTAL_TIMEOUT + 30
-
-    async def acquire(money: Reservation | None) -> Admission:
-        return await store.acquire(scopes, exchange.request_id, reserved, hold, money)
-
-    try:
-        admission = await spend.admit(store, key, acquire, reservation)
-    except RedisError as exc:
-        outage.redis.failed("checking rate limits", exc)
-        if not settings.RELAY_LIMITS_FAIL_OPEN:
-            raise errors.RelayError(
-                503,
-                "The gateway cannot check rate limits right now; retry shortly.",
-                type="server_error",
-                code="limiter_unavailable",
-                headers=((b"retry-after", b"1"),),
-            ) from None
-        # Fail open: this process applies the rate limits on its own (each process allows
-        # the full limit) and holds no money; usage is still recorded and charged.
-        store = shared.fallback_limit_store()
-        admission = await store.acquire(scopes, exchange.request_id, reserved, hold)
-    exchange.extra_headers.extend(admission.headers())
-    if admission.refused == "funds":
-        metrics.observe_limit_rejection("insufficient_quota")
-        raise spend.refusal(admission.refused_scope, key.spend.prepaid)
-    if not admission.allowed:
-        metrics.observe_limit_rejection(admission.refused)
-        raise _limit_error(admission)
-    return admission, store
-
-
-def _limit_error(admission: Admission) -> errors.RelayError:
-    described = {
-        "requests": ("requests per minute", admission.limit_requests),
-        "tokens": ("tokens per minute", admission.limit_tokens),
-        "concurrency": ("concurrent requests", None),
-        "daily_tokens": ("tokens per day", None),
-    }[admission.refused]
-    limit = f" (limit {described[1]})" if described[1] else ""
-    return errors.RelayError(
-        429,
-        f"Rate limit reached for {described[0]}{limit}. "
-        f"Please try again in {admission.retry_after}s.",
-        type="tokens" if "tokens" in admission.refused else "requests",
-        code="rate_limit_exceeded",
-        headers=((b"retry-after", str(admission.retry_after).encode()),),
-    )
 
 
 class Settlement:

@@ -23,6 +23,7 @@ from relay.dialects.base import dump, load_json
 from relay.dialects.messages import anthropic_headers, parse_messages
 from relay.dialects.responses import not_found
 from relay.exchange import Exchange
+from relay.intake import intake_body, intake_release
 from relay.routing import attempt_order
 from relay.serve import resolve, surface_refused
 from relay.snapshot import Route
@@ -128,35 +129,43 @@ async def count_tokens(exchange: Exchange, surface: str) -> None:
     key = await exchange.authenticate()
     if not key.allows_surface(surface):
         raise surface_refused(surface)
-    body = await exchange.read_body()
-    payload = parse_messages(body) if surface == "messages" else load_json(body)
-    public = payload["model"]
-    _, _, routes = await resolve(exchange, key, surface, public)
-    route = next(iter(attempt_order(routes)))
-    if surface in route.native:
-        payload["model"] = route.upstream_model
-        if surface == "messages":
-            version = exchange.header(b"anthropic-version") or b"2023-06-01"
-            headers = anthropic_headers(route, version.decode("latin-1"), None, False)
-            answer = await _send(
-                route, "POST", "/messages/count_tokens", b"", dump(payload), headers
-            )
-        else:
-            answer = await _send(
-                route, "POST", "/responses/input_tokens", b"", dump(payload), route.headers[False]
-            )
-        await exchange.respond_json(200, orjson.dumps(answer))
-        return
-    convert = (
-        messages.request_to_canonical if surface == "messages" else responses.request_to_canonical
-    )
+    taken = await intake_body(exchange, key, max_bytes=settings.RELAY_MAX_BODY_BYTES)
     try:
-        request = convert(payload)
-    except canonical.TranslationError as exc:
-        raise errors.invalid_request(str(exc), param=exc.param) from None
-    counted = await _count_locally(request)
-    if surface == "messages":
-        out: dict[str, Any] = {"input_tokens": counted}
-    else:
-        out = {"object": "response.input_tokens", "input_tokens": counted}
-    await exchange.respond_json(200, orjson.dumps(out))
+        body = taken.body
+        payload = parse_messages(body) if surface == "messages" else load_json(body)
+        public = payload["model"]
+        _, _, routes = await resolve(exchange, key, surface, public)
+        route = next(iter(attempt_order(routes)))
+        if surface in route.native:
+            payload["model"] = route.upstream_model
+            if surface == "messages":
+                version = exchange.header(b"anthropic-version") or b"2023-06-01"
+                headers = anthropic_headers(route, version.decode("latin-1"), None, False)
+                answer = await _send(
+                    route, "POST", "/messages/count_tokens", b"", dump(payload), headers
+                )
+            else:
+                content = dump(payload)
+                answer = await _send(
+                    route, "POST", "/responses/input_tokens", b"", content, route.headers[False]
+                )
+            await exchange.respond_json(200, orjson.dumps(answer))
+            return
+        convert = (
+            messages.request_to_canonical
+            if surface == "messages"
+            else responses.request_to_canonical
+        )
+        try:
+            request = convert(payload)
+        except canonical.TranslationError as exc:
+            raise errors.invalid_request(str(exc), param=exc.param) from None
+        counted = await _count_locally(request)
+        if surface == "messages":
+            out: dict[str, Any] = {"input_tokens": counted}
+        else:
+            out = {"object": "response.input_tokens", "input_tokens": counted}
+        await exchange.respond_json(200, orjson.dumps(out))
+    finally:
+        # Nothing here is admitted: only a large body's pre-admission is to be freed.
+        await intake_release(exchange, key, taken.pre)

@@ -94,7 +94,7 @@ def running_server(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator
 class RelayProcess:
     """``uvicorn config.asgi:application`` on a free port, with the given environment."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -112,6 +112,10 @@ class RelayProcess:
                 "--timeout-graceful-shutdown",
                 "20",
                 "--no-access-log",
+                # The production protocol (deploy/Procfile): its read deadlines included.
+                "--http",
+                "relay.server:HttpToolsProtocol",
+                *args,
             ],
             cwd=ROOT,
             env={**os.environ, **env},

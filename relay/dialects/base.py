@@ -48,10 +48,32 @@ def load_json(body: bytes) -> dict[str, Any]:
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise errors.invalid_request("You must provide a model parameter.", param="model")
+    # JSON's \\ud800 escapes can make strings no UTF-8 can carry: neither the upstream nor
+    # the usage event could take them, and an error echoing them could not be sent.
+    if not errors.is_valid_unicode(model):
+        raise _not_unicode("model")
+    if (b"\\ud" in body or b"\\uD" in body) and not _all_valid_unicode(payload):
+        raise _not_unicode(None)
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise errors.invalid_request("'stream' must be a boolean.", param="stream")
     return payload
+
+
+def _not_unicode(param: str | None) -> errors.RelayError:
+    where = f"'{param}'" if param else "The request"
+    return errors.invalid_request(
+        f"{where} contains a string that is not valid Unicode (an unpaired surrogate).",
+        param=param,
+    )
+
+
+def _all_valid_unicode(payload: dict[str, Any]) -> bool:
+    try:
+        orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        return "surrogates" not in str(exc)
+    return True
 
 
 def _reject_constant(name: str) -> None:

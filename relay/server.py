@@ -1,0 +1,158 @@
+"""The web process's HTTP protocol: uvicorn's httptools protocol with read deadlines.
+
+uvicorn times out only idle keep-alive connections (``--timeout-keep-alive``), for both
+its h11 and httptools protocols: a client that opens a connection and sends its headers or
+body slowly holds the connection, and its memory, for as long as it likes. This subclass
+adds, for every connection:
+
+- a header deadline (``RELAY_HEADER_TIMEOUT``): the request head must be complete within
+  it of the connection being made, or of the first byte of the next request; else a 408;
+- a head size cap (``MAX_HEAD_BYTES``): httptools sets none of its own; else a 431;
+- a body deadline (``RELAY_BODY_TIMEOUT``, a little later than the relay's own, which
+  answers a 408 in OpenAI's envelope): a body still arriving is cut off by closing the
+  connection, for the dashboard's and API's requests too;
+- malformed HTTP answered in OpenAI's error envelope rather than as plain text.
+
+Serve with ``uvicorn config.asgi:application --http relay.server:HttpToolsProtocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from django.conf import settings
+from uvicorn.protocols.http import httptools_impl
+
+# Beyond the relay's own 431 (``relay.app.MAX_HEADER_BYTES``), which answers in full.
+MAX_HEAD_BYTES = 64 * 1024
+# After the relay's own body deadline, so that it answers first where it reads the body.
+BODY_DEADLINE_MARGIN = 2.0
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def error_response(status: int, message: str, code: str) -> bytes:
+    """A complete HTTP/1.1 response carrying OpenAI's error envelope; closes the connection."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": code,
+            }
+        }
+    )
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timeout = float(settings.RELAY_HEADER_TIMEOUT)
+        self._body_timeout = float(settings.RELAY_BODY_TIMEOUT) + BODY_DEADLINE_MARGIN
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._in_head = False  # a request head is being read
+        self._in_body = False  # a request body is being read
+        self._head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_head = True
+        # Armed now, for a connection that sends nothing at all.
+        self._head_timer = self.loop.call_later(self._head_timeout, self._head_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(
+                431,
+                f"The request headers are larger than the {MAX_HEAD_BYTES} bytes this "
+                "gateway accepts.",
+                "request_headers_too_large",
+            )
+            return
+        # Timers only for what did not arrive whole in this read: a request that comes in
+        # one piece, nearly all of them, costs none.
+        if self._in_head:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self._head_timeout, self._head_too_slow)
+        elif self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._in_body:
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self._body_timeout, self._body_too_slow)
+        elif self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # a later request on a kept-alive connection
+            self._in_head = True
+            self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, f"{msg} The OpenAI API expects HTTP/1.1 requests.", "invalid_http")
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response is still going out (the next request was pipelined behind it):
+            # it is not this request's fault, so look again later.
+            self._head_timer = self.loop.call_later(self._head_timeout, self._head_too_slow)
+            return
+        self._refuse(
+            408,
+            f"The request headers did not arrive within {self._head_timeout:g} seconds.",
+            "request_timeout",
+        )
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if not self.transport.is_closing():
+            # The application may be answering this request: only cutting the connection
+            # is safe here. Its receive() then reports a disconnect.
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        self._cancel_timers()
+        self.transport.write(error_response(status, message, code))
+        self.transport.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
