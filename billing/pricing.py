@@ -34,6 +34,7 @@ from billing.models import BillingAccount, KeyQuota, ModelPrice, PriceList, Tena
 from billing.models.prices import default_currency
 from billing.money import PER_MILLION, div_ceil, div_round_half_up, percent_of
 from billing.periods import Period
+from billing.selectors import balances as selectors
 from portal.models import Organization
 
 
@@ -288,8 +289,6 @@ def account_spending_limit(tenant_id: int) -> SpendingLimit:
     subtract. A tenant without a billing account is on its seller's default terms:
     prepaid with nothing to spend unless the seller set others (``TenantDefaults``).
     """
-    from billing import selectors
-
     account = (
         BillingAccount.objects.select_related("organization")
         .filter(organization_id=tenant_id)
@@ -336,8 +335,6 @@ def key_spending_limit(api_key_id: int) -> KeySpendingLimit | None:
     Like ``account_spending_limit``, it counts the usage events already written; the
     relay subtracts what it has in flight. At most seven queries.
     """
-    from billing import selectors
-
     quota = KeyQuota.objects.filter(api_key_id=api_key_id).first()
     if quota is None:
         return None

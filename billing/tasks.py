@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
+from django.db import transaction
 
 from billing import services
 from billing.models import BillingAccount
@@ -59,8 +60,13 @@ def budget_checks_task(self: Task) -> int:
 
 @shared_task(name="billing.budget_check")
 def budget_check_task(account_id: int) -> int:
+    """Record the account's newly crossed thresholds, then have each alert delivered once
+    the check has committed."""
     account = BillingAccount.objects.select_related("organization").get(pk=account_id)
-    return len(services.budget_check(account=account))
+    alerts = services.budget_check(account=account)
+    for alert in alerts:
+        transaction.on_commit(lambda pk=alert.pk: budget_alert_deliver_task.delay(pk))
+    return len(alerts)
 
 
 @shared_task(name="billing.budget_alert_deliver")

@@ -34,6 +34,7 @@ from billing.services.prices import (
 )
 from billing.services.retention import usage_events_prune
 from billing.services.rollups import rollup_recompute, rollups_advance
+from billing.services.usage import usage_events_insert
 
 __all__ = [
     "account_adjust",
@@ -59,5 +60,6 @@ __all__ = [
     "tenant_defaults_set",
     "usage_charge_post",
     "usage_charges_advance",
+    "usage_events_insert",
     "usage_events_prune",
 ]

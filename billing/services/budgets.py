@@ -2,7 +2,8 @@
 
 Crossing is recorded in the checking transaction (a unique row per account, month and
 threshold, so it fires once however often the check runs); delivery, by email and an
-optional webhook, runs after commit in a task that claims the alert before sending.
+optional webhook, is enqueued by the check task after commit and claims the alert before
+sending. Services here enqueue nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _crossed(spend: int, budget: int, threshold: int) -> bool:
 @transaction.atomic
 def budget_check(*, account: BillingAccount, period: Period | None = None) -> list[BudgetAlert]:
     """Record an alert for each threshold the period's spend has reached for the first
-    time, and have it delivered after commit; returns the new alerts."""
+    time; returns the new alerts, which the caller (the check task) has delivered."""
     budget = account.budget_micros  # the lower of the seller's and the customer's own
     if budget is None:
         return []
@@ -55,11 +56,6 @@ def budget_check(*, account: BillingAccount, period: Period | None = None) -> li
         )
         if is_new:
             created.append(alert)
-    if created:
-        from billing.tasks import budget_alert_deliver_task
-
-        for alert in created:
-            transaction.on_commit(lambda pk=alert.pk: budget_alert_deliver_task.delay(pk))
     return created
 
 

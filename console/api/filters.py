@@ -12,9 +12,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
 from billing.models import Invoice, PriceList, UsageEvent
+from billing.periods import DEFAULT_PERIOD_DAYS, Period
 from portal.models import ApiKey, AuditEntry, Organization
 from portal.models.catalog import SURFACES
-from portal.selectors import DEFAULT_PERIOD_DAYS, Period
 
 
 @extend_schema_field(OpenApiTypes.INT)
@@ -72,17 +72,22 @@ class UsageFilter(django_filters.FilterSet):
     def filter_noop(self, queryset: QuerySet[Any], name: str, value: date) -> QuerySet[Any]:
         return queryset  # applied together in filter_queryset, as one period
 
-    def period(self) -> Period:
+    def period(self) -> Period | None:
+        """The days asked for; None when the start comes after the last day (no days)."""
         default = Period.last_days()
         data = self.form.cleaned_data
-        last: date = data.get("end") or default.last
+        last: date = data.get("end") or default.last_day
         first: date = data.get("start") or last - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
-        return Period(first=first, last=last)
+        if first > last:
+            return None
+        return Period.days_through(first, last)
 
     def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
         queryset = super().filter_queryset(queryset)
         period = self.period()
-        return queryset.filter(created_at__gte=period.start, created_at__lt=period.end)
+        if period is None:
+            return queryset.none()
+        return queryset.filter(created_at__gte=period.start_at, created_at__lt=period.end_at)
 
     def is_valid(self) -> bool:
         if not super().is_valid():

@@ -22,6 +22,7 @@ from billing import services as billing
 from billing.documents import invoice_csv, invoice_pdf
 from billing.models import Invoice
 from billing.money import format_micros
+from billing.selectors import dashboard as reads
 from billing.services.common import account_for
 from console.forms import (
     AccountTermsForm,
@@ -30,7 +31,6 @@ from console.forms import (
     TopUpForm,
 )
 from console.views.base import form_errors, paginate, render_page
-from portal import billing_selectors as reads
 from portal.access import (
     Access,
     Need,

@@ -14,6 +14,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
+from billing.periods import Period
+from billing.selectors import dashboard as billing_selectors
+from billing.selectors import usage as usage_reads
 from console.forms import (
     CatalogModelForm,
     ChannelForm,
@@ -22,7 +25,7 @@ from console.forms import (
 )
 from console.views.base import form_errors, paginate, render_page
 from console.views.charts import stacked_bars
-from portal import billing_selectors, selectors, services
+from portal import selectors, services
 from portal.access import request_scope, require_operator
 from portal.models import Channel
 from relay import health
@@ -35,14 +38,14 @@ _CHANNEL_FIELDS = ("name", "provider_type", "base_url", "priority", "weight")
 def overview(request: HttpRequest) -> HttpResponse:
     """Platform-wide traffic over the last 30 days, channel and catalog health."""
     require_operator(request.user)
-    period = selectors.Period.last_days(30)
-    events = selectors.usage_events_scoped(request_scope(request))
-    daily = selectors.usage_by_day(events, period)
+    period = Period.last_days(30)
+    events = usage_reads.usage_events_scoped(request_scope(request))
+    daily = usage_reads.usage_by_day(events, period)
     labels = [d.day.strftime("%b %d") for d in daily]
-    totals = selectors.usage_totals(selectors.in_period(events, period))
+    totals = usage_reads.usage_totals(usage_reads.in_period(events, period))
     requests = totals["requests"] or 0
     catalog = list(selectors.catalog_with_availability())
-    revenue = billing_selectors.revenue_by_day(events, period.start, period.end)
+    revenue = billing_selectors.revenue_by_day(events, period.start_at, period.end_at)
     currencies = sorted({r.currency for r in revenue})
     revenue_totals = [
         {

@@ -9,6 +9,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
+from billing.periods import Period
+from billing.selectors import usage as usage_reads
 from console.forms import MemberAddForm, OrganizationForm
 from console.views.base import form_errors, paginate, render_page
 from portal import selectors, services
@@ -23,15 +25,15 @@ def overview(request: HttpRequest, slug: str) -> HttpResponse:
     organization = access.organization
     context: dict[str, object] = {"organization": organization}
     if organization.is_tenant and access.can(Need.USAGE):
-        period = selectors.Period.last_days(30)
-        events = selectors.in_period(selectors.usage_events_for(access), period)
-        context["totals"] = selectors.usage_totals(events)
+        period = Period.last_days(30)
+        events = usage_reads.in_period(usage_reads.usage_events_for(access), period)
+        context["totals"] = usage_reads.usage_totals(events)
     if organization.is_tenant and access.can(Need.KEYS):
         context["active_keys"] = (
             selectors.api_keys_for(access).filter(status=ApiKey.Status.ACTIVE).count()
         )
     if not organization.is_tenant and access.can(Need.MANAGE):
-        context["tenant_count"] = selectors.tenants_of(organization).count()
+        context["tenant_count"] = usage_reads.tenants_of(organization).count()
     return render_page(request, "portal/overview.html", context, access=access, section="overview")
 
 
@@ -145,7 +147,7 @@ def tenants(request: HttpRequest, slug: str) -> HttpResponse:
     return render_page(
         request,
         "portal/tenants.html",
-        {"form": form, "page": paginate(request, selectors.tenants_of(parent))},
+        {"form": form, "page": paginate(request, usage_reads.tenants_of(parent))},
         access=access,
         section="tenants",
         status=400 if form.errors else 200,

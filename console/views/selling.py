@@ -14,6 +14,7 @@ from billing import selectors as billing_selectors
 from billing import services as billing
 from billing.models import PriceList
 from billing.periods import Period
+from billing.selectors import dashboard as reads
 from console.forms import (
     MarkupForm,
     ModelPriceForm,
@@ -22,7 +23,6 @@ from console.forms import (
     RedemptionCodeForm,
 )
 from console.views.base import form_errors, paginate, render_page
-from portal import billing_selectors as reads
 from portal.access import (
     Access,
     Need,

@@ -10,10 +10,13 @@ from django.shortcuts import redirect
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
+from billing.periods import Period
+from billing.selectors import dashboard as billing_selectors
+from billing.selectors import usage as usage_reads
 from console.forms import ApiKeyForm, UsageFilterForm
 from console.views.base import form_errors, paginate, render_page
 from console.views.charts import stacked_bars
-from portal import billing_selectors, selectors, services
+from portal import selectors, services
 from portal.access import Access, Need, get_access, get_object_for_user
 from portal.models import ApiKey
 
@@ -97,7 +100,7 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
         # Withdrawn models too: their past requests are still worth filtering on.
         models=_model_ids(include_inactive=True),
     )
-    events = selectors.usage_events_for(access)
+    events = usage_reads.usage_events_for(access)
     if form.is_valid():
         if form.cleaned_data.get("key"):
             events = events.filter(api_key_id=form.cleaned_data["key"])
@@ -105,8 +108,8 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
             events = events.filter(model=form.cleaned_data["model"])
         if form.cleaned_data.get("surface"):
             events = events.filter(surface=form.cleaned_data["surface"])
-    period = selectors.Period.last_days(form.period_days())
-    daily = selectors.usage_by_day(events, period)
+    period = Period.last_days(form.period_days())
+    daily = usage_reads.usage_by_day(events, period)
     labels = [d.day.strftime("%b %d") for d in daily]
     tokens_chart = stacked_bars(
         "Tokens per day",
@@ -127,12 +130,12 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
         unit="requests",
     )
     account = billing_selectors.account_of(access.organization)
-    totals = selectors.usage_totals(selectors.in_period(events, period))
+    totals = usage_reads.usage_totals(usage_reads.in_period(events, period))
     currency = account.currency if account is not None else ""
     if not currency and totals["spend_micros"]:
         # No account opened yet: the currency its requests were priced in (LIMIT 1, no
         # ordering, so the first priced row ends the scan).
-        priced = selectors.in_period(events, period).exclude(currency="").order_by()
+        priced = usage_reads.in_period(events, period).exclude(currency="").order_by()
         currency = next(iter(priced.values_list("currency", flat=True)[:1]), "")
     spend_chart = stacked_bars(
         "Spend per day" + (f" ({currency})" if currency else ""),
@@ -148,8 +151,8 @@ def usage(request: HttpRequest, slug: str) -> HttpResponse:
             "period": period,
             "daily": daily,
             "totals": totals,
-            "by_model": selectors.usage_by_model(events, period),
-            "recent": selectors.recent_requests(selectors.in_period(events, period)),
+            "by_model": usage_reads.usage_by_model(events, period),
+            "recent": usage_reads.recent_requests(usage_reads.in_period(events, period)),
             "tokens_chart": tokens_chart,
             "requests_chart": requests_chart,
             "spend_chart": spend_chart,

@@ -14,7 +14,7 @@ from django.core import mail
 from billing.models import BillingAccount, BudgetAlert
 from billing.periods import Period
 from billing.services import budget_alert_deliver, budget_check, rollups_advance
-from billing.tasks import budget_checks_task
+from billing.tasks import budget_check_task, budget_checks_task
 from tests.billing.conftest import EventFactory, Market
 from tests.servers import serve_in_thread
 
@@ -77,6 +77,16 @@ def spend(event: EventFactory, micros: int) -> None:
     event(prompt_tokens=40 * micros // 9, created_at=NOW)
 
 
+def check_and_deliver(account: BillingAccount, capture_on_commit: Any) -> list[int]:
+    """Run one account's check task as Celery would, delivery included; the thresholds
+    it fired."""
+    before = set(BudgetAlert.objects.values_list("pk", flat=True))
+    with capture_on_commit(execute=True):
+        budget_check_task.delay(account.pk)
+    fired = BudgetAlert.objects.filter(account=account).exclude(pk__in=before)
+    return list(fired.order_by("threshold_percent").values_list("threshold_percent", flat=True))
+
+
 def test_thresholds_fire_once_per_period(
     budgeted: BillingAccount,
     event: EventFactory,
@@ -89,22 +99,19 @@ def test_thresholds_fire_once_per_period(
         assert budget_check(account=budgeted) == []
 
         spend(event, 36_000)  # 81 %: crosses 50 and 80 at once
-        with django_capture_on_commit_callbacks(execute=True):
-            fired = budget_check(account=budgeted)
-        assert [a.threshold_percent for a in fired] == [50, 80]
+        fired = check_and_deliver(budgeted, django_capture_on_commit_callbacks)
+        assert fired == [50, 80]
         assert len(mail.outbox) == 2
         assert mail.outbox[0].to == [tenant_owner.email]
         assert "50% of the March 2026 budget" in mail.outbox[0].subject
 
         for _ in range(3):  # checked again and again: nothing new
-            with django_capture_on_commit_callbacks(execute=True):
-                assert budget_check(account=budgeted) == []
+            assert check_and_deliver(budgeted, django_capture_on_commit_callbacks) == []
         rollups_advance()  # spend now partly from rollups: the same figure
         assert budget_check(account=budgeted) == []
 
         spend(event, 27_000)  # 108 %
-        with django_capture_on_commit_callbacks(execute=True):
-            assert [a.threshold_percent for a in budget_check(account=budgeted)] == [100]
+        assert check_and_deliver(budgeted, django_capture_on_commit_callbacks) == [100]
 
     assert len(mail.outbox) == 3
     alerts = BudgetAlert.objects.order_by("threshold_percent")
@@ -118,6 +125,17 @@ def test_thresholds_fire_once_per_period(
     # A new month starts from nothing.
     with time_machine.travel(datetime(2026, 4, 2, tzinfo=UTC), tick=False):
         assert budget_check(account=budgeted) == []
+
+
+def test_the_service_records_and_the_task_delivers(
+    budgeted: BillingAccount, event: EventFactory, django_capture_on_commit_callbacks: Any
+) -> None:
+    with time_machine.travel(NOW, tick=False):
+        spend(event, 54_000)
+        with django_capture_on_commit_callbacks() as callbacks:
+            (alert,) = budget_check(account=budgeted)
+    assert callbacks == []  # the service enqueues nothing
+    assert alert.notified_at is None and mail.outbox == []
 
 
 def test_delivery_is_claimed_once(budgeted: BillingAccount, event: EventFactory) -> None:

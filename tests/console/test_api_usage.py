@@ -125,6 +125,12 @@ def test_filters_by_period_key_and_model(tenant_owner: Any, keys: dict[str, ApiK
     assert [(r["day"], r["requests"]) for r in one_day] == [("2026-03-14", 2)]
 
 
+def test_a_start_after_the_default_end_is_an_empty_period(tenant_owner: Any, keys: Any) -> None:
+    response = client_for(tenant_owner).get("/api/usage/?group_by=day&start=2099-01-01")
+    assert response.status_code == 200
+    assert rows(response) == []
+
+
 def test_members_see_only_their_own_keys_usage(tenant_member: Any, keys: Any) -> None:
     got = rows(client_for(tenant_member).get("/api/usage/?group_by=organization"))
     assert got == [{**got[0], "organization": "tenant", "requests": 1, "prompt_tokens": 7}]

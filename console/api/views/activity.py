@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
 from billing.models import UsageEvent
+from billing.selectors import usage as usage_reads
 from console.api.filters import AuditFilter, UsageFilter
 from console.api.serializers.activity import AuditEntrySerializer, UsageRowSerializer
 from console.api.views.base import ScopedMixin
@@ -34,7 +35,7 @@ class UsageViewSet(ScopedMixin, GenericViewSet):
     def get_queryset(self) -> QuerySet[UsageEvent]:
         if getattr(self, "swagger_fake_view", False):
             return UsageEvent.objects.none()
-        return selectors.usage_events_scoped(self.scope)
+        return usage_reads.usage_events_scoped(self.scope)
 
     @extend_schema(
         parameters=[
@@ -42,21 +43,21 @@ class UsageViewSet(ScopedMixin, GenericViewSet):
                 "group_by",
                 OpenApiTypes.STR,
                 description="Comma-separated groups from "
-                f"{', '.join(selectors.USAGE_GROUPS)}; default {DEFAULT_GROUP_BY}.",
+                f"{', '.join(usage_reads.USAGE_GROUPS)}; default {DEFAULT_GROUP_BY}.",
             )
         ]
     )
     def list(self, request: Request) -> Response:
         group_by = self._group_by(request.query_params.get("group_by", DEFAULT_GROUP_BY))
         events = self.filter_queryset(self.get_queryset())
-        page = self.paginate_queryset(selectors.usage_grouped(events, group_by))
+        page = self.paginate_queryset(usage_reads.usage_grouped(events, group_by))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     def _group_by(self, raw: str) -> list[str]:
         groups = list(dict.fromkeys(g.strip() for g in raw.split(",") if g.strip()))
-        unknown = [g for g in groups if g not in selectors.USAGE_GROUPS]
+        unknown = [g for g in groups if g not in usage_reads.USAGE_GROUPS]
         if not groups or unknown:
-            choices = ", ".join(selectors.USAGE_GROUPS)
+            choices = ", ".join(usage_reads.USAGE_GROUPS)
             raise ValidationError({"group_by": f"Choose one or more of: {choices}."})
         return groups
 

@@ -21,6 +21,7 @@ from rest_framework.viewsets import GenericViewSet
 from billing import services as billing
 from billing.documents import invoice_csv, invoice_pdf
 from billing.models import Invoice, ModelPrice, PriceList
+from billing.selectors import dashboard as reads
 from billing.services.common import account_for
 from console.api.filters import InvoiceFilter, PriceListFilter
 from console.api.serializers.billing import (
@@ -34,7 +35,6 @@ from console.api.serializers.billing import (
     TopUpSerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
-from portal import billing_selectors as reads
 from portal.access import Need, get_access, request_scope, require_operator
 from portal.models import CatalogModel, Organization
 

@@ -1,5 +1,5 @@
-"""Reads shared by billing's services, tasks, the relay and the dashboard: balances,
-spend, invoices and reseller margin."""
+"""Balances, spend and reseller margin: the money arithmetic shared by billing's services,
+tasks, the relay and the dashboard."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def spend_micros(
     return rolled + recent.aggregate(total=Coalesce(Sum(cost_field), 0))["total"]
 
 
-# --- For the dashboard (portal.selectors.billing_overview) ----------------------------------
+# --- For the dashboard ----------------------------------
 
 
 def organization_balance(organization: Organization) -> int | None:

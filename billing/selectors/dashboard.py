@@ -1,6 +1,6 @@
 """Reads of billing data for the dashboard: accounts, ledgers, price lists, invoices,
 revenue. Callers pass organisations already authorised through ``portal.access``; the
-money arithmetic itself stays in ``billing.selectors``.
+money arithmetic itself stays in ``billing.selectors.balances``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from billing import selectors as billing_selectors
 from billing.models import (
     BillingAccount,
     BillingWatermark,
@@ -28,6 +27,7 @@ from billing.models import (
     UsageEvent,
 )
 from billing.periods import Period
+from billing.selectors import balances
 from portal.access import Need, Scope, role_grants
 from portal.models import Organization
 
@@ -68,9 +68,9 @@ def account_summary(organization: Organization) -> AccountSummary:
         return AccountSummary(None, None, month, None)
     return AccountSummary(
         account=account,
-        balance_micros=billing_selectors.account_balance_micros(account, include_unposted=True),
+        balance_micros=balances.account_balance_micros(account, include_unposted=True),
         month=month,
-        month_spend_micros=billing_selectors.period_spend_micros(account=account, period=month),
+        month_spend_micros=balances.period_spend_micros(account=account, period=month),
     )
 
 
@@ -98,7 +98,7 @@ def budget_alerts(account: BillingAccount | None) -> list[BudgetAlert]:
 
 def invoices_received(organization: Organization) -> QuerySet[Invoice]:
     """Invoices the organisation received (drafts are the issuer's business)."""
-    return billing_selectors.organization_invoices(organization)
+    return balances.organization_invoices(organization)
 
 
 def invoices_issued(issuer: Organization, *, status: str = "") -> QuerySet[Invoice]:
@@ -213,7 +213,7 @@ class TenantRevenue:
 
 
 def revenue_by_tenant(
-    rows: list[billing_selectors.MarginRow],
+    rows: list[balances.MarginRow],
 ) -> list[TenantRevenue]:
     totals: dict[tuple[int, str], TenantRevenue] = {}
     for row in rows:
@@ -226,7 +226,7 @@ def revenue_by_tenant(
 
 
 def rollups_updated_at() -> datetime | None:
-    return billing_selectors.watermark_position(BillingWatermark.ROLLUPS)
+    return balances.watermark_position(BillingWatermark.ROLLUPS)
 
 
 # --- The operator's usage log ---------------------------------------------------------------
