@@ -6,7 +6,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
@@ -174,11 +173,9 @@ class ChannelAdmin(AuditedAdmin):
 
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Channel], enabled: bool) -> None:
         reason = "" if enabled else f"Disabled by {request.user.get_username()} in admin"
-        with transaction.atomic():
-            for channel in queryset:
-                services.channel_set_status(
-                    channel=channel, enabled=enabled, reason=reason, actor=request.user
-                )
+        services.channels_set_status(
+            channels=queryset, enabled=enabled, reason=reason, actor=request.user
+        )
         verb = "Enabled" if enabled else "Disabled"
         self.message_user(request, f"{verb} {queryset.count()} channel(s).", messages.SUCCESS)
 

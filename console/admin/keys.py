@@ -8,7 +8,6 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -178,9 +177,6 @@ class ApiKeyAdmin(AuditedAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        revoked = 0
-        with transaction.atomic():
-            for key in queryset.filter(status=ApiKey.Status.ACTIVE).select_related("tenant"):
-                services.api_key_revoke(api_key=key, actor=request.user)
-                revoked += 1
+        active = queryset.filter(status=ApiKey.Status.ACTIVE).select_related("tenant")
+        revoked = services.api_keys_revoke(api_keys=active, actor=request.user)
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)

@@ -11,7 +11,6 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -356,20 +355,19 @@ def invoice_action(request: HttpRequest, invoice_id: int, action: str) -> HttpRe
     if not role_grants(issuer_role, Need.MANAGE):
         raise PermissionDenied("Your role cannot change invoices.")
     try:
-        with transaction.atomic():
-            if action == "issue":
-                done = billing.invoice_issue(invoice=invoice, actor=request.user)
-                messages.success(request, f"Invoice {done.number} issued.")
-            elif action == "paid":
-                done = billing.invoice_mark_paid(invoice=invoice, actor=request.user)
-                messages.success(request, f"Invoice {done.number} marked paid.")
-            else:
-                billing.invoice_void(
-                    invoice=invoice,
-                    actor=request.user,
-                    reason=request.POST.get("reason", "").strip() or "Voided from the dashboard",
-                )
-                messages.success(request, "Invoice voided.")
+        if action == "issue":
+            done = billing.invoice_issue(invoice=invoice, actor=request.user)
+            messages.success(request, f"Invoice {done.number} issued.")
+        elif action == "paid":
+            done = billing.invoice_mark_paid(invoice=invoice, actor=request.user)
+            messages.success(request, f"Invoice {done.number} marked paid.")
+        else:
+            billing.invoice_void(
+                invoice=invoice,
+                actor=request.user,
+                reason=request.POST.get("reason", "").strip() or "Voided from the dashboard",
+            )
+            messages.success(request, "Invoice voided.")
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     back = request.POST.get("next", "")

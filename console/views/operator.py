@@ -9,7 +9,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
@@ -30,7 +29,7 @@ from portal.access import request_scope, require_operator
 from portal.models import Channel
 from relay import health
 
-# Fields of ChannelForm that channel_update changes (the secret and models go elsewhere).
+# Fields of ChannelForm that channel_edit takes as settings (beside the secret and models).
 _CHANNEL_FIELDS = ("name", "provider_type", "base_url", "priority", "weight")
 
 
@@ -149,17 +148,14 @@ def channel_edit(request: HttpRequest, channel_id: int) -> HttpResponse:
     form = ChannelForm(request.POST or None, initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        with form_errors(form) as failed, transaction.atomic():
-            changes = {field: data[field] for field in _CHANNEL_FIELDS}
-            services.channel_update(channel=channel, actor=request.user, **changes)
-            if data["secret"]:
-                services.channel_update_secret(
-                    channel=channel, secret=data["secret"], actor=request.user
-                )
-            if data["models"]:
-                services.channel_models_add(
-                    channel=channel, models=data["models"], actor=request.user
-                )
+        with form_errors(form) as failed:
+            services.channel_edit(
+                channel=channel,
+                actor=request.user,
+                secret=data["secret"] or None,  # blank keeps the stored secret
+                models=data["models"],
+                **{field: data[field] for field in _CHANNEL_FIELDS},
+            )
         if not failed:
             messages.success(request, f"Channel “{channel.name}” saved.")
             return redirect("channels")

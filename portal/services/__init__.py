@@ -13,16 +13,19 @@ from portal.services.catalog import (
 from portal.services.channels import (
     channel_check_record,
     channel_create,
+    channel_edit,
     channel_models_add,
     channel_set_status,
     channel_suspend,
     channel_update,
     channel_update_secret,
+    channels_set_status,
 )
 from portal.services.common import Actor
 from portal.services.keys import (
     api_key_create,
     api_key_revoke,
+    api_keys_revoke,
 )
 from portal.services.organizations import (
     membership_add,
@@ -35,14 +38,17 @@ __all__ = [
     "Actor",
     "api_key_create",
     "api_key_revoke",
+    "api_keys_revoke",
     "catalog_model_upsert",
     "channel_check_record",
     "channel_create",
+    "channel_edit",
     "channel_models_add",
     "channel_set_status",
     "channel_suspend",
     "channel_update",
     "channel_update_secret",
+    "channels_set_status",
     "membership_add",
     "membership_change_role",
     "membership_remove",

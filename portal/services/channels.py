@@ -189,6 +189,26 @@ def channel_update_secret(*, channel: Channel, secret: str, actor: Actor) -> Cha
 
 
 @transaction.atomic
+def channel_edit(
+    *,
+    channel: Channel,
+    actor: Actor,
+    secret: str | None = None,
+    models: Mapping[str, str] | Iterable[str] | None = None,
+    **changes: Any,
+) -> Channel:
+    """One edit of a channel as a person makes it, all or nothing: its settings (as
+    ``channel_update``), a new secret when ``secret`` is not None (empty: remove it), and
+    more models to serve. Each part is audited as its own service audits it."""
+    channel_update(channel=channel, actor=actor, **changes)
+    if secret is not None:
+        channel_update_secret(channel=channel, secret=secret, actor=actor)
+    if models:
+        channel_models_add(channel=channel, models=models, actor=actor)
+    return channel
+
+
+@transaction.atomic
 def channel_set_status(
     *, channel: Channel, enabled: bool, reason: str = "", actor: Actor
 ) -> Channel:
@@ -212,6 +232,19 @@ def channel_set_status(
         data={"previous": previous, "reason": reason},
     )
     return channel
+
+
+@transaction.atomic
+def channels_set_status(
+    *, channels: Iterable[Channel], enabled: bool, reason: str = "", actor: Actor
+) -> int:
+    """Take several channels in or out of rotation at once, all or none; returns how many
+    were asked."""
+    count = 0
+    for channel in channels:
+        channel_set_status(channel=channel, enabled=enabled, reason=reason, actor=actor)
+        count += 1
+    return count
 
 
 @transaction.atomic

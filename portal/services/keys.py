@@ -117,3 +117,14 @@ def api_key_revoke(*, api_key: ApiKey, actor: Actor) -> ApiKey:
         data={"name": api_key.name, "prefix": api_key.prefix},
     )
     return api_key
+
+
+@transaction.atomic
+def api_keys_revoke(*, api_keys: Iterable[ApiKey], actor: Actor) -> int:
+    """Revoke several keys at once, all or none; returns how many were active."""
+    revoked = 0
+    for api_key in api_keys:
+        if api_key.status == ApiKey.Status.ACTIVE:
+            api_key_revoke(api_key=api_key, actor=actor)
+            revoked += 1
+    return revoked

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
@@ -28,7 +27,7 @@ from portal import selectors, services
 from portal.models import CatalogModel, Channel
 from relay import health
 
-# Fields channel_update accepts; the secret goes through channel_update_secret.
+# Settings channel_edit takes beside the secret.
 _CHANNEL_FIELDS = (
     "name",
     "base_url",
@@ -70,13 +69,13 @@ class ChannelViewSet(
     def perform_update(self, serializer: Any) -> None:
         data = serializer.validated_data
         channel = serializer.instance
-        with service_errors(), transaction.atomic():
-            changes = {field: data[field] for field in _CHANNEL_FIELDS if field in data}
-            services.channel_update(channel=channel, actor=self.request.user, **changes)
-            if "secret" in data:
-                services.channel_update_secret(
-                    channel=channel, secret=data["secret"], actor=self.request.user
-                )
+        with service_errors():
+            services.channel_edit(
+                channel=channel,
+                actor=self.request.user,
+                secret=data.get("secret"),  # absent: unchanged; empty: removed
+                **{field: data[field] for field in _CHANNEL_FIELDS if field in data},
+            )
 
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         super().update(request, *args, **kwargs)

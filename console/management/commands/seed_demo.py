@@ -250,10 +250,13 @@ class Command(BaseCommand):
             return services.channel_update(
                 channel=channel, actor=ACTOR, native_surfaces=NATIVE_SURFACES
             )
-        services.channel_update(
-            channel=channel, actor=ACTOR, base_url=upstream, native_surfaces=NATIVE_SURFACES
+        services.channel_edit(
+            channel=channel,
+            actor=ACTOR,
+            models=MODELS,
+            base_url=upstream,
+            native_surfaces=NATIVE_SURFACES,
         )
-        services.channel_models_add(channel=channel, models=MODELS, actor=ACTOR)
         return channel
 
     def _api_key(self, tenant: Organization, key_file: Path) -> tuple[str, bool]:
