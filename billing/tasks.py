@@ -5,6 +5,7 @@ The beat schedule that drives the periodic ones is in ``config/celery_app.py``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from celery import Task, shared_task
@@ -65,7 +66,7 @@ def budget_check_task(account_id: int) -> int:
     account = BillingAccount.objects.select_related("organization").get(pk=account_id)
     alerts = services.budget_check(account=account)
     for alert in alerts:
-        transaction.on_commit(lambda pk=alert.pk: budget_alert_deliver_task.delay(pk))
+        transaction.on_commit(functools.partial(budget_alert_deliver_task.delay, alert.pk))
     return len(alerts)
 
 

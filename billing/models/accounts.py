@@ -115,7 +115,8 @@ class BillingAccount(models.Model):
 
     def clean(self) -> None:
         self.currency = (self.currency or "").upper()
-        if self.price_list_id and self.price_list.currency != self.currency:
+        price_list = self.price_list if self.price_list_id else None
+        if price_list is not None and price_list.currency != self.currency:
             raise ValidationError(
                 {"price_list": "The price list's currency differs from the account's."}
             )

@@ -1,8 +1,10 @@
-"""Helpers shared by billing's services: actors, watermark locks, relay notification."""
+"""Helpers shared by billing's services: watermark locks, relay notification, accounts.
+
+Billing's services take the one ``Actor`` type of ``portal.services.common``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 from django.db import transaction
 
@@ -10,16 +12,8 @@ from billing.models import BillingAccount, BillingWatermark, TenantDefaults
 from portal import invalidation
 from portal.models import AuditEntry, Organization
 
-if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
-
-# A person, or a label naming the job or command acting on its own ("billing", "cli").
-Actor: TypeAlias = "AbstractBaseUser | str"
+# The label billing's own jobs act under.
 SYSTEM_ACTOR = "billing"
-
-
-def user_or_none(actor: Actor) -> AbstractBaseUser | None:
-    return None if isinstance(actor, str) else actor
 
 
 def watermark_lock(name: str) -> BillingWatermark:

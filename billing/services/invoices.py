@@ -28,8 +28,9 @@ from billing.models import (
 from billing.money import percent_of
 from billing.periods import Period
 from billing.selectors import BILLABLE, watermark_position
-from billing.services.common import Actor, account_for, tell_relay, user_or_none
+from billing.services.common import account_for, tell_relay
 from portal.models import AuditEntry, Organization
+from portal.services.common import Actor, user_or_none
 
 PRICE_FIELDS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "request_fee_micros")
 COUNT_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")

@@ -23,9 +23,10 @@ from billing.models import (
     UsageEvent,
 )
 from billing.selectors import BILLABLE, watermark_margin
-from billing.services.common import Actor, account_for, tell_relay, user_or_none
+from billing.services.common import account_for, tell_relay
 from portal import crypto
 from portal.models import AuditEntry, Organization
+from portal.services.common import Actor, user_or_none
 
 REDEMPTION_CODE_PREFIX = "TG"
 USAGE_BATCH_SIZE = 1000

@@ -21,15 +21,10 @@ from billing.models import (
     PriceList,
     TenantDefaults,
 )
-from billing.services.common import (
-    Actor,
-    new_account_fields,
-    tell_relay,
-    user_or_none,
-    watermark_lock,
-)
+from billing.services.common import new_account_fields, tell_relay, watermark_lock
 from billing.webhooks import WebhookRefused, webhook_url_check
 from portal.models import ApiKey, AuditEntry, CatalogModel, Organization
+from portal.services.common import Actor, user_or_none
 
 # A new price may start a moment ago (a form submitted slowly) but not further back:
 # prices are never backdated over requests already served.

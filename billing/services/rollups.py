@@ -157,16 +157,16 @@ def _sync(
 
 def _ranges(hours: Iterable[datetime]) -> Iterator[tuple[datetime, datetime]]:
     """Contiguous runs of hours as ``[start, end)`` ranges."""
-    run_start = run_end = None
+    run: tuple[datetime, datetime] | None = None
     for hour in sorted(set(hours)):
-        if run_end is not None and hour == run_end:
-            run_end = hour + HOUR
+        if run is not None and hour == run[1]:
+            run = (run[0], hour + HOUR)
             continue
-        if run_start is not None:
-            yield run_start, run_end
-        run_start, run_end = hour, hour + HOUR
-    if run_start is not None:
-        yield run_start, run_end
+        if run is not None:
+            yield run
+        run = (hour, hour + HOUR)
+    if run is not None:
+        yield run
 
 
 def rollups_advance() -> RollupChanges:

@@ -67,7 +67,7 @@ def usage_events_insert(*, rows: list[dict[str, Any]]) -> None:
                 if connection.queries_logged
                 else connection.make_cursor
             )
-            with wrap(raw) as cursor:
+            with wrap(raw) as cursor:  # type: ignore[arg-type]  # psycopg's cursor, wrapped
                 cursor.executemany(sql, params)
         else:
             with connection.cursor() as cursor:

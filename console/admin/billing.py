@@ -25,6 +25,7 @@ from billing.models import (
     UsageRollup,
 )
 from billing.services import prices
+from console.http import acting_user
 
 
 class OutcomeFilter(admin.SimpleListFilter):
@@ -120,7 +121,7 @@ class ModelPriceInline(admin.TabularInline):
     model = ModelPrice
     extra = 0
     fields = ["model", *PRICE_COLUMNS, "created_by"]
-    readonly_fields = fields
+    readonly_fields = ["model", *PRICE_COLUMNS, "created_by"]
     can_delete = False
     show_change_link = False
 
@@ -140,7 +141,7 @@ class PriceListAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: PriceList, form: Any, change: bool) -> None:
         if change:
             prices.price_list_set_markup(
-                price_list=obj, markup_percent=obj.markup_percent, actor=request.user
+                price_list=obj, markup_percent=obj.markup_percent, actor=acting_user(request)
             )
             return
         created = prices.price_list_create(
@@ -149,7 +150,7 @@ class PriceListAdmin(admin.ModelAdmin):
             currency=obj.currency,
             is_default=obj.is_default,
             markup_percent=obj.markup_percent,
-            actor=request.user,
+            actor=acting_user(request),
         )
         obj.pk = created.pk
 
@@ -178,7 +179,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
             output_per_mtok=obj.output_per_mtok,
             request_fee_micros=obj.request_fee_micros,
             effective_from=obj.effective_from,
-            actor=request.user,
+            actor=acting_user(request),
         )
         obj.pk = created.pk
 
@@ -207,11 +208,11 @@ class BillingAccountAdmin(admin.ModelAdmin):
         fields.pop("organization", None)
         if change:
             prices.billing_account_update(
-                account=BillingAccount.objects.get(pk=obj.pk), actor=request.user, **fields
+                account=BillingAccount.objects.get(pk=obj.pk), actor=acting_user(request), **fields
             )
         else:
             created = prices.billing_account_create(
-                organization=obj.organization, actor=request.user, **fields
+                organization=obj.organization, actor=acting_user(request), **fields
             )
             obj.pk = created.pk
 
@@ -294,13 +295,13 @@ class KeyQuotaAdmin(admin.ModelAdmin):
             total_limit_micros=obj.total_limit_micros,
             period_limit_micros=obj.period_limit_micros,
             period=obj.period,
-            actor=request.user,
+            actor=acting_user(request),
         )
         if saved is not None:
             obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: KeyQuota) -> None:
-        prices.key_quota_set(api_key=obj.api_key, actor=request.user)
+        prices.key_quota_set(api_key=obj.api_key, actor=acting_user(request))
 
 
 admin.site.register(BillingWatermark, ReadOnlyAdmin)

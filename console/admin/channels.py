@@ -10,6 +10,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from console.admin.base import AuditedAdmin
+from console.http import acting_user
 from portal import services
 from portal.models import (
     CatalogModel,
@@ -74,7 +75,8 @@ class ChannelForm(forms.ModelForm):
         ]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if cleaned.get("secret") and cleaned.get("clear_secret"):
             raise forms.ValidationError("Either type a new secret or remove it, not both.")
         # The model checks the secret against the provider type, so it sees the new one.
@@ -174,7 +176,7 @@ class ChannelAdmin(AuditedAdmin):
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Channel], enabled: bool) -> None:
         reason = "" if enabled else f"Disabled by {request.user.get_username()} in admin"
         services.channels_set_status(
-            channels=queryset, enabled=enabled, reason=reason, actor=request.user
+            channels=queryset, enabled=enabled, reason=reason, actor=acting_user(request)
         )
         verb = "Enabled" if enabled else "Disabled"
         self.message_user(request, f"{verb} {queryset.count()} channel(s).", messages.SUCCESS)

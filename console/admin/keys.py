@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
 from console.admin.base import AuditedAdmin
+from console.http import acting_user
 from portal import services
 from portal.models import (
     ApiKey,
@@ -41,7 +42,8 @@ class ApiKeyForm(forms.ModelForm):
         if "allowed_models" in self.fields:
             self.initial["allowed_models"] = ", ".join(self.instance.allowed_models or [])
         if "tenant" in self.fields:
-            self.fields["tenant"].queryset = Organization.objects.filter(
+            tenant = cast(forms.ModelChoiceField, self.fields["tenant"])
+            tenant.queryset = Organization.objects.filter(
                 kind=Organization.Kind.TENANT, is_active=True
             )
 
@@ -92,11 +94,11 @@ class ApiKeyAdmin(AuditedAdmin):
             return "revoked"
         return "active" if obj.is_usable() else "expired"
 
-    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> tuple[str, ...]:
         # Listed explicitly so the digest can never appear, even on read-only pages.
         if obj is None:
-            return ["tenant", "name", "expires_at", "allowed_models"]
-        return [
+            return ("tenant", "name", "expires_at", "allowed_models")
+        return (
             "tenant",
             "name",
             "prefix",
@@ -106,7 +108,7 @@ class ApiKeyAdmin(AuditedAdmin):
             "created_by",
             "created_at",
             "revoked_at",
-        ]
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
@@ -136,7 +138,7 @@ class ApiKeyAdmin(AuditedAdmin):
         key, secret = services.api_key_create(
             tenant=obj.tenant,
             name=obj.name,
-            actor=request.user,
+            actor=acting_user(request),
             expires_at=obj.expires_at,
             allowed_models=obj.allowed_models,
         )
@@ -178,5 +180,5 @@ class ApiKeyAdmin(AuditedAdmin):
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         active = queryset.filter(status=ApiKey.Status.ACTIVE).select_related("tenant")
-        revoked = services.api_keys_revoke(api_keys=active, actor=request.user)
+        revoked = services.api_keys_revoke(api_keys=active, actor=acting_user(request))
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django import forms
@@ -33,7 +34,7 @@ class OrganizationForm(forms.ModelForm):
         # blank or unknown; the field error already tells the operator what is wrong.
         if self.has_error("kind"):
             return
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # Django's, missing from its stubs
 
 
 @admin.register(Organization)
@@ -59,7 +60,7 @@ class OrganizationAdmin(AuditedAdmin):
 
     def get_prepopulated_fields(
         self, request: HttpRequest, obj: Organization | None = None
-    ) -> dict[str, list[str]]:
+    ) -> dict[str, Sequence[str]]:
         # Slugs appear in URLs and scripts: derive them once, never rewrite them silently.
         return {} if obj else dict(self.prepopulated_fields)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -16,7 +16,9 @@ from portal.models import CatalogModel, Channel, Membership, Organization, Perso
 from portal.models.catalog import SURFACES
 from portal.models.channels import validate_upstream_url
 
-DATETIME_INPUT = forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+DATETIME_INPUT: forms.DateTimeInput = forms.DateTimeInput(
+    attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"
+)
 
 
 def _is_model_id(value: str) -> bool:
@@ -55,7 +57,7 @@ class ApiKeyForm(forms.Form):
 
     def __init__(self, *args: Any, model_ids: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["allowed_models"].choices = [(m, m) for m in model_ids]
+        cast(forms.ChoiceField, self.fields["allowed_models"]).choices = [(m, m) for m in model_ids]
 
     def clean_expires_at(self) -> Any:
         return _future(self.cleaned_data.get("expires_at"))
@@ -70,7 +72,7 @@ class MemberAddForm(forms.Form):
     def __init__(self, *args: Any, roles: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         labels = dict(Membership.Role.choices)
-        self.fields["role"].choices = [(r, labels[r]) for r in roles]
+        cast(forms.ChoiceField, self.fields["role"]).choices = [(r, labels[r]) for r in roles]
 
     def clean_user(self) -> Any:
         value = self.cleaned_data["user"].strip()
@@ -242,8 +244,9 @@ class UsageFilterForm(forms.Form):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["key"].choices = [("", "All keys"), *keys]
-        self.fields["model"].choices = [("", "All models"), *((m, m) for m in models)]
+        cast(forms.ChoiceField, self.fields["key"]).choices = [("", "All keys"), *keys]
+        model_choices = [("", "All models"), *((m, m) for m in models)]
+        cast(forms.ChoiceField, self.fields["model"]).choices = model_choices
 
     def period_days(self) -> int:
         data = self.cleaned_data if self.is_valid() else {}

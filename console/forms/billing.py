@@ -4,7 +4,7 @@ integer micro-units; the billing services do the rest."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 
@@ -26,7 +26,7 @@ class MoneyField(forms.DecimalField):
         kwargs.setdefault("decimal_places", 6)
         super().__init__(**kwargs)
 
-    def clean(self, value: Any) -> int | None:  # type: ignore[override]
+    def clean(self, value: Any) -> int | None:
         amount = super().clean(value)
         return None if amount is None else to_micros(amount)
 
@@ -159,7 +159,8 @@ class AccountTermsForm(forms.Form):
 
     def __init__(self, *args: Any, seller: Organization, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["price_list"].queryset = PriceList.objects.filter(owner=seller).order_by("name")
+        price_list = cast(forms.ModelChoiceField, self.fields["price_list"])
+        price_list.queryset = PriceList.objects.filter(owner=seller).order_by("name")
 
     @classmethod
     def for_account(cls, account: Any, *, seller: Organization, data: Any = None) -> Any:

@@ -15,6 +15,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
 from console.forms import AccessTokenForm
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, render_page
 from portal import selectors, tokens
 from portal.access import Need, Role, is_operator, request_scope, role_grants
@@ -58,7 +59,7 @@ class ThrottledLoginView(auth_views.LoginView):
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Send each person where their work is: operators to the console, people in one
     organisation straight into it, others to a list to choose from."""
     if is_operator(request.user):
@@ -82,7 +83,7 @@ def _landing(organization: Organization, role: Role) -> str:
 
 
 @login_required
-def access_tokens(request: HttpRequest) -> HttpResponse:
+def access_tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The person's tokens for the management API: list, create (secret shown once)."""
     form = AccessTokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -114,7 +115,7 @@ def access_tokens(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def access_token_revoke(request: HttpRequest, token_id: int) -> HttpResponseRedirect:
+def access_token_revoke(request: AuthenticatedHttpRequest, token_id: int) -> HttpResponseRedirect:
     token = get_object_or_404(PersonalAccessToken, pk=token_id, user=request.user)
     tokens.personal_access_token_revoke(token=token, actor=request.user)
     messages.success(request, f"Token “{token.name}” revoked.")

@@ -29,6 +29,7 @@ from console.forms import (
     RedeemCodeForm,
     TopUpForm,
 )
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from portal.access import (
     Access,
@@ -44,7 +45,7 @@ from portal.models import Organization
 
 
 @login_required
-def billing_page(request: HttpRequest, slug: str) -> HttpResponse:
+def billing_page(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Balance, this month's spend, invoices received, recent credits; a code to redeem."""
     access = get_access(request.user, slug, need=Need.BILLING)
     return _billing_page(request, access, RedeemCodeForm())
@@ -73,7 +74,7 @@ def _billing_page(
 
 @login_required
 @require_POST
-def redeem(request: HttpRequest, slug: str) -> HttpResponse:
+def redeem(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     access = get_access(request.user, slug, need=Need.BILLING)
     if not access.organization.is_tenant:
         raise Http404("Only tenants redeem codes.")
@@ -100,7 +101,7 @@ def _money(micros: int | None) -> str:
 
 
 @login_required
-def budget(request: HttpRequest, slug: str) -> HttpResponse:
+def budget(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """The monthly budget and its alerts: anyone with billing rights sees them, owners
     and admins (and the seller) change them."""
     access = get_access(request.user, slug, need=Need.BILLING)
@@ -153,7 +154,7 @@ def _sold_organization(request: HttpRequest, slug: str) -> Access:
 
 
 @login_required
-def terms(request: HttpRequest, slug: str) -> HttpResponse:
+def terms(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """A customer's terms as its seller sets them, with its balance and a top-up form."""
     access = _sold_organization(request, slug)
     organization = access.organization
@@ -211,7 +212,7 @@ def _terms_page(
 
 @login_required
 @require_POST
-def topup(request: HttpRequest, slug: str) -> HttpResponse:
+def topup(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Credit a customer's balance with a payment received."""
     access = _sold_organization(request, slug)
     organization = access.organization
@@ -244,7 +245,7 @@ def _status_filter(request: HttpRequest) -> str:
 
 
 @login_required
-def invoices_issued(request: HttpRequest, slug: str) -> HttpResponse:
+def invoices_issued(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Invoices this reseller (or the platform) issued to its customers."""
     access = get_access(request.user, slug, need=Need.BILLING)
     issuer = access.organization
@@ -268,7 +269,7 @@ def invoices_issued(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def invoices_draft_now(request: HttpRequest, slug: str) -> HttpResponseRedirect:
+def invoices_draft_now(request: AuthenticatedHttpRequest, slug: str) -> HttpResponseRedirect:
     """Create or refresh this month's drafts to the issuer's customers at once."""
     access = get_access(request.user, slug, need=Need.MANAGE)
     if access.organization.is_tenant:
@@ -280,7 +281,7 @@ def invoices_draft_now(request: HttpRequest, slug: str) -> HttpResponseRedirect:
 
 @login_required
 @require_POST
-def operator_invoices_draft_now(request: HttpRequest) -> HttpResponseRedirect:
+def operator_invoices_draft_now(request: AuthenticatedHttpRequest) -> HttpResponseRedirect:
     require_operator(request.user)
     drafts = billing.invoice_drafts_refresh(issuer=None, actor=request.user)
     messages.success(request, _drafted(drafts))
@@ -294,7 +295,7 @@ def _drafted(drafts: list[Invoice]) -> str:
 
 
 @login_required
-def operator_invoices(request: HttpRequest) -> HttpResponse:
+def operator_invoices(request: AuthenticatedHttpRequest) -> HttpResponse:
     require_operator(request.user)
     status = _status_filter(request)
     return render_page(
@@ -325,7 +326,7 @@ def _invoice_for(request: HttpRequest, invoice_id: int) -> tuple[Invoice, reads.
 
 
 @login_required
-def invoice_download(request: HttpRequest, invoice_id: int, fmt: str) -> HttpResponse:
+def invoice_download(request: AuthenticatedHttpRequest, invoice_id: int, fmt: str) -> HttpResponse:
     """The invoice as PDF or CSV, for its customer's and its issuer's billing people."""
     if fmt not in ("pdf", "csv"):
         raise Http404("Invoices come as pdf or csv.")
@@ -344,7 +345,9 @@ _INVOICE_ACTIONS = {"issue", "paid", "void"}
 
 @login_required
 @require_POST
-def invoice_action(request: HttpRequest, invoice_id: int, action: str) -> HttpResponseRedirect:
+def invoice_action(
+    request: AuthenticatedHttpRequest, invoice_id: int, action: str
+) -> HttpResponseRedirect:
     """Issue a draft, record a payment, or void: the issuer's owners and admins only."""
     invoice, standing = _invoice_for(request, invoice_id)
     if action not in _INVOICE_ACTIONS:

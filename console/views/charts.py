@@ -91,7 +91,7 @@ def compact(value: float) -> str:
 def stacked_bars(
     title: str,
     labels: Sequence[str],
-    series: Sequence[tuple[str, str, Sequence[int]]],
+    series: Sequence[tuple[str, str, Sequence[float]]],
     *,
     unit: str = "",
 ) -> Chart:

@@ -22,6 +22,7 @@ from console.forms import (
     OperatorOrganizationForm,
     UsageLogFilterForm,
 )
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from console.views.charts import stacked_bars
 from portal import selectors, services
@@ -34,7 +35,7 @@ _CHANNEL_FIELDS = ("name", "provider_type", "base_url", "priority", "weight")
 
 
 @login_required
-def overview(request: HttpRequest) -> HttpResponse:
+def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Platform-wide traffic over the last 30 days, channel and catalog health."""
     require_operator(request.user)
     period = Period.last_days(30)
@@ -97,7 +98,11 @@ def overview(request: HttpRequest) -> HttpResponse:
                 unit=main,
             ),
             "channels": selectors.channels_overview(),
-            "available_count": sum(1 for m in catalog if m.served and m.priced),
+            "available_count": sum(
+                1
+                for m in catalog
+                if getattr(m, "served", False) and getattr(m, "priced", False)
+            ),
             "catalog_count": len(catalog),
         },
         section="operator",
@@ -105,7 +110,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def channels(request: HttpRequest) -> HttpResponse:
+def channels(request: AuthenticatedHttpRequest) -> HttpResponse:
     require_operator(request.user)
     return render_page(
         request,
@@ -116,7 +121,7 @@ def channels(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def channel_create(request: HttpRequest) -> HttpResponse:
+def channel_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     require_operator(request.user)
     form = ChannelForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -141,7 +146,7 @@ def channel_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def channel_edit(request: HttpRequest, channel_id: int) -> HttpResponse:
+def channel_edit(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResponse:
     require_operator(request.user)
     channel = get_object_or_404(selectors.channels_overview(), pk=channel_id)
     initial: dict[str, Any] = {field: getattr(channel, field) for field in _CHANNEL_FIELDS}
@@ -170,7 +175,7 @@ def channel_edit(request: HttpRequest, channel_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def channel_status(request: HttpRequest, channel_id: int) -> HttpResponseRedirect:
+def channel_status(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResponseRedirect:
     """Enable or disable a channel (``action`` = enable / disable)."""
     require_operator(request.user)
     channel = get_object_or_404(Channel, pk=channel_id)
@@ -188,7 +193,7 @@ def channel_status(request: HttpRequest, channel_id: int) -> HttpResponseRedirec
 
 @login_required
 @require_POST
-def channel_test(request: HttpRequest, channel_id: int) -> HttpResponseRedirect:
+def channel_test(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResponseRedirect:
     """Send the channel one tiny request now and report the result and latency."""
     require_operator(request.user)
     channel = get_object_or_404(Channel, pk=channel_id)
@@ -203,7 +208,7 @@ def channel_test(request: HttpRequest, channel_id: int) -> HttpResponseRedirect:
 
 
 @login_required
-def catalog(request: HttpRequest) -> HttpResponse:
+def catalog(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Every catalog model with its availability, and a form to add or update one."""
     require_operator(request.user)
     edit_id = request.GET.get("edit")
@@ -232,7 +237,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def organizations(request: HttpRequest) -> HttpResponse:
+def organizations(request: AuthenticatedHttpRequest) -> HttpResponse:
     require_operator(request.user)
     form = OperatorOrganizationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -259,7 +264,7 @@ def organizations(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def usage_log(request: HttpRequest) -> HttpResponse:
+def usage_log(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Every request on the platform, newest first, narrowed by the filters."""
     require_operator(request.user)
     form = UsageLogFilterForm(request.GET or None)
@@ -274,7 +279,7 @@ def usage_log(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def audit(request: HttpRequest) -> HttpResponse:
+def audit(request: AuthenticatedHttpRequest) -> HttpResponse:
     require_operator(request.user)
     entries = selectors.audit_entries_scoped(request_scope(request)).order_by("-created_at", "-id")
     return render_page(

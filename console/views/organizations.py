@@ -5,13 +5,14 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from billing.periods import Period
 from billing.selectors import usage as usage_reads
 from console.forms import MemberAddForm, OrganizationForm
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from portal import selectors, services
 from portal.access import Need, get_access, membership_for_manager, require_operator
@@ -19,7 +20,7 @@ from portal.models import ApiKey, Membership, Organization
 
 
 @login_required
-def overview(request: HttpRequest, slug: str) -> HttpResponse:
+def overview(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """What the organisation is and what to do next, by role."""
     access = get_access(request.user, slug, need=Need.VIEW)
     organization = access.organization
@@ -38,7 +39,7 @@ def overview(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def members(request: HttpRequest, slug: str) -> HttpResponse:
+def members(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Everyone with a role here; managers may add people (owners only make owners)."""
     access = get_access(request.user, slug, need=Need.MEMBERS)
     if request.method == "POST":
@@ -86,7 +87,9 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def member_role(request: HttpRequest, slug: str, membership_id: int) -> HttpResponseRedirect:
+def member_role(
+    request: AuthenticatedHttpRequest, slug: str, membership_id: int
+) -> HttpResponseRedirect:
     """Change a member's role, within what the manager's own role may grant."""
     access = get_access(request.user, slug, need=Need.MANAGE)
     membership = membership_for_manager(access, membership_id)
@@ -107,7 +110,9 @@ def member_role(request: HttpRequest, slug: str, membership_id: int) -> HttpResp
 
 @login_required
 @require_POST
-def member_remove(request: HttpRequest, slug: str, membership_id: int) -> HttpResponseRedirect:
+def member_remove(
+    request: AuthenticatedHttpRequest, slug: str, membership_id: int
+) -> HttpResponseRedirect:
     access = get_access(request.user, slug, need=Need.MANAGE)
     membership = membership_for_manager(access, membership_id)
     try:
@@ -123,7 +128,7 @@ def member_remove(request: HttpRequest, slug: str, membership_id: int) -> HttpRe
 
 
 @login_required
-def tenants(request: HttpRequest, slug: str) -> HttpResponse:
+def tenants(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """A reseller's (or the platform's) tenants, and a form to add one."""
     access = get_access(request.user, slug, need=Need.MANAGE)
     parent = access.organization
@@ -155,7 +160,7 @@ def tenants(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def audit(request: HttpRequest, slug: str) -> HttpResponse:
+def audit(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     access = get_access(request.user, slug, need=Need.AUDIT)
     return render_page(
         request,

@@ -22,6 +22,7 @@ from console.forms import (
     PriceListForm,
     RedemptionCodeForm,
 )
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from portal.access import (
     Access,
@@ -45,7 +46,7 @@ def _price_list_owner(request: HttpRequest, slug: str) -> Access:
 
 
 @login_required
-def price_lists(request: HttpRequest, slug: str) -> HttpResponse:
+def price_lists(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     access = _price_list_owner(request, slug)
     owner = access.organization
     form = PriceListForm(request.POST or None)
@@ -74,7 +75,7 @@ def price_lists(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def price_list(request: HttpRequest, slug: str, list_id: int) -> HttpResponse:
+def price_list(request: AuthenticatedHttpRequest, slug: str, list_id: int) -> HttpResponse:
     """One list's prices; set a model's price (from now or a later date) or the markup."""
     access = _price_list_owner(request, slug)
     owner = access.organization
@@ -147,7 +148,7 @@ def _month(request: HttpRequest) -> tuple[MonthForm, Period]:
 
 
 @login_required
-def revenue(request: HttpRequest, slug: str) -> HttpResponse:
+def revenue(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """A reseller's usage, revenue and margin by tenant (and by model) for one month."""
     access = get_access(request.user, slug, need=Need.MANAGE)
     reseller = access.organization
@@ -187,19 +188,19 @@ def _to_platform_page(request: HttpRequest, name: str) -> HttpResponseRedirect:
 
 
 @login_required
-def operator_price_lists(request: HttpRequest) -> HttpResponseRedirect:
+def operator_price_lists(request: AuthenticatedHttpRequest) -> HttpResponseRedirect:
     """The platform's (wholesale) lists live on the platform organisation's pages."""
     return _to_platform_page(request, "price_lists")
 
 
 @login_required
-def operator_codes(request: HttpRequest) -> HttpResponseRedirect:
+def operator_codes(request: AuthenticatedHttpRequest) -> HttpResponseRedirect:
     """The platform's redemption codes (any account in their currency may redeem)."""
     return _to_platform_page(request, "codes")
 
 
 @login_required
-def codes(request: HttpRequest, slug: str) -> HttpResponse:
+def codes(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Redemption codes a reseller (or the platform) issues; the code is shown once."""
     access = _price_list_owner(request, slug)
     issuer = access.organization

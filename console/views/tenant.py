@@ -14,6 +14,7 @@ from billing.periods import Period
 from billing.selectors import dashboard as billing_selectors
 from billing.selectors import usage as usage_reads
 from console.forms import ApiKeyForm, UsageFilterForm
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from console.views.charts import stacked_bars
 from portal import selectors, services
@@ -34,7 +35,7 @@ def _model_ids(*, include_inactive: bool = False) -> list[str]:
 
 
 @login_required
-def keys(request: HttpRequest, slug: str) -> HttpResponse:
+def keys(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """List the tenant's keys and issue new ones; the secret is shown once, on this reply."""
     access = _tenant_access(request, slug, Need.KEYS)
     form = ApiKeyForm(request.POST or None, model_ids=_model_ids())
@@ -75,7 +76,7 @@ def keys(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def key_revoke(request: HttpRequest, slug: str, key_id: int) -> HttpResponseRedirect:
+def key_revoke(request: AuthenticatedHttpRequest, slug: str, key_id: int) -> HttpResponseRedirect:
     api_key, _ = get_object_for_user(
         request.user,
         ApiKey.objects.filter(tenant__slug=slug),
@@ -90,7 +91,7 @@ def key_revoke(request: HttpRequest, slug: str, key_id: int) -> HttpResponseRedi
 
 
 @login_required
-def usage(request: HttpRequest, slug: str) -> HttpResponse:
+def usage(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Requests and tokens by day and by model, and the latest requests."""
     access = _tenant_access(request, slug, Need.USAGE)
     visible_keys = selectors.api_keys_for(access)
@@ -169,7 +170,7 @@ def _base_url() -> str:
 
 
 @login_required
-def quickstart(request: HttpRequest, slug: str) -> HttpResponse:
+def quickstart(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """The base URL and copy-paste snippets for Python, Node and curl."""
     access = _tenant_access(request, slug, Need.KEYS)
     available = [

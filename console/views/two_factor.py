@@ -17,8 +17,10 @@ from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
+from django_otp.middleware import is_verified
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, render_page
 from portal.services import two_factor
 
@@ -53,7 +55,7 @@ def _spaced_secret(device: TOTPDevice) -> str:
 
 
 @login_required
-def two_factor_setup(request: HttpRequest) -> HttpResponse:
+def two_factor_setup(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Status, enrolment (scan, then confirm with a code) and removal."""
     _require_staff(request)
     user = request.user
@@ -98,12 +100,12 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def two_factor_verify(request: HttpRequest) -> HttpResponse:
+def two_factor_verify(request: AuthenticatedHttpRequest) -> HttpResponse:
     """After the password: the code from the app, before anything else opens."""
     target = request.POST.get("next") or request.GET.get("next") or "/"
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         target = "/"
-    if request.user.is_verified() or not two_factor.has_confirmed_device(request.user):
+    if is_verified(request.user) or not two_factor.has_confirmed_device(request.user):
         return HttpResponseRedirect(target)
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():

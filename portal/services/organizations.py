@@ -16,7 +16,7 @@ from portal.models import (
 from portal.services.common import Actor
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 _SLUG_MAX_LENGTH = Organization._meta.get_field("slug").max_length or 80
 
@@ -73,7 +73,7 @@ def organization_create(
 
 @transaction.atomic
 def membership_add(
-    *, organization: Organization, user: AbstractBaseUser, role: str, actor: Actor
+    *, organization: Organization, user: User, role: str, actor: Actor
 ) -> Membership:
     """Give ``user`` a role in ``organization``; ValidationError if they already have one."""
     membership = Membership(organization=organization, user=user, role=role)

@@ -13,21 +13,21 @@ from portal.models import AuditEntry
 from portal.services.common import Actor
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 DEVICE_NAME = "Authenticator app"
 
 
-def has_confirmed_device(user: AbstractBaseUser) -> bool:
+def has_confirmed_device(user: User) -> bool:
     return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
 
 
-def pending_device(user: AbstractBaseUser) -> TOTPDevice | None:
+def pending_device(user: User) -> TOTPDevice | None:
     return TOTPDevice.objects.filter(user=user, confirmed=False).first()
 
 
 @transaction.atomic
-def totp_device_start(*, user: AbstractBaseUser) -> TOTPDevice:
+def totp_device_start(*, user: User) -> TOTPDevice:
     """A fresh, unconfirmed device with a new random key (any earlier pending one goes):
     it protects nothing until a code from it confirms it."""
     if not user.is_staff:
@@ -57,7 +57,7 @@ def totp_device_confirm(*, device: TOTPDevice, token: str, actor: Actor) -> TOTP
 
 
 @transaction.atomic
-def totp_device_remove(*, user: AbstractBaseUser, actor: Actor) -> int:
+def totp_device_remove(*, user: User, actor: Actor) -> int:
     """Turn two-factor off for ``user``; returns how many devices went."""
     removed, _ = TOTPDevice.objects.filter(user=user).delete()
     if removed:

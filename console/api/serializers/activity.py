@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from portal.models import AuditEntry
+from portal.models import AuditEntry, Organization
 
 
 class UsageRowSerializer(serializers.Serializer):
@@ -24,7 +24,10 @@ class UsageRowSerializer(serializers.Serializer):
     cached_tokens = serializers.IntegerField()
     reasoning_tokens = serializers.IntegerField()
     total_tokens = serializers.SerializerMethodField()
-    errors = serializers.IntegerField(help_text="Requests answered with a 4xx or 5xx status.")
+    # The metaclass moves declared fields off the class, so this never hides .errors.
+    errors = serializers.IntegerField(  # type: ignore[assignment]
+        help_text="Requests answered with a 4xx or 5xx status."
+    )
     avg_latency_ms = serializers.SerializerMethodField()
     spend_micros = serializers.IntegerField(
         help_text="What the tenant is charged (retail), in micro-units of its currency."
@@ -40,7 +43,9 @@ class UsageRowSerializer(serializers.Serializer):
 
 class AuditEntrySerializer(serializers.ModelSerializer):
     actor = serializers.CharField(source="actor_label", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = AuditEntry

@@ -8,13 +8,16 @@ from decimal import Decimal
 from rest_framework import serializers
 
 from billing.models import Invoice, ModelPrice, PriceList
+from portal.models import CatalogModel, Organization
 
 # A billion currency units: far above any real amount, far below 64-bit overflow.
 MAX_MICROS = 10**15
 
 
 class ModelPriceSerializer(serializers.ModelSerializer):
-    model = serializers.SlugRelatedField(slug_field="public_id", read_only=True)
+    model: serializers.SlugRelatedField[CatalogModel] = serializers.SlugRelatedField(
+        slug_field="public_id", read_only=True
+    )
 
     class Meta:
         model = ModelPrice
@@ -30,7 +33,9 @@ class ModelPriceSerializer(serializers.ModelSerializer):
 
 
 class PriceListSerializer(serializers.ModelSerializer):
-    owner = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    owner: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     prices = ModelPriceSerializer(many=True, read_only=True)
 
     class Meta:
@@ -71,8 +76,12 @@ class ModelPriceSetSerializer(serializers.Serializer):
 
 
 class InvoiceSerializer(serializers.ModelSerializer):
-    issuer = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    customer = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    issuer: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    customer: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
 
     class Meta:
         model = Invoice

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rest_framework import serializers
 
-from portal.models import ApiKey, PersonalAccessToken
+from portal.models import ApiKey, Organization, PersonalAccessToken
 from portal.models.catalog import SURFACES
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(source="tenant", slug_field="slug", read_only=True)
-    created_by = serializers.SlugRelatedField(
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        source="tenant", slug_field="slug", read_only=True
+    )
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True
     )
 

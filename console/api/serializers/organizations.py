@@ -14,7 +14,10 @@ from portal.models import Membership, Organization
 
 
 class OrganizationSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    # The metaclass moves declared fields off the class: no clash with Field.parent.
+    parent: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(  # type: ignore[assignment]
+        slug_field="slug", read_only=True, allow_null=True
+    )
     my_role = serializers.SerializerMethodField(
         help_text="The caller's effective role here: operator, reseller, owner, admin, "
         "member or billing."
@@ -38,7 +41,7 @@ class OrganizationCreateSerializer(serializers.Serializer):
         choices=[Organization.Kind.TENANT, Organization.Kind.RESELLER],
         default=Organization.Kind.TENANT,
     )
-    parent = serializers.SlugField(
+    parent = serializers.SlugField(  # type: ignore[assignment]  # a field, not Field.parent
         help_text="Slug of the reseller (or the platform) the new organisation sits under."
     )
     slug = serializers.SlugField(
@@ -54,7 +57,9 @@ class OrganizationCreateSerializer(serializers.Serializer):
 class MembershipSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
     email = serializers.EmailField(source="user.email", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
 
     class Meta:
         model = Membership

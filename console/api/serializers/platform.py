@@ -131,7 +131,7 @@ class CatalogModelSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["surfaces", "is_active", "available", "availability"]
         # Uniqueness is the upsert's business: posting an existing id updates it.
-        extra_kwargs = {"public_id": {"validators": []}}
+        extra_kwargs: dict[str, dict[str, Any]] = {"public_id": {"validators": []}}
 
     def get_available(self, model: CatalogModel) -> bool:
         return bool(

@@ -26,6 +26,15 @@ from portal.models import AuditEntry
 DEFAULT_GROUP_BY = "day,model"
 
 
+def _group_by(raw: str) -> list[str]:
+    groups = list(dict.fromkeys(g.strip() for g in raw.split(",") if g.strip()))
+    unknown = [g for g in groups if g not in usage_reads.USAGE_GROUPS]
+    if not groups or unknown:
+        choices = ", ".join(usage_reads.USAGE_GROUPS)
+        raise ValidationError({"group_by": f"Choose one or more of: {choices}."})
+    return groups
+
+
 class UsageViewSet(ScopedMixin, GenericViewSet):
     """Usage of the caller's tenants, summed per group (members: their own keys only)."""
 
@@ -48,18 +57,10 @@ class UsageViewSet(ScopedMixin, GenericViewSet):
         ]
     )
     def list(self, request: Request) -> Response:
-        group_by = self._group_by(request.query_params.get("group_by", DEFAULT_GROUP_BY))
+        group_by = _group_by(request.query_params.get("group_by", DEFAULT_GROUP_BY))
         events = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(usage_reads.usage_grouped(events, group_by))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
-
-    def _group_by(self, raw: str) -> list[str]:
-        groups = list(dict.fromkeys(g.strip() for g in raw.split(",") if g.strip()))
-        unknown = [g for g in groups if g not in usage_reads.USAGE_GROUPS]
-        if not groups or unknown:
-            choices = ", ".join(usage_reads.USAGE_GROUPS)
-            raise ValidationError({"group_by": f"Choose one or more of: {choices}."})
-        return groups
 
 
 class AuditEntryViewSet(ScopedMixin, mixins.ListModelMixin, GenericViewSet):

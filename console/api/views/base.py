@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
-from rest_framework.request import Request
+from rest_framework.generics import GenericAPIView
 
 from portal.access import Scope, request_scope
 
@@ -23,17 +23,21 @@ def service_errors() -> Iterator[None]:
         raise serializers.ValidationError(detail) from exc
 
 
-class ScopedMixin:
-    """Gives a view the caller's :class:`portal.access.Scope` and passes it to serializers."""
+if TYPE_CHECKING:
+    _ApiView = GenericAPIView
+else:
+    _ApiView = object
 
-    request: Request
+
+class ScopedMixin(_ApiView):
+    """Gives a view the caller's :class:`portal.access.Scope` and passes it to serializers."""
 
     @property
     def scope(self) -> Scope:
         return request_scope(self.request)
 
     def get_serializer_context(self) -> dict[str, Any]:
-        context = super().get_serializer_context()  # type: ignore[misc]
+        context = dict(super().get_serializer_context())
         if getattr(self, "swagger_fake_view", False):
             return context
         context["scope"] = self.scope

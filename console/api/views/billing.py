@@ -35,6 +35,7 @@ from console.api.serializers.billing import (
     TopUpSerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
+from console.http import acting_user
 from portal.access import Need, get_access, request_scope, require_operator
 from portal.models import CatalogModel, Organization
 
@@ -88,7 +89,7 @@ class PriceListViewSet(
                 name=data["name"],
                 is_default=data["is_default"],
                 markup_percent=data.get("markup_percent"),
-                actor=request.user,
+                actor=acting_user(request),
             )
         return Response(PriceListSerializer(created).data, status=status.HTTP_201_CREATED)
 
@@ -112,7 +113,7 @@ class PriceListViewSet(
                 cached_input_per_mtok=data.get("cached_input_per_mtok"),
                 request_fee_micros=data["request_fee_micros"],
                 effective_from=data.get("effective_from"),
-                actor=request.user,
+                actor=acting_user(request),
             )
         return Response(ModelPriceSerializer(price).data, status=status.HTTP_201_CREATED)
 
@@ -218,6 +219,6 @@ class TopUpView(APIView):
                 account=account_for(organization),
                 amount_micros=form.validated_data["amount_micros"],
                 memo=form.validated_data["memo"],
-                actor=request.user,
+                actor=acting_user(request),
             )
         return Response(LedgerEntrySerializer(entry).data, status=status.HTTP_201_CREATED)

@@ -21,6 +21,7 @@ from console.api.serializers.keys import (
     ApiKeySerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
+from console.http import acting_user
 from portal import selectors, services, tokens
 from portal.access import Need, get_access, get_object_for_user
 from portal.models import ApiKey, PersonalAccessToken
@@ -60,19 +61,19 @@ class ApiKeyViewSet(ScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
             api_key, secret = services.api_key_create(
                 tenant=access.organization,
                 name=data["name"],
-                actor=request.user,
+                actor=acting_user(request),
                 expires_at=data.get("expires_at"),
                 allowed_models=data.get("allowed_models", []),
                 allowed_surfaces=data.get("allowed_surfaces", []),
             )
-        api_key.secret = secret  # type: ignore[attr-defined] - for this response only
+        api_key.secret = secret  # type: ignore[attr-defined]  # for this response only
         return Response(ApiKeyCreatedSerializer(api_key).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ApiKeySerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
         """Revoke the key; the relay refuses it within seconds. Repeating is harmless."""
-        api_key = services.api_key_revoke(api_key=self.get_object(), actor=request.user)
+        api_key = services.api_key_revoke(api_key=self.get_object(), actor=acting_user(request))
         return Response(ApiKeySerializer(api_key).data)
 
 
@@ -96,14 +97,16 @@ class AccessTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Gener
         form.is_valid(raise_exception=True)
         with service_errors():
             token, secret = tokens.personal_access_token_create(
-                user=request.user, actor=request.user, **form.validated_data
+                user=acting_user(request), actor=acting_user(request), **form.validated_data
             )
-        token.secret = secret  # type: ignore[attr-defined] - for this response only
+        token.secret = secret  # type: ignore[attr-defined]  # for this response only
         body = AccessTokenCreatedSerializer(token).data
         return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=AccessTokenSerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str) -> Response:
-        token = tokens.personal_access_token_revoke(token=self.get_object(), actor=request.user)
+        token = tokens.personal_access_token_revoke(
+            token=self.get_object(), actor=acting_user(request)
+        )
         return Response(AccessTokenSerializer(token).data)

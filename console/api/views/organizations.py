@@ -20,6 +20,7 @@ from console.api.serializers.organizations import (
     OrganizationSerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
+from console.http import acting_user
 from portal import selectors, services
 from portal.access import Need, get_access, membership_for_manager, require_operator
 from portal.models import Organization
@@ -61,7 +62,7 @@ class OrganizationViewSet(
                 kind=data["kind"],
                 parent=parent,
                 slug=data.get("slug"),
-                actor=request.user,
+                actor=acting_user(request),
             )
         body = OrganizationSerializer(organization, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED)
@@ -89,7 +90,7 @@ class OrganizationViewSet(
                 organization=access.organization,
                 user=form.validated_data["user"],
                 role=role,
-                actor=request.user,
+                actor=acting_user(request),
             )
         return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
@@ -110,7 +111,9 @@ class OrganizationViewSet(
         if role not in access.assignable_roles():
             raise PermissionDenied(f"Your role cannot grant the {role} role.")
         with service_errors():
-            services.membership_change_role(membership=membership, role=role, actor=request.user)
+            services.membership_change_role(
+                membership=membership, role=role, actor=acting_user(request)
+            )
         return Response(MembershipSerializer(membership).data)
 
     @extend_schema(responses={204: None})
@@ -120,5 +123,5 @@ class OrganizationViewSet(
         access = get_access(request.user, slug, need=Need.MANAGE)
         membership = membership_for_manager(access, int(membership_id))
         with service_errors():
-            services.membership_remove(membership=membership, actor=request.user)
+            services.membership_remove(membership=membership, actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -23,6 +23,7 @@ from console.api.serializers.platform import (
     ChannelTestSerializer,
 )
 from console.api.views.base import service_errors
+from console.http import acting_user
 from portal import selectors, services
 from portal.models import CatalogModel, Channel
 from relay import health
@@ -59,7 +60,7 @@ class ChannelViewSet(
         data = form.validated_data
         with service_errors():
             channel = services.channel_create(
-                actor=request.user,
+                actor=acting_user(request),
                 secret=data.get("secret", ""),
                 models=data["models"],
                 **{field: data[field] for field in _CHANNEL_FIELDS if field in data},
@@ -72,7 +73,7 @@ class ChannelViewSet(
         with service_errors():
             services.channel_edit(
                 channel=channel,
-                actor=self.request.user,
+                actor=acting_user(self.request),
                 secret=data.get("secret"),  # absent: unchanged; empty: removed
                 **{field: data[field] for field in _CHANNEL_FIELDS if field in data},
             )
@@ -100,7 +101,7 @@ class ChannelViewSet(
         models = {m["public_id"]: m["upstream_name"] for m in form.validated_data["models"]}
         with service_errors():
             services.channel_models_add(
-                channel=self.get_object(), models=models, actor=request.user
+                channel=self.get_object(), models=models, actor=acting_user(request)
             )
         return Response(self._show(pk))
 
@@ -118,7 +119,7 @@ class ChannelViewSet(
             channel=self.get_object(),
             enabled=enabled,
             reason=form.validated_data["reason"],
-            actor=request.user,
+            actor=acting_user(request),
         )
         return Response(self._show(channel.pk))
 
@@ -148,6 +149,6 @@ class CatalogModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Gene
         data = form.validated_data
         existed = CatalogModel.objects.filter(public_id=data["public_id"]).exists()
         with service_errors():
-            model = services.catalog_model_upsert(actor=request.user, **data)
+            model = services.catalog_model_upsert(actor=acting_user(request), **data)
         body = CatalogModelSerializer(self.get_queryset().get(pk=model.pk)).data
         return Response(body, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED)

@@ -1,0 +1,27 @@
+"""The one authenticated-request type of the console, and the person acting behind it.
+
+Views behind ``login_required`` take an :class:`AuthenticatedHttpRequest`, whose ``user``
+is a person, never the anonymous user: that is what lets ``request.user`` be passed as a
+service's ``Actor``. Code whose signature Django or DRF fixes (admin methods, API views)
+asks :func:`acting_user` instead.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    """An ``HttpRequest`` whose user signed in (for type checking only)."""
+
+    user: User
+
+
+def acting_user(request: HttpRequest) -> User:
+    """The signed-in person making ``request``; refuses anyone else."""
+    user = request.user
+    if not isinstance(user, User) or not user.is_authenticated:
+        raise PermissionDenied("Sign in first.")
+    return user
