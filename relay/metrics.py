@@ -244,6 +244,8 @@ def observe_limit_rejection(limit: str) -> None:
 
 
 def cost_micros(prices: Any, **counts: int) -> int:
+    # Not a cycle: settings.LOGGING imports this module (RequestIdFilter) while Django sets
+    # up logging, before the app registry is ready for billing's models.
     from billing.pricing import cost_micros as billing_cost
 
     return billing_cost(prices, **counts)

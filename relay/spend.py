@@ -33,6 +33,7 @@ from billing.pricing import (
     key_spending_limit,
     worst_case_cost_micros,
 )
+from portal import invalidation
 from relay import errors
 from relay.limits import LimitStore, Reservation
 
@@ -155,8 +156,6 @@ async def seed(
 async def _seed(
     store: LimitStore, key: KeyInfo, names: tuple[str, ...], reservation: Reservation
 ) -> None:
-    from portal import invalidation
-
     generation = max(await invalidation.acurrent_generation(), reservation.min_generation)
     written = await store.written_totals(names)
     bases = await sync_to_async(load_bases)(key.tenant_id, key.id, names)

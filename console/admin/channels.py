@@ -17,6 +17,7 @@ from portal.models import (
     Channel,
     ChannelModel,
 )
+from relay.health import channel_check
 
 
 @admin.register(CatalogModel)
@@ -191,8 +192,6 @@ class ChannelAdmin(AuditedAdmin):
 
     @admin.action(description="Test selected channels now", permissions=["change"])
     def test_selected(self, request: HttpRequest, queryset: QuerySet[Channel]) -> None:
-        from relay.health import channel_check
-
         for channel in queryset:
             result = channel_check(channel)
             if result.ok:

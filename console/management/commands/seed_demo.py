@@ -25,6 +25,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from billing.models import ModelPrice, PriceList
+from billing.services import model_price_set, price_list_create
 from portal import services
 from portal.crypto import API_KEY_VISIBLE_CHARS
 from portal.models import ApiKey, CatalogModel, Channel, Membership, Organization
@@ -196,9 +198,6 @@ class Command(BaseCommand):
 
     def _prices(self, platform: Organization) -> None:
         """A wholesale list pricing the demo models; the relay serves nothing unpriced."""
-        from billing.models import ModelPrice, PriceList
-        from billing.services import model_price_set, price_list_create
-
         wholesale = PriceList.objects.filter(owner=platform, is_default=True).first()
         if wholesale is None:
             wholesale = price_list_create(
