@@ -41,14 +41,14 @@ def attempt_order(
             routes,
             key=lambda r: (-r.priority, _affinity_score(affinity, r), r.channel_id),
         )
-    rng = rng or random
+    draw = rng.random if rng is not None else random.random
     ordered: list[Route] = []
     for priority in sorted({r.priority for r in routes}, reverse=True):
         tier = [r for r in routes if r.priority == priority]
         # Efraimidis-Spirakis: sorting by u ** (1 / w) yields a weighted permutation.
         # A weight of 0 keeps a channel as a last resort within its tier.
         tier.sort(
-            key=lambda r: rng.random() ** (1.0 / r.weight) if r.weight > 0 else -1.0,
+            key=lambda r: draw() ** (1.0 / r.weight) if r.weight > 0 else -1.0,
             reverse=True,
         )
         ordered.extend(tier)

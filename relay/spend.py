@@ -116,7 +116,7 @@ def load_bases(tenant_id: int, key_id: int, names: tuple[str, ...]) -> list[int]
             bases.append(quota.total_remaining_micros if quota else None)
         else:
             same_period = quota is not None and quota.period == kind
-            bases.append(quota.period_remaining_micros if same_period else None)
+            bases.append(quota.period_remaining_micros if quota and same_period else None)
     return [UNLIMITED_MICROS if base is None else base for base in bases]
 
 

@@ -87,7 +87,7 @@ async def embeddings(exchange: SimExchange, body: Any, options: SimOptions) -> N
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     tokens = sum(_size(value) for value in inputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    answer = {"object": "list", "model": model, "data": data}
+    answer: dict[str, Any] = {"object": "list", "model": model, "data": data}
     if not options.nousage:
         answer["usage"] = usage
     await exchange.respond_json(200, answer)
@@ -150,12 +150,12 @@ async def completions(exchange: SimExchange, body: Any, options: SimOptions) -> 
         choices = []
         for p_index, prompt in enumerate(prompts):
             for j in range(n):
-                head = lead(prompt)
+                echoed = lead(prompt)
                 choices.append(
                     {
                         "index": p_index * n + j,
-                        "text": head + "".join(texts),
-                        "logprobs": _logprobs(texts, logprobs, len(head))
+                        "text": echoed + "".join(texts),
+                        "logprobs": _logprobs(texts, logprobs, len(echoed))
                         if logprobs is not None
                         else None,
                         "finish_reason": finish,

@@ -154,7 +154,8 @@ class ResponsePlan:
 
     def response(self, status: str, output: list[dict[str, Any]], usage: bool) -> dict[str, Any]:
         body = self.body
-        reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+        asked = body.get("reasoning")
+        reasoning: dict[str, Any] = asked if isinstance(asked, dict) else {}
         incomplete = status == "incomplete"
         answer = {
             "id": self.id,

@@ -34,7 +34,7 @@ class Encoder:
         if self.started:
             return []
         self.started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -159,9 +159,9 @@ class Decoder:
             if delta.get("type") == "thinking_delta":
                 return [c.ReasoningDelta(str(delta.get("thinking") or ""))]
             if delta.get("type") == "input_json_delta":
-                index = self.blocks.get(c.as_int(event.get("index")))
-                if index is not None:
-                    return [c.ToolCallDelta(index, str(delta.get("partial_json") or ""))]
+                found = self.blocks.get(c.as_int(event.get("index")))
+                if found is not None:
+                    return [c.ToolCallDelta(found, str(delta.get("partial_json") or ""))]
             return []
         if kind == "message_delta":
             self._merge(event.get("usage"))

@@ -73,7 +73,9 @@ def request_to_canonical(body: dict[str, Any]) -> c.Request:
             _append(request.turns, "assistant", [call])
         elif kind == "function_call_output":
             output = item.get("output")
-            content = [c.Text(output)] if isinstance(output, str) else list(_parts(output))
+            content: list[c.Text | c.Image] = (
+                [c.Text(output)] if isinstance(output, str) else list(_parts(output))
+            )
             _append(request.turns, "user", [c.ToolResult(str(item.get("call_id") or ""), content)])
         elif kind == "reasoning":
             continue  # another model's private reasoning: not carried across formats
@@ -334,7 +336,8 @@ def response_object(
         status, incomplete = "incomplete", {"reason": "max_output_tokens"}
     elif stop == "content_filter":
         status, incomplete = "incomplete", {"reason": "content_filter"}
-    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+    asked = request.get("reasoning")
+    reasoning: dict[str, Any] = asked if isinstance(asked, dict) else {}
     tools = [
         {"strict": True, "parameters": None, "description": None, **tool}
         for tool in request.get("tools") or ()

@@ -205,9 +205,9 @@ class Decoder:
                     )
                 ]
         if kind == "response.function_call_arguments.delta":
-            index = self.calls.get(str(event.get("item_id")))
-            if index is not None:
-                return [c.ToolCallDelta(index, str(event.get("delta") or ""))]
+            found = self.calls.get(str(event.get("item_id")))
+            if found is not None:
+                return [c.ToolCallDelta(found, str(event.get("delta") or ""))]
         if kind in ("response.completed", "response.incomplete"):
             final = r.response_to_canonical(event.get("response") or {})
             events: list[c.Event] = [c.StreamFinish(final.stop)]

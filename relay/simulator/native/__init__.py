@@ -13,6 +13,7 @@ they do to chat completions.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from relay.simulator.native.trust import NativeTrust
@@ -35,7 +36,7 @@ _AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completion
 
 async def dispatch(
     app: SimulatorApp,
-    scope: dict[str, Any],
+    scope: Mapping[str, Any],
     exchange: SimExchange,
     path: str,
     options: SimOptions | OptionError,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -22,7 +23,7 @@ async def error(exchange: SimExchange, status: int, code: str, message: str) -> 
 
 async def handle(
     app: SimulatorApp,
-    scope: dict[str, Any],
+    scope: Mapping[str, Any],
     exchange: SimExchange,
     options: SimOptions | OptionError,
     deployment: str,

@@ -13,6 +13,7 @@ import calendar
 import hmac
 import struct
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -105,7 +106,7 @@ def _authorization(value: str) -> dict[str, str]:
 
 
 def verify_signature(
-    app: SimulatorApp, scope: dict[str, Any], raw: bytes
+    app: SimulatorApp, scope: Mapping[str, Any], raw: bytes
 ) -> tuple[int, str, str] | None:
     """None if the request is signed by a trusted key; else (status, AWS type, message)."""
     from botocore.auth import SigV4Auth
@@ -230,7 +231,7 @@ def _stop(p: NativePlan) -> str:
 
 async def handle(
     app: SimulatorApp,
-    scope: dict[str, Any],
+    scope: Mapping[str, Any],
     exchange: SimExchange,
     options: SimOptions | OptionError,
     route: dict[str, str],

@@ -4,6 +4,7 @@ the deterministic answer (``tok0 tok1 ...``, or a call of the first tool)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 IMAGE_TOKENS = 258
 
 
-def header(scope: dict[str, Any], name: str) -> str:
+def header(scope: Mapping[str, Any], name: str) -> str:
     wanted = name.encode()
     for key, value in scope["headers"]:
         if key.lower() == wanted:
@@ -27,13 +28,13 @@ def header(scope: dict[str, Any], name: str) -> str:
     return ""
 
 
-def query(scope: dict[str, Any]) -> dict[str, str]:
+def query(scope: Mapping[str, Any]) -> dict[str, str]:
     raw = scope.get("query_string", b"").decode("latin-1")
     return {name: values[-1] for name, values in parse_qs(raw).items()}
 
 
 async def read_request(
-    app: SimulatorApp, scope: dict[str, Any], exchange: SimExchange
+    app: SimulatorApp, scope: Mapping[str, Any], exchange: SimExchange
 ) -> tuple[bytes, Any]:
     """The raw body and its JSON (``INVALID_BODY`` if it is not JSON), logged for tests."""
     raw = await exchange.read_body()
@@ -55,7 +56,7 @@ async def read_request(
 
 
 async def gate(
-    app: SimulatorApp, scope: dict[str, Any], exchange: SimExchange, options: SimOptions
+    app: SimulatorApp, scope: Mapping[str, Any], exchange: SimExchange, options: SimOptions
 ) -> int | bool | None:
     """Latency, hangs and failures: False if nothing more should be sent, a status if the
     provider should answer with that error, None to answer normally."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -59,7 +60,9 @@ async def error(
     await exchange.respond_json(status, {"error": body})
 
 
-async def token_endpoint(app: SimulatorApp, scope: dict[str, Any], exchange: SimExchange) -> None:
+async def token_endpoint(
+    app: SimulatorApp, scope: Mapping[str, Any], exchange: SimExchange
+) -> None:
     """Exchange a service account's signed JWT for a short-lived access token."""
     raw, _ = await read_request(app, scope, exchange)
     form = {k: v[-1] for k, v in parse_qs(raw.decode("latin-1")).items()}
@@ -180,7 +183,7 @@ def _parts(p: NativePlan) -> list[dict[str, Any]]:
 
 async def handle(
     app: SimulatorApp,
-    scope: dict[str, Any],
+    scope: Mapping[str, Any],
     exchange: SimExchange,
     options: SimOptions | OptionError,
     route: dict[str, str],
@@ -230,7 +233,7 @@ async def handle(
 
 async def _authorised(
     app: SimulatorApp,
-    scope: dict[str, Any],
+    scope: Mapping[str, Any],
     exchange: SimExchange,
     options: SimOptions,
     route: dict[str, str],
