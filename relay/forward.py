@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from portal import services as portal_services
 from relay import errors, forward_native, outage, shared, sse, upstream
 from relay.affinity import conversation_key
 from relay.dialects.base import Call, Dialect, Leg
@@ -284,6 +285,4 @@ class Forwarding:
 
 
 def channel_suspend(*, channel_id: int, reason: str) -> None:
-    from portal.services import channel_suspend as suspend
-
-    suspend(channel_id=channel_id, reason=reason)
+    portal_services.channel_suspend(channel_id=channel_id, reason=reason)

@@ -4,7 +4,7 @@ every channel, like chat completions, with the model name mapped both ways."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -19,7 +19,7 @@ from relay.snapshot import Route
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 
 
-def _is_tokens(value: Any) -> bool:
+def _is_tokens(value: Any) -> TypeGuard[list[int]]:
     return (
         isinstance(value, list)
         and bool(value)
@@ -142,8 +142,9 @@ class CompletionCall(Call):
     def choices(self) -> int:
         # Every prompt gets n choices, and best_of candidates are generated (and billed).
         payload = self.payload
-        n = payload.get("n") if isinstance(payload.get("n"), int) else 1
-        best_of = payload.get("best_of") if isinstance(payload.get("best_of"), int) else 1
+        asked_n, asked_best_of = payload.get("n"), payload.get("best_of")
+        n = asked_n if isinstance(asked_n, int) else 1
+        best_of = asked_best_of if isinstance(asked_best_of, int) else 1
         return max(n, best_of, 1) * len(self.prompts)
 
     def prompt_estimate(self) -> int:

@@ -92,7 +92,9 @@ class TranslatedLeg(Leg):
         return bytes(out), False
 
 
-def translate(convert: Callable[[dict[str, Any]], canonical.Request], payload: dict[str, Any]):  # type: ignore[no-untyped-def]
+def translate(
+    convert: Callable[[dict[str, Any]], canonical.Request], payload: dict[str, Any]
+) -> canonical.Request:
     """The canonical request, or the 400 that says what cannot be translated."""
     try:
         return convert(payload)

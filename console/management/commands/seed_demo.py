@@ -25,8 +25,13 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from billing.models import ModelPrice, PriceList
-from billing.services import model_price_set, price_list_create
+from billing.models import BillingAccount, ModelPrice, PriceList
+from billing.services import (
+    account_topup,
+    billing_account_create,
+    model_price_set,
+    price_list_create,
+)
 from portal import services
 from portal.crypto import API_KEY_VISIBLE_CHARS
 from portal.models import ApiKey, CatalogModel, Channel, Membership, Organization
@@ -220,9 +225,6 @@ class Command(BaseCommand):
 
     def _terms(self, tenant: Organization) -> None:
         """Prepaid with a demo credit and a budget, unless the tenant has terms already."""
-        from billing.models import BillingAccount
-        from billing.services import account_topup, billing_account_create
-
         if BillingAccount.objects.filter(organization=tenant).exists():
             return  # an operator's terms (and the balance left) survive a re-run
         account = billing_account_create(
