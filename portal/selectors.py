@@ -18,6 +18,7 @@ from django.db.models import (
     Subquery,
 )
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from portal.access import Access, Need, Scope
 from portal.models import (
@@ -98,7 +99,9 @@ def _priced_for_anyone() -> Exists:
     """A price in any list, in force now. Prices live in billing, a layer above: reached
     through the catalog's reverse relation rather than an import."""
     prices = CatalogModel._meta.get_field("prices").related_model
-    return Exists(prices.objects.filter(model=OuterRef("pk"), effective_from__lte=timezone.now()))
+    return Exists(
+        prices._default_manager.filter(model=OuterRef("pk"), effective_from__lte=timezone.now())
+    )
 
 
 def catalog_with_availability(*, include_inactive: bool = False) -> QuerySet[CatalogModel]:

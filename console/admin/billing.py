@@ -325,6 +325,6 @@ class TenantDefaultsAdmin(admin.ModelAdmin):
             seller=obj.seller,
             mode=obj.mode,
             credit_limit_micros=obj.credit_limit_micros,
-            actor=request.user,
+            actor=acting_user(request),
         )
         obj.pk = saved.pk

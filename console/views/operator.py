@@ -99,9 +99,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
             ),
             "channels": selectors.channels_overview(),
             "available_count": sum(
-                1
-                for m in catalog
-                if getattr(m, "served", False) and getattr(m, "priced", False)
+                1 for m in catalog if getattr(m, "served", False) and getattr(m, "priced", False)
             ),
             "catalog_count": len(catalog),
         },

@@ -108,11 +108,12 @@ class LocalLimitStore:
                 refused, detail = self._check_money(reservation, now)
             if not refused:
                 self._count(scopes, keys, request_id, tokens, second, now + hold_seconds)
+                worst = reservation.worst_micros if reservation else 0
                 for name in reservation.scopes if reservation else ():
                     money = self._money[name]
-                    money.holds[request_id] = reservation.worst_micros
+                    money.holds[request_id] = worst
                     money.expiries[request_id] = now + hold_seconds
-                    money.held += reservation.worst_micros
+                    money.held += worst
         admission = _admission(scopes, not refused, refused, retry_ms, stats, now, tokens)
         _money_detail(admission, reservation, detail)
         return admission

@@ -133,7 +133,7 @@ class UsageRecord:
 
     def to_json(self) -> bytes:
         """The record for the Redis queue; the prompt only when it must be counted."""
-        data = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        data = {name: getattr(self, name) for name in self.__slots__}
         if self.usage is not None or (self.status_code >= 400 and not self.completion_text):
             data["prompt_messages"] = data["prompt_tools"] = data["completion_text"] = None
         try:
