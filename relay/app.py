@@ -121,8 +121,14 @@ class RelayApp:
         await self.cache.close()
         await upstream.close_client()
         await shared.close()
-        # What went to Redis is safe there; only this process's own queue must empty.
         usage_writer.flush(timeout=10.0, shared_queue=False)
+        # Events queued in Redis are written by whichever relay drains next; when this is the
+        # last relay standing, nothing would until traffic returned, so give the shared queue
+        # a bounded chance to empty. Redis being down must not stop the shutdown.
+        try:
+            usage_writer.flush(timeout=5.0, shared_queue=True)
+        except Exception:
+            logger.warning("draining the shared usage queue at shutdown failed", exc_info=True)
 
 
 def _require(method: str, expected: str, path: str) -> None:
