@@ -17,9 +17,19 @@ from portal.models import ApiKey, AuditEntry, Organization
 from portal.models.catalog import SURFACES
 
 
+class _RowIdField(forms.IntegerField):
+    """An integer the database can hold: beyond 64 bits it is a 400, not a 500 from the
+    driver (SQLite raises OverflowError on such a parameter)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", -(2**63))
+        kwargs.setdefault("max_value", 2**63 - 1)
+        super().__init__(*args, **kwargs)
+
+
 @extend_schema_field(OpenApiTypes.INT)
 class IntegerFilter(django_filters.NumberFilter):
-    field_class = forms.IntegerField
+    field_class = _RowIdField
 
 
 class OrganizationFilter(django_filters.FilterSet):
