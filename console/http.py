@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from rest_framework.request import Request
 
 
 class AuthenticatedHttpRequest(HttpRequest):
@@ -25,3 +26,9 @@ def acting_user(request: HttpRequest) -> User:
     if not isinstance(user, User) or not user.is_authenticated:
         raise PermissionDenied("Sign in first.")
     return user
+
+
+def two_factor_verified(request: HttpRequest | Request) -> bool:
+    """Whether this session entered a two-factor code (django-otp's verification)."""
+    is_verified = getattr(request.user, "is_verified", None)
+    return bool(is_verified and is_verified())

@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -18,6 +18,7 @@ from django.utils import timezone
 from portal import crypto
 from portal.models import AuditEntry, PersonalAccessToken
 from portal.models.tokens import TOKEN_PREFIX
+from portal.services.two_factor import has_confirmed_device
 
 # last_used_at is a hint for people, not an access log: refresh it at most this often.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -35,8 +36,16 @@ def personal_access_token_create(
     scope: str = PersonalAccessToken.Scope.READ,
     expires_at: datetime | None = None,
     actor: Any,
+    two_factor_verified: bool = False,
 ) -> tuple[PersonalAccessToken, str]:
-    """Issue a token for ``user``; the secret exists only in the return value."""
+    """Issue a token for ``user``; the secret exists only in the return value.
+
+    A token outlives the session that made it and skips the code at every use, so a person
+    with two-factor on gets one only from a session that entered its code
+    (``two_factor_verified``); otherwise a stolen password alone would mint one.
+    """
+    if not two_factor_verified and has_confirmed_device(user):
+        raise PermissionDenied("Enter your two-factor code before creating an access token.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     secret = generate_token()

@@ -15,7 +15,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_POST
 
 from console.forms import AccessTokenForm
-from console.http import AuthenticatedHttpRequest
+from console.http import AuthenticatedHttpRequest, two_factor_verified
 from console.views.base import form_errors, render_page
 from portal import selectors, tokens
 from portal.access import Need, Role, is_operator, request_scope, role_grants
@@ -94,6 +94,7 @@ def access_tokens(request: AuthenticatedHttpRequest) -> HttpResponse:
                 scope=form.cleaned_data["scope"],
                 expires_at=form.expires_at(),
                 actor=request.user,
+                two_factor_verified=two_factor_verified(request),
             )
         if not failed:
             response = render_page(

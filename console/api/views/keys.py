@@ -21,7 +21,7 @@ from console.api.serializers.keys import (
     ApiKeySerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
-from console.http import acting_user
+from console.http import acting_user, two_factor_verified
 from portal import selectors, services, tokens
 from portal.access import Need, get_access, get_object_for_user
 from portal.models import ApiKey, PersonalAccessToken
@@ -97,7 +97,10 @@ class AccessTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Gener
         form.is_valid(raise_exception=True)
         with service_errors():
             token, secret = tokens.personal_access_token_create(
-                user=acting_user(request), actor=acting_user(request), **form.validated_data
+                user=acting_user(request),
+                actor=acting_user(request),
+                two_factor_verified=two_factor_verified(request),
+                **form.validated_data,
             )
         token.secret = secret  # type: ignore[attr-defined]  # for this response only
         body = AccessTokenCreatedSerializer(token).data
