@@ -12,6 +12,7 @@ from portal.models import (
     AuditEntry,
     CatalogModel,
 )
+from portal.models.catalog import SURFACES
 from portal.services.common import Actor
 
 
@@ -19,6 +20,17 @@ def check_public_id(public_id: str) -> None:
     # Clients type these ids; one with a space in it could never be requested.
     if not public_id or public_id != "".join(public_id.split()):
         raise ValidationError({"public_id": "A model id cannot be blank or contain spaces."})
+
+
+def check_surfaces(surfaces: Iterable[str]) -> list[str]:
+    """The client APIs a model is offered on: known names, at least one, each once."""
+    chosen = list(surfaces)
+    unknown = [s for s in chosen if s not in SURFACES]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValidationError(
+            {"surfaces": f"Give one or more of: {', '.join(SURFACES)}, each once."}
+        )
+    return chosen
 
 
 @transaction.atomic
@@ -46,7 +58,7 @@ def catalog_model_upsert(
         "description": description,
     }
     if surfaces is not None:
-        values["surfaces"] = list(surfaces)
+        values["surfaces"] = check_surfaces(surfaces)
     # Validate before get_or_create, which would otherwise insert unchecked values.
     CatalogModel(public_id=public_id, **values).full_clean(
         validate_unique=False, validate_constraints=False

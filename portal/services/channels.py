@@ -78,6 +78,7 @@ def channel_create(
     weight: int = 1,
     provider_type: str = Channel.ProviderType.OPENAI,
     provider_settings: Mapping[str, Any] | None = None,
+    native_surfaces: Iterable[str] = (),
 ) -> Channel:
     """Connect an upstream and say which public models it serves.
 
@@ -93,6 +94,7 @@ def channel_create(
         weight=weight,
         provider_type=provider_type,
         provider_settings=dict(provider_settings or {}),
+        native_surfaces=list(native_surfaces),
     )
     channel.secret = secret
     channel.full_clean()
@@ -107,6 +109,7 @@ def channel_create(
             "base_url": channel.base_url,
             "provider_type": channel.provider_type,
             "provider_settings": channel.provider_settings,
+            "native_surfaces": channel.native_surfaces,
             "priority": channel.priority,
             "weight": channel.weight,
             "models": served,

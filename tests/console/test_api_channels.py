@@ -165,3 +165,66 @@ def test_channel_list_query_count_is_bounded(
         assert client.get("/api/channels/").json()["count"] == 16
     with django_assert_max_num_queries(len(one.captured_queries)):
         client.get("/api/models/")
+
+
+def test_operator_sets_a_channels_native_surfaces(operator_user: Any, channel: Channel) -> None:
+    client = client_for(operator_user)
+    assert client.get(f"/api/channels/{channel.pk}/").json()["native_surfaces"] == []
+    response = client.patch(
+        f"/api/channels/{channel.pk}/", {"native_surfaces": ["responses"]}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["native_surfaces"] == ["responses"]
+    channel.refresh_from_db()
+    assert channel.native_surfaces == ["responses"]
+    audit = AuditEntry.objects.filter(action="channel.update").latest("pk")
+    assert audit.data["changed"]["native_surfaces"] == {"from": [], "to": ["responses"]}
+    # chat is served by every channel: it is no native surface to declare.
+    for bad in (["chat"], ["responses", "nope"], "messages"):
+        refused = client.patch(
+            f"/api/channels/{channel.pk}/", {"native_surfaces": bad}, format="json"
+        )
+        assert refused.status_code == 400 and "native_surfaces" in refused.json()
+    channel.refresh_from_db()
+    assert channel.native_surfaces == ["responses"]
+    created = client.post(
+        "/api/channels/",
+        {
+            "name": "Native",
+            "base_url": "https://api.native.test/v1",
+            "native_surfaces": ["responses", "messages"],
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    assert Channel.objects.get(pk=created.json()["id"]).native_surfaces == [
+        "responses",
+        "messages",
+    ]
+
+
+def test_operator_sets_a_models_surfaces(operator_user: Any, tenant_owner: Any, db: None) -> None:
+    client = client_for(operator_user)
+    created = client.post("/api/models/", {"public_id": "embed-x"}, format="json")
+    assert created.json()["surfaces"] == ["chat", "responses", "messages", "completions"]
+    updated = client.post(
+        "/api/models/", {"public_id": "embed-x", "surfaces": ["embeddings"]}, format="json"
+    )
+    assert updated.status_code == 200, updated.content
+    assert updated.json()["surfaces"] == ["embeddings"]
+    assert CatalogModel.objects.get(public_id="embed-x").surfaces == ["embeddings"]
+    audit = AuditEntry.objects.filter(action="catalog_model.update").latest("pk")
+    assert audit.data["changed"]["surfaces"]["to"] == ["embeddings"]
+    # Omitted: unchanged.
+    kept = client.post("/api/models/", {"public_id": "embed-x"}, format="json")
+    assert kept.json()["surfaces"] == ["embeddings"]
+    for bad in ([], ["chat", "chat"], ["images"], "chat"):
+        refused = client.post(
+            "/api/models/", {"public_id": "embed-x", "surfaces": bad}, format="json"
+        )
+        assert refused.status_code == 400 and "surfaces" in refused.json(), bad
+    assert CatalogModel.objects.get(public_id="embed-x").surfaces == ["embeddings"]
+    other = client_for(tenant_owner).post(
+        "/api/models/", {"public_id": "embed-x", "surfaces": ["chat"]}, format="json"
+    )
+    assert other.status_code == 403

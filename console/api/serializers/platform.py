@@ -8,6 +8,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.models import CatalogModel, Channel
+from portal.models.catalog import SURFACES
+from portal.models.channels import NATIVE_SURFACE_CHOICES
 from portal.selectors import availability_reason
 
 
@@ -34,6 +36,12 @@ class ChannelSerializer(serializers.ModelSerializer):
     )
     has_secret = serializers.SerializerMethodField()
     models = serializers.SerializerMethodField()
+    native_surfaces = serializers.ListField(
+        child=serializers.ChoiceField(choices=NATIVE_SURFACE_CHOICES),
+        required=False,
+        help_text="APIs the provider serves itself beyond chat, embeddings and completions; "
+        "requests on other surfaces are translated to chat completions.",
+    )
 
     class Meta:
         model = Channel
@@ -60,7 +68,6 @@ class ChannelSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = [
             "id",
-            "native_surfaces",
             "status",
             "status_reason",
             "last_check_at",
@@ -107,6 +114,12 @@ class ChannelModelsAddSerializer(serializers.Serializer):
 
 
 class CatalogModelSerializer(serializers.ModelSerializer):
+    surfaces = serializers.ListField(
+        child=serializers.ChoiceField(choices=SURFACES),
+        required=False,
+        help_text="Client APIs this model is offered on; omitted: unchanged (new models: "
+        "every text API).",
+    )
     available = serializers.SerializerMethodField(
         help_text="Whether an enabled channel serves this model now and a price list prices it."
     )
@@ -129,7 +142,7 @@ class CatalogModelSerializer(serializers.ModelSerializer):
             "available",
             "availability",
         ]
-        read_only_fields = ["surfaces", "is_active", "available", "availability"]
+        read_only_fields = ["is_active", "available", "availability"]
         # Uniqueness is the upsert's business: posting an existing id updates it.
         extra_kwargs: dict[str, dict[str, Any]] = {"public_id": {"validators": []}}
 

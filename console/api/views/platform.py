@@ -36,6 +36,7 @@ _CHANNEL_FIELDS = (
     "weight",
     "provider_type",
     "provider_settings",
+    "native_surfaces",
 )
 
 
