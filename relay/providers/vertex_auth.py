@@ -4,7 +4,9 @@ google-auth signs the service account's JWT and exchanges it at the account's
 ``token_uri``; its refresh is blocking, so it runs on a worker thread. A token is
 refreshed a while before it expires, and however many requests need a fresh token at the
 same moment (on any event loop of the process) only one fetch is made: the others await
-the same future.
+the same future. After a failed fetch the source backs off (2 s, doubling up to 60 s):
+meanwhile requests fail at once, or use the previous token while it is still valid,
+rather than hammering the token endpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 REFRESH_MARGIN_SECONDS = 300.0
 FETCH_TIMEOUT_SECONDS = 15.0
 MAX_SOURCES = 1024
+BACKOFF_MIN_SECONDS = 2.0
+BACKOFF_MAX_SECONDS = 60.0
 REQUIRED_FIELDS = ("client_email", "private_key", "token_uri")
 
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vertex-auth")
@@ -63,6 +67,10 @@ class VertexTokenSource:
         self._pending: concurrent.futures.Future[str] | None = None
         self._token: str | None = None
         self._refresh_at = 0.0
+        self._expires_at = 0.0
+        self._backoff = 0.0  # after a failed fetch: the wait before the next one
+        self._retry_at = 0.0
+        self._failure = ""
         self.fetches = 0  # token fetches made, for tests and metrics
 
     @property
@@ -83,9 +91,18 @@ class VertexTokenSource:
             if token is not None:
                 return token
             if self._pending is None:
+                if self._clock() < self._retry_at:
+                    return self._during_backoff()
                 self._pending = _executor.submit(self._fetch)
             pending = self._pending
         return await asyncio.wrap_future(pending)
+
+    def _during_backoff(self) -> str:
+        """The last token while it is still valid, else the last failure (lock held)."""
+        if self._token is not None and self._clock() < self._expires_at:
+            return self._token
+        wait = max(self._retry_at - self._clock(), 0.0)
+        raise TokenFetchFailed(f"{self._failure} (next token fetch in {wait:.0f} s)")
 
     def _fetch(self) -> str:
         started = self._clock()
@@ -101,11 +118,21 @@ class VertexTokenSource:
                 self.fetches += 1
                 self._token = token
                 self._refresh_at = started + lifetime - margin
+                self._expires_at = started + lifetime
+                self._backoff = 0.0
             return token
-        except GoogleAuthError as exc:
+        except (GoogleAuthError, TokenFetchFailed) as exc:
+            message = str(exc)[:300]
             with self._lock:
                 self.fetches += 1
-            raise TokenFetchFailed(str(exc)[:300]) from None
+                self._backoff = min(
+                    max(self._backoff * 2, BACKOFF_MIN_SECONDS), BACKOFF_MAX_SECONDS
+                )
+                self._retry_at = self._clock() + self._backoff
+                self._failure = message
+                if self._token is not None and self._clock() < self._expires_at:
+                    return self._token  # refreshed early: the old one still serves
+            raise TokenFetchFailed(message) from None
         finally:
             with self._lock:
                 self._pending = None

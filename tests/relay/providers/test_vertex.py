@@ -13,7 +13,13 @@ import pytest
 from relay.providers import client
 from relay.providers.base import FailureKind
 from relay.providers.vertex import VertexAdapter, VertexConfig
-from relay.providers.vertex_auth import REFRESH_MARGIN_SECONDS, VertexTokenSource, token_source
+from relay.providers.vertex_auth import (
+    BACKOFF_MAX_SECONDS,
+    BACKOFF_MIN_SECONDS,
+    REFRESH_MARGIN_SECONDS,
+    VertexTokenSource,
+    token_source,
+)
 from relay.translate import canonical as c
 from tests.relay.providers.conftest import (
     CHAT,
@@ -133,6 +139,53 @@ def test_untrusted_service_account_gets_no_token(native_sim: NativeSim) -> None:
     assert caught.value.failure.kind is FailureKind.CREDENTIALS
     assert "Invalid JWT Signature" in caught.value.failure.message
     assert native_sim.app.native.token_fetches == 0
+
+
+def test_a_failed_token_fetch_backs_off(native_sim: NativeSim) -> None:
+    stranger = service_account_info(native_sim.url, private_key_pem()[0])
+    clock = FakeClock()
+    tokens = VertexTokenSource(stranger, clock=clock)
+    adapter = vertex(native_sim, stranger, tokens)
+
+    def token_posts() -> int:
+        return sum(1 for r in native_sim.requests() if r["path"].endswith("/oauth2/token"))
+
+    def refused() -> str:
+        with pytest.raises(client.ProviderError) as caught:
+            many(adapter, 1)
+        assert caught.value.failure.kind is FailureKind.CREDENTIALS
+        return caught.value.failure.message
+
+    refused()
+    assert token_posts() == 1
+    for _ in range(5):  # within the back-off: refused at once, the endpoint left alone
+        assert "next token fetch in" in refused()
+    assert (token_posts(), tokens.fetches) == (1, 1)
+    waits = []
+    for _ in range(8):
+        wait = tokens._retry_at - clock.now
+        waits.append(wait)
+        clock.now += wait  # due again: one more fetch, and a longer wait after it
+        refused()
+    assert token_posts() == 9
+    assert waits[0] == BACKOFF_MIN_SECONDS and waits[1] == 2 * BACKOFF_MIN_SECONDS
+    assert waits == sorted(waits) and max(waits) == BACKOFF_MAX_SECONDS
+
+
+def test_a_valid_token_outlives_a_failed_refresh(
+    native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    clock = FakeClock()
+    tokens = VertexTokenSource(sa_info, clock=clock)
+    adapter = vertex(native_sim, sa_info, tokens)
+    many(adapter, 1)
+    # Due for refresh, but the token endpoint is unreachable: the old token, still valid,
+    # keeps serving through the back-off.
+    clock.now += native_sim.app.native.token_lifetime - 10
+    tokens._credentials._token_uri = "http://127.0.0.1:9/oauth2/token"
+    answers = many(adapter, 3)
+    assert all(c.text_of(a.parts) for a in answers)
+    assert tokens.fetches == 2 and native_sim.app.native.token_fetches == 1
 
 
 def test_token_for_another_project_is_refused(
