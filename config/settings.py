@@ -221,6 +221,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "ApiKeyStatusEnum": "portal.models.keys.ApiKey.Status",
         "ChannelStatusEnum": "portal.models.channels.Channel.Status",
+        "SurfaceEnum": "portal.models.catalog.SURFACES",
     },
 }
 

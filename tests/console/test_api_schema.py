@@ -4,6 +4,7 @@ schema-driven fuzz run against the API served on loopback finds no 5xx."""
 from __future__ import annotations
 
 import random
+import urllib.parse
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,7 +118,8 @@ class Fuzzer:
             "slug": ["tenant", "platform", "x" * 100, "no-such-org"],
             "public_id": ["sim-small", "no-such-model", "a.b", "%2e%2e"],
         }
-        return str(self.rng.choice(options.get(name, STRINGS)))
+        # Quoted: a client can only send a path segment in its URL-encoded form.
+        return urllib.parse.quote(str(self.rng.choice(options.get(name, STRINGS))), safe="%")
 
 
 @pytest.fixture
