@@ -4,8 +4,8 @@ schema-driven fuzz run against the API served on loopback finds no 5xx."""
 from __future__ import annotations
 
 import random
-import urllib.parse
 import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
