@@ -94,7 +94,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         for line in lines:
             table.row(
                 (
-                    _latin1(line.model),
+                    _latin1(line.label),
                     f"{line.requests:,}",
                     f"{line.prompt_tokens:,}",
                     f"{line.cached_tokens:,}",
@@ -166,7 +166,7 @@ def invoice_csv(invoice: Invoice) -> bytes:
             [
                 "line",
                 *common,
-                line.model,
+                line.label,
                 line.requests,
                 line.prompt_tokens,
                 line.cached_tokens,

@@ -16,6 +16,7 @@ from billing.models import BillingAccount
 from billing.periods import Period
 from billing.services.budgets import budget_accounts
 from billing.services.invoices import invoice_customers
+from billing.services.plans import plans_renew
 from billing.services.prices import price_changes_announce
 from portal.models import Organization
 
@@ -94,6 +95,12 @@ def invoice_draft_task(customer_id: int, period: str) -> int | None:
     customer = Organization.objects.select_related("parent").get(pk=customer_id)
     invoice = services.invoice_generate(customer=customer, period=Period.parse(period))
     return invoice.pk if invoice else None
+
+
+@shared_task(name="billing.plans_renew")
+def plans_renew_task() -> int:
+    """Charge every active plan subscription for the current month, once."""
+    return plans_renew()
 
 
 @shared_task(name="billing.prune_usage_events")

@@ -6,6 +6,7 @@ Beat schedule (UTC); every task is idempotent, so a missed or doubled run is har
 - billing.usage_charges_advance, every minute: one ledger charge per billable usage event;
 - billing.price_changes_announce, every minute: relays reload when a future price starts;
 - billing.rollups_advance, every 5 minutes: fold new usage events into hourly/daily rollups;
+- billing.plans_renew, hourly: charge each plan subscription's month, once;
 - billing.budget_checks, every 10 minutes: budget alerts, once per threshold and month;
 - billing.invoice_drafts, daily 02:15: create or refresh last month's draft invoices;
 - billing.prune_usage_events, daily 03:30: drop raw events past BILLING_RAW_RETENTION_DAYS.
@@ -49,6 +50,10 @@ PRODUCTION_SCHEDULE = {
     "billing-budget-checks": {
         "task": "billing.budget_checks",
         "schedule": crontab(minute="*/10"),
+    },
+    "billing-plans-renew": {
+        "task": "billing.plans_renew",
+        "schedule": crontab(minute=5),
     },
     # Daily rather than monthly: last month's drafts pick up late events until issued.
     "billing-invoice-drafts": {

@@ -6,6 +6,7 @@ from billing.models.accounts import BillingAccount, KeyQuota, TenantDefaults
 from billing.models.alerts import BudgetAlert
 from billing.models.invoices import Invoice, InvoiceLine, InvoiceSequence
 from billing.models.ledger import LedgerEntry, RedemptionCode
+from billing.models.plans import Plan, PlanCharge, PlanWindow, Subscription
 from billing.models.prices import ModelPrice, PriceList
 from billing.models.rollups import BillingWatermark, UsageRollup
 from billing.models.usage import UsageEvent
@@ -20,8 +21,12 @@ __all__ = [
     "KeyQuota",
     "LedgerEntry",
     "ModelPrice",
+    "Plan",
+    "PlanCharge",
+    "PlanWindow",
     "PriceList",
     "RedemptionCode",
+    "Subscription",
     "TenantDefaults",
     "UsageEvent",
     "UsageRollup",

@@ -75,7 +75,17 @@ class Invoice(models.Model):
 
 
 class InvoiceLine(models.Model):
-    """One model at one set of unit prices; the amount is the sum of its events' costs."""
+    """One model at one set of unit prices; the amount is the sum of its events' costs.
+
+    Besides usage of the period: usage carried from an earlier period whose invoice was
+    already issued when it was recorded (dated by ``usage_date``), and a plan's fee and
+    included credit."""
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        CARRIED = "carried", "Usage of an earlier period"
+        PLAN_FEE = "plan_fee", "Plan fee"
+        PLAN_CREDIT = "plan_credit", "Plan's included credit"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     position = models.PositiveIntegerField()
@@ -90,6 +100,11 @@ class InvoiceLine(models.Model):
     completion_tokens = models.PositiveBigIntegerField()
     reasoning_tokens = models.PositiveBigIntegerField()
     amount_micros = models.BigIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.USAGE)
+    description = models.CharField(max_length=200, blank=True)
+    usage_date = models.DateField(
+        null=True, blank=True, help_text="Carried usage: the day (UTC) it was used."
+    )
 
     class Meta:
         ordering = ["invoice", "position"]
@@ -98,7 +113,14 @@ class InvoiceLine(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.model}: {self.requests} requests"
+        return f"{self.label}: {self.requests} requests"
+
+    @property
+    def label(self) -> str:
+        """What the line is for, as documents print it."""
+        if self.kind == self.Kind.USAGE:
+            return self.model
+        return f"{self.model} ({self.description})" if self.model else self.description
 
 
 class InvoiceSequence(models.Model):

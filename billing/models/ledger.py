@@ -19,6 +19,8 @@ class LedgerEntry(models.Model):
         REFUND = "refund", "Refund"
         INVOICE = "invoice", "Invoice (charges beyond usage, e.g. tax)"
         PAYMENT = "payment", "Payment"
+        PLAN_FEE = "plan_fee", "Plan fee"
+        PLAN_CREDIT = "plan_credit", "Plan's included credit"
 
     account = models.ForeignKey(
         "billing.BillingAccount", on_delete=models.PROTECT, related_name="ledger_entries"

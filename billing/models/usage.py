@@ -79,6 +79,14 @@ class UsageEvent(models.Model):
     wholesale_request_fee_micros = _price_field("Micro-units per request.")
     cost_retail_micros = models.BigIntegerField(default=0)
     cost_wholesale_micros = models.BigIntegerField(default=0)
+    # The issued invoices that list this event, retail and wholesale (set at issue): an
+    # event recorded after its period's invoice was issued goes on the next one.
+    tenant_invoice = models.ForeignKey(
+        "billing.Invoice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reseller_invoice = models.ForeignKey(
+        "billing.Invoice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -23,6 +23,14 @@ from billing.services.ledger import (
     usage_charge_post,
     usage_charges_advance,
 )
+from billing.services.plans import (
+    plan_charge_post,
+    plan_create,
+    plan_update,
+    plans_renew,
+    subscription_cancel,
+    subscription_create,
+)
 from billing.services.prices import (
     billing_account_create,
     billing_account_update,
@@ -51,12 +59,18 @@ __all__ = [
     "invoice_void",
     "key_quota_set",
     "model_price_set",
+    "plan_charge_post",
+    "plan_create",
+    "plan_update",
+    "plans_renew",
     "price_list_create",
     "price_list_set_markup",
     "redemption_code_create",
     "redemption_code_redeem",
     "rollup_recompute",
     "rollups_advance",
+    "subscription_cancel",
+    "subscription_create",
     "tenant_defaults_set",
     "usage_charge_post",
     "usage_charges_advance",

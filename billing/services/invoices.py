@@ -8,12 +8,10 @@ issued invoices are never regenerated or edited, only marked paid or void.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from billing.models import (
@@ -23,67 +21,17 @@ from billing.models import (
     InvoiceLine,
     InvoiceSequence,
     LedgerEntry,
+    PlanCharge,
     UsageEvent,
 )
 from billing.money import percent_of
 from billing.periods import Period
 from billing.selectors import BILLABLE, watermark_position
+from billing.services import invoice_lines
 from billing.services.common import account_for, tell_relay
+from billing.services.invoice_lines import LINE_FIELDS, invoice_terms
 from portal.models import AuditEntry, Organization
 from portal.services.common import Actor, user_or_none
-
-PRICE_FIELDS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "request_fee_micros")
-COUNT_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
-LINE_FIELDS = ("model", *PRICE_FIELDS, "requests", *COUNT_FIELDS, "amount_micros")
-
-
-@dataclass(frozen=True, slots=True)
-class Terms:
-    """Who invoices a customer, for which events, at which side of the price pair."""
-
-    issuer: Organization
-    kind: str
-    events: Q
-    side: str  # "retail" or "wholesale"
-
-
-def invoice_terms(customer: Organization) -> Terms:
-    if customer.parent is None:
-        raise ValidationError("The platform is not invoiced.")
-    if customer.kind == Organization.Kind.TENANT:
-        return Terms(customer.parent, Invoice.Kind.TENANT, Q(tenant=customer), "retail")
-    if customer.kind == Organization.Kind.RESELLER:
-        return Terms(customer.parent, Invoice.Kind.RESELLER, Q(reseller=customer), "wholesale")
-    raise ValidationError(f"A {customer.kind} is not invoiced.")
-
-
-def _wanted_lines(terms: Terms, period: Period) -> tuple[set[str], list[dict[str, Any]]]:
-    side = terms.side
-    price_columns = {f"{side}_{name}": name for name in PRICE_FIELDS}
-    rows = (
-        UsageEvent.objects.filter(
-            terms.events, BILLABLE, created_at__gte=period.start_at, created_at__lt=period.end_at
-        )
-        .order_by()
-        .values("model", "currency", *price_columns)
-        .annotate(
-            n_requests=Count("id"),
-            **{f"n_{name}": Sum(name) for name in COUNT_FIELDS},
-            amount=Sum(f"cost_{side}_micros"),
-        )
-    )
-    currencies: set[str] = set()
-    lines = []
-    for row in rows:
-        currencies.add(row["currency"])
-        line = {"model": row["model"]}
-        line.update({short: row[column] for column, short in price_columns.items()})
-        line["requests"] = row["n_requests"]
-        line.update({name: row[f"n_{name}"] or 0 for name in COUNT_FIELDS})
-        line["amount_micros"] = row["amount"] or 0
-        lines.append(line)
-    lines.sort(key=lambda line: tuple(line[name] for name in ("model", *PRICE_FIELDS)))
-    return currencies, lines
 
 
 def _check_not_pruned(period: Period) -> None:
@@ -113,7 +61,20 @@ def invoice_generate(*, customer: Organization, period: Period) -> Invoice | Non
     )
     if invoice is not None and not invoice.is_draft:
         return invoice
-    currencies, lines = _wanted_lines(terms, period)
+    return _refresh(invoice, customer, period, account)
+
+
+def _refresh(
+    invoice: Invoice | None, customer: Organization, period: Period, account: BillingAccount
+) -> Invoice | None:
+    """Write the lines of a draft (what is pending) or of an invoice being issued (what
+    it was just marked with), and its totals; None if there is nothing and no invoice."""
+    terms = invoice_terms(customer)
+    if invoice is not None and invoice.number:
+        events, charges = invoice_lines.listed(terms, customer, invoice)
+    else:
+        events, charges = invoice_lines.pending(terms, customer, period)
+    currencies, lines = invoice_lines.wanted_lines(terms, period, events, charges)
     if len(currencies) > 1:
         raise ValidationError(f"Usage in several currencies: {sorted(currencies)}.")
     if invoice is None and not lines:
@@ -187,16 +148,16 @@ def invoice_issue(*, invoice: Invoice, actor: Actor) -> Invoice:
     now = timezone.now()
     if not current.is_issuable:
         raise ValidationError("The billing period is not over yet.")
-    current = (
-        invoice_generate(
-            customer=current.customer, period=Period(current.period_start, current.period_end)
-        )
-        or current
-    )
+    # Marked first, then listed from the marks: what commits meanwhile is on neither and
+    # goes on the next invoice (``billing.services.invoice_lines``).
+    customer = current.customer
+    invoice_lines.mark(invoice_terms(customer), customer, current)
     current.number = _next_number(current.issuer, now.year)
     current.status = Invoice.Status.ISSUED
     current.issued_at = now
     current.save(update_fields=["number", "status", "issued_at"])
+    period = Period(current.period_start, current.period_end)
+    current = _refresh(current, customer, period, account_for(customer)) or current
     if current.tax_micros:
         LedgerEntry.objects.create(
             account=account_for(current.customer),
@@ -243,7 +204,8 @@ def invoice_mark_paid(*, invoice: Invoice, actor: Actor, memo: str = "") -> Invo
 @transaction.atomic
 def invoice_void(*, invoice: Invoice, actor: Actor, reason: str) -> Invoice:
     """Cancel a draft or an issued (unpaid) invoice; its number stays used. The usage it
-    listed stays charged in the ledger; only the tax it posted is reversed."""
+    listed stays charged in the ledger, and goes on the next draft of the period (its
+    marks are removed); only the tax it posted is reversed."""
     current = _locked(invoice)
     if current.status not in (Invoice.Status.DRAFT, Invoice.Status.ISSUED):
         raise ValidationError(f"A {current.status} invoice cannot be voided.")
@@ -253,6 +215,7 @@ def invoice_void(*, invoice: Invoice, actor: Actor, reason: str) -> Invoice:
     now = timezone.now()
     current.status, current.voided_at = Invoice.Status.VOID, now
     current.save(update_fields=["status", "voided_at"])
+    invoice_lines.unmark(invoice_terms(current.customer), current)
     if was_issued and current.tax_micros:
         LedgerEntry.objects.create(
             account=account_for(current.customer),
@@ -292,8 +255,24 @@ def invoice_customers(*, period: Period) -> list[int]:
     events = UsageEvent.objects.filter(
         BILLABLE, created_at__gte=period.start_at, created_at__lt=period.end_at
     ).order_by()
+    # Usage of earlier periods recorded during this one, perhaps after its invoice.
+    late = UsageEvent.objects.filter(
+        BILLABLE, created_at__lt=period.start_at, recorded_at__gte=period.start_at
+    ).order_by()
     tenants = set(events.values_list("tenant_id", flat=True).distinct())
+    tenants |= set(late.filter(tenant_invoice=None).values_list("tenant_id", flat=True).distinct())
+    tenants |= set(
+        PlanCharge.objects.filter(
+            period_start__gte=period.start, period_start__lt=period.end
+        ).values_list("subscription__tenant_id", flat=True)
+    )
     resellers = set(events.exclude(reseller=None).values_list("reseller_id", flat=True).distinct())
+    resellers |= set(
+        late.filter(reseller_invoice=None)
+        .exclude(reseller=None)
+        .values_list("reseller_id", flat=True)
+        .distinct()
+    )
     drafts = set(
         Invoice.objects.filter(period_start=period.start, status=Invoice.Status.DRAFT).values_list(
             "customer_id", flat=True
