@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 
-from billing.models import Invoice, InvoiceLine
+from django.conf import settings
+from django.urls import reverse
+
+from billing.models import Invoice, InvoiceLine, StripeAccount
 from billing.money import format_micros
 from billing.periods import Period
 
@@ -45,6 +48,19 @@ def _unit_prices(line: InvoiceLine) -> str:
     return prices
 
 
+def payment_link(invoice: Invoice) -> str:
+    """Where the customer pays an issued invoice by card, if its issuer takes cards."""
+    if invoice.status != Invoice.Status.ISSUED:
+        return ""
+    connected = StripeAccount.objects.filter(seller_id=invoice.issuer_id).exclude(
+        secret_key_ciphertext=""
+    )
+    if not connected.exists():
+        return ""
+    path = reverse("payments", args=[invoice.customer.slug])
+    return settings.TOLLGATE_PUBLIC_URL.rstrip("/") + path
+
+
 def invoice_pdf(invoice: Invoice) -> bytes:
     """The invoice as a one- or more-page A4 PDF."""
     from fpdf import FPDF
@@ -69,6 +85,9 @@ def invoice_pdf(invoice: Invoice) -> bytes:
         ("Currency", currency),
         ("Status", invoice.get_status_display()),
     ]
+    link = payment_link(invoice)
+    if link:
+        facts.append(("Pay online", link))
     for label, value in facts:
         pdf.cell(30, 6, _latin1(f"{label}:"))
         pdf.cell(0, 6, _latin1(value), new_x="LMARGIN", new_y="NEXT")

@@ -17,6 +17,7 @@ from billing.periods import Period
 from billing.services.budgets import budget_accounts
 from billing.services.invoices import invoice_customers
 from billing.services.plans import plans_renew
+from billing.services.payments import auto_recharge_accounts, auto_recharge_check
 from billing.services.prices import price_changes_announce
 from portal.models import Organization
 
@@ -113,3 +114,19 @@ def prune_usage_events_task() -> int:
 def price_changes_announce_task() -> bool:
     """Make relay processes reload when a price set ahead of time comes into force."""
     return price_changes_announce()
+
+
+@shared_task(name="billing.auto_recharge_checks", bind=True)
+def auto_recharge_checks_task(self: Task) -> int:
+    """Check every account with auto-recharge on, one task per account."""
+    accounts = auto_recharge_accounts()
+    for account_id in accounts:
+        auto_recharge_check_task.apply_async((account_id,), **_same_queue(self))
+    return len(accounts)
+
+
+@shared_task(name="billing.auto_recharge_check")
+def auto_recharge_check_task(account_id: int) -> int | None:
+    """Charge the saved card once if the balance crossed below its threshold."""
+    payment = auto_recharge_check(account_id=account_id)
+    return payment.pk if payment else None

@@ -6,6 +6,7 @@ Beat schedule (UTC); every task is idempotent, so a missed or doubled run is har
 - billing.usage_charges_advance, every minute: one ledger charge per billable usage event;
 - billing.price_changes_announce, every minute: relays reload when a future price starts;
 - billing.rollups_advance, every 5 minutes: fold new usage events into hourly/daily rollups;
+- billing.auto_recharge_checks, every minute: charge saved cards whose balance fell low;
 - billing.plans_renew, hourly: charge each plan subscription's month, once;
 - billing.budget_checks, every 10 minutes: budget alerts, once per threshold and month;
 - billing.invoice_drafts, daily 02:15: create or refresh last month's draft invoices;
@@ -45,6 +46,10 @@ PRODUCTION_SCHEDULE = {
     },
     "billing-price-changes": {
         "task": "billing.price_changes_announce",
+        "schedule": crontab(minute="*"),
+    },
+    "billing-auto-recharge": {
+        "task": "billing.auto_recharge_checks",
         "schedule": crontab(minute="*"),
     },
     "billing-budget-checks": {

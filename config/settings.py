@@ -252,6 +252,7 @@ LOGGING = {
         # httpx logs every upstream request at INFO: noise, and a cost on the relay's hot path.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        "stripe": {"level": "WARNING"},  # it logs each API call at INFO
         "relay.access": {
             "level": "INFO" if env.bool("RELAY_ACCESS_LOG", default=False) else "WARNING"
         },
@@ -316,6 +317,9 @@ TOLLGATE_ENCRYPTION_KEYS = env.list(
 )
 # Public base URL of the relay, shown in quick-start snippets.
 TOLLGATE_PUBLIC_URL = env.str("TOLLGATE_PUBLIC_URL", default="http://127.0.0.1:8000")
+# Card payments: each seller connects its own Stripe account on the dashboard. Only tests
+# point the stripe library elsewhere (their loopback stand-in); empty means Stripe itself.
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # JSON values (counted as commas and opening brackets, strings included) a request body may

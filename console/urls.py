@@ -14,6 +14,7 @@ from console.views import (
     billing,
     operator,
     organizations,
+    payments,
     selling,
     tenant,
     two_factor,
@@ -76,6 +77,9 @@ organization_patterns = [
     path("invoices/", billing.invoices_issued, name="invoices_issued"),
     path("invoices/draft-now/", billing.invoices_draft_now, name="invoices_draft_now"),
     path("audit/", organizations.audit, name="org_audit"),
+    path("payments/", payments.payments, name="payments"),
+    path("payments/invoices/<int:invoice_id>/pay/", payments.invoice_pay, name="invoice_pay"),
+    path("stripe/", payments.seller_stripe, name="seller_stripe"),
 ]
 
 operator_patterns = [
@@ -97,6 +101,7 @@ operator_patterns = [
     path("price-lists/", selling.operator_price_lists, name="operator_price_lists"),
     path("codes/", selling.operator_codes, name="operator_codes"),
     path("audit/", operator.audit, name="operator_audit"),
+    path("stripe/", payments.operator_stripe, name="operator_stripe"),
 ]
 
 urlpatterns = [
@@ -111,6 +116,7 @@ urlpatterns = [
         name="invoice_download",
     ),
     path("invoices/<int:invoice_id>/<str:action>/", billing.invoice_action, name="invoice_action"),
+    path("stripe/webhook/<uuid:account_id>/", payments.stripe_webhook, name="stripe_webhook"),
     path("api/", include("console.api.urls")),
     path("admin/", admin.site.urls),
 ]

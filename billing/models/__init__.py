@@ -7,11 +7,13 @@ from billing.models.alerts import BudgetAlert
 from billing.models.invoices import Invoice, InvoiceLine, InvoiceSequence
 from billing.models.ledger import LedgerEntry, RedemptionCode
 from billing.models.plans import Plan, PlanCharge, PlanWindow, Subscription
+from billing.models.payments import AutoRecharge, Payment, StripeAccount, StripeEvent
 from billing.models.prices import ModelPrice, PriceList
 from billing.models.rollups import BillingWatermark, UsageRollup
 from billing.models.usage import UsageEvent
 
 __all__ = [
+    "AutoRecharge",
     "BillingAccount",
     "BillingWatermark",
     "BudgetAlert",
@@ -21,11 +23,14 @@ __all__ = [
     "KeyQuota",
     "LedgerEntry",
     "ModelPrice",
+    "Payment",
     "Plan",
     "PlanCharge",
     "PlanWindow",
     "PriceList",
     "RedemptionCode",
+    "StripeAccount",
+    "StripeEvent",
     "Subscription",
     "TenantDefaults",
     "UsageEvent",

@@ -21,6 +21,8 @@ class LedgerEntry(models.Model):
         PAYMENT = "payment", "Payment"
         PLAN_FEE = "plan_fee", "Plan fee"
         PLAN_CREDIT = "plan_credit", "Plan's included credit"
+        # Money a card payment gave back to the customer (Stripe refund): a debit.
+        CARD_REFUND = "card_refund", "Card refund"
 
     account = models.ForeignKey(
         "billing.BillingAccount", on_delete=models.PROTECT, related_name="ledger_entries"

@@ -48,6 +48,7 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("Price lists", reverse("price_lists", args=[slug]), "price_lists"))
         links.append(NavLink("Revenue", reverse("revenue", args=[slug]), "revenue"))
         links.append(NavLink("Codes", reverse("codes", args=[slug]), "codes"))
+        links.append(NavLink("Stripe", reverse("seller_stripe", args=[slug]), "stripe"))
     if reseller and access.can(Need.BILLING):
         links.append(NavLink("Invoices", reverse("invoices_issued", args=[slug]), "invoices"))
     if access.can(Need.MEMBERS):
@@ -56,6 +57,8 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("Billing", reverse("billing", args=[slug]), "billing"))
         if org.kind != Organization.Kind.PLATFORM:
             links.append(NavLink("Budget", reverse("budget", args=[slug]), "budget"))
+        if org.kind != Organization.Kind.PLATFORM:
+            links.append(NavLink("Payments", reverse("payments", args=[slug]), "payments"))
     if access.can(Need.SELL) and org.kind != Organization.Kind.PLATFORM:
         links.append(NavLink("Terms & top-up", reverse("terms", args=[slug]), "terms"))
     if access.can(Need.AUDIT):
@@ -73,6 +76,7 @@ def _operator_links() -> list[NavLink]:
         NavLink("Price lists", reverse("operator_price_lists"), "price_lists"),
         NavLink("Codes", reverse("operator_codes"), "codes"),
         NavLink("Invoices", reverse("operator_invoices"), "operator_invoices"),
+        NavLink("Stripe", reverse("operator_stripe"), "stripe"),
         NavLink("Audit log", reverse("operator_audit"), "operator_audit"),
     ]
 

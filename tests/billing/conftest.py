@@ -240,3 +240,7 @@ def celery_eager() -> Iterator[None]:
     celery_app.conf.task_always_eager = True
     yield
     celery_app.conf.task_always_eager = previous
+
+
+# The card payment tests' fixtures (Stripe stand-in, connected seller) live beside them.
+from tests.billing.payments_fixtures import fake_stripe, shop  # noqa: E402, F401

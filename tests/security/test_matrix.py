@@ -13,6 +13,10 @@ token (not even an operator can), a read-only token cannot write, and a refused 
 changes nothing (keys, members, channels, tokens, price lists and prices, accounts,
 balances, invoices, redemption codes, TOTP devices).
 
+Card payments: a customer's billing people pay (top-up, invoice link); a seller's
+managers connect its Stripe account, whose keys never show; Stripe's webhook refuses any
+body it did not sign, whoever sends it.
+
 Money: a tenant's terms and top-ups are set from above it (its reseller, operators), never
 by its own people, who cannot lift their reseller's budget or hard stop either (only add a
 lower budget of their own); price lists, codes, revenue and invoices issued are a reseller's own
@@ -44,8 +48,11 @@ from billing.models import (
     InvoiceLine,
     LedgerEntry,
     ModelPrice,
+    Payment,
     PriceList,
     RedemptionCode,
+    StripeAccount,
+    StripeEvent,
     UsageEvent,
 )
 from portal import services, tokens
@@ -71,6 +78,8 @@ OUTSIDERS = ("other_reseller_admin", "outsider")
 OURS = "ours-matrix-51c7"  # only in tenant_org's rows
 THEIRS = "theirs-matrix-0b3e"  # only in other_tenant_org's rows
 CHANNEL_SECRET = "sk-upstream-matrix-SECRET-93f1"
+STRIPE_KEY = "sk_test_matrix_SECRET_4be2"
+STRIPE_WEBHOOK_SECRET = "whsec_matrix_SECRET_77a0"
 
 
 def row(default: int, **by_role: int) -> dict[str, int]:
@@ -163,6 +172,18 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
         {"GET": POST_ONLY, "POST": row(403, **OUT, operator=302, reseller_admin=302)},
     ),
     "org_audit": ("tenant", {"GET": tenant_page(403, 403)}),
+    # Card payments: the customer's billing people. The world's reseller takes no cards, so
+    # an allowed top-up is refused (400, nothing written) and a payment link sends back.
+    "payments": (
+        "tenant",
+        {"GET": tenant_page(403, 200), "POST": row(400, **OUT, tenant_member=403)},
+    ),
+    "invoice_pay": ("invoice_pay", {"GET": POST_ONLY, "POST": row(302, **OUT, tenant_member=403)}),
+    # A seller's Stripe keys: its managers and operators; the webhook answers Stripe alone
+    # (no session needed, and an unsigned body is refused whoever sends it).
+    "seller_stripe": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
+    "operator_stripe": ("none", {"GET": OPERATOR_ONLY_POST}),
+    "stripe_webhook": ("stripe_webhook", {"GET": row(405), "POST": row(400)}),
     # A reseller's tenant list; the people of its tenants cannot see the reseller at all.
     "tenants": (
         "reseller",
@@ -504,6 +525,11 @@ def world(
     PriceList.objects.create(owner=other_reseller_org, name=f"list-{THEIRS}", is_default=True)
     invoice = _issued_invoice(tenant_org, OURS)
     _issued_invoice(other_tenant_org, THEIRS)
+    # The other reseller takes cards: its Stripe keys must never show anywhere.
+    stripe_account = StripeAccount(seller=other_reseller_org)
+    stripe_account.secret_key = STRIPE_KEY
+    stripe_account.webhook_secret = STRIPE_WEBHOOK_SECRET
+    stripe_account.save()
     totp_device = TOTPDevice.objects.create(
         user=operator_user, name="matrix pending", confirmed=False
     )
@@ -527,6 +553,7 @@ def world(
         user=operator_user, name="ro", scope=Token.Scope.READ, actor=operator_user
     )
     secrets = [owner_secret, member_secret, their_secret, CHANNEL_SECRET, read_only]
+    secrets += [STRIPE_KEY, STRIPE_WEBHOOK_SECRET]
     secrets.append(totp_device.key)  # the seed, as hex: never shown back after enrolment
     _, code_text = billing.redemption_code_create(
         issuer=reseller_org, amount_micros=2_000_000, currency="USD", actor=reseller_admin
@@ -559,6 +586,8 @@ def world(
             "price_list": {"slug": "reseller", "list_id": ours_list.pk},
             "invoice_csv": {"invoice_id": invoice.pk, "fmt": "csv"},
             "invoice_paid": {"invoice_id": invoice.pk, "action": "paid"},
+            "invoice_pay": {"slug": "tenant", "invoice_id": invoice.pk},
+            "stripe_webhook": {"account_id": stripe_account.public_id},
             "price_list_pk": {"pk": ours_list.pk},
             "invoice_pk": {"pk": invoice.pk},
         },
@@ -759,6 +788,9 @@ def snapshot() -> tuple[Any, ...]:
         list(Invoice.objects.order_by("pk").values_list("pk", "status")),
         list(RedemptionCode.objects.order_by("pk").values_list("pk", "redeemed_at")),
         list(TOTPDevice.objects.order_by("pk").values_list("pk", "key", "confirmed")),
+        list(StripeAccount.objects.order_by("pk").values_list("pk", "secret_key_ciphertext")),
+        Payment.objects.count(),
+        StripeEvent.objects.count(),
     )
 
 
@@ -800,6 +832,13 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
         },
         "codes": {"amount": "1", "memo": unique},
         "two_factor_setup": {"action": "start"},
+        "payments": {"action": "topup", "amount": "5"},
+        "seller_stripe": {
+            "action": "connect",
+            "secret_key": "sk_test_new",
+            "webhook_secret": "whsec_new",
+        },
+        "stripe_webhook": {"type": "checkout.session.completed"},
     }.get(name, {})
 
 

@@ -1,0 +1,144 @@
+"""Auto-recharge under two real Celery workers (PostgreSQL, Redis): however many checks
+run at once, a crossing charges the card once and a day never more than its cap."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from billing.services import payments as pay
+from billing.tasks import auto_recharge_check_task, auto_recharge_checks_task
+from config.celery_app import app
+from tests.billing.payments_fixtures import (
+    USD,
+    Shop,
+)
+from tests.billing.test_auto_recharge import confirm_charges, save_card, spend
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_SECONDS = 60
+CHECKS = 12
+
+
+@pytest.fixture
+def two_workers(fake_stripe: Any) -> Iterator[str]:
+    """Two worker processes consuming one queue of this test's own."""
+    queue = f"recharge-{uuid.uuid4().hex[:10]}"
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        ),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+        "STRIPE_API_BASE": fake_stripe.url,
+    }
+    processes = [
+        subprocess.Popen(  # noqa: S603 - our own workers, fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--pool=solo",
+                "-Q",
+                queue,
+                "--hostname",
+                f"{queue}-{n}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel=warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(2)
+    ]
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    try:
+        yield queue
+    finally:
+        app.conf.task_always_eager = previous
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                _, stderr = process.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                _, stderr = process.communicate()
+            if stderr.strip():
+                sys.stderr.write("worker stderr:\n" + stderr.decode(errors="replace"))
+
+
+def _drained(queue: str) -> None:
+    """Wait until the broker queue is empty, then for the tasks in the workers' hands."""
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while broker.llen(queue):
+        assert time.monotonic() < deadline, "workers did not take the checks"
+        time.sleep(0.1)
+    time.sleep(2.0)  # acks_late, prefetch 1: at most one task each still running
+
+
+def _check_concurrently(shop: Shop, queue: str) -> None:
+    for _ in range(CHECKS):
+        auto_recharge_check_task.apply_async((shop.account.pk,), queue=queue)
+    auto_recharge_checks_task.apply_async(queue=queue)  # the beat's fan-out, same queue
+    _drained(queue)
+
+
+def test_two_workers_charge_once_per_crossing_and_respect_the_cap(
+    shop: Shop, tenant_owner: Any, two_workers: str
+) -> None:
+    save_card(shop, tenant_owner)  # balance 20
+    pay.auto_recharge_set(
+        account=shop.account,
+        enabled=True,
+        threshold_micros=10 * USD,
+        amount_micros=50 * USD,
+        max_per_day=2,
+        actor="t",
+    )
+    charges = lambda: len(shop.fake.calls("POST", "/v1/payment_intents"))  # noqa: E731
+
+    spend(shop, 15 * USD)  # 5: below the threshold
+    _check_concurrently(shop, two_workers)
+    assert charges() == 1
+    assert confirm_charges(shop) == 1 and shop.balance() == 55 * USD
+
+    _check_concurrently(shop, two_workers)  # above again: re-armed, nothing charged
+    assert charges() == 1
+
+    spend(shop, 50 * USD)
+    _check_concurrently(shop, two_workers)
+    assert charges() == 2
+    confirm_charges(shop)
+    assert shop.balance() == 55 * USD
+
+    spend(shop, 50 * USD)
+    _check_concurrently(shop, two_workers)
+    assert charges() == 2  # the day's cap of two
+    assert shop.balance() == 5 * USD
