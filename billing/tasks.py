@@ -16,8 +16,8 @@ from billing.models import BillingAccount
 from billing.periods import Period
 from billing.services.budgets import budget_accounts
 from billing.services.invoices import invoice_customers
-from billing.services.plans import plans_renew
 from billing.services.payments import auto_recharge_accounts, auto_recharge_check
+from billing.services.plans import plans_renew
 from billing.services.prices import price_changes_announce
 from portal.models import Organization
 

@@ -6,8 +6,8 @@ from billing.models.accounts import BillingAccount, KeyQuota, TenantDefaults
 from billing.models.alerts import BudgetAlert
 from billing.models.invoices import Invoice, InvoiceLine, InvoiceSequence
 from billing.models.ledger import LedgerEntry, RedemptionCode
-from billing.models.plans import Plan, PlanCharge, PlanWindow, Subscription
 from billing.models.payments import AutoRecharge, Payment, StripeAccount, StripeEvent
+from billing.models.plans import Plan, PlanCharge, PlanWindow, Subscription
 from billing.models.prices import ModelPrice, PriceList
 from billing.models.rollups import BillingWatermark, UsageRollup
 from billing.models.usage import UsageEvent
