@@ -23,7 +23,7 @@ from relay.providers.base import (
     clip,
     clip_code,
 )
-from relay.providers.streams import SseSplitter
+from relay.providers.streams import SseStream
 from relay.translate import canonical as c
 from relay.translate import messages, messages_stream
 
@@ -49,25 +49,20 @@ class AnthropicConfig:
         }
 
 
-class AnthropicStream:
+class AnthropicStream(SseStream):
     """Messages stream events in, canonical events out."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
-        self.splitter = SseSplitter()
+        super().__init__(secrets)
         self.decoder = messages_stream.Decoder()
         self.stopped = False
-        self.secrets = secrets
 
-    def feed(self, data: bytes) -> list[c.Event]:
-        return [e for _, payload in self.splitter.feed(data) for e in self._event(payload)]
-
-    def finish(self) -> list[c.Event]:
-        events = [e for _, payload in self.splitter.finish() for e in self._event(payload)]
+    def end(self) -> list[c.Event]:
         if not self.stopped:
             raise ValueError("the stream ended before message_stop")
-        return events
+        return []
 
-    def _event(self, payload: bytes) -> list[c.Event]:
+    def event(self, payload: bytes) -> list[c.Event]:
         event = orjson.loads(payload)
         if not isinstance(event, dict):
             raise ValueError("malformed stream event")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +21,7 @@ from relay.providers.base import (
     clip_code,
 )
 from relay.providers.bedrock_auth import AwsCredentials, EventStreamDecoder, sign
+from relay.providers.streams import ProviderStream
 from relay.translate import canonical as c
 
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
@@ -218,25 +219,25 @@ def decode(body: bytes) -> c.Response:
     )
 
 
-class BedrockStream:
+class BedrockStream(ProviderStream):
     """``ConverseStream`` event-stream messages in, canonical events out."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(secrets)
         self.decoder = EventStreamDecoder()
         self.calls: dict[Any, int] = {}  # content block index -> canonical call index
         self.ended = False
-        self.secrets = secrets
 
-    def feed(self, data: bytes) -> list[c.Event]:
-        events: list[c.Event] = []
-        for message in self.decoder.feed(data):
-            if message.message_type != "event":
-                failure = failure_for(message.event_type, message.payload, 502, self.secrets)
-                raise StreamFailed(failure)
-            events.extend(self._event(message.event_type, orjson.loads(message.payload or b"{}")))
-        return events
+    def split(self, data: bytes) -> Iterable[Any]:
+        return self.decoder.feed(data)
 
-    def finish(self) -> list[c.Event]:
+    def event(self, message: Any) -> list[c.Event]:
+        if message.message_type != "event":
+            failure = failure_for(message.event_type, message.payload, 502, self.secrets)
+            raise StreamFailed(failure)
+        return self._event(message.event_type, orjson.loads(message.payload or b"{}"))
+
+    def end(self) -> list[c.Event]:
         if not self.ended:
             raise ValueError("the stream ended before its metadata event")
         return []

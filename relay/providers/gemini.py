@@ -7,12 +7,9 @@ a URL that a proxy or log might keep.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from urllib.parse import quote
 
 from relay.providers import google
-from relay.providers.base import ProviderFailure, UpstreamRequest
-from relay.translate import canonical as c
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
@@ -33,32 +30,15 @@ class GeminiConfig:
         return f"{self.base_url.rstrip('/')}/{self.api_version}/models"
 
 
-class GeminiAdapter:
+class GeminiAdapter(google.GoogleAdapter):
     provider_type = "gemini"
 
     def __init__(self, config: GeminiConfig) -> None:
         self.config = config
+        self.secrets = (config.api_key,)
 
-    async def build(
-        self, request: c.Request, *, upstream_model: str, stream: bool
-    ) -> UpstreamRequest:
-        headers = {
-            "x-goog-api-key": self.config.api_key,
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-        }
-        return UpstreamRequest(
-            "POST",
-            self.config.url(upstream_model, stream=stream),
-            headers,
-            google.request_body(request),
-        )
+    def url(self, model: str, *, stream: bool) -> str:
+        return self.config.url(model, stream=stream)
 
-    def decode(self, body: bytes) -> c.Response:
-        return google.decode(body)
-
-    def stream_decoder(self) -> google.GoogleStream:
-        return google.GoogleStream((self.config.api_key,))
-
-    def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
-        return google.parse_failure(status, body, (self.config.api_key,))
+    async def auth_headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.config.api_key}

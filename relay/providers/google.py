@@ -16,10 +16,11 @@ from relay.providers.base import (
     FailureKind,
     ProviderFailure,
     StreamFailed,
+    UpstreamRequest,
     by_status,
     clip,
 )
-from relay.providers.streams import SseSplitter
+from relay.providers.streams import SseStream
 from relay.translate import canonical as c
 
 THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
@@ -198,30 +199,25 @@ def decode(body: bytes) -> c.Response:
     )
 
 
-class GoogleStream:
+class GoogleStream(SseStream):
     """``streamGenerateContent?alt=sse`` chunks in, canonical events out."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
-        self.splitter = SseSplitter()
+        super().__init__(secrets)
         self.started = False
         self.finish_reason: str | None = None
         self.calls = 0
         self.usage: c.Usage | None = None
-        self.secrets = secrets
 
-    def feed(self, data: bytes) -> list[c.Event]:
-        return [e for _, payload in self.splitter.feed(data) for e in self._event(payload)]
-
-    def finish(self) -> list[c.Event]:
-        events = [e for _, payload in self.splitter.finish() for e in self._event(payload)]
+    def end(self) -> list[c.Event]:
         if self.finish_reason is None:
             raise ValueError("the stream ended before its last candidate")
-        events.append(c.StreamFinish(_stop(self.finish_reason, self.calls > 0)))
+        events: list[c.Event] = [c.StreamFinish(_stop(self.finish_reason, self.calls > 0))]
         if self.usage is not None:
             events.append(c.StreamUsage(self.usage))
         return events
 
-    def _event(self, payload: bytes) -> list[c.Event]:
+    def event(self, payload: bytes) -> list[c.Event]:
         answer = orjson.loads(payload)
         if isinstance(answer, list) and answer:
             answer = answer[0]
@@ -284,3 +280,38 @@ def parse_failure(status: int, body: bytes, secrets: tuple[str, ...]) -> Provide
     if isinstance(parsed, list) and parsed:
         parsed = parsed[0]
     return failure_from(status, parsed, secrets)
+
+
+class GoogleAdapter:
+    """What the Gemini API and Vertex AI share: the request body, answers, streams and
+    errors. A subclass gives the URL and the authentication header."""
+
+    provider_type = ""
+    secrets: tuple[str, ...] = ()
+
+    def url(self, model: str, *, stream: bool) -> str:
+        raise NotImplementedError
+
+    async def auth_headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def build(
+        self, request: c.Request, *, upstream_model: str, stream: bool
+    ) -> UpstreamRequest:
+        headers = {
+            **await self.auth_headers(),
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+        }
+        return UpstreamRequest(
+            "POST", self.url(upstream_model, stream=stream), headers, request_body(request)
+        )
+
+    def decode(self, body: bytes) -> c.Response:
+        return decode(body)
+
+    def stream_decoder(self) -> GoogleStream:
+        return GoogleStream(self.secrets)
+
+    def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
+        return parse_failure(status, body, self.secrets)

@@ -21,7 +21,7 @@ from relay.providers.base import (
     clip,
     clip_code,
 )
-from relay.providers.streams import SseSplitter
+from relay.providers.streams import SseStream
 from relay.translate import canonical as c
 from relay.translate import chat
 
@@ -42,25 +42,20 @@ def decode(body: bytes) -> c.Response:
     return chat.response_to_canonical(answer)
 
 
-class OpenAIStream:
+class OpenAIStream(SseStream):
     """Chat completion chunks in, canonical events out."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
-        self.splitter = SseSplitter()
+        super().__init__(secrets)
         self.decoder = chat.Decoder()
         self.done = False
-        self.secrets = secrets
 
-    def feed(self, data: bytes) -> list[c.Event]:
-        return [e for _, payload in self.splitter.feed(data) for e in self._chunk(payload)]
-
-    def finish(self) -> list[c.Event]:
-        events = [e for _, payload in self.splitter.finish() for e in self._chunk(payload)]
+    def end(self) -> list[c.Event]:
         if not self.done:
             raise ValueError("the stream ended without [DONE]")
-        return events
+        return []
 
-    def _chunk(self, payload: bytes) -> list[c.Event]:
+    def event(self, payload: bytes) -> list[c.Event]:
         if payload.strip() == b"[DONE]":
             self.done = True
             return []

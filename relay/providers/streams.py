@@ -1,8 +1,60 @@
-"""Splitting a provider's server-sent events as their bytes arrive, without async."""
+"""Provider stream decoding: bytes in as they arrive, canonical events out, without async.
+
+``ProviderStream`` is the one shape every adapter's decoder has (``feed`` bytes, ``finish``
+at the end of the body); a provider supplies how its framing splits into messages and
+what each message means. ``SseStream`` is that shape over server-sent events.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from relay import sse
+from relay.translate import canonical as c
+
+
+class ProviderStream:
+    """Feed the body's bytes as they arrive; ``finish`` once it ended. Subclasses give
+    ``split`` (bytes to whole messages), ``event`` (one message to canonical events) and
+    ``end`` (the closing events, or ValueError when the stream stopped short)."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.secrets = secrets
+
+    def feed(self, data: bytes) -> list[c.Event]:
+        return [e for message in self.split(data) for e in self.event(message)]
+
+    def finish(self) -> list[c.Event]:
+        events = [e for message in self.rest() for e in self.event(message)]
+        return events + self.end()
+
+    def split(self, data: bytes) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def rest(self) -> Iterable[Any]:
+        """Whatever the framing still holds when the body ends."""
+        return ()
+
+    def event(self, message: Any) -> list[c.Event]:
+        raise NotImplementedError
+
+    def end(self) -> list[c.Event]:
+        return []
+
+
+class SseStream(ProviderStream):
+    """A provider stream of server-sent events; ``event`` gets each event's data."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(secrets)
+        self.splitter = SseSplitter()
+
+    def split(self, data: bytes) -> Iterable[bytes]:
+        return [payload for _, payload in self.splitter.feed(data)]
+
+    def rest(self) -> Iterable[bytes]:
+        return [payload for _, payload in self.splitter.finish()]
 
 
 class SseSplitter:

@@ -9,13 +9,8 @@ from typing import Any
 from urllib.parse import quote
 
 from relay.providers import google
-from relay.providers.base import (
-    FailureKind,
-    ProviderFailure,
-    UpstreamRequest,
-)
+from relay.providers.base import FailureKind, ProviderFailure
 from relay.providers.vertex_auth import TokenFetchFailed, VertexTokenSource, token_source
-from relay.translate import canonical as c
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,37 +39,19 @@ class VertexConfig:
         )
 
 
-class VertexAdapter:
+class VertexAdapter(google.GoogleAdapter):
     provider_type = "vertex"
 
     def __init__(self, config: VertexConfig, tokens: VertexTokenSource | None = None) -> None:
         self.config = config
         self.tokens = tokens or token_source(config.service_account)
 
-    async def build(
-        self, request: c.Request, *, upstream_model: str, stream: bool
-    ) -> UpstreamRequest:
+    def url(self, model: str, *, stream: bool) -> str:
+        return self.config.url(model, stream=stream)
+
+    async def auth_headers(self) -> dict[str, str]:
         token = await self.tokens.token()  # raises TokenFetchFailed: see credentials_failure
-        headers = {
-            "authorization": f"Bearer {token}",
-            "content-type": "application/json",
-            "accept": "text/event-stream" if stream else "application/json",
-        }
-        return UpstreamRequest(
-            "POST",
-            self.config.url(upstream_model, stream=stream),
-            headers,
-            google.request_body(request),
-        )
-
-    def decode(self, body: bytes) -> c.Response:
-        return google.decode(body)
-
-    def stream_decoder(self) -> google.GoogleStream:
-        return google.GoogleStream()
-
-    def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
-        return google.parse_failure(status, body, ())
+        return {"authorization": f"Bearer {token}"}
 
 
 def credentials_failure(exc: TokenFetchFailed) -> ProviderFailure:
