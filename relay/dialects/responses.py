@@ -107,7 +107,11 @@ class PassLeg(Leg):
             self.record.keep_text([text] if isinstance(text, str) else [])
             return raw + b"\n\n", False  # the hot events go out untouched
         if isinstance(event.get("response"), dict):
-            self._rewrite(event["response"])
+            response = event["response"]
+            self._rewrite(response)
+            if response.get("error"):  # response.failed: the provider's words, redacted
+                self.record.error_code = "upstream_stream_error"
+                response["error"] = self.redact_all(response["error"])
         elif kind == "error":
             self.record.error_code = "upstream_stream_error"
             event["message"] = str(event.get("message") or "upstream error")
