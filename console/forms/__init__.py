@@ -12,9 +12,8 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils import timezone
 
-from portal.models import CatalogModel, Channel, Membership, Organization, PersonalAccessToken
+from portal.models import CatalogModel, Membership, Organization, PersonalAccessToken
 from portal.models.catalog import SURFACES
-from portal.models.channels import validate_upstream_url
 
 DATETIME_INPUT: forms.DateTimeInput = forms.DateTimeInput(
     attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"
@@ -110,65 +109,6 @@ class OperatorOrganizationForm(OrganizationForm):
         ).order_by("kind", "name"),
         help_text="Resellers sit under the platform; tenants under the platform or a reseller.",
     )
-
-
-def _parse_served_models(text: str) -> dict[str, str]:
-    """``public-id`` or ``public-id = upstream-name``, one per line."""
-    models: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        public_id, _, upstream = (part.strip() for part in line.partition("="))
-        if not _is_model_id(public_id):
-            raise forms.ValidationError(
-                f"Line {number}: “{line}” is not a model id (no spaces allowed)."
-            )
-        models[public_id] = upstream
-    return models
-
-
-class ChannelForm(forms.Form):
-    name = forms.CharField(max_length=200)
-    provider_type = forms.ChoiceField(
-        choices=Channel.ProviderType.choices, initial=Channel.ProviderType.OPENAI
-    )
-    base_url = forms.CharField(
-        max_length=500,
-        label="Base URL",
-        validators=[validate_upstream_url],
-        help_text="Up to and including /v1, e.g. https://api.openai.com/v1",
-    )
-    secret = forms.CharField(
-        required=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-        label="Upstream API key",
-        help_text="Stored encrypted and never shown again.",
-    )
-    priority = forms.IntegerField(initial=0, help_text="Higher priorities are tried first.")
-    weight = forms.IntegerField(
-        min_value=0, initial=1, help_text="Share of traffic among channels of equal priority."
-    )
-    models = forms.CharField(
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 4}),
-        label="Models served",
-        help_text="One public model id per line; write “public-id = upstream-name” when the "
-        "provider uses another name.",
-    )
-
-    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.editing = editing
-        if editing:
-            self.fields["secret"].help_text = "Leave empty to keep the current key."
-            self.fields["models"].label = "Add models"
-            self.fields[
-                "models"
-            ].help_text = "Models listed here are added; models already served stay as they are."
-
-    def clean_models(self) -> dict[str, str]:
-        return _parse_served_models(self.cleaned_data.get("models") or "")
 
 
 class CatalogModelForm(forms.Form):
@@ -267,6 +207,7 @@ from console.forms.billing import (  # noqa: E402
     TopUpForm,
     UsageLogFilterForm,
 )
+from console.forms.channels import ChannelForm  # noqa: E402
 
 __all__ = [
     "AccessTokenForm",

@@ -5,8 +5,6 @@ Every view here starts with ``require_operator``: a 403 for anyone who is not st
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -31,7 +29,15 @@ from portal.models import Channel
 from relay import health
 
 # Fields of ChannelForm that channel_edit takes as settings (beside the secret and models).
-_CHANNEL_FIELDS = ("name", "provider_type", "base_url", "priority", "weight")
+_CHANNEL_FIELDS = (
+    "name",
+    "provider_type",
+    "base_url",
+    "priority",
+    "weight",
+    "provider_settings",
+    "native_surfaces",
+)
 
 
 @login_required
@@ -126,7 +132,7 @@ def channel_create(request: AuthenticatedHttpRequest) -> HttpResponse:
         data = form.cleaned_data
         with form_errors(form) as failed:
             channel = services.channel_create(
-                secret=data["secret"],
+                secret=data["new_secret"],
                 models=data["models"],
                 actor=request.user,
                 **{field: data[field] for field in _CHANNEL_FIELDS},
@@ -147,7 +153,7 @@ def channel_create(request: AuthenticatedHttpRequest) -> HttpResponse:
 def channel_edit(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResponse:
     require_operator(request.user)
     channel = get_object_or_404(selectors.channels_overview(), pk=channel_id)
-    initial: dict[str, Any] = {field: getattr(channel, field) for field in _CHANNEL_FIELDS}
+    initial = ChannelForm.initial_for(channel)
     form = ChannelForm(request.POST or None, initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -155,7 +161,7 @@ def channel_edit(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResp
             services.channel_edit(
                 channel=channel,
                 actor=request.user,
-                secret=data["secret"] or None,  # blank keeps the stored secret
+                secret=data["new_secret"],  # None keeps the stored secret
                 models=data["models"],
                 **{field: data[field] for field in _CHANNEL_FIELDS},
             )

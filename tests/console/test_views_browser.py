@@ -378,3 +378,26 @@ def test_pages_fit_a_phone_screen(
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, (path, overflow)
     shot(page, "phone-members")
+
+
+def test_channel_form_shows_the_fields_of_the_chosen_provider(
+    site: str, browser: Any, operator_user: Any
+) -> None:
+    with_password(operator_user)
+    page = sign_in(browser, site, "operator")
+    page.goto("/operator/channels/new/")
+    assert page.get_by_label("Upstream API key").is_visible()
+    assert not page.get_by_label("Secret access key").is_visible()
+    page.get_by_label("Provider type").select_option("bedrock")
+    assert page.get_by_label("Access key id").is_visible()
+    assert page.get_by_label("Secret access key").is_visible()
+    assert page.get_by_label("Region").is_visible()
+    assert not page.get_by_label("Upstream API key").is_visible()
+    assert not page.get_by_label("Service-account JSON key").is_visible()
+    page.get_by_label("Provider type").select_option("vertex")
+    assert page.get_by_label("Service-account JSON key").is_visible()
+    assert not page.get_by_label("Region").is_visible()
+    page.get_by_label("Provider type").select_option("azure")
+    assert page.get_by_label("Deployments").is_visible()
+    assert page.get_by_label("Upstream API key").is_visible()
+    shot(page, "operator-channel-form-azure")

@@ -39,3 +39,19 @@ document.addEventListener("change", (event) => {
   const form = event.target.closest("form[data-autosubmit]");
   if (form) form.requestSubmit();
 });
+
+// The channel form shows only the fields of the chosen provider type (each such field
+// names its types in data-providers); without JS every field stays visible.
+function showProviderFields(select) {
+  const form = select.form;
+  for (const input of form.querySelectorAll("[data-providers]")) {
+    const field = input.closest(".field") || input;
+    field.hidden = !input.dataset.providers.split(" ").includes(select.value);
+  }
+}
+document.addEventListener("change", (event) => {
+  if (event.target.matches("[data-provider-select]")) showProviderFields(event.target);
+});
+document.addEventListener("DOMContentLoaded", () => {
+  for (const select of document.querySelectorAll("[data-provider-select]")) showProviderFields(select);
+});
