@@ -24,6 +24,7 @@ from bench.targets import (
     Context,
     Target,
     mode_path,
+    wire_mode,
 )
 
 
@@ -42,8 +43,8 @@ def measure(
     started = datetime.now(UTC)
     result = run_wrk(
         url=url,
-        body_file=ctx.bodies[mode],
-        path=mode_path(mode),
+        body_file=ctx.bodies[wire_mode(target.name, mode)],
+        path=mode_path(wire_mode(target.name, mode)),
         keys_file=target.keys_file,
         concurrency=concurrency,
         duration=ctx.args.duration,
@@ -111,8 +112,8 @@ def warm_up(ctx: Context, target: Target, url: str, mode: str) -> int:
     Returns the requests it made."""
     return run_wrk(
         url=url,
-        body_file=ctx.bodies[mode],
-        path=mode_path(mode),
+        body_file=ctx.bodies[wire_mode(target.name, mode)],
+        path=mode_path(wire_mode(target.name, mode)),
         keys_file=target.keys_file,
         concurrency=WARMUP_CONCURRENCY,
         duration=ctx.args.warmup,
@@ -169,6 +170,23 @@ def observability_call_costs(ctx: Context, rounds: int = 3) -> dict[str, float]:
     for name, us in best.items():
         log(f"{name}: {us:.1f} us per request")
     return best
+
+
+def translation_costs(ctx: Context) -> dict[str, float]:
+    """bench/translation_cost.py: the dialect's and adapter's work per request by mode,
+    microseconds (medians of alternating rounds, in one process)."""
+    completed = subprocess.run(  # noqa: S603 - the bench's own script
+        [str(PYTHON), str(BENCH / "translation_cost.py")],
+        env=ctx.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    costs: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    for name, us in costs.items():
+        log(f"translation cost, {name}: {us:.0f} us per request")
+    return costs
 
 
 def machine() -> dict[str, str]:

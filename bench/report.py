@@ -201,6 +201,77 @@ def acceptance(
     return checks
 
 
+def own_cpu(
+    grouped: dict[tuple[str, str, int], Cell], tollgate: str, bare: str, mode: str, concurrency: int
+) -> float | None:
+    """Tollgate's own CPU per request in ``mode``: its CPU minus its floor's (the bare
+    proxy forwarding the same upstream exchange)."""
+    t, b = grouped.get((tollgate, mode, concurrency)), grouped.get((bare, mode, concurrency))
+    return t.cpu - b.cpu if t and b else None
+
+
+def surface_acceptance(
+    measurements: list[Measurement],
+    *,
+    tollgate: str,
+    bare: str,
+    pass_through_of: dict[str, str],
+    translated_extra_ms: float = 1.0,
+) -> list[tuple[str, str, bool | None]]:
+    """The chat completions targets for every other surface mode that ran (issue 14), and
+    what translation costs over pass-through (issue 15): at c=64 each mode reaches 50 % of
+    its floor's req/s, at c=1 it adds at most 2 ms p50, and a translated mode's own CPU per
+    request exceeds its pass-through mode's by at most ``translated_extra_ms``."""
+    grouped = cells(measurements)
+    modes = sorted({m.mode for m in measurements if m.mode not in ("plain", "stream")})
+    checks: list[tuple[str, str, bool | None]] = []
+    for mode in modes:
+        t, b = grouped.get((tollgate, mode, 64)), grouped.get((bare, mode, 64))
+        if t and b and b.rps:
+            ratio = t.rps / b.rps
+            checks.append((f"{mode} c64 >= 50% of bare", f"{ratio * 100:.0f}%", ratio >= 0.5))
+        t, b = grouped.get((tollgate, mode, 1)), grouped.get((bare, mode, 1))
+        if t and b:
+            added = t.p50 - b.p50
+            checks.append((f"{mode} c1 adds <= 2 ms p50", f"{added:+.2f} ms", added <= 2.0))
+    for mode in modes:
+        passed = pass_through_of.get(mode)
+        if passed is None:
+            continue
+        concurrency = max((c for (n, m, c) in grouped if n == tollgate and m == mode), default=0)
+        mine = own_cpu(grouped, tollgate, bare, mode, concurrency)
+        base = own_cpu(grouped, tollgate, bare, passed, concurrency)
+        if mine is None or base is None:
+            continue
+        extra = mine - base
+        checks.append(
+            (
+                f"{mode} c{concurrency}: own CPU over {passed}'s <= {translated_extra_ms:g} ms",
+                f"{mine:.2f} - {base:.2f} = {extra:+.2f} ms",
+                extra <= translated_extra_ms,
+            )
+        )
+    return checks
+
+
+def translation_acceptance(
+    costs: dict[str, float], pass_through_of: dict[str, str]
+) -> list[tuple[str, str, bool | None]]:
+    """Translated against pass-through, the differing work timed directly (microseconds
+    per request): issue 15 allows 1 ms more, issue 18 0.3 ms."""
+    checks: list[tuple[str, str, bool | None]] = []
+    for mode, passed in pass_through_of.items():
+        if mode not in costs or passed not in costs:
+            continue
+        extra_ms = (costs[mode] - costs[passed]) / 1000
+        measured = f"{costs[mode]:.0f} - {costs[passed]:.0f} us = {extra_ms:+.3f} ms"
+        checks.append((f"{mode} over {passed}: <= +1 ms CPU (issue 15)", measured, extra_ms <= 1))
+        checks.append(
+            (f"{mode} over {passed}: <= +0.3 ms CPU (issue 18)", measured, extra_ms <= 0.3)
+        )
+    return checks
+
+
 def format_acceptance(checks: list[tuple[str, str, bool | None]]) -> str:
     marks = {True: "PASS", False: "FAIL", None: "info"}
     return "\n".join(f"  [{marks[ok]}] {name}: {value}" for name, value, ok in checks)

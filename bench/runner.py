@@ -30,6 +30,7 @@ from bench.measuring import (
     measure,
     observability_call_costs,
     save,
+    translation_costs,
     warm_up,
 )
 from bench.prepare import BENCH, PYTHON, ROOT, log
@@ -38,6 +39,7 @@ from bench.servers import start_group
 from bench.targets import (
     EMBEDDED,
     OBSERVABILITY_NAMES,
+    PASS_THROUGH_OF,
     PG_DATABASE,
     PLAIN_BODY,
     POSTGRES,
@@ -103,6 +105,20 @@ def summarise(ctx: Context, started: dict[str, str]) -> None:
         store = "embedded SQLite" if name.endswith("/embedded") else "PostgreSQL + Redis"
         title = f"issue 6 acceptance, {name} (uvicorn, {args.workers} workers, {store})"
         checks = report.acceptance(main, tollgate=name, bare="bare", litellm=rival)
+        accept.append((title, checks))
+        print(title + ":")
+        print(report.format_acceptance(checks))
+        surfaces = report.surface_acceptance(
+            main, tollgate=name, bare="bare", pass_through_of=PASS_THROUGH_OF
+        )
+        if surfaces:
+            title = f"issues 14 and 15 acceptance, other surfaces, {name}"
+            accept.append((title, surfaces))
+            print(title + ":")
+            print(report.format_acceptance(surfaces))
+    if ctx.translation:
+        title = "issues 15 and 18: translated over pass-through, the differing work timed directly"
+        checks = report.translation_acceptance(ctx.translation, PASS_THROUGH_OF)
         accept.append((title, checks))
         print(title + ":")
         print(report.format_acceptance(checks))
@@ -192,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="observability",
         action="store_false",
         help="skip the metrics-off and JSON-access-log variants",
+    )
+    parser.add_argument(
+        "--no-translation",
+        dest="translation",
+        action="store_false",
+        help="skip timing translated against pass-through work (bench/translation_cost.py)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the relay at c=64")
     parser.add_argument(
@@ -336,6 +358,8 @@ def run(
                 run_targets(ctx, targets, round_index)
     if args.observability and not args.scale_only:
         shared.call_costs = observability_call_costs(shared)
+    if args.translation and not args.scale_only:
+        shared.translation = translation_costs(shared)
     if args.scale:
         from bench import scale
 

@@ -97,24 +97,10 @@ def limited_key(out: Path) -> None:
     print(f"limited key ready in {out}")
 
 
-def translated_model() -> None:
-    """``sim-translated``: the demo's simulator behind a channel with no native surfaces,
-    so Responses and Messages requests for it are translated to chat completions."""
+def _price(model: object) -> None:
     from billing.models import PriceList
     from billing.services import model_price_set
 
-    demo = Channel.objects.get(name="Simulator")
-    model = services.catalog_model_upsert(public_id="sim-translated", actor=ACTOR)
-    channel = Channel.objects.filter(name="Simulator (chat only)").first()
-    if channel is None:
-        channel = services.channel_create(
-            name="Simulator (chat only)",
-            base_url=demo.base_url,
-            secret=demo.secret,
-            actor=ACTOR,
-            models={"sim-translated": "sim-small"},
-        )
-    services.channel_update(channel=channel, actor=ACTOR, base_url=demo.base_url)
     wholesale = PriceList.objects.get(owner__kind="platform", is_default=True)
     model_price_set(
         price_list=wholesale,
@@ -123,7 +109,40 @@ def translated_model() -> None:
         output_per_mtok=600_000,
         actor=ACTOR,
     )
-    print("translated model ready")
+
+
+def _bench_channel(name: str, public_id: str, **settings: Any) -> None:
+    """A channel on the demo's simulator serving ``public_id`` (as ``sim-small``)."""
+    model = services.catalog_model_upsert(public_id=public_id, actor=ACTOR)
+    channel = Channel.objects.filter(name=name).first()
+    if channel is None:
+        demo = Channel.objects.get(name="Simulator")
+        channel = services.channel_create(
+            name=name,
+            base_url=settings["base_url"],
+            secret=demo.secret,
+            actor=ACTOR,
+            models={public_id: "sim-small"},
+            provider_type=settings.get("provider_type", Channel.ProviderType.OPENAI),
+        )
+    services.channel_update(channel=channel, actor=ACTOR, base_url=settings["base_url"])
+    _price(model)
+
+
+def translated_model() -> None:
+    """``sim-translated``: the demo's simulator behind a channel with no native surfaces,
+    so Responses and Messages requests for it are translated to chat completions; and
+    ``sim-anthropic``: the simulator's Anthropic Messages API behind an Anthropic channel,
+    so chat completions requests for it are translated to Messages."""
+    base_url = Channel.objects.get(name="Simulator").base_url
+    _bench_channel("Simulator (chat only)", "sim-translated", base_url=base_url)
+    _bench_channel(
+        "Simulator (Anthropic)",
+        "sim-anthropic",
+        base_url=base_url.removesuffix("/v1"),
+        provider_type=Channel.ProviderType.ANTHROPIC,
+    )
+    print("translated models ready")
 
 
 def scale(*, keys: int, rows: int, channels: int, sample: int, sample_out: Path) -> None:

@@ -38,10 +38,44 @@ for _name, _path, _body in (
         _base = {"model": _model, **_body}
         SURFACE_MODES[_name + _suffix] = (_path, _base)
         SURFACE_MODES[_name + _suffix + "-stream"] = (_path, {**_base, "stream": True})
+# Chat completions on ``sim-anthropic`` (an Anthropic channel, ``bench/seed.py
+# translated-model``): translated to Anthropic's Messages API and back.
+ANTHROPIC_MODEL = "sim-anthropic"
+SURFACE_MODES["chat-anthropic"] = ("/v1/chat/completions", {**PLAIN_BODY, "model": ANTHROPIC_MODEL})
+SURFACE_MODES["chat-anthropic-stream"] = (
+    "/v1/chat/completions",
+    {**STREAM_BODY, "model": ANTHROPIC_MODEL},
+)
+# Each translated mode against the pass-through mode of the same client API.
+PASS_THROUGH_OF = {
+    "responses-translated": "responses",
+    "responses-translated-stream": "responses-stream",
+    "messages-translated": "messages",
+    "messages-translated-stream": "messages-stream",
+    "chat-anthropic": "plain",
+    "chat-anthropic-stream": "stream",
+}
 
 
 def mode_path(mode: str) -> str:
     return SURFACE_MODES[mode][0] if mode in SURFACE_MODES else "/v1/chat/completions"
+
+
+def floor_mode(mode: str) -> str:
+    """What a bare proxy runs as the floor of ``mode``: the exchange the relay itself has
+    with the upstream. A translated mode's upstream exchange is in the channel's format
+    (chat completions, or Anthropic's Messages), so its floor forwards that one."""
+    stream = mode.endswith("-stream")
+    if mode.startswith("chat-anthropic"):
+        return "messages-stream" if stream else "messages"
+    if "-translated" in mode:
+        return "stream" if stream else "plain"
+    return mode
+
+
+def wire_mode(target_name: str, mode: str) -> str:
+    """The mode whose body and path ``target_name`` is sent for ``mode``."""
+    return floor_mode(mode) if target_name.startswith("bare") else mode
 
 
 # The simulator answers 20 completion tokens: 20 content chunks plus the usage chunk.
@@ -83,6 +117,7 @@ class Context:
     checks: list[dict[str, object]] = field(default_factory=list)
     sizes: dict[str, dict[str, int]] | None = None  # of the scale section's databases
     call_costs: dict[str, float] | None = None  # bench/observability_cost.py, microseconds
+    translation: dict[str, float] | None = None  # bench/translation_cost.py, microseconds
 
 
 def pg_targets(ctx: Context, key_file: Path, limited_key_file: Path) -> list[Target]:
