@@ -289,6 +289,17 @@ async def admit(
 
 
 def limit_error(admission: Admission) -> errors.RelayError:
+    window = admission.refused_window
+    if admission.refused == "plan" and window is not None:
+        what = "tokens" if window.kind == "tokens" else "spend (micro-units)"
+        return errors.RelayError(
+            429,
+            f"Your plan's limit of {window.cap} {what} per {window.length} is reached. "
+            f"Please try again in {admission.retry_after}s.",
+            type="tokens" if window.kind == "tokens" else "requests",
+            code="plan_limit_exceeded",
+            headers=((b"retry-after", str(admission.retry_after).encode()),),
+        )
     described = {
         "requests": ("requests per minute", admission.limit_requests),
         "tokens": ("tokens per minute", admission.limit_tokens),

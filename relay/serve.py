@@ -74,7 +74,12 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
         routes = call.restrict(routes, key.tenant_id)
         cache = exchange.app.cache
         reservation = spend.reservation(
-            key, call.output_tokens(model.max_output_tokens), body_bytes, price, cache.generation
+            key,
+            call.output_tokens(model.max_output_tokens),
+            body_bytes,
+            price,
+            cache.generation,
+            public,
         )
         admission, store = await admit(exchange, key, call.limit_tokens(), reservation, taken.pre)
     except BaseException:

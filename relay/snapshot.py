@@ -16,15 +16,16 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import close_old_connections
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
+from billing.models import Subscription
 from billing.pricing import PricePair, tenant_price_table
 from portal import redaction
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
 from relay import upstream
-from relay.limits import Limits, Scope
+from relay.limits import Limits, Scope, Window
 from relay.providers.anthropic import DEFAULT_BASE_URL as ANTHROPIC_URL
 from relay.providers.registry import adapter_for
 from relay.spend import SpendShape
@@ -50,6 +51,8 @@ class KeyInfo:
     key_limits: Limits = field(default_factory=Limits)
     tenant_limits: Limits = field(default_factory=Limits)
     spend: SpendShape = field(default_factory=SpendShape)
+    # The rolling windows of the tenant's plan, if it subscribes to one.
+    plan_windows: tuple[Window, ...] = ()
 
     def allows(self, public_id: str) -> bool:
         return not self.allowed_models or public_id in self.allowed_models
@@ -167,6 +170,14 @@ def _keys_with_owners() -> QuerySet[ApiKey]:
         "tenant__parent__tenant_defaults",
         "tenant__billing_account",
         "spend_quota",
+    ).prefetch_related(
+        Prefetch(
+            "tenant__subscriptions",
+            queryset=Subscription.objects.filter(status=Subscription.Status.ACTIVE)
+            .select_related("plan")
+            .prefetch_related("plan__windows"),
+            to_attr="active_subscriptions",
+        )
     )
 
 
@@ -200,7 +211,25 @@ def key_info(api_key: ApiKey) -> KeyInfo:
         key_limits=_limits(api_key),
         tenant_limits=_limits(tenant),
         spend=_spend_shape(api_key),
+        plan_windows=_plan_windows(tenant),
     )
+
+
+def _plan_windows(tenant: Any) -> tuple[Window, ...]:
+    windows = []
+    for subscription in getattr(tenant, "active_subscriptions", ()):
+        for window in subscription.plan.windows.all():
+            windows.append(
+                Window(
+                    name=f"s{subscription.pk}:w{window.pk}",
+                    length=window.length,
+                    kind=window.kind,
+                    cap=window.cap,
+                    seconds=window.seconds,
+                    models=frozenset(window.model_ids or ()),
+                )
+            )
+    return tuple(windows)
 
 
 def _spend_shape(api_key: ApiKey) -> SpendShape:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -83,20 +83,23 @@ def reservation(
     body_bytes: int,
     price: PricePair,
     generation: int,
+    model: str = "",
 ) -> Reservation | None:
     """The hold for a request of ``body_bytes`` that may be billed ``output_tokens`` at
     worst (its dialect's figure: its own cap on every choice, else the model's, else
-    ``RELAY_RESERVE_OUTPUT_TOKENS``)."""
-    if not key.spend.any():
+    ``RELAY_RESERVE_OUTPUT_TOKENS``), with the plan windows that count ``model``."""
+    windows = tuple(w for w in key.plan_windows if w.counts(model))
+    if not key.spend.any() and not windows:
         return None
     worst = worst_case_cost_micros(
         price.retail, prompt_bytes=body_bytes, max_output_tokens=output_tokens
     )
     return Reservation(
-        scopes=scope_names(key, datetime.now(UTC)),
+        scopes=scope_names(key, datetime.now(UTC)) if key.spend.any() else (),
         worst_micros=worst,
         min_generation=generation,
         fresh_after=time.time() - settings.RELAY_SPEND_RESEED_SECONDS,
+        windows=windows,
     )
 
 
@@ -177,7 +180,7 @@ async def admit(
         await seed(store, key, admission.unseeded, reservation)
     except DatabaseError:
         logger.warning("seeding spend limits failed; using the last figures", exc_info=True)
-        stale_ok = Reservation(reservation.scopes, reservation.worst_micros, 0, 0.0)
+        stale_ok = replace(reservation, min_generation=0, fresh_after=0.0)
         admission = await acquire(stale_ok)
         if admission.refused == "seed":
             raise errors.RelayError(

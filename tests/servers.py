@@ -94,7 +94,7 @@ def running_server(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator
 class RelayProcess:
     """``uvicorn config.asgi:application`` on a free port, with the given environment."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, launcher: str = "uvicorn") -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -105,7 +105,7 @@ class RelayProcess:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
+                launcher,  # uvicorn, or a module that runs it (tests/relay/clocked_relay.py)
                 "config.asgi:application",
                 "--port",
                 str(self.port),

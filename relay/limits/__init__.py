@@ -8,6 +8,10 @@ Each limited scope (a key, a tenant) keeps, in Redis:
   process that dies mid-request frees its slots when its requests would have timed out;
 - ``…:day:<date>``: tokens used this UTC day.
 
+Each plan window (``Window``: a subscription's cap on tokens or spend over 5 hours, a day
+or a week) keeps a hash of usage per bucket (``…:pw:s<subscription>:w<window>``), summed
+over the window by the same script that checks the limits: no extra round trip.
+
 Each money scope (a tenant's funds or monthly budget, a key's spend quota; see
 ``relay.spend``) keeps a *base* seeded from the database (what it could still spend
 then, and the ``written`` total at that moment), the total cost of usage events written
@@ -32,6 +36,7 @@ from relay.limits.shapes import (
     LimitStore,
     Reservation,
     Scope,
+    Window,
     limit_keys,
     money_keys,
 )
@@ -45,6 +50,7 @@ __all__ = [
     "RedisLimitStore",
     "Reservation",
     "Scope",
+    "Window",
     "limit_keys",
     "money_keys",
     "usage_queue_key",

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from relay.limits.shapes import (
+    WINDOW_BUCKETS,
     WINDOW_SECONDS,
     Admission,
     Reservation,
@@ -15,6 +16,8 @@ from relay.limits.shapes import (
     _admission,
     _keys,
     _money_detail,
+    _plan_detail,
+    window_settlement,
 )
 
 
@@ -42,7 +45,36 @@ class LocalLimitStore:
         self._in_flight: dict[str, dict[str, float]] = {}
         self._days: dict[str, int] = {}
         self._money: dict[str, _Money] = {}
+        self._plan_windows: dict[str, dict[int, int]] = {}
         self._lock = threading.Lock()
+
+    def _check_windows(
+        self, reservation: Reservation | None, tokens: int, second: int, stats: list[int]
+    ) -> tuple[str, int]:
+        """Sum each plan window's buckets, as ACQUIRE_LUA does; the refusing window's
+        index and the milliseconds until its oldest bucket leaves, else ('', 0)."""
+        refused, retry_ms = "", 0
+        for index, window in enumerate(reservation.windows if reservation else ()):
+            assert reservation is not None
+            size = window.bucket_seconds
+            current = second // size
+            buckets = self._plan_windows.setdefault(window.name, {})
+            for stale in [b for b in buckets if b < current - WINDOW_BUCKETS]:
+                del buckets[stale]
+            used, oldest = sum(buckets.values()), min(buckets, default=0)
+            stats += [used, oldest]
+            amount = reservation.window_amount(window, tokens)
+            if not refused and used + amount > window.cap:
+                refused = str(index)
+                retry_ms = ((oldest or current) + WINDOW_BUCKETS + 1) * size * 1000
+        return refused, retry_ms
+
+    def _count_windows(self, reservation: Reservation | None, tokens: int, second: int) -> None:
+        for window in reservation.windows if reservation else ():
+            assert reservation is not None
+            buckets = self._plan_windows.setdefault(window.name, {})
+            bucket = second // window.bucket_seconds
+            buckets[bucket] = buckets.get(bucket, 0) + reservation.window_amount(window, tokens)
 
     def _window(self, key: str, now: int) -> tuple[int, int]:
         counts = self._windows.setdefault(key, {})
@@ -104,9 +136,13 @@ class LocalLimitStore:
             if not refused and daily >= 0 and self._days.get(day_key, 0) + tokens > daily:
                 refused = "daily_tokens"
         with self._lock:
+            window, window_retry = self._check_windows(reservation, tokens, second, stats)
+            if not refused and window:
+                refused, detail, retry_ms = "plan", window, window_retry - int(now * 1000)
             if not refused and reservation is not None:
                 refused, detail = self._check_money(reservation, now)
             if not refused:
+                self._count_windows(reservation, tokens, second)
                 self._count(scopes, keys, request_id, tokens, second, now + hold_seconds)
                 worst = reservation.worst_micros if reservation else 0
                 for name in reservation.scopes if reservation else ():
@@ -116,6 +152,7 @@ class LocalLimitStore:
                     money.held += worst
         admission = _admission(scopes, not refused, refused, retry_ms, stats, now, tokens)
         _money_detail(admission, reservation, detail)
+        _plan_detail(admission, reservation, tokens, stats[len(scopes) * 4 :], now, detail)
         return admission
 
     def _count(
@@ -165,8 +202,14 @@ class LocalLimitStore:
                     self._days[day_key] += delta
         if reservation is None:
             return True
+        settlement = window_settlement(reservation, admission.bucket, delta, cost_micros)
         amount = reservation.worst_micros if cost_micros is None else cost_micros
         with self._lock:
+            for index, plan_window in enumerate(reservation.windows):
+                bucket, change = settlement[1 + index * 2 : 3 + index * 2]
+                buckets = self._plan_windows.get(plan_window.name, {})
+                if change and bucket in buckets:
+                    buckets[bucket] += change
             for name in reservation.scopes:
                 money = self._money.setdefault(name, _Money())
                 previous = money.holds.pop(request_id, 0)

@@ -15,8 +15,11 @@ from relay.limits.shapes import (
     _keys,
     _money_args,
     _money_detail,
+    _plan_detail,
     _text,
     money_keys,
+    window_keys,
+    window_settlement,
 )
 
 
@@ -59,16 +62,19 @@ class RedisLimitStore:
         args.append(len(scopes))
         for scope in scopes:
             args += scope.limits.as_args()
-        args += _money_args(reservation, hold_seconds)
+        args += _money_args(reservation, hold_seconds, tokens)
         keys = _keys(scopes, self._prefix, now)
         for name in reservation.scopes if reservation else ():
             keys += money_keys(self._prefix, name)
+        keys += window_keys(self._prefix, reservation)
         result = await self._batcher.run(self._acquire, keys, args)
         stats = [int(v) for v in result[4:]]
+        detail = _text(result[3])
         admission = _admission(
             scopes, bool(result[0]), _text(result[1]), int(result[2]), stats, now, tokens
         )
-        _money_detail(admission, reservation, _text(result[3]))
+        _money_detail(admission, reservation, detail)
+        _plan_detail(admission, reservation, tokens, stats[len(scopes) * 4 :], now, detail)
         return admission
 
     async def release(
@@ -92,6 +98,7 @@ class RedisLimitStore:
             keys += money_keys(self._prefix, name)
         keys.append(self.queue_key)
         keys += open_keys or []
+        keys += window_keys(self._prefix, reservation)
         done = await self._batcher.run(
             self._finish,
             keys,
@@ -105,6 +112,7 @@ class RedisLimitStore:
                 -1 if cost_micros is None else cost_micros,
                 event,
                 "1" if open_keys else "",
+                *window_settlement(reservation, admission.bucket, delta, cost_micros),
             ],
         )
         return bool(done)

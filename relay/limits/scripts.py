@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from relay.limits.shapes import WINDOW_BUCKETS
+
 # Money keys per reserved scope, in this order (see ``money_keys``).
 MONEY_KEYS = 5
 
-# KEYS: per limit scope 4 keys (req, tok, conc, day), then per money scope MONEY_KEYS keys.
+# KEYS: per limit scope 4 keys (req, tok, conc, day), then per money scope MONEY_KEYS keys,
+# then per plan window its counter.
 # ARGV: now_ms, request_id, tokens, hold_ms, limit scope count, per limit scope 4 limits
 # (-1 = none), then money scope count, worst-case cost, money hold ms, the generation a
-# base must have reached, the oldest seeding time (ms) still fresh.
+# base must have reached, the oldest seeding time (ms) still fresh, then plan window count
+# and per window: cap, bucket seconds, amount to count.
 # Returns {allowed, refused_kind, retry_ms, detail, then per limit scope: req_used,
-# req_oldest, tok_used, tok_oldest}. ``detail`` is, when refused for money, the index of
-# the scope that cannot cover the worst case and, for 'seed', the indexes to (re)seed,
-# comma-separated.
+# req_oldest, tok_used, tok_oldest, then per window: used, oldest bucket}. ``detail`` is,
+# when refused for money, the index of the scope that cannot cover the worst case, for
+# 'plan' the index of the window, and for 'seed' the indexes to (re)seed, comma-separated.
+# A window sums its current bucket and the WINDOW_BUCKETS before it (relay.limits.Window).
 ACQUIRE_LUA = """
 local now_ms = tonumber(ARGV[1])
 local now = math.floor(now_ms / 1000)
@@ -27,6 +32,8 @@ local money_hold_ms = tonumber(ARGV[m_at + 2]) or 0
 local min_gen = tonumber(ARGV[m_at + 3]) or 0
 local fresh_after = tonumber(ARGV[m_at + 4]) or 0
 local m_keys = scopes * 4
+local windows = tonumber(ARGV[m_at + 5]) or 0
+local w_keys = m_keys + money * 5
 local stats = {}
 local refused_kind = ''
 local retry_ms = 0
@@ -83,6 +90,37 @@ for s = 0, scopes - 1 do
       refused_kind = 'daily_tokens'
       retry_ms = -1
     end
+  end
+end
+
+-- Plan windows: sliding buckets, summed over the window (and a bucket more), stale ones dropped.
+local w_buckets = {}
+for w = 0, windows - 1 do
+  local key = KEYS[w_keys + w + 1]
+  local cap = tonumber(ARGV[m_at + 6 + w*3])
+  local size = tonumber(ARGV[m_at + 7 + w*3])
+  local amount = tonumber(ARGV[m_at + 8 + w*3])
+  local current = math.floor(now / size)
+  w_buckets[w + 1] = current
+  local fields = redis.call('HGETALL', key)
+  local used, oldest = 0, 0
+  local stale = {}
+  for i = 1, #fields, 2 do
+    local bucket = tonumber(fields[i])
+    if bucket < current - WINDOW_BUCKETS then
+      stale[#stale + 1] = fields[i]
+    else
+      used = used + tonumber(fields[i + 1])
+      if oldest == 0 or bucket < oldest then oldest = bucket end
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  stats[#stats + 1] = used
+  stats[#stats + 1] = oldest
+  if refused_kind == '' and used + amount > cap then
+    refused_kind = 'plan'
+    detail = tostring(w)
+    retry_ms = ((oldest > 0 and oldest or current) + WINDOW_BUCKETS + 1) * size * 1000 - now_ms
   end
 end
 
@@ -155,14 +193,25 @@ for m = 0, money - 1 do
   redis.call('INCRBY', KEYS[k+3], worst)
   for i = 1, 5 do redis.call('EXPIRE', KEYS[k+i], MONEY_TTL) end
 end
+for w = 0, windows - 1 do
+  local key = KEYS[w_keys + w + 1]
+  local size = tonumber(ARGV[m_at + 7 + w*3])
+  local amount = tonumber(ARGV[m_at + 8 + w*3])
+  if amount ~= 0 then redis.call('HINCRBY', key, w_buckets[w + 1], amount) end
+  redis.call('EXPIRE', key, (WINDOW_BUCKETS + 2) * size + 60)
+end
 return {1, '', 0, '', unpack(stats)}
-""".replace("MONEY_TTL", "3024000")  # 35 days: longer than any period a scope counts
+""".replace("MONEY_TTL", "3024000").replace(  # 35 days: longer than any period a scope counts
+    "WINDOW_BUCKETS", str(WINDOW_BUCKETS)
+)
 
 # KEYS: as for acquire, then the usage queue, then (for a stream with an open entry, see
 # ``relay.orphans``) the entry, its text and its owner's set. ARGV: request_id, bucket
 # second, token delta, limit scope count, money scope count, worst-case cost held, the
 # actual cost (-1: not known yet, keep holding the worst case until the event is written),
-# the usage event to queue ('' for none), '1' if the request has an open entry.
+# the usage event to queue ('' for none), '1' if the request has an open entry, then the
+# plan window count and per window: its bucket and the correction to what was counted;
+# the windows' counters are the last keys.
 # Returns 0, doing nothing, when a sweeper already settled the request as cut.
 FINISH_LUA = """
 local request_id = ARGV[1]
@@ -204,6 +253,13 @@ for m = 0, money - 1 do
     redis.call('HDEL', holds_key, request_id)
   end
   if amount ~= previous then redis.call('INCRBY', held_key, amount - previous) end
+end
+local w_at = queue_at + (ARGV[9] == '1' and 3 or 0)
+for w = 0, (tonumber(ARGV[10]) or 0) - 1 do
+  local key, bucket, change = KEYS[w_at + w + 1], ARGV[11 + w*2], tonumber(ARGV[12 + w*2])
+  if change ~= 0 and redis.call('HEXISTS', key, bucket) == 1 then
+    redis.call('HINCRBY', key, bucket, change)
+  end
 end
 if ARGV[8] ~= '' then
   redis.call('RPUSH', KEYS[queue_at], ARGV[8])

@@ -36,6 +36,36 @@ class Scope:
     limits: Limits
 
 
+# A plan window is counted in this many buckets, one more kept: see ``Window``.
+WINDOW_BUCKETS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A plan's rolling window (``billing.models.PlanWindow``), loaded with the key.
+
+    Counted in sliding buckets of ``seconds / WINDOW_BUCKETS``: a request's tokens or
+    spend go into the bucket of the second it was admitted, and a check sums the current
+    bucket and the ``WINDOW_BUCKETS`` before it. Usage therefore leaves the window between
+    ``seconds`` and ``seconds`` plus one bucket after it was admitted (5 hours: 5 minutes
+    late at most), never early: no span of the window's length ever passes the cap.
+    """
+
+    name: str  # "s<subscription>:w<window>"
+    length: str  # "5h", "1d" or "7d": the headers' suffix
+    kind: str  # "tokens" or "spend" (retail micro-units)
+    cap: int
+    seconds: int
+    models: frozenset[str] = frozenset()  # empty: every model
+
+    @property
+    def bucket_seconds(self) -> int:
+        return max(self.seconds // WINDOW_BUCKETS, 1)
+
+    def counts(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """Money to hold before forwarding: the request's worst-case retail cost, held against
@@ -47,6 +77,11 @@ class Reservation:
     # (epoch seconds), is seeded again first.
     min_generation: int = 0
     fresh_after: float = 0.0
+    # The plan windows that count this request (tokens, or this worst-case spend).
+    windows: tuple[Window, ...] = ()
+
+    def window_amount(self, window: Window, tokens: int) -> int:
+        return tokens if window.kind == "tokens" else self.worst_micros
 
 
 @dataclass(slots=True)
@@ -67,6 +102,9 @@ class Admission:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens: float = 0.0
+    # Plan windows: which refused ("plan"), and what is left in each (see ``plan_headers``).
+    refused_window: Window | None = None
+    plan: list[tuple[Window, int, float]] | None = None  # window, remaining, reset seconds
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """OpenAI's x-ratelimit-* headers, for the tightest limit that applies."""
@@ -83,7 +121,28 @@ class Admission:
                 (b"x-ratelimit-remaining-tokens", str(self.remaining_tokens).encode()),
                 (b"x-ratelimit-reset-tokens", _duration(self.reset_tokens)),
             ]
+        if self.plan:
+            headers += plan_headers(self.plan)
         return headers
+
+
+def plan_headers(plan: list[tuple[Window, int, float]]) -> list[tuple[bytes, bytes]]:
+    """``x-tollgate-plan-{limit,remaining,reset}-{tokens,spend-micros}-{5h,1d,7d}``: per
+    kind and length, the window of the request with the least left."""
+    tightest: dict[tuple[str, str], tuple[Window, int, float]] = {}
+    for window, remaining, reset in plan:
+        seen = tightest.get((window.kind, window.length))
+        if seen is None or remaining < seen[1]:
+            tightest[(window.kind, window.length)] = (window, remaining, reset)
+    headers = []
+    for (kind, length), (window, remaining, reset) in sorted(tightest.items()):
+        suffix = f"{'tokens' if kind == 'tokens' else 'spend-micros'}-{length}"
+        headers += [
+            (f"x-tollgate-plan-limit-{suffix}".encode(), str(window.cap).encode()),
+            (f"x-tollgate-plan-remaining-{suffix}".encode(), str(remaining).encode()),
+            (f"x-tollgate-plan-reset-{suffix}".encode(), _duration(reset)),
+        ]
+    return headers
 
 
 def _duration(seconds: float) -> bytes:
@@ -224,16 +283,74 @@ def money_keys(prefix: str, scope: str) -> list[str]:
     return [f"{base}:base", f"{base}:written", f"{base}:held", f"{base}:holds", f"{base}:exp"]
 
 
-def _money_args(reservation: Reservation | None, hold_seconds: float) -> list[Any]:
+def _money_args(reservation: Reservation | None, hold_seconds: float, tokens: int) -> list[Any]:
+    """The money scopes' arguments, then the plan windows': count, then per window its
+    cap, bucket length (seconds) and the amount to count."""
     if reservation is None:
-        return [0, 0, 0, 0, 0]
-    return [
+        return [0, 0, 0, 0, 0, 0]
+    args = [
         len(reservation.scopes),
         reservation.worst_micros,
         int(hold_seconds * 1000),
         reservation.min_generation,
         int(reservation.fresh_after * 1000),
+        len(reservation.windows),
     ]
+    for window in reservation.windows:
+        args += [window.cap, window.bucket_seconds, reservation.window_amount(window, tokens)]
+    return args
+
+
+def window_keys(prefix: str, reservation: Reservation | None) -> list[str]:
+    """The plan windows' counters: a hash of usage per bucket."""
+    return [f"{prefix}:pw:{w.name}" for w in reservation.windows] if reservation else []
+
+
+def window_settlement(
+    reservation: Reservation | None,
+    bucket: int,
+    token_delta: int,
+    cost_micros: int | None,
+) -> list[Any]:
+    """FINISH's window arguments: count, then per window its bucket and the correction
+    of what was counted at admission (real tokens, or real cost, less the estimate)."""
+    if reservation is None:
+        return [0]
+    args: list[Any] = [len(reservation.windows)]
+    for window in reservation.windows:
+        if window.kind == "tokens":
+            delta = token_delta
+        else:
+            delta = 0 if cost_micros is None else cost_micros - reservation.worst_micros
+        args += [bucket // window.bucket_seconds, delta]
+    return args
+
+
+def _plan_detail(
+    admission: Admission,
+    reservation: Reservation | None,
+    tokens: int,
+    window_stats: list[int],
+    now: float,
+    detail: str,
+) -> None:
+    """What is left in each window (used, oldest counted bucket per window), and which
+    window refused the request."""
+    if reservation is None or not reservation.windows:
+        return
+    admission.plan = []
+    for index, window in enumerate(reservation.windows):
+        used, oldest = window_stats[index * 2 : index * 2 + 2]
+        if admission.allowed:
+            used += reservation.window_amount(window, tokens)
+        size = window.bucket_seconds
+        oldest = oldest or int(now) // size  # nothing counted before: this request's bucket
+        reset = (oldest + WINDOW_BUCKETS + 1) * size - now if used else 0.0
+        admission.plan.append((window, max(window.cap - used, 0), max(reset, 0.0)))
+    if admission.refused == "plan":
+        window, _, reset = admission.plan[int(detail)]
+        admission.refused_window = window
+        admission.retry_after = max(math.ceil(reset), 1)
 
 
 def _text(value: Any) -> str:
