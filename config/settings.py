@@ -191,7 +191,18 @@ STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "static")))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Serve app static files without a collectstatic step in the embedded mode.
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=True)
-EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+# Mail (invitations, budget alerts, password reset) from one URL: smtp://user:pass@host:25,
+# smtp+tls://… (STARTTLS on 587), smtp+ssl://… (465); embedded, mail is printed instead.
+_EMAIL = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default=_EMAIL["EMAIL_BACKEND"])
+EMAIL_HOST = _EMAIL["EMAIL_HOST"] or "localhost"
+EMAIL_PORT = _EMAIL["EMAIL_PORT"] or 25
+EMAIL_HOST_USER = _EMAIL["EMAIL_HOST_USER"] or ""
+EMAIL_HOST_PASSWORD = _EMAIL["EMAIL_HOST_PASSWORD"] or ""
+EMAIL_USE_TLS = _EMAIL.get("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = _EMAIL.get("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Tollgate <tollgate@localhost>")
 
 REST_FRAMEWORK = {
     # Tokens first: their WWW-Authenticate header makes an anonymous call a 401, not a 403.
@@ -320,6 +331,8 @@ TOLLGATE_PUBLIC_URL = env.str("TOLLGATE_PUBLIC_URL", default="http://127.0.0.1:8
 # Card payments: each seller connects its own Stripe account on the dashboard. Only tests
 # point the stripe library elsewhere (their loopback stand-in); empty means Stripe itself.
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+# Invitations one person, or one organisation, may send per hour.
+TOLLGATE_INVITATIONS_PER_HOUR = 20
 
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # JSON values (counted as commas and opening brackets, strings included) a request body may

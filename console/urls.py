@@ -12,6 +12,7 @@ from django.urls import include, path
 from console.views import (
     accounts,
     billing,
+    invitations,
     operator,
     organizations,
     payments,
@@ -64,6 +65,12 @@ organization_patterns = [
     path("members/", organizations.members, name="members"),
     path("members/<int:membership_id>/role/", organizations.member_role, name="member_role"),
     path("members/<int:membership_id>/remove/", organizations.member_remove, name="member_remove"),
+    path("invitations/", organizations.invite, name="invite"),
+    path(
+        "invitations/<int:invitation_id>/revoke/",
+        organizations.invitation_revoke,
+        name="invitation_revoke",
+    ),
     path("tenants/", organizations.tenants, name="tenants"),
     path("billing/", billing.billing_page, name="billing"),
     path("billing/redeem/", billing.redeem, name="redeem"),
@@ -107,6 +114,7 @@ operator_patterns = [
 urlpatterns = [
     path("", accounts.home, name="home"),
     path("models/", operator.public_models, name="models_public"),
+    path("invite/<str:token>/", invitations.invitation_accept, name="invitation_accept"),
     path("account/", include(auth_patterns)),
     path("o/<slug:slug>/", include(organization_patterns)),
     path("operator/", include(operator_patterns)),

@@ -27,6 +27,7 @@ from portal.models import (
     CatalogModel,
     Channel,
     ChannelModel,
+    Invitation,
     Membership,
     Organization,
     PersonalAccessToken,
@@ -44,6 +45,29 @@ def members_of(organization: Organization) -> QuerySet[Membership]:
         Membership.objects.filter(organization=organization)
         .select_related("user", "organization")
         .order_by("user__username")
+    )
+
+
+def invitations_pending(organization: Organization) -> QuerySet[Invitation]:
+    """Invitations to ``organization`` still waiting: not accepted, revoked or expired."""
+    return (
+        Invitation.objects.filter(
+            organization=organization,
+            accepted_at__isnull=True,
+            revoked_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        )
+        .select_related("invited_by", "organization")
+        .order_by("-created_at", "-id")
+    )
+
+
+def invitations_scoped(scope: Scope) -> QuerySet[Invitation]:
+    """Invitations of every organisation where ``scope`` may manage members."""
+    return scope.filter(
+        Invitation.objects.select_related("invited_by", "organization"),
+        "organization",
+        need=Need.MANAGE,
     )
 
 

@@ -9,6 +9,7 @@ from rest_framework.routers import DefaultRouter
 from console.api.docs import api_docs
 from console.api.views.activity import AuditEntryViewSet, MeView, UsageViewSet
 from console.api.views.billing import BalanceView, InvoiceViewSet, PriceListViewSet, TopUpView
+from console.api.views.invitations import InvitationDetailView, InvitationListView
 from console.api.views.keys import AccessTokenViewSet, ApiKeyViewSet
 from console.api.views.organizations import OrganizationViewSet
 from console.api.views.platform import CatalogModelViewSet, ChannelViewSet
@@ -30,6 +31,16 @@ urlpatterns = [
     path("me/", MeView.as_view(), name="me"),
     path("organizations/<slug:slug>/balance/", BalanceView.as_view(), name="balance"),
     path("organizations/<slug:slug>/topups/", TopUpView.as_view(), name="topups"),
+    path(
+        "organizations/<slug:slug>/invitations/",
+        InvitationListView.as_view(),
+        name="invitations",
+    ),
+    path(
+        "organizations/<slug:slug>/invitations/<int:invitation_id>/",
+        InvitationDetailView.as_view(),
+        name="invitation-detail",
+    ),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", api_docs, name="docs"),
     path("", include(router.urls)),

@@ -64,7 +64,8 @@ class ApiKeyForm(forms.Form):
 
 class MemberAddForm(forms.Form):
     user = forms.CharField(
-        label="Username or e-mail", help_text="The person must already have a Tollgate login."
+        label="Username or e-mail",
+        help_text="Someone who already signs in to Tollgate; invite anyone else by e-mail.",
     )
     role = forms.ChoiceField()
 
@@ -84,12 +85,27 @@ class MemberAddForm(forms.Form):
         return found[0]
 
 
+class InvitationForm(forms.Form):
+    email = forms.EmailField(label="E-mail address")
+    role = forms.ChoiceField()
+
+    def __init__(self, *args: Any, roles: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        labels = dict(Membership.Role.choices)
+        cast(forms.ChoiceField, self.fields["role"]).choices = [(r, labels[r]) for r in roles]
+
+
 class OrganizationForm(forms.Form):
     name = forms.CharField(max_length=200)
     slug = forms.SlugField(
         max_length=80,
         required=False,
         help_text="Used in URLs and the API. Leave empty to derive it from the name.",
+    )
+    owner_email = forms.EmailField(
+        required=False,
+        label="Owner's e-mail",
+        help_text="Optional: we e-mail its first owner an invitation to sign up.",
     )
 
     def clean_slug(self) -> str:
@@ -216,6 +232,7 @@ __all__ = [
     "BudgetForm",
     "CatalogModelForm",
     "ChannelForm",
+    "InvitationForm",
     "MarkupForm",
     "MemberAddForm",
     "ModelPriceForm",

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from billing.money import MICROS
+
 WIDTH = 720
 HEIGHT = 220
 LEFT = 56  # room for the y-axis labels
@@ -58,6 +60,7 @@ class Chart:
     x_labels: tuple[XLabel, ...]
     legend: tuple[tuple[str, str], ...]
     empty: bool
+    empty_text: str = "No requests in this period yet."
 
 
 def nice_ceiling(value: float) -> float:
@@ -77,6 +80,13 @@ def _fraction(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
+def _figure(value: float) -> str:
+    """A bar's exact figure for its title: ``1,234`` or ``0.001792`` (never ``1e-05``)."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.6f}".rstrip("0").rstrip(".")
+    return f"{int(value):,}"
+
+
 def compact(value: float) -> str:
     """12_300 → "12.3k", 4_000_000 → "4M"."""
     for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -94,6 +104,7 @@ def stacked_bars(
     series: Sequence[tuple[str, str, Sequence[float]]],
     *,
     unit: str = "",
+    empty_text: str = "No requests in this period yet.",
 ) -> Chart:
     """A bar per label, stacking each series (name, css class, values) bottom-up."""
     count = len(labels)
@@ -113,7 +124,7 @@ def stacked_bars(
             height = plot_height * values[i] / top
             y -= height
             segments.append(Segment(y=round(y, 2), height=round(height, 2), css_class=css_class))
-            parts.append(f"{name} {values[i]:,}")
+            parts.append(f"{name} {_figure(values[i])}")
         bars.append(
             Bar(
                 x=round(LEFT + i * slot + (slot - bar_width) / 2, 2),
@@ -142,4 +153,23 @@ def stacked_bars(
         x_labels=x_labels,
         legend=tuple((name, css_class) for name, css_class, _ in series),
         empty=not any(totals),
+        empty_text=empty_text,
+    )
+
+
+def money_bars(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[tuple[str, str, Sequence[int]]],
+    *,
+    currency: str,
+) -> Chart:
+    """Bars of amounts given in integer micro-units, never rounded to cents: a day of
+    0.001792 USD is a visible bar, not an empty chart. Floats only place the bars."""
+    return stacked_bars(
+        title,
+        labels,
+        [(name, css, [micros / MICROS for micros in values]) for name, css, values in series],
+        unit=currency,
+        empty_text="No priced usage in this period yet.",
     )

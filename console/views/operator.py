@@ -22,7 +22,8 @@ from console.forms import (
 )
 from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
-from console.views.charts import stacked_bars
+from console.views.charts import money_bars, stacked_bars
+from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import request_scope, require_operator
 from portal.models import Channel
@@ -91,17 +92,11 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
             ),
             "daily": daily,
             "revenue_totals": revenue_totals,
-            "revenue_chart": stacked_bars(
+            "revenue_chart": money_bars(
                 f"Platform revenue per day ({main or 'no priced usage'})",
                 labels,
-                [
-                    (
-                        "Revenue",
-                        "series-a",
-                        [round(per_day.get(d.day, 0) / 1_000_000, 2) for d in daily],
-                    )
-                ],
-                unit=main,
+                [("Revenue", "series-a", [per_day.get(d.day, 0) for d in daily])],
+                currency=main,
             ),
             "channels": selectors.channels_overview(),
             "available_count": sum(
@@ -247,15 +242,22 @@ def organizations(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         with form_errors(form) as failed:
-            organization = services.organization_create(
+            organization, invitation = services.organization_create_with_owner(
                 name=data["name"],
                 slug=data["slug"] or None,
                 kind=data["kind"],
                 parent=data["parent"],
+                owner_email=data["owner_email"],
                 actor=request.user,
+                link=accept_link,
             )
         if not failed:
-            messages.success(request, f"“{organization.name}” created. Add its first owner.")
+            then = (
+                f"; invitation sent to {invitation.email}."
+                if invitation
+                else ". Invite its first owner below."
+            )
+            messages.success(request, f"“{organization.name}” created{then}")
             return redirect("members", slug=organization.slug)
     rows = selectors.organizations_visible(request_scope(request))
     return render_page(

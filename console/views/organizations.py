@@ -6,17 +6,18 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponse, HttpResponseRedirect
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
 from billing.periods import Period
 from billing.selectors import usage as usage_reads
-from console.forms import MemberAddForm, OrganizationForm
+from console.forms import InvitationForm, MemberAddForm, OrganizationForm
 from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
+from console.views.invitations import accept_link
 from portal import selectors, services
-from portal.access import Need, get_access, membership_for_manager, require_operator
-from portal.models import ApiKey, Membership, Organization
+from portal.access import Access, Need, get_access, membership_for_manager, require_operator
+from portal.models import ApiKey, Invitation, Membership, Organization
 
 
 @login_required
@@ -38,20 +39,55 @@ def overview(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     return render_page(request, "portal/overview.html", context, access=access, section="overview")
 
 
+def members_page(
+    request: AuthenticatedHttpRequest,
+    access: Access,
+    *,
+    form: MemberAddForm | None = None,
+    invite_form: InvitationForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The members page: members, pending invitations, and the forms a manager gets."""
+    can_manage = access.can(Need.MANAGE)
+    roles = access.assignable_roles()
+    if can_manage:
+        form = form or MemberAddForm(roles=roles)
+        invite_form = invite_form or InvitationForm(roles=roles)
+    return render_page(
+        request,
+        "portal/members.html",
+        {
+            "form": form,
+            "invite_form": invite_form,
+            "members": selectors.members_of(access.organization),
+            "invitations": selectors.invitations_pending(access.organization) if can_manage else [],
+            "role_choices": [
+                (value, label) for value, label in Membership.Role.choices if value in roles
+            ],
+            "can_touch_owners": access.can(Need.OWNER),
+        },
+        access=access,
+        section="members",
+        status=status,
+    )
+
+
+def _refuse_roles_above(access: Access, requested: str) -> None:
+    if requested in Membership.Role.values and requested not in access.assignable_roles():
+        # Asking for a role above one's own is refused outright, not shown as a typo.
+        raise PermissionDenied(f"Your role cannot grant the {requested} role.")
+
+
 @login_required
 def members(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Everyone with a role here; managers may add people (owners only make owners)."""
     access = get_access(request.user, slug, need=Need.MEMBERS)
-    if request.method == "POST":
-        access.require(Need.MANAGE)
-        requested = request.POST.get("role", "")
-        if requested in Membership.Role.values and requested not in access.assignable_roles():
-            # Asking for a role above one's own is refused outright, not shown as a typo.
-            raise PermissionDenied(f"Your role cannot grant the {requested} role.")
-    form = None
-    if access.can(Need.MANAGE):
-        form = MemberAddForm(request.POST or None, roles=access.assignable_roles())
-    if request.method == "POST" and form is not None and form.is_valid():
+    if request.method != "POST":
+        return members_page(request, access)
+    access.require(Need.MANAGE)
+    _refuse_roles_above(access, request.POST.get("role", ""))
+    form = MemberAddForm(request.POST, roles=access.assignable_roles())
+    if form.is_valid():
         with form_errors(form) as failed:
             membership = services.membership_add(
                 organization=access.organization,
@@ -66,23 +102,41 @@ def members(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
                 f"{membership.get_role_display().lower()} of {access.organization.name}.",
             )
             return redirect("members", slug=slug)
-    return render_page(
-        request,
-        "portal/members.html",
-        {
-            "form": form,
-            "members": selectors.members_of(access.organization),
-            "role_choices": [
-                (value, label)
-                for value, label in Membership.Role.choices
-                if value in access.assignable_roles()
-            ],
-            "can_touch_owners": access.can(Need.OWNER),
-        },
-        access=access,
-        section="members",
-        status=400 if form is not None and form.errors else 200,
-    )
+    return members_page(request, access, form=form, status=400)
+
+
+@login_required
+@require_POST
+def invite(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """Send an invitation; the answer is the same whether the address has a login or not."""
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    _refuse_roles_above(access, request.POST.get("role", ""))
+    form = InvitationForm(request.POST, roles=access.assignable_roles())
+    if form.is_valid():
+        with form_errors(form) as failed:
+            invitation = services.invitation_create(
+                organization=access.organization,
+                email=form.cleaned_data["email"],
+                role=form.cleaned_data["role"],
+                actor=request.user,
+                link=accept_link,
+            )
+        if not failed:
+            messages.success(request, f"Invitation sent to {invitation.email}.")
+            return redirect("members", slug=slug)
+    return members_page(request, access, invite_form=form, status=400)
+
+
+@login_required
+@require_POST
+def invitation_revoke(
+    request: AuthenticatedHttpRequest, slug: str, invitation_id: int
+) -> HttpResponseRedirect:
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    invitation = get_object_or_404(Invitation, pk=invitation_id, organization=access.organization)
+    services.invitation_revoke(invitation=invitation, actor=request.user)
+    messages.success(request, f"The invitation to {invitation.email} is revoked.")
+    return redirect("members", slug=slug)
 
 
 @login_required
@@ -139,15 +193,25 @@ def tenants(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     form = OrganizationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         with form_errors(form) as failed:
-            tenant = services.organization_create(
+            tenant, invitation = services.organization_create_with_owner(
                 name=form.cleaned_data["name"],
                 slug=form.cleaned_data["slug"] or None,
                 kind=Organization.Kind.TENANT,
                 parent=parent,
+                owner_email=form.cleaned_data["owner_email"],
                 actor=request.user,
+                link=accept_link,
             )
         if not failed:
-            messages.success(request, f"Tenant “{tenant.name}” created. Add its first owner below.")
+            if invitation is not None:
+                messages.success(
+                    request,
+                    f"Tenant “{tenant.name}” created; invitation sent to {invitation.email}.",
+                )
+            else:
+                messages.success(
+                    request, f"Tenant “{tenant.name}” created. Invite its first owner below."
+                )
             return redirect("members", slug=tenant.slug)
     return render_page(
         request,

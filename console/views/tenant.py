@@ -16,7 +16,7 @@ from billing.selectors import usage as usage_reads
 from console.forms import ApiKeyForm, UsageFilterForm
 from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
-from console.views.charts import stacked_bars
+from console.views.charts import money_bars, stacked_bars
 from portal import selectors, services
 from portal.access import Access, Need, get_access, get_object_for_user
 from portal.models import ApiKey
@@ -138,11 +138,11 @@ def usage(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         # ordering, so the first priced row ends the scan).
         priced = usage_reads.in_period(events, period).exclude(currency="").order_by()
         currency = next(iter(priced.values_list("currency", flat=True)[:1]), "")
-    spend_chart = stacked_bars(
+    spend_chart = money_bars(
         "Spend per day" + (f" ({currency})" if currency else ""),
         labels,
-        [("Spend", "series-b", [round(d.spend_micros / 1_000_000, 6) for d in daily])],
-        unit=currency,
+        [("Spend", "series-b", [d.spend_micros for d in daily])],
+        currency=currency,
     )
     return render_page(
         request,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from portal.models.audit import AuditEntry
 from portal.models.catalog import CatalogModel
 from portal.models.channels import Channel, ChannelModel
+from portal.models.invitations import Invitation
 from portal.models.keys import ApiKey
 from portal.models.organizations import Membership, Organization
 from portal.models.tokens import PersonalAccessToken
@@ -15,6 +16,7 @@ __all__ = [
     "CatalogModel",
     "Channel",
     "ChannelModel",
+    "Invitation",
     "Membership",
     "Organization",
     "PersonalAccessToken",

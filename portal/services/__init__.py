@@ -1,4 +1,5 @@
-"""Portal workflows: organisations, memberships, API keys, the model catalog and channels.
+"""Portal workflows: organisations, memberships, invitations, logins, API
+keys, the model catalog and channels.
 
 Every function is keyword-only and runs in one transaction that also writes the
 AuditEntry describing the change, so a change and its audit row commit (or vanish)
@@ -22,6 +23,14 @@ from portal.services.channels import (
     channels_set_status,
 )
 from portal.services.common import Actor
+from portal.services.invitations import (
+    invitation_accept,
+    invitation_accept_new_user,
+    invitation_create,
+    invitation_for_token,
+    invitation_revoke,
+    organization_create_with_owner,
+)
 from portal.services.keys import (
     api_key_create,
     api_key_revoke,
@@ -33,6 +42,7 @@ from portal.services.organizations import (
     membership_remove,
     organization_create,
 )
+from portal.services.people import user_create
 
 __all__ = [
     "Actor",
@@ -49,8 +59,15 @@ __all__ = [
     "channel_update",
     "channel_update_secret",
     "channels_set_status",
+    "invitation_accept",
+    "invitation_accept_new_user",
+    "invitation_create",
+    "invitation_for_token",
+    "invitation_revoke",
     "membership_add",
     "membership_change_role",
     "membership_remove",
     "organization_create",
+    "organization_create_with_owner",
+    "user_create",
 ]

@@ -203,7 +203,7 @@ def test_operator_creates_resellers_and_tenants(
         {"name": "Resell Co", "kind": "reseller", "parent": platform_org.pk},
         follow=True,
     )
-    assert "Add its first owner" in response.content.decode()
+    assert "Invite its first owner below." in response.content.decode()
     reseller = Organization.objects.get(slug="resell-co")
     bad = operator.post(
         reverse("operator_orgs"), {"name": "Bad", "kind": "reseller", "parent": reseller.pk}
@@ -362,3 +362,24 @@ def test_overview_shows_platform_revenue(operator: Client, market: Any) -> None:
     html = operator.get(reverse("operator")).content.decode()
     assert f"{format_micros(wholesale)} USD" in html and f"{format_micros(retail)} USD" in html
     assert "Platform revenue per day (USD)" in html
+
+
+def test_revenue_chart_shows_a_day_of_fractions_of_a_cent(operator: Client, market: Any) -> None:
+    """A day's revenue of 0.0018 USD is a bar, not "No requests" beside non-zero cards."""
+    from django.utils import timezone
+
+    from tests.billing.conftest import record_event
+
+    tiny = record_event(
+        tenant=market.tenant,
+        api_key=market.keys[market.tenant.pk][0],
+        model="model-a",
+        created_at=timezone.now() - timedelta(hours=1),
+        prompt_tokens=12_000,
+        completion_tokens=0,
+    )
+    assert 0 < tiny.cost_wholesale_micros < 5_000  # under half a cent
+    html = operator.get(reverse("operator")).content.decode()
+    chart = html.split("Platform revenue per day (USD)", 1)[1].split("</figure>")[0]
+    assert "No " not in chart and "<rect" in chart
+    assert f"Revenue {tiny.cost_wholesale_micros / 1_000_000:.6f}".rstrip("0") in chart

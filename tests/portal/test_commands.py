@@ -178,6 +178,46 @@ def test_create_channel_refuses_a_duplicate_name() -> None:
         run("create_channel", "--name", "sim", *args)
 
 
+# --- create_user ----------------------------------------------------------------------------
+
+
+def test_create_user_with_a_role_and_a_password_option(tenant_org: Organization) -> None:
+    from django.contrib.auth import get_user_model
+
+    out, err = run(
+        "create_user", "ana@example.test", "--password", "a long pass 2026",
+        "--org", "tenant", "--role", "owner",
+    )  # fmt: skip
+    assert out.strip() == "ana@example.test" and "owner of tenant" in err
+    user = get_user_model().objects.get(username="ana@example.test")
+    assert user.check_password("a long pass 2026") and not user.is_staff
+    assert user.memberships.get().role == "owner"
+    assert AuditEntry.objects.filter(action="user.create", actor_label="cli:create_user").exists()
+
+
+def test_create_user_reads_the_password_from_stdin_and_makes_operators(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin 2026 pass\n"))
+    out, _ = run("create_user", "op@example.test", "--staff", "--username", "op")
+    assert out.strip() == "op"
+    user = get_user_model().objects.get(username="op")
+    assert user.is_staff and user.is_superuser and user.check_password("from stdin 2026 pass")
+
+
+def test_create_user_refuses_weak_passwords_taken_names_and_unknown_orgs(
+    tenant_owner: object,
+) -> None:
+    with pytest.raises(CommandError, match=r"too short|too common"):
+        run("create_user", "weak@example.test", "--password", "abc")
+    with pytest.raises(CommandError, match="taken"):
+        run("create_user", "x@example.test", "--username", "tenant-owner", "--password", "pw!" * 6)
+    with pytest.raises(CommandError, match="No organisation"):
+        run("create_user", "y@example.test", "--org", "nope", "--password", "pw!" * 6)
+
+
 # --- start-up cost --------------------------------------------------------------------------
 
 HEAVY_MODULES = ("fpdf", "fontTools")

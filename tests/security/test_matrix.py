@@ -56,7 +56,7 @@ from billing.models import (
     UsageEvent,
 )
 from portal import services, tokens
-from portal.models import ApiKey, AuditEntry, Channel, Membership, Organization
+from portal.models import ApiKey, AuditEntry, Channel, Invitation, Membership, Organization
 from portal.models import PersonalAccessToken as Token
 from tests.conftest import make_member, make_user
 
@@ -149,6 +149,11 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     # A fresh plain member for every role that may change or remove one (see args_for).
     "member_role": ("new_membership", {"GET": POST_ONLY, "POST": MANAGE_POST}),
     "member_remove": ("new_membership", {"GET": POST_ONLY, "POST": MANAGE_POST}),
+    # Invitations by e-mail: the tenant's managers, its reseller and operators.
+    "invite": ("tenant", {"GET": POST_ONLY, "POST": MANAGE_POST}),
+    "invitation_revoke": ("invitation", {"GET": POST_ONLY, "POST": MANAGE_POST}),
+    # The mailed link: the token is the credential; anyone holding it sees the offer.
+    "invitation_accept": ("invite_token", {"GET": row(200)}),
     "billing": ("tenant", {"GET": tenant_page(403, 200)}),
     # Each role redeems a code of its own (see redemption_code): anyone with billing rights.
     "redeem": ("tenant", {"GET": POST_ONLY, "POST": row(302, **OUT, tenant_member=403)}),
@@ -262,6 +267,24 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
             "DELETE": row(
                 204, tenant_member=403, tenant_billing=403, **OUTSIDERS_404, anonymous=ANON
             ),
+        },
+    ),
+    # Invitations: managers of the organisation only (addresses are people's data).
+    "api:invitations": (
+        "tenant_slug",
+        {
+            "GET": row(200, tenant_member=403, tenant_billing=403, **OUTSIDERS_404, anonymous=ANON),
+            "POST": row(
+                201, tenant_member=403, tenant_billing=403, **OUTSIDERS_404, anonymous=ANON
+            ),
+        },
+    ),
+    "api:invitation-detail": (
+        "invitation",
+        {
+            "DELETE": row(
+                204, tenant_member=403, tenant_billing=403, **OUTSIDERS_404, anonymous=ANON
+            )
         },
     ),
     "api:balance": ("tenant_slug", {"GET": API_TENANT_BILLING}),
@@ -533,6 +556,22 @@ def world(
     totp_device = TOTPDevice.objects.create(
         user=operator_user, name="matrix pending", confirmed=False
     )
+    # (Its link's holder sees the address it was sent to, whoever they are: no marker.)
+    invite_tokens: list[str] = []
+    invitation = services.invitation_create(
+        organization=tenant_org,
+        email="invitee@example.test",
+        role=Membership.Role.MEMBER,
+        actor=tenant_owner,
+        link=lambda token: invite_tokens.append(token) or f"http://testserver/invite/{token}/",
+    )
+    services.invitation_create(
+        organization=other_tenant_org,
+        email=f"invitee-{THEIRS}@example.test",
+        role=Membership.Role.MEMBER,
+        actor=outsider,
+        link=str,
+    )
     channel = services.channel_create(
         name="Upstream",
         base_url="http://127.0.0.1:9/v1",  # the discard port: a test fails at once
@@ -563,6 +602,7 @@ def world(
     digests = list(ApiKey.objects.values_list("digest", flat=True))
     digests += list(Token.objects.values_list("digest", flat=True))
     digests += list(RedemptionCode.objects.values_list("digest", flat=True))
+    digests += list(Invitation.objects.values_list("digest", flat=True))
     return {
         "people": people,
         "tokens": api_tokens,
@@ -590,6 +630,8 @@ def world(
             "stripe_webhook": {"account_id": stripe_account.public_id},
             "price_list_pk": {"pk": ours_list.pk},
             "invoice_pk": {"pk": invoice.pk},
+            "invitation": {"slug": "tenant", "invitation_id": invitation.pk},
+            "invite_token": {"token": invite_tokens[0]},
         },
         "reseller": reseller_org,
         "tenant": tenant_org,
@@ -791,6 +833,7 @@ def snapshot() -> tuple[Any, ...]:
         list(StripeAccount.objects.order_by("pk").values_list("pk", "secret_key_ciphertext")),
         Payment.objects.count(),
         StripeEvent.objects.count(),
+        list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at", "accepted_at")),
     )
 
 
@@ -800,6 +843,8 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
         "api:organization-list": {"name": f"Org {unique}", "parent": "reseller"},
         "api:organization-members": {"user": make_user(f"new-{unique}").username, "role": "member"},
         "api:key-list": {"organization": "tenant", "name": f"k-{unique}"},
+        "api:invitations": {"email": f"{unique}@example.test", "role": "member"},
+        "invite": {"email": f"{unique}@example.test", "role": "member"},
         "api:token-list": {"name": f"t-{unique}"},
         "api:channel-list": {
             "name": f"c-{unique}",

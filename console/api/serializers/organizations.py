@@ -47,6 +47,11 @@ class OrganizationCreateSerializer(serializers.Serializer):
     slug = serializers.SlugField(
         max_length=80, required=False, help_text="Derived from the name when omitted."
     )
+    owner_email = serializers.EmailField(
+        required=False,
+        default="",
+        help_text="Invite this address as the new organisation's first owner, in one step.",
+    )
 
     def validate_slug(self, value: str) -> str:
         if Organization.objects.filter(slug=value).exists():

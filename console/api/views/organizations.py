@@ -21,6 +21,7 @@ from console.api.serializers.organizations import (
 )
 from console.api.views.base import ScopedMixin, service_errors
 from console.http import acting_user
+from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import Need, get_access, membership_for_manager, require_operator
 from portal.models import Organization
@@ -47,7 +48,7 @@ class OrganizationViewSet(
         request=OrganizationCreateSerializer,
         responses={201: OrganizationSerializer},
         description="Create a tenant under a reseller you manage, or (operators) a reseller "
-        "or tenant under the platform.",
+        "or tenant under the platform; with owner_email, invite its first owner too.",
     )
     def create(self, request: Request) -> Response:
         form = OrganizationCreateSerializer(data=request.data)
@@ -57,12 +58,14 @@ class OrganizationViewSet(
         if parent.kind == Organization.Kind.PLATFORM:
             require_operator(request.user)
         with service_errors():
-            organization = services.organization_create(
+            organization, _ = services.organization_create_with_owner(
                 name=data["name"],
                 kind=data["kind"],
                 parent=parent,
                 slug=data.get("slug"),
+                owner_email=data["owner_email"],
                 actor=acting_user(request),
+                link=accept_link,
             )
         body = OrganizationSerializer(organization, context=self.get_serializer_context()).data
         return Response(body, status=status.HTTP_201_CREATED)
