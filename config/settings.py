@@ -333,6 +333,25 @@ TOLLGATE_PUBLIC_URL = env.str("TOLLGATE_PUBLIC_URL", default="http://127.0.0.1:8
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
 # Invitations one person, or one organisation, may send per hour.
 TOLLGATE_INVITATIONS_PER_HOUR = 20
+# Single sign-on for the platform (OpenID Connect, mozilla-django-oidc); organisations add
+# their own providers on the dashboard. OIDC_ROLE_MAP: {"claim value": "org-slug:role"}.
+OIDC_ISSUER = env.str("OIDC_ISSUER", default="")
+OIDC_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="")
+OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
+OIDC_ALLOWED_DOMAINS = env.list("OIDC_ALLOWED_DOMAINS", default=[])
+OIDC_ROLE_CLAIM = env.str("OIDC_ROLE_CLAIM", default="groups")
+OIDC_ROLE_MAP = env.json("OIDC_ROLE_MAP", default={})
+# Staff signed in through the platform's provider skip Tollgate's own TOTP code only when
+# this says the provider enforces a second factor.
+OIDC_DELEGATE_TWO_FACTOR = env.bool("OIDC_DELEGATE_TWO_FACTOR", default=False)
+OIDC_AUTHENTICATION_CALLBACK_URL = "sso_callback"
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "console.sso.SsoBackend",
+]
 
 RELAY_MAX_BODY_BYTES = env.int("RELAY_MAX_BODY_BYTES", default=20 * 1024 * 1024)
 # JSON values (counted as commas and opening brackets, strings included) a request body may

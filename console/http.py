@@ -29,6 +29,9 @@ def acting_user(request: HttpRequest) -> User:
 
 
 def two_factor_verified(request: HttpRequest | Request) -> bool:
-    """Whether this session entered a two-factor code (django-otp's verification)."""
+    """Whether this session entered a two-factor code (django-otp's verification), or
+    signed in through a provider trusted for the second factor (OIDC_DELEGATE_TWO_FACTOR)."""
+    if request.session.get("tollgate_two_factor_by_idp"):
+        return True
     is_verified = getattr(request.user, "is_verified", None)
     return bool(is_verified and is_verified())

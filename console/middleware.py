@@ -10,6 +10,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
+from console.sso import SESSION_TWO_FACTOR_BY_IDP
 from portal.services.two_factor import has_confirmed_device
 
 # Where an unverified session may still go: the code form itself and signing out.
@@ -28,6 +29,7 @@ class StaffTwoFactorMiddleware:
             and user.is_staff
             and not user.is_verified()
             and not self._is_open(request.path)
+            and not request.session.get(SESSION_TWO_FACTOR_BY_IDP)
             and has_confirmed_device(user)
         ):
             if request.path.startswith("/api/"):

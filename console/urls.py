@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from console.sso import SsoCallbackView, SsoRequestView
 from console.views import (
     accounts,
     billing,
@@ -17,6 +18,7 @@ from console.views import (
     organizations,
     payments,
     selling,
+    sso,
     tenant,
     two_factor,
 )
@@ -53,6 +55,9 @@ auth_patterns = [
     path("two-factor/", two_factor.two_factor_setup, name="two_factor_setup"),
     path("two-factor/verify/", two_factor.two_factor_verify, name="two_factor_verify"),
     path("tokens/", accounts.access_tokens, name="account_tokens"),
+    path("sso/", sso.sso_start, name="sso_start"),
+    path("sso/callback/", SsoCallbackView.as_view(), name="sso_callback"),
+    path("sso/<slug:key>/", SsoRequestView.as_view(), name="sso_login"),
     path("tokens/<int:token_id>/revoke/", accounts.access_token_revoke, name="token_revoke"),
 ]
 
@@ -87,6 +92,7 @@ organization_patterns = [
     path("payments/", payments.payments, name="payments"),
     path("payments/invoices/<int:invoice_id>/pay/", payments.invoice_pay, name="invoice_pay"),
     path("stripe/", payments.seller_stripe, name="seller_stripe"),
+    path("sso/", sso.sso_settings, name="sso_settings"),
 ]
 
 operator_patterns = [

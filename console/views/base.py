@@ -61,6 +61,8 @@ def _organization_links(access: Access) -> list[NavLink]:
             links.append(NavLink("Payments", reverse("payments", args=[slug]), "payments"))
     if access.can(Need.SELL) and org.kind != Organization.Kind.PLATFORM:
         links.append(NavLink("Terms & top-up", reverse("terms", args=[slug]), "terms"))
+    if access.can(Need.OWNER) and org.kind != Organization.Kind.PLATFORM:
+        links.append(NavLink("Single sign-on", reverse("sso_settings", args=[slug]), "sso"))
     if access.can(Need.AUDIT):
         links.append(NavLink("Audit log", reverse("org_audit", args=[slug]), "audit"))
     return links

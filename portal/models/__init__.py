@@ -8,6 +8,7 @@ from portal.models.channels import Channel, ChannelModel
 from portal.models.invitations import Invitation
 from portal.models.keys import ApiKey
 from portal.models.organizations import Membership, Organization
+from portal.models.sso import SsoIdentity, SsoProvider
 from portal.models.tokens import PersonalAccessToken
 
 __all__ = [
@@ -20,4 +21,6 @@ __all__ = [
     "Membership",
     "Organization",
     "PersonalAccessToken",
+    "SsoIdentity",
+    "SsoProvider",
 ]

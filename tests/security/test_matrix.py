@@ -15,7 +15,8 @@ balances, invoices, redemption codes, TOTP devices).
 
 Card payments: a customer's billing people pay (top-up, invoice link); a seller's
 managers connect its Stripe account, whose keys never show; Stripe's webhook refuses any
-body it did not sign, whoever sends it.
+body it did not sign, whoever sends it. Single sign-on: an organisation's provider is
+its owners' (and its seller's) to set; its client secret never shows.
 
 Money: a tenant's terms and top-ups are set from above it (its reseller, operators), never
 by its own people, who cannot lift their reseller's budget or hard stop either (only add a
@@ -56,8 +57,17 @@ from billing.models import (
     UsageEvent,
 )
 from portal import services, tokens
-from portal.models import ApiKey, AuditEntry, Channel, Invitation, Membership, Organization
+from portal.models import (
+    ApiKey,
+    AuditEntry,
+    Channel,
+    Invitation,
+    Membership,
+    Organization,
+    SsoProvider,
+)
 from portal.models import PersonalAccessToken as Token
+from portal.services.sso import sso_provider_save
 from tests.conftest import make_member, make_user
 
 pytestmark = pytest.mark.django_db
@@ -80,6 +90,7 @@ THEIRS = "theirs-matrix-0b3e"  # only in other_tenant_org's rows
 CHANNEL_SECRET = "sk-upstream-matrix-SECRET-93f1"
 STRIPE_KEY = "sk_test_matrix_SECRET_4be2"
 STRIPE_WEBHOOK_SECRET = "whsec_matrix_SECRET_77a0"
+SSO_CLIENT_SECRET = "sso-client-matrix-SECRET-c30e"
 
 
 def row(default: int, **by_role: int) -> dict[str, int]:
@@ -189,6 +200,19 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "seller_stripe": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
     "operator_stripe": ("none", {"GET": OPERATOR_ONLY_POST}),
     "stripe_webhook": ("stripe_webhook", {"GET": row(405), "POST": row(400)}),
+    # Single sign-on: choosing a provider is public; a callback without a code fails back to
+    # sign-in; the world's provider is unreachable (discard port), so its start page too.
+    "sso_start": ("none", {"GET": row(200)}),
+    "sso_callback": ("none", {"GET": row(302)}),
+    "sso_login": ("sso_key", {"GET": row(302)}),
+    # An organisation's provider: its owners, its seller and operators.
+    "sso_settings": (
+        "tenant",
+        {
+            "GET": row(403, **OUT, operator=200, reseller_admin=200, tenant_owner=200),
+            "POST": row(403, **OUT, operator=302, reseller_admin=302, tenant_owner=302),
+        },
+    ),
     # A reseller's tenant list; the people of its tenants cannot see the reseller at all.
     "tenants": (
         "reseller",
@@ -553,6 +577,17 @@ def world(
     stripe_account.secret_key = STRIPE_KEY
     stripe_account.webhook_secret = STRIPE_WEBHOOK_SECRET
     stripe_account.save()
+    sso_provider_save(
+        organization=other_tenant_org,
+        issuer="http://127.0.0.1:9",  # the discard port: nothing answers
+        client_id="matrix-client",
+        client_secret=SSO_CLIENT_SECRET,
+        allowed_domains=["other.test"],
+        role_claim="groups",
+        role_map={"staff": "member"},
+        enabled=True,
+        actor="test",
+    )
     totp_device = TOTPDevice.objects.create(
         user=operator_user, name="matrix pending", confirmed=False
     )
@@ -592,7 +627,7 @@ def world(
         user=operator_user, name="ro", scope=Token.Scope.READ, actor=operator_user
     )
     secrets = [owner_secret, member_secret, their_secret, CHANNEL_SECRET, read_only]
-    secrets += [STRIPE_KEY, STRIPE_WEBHOOK_SECRET]
+    secrets += [STRIPE_KEY, STRIPE_WEBHOOK_SECRET, SSO_CLIENT_SECRET]
     secrets.append(totp_device.key)  # the seed, as hex: never shown back after enrolment
     _, code_text = billing.redemption_code_create(
         issuer=reseller_org, amount_micros=2_000_000, currency="USD", actor=reseller_admin
@@ -628,6 +663,7 @@ def world(
             "invoice_paid": {"invoice_id": invoice.pk, "action": "paid"},
             "invoice_pay": {"slug": "tenant", "invoice_id": invoice.pk},
             "stripe_webhook": {"account_id": stripe_account.public_id},
+            "sso_key": {"key": "other-tenant"},
             "price_list_pk": {"pk": ours_list.pk},
             "invoice_pk": {"pk": invoice.pk},
             "invitation": {"slug": "tenant", "invitation_id": invitation.pk},
@@ -834,6 +870,7 @@ def snapshot() -> tuple[Any, ...]:
         Payment.objects.count(),
         StripeEvent.objects.count(),
         list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at", "accepted_at")),
+        list(SsoProvider.objects.order_by("pk").values_list("pk", "client_id", "issuer")),
     )
 
 
@@ -884,6 +921,15 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
             "webhook_secret": "whsec_new",
         },
         "stripe_webhook": {"type": "checkout.session.completed"},
+        "sso_settings": {
+            "issuer": "http://127.0.0.1:9",
+            "client_id": f"client-{unique}",
+            "client_secret": "sso-new-secret",
+            "allowed_domains": "tenant.test",
+            "role_claim": "groups",
+            "role_map": "devs = member",
+            "enabled": "on",
+        },
     }.get(name, {})
 
 
