@@ -102,6 +102,7 @@ operator_patterns = [
     path("channels/<int:channel_id>/", operator.channel_edit, name="channel_edit"),
     path("channels/<int:channel_id>/status/", operator.channel_status, name="channel_status"),
     path("channels/<int:channel_id>/test/", operator.channel_test, name="channel_test"),
+    path("channels/<int:channel_id>/discover/", operator.channel_discover, name="channel_discover"),
     path("models/", operator.catalog, name="catalog"),
     path("organizations/", operator.organizations, name="operator_orgs"),
     path("usage/", operator.usage_log, name="usage_log"),

@@ -27,7 +27,7 @@ from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import request_scope, require_operator
 from portal.models import Channel
-from relay import health
+from relay import discovery, health
 
 # Fields of ChannelForm that channel_edit takes as settings (beside the secret and models).
 _CHANNEL_FIELDS = (
@@ -204,6 +204,34 @@ def channel_test(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResp
             request, f"“{channel.name}” failed after {result.latency_ms} ms: {result.error}"
         )
     return redirect("channels")
+
+
+@login_required
+@require_POST
+def channel_discover(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResponse:
+    """Ask the provider which models it lists, and offer those the channel does not serve
+    yet in the edit form's "Add models" box (nothing is saved until the operator saves)."""
+    require_operator(request.user)
+    channel = get_object_or_404(selectors.channels_overview(), pk=channel_id)
+    found = discovery.channel_models_discover(channel)
+    initial = ChannelForm.initial_for(channel)
+    if not found.ok:
+        messages.error(request, f"Discovery failed: {found.error}")
+    else:
+        served = {link.upstream_model() for link in channel.served.all()}
+        new = [name for name in found.models if name not in served]
+        initial["models"] = "\n".join(new)
+        messages.success(
+            request,
+            f"The provider lists {len(found.models)} models; {len(new)} not served yet are "
+            "in “Add models”. Remove those you do not sell, then save.",
+        )
+    return render_page(
+        request,
+        "portal/operator/channel_form.html",
+        {"form": ChannelForm(initial=initial, editing=True), "channel": channel},
+        section="channels",
+    )
 
 
 @login_required

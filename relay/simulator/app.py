@@ -12,6 +12,7 @@ import orjson
 
 from relay.simulator import anthropic, chat_stream, legacy, native, openai_responses
 from relay.simulator.exchange import SimExchange, hide_simulated_resets
+from relay.simulator.native import listing
 from relay.simulator.options import (
     DEFAULT_MODELS,
     INVALID_BODY,
@@ -154,6 +155,9 @@ class SimulatorApp:
             opts, slash, tail = path[len("/sim/") :].partition("/")
             prefix, rest = "/sim/" + opts, slash + tail
         options = self._options_for(prefix) if prefix else self.defaults
+        if rest == "/v1/models" and method == "GET" and _header(scope, b"anthropic-version"):
+            await listing.anthropic_models(self, scope, exchange, options)
+            return
         if rest.startswith("/v1/models"):
             if rest != "/v1/models" and not rest.startswith("/v1/models/"):
                 await exchange.respond_error(404, f"Invalid URL ({method} {path})")

@@ -20,6 +20,7 @@ from portal.models import AuditEntry, CatalogModel, Channel, Organization
 from relay.simulator import build_app
 from tests.billing.conftest import generate_month
 from tests.conftest import price_models
+from tests.console.conftest import api_client_for
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.django_db
@@ -383,3 +384,29 @@ def test_revenue_chart_shows_a_day_of_fractions_of_a_cent(operator: Client, mark
     chart = html.split("Platform revenue per day (USD)", 1)[1].split("</figure>")[0]
     assert "No " not in chart and "<rect" in chart
     assert f"Revenue {tiny.cost_wholesale_micros / 1_000_000:.6f}".rstrip("0") in chart
+
+
+def test_discover_models_offers_those_not_served_yet(operator: Client, operator_user: Any) -> None:
+    base_url, stop = serve_in_thread(build_app())
+    try:
+        channel = services.channel_create(
+            name="Sim",
+            base_url=f"{base_url}/v1",
+            secret=SECRET,
+            models=["sim-small"],
+            actor="test",
+        )
+        edit = reverse("channel_edit", args=[channel.pk])
+        assert "Discover models" in operator.get(edit).content.decode()
+        response = operator.post(reverse("channel_discover", args=[channel.pk]))
+        html = response.content.decode()
+        assert response.status_code == 200
+        assert "The provider lists 2 models; 1 not served yet" in html
+        assert re.search(r'<textarea name="models"[^>]*>\s*sim-large</textarea>', html)
+        assert f'action="{edit}"' in html  # saving goes to the edit view, not back here
+        assert channel.served.count() == 1  # nothing saved until the operator saves
+        body = api_client_for(operator_user).post(f"/api/channels/{channel.pk}/discover/").json()
+        assert body["ok"] and body["models"] == ["sim-large", "sim-small"]
+        assert body["new"] == ["sim-large"]
+    finally:
+        stop()

@@ -224,6 +224,7 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "channel_edit": ("channel", {"GET": OPERATOR_ONLY}),
     "channel_status": ("channel", {"POST": OPERATOR_ONLY_POST}),
     "channel_test": ("channel", {"POST": OPERATOR_ONLY_POST}),
+    "channel_discover": ("channel", {"POST": OPERATOR_ONLY}),
     "catalog": ("none", {"GET": OPERATOR_ONLY}),
     "operator_orgs": ("none", {"GET": OPERATOR_ONLY}),
     "operator_audit": ("none", {"GET": OPERATOR_ONLY}),
@@ -392,6 +393,7 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "api:channel-disable": ("channel_pk", {"POST": OPERATOR_WRITE}),
     "api:channel-add-models": ("channel_pk", {"POST": OPERATOR_WRITE}),
     "api:channel-check": ("channel_pk", {"POST": OPERATOR_WRITE}),
+    "api:channel-discover": ("channel_pk", {"POST": OPERATOR_WRITE}),
     "api:model-list": ("none", {"GET": API_ANY, "POST": row(403, operator=201, anonymous=ANON)}),
     "api:model-detail": (
         "model_id",
@@ -897,6 +899,7 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
         "api:model-detail": {"owned_by": "me"},
         "channel_status": {"action": "disable"},
         "channel_test": {},
+        "channel_discover": {},
         "api:organization-change-member": {"role": "billing"},
         "api:topups": {"amount_micros": 1_000_000, "memo": f"paid {unique}"},
         "api:price-list-list": {"owner": "reseller", "name": f"list-{unique}"},

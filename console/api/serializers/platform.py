@@ -109,6 +109,18 @@ class ChannelTestSerializer(serializers.Serializer):
     error = serializers.CharField(allow_blank=True)
 
 
+class ChannelDiscoverySerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    models = serializers.ListField(
+        child=serializers.CharField(), help_text="Names the provider lists, sorted."
+    )
+    new = serializers.ListField(
+        child=serializers.CharField(), help_text="Those the channel does not serve yet."
+    )
+    error = serializers.CharField(allow_blank=True)
+    latency_ms = serializers.IntegerField()
+
+
 class ChannelModelsAddSerializer(serializers.Serializer):
     models = ServedModelSerializer(many=True)
 

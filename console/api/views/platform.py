@@ -17,6 +17,7 @@ from console.api.permissions import IsOperator, IsOperatorOrReadOnly, TokenScope
 from console.api.serializers.platform import (
     CatalogModelSerializer,
     ChannelCreateSerializer,
+    ChannelDiscoverySerializer,
     ChannelModelsAddSerializer,
     ChannelSerializer,
     ChannelStatusSerializer,
@@ -26,7 +27,7 @@ from console.api.views.base import service_errors
 from console.http import acting_user
 from portal import selectors, services
 from portal.models import CatalogModel, Channel
-from relay import health
+from relay import discovery, health
 
 # Settings channel_edit takes beside the secret.
 _CHANNEL_FIELDS = (
@@ -112,6 +113,23 @@ class ChannelViewSet(
         """Send the channel one tiny request now; the outcome is also stored on it."""
         result = health.channel_check(self.get_object())
         return Response(ChannelTestSerializer(result).data)
+
+    @extend_schema(request=None, responses=ChannelDiscoverySerializer)
+    @action(detail=True, methods=["post"], url_path="discover")
+    def discover(self, request: Request, pk: str) -> Response:
+        """Ask the provider which models it lists (OpenAI-compatible, Anthropic, Gemini).
+        Nothing is saved: add the ones to sell with ``POST .../models/``."""
+        channel = self.get_object()
+        found = discovery.channel_models_discover(channel)
+        served = {link.upstream_model() for link in channel.served.all()}
+        body = {
+            "ok": found.ok,
+            "models": found.models,
+            "new": [name for name in found.models if name not in served],
+            "error": found.error,
+            "latency_ms": found.latency_ms,
+        }
+        return Response(ChannelDiscoverySerializer(body).data)
 
     def _set_status(self, request: Request, *, enabled: bool) -> Response:
         form = ChannelStatusSerializer(data=request.data)

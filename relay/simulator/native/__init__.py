@@ -42,9 +42,11 @@ async def dispatch(
     options: SimOptions | OptionError,
 ) -> bool:
     """Answer ``path`` if it is a native provider's; False if it is not one of them."""
-    from relay.simulator.native import azure, bedrock, google
+    from relay.simulator.native import azure, bedrock, google, listing
 
-    if path == "/oauth2/token":
+    if path == "/v1beta/models" and scope["method"] == "GET":
+        await listing.gemini_models(app, scope, exchange, options)
+    elif path == "/oauth2/token":
         await google.token_endpoint(app, scope, exchange)
     elif match := _GEMINI.match(path):
         await google.handle(app, scope, exchange, options, match.groupdict(), vertex=False)
