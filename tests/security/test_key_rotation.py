@@ -70,3 +70,24 @@ def test_a_secret_no_key_can_read_stops_the_rotation_loudly(settings: Any) -> No
 def test_generate_prints_a_usable_key() -> None:
     key = rotate("--generate").strip()
     assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
+
+
+def test_stripe_keys_and_sso_secrets_rotate_too(settings: Any, reseller_org: Any) -> None:
+    from billing.models import StripeAccount
+    from portal.models import SsoProvider
+
+    settings.TOLLGATE_ENCRYPTION_KEYS = [OLD]
+    stripe = StripeAccount(seller=reseller_org)
+    stripe.secret_key = "sk_test_rotation"
+    stripe.webhook_secret = "whsec_rotation"
+    stripe.save()
+    sso = SsoProvider(organization=reseller_org, key="r", issuer="https://id.test", client_id="c")
+    sso.client_secret = "sso-rotation"
+    sso.save()
+    settings.TOLLGATE_ENCRYPTION_KEYS = [NEW, OLD]
+    assert "Re-encrypted 3 of 3" in rotate()
+    settings.TOLLGATE_ENCRYPTION_KEYS = [NEW]
+    stripe.refresh_from_db()
+    sso.refresh_from_db()
+    assert (stripe.secret_key, stripe.webhook_secret) == ("sk_test_rotation", "whsec_rotation")
+    assert sso.client_secret == "sso-rotation"
