@@ -93,21 +93,20 @@ def two_workers(fake_stripe: Any) -> Iterator[str]:
                 sys.stderr.write("worker stderr:\n" + stderr.decode(errors="replace"))
 
 
-def _drained(queue: str) -> None:
-    """Wait until the broker queue is empty, then for the tasks in the workers' hands."""
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    deadline = time.monotonic() + WAIT_SECONDS
-    while broker.llen(queue):
-        assert time.monotonic() < deadline, "workers did not take the checks"
-        time.sleep(0.1)
-    time.sleep(2.0)  # acks_late, prefetch 1: at most one task each still running
-
-
-def _check_concurrently(shop: Shop, queue: str) -> None:
+def _check_concurrently(shop: Shop, queue: str, *, charges: int) -> None:
+    """Many checks at once on two workers; then the charges Stripe saw must be exactly
+    ``charges``, and stay so once the workers are idle."""
     for _ in range(CHECKS):
         auto_recharge_check_task.apply_async((shop.account.pk,), queue=queue)
     auto_recharge_checks_task.apply_async(queue=queue)  # the beat's fan-out, same queue
-    _drained(queue)
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    seen = lambda: len(shop.fake.calls("POST", "/v1/payment_intents"))  # noqa: E731
+    deadline = time.monotonic() + WAIT_SECONDS
+    while broker.llen(queue) or seen() < charges:
+        assert time.monotonic() < deadline, f"workers: {seen()} charges, not {charges}"
+        time.sleep(0.1)
+    time.sleep(2.0)  # acks_late, prefetch 1: at most one check each still running
+    assert seen() == charges
 
 
 def test_two_workers_charge_once_per_crossing_and_respect_the_cap(
@@ -122,23 +121,17 @@ def test_two_workers_charge_once_per_crossing_and_respect_the_cap(
         max_per_day=2,
         actor="t",
     )
-    charges = lambda: len(shop.fake.calls("POST", "/v1/payment_intents"))  # noqa: E731
-
     spend(shop, 15 * USD)  # 5: below the threshold
-    _check_concurrently(shop, two_workers)
-    assert charges() == 1
+    _check_concurrently(shop, two_workers, charges=1)
     assert confirm_charges(shop) == 1 and shop.balance() == 55 * USD
 
-    _check_concurrently(shop, two_workers)  # above again: re-armed, nothing charged
-    assert charges() == 1
+    _check_concurrently(shop, two_workers, charges=1)  # above again: re-armed, no charge
 
     spend(shop, 50 * USD)
-    _check_concurrently(shop, two_workers)
-    assert charges() == 2
+    _check_concurrently(shop, two_workers, charges=2)
     confirm_charges(shop)
     assert shop.balance() == 55 * USD
 
     spend(shop, 50 * USD)
-    _check_concurrently(shop, two_workers)
-    assert charges() == 2  # the day's cap of two
+    _check_concurrently(shop, two_workers, charges=2)  # the day's cap of two
     assert shop.balance() == 5 * USD
