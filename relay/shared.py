@@ -25,6 +25,11 @@ def _prefix() -> str:
     return str(settings.CACHES["default"].get("KEY_PREFIX") or "tollgate")
 
 
+def limit_prefix() -> str:
+    """The prefix of the limit store's keys in Redis."""
+    return _prefix()
+
+
 def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
     global _local
     if not settings.REDIS_URL:

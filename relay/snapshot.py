@@ -216,20 +216,25 @@ def key_info(api_key: ApiKey) -> KeyInfo:
 
 
 def _plan_windows(tenant: Any) -> tuple[Window, ...]:
-    windows = []
+    windows: list[Window] = []
     for subscription in getattr(tenant, "active_subscriptions", ()):
-        for window in subscription.plan.windows.all():
-            windows.append(
-                Window(
-                    name=f"s{subscription.pk}:w{window.pk}",
-                    length=window.length,
-                    kind=window.kind,
-                    cap=window.cap,
-                    seconds=window.seconds,
-                    models=frozenset(window.model_ids or ()),
-                )
-            )
+        windows += subscription_windows(subscription)
     return tuple(windows)
+
+
+def subscription_windows(subscription: Subscription) -> list[Window]:
+    """The windows of a subscription's plan, as the relay counts them."""
+    return [
+        Window(
+            name=f"s{subscription.pk}:w{window.pk}",
+            length=window.length,
+            kind=window.kind,
+            cap=window.cap,
+            seconds=window.seconds,
+            models=frozenset(window.model_ids or ()),
+        )
+        for window in subscription.plan.windows.all()
+    ]
 
 
 def _spend_shape(api_key: ApiKey) -> SpendShape:

@@ -12,6 +12,7 @@ from console.api.views.billing import BalanceView, InvoiceViewSet, PriceListView
 from console.api.views.invitations import InvitationDetailView, InvitationListView
 from console.api.views.keys import AccessTokenViewSet, ApiKeyViewSet
 from console.api.views.organizations import OrganizationViewSet
+from console.api.views.plans import PlanViewSet, SubscriptionView
 from console.api.views.platform import CatalogModelViewSet, ChannelViewSet
 
 app_name = "api"
@@ -26,6 +27,7 @@ router.register("usage", UsageViewSet, basename="usage")
 router.register("audit", AuditEntryViewSet, basename="audit")
 router.register("price-lists", PriceListViewSet, basename="price-list")
 router.register("invoices", InvoiceViewSet, basename="invoice")
+router.register("plans", PlanViewSet, basename="plan")
 
 urlpatterns = [
     path("me/", MeView.as_view(), name="me"),
@@ -41,6 +43,7 @@ urlpatterns = [
         InvitationDetailView.as_view(),
         name="invitation-detail",
     ),
+    path("organizations/<slug:slug>/plan/", SubscriptionView.as_view(), name="subscription"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", api_docs, name="docs"),
     path("", include(router.urls)),

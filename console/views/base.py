@@ -39,6 +39,8 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("API keys", reverse("keys", args=[slug]), "keys"))
     if org.is_tenant and access.can(Need.USAGE):
         links.append(NavLink("Usage", reverse("usage", args=[slug]), "usage"))
+    if org.is_tenant:
+        links.append(NavLink("Plan", reverse("plan", args=[slug]), "plan"))
     if org.is_tenant and access.can(Need.KEYS):
         links.append(NavLink("Quick start", reverse("quickstart", args=[slug]), "quickstart"))
     reseller = org.kind == Organization.Kind.RESELLER
@@ -46,6 +48,7 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("Tenants", reverse("tenants", args=[slug]), "tenants"))
     if reseller and access.can(Need.MANAGE):
         links.append(NavLink("Price lists", reverse("price_lists", args=[slug]), "price_lists"))
+        links.append(NavLink("Plans", reverse("plans", args=[slug]), "plans"))
         links.append(NavLink("Revenue", reverse("revenue", args=[slug]), "revenue"))
         links.append(NavLink("Codes", reverse("codes", args=[slug]), "codes"))
         links.append(NavLink("Stripe", reverse("seller_stripe", args=[slug]), "stripe"))
@@ -77,6 +80,7 @@ def _operator_links() -> list[NavLink]:
         NavLink("Usage log", reverse("usage_log"), "usage_log"),
         NavLink("Price lists", reverse("operator_price_lists"), "price_lists"),
         NavLink("Codes", reverse("operator_codes"), "codes"),
+        NavLink("Plans", reverse("operator_plans"), "plans"),
         NavLink("Invoices", reverse("operator_invoices"), "operator_invoices"),
         NavLink("Stripe", reverse("operator_stripe"), "stripe"),
         NavLink("Audit log", reverse("operator_audit"), "operator_audit"),

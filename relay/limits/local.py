@@ -69,6 +69,11 @@ class LocalLimitStore:
                 retry_ms = ((oldest or current) + WINDOW_BUCKETS + 1) * size * 1000
         return refused, retry_ms
 
+    def window_buckets(self, name: str) -> dict[int, int]:
+        """A plan window's usage per bucket (for the dashboard)."""
+        with self._lock:
+            return dict(self._plan_windows.get(name, {}))
+
     def _count_windows(self, reservation: Reservation | None, tokens: int, second: int) -> None:
         for window in reservation.windows if reservation else ():
             assert reservation is not None

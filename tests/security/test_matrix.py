@@ -22,7 +22,8 @@ Money: a tenant's terms and top-ups are set from above it (its reseller, operato
 by its own people, who cannot lift their reseller's budget or hard stop either (only add a
 lower budget of their own); price lists, codes, revenue and invoices issued are a reseller's own
 pages, which its tenants' people cannot even see; an invoice is its customer's billing
-people's (once issued) and its issuer's.
+people's (once issued) and its issuer's. Plans are their seller's to define; a tenant's
+billing people (and its seller) subscribe it; every insider sees what is left.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ from billing.models import (
     LedgerEntry,
     ModelPrice,
     Payment,
+    Plan,
     PriceList,
     RedemptionCode,
     StripeAccount,
     StripeEvent,
+    Subscription,
     UsageEvent,
 )
 from portal import services, tokens
@@ -174,6 +177,11 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "topup": ("tenant", {"GET": POST_ONLY, "POST": SELLER_ONLY_POST}),
     "price_lists": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
     "price_list": ("price_list", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
+    # Plans: a seller's page; a tenant's plan page shows every insider what is left, and
+    # subscribing (it costs the month's fee) takes billing rights.
+    "plans": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
+    "plan": ("tenant", {"GET": tenant_page(200, 200), "POST": row(302, **OUT, tenant_member=403)}),
+    "operator_plans": ("none", {"GET": OPERATOR_ONLY_POST}),
     "revenue": ("reseller", {"GET": RESELLER_PAGE}),
     # A new code is shown once on a page of its own (200), not behind a redirect.
     "codes": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE}),
@@ -332,6 +340,19 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
         {"POST": row(404, operator=201, reseller_admin=201, anonymous=ANON)},
     ),
     "api:invoice-list": ("none", {"GET": API_ANY}),
+    # Plans: listed for whoever sells or may buy them (foreign rows checked below).
+    "api:plan-list": (
+        "none",
+        {"GET": API_ANY, "POST": row(404, operator=201, reseller_admin=201, anonymous=ANON)},
+    ),
+    "api:subscription": (
+        "tenant_slug",
+        {
+            "GET": API_TENANT,
+            "POST": row(201, tenant_member=403, **OUTSIDERS_404, anonymous=ANON),
+            "DELETE": row(204, tenant_member=403, **OUTSIDERS_404, anonymous=ANON),
+        },
+    ),
     "api:invoice-detail": ("invoice_pk", {"GET": API_TENANT_BILLING}),
     "api:invoice-pdf": ("invoice_pk", {"GET": API_TENANT_BILLING}),
     "api:invoice-csv": ("invoice_pk", {"GET": API_TENANT_BILLING}),
@@ -573,6 +594,12 @@ def world(
     ours_list = PriceList.objects.create(owner=reseller_org, name=f"list-{OURS}", is_default=True)
     PriceList.objects.create(owner=other_reseller_org, name=f"list-{THEIRS}", is_default=True)
     invoice = _issued_invoice(tenant_org, OURS)
+    plan = billing.plan_create(
+        seller=reseller_org, name=f"plan-{OURS}", monthly_fee_micros=1, actor="test"
+    )
+    billing.plan_create(
+        seller=other_reseller_org, name=f"plan-{THEIRS}", monthly_fee_micros=1, actor="test"
+    )
     _issued_invoice(other_tenant_org, THEIRS)
     # The other reseller takes cards: its Stripe keys must never show anywhere.
     stripe_account = StripeAccount(seller=other_reseller_org)
@@ -671,6 +698,7 @@ def world(
             "invitation": {"slug": "tenant", "invitation_id": invitation.pk},
             "invite_token": {"token": invite_tokens[0]},
         },
+        "plan": plan,
         "reseller": reseller_org,
         "tenant": tenant_org,
         "totp_device": totp_device,
@@ -873,6 +901,8 @@ def snapshot() -> tuple[Any, ...]:
         StripeEvent.objects.count(),
         list(Invitation.objects.order_by("pk").values_list("pk", "revoked_at", "accepted_at")),
         list(SsoProvider.objects.order_by("pk").values_list("pk", "client_id", "issuer")),
+        list(Plan.objects.order_by("pk").values_list("pk", "is_active")),
+        list(Subscription.objects.order_by("pk").values_list("pk", "status")),
     )
 
 
@@ -916,6 +946,10 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
             "output_per_mtok": "2",
         },
         "codes": {"amount": "1", "memo": unique},
+        "plans": {"action": "create", "name": f"plan-{unique}", "monthly_fee": "5"},
+        "plan": {"action": "subscribe", "plan": world["plan"].pk},
+        "api:plan-list": {"seller": "reseller", "name": f"plan-{unique}", "monthly_fee_micros": 1},
+        "api:subscription": {"plan": world["plan"].pk},
         "two_factor_setup": {"action": "start"},
         "payments": {"action": "topup", "amount": "5"},
         "seller_stripe": {
