@@ -13,6 +13,7 @@ from console.sso import SsoCallbackView, SsoRequestView
 from console.views import (
     accounts,
     billing,
+    exports,
     invitations,
     operator,
     organizations,
@@ -65,8 +66,10 @@ auth_patterns = [
 organization_patterns = [
     path("", organizations.overview, name="org"),
     path("keys/", tenant.keys, name="keys"),
+    path("models/", tenant.models, name="tenant_models"),
     path("keys/<int:key_id>/revoke/", tenant.key_revoke, name="key_revoke"),
     path("usage/", tenant.usage, name="usage"),
+    path("usage/export.csv", exports.usage_export, name="usage_export"),
     path("quickstart/", tenant.quickstart, name="quickstart"),
     path("members/", organizations.members, name="members"),
     path("members/<int:membership_id>/role/", organizations.member_role, name="member_role"),

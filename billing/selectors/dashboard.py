@@ -53,6 +53,15 @@ class AccountSummary:
     month_spend_micros: int | None
 
     @property
+    def budget_remaining_micros(self) -> int | None:
+        """What is left of this month's budget (the lower of the seller's and the
+        organisation's own), never below zero; None without a budget."""
+        budget = self.account.budget_micros if self.account is not None else None
+        if budget is None:
+            return None
+        return max(budget - (self.month_spend_micros or 0), 0)
+
+    @property
     def budget_used_percent(self) -> int | None:
         account = self.account
         budget = account.budget_micros if account is not None else None

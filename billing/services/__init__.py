@@ -14,6 +14,7 @@ from billing.services.invoices import (
     invoice_mark_paid,
     invoice_void,
 )
+from billing.services.keys import api_key_issue
 from billing.services.ledger import (
     account_adjust,
     account_refund,
@@ -48,6 +49,7 @@ __all__ = [
     "account_adjust",
     "account_refund",
     "account_topup",
+    "api_key_issue",
     "billing_account_create",
     "billing_account_update",
     "budget_alert_deliver",

@@ -14,6 +14,7 @@ from console.api.views.keys import AccessTokenViewSet, ApiKeyViewSet
 from console.api.views.organizations import OrganizationViewSet
 from console.api.views.plans import PlanViewSet, SubscriptionView
 from console.api.views.platform import CatalogModelViewSet, ChannelViewSet
+from console.api.views.prices import TenantPricesView
 
 app_name = "api"
 
@@ -33,6 +34,7 @@ urlpatterns = [
     path("me/", MeView.as_view(), name="me"),
     path("organizations/<slug:slug>/balance/", BalanceView.as_view(), name="balance"),
     path("organizations/<slug:slug>/topups/", TopUpView.as_view(), name="topups"),
+    path("organizations/<slug:slug>/prices/", TenantPricesView.as_view(), name="tenant-prices"),
     path(
         "organizations/<slug:slug>/invitations/",
         InvitationListView.as_view(),

@@ -12,8 +12,10 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 from django.utils import timezone
 
+from billing.models import KeyQuota
 from portal.models import CatalogModel, Membership, Organization, PersonalAccessToken
 from portal.models.catalog import SURFACES
+from portal.services.keys import KEY_LIMITS
 
 DATETIME_INPUT: forms.DateTimeInput = forms.DateTimeInput(
     attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"
@@ -54,12 +56,51 @@ class ApiKeyForm(forms.Form):
         help_text="Tick none to allow every API.",
     )
 
+    rpm_limit = forms.IntegerField(
+        required=False, min_value=1, label="Requests per minute", help_text="Empty: no limit."
+    )
+    tpm_limit = forms.IntegerField(
+        required=False, min_value=1, label="Tokens per minute", help_text="Empty: no limit."
+    )
+    concurrency_limit = forms.IntegerField(
+        required=False, min_value=1, label="Concurrent requests", help_text="Empty: no limit."
+    )
+    daily_token_limit = forms.IntegerField(
+        required=False, min_value=1, label="Tokens per day (UTC)", help_text="Empty: no limit."
+    )
+
     def __init__(self, *args: Any, model_ids: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["allowed_models"]).choices = [(m, m) for m in model_ids]
+        # Spend caps (billing.KeyQuota), in the tenant's currency.
+        self.fields["spend_limit"] = MoneyField(
+            required=False,
+            label="Spend cap per period",
+            help_text="At retail prices; requests are refused once it is spent. Empty: none.",
+        )
+        self.fields["spend_period"] = forms.ChoiceField(
+            choices=KeyQuota.Period.choices,
+            initial=KeyQuota.Period.MONTH,
+            required=False,
+            label="Period",
+        )
+        self.fields["spend_total_limit"] = MoneyField(
+            required=False, label="Lifetime spend cap", help_text="Empty: none."
+        )
 
     def clean_expires_at(self) -> Any:
         return _future(self.cleaned_data.get("expires_at"))
+
+    def limits(self) -> dict[str, int | None]:
+        return {name: self.cleaned_data.get(name) for name in KEY_LIMITS}
+
+    def quota(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "period_limit_micros": data.get("spend_limit"),
+            "period": data.get("spend_period") or KeyQuota.Period.MONTH,
+            "total_limit_micros": data.get("spend_total_limit"),
+        }
 
 
 class MemberAddForm(forms.Form):

@@ -43,6 +43,8 @@ def _organization_links(access: Access) -> list[NavLink]:
         links.append(NavLink("Plan", reverse("plan", args=[slug]), "plan"))
     if org.is_tenant and access.can(Need.KEYS):
         links.append(NavLink("Quick start", reverse("quickstart", args=[slug]), "quickstart"))
+    if org.is_tenant:
+        links.append(NavLink("Models", reverse("tenant_models", args=[slug]), "models"))
     reseller = org.kind == Organization.Kind.RESELLER
     if not org.is_tenant and access.can(Need.MANAGE):
         links.append(NavLink("Tenants", reverse("tenants", args=[slug]), "tenants"))

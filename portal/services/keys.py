@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from django.core.exceptions import ValidationError
@@ -17,6 +17,9 @@ from portal.models import (
 )
 from portal.models.catalog import SURFACES
 from portal.services.common import Actor, user_or_none
+
+# The relay's per-key limits (portal.models.limits.LimitFields); None means no limit.
+KEY_LIMITS = ("rpm_limit", "tpm_limit", "concurrency_limit", "daily_token_limit")
 
 
 def _model_ids(allowed_models: Iterable[str]) -> list[str]:
@@ -46,6 +49,16 @@ def _surfaces(allowed: Iterable[str]) -> list[str]:
     return chosen
 
 
+def _limits(limits: Mapping[str, int | None]) -> dict[str, int | None]:
+    unknown = set(limits) - set(KEY_LIMITS)
+    if unknown:
+        raise TypeError(f"unknown key limits: {sorted(unknown)}")
+    for name, value in limits.items():
+        if value is not None and value < 1:
+            raise ValidationError({name: "A limit is at least 1; leave it empty for none."})
+    return dict(limits)
+
+
 @transaction.atomic
 def api_key_create(
     *,
@@ -55,8 +68,12 @@ def api_key_create(
     expires_at: datetime | None = None,
     allowed_models: Iterable[str] = (),
     allowed_surfaces: Iterable[str] = (),
+    limits: Mapping[str, int | None] | None = None,
 ) -> tuple[ApiKey, str]:
     """Issue a relay key for a tenant and return it with its secret.
+
+    ``limits`` caps the key (``KEY_LIMITS``: requests and tokens per minute, concurrent
+    requests, tokens per UTC day); a missing or None entry means no limit of that kind.
 
     The secret exists only in the return value: the database keeps a visible prefix and
     an HMAC digest, so the caller must show it to the person now or never.
@@ -75,6 +92,7 @@ def api_key_create(
         expires_at=expires_at,
         allowed_models=_model_ids(allowed_models),
         allowed_surfaces=_surfaces(allowed_surfaces),
+        **_limits(limits or {}),
     )
     api_key.set_secret(secret)
     api_key.full_clean()
@@ -90,6 +108,7 @@ def api_key_create(
             "expires_at": expires_at.isoformat() if expires_at else None,
             "allowed_models": api_key.allowed_models,
             "allowed_surfaces": api_key.allowed_surfaces,
+            **{name: getattr(api_key, name) for name in KEY_LIMITS},
         },
     )
     return api_key, secret

@@ -73,7 +73,9 @@ _RESELLER_ONLY = {
 ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "org": ("tenant", _tenant_page(OK, OK)),
     "keys": ("tenant", _tenant_page(OK, FORBIDDEN)),
+    "tenant_models": ("tenant", _tenant_page(OK, OK)),
     "usage": ("tenant", _tenant_page(OK, FORBIDDEN)),
+    "usage_export": ("tenant", _tenant_page(OK, FORBIDDEN)),
     "quickstart": ("tenant", _tenant_page(OK, FORBIDDEN)),
     "members": ("tenant", _tenant_page(OK, FORBIDDEN)),  # billing: money only (issue 11, 8e)
     "billing": ("tenant", _tenant_page(FORBIDDEN, OK)),
@@ -160,6 +162,26 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
             "anonymous": LOGIN,
         },
     ),
+    "invite": (
+        "tenant",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_billing": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
+    "invitation_revoke": (
+        "invitation",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_billing": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
     "member_remove": (
         "membership",
         {
@@ -222,6 +244,7 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
 }
 # Routes whose access rules are Django's own or that need no scoping.
 UNSCOPED = {
+    "invitation_accept",  # the mailed token is the credential (tests/console/test_views_invitations)
     "login",
     "logout",
     "password_reset",
@@ -336,7 +359,15 @@ def world(
     invoice = _invoice(tenant_org, OURS)
     _invoice(other_tenant_org, THEIRS)
     owner_membership = Membership.objects.get(user=tenant_owner, organization=tenant_org)
+    invitation = services.invitation_create(
+        organization=tenant_org,
+        email=f"invitee-{OURS}@example.test",
+        role=Membership.Role.MEMBER,
+        actor=tenant_owner,
+        link=str,
+    )
     return {
+        "invitation": ["tenant", invitation.pk],
         "tenant": ["tenant"],
         "reseller": ["reseller"],
         "none": [],
@@ -379,11 +410,16 @@ def test_no_page_shows_another_tenants_data(
     args_key, _ = ROUTES[name]
     url = reverse(name, args=world[args_key])
     for persona in ("tenant_owner", "tenant_member", "tenant_billing", "reseller_admin"):
-        body = personas[persona].get(url).content.decode()
+        body = _body(personas[persona].get(url))
         assert THEIRS not in body, (persona, url)
     for persona in ("outsider", "other_reseller_admin"):
-        body = personas[persona].get(url).content.decode()
+        body = _body(personas[persona].get(url))
         assert OURS not in body, (persona, url)
+
+
+def _body(response: Any) -> str:
+    raw = b"".join(response.streaming_content) if response.streaming else response.content
+    return raw.decode()
 
 
 def test_outsiders_own_pages_show_only_their_tenant(

@@ -193,3 +193,45 @@ def test_usage_page_filters_by_surface(tenant_owner: Any, keys: dict[str, ApiKey
     assert '<span class="badge muted">messages</span>' in html
     everything = client.get(USAGE_URL).content.decode()
     assert "messages-model" in everything and "chat-model" in everything
+
+
+def test_usage_exports_as_csv_scoped_to_the_persons_keys(
+    market: Any, tenant_owner: Any, tenant_member: Any
+) -> None:
+    import csv
+    import io
+
+    from django.utils import timezone
+
+    from portal import services
+    from tests.billing.conftest import record_event
+
+    member_key, _ = services.api_key_create(tenant=market.tenant, name="mine", actor=tenant_member)
+    owner_key = market.keys[market.tenant.pk][0]
+    for key, tokens in ((owner_key, 1000), (member_key, 2000)):
+        record_event(
+            tenant=market.tenant,
+            api_key=key,
+            model="model-a",
+            created_at=timezone.now(),
+            prompt_tokens=tokens,
+            completion_tokens=10,
+        )
+    url = reverse("usage_export", args=["tenant"])
+    page = client_for(tenant_owner).get(reverse("usage", args=["tenant"])).content.decode()
+    assert url in page
+    response = client_for(tenant_owner).get(url)
+    assert response.streaming and response["Content-Type"].startswith("text/csv")
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert sorted(r["api_key"] for r in rows) == ["mine", owner_key.name]
+    first = next(r for r in rows if r["api_key"] == "mine")
+    assert first["prompt_tokens"] == "2000" and first["currency"] == "USD"
+    assert "wholesale" not in ",".join(rows[0].keys())
+    # A member exports only the requests of their own keys.
+    member_rows = list(
+        csv.DictReader(
+            io.StringIO(b"".join(client_for(tenant_member).get(url).streaming_content).decode())
+        )
+    )
+    assert [r["api_key"] for r in member_rows] == ["mine"]

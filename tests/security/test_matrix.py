@@ -148,6 +148,8 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     ),
     "org": ("tenant", {"GET": tenant_page(200, 200)}),
     "keys": ("tenant", {"GET": tenant_page(200, 403)}),
+    # The catalog with the tenant's own prices: anyone in the tenant, its reseller, operators.
+    "tenant_models": ("tenant", {"GET": tenant_page(200, 200)}),
     # The owner's key: a member sees only their own keys, so it does not exist for them.
     "key_revoke": (
         "owner_key",
@@ -157,6 +159,7 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
         },
     ),
     "usage": ("tenant", {"GET": tenant_page(200, 403)}),
+    "usage_export": ("tenant", {"GET": tenant_page(200, 403)}),
     "quickstart": ("tenant", {"GET": tenant_page(200, 403)}),
     # Billing people see money, not who works here (issue 11, finding 8e).
     "members": ("tenant", {"GET": tenant_page(200, 403)}),
@@ -320,6 +323,7 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
             )
         },
     ),
+    "api:tenant-prices": ("tenant_slug", {"GET": row(200, **OUTSIDERS_404, anonymous=ANON)}),
     "api:balance": ("tenant_slug", {"GET": API_TENANT_BILLING}),
     # Top-ups are read with billing rights and made by the seller only.
     "api:topups": (
@@ -785,7 +789,8 @@ def test_dashboard_get(name: str, world: dict[str, Any]) -> None:
     for role in ROLES:
         response = dashboard_client(world, role).get(url)
         got[role] = response.status_code
-        body = response.content.decode(errors="replace")
+        raw = b"".join(response.streaming_content) if response.streaming else response.content
+        body = raw.decode(errors="replace")
         assert_no_secret(world, body, f"GET {url} as {role}")
         assert_no_foreign_data(role, body, f"GET {url}")
     assert got == methods["GET"], url

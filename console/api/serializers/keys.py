@@ -31,6 +31,10 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "status",
             "allowed_models",
             "allowed_surfaces",
+            "rpm_limit",
+            "tpm_limit",
+            "concurrency_limit",
+            "daily_token_limit",
             "expires_at",
             "created_by",
             "created_at",
@@ -55,6 +59,23 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         default=list,
         help_text="APIs the key may call (chat, responses, messages, embeddings, "
         "completions); empty allows every one.",
+    )
+    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    concurrency_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    daily_token_limit = serializers.IntegerField(
+        min_value=1, max_value=2**62, required=False, allow_null=True
+    )
+    spend_limit_micros = serializers.IntegerField(
+        min_value=0,
+        max_value=10**15,
+        required=False,
+        allow_null=True,
+        help_text="Spend cap per spend_period at retail prices, in micro-units.",
+    )
+    spend_period = serializers.ChoiceField(choices=["day", "month"], default="month")
+    spend_total_limit_micros = serializers.IntegerField(
+        min_value=0, max_value=10**15, required=False, allow_null=True
     )
 
 

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
+from billing import services as billing
 from console.api.filters import ApiKeyFilter
 from console.api.permissions import SessionOnlyForWrites, TokenScopePermission
 from console.api.serializers.keys import (
@@ -25,6 +26,7 @@ from console.http import acting_user, two_factor_verified
 from portal import selectors, services, tokens
 from portal.access import Need, get_access, get_object_for_user
 from portal.models import ApiKey, PersonalAccessToken
+from portal.services.keys import KEY_LIMITS
 
 
 class ApiKeyViewSet(ScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
@@ -58,13 +60,17 @@ class ApiKeyViewSet(ScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixi
         data = form.validated_data
         access = get_access(request.user, data["organization"], need=Need.KEYS)
         with service_errors():
-            api_key, secret = services.api_key_create(
+            api_key, secret = billing.api_key_issue(
                 tenant=access.organization,
                 name=data["name"],
                 actor=acting_user(request),
                 expires_at=data.get("expires_at"),
                 allowed_models=data.get("allowed_models", []),
                 allowed_surfaces=data.get("allowed_surfaces", []),
+                limits={name: data.get(name) for name in KEY_LIMITS},
+                period_limit_micros=data.get("spend_limit_micros"),
+                period=data["spend_period"],
+                total_limit_micros=data.get("spend_total_limit_micros"),
             )
         api_key.secret = secret  # type: ignore[attr-defined]  # for this response only
         return Response(ApiKeyCreatedSerializer(api_key).data, status=status.HTTP_201_CREATED)
