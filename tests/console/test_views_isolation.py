@@ -244,7 +244,7 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
 }
 # Routes whose access rules are Django's own or that need no scoping.
 UNSCOPED = {
-    "invitation_accept",  # the mailed token is the credential (tests/console/test_views_invitations)
+    "invitation_accept",  # the mailed token is the credential (test_views_invitations)
     "login",
     "logout",
     "password_reset",
