@@ -47,14 +47,7 @@ SURFACE_MODES["chat-anthropic-stream"] = (
     {**STREAM_BODY, "model": ANTHROPIC_MODEL},
 )
 # Each translated mode against the pass-through mode of the same client API.
-PASS_THROUGH_OF = {
-    "responses-translated": "responses",
-    "responses-translated-stream": "responses-stream",
-    "messages-translated": "messages",
-    "messages-translated-stream": "messages-stream",
-    "chat-anthropic": "plain",
-    "chat-anthropic-stream": "stream",
-}
+PASS_THROUGH_OF = report.PASS_THROUGH_OF_REPORT
 
 
 def mode_path(mode: str) -> str:
@@ -141,6 +134,7 @@ def pg_targets(ctx: Context, key_file: Path, limited_key_file: Path) -> list[Tar
         )
     if args.bare_aiohttp:
         chosen.insert(1, Target("bare-aiohttp", "bare-aiohttp", key_file, metered=False))
+    if args.bare_1client:
         chosen.insert(1, Target("bare-1client", "bare-1client", key_file, metered=False))
     if args.litellm:
         # LiteLLM refuses to start without a master key; clients send it as their key.
