@@ -122,6 +122,28 @@ async def _close_breaker(channel_id: int) -> None:
         await shared.close()
 
 
+def breaker_states() -> dict[int, str] | None:
+    """Channels whose breaker is not closed, as every relay process sees it: "open", or
+    "half-open" once its cooldown is over and a probe may pass. None when the shared
+    state cannot be read (Redis away). Read by the operator's pages, never the relay."""
+
+    async def read() -> dict[int, float]:
+        try:
+            return await shared.breakers().store.states()
+        finally:
+            await shared.close()
+
+    try:
+        open_until = async_to_sync(read)()
+    except Exception:
+        return None
+    now = time.time()
+    return {
+        channel_id: "open" if until > now else "half-open"
+        for channel_id, until in open_until.items()
+    }
+
+
 def channels_check_all() -> dict[int, bool]:
     """Check every channel that is, or may come back, in rotation."""
     results = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from django.db.models import (
@@ -176,3 +176,46 @@ def tenants_of(parent: Organization) -> QuerySet[Organization]:
         )
         .order_by("name")
     )
+
+
+@dataclass(frozen=True)
+class ChannelTraffic:
+    """One channel's recent traffic, for the operator: requests it answered, how many
+    failed upstream (5xx), and how often the relay moved on from it to another channel."""
+
+    requests: int = 0
+    errors: int = 0
+    failovers: int = 0
+
+    @property
+    def error_percent(self) -> float | None:
+        return self.errors * 100 / self.requests if self.requests else None
+
+
+def channel_traffic(since: datetime) -> dict[int, ChannelTraffic]:
+    """Traffic per channel id since ``since``, from the usage events the relay already
+    writes (nothing added to its hot path). Failovers are read from the few events that
+    tried more than one channel: every attempt but the last moved on from its channel."""
+    recent = UsageEvent.objects.filter(created_at__gte=since)
+    counts = (
+        recent.filter(channel__isnull=False)
+        .order_by()
+        .values("channel_id")
+        .annotate(requests=Count("pk"), errors=Count("pk", filter=Q(status_code__gte=500)))
+    )
+    failovers: dict[int, int] = {}
+    retried = recent.filter(attempts__1__isnull=False).values_list("attempts", flat=True)
+    for attempts in retried.iterator(chunk_size=2000):
+        for attempt in attempts[:-1]:
+            channel_id = attempt.get("channel") if isinstance(attempt, dict) else None
+            if isinstance(channel_id, int):
+                failovers[channel_id] = failovers.get(channel_id, 0) + 1
+    traffic = {
+        row["channel_id"]: ChannelTraffic(
+            row["requests"], row["errors"], failovers.get(row["channel_id"], 0)
+        )
+        for row in counts
+    }
+    for channel_id, moved in failovers.items():
+        traffic.setdefault(channel_id, ChannelTraffic(failovers=moved))
+    return traffic

@@ -5,10 +5,13 @@ Every view here starts with ``require_operator``: a 403 for anyone who is not st
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from billing.periods import Period
@@ -29,6 +32,8 @@ from portal.access import request_scope, require_operator
 from portal.models import Channel
 from relay import discovery, health
 
+# How far back the channel pages count requests, errors and failovers.
+TRAFFIC_WINDOW = timedelta(hours=24)
 # Fields of ChannelForm that channel_edit takes as settings (beside the secret and models).
 _CHANNEL_FIELDS = (
     "name",
@@ -98,7 +103,7 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
                 [("Revenue", "series-a", [per_day.get(d.day, 0) for d in daily])],
                 currency=main,
             ),
-            "channels": selectors.channels_overview(),
+            "channels": _channels_with_health(),
             "available_count": sum(
                 1 for m in catalog if getattr(m, "served", False) and getattr(m, "priced", False)
             ),
@@ -108,13 +113,27 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
     )
 
 
+def _channels_with_health() -> list[Channel]:
+    """Channels with their breaker (shared relay state) and last day's traffic (usage
+    events): error rate and how often the relay failed over from them."""
+    channels = list(selectors.channels_overview())
+    breakers = health.breaker_states()
+    traffic = usage_reads.channel_traffic(timezone.now() - TRAFFIC_WINDOW)
+    for channel in channels:
+        channel.breaker = (  # type: ignore[attr-defined]
+            "unknown" if breakers is None else breakers.get(channel.pk, "closed")
+        )
+        channel.traffic = traffic.get(channel.pk, usage_reads.ChannelTraffic())  # type: ignore[attr-defined]
+    return channels
+
+
 @login_required
 def channels(request: AuthenticatedHttpRequest) -> HttpResponse:
     require_operator(request.user)
     return render_page(
         request,
         "portal/operator/channels.html",
-        {"channels": selectors.channels_overview()},
+        {"channels": _channels_with_health()},
         section="channels",
     )
 

@@ -8,12 +8,15 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
+from billing import pricing
 from billing import selectors as billing_selectors
 from billing import services as billing
-from billing.models import PriceList
+from billing.models import PriceList, UsageEvent
 from billing.periods import Period
+from billing.pricing import Prices
 from billing.selectors import dashboard as reads
 from console.forms import (
     MarkupForm,
@@ -24,6 +27,7 @@ from console.forms import (
 )
 from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
+from console.views.charts import Chart, money_bars
 from portal.access import (
     Access,
     Need,
@@ -118,12 +122,15 @@ def price_list(request: AuthenticatedHttpRequest, slug: str, list_id: int) -> Ht
         if not failed:
             messages.success(request, "Markup saved.")
             return redirect("price_list", slug=slug, list_id=found.pk)
+    rows = reads.price_rows(found)
+    for row, marked_up in zip(rows, _marked_up_prices(found, rows), strict=True):
+        row.marked_up = marked_up  # type: ignore[attr-defined]
     return render_page(
         request,
         "portal/price_list.html",
         {
             "price_list": found,
-            "rows": reads.price_rows(found),
+            "rows": rows,
             "price_form": price_form,
             "markup_form": markup_form if owner.kind != Organization.Kind.PLATFORM else None,
         },
@@ -173,9 +180,49 @@ def revenue(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
             },
             "previous": period.previous().label,
             "updated_at": reads.rollups_updated_at(),
+            "chart": _revenue_chart(reseller, period),
         },
         access=access,
         section="revenue",
+    )
+
+
+def _marked_up_prices(price_list: PriceList, rows: list[reads.PriceRow]) -> list[Prices | None]:
+    """For a markup list, the price each model without an explicit one sells at: the
+    relay's own arithmetic (billing.pricing), applied to wholesale in force now."""
+    if price_list.markup_percent is None or not any(r.wholesale for r in rows):
+        return [None] * len(rows)
+    wholesale_list = next(r.wholesale for r in rows if r.wholesale).price_list_id
+    wholesale = pricing._current_prices({wholesale_list}, timezone.now()).get(wholesale_list, {})
+    return [
+        None
+        if row.current is not None or row.model not in wholesale
+        else pricing._marked_up(wholesale[row.model], price_list.markup_percent)
+        for row in rows
+    ]
+
+
+def _revenue_chart(reseller: Organization, period: Period) -> Chart:
+    """Revenue per day of the month, live from the usage events (the tables below wait
+    for the rollups): the platform's wholesale share and the reseller's margin on top."""
+    events = UsageEvent.objects.filter(reseller=reseller)
+    daily = reads.revenue_by_day(events, period.start_at, period.end_at)
+    currency = reads.issuer_currency(reseller)
+    wholesale = {d.day: d.wholesale_micros for d in daily if d.currency == currency}
+    retail = {d.day: d.retail_micros for d in daily if d.currency == currency}
+    days = period.days()
+    return money_bars(
+        f"Revenue per day ({currency})",
+        [day.strftime("%b %d") for day in days],
+        [
+            ("Wholesale cost", "series-a", [wholesale.get(day, 0) for day in days]),
+            (
+                "Margin",
+                "series-b",
+                [retail.get(day, 0) - wholesale.get(day, 0) for day in days],
+            ),
+        ],
+        currency=currency,
     )
 
 

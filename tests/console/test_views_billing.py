@@ -219,6 +219,11 @@ def test_reseller_creates_a_list_prices_a_model_and_changes_the_markup(
     html = page.get(url).content.decode()
     # Every wholesale model is listed, sold at the markup until priced explicitly.
     assert html.count('class="muted">wholesale + 25 %') == 3
+    # …and shows the prices that makes: model-a's 0.15 / 0.075 / 0.60 plus 25 %.
+    row_a = html.split('<td class="mono">model-a</td>', 1)[1].split("</tr>", 1)[0]
+    assert row_a.count('<td class="num">') == 5
+    for price in ("0.1875", "0.09375", "0.75"):
+        assert f'<td class="num">{price}</td>' in row_a
     response = page.post(
         url,
         {
@@ -527,3 +532,25 @@ def test_operator_sets_a_resellers_terms(
     assert (account.mode, account.credit_limit_micros) == ("postpaid", 5_000_000_000)
     # The reseller cannot set its own terms.
     assert client_for(reseller_admin).get(url).status_code == 403
+
+
+def test_the_revenue_page_charts_revenue_and_margin_per_day(
+    market: Market, reseller_admin: Any
+) -> None:
+    from django.utils import timezone
+
+    from tests.billing.conftest import record_event
+
+    event = record_event(
+        tenant=market.tenant,
+        api_key=market.keys[market.tenant.pk][0],
+        model="model-a",
+        created_at=timezone.now(),
+        prompt_tokens=10_000,
+        completion_tokens=100,
+    )
+    html = client_for(reseller_admin).get(reverse("revenue", args=["reseller"])).content.decode()
+    chart = html.split("Revenue per day (USD)", 1)[1].split("</figure>", 1)[0]
+    margin = event.cost_retail_micros - event.cost_wholesale_micros
+    assert margin > 0 and "<rect" in chart
+    assert f"Margin {margin / 1_000_000:.6f}".rstrip("0") in chart

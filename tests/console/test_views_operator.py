@@ -410,3 +410,56 @@ def test_discover_models_offers_those_not_served_yet(operator: Client, operator_
         assert body["new"] == ["sim-large"]
     finally:
         stop()
+
+
+def test_channels_show_breaker_error_rate_and_failovers(
+    operator: Client, market: Any, settings: Any
+) -> None:
+    """Breaker state from the relays' shared state; error rate and failovers from the
+    last day's usage events."""
+    import uuid as uuid_module
+
+    from asgiref.sync import async_to_sync
+    from django.utils import timezone
+
+    from billing.models import UsageEvent
+    from relay import shared
+    from tests.billing.conftest import record_event
+
+    flaky = market.channel
+    spare = Channel.objects.create(name="spare", base_url="http://127.0.0.1:9/v1")
+    now = timezone.now()
+    for status, attempts, channel in (
+        (200, [{"channel": flaky.pk, "status": 502}, {"channel": spare.pk, "status": 200}], spare),
+        (200, [{"channel": flaky.pk, "status": 200}], flaky),
+        (502, [{"channel": flaky.pk, "status": 502}], flaky),
+    ):
+        event = record_event(
+            tenant=market.tenant,
+            api_key=market.keys[market.tenant.pk][0],
+            model="model-a",
+            created_at=now,
+            prompt_tokens=10,
+            completion_tokens=1,
+            status_code=status,
+            channel=channel,
+        )
+        UsageEvent.objects.filter(pk=event.pk).update(attempts=attempts)
+
+    async def trip() -> None:
+        try:
+            for _ in range(settings.RELAY_BREAKER_FAILURES):
+                await shared.breakers().failure(flaky.pk, uuid_module.uuid4().hex)
+        finally:
+            await shared.close()
+
+    async_to_sync(trip)()
+    html = operator.get(reverse("channels")).content.decode()
+    flaky_cell = html.split(f'data-testid="breaker-{flaky.pk}"', 1)[1].split("</td>", 1)[0]
+    assert flaky_cell.startswith(">breaker open<")
+    assert "2 requests, 50.0 % errors, 1 failover (24 h)" in flaky_cell
+    spare_cell = html.split(f'data-testid="breaker-{spare.pk}"', 1)[1].split("</td>", 1)[0]
+    assert spare_cell.startswith(">breaker closed<")
+    assert "1 request, 0.0 % errors, 0 failovers (24 h)" in spare_cell
+    overview = operator.get(reverse("operator")).content.decode()
+    assert f'data-testid="breaker-{flaky.pk}">breaker open<' in overview
