@@ -17,12 +17,15 @@ from django.urls import reverse
 from billing.models import Invoice, InvoiceLine, StripeAccount
 from billing.money import format_micros
 from billing.periods import Period
+from billing.pricing import LABELS
 
 ROUNDING_NOTE = (
-    "Each line's amount is the sum of its requests' costs, each rounded once to the "
-    "nearest 0.000001 {currency} (halves up). Token prices are per million tokens; "
-    "reasoning tokens are part of the completion tokens."
+    "Each line is one model's charges in one price dimension at one unit price; its amount "
+    "is the sum of its requests' charges, each rounded once to the nearest 0.000001 "
+    "{currency} (halves up). Token prices are per million tokens; reasoning tokens are "
+    "billed as output tokens."
 )
+UNIT_NAMES = {"mtok": "1M tokens", "image": "image", "request": "request"}
 
 
 def _latin1(text: str) -> str:
@@ -38,14 +41,33 @@ def _title(invoice: Invoice) -> str:
     return f"INVOICE {invoice.number}"
 
 
-def _unit_prices(line: InvoiceLine) -> str:
-    prices = " / ".join(
-        format_micros(value)
-        for value in (line.input_per_mtok, line.cached_input_per_mtok, line.output_per_mtok)
-    )
-    if line.request_fee_micros:
-        prices += f" + {format_micros(line.request_fee_micros)}/req"
-    return prices
+def line_label(line: InvoiceLine) -> str:
+    """The dimension as a reader says it, with the tiers that priced it."""
+    if not line.dimension:  # a plan's fee or credit: its label says it all
+        return ""
+    label = LABELS.get(line.dimension, "Usage")
+    extras = []
+    if line.long_context:
+        extras.append("long context")
+    if line.service_tier:
+        extras.append(f"{line.service_tier} tier")
+    return f"{label} ({', '.join(extras)})" if extras else label
+
+
+def _quantity(line: InvoiceLine) -> str:
+    if not line.dimension:
+        return ""
+    if line.unit == "mtok":
+        return f"{line.quantity:,} tokens"
+    return f"{line.quantity:,}"
+
+
+def _unit_price(line: InvoiceLine) -> str:
+    if not line.dimension:
+        return ""
+    if line.dimension == "usage":
+        return "see detail"
+    return f"{format_micros(line.unit_price_micros)} / {UNIT_NAMES.get(line.unit, line.unit)}"
 
 
 def payment_link(invoice: Invoice) -> str:
@@ -94,31 +116,19 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     pdf.ln(4)
     pdf.set_font("Helvetica", size=8)
     with pdf.table(
-        col_widths=(34, 15, 22, 20, 22, 53, 24),
-        text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
+        col_widths=(40, 52, 32, 38, 28),
+        text_align=("LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT"),
         headings_style=FontFace(emphasis="BOLD"),
         line_height=5,
     ) as table:
-        table.row(
-            (
-                "Model",
-                "Requests",
-                "Prompt tokens",
-                "Cached",
-                "Completion",
-                f"{currency} per 1M in / cached / out",
-                f"Amount {currency}",
-            )
-        )
+        table.row(("Model", "Dimension", "Quantity", f"Unit price {currency}", "Amount"))
         for line in lines:
             table.row(
                 (
                     _latin1(line.label),
-                    f"{line.requests:,}",
-                    f"{line.prompt_tokens:,}",
-                    f"{line.cached_tokens:,}",
-                    f"{line.completion_tokens:,}",
-                    _unit_prices(line),
+                    _latin1(line_label(line)),
+                    _quantity(line),
+                    _unit_price(line),
                     format_micros(line.amount_micros),
                 )
             )
@@ -151,23 +161,21 @@ CSV_COLUMNS = (
     "period",
     "currency",
     "model",
+    "dimension",
+    "service_tier",
+    "long_context",
+    "unit",
+    "unit_price",
+    "quantity",
     "requests",
-    "prompt_tokens",
-    "cached_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "input_per_mtok",
-    "cached_input_per_mtok",
-    "output_per_mtok",
-    "request_fee",
     "amount",
     "amount_micros",
 )
 
 
 def invoice_csv(invoice: Invoice) -> bytes:
-    """One row per line, then subtotal, tax and total rows; amounts as exact decimals
-    in currency units and, for machines, in micro-units."""
+    """One row per line (model, dimension, unit price), then subtotal, tax and total rows;
+    amounts as exact decimals in currency units and, for machines, in micro-units."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -186,20 +194,18 @@ def invoice_csv(invoice: Invoice) -> bytes:
                 "line",
                 *common,
                 line.label,
+                line.dimension,
+                line.service_tier,
+                "yes" if line.long_context else "",
+                line.unit,
+                money(line.unit_price_micros) if line.dimension else "",
+                line.quantity,
                 line.requests,
-                line.prompt_tokens,
-                line.cached_tokens,
-                line.completion_tokens,
-                line.reasoning_tokens,
-                money(line.input_per_mtok),
-                money(line.cached_input_per_mtok),
-                money(line.output_per_mtok),
-                money(line.request_fee_micros),
                 money(line.amount_micros),
                 line.amount_micros,
             ]
         )
-    blank = [""] * 10
+    blank = [""] * 8
     for row_type, amount in (
         ("subtotal", invoice.subtotal_micros),
         ("tax", invoice.tax_micros),

@@ -28,7 +28,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
-from billing.pricing import PricePair
+from billing.pricing import PriceSchedule
 from portal import invalidation
 from relay import errors, outage, shared, snapshot
 from relay.snapshot import KeyInfo, Snapshot
@@ -96,7 +96,7 @@ class RelayCache:
         self._keys: OrderedDict[str, KeyInfo] = OrderedDict()
         self._misses: OrderedDict[str, float] = OrderedDict()  # digest: forget at
         self._failures = AuthFailures()
-        self._prices: dict[int, dict[str, PricePair]] = {}
+        self._prices: dict[int, PriceSchedule] = {}
         self._snapshot: Snapshot | None = None
         self._generation: int | None = None
         # Bumped on every invalidation; a load that started in an older epoch is not kept.
@@ -142,8 +142,9 @@ class RelayCache:
         if len(self._keys) > MAX_CACHED_KEYS:
             self._keys.popitem(last=False)
 
-    async def prices(self, tenant_id: int) -> dict[str, PricePair]:
-        """The tenant's price per public model id; a model missing here cannot be served."""
+    async def prices(self, tenant_id: int) -> PriceSchedule:
+        """The tenant's price per public model id, now and as scheduled; a model missing
+        here cannot be served."""
         table = self._prices.get(tenant_id)
         if table is not None:
             return table

@@ -186,13 +186,7 @@ def observe_record(record: UsageRecord) -> None:
     if usage is not None:
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
         if record.price is not None:
-            cost = cost_micros(
-                record.price.retail,
-                prompt_tokens=prompt,
-                cached_tokens=usage.cached_tokens,
-                completion_tokens=completion,
-                reasoning_tokens=usage.reasoning_tokens,
-            )
+            cost = record.known_cost() or 0
             currency = record.price.retail.currency
     upstream_ms = record.upstream_latency_ms
     if counting:
@@ -241,14 +235,6 @@ def observe_limit_rejection(limit: str) -> None:
     """A request refused by a limit: ``requests``, ``tokens``, ``concurrency``..."""
     if settings.RELAY_METRICS:
         LIMIT_REJECTIONS.labels(limit).inc()
-
-
-def cost_micros(prices: Any, **counts: int) -> int:
-    # Not a cycle: settings.LOGGING imports this module (RequestIdFilter) while Django sets
-    # up logging, before the app registry is ready for billing's models.
-    from billing.pricing import cost_micros as billing_cost
-
-    return billing_cost(prices, **counts)
 
 
 # --- GET /metrics -----------------------------------------------------------------------

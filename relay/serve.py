@@ -49,7 +49,7 @@ async def resolve(
             param="model",
             code="model_not_supported",
         )
-    price = (await cache.prices(key.tenant_id)).get(public)
+    price = (await cache.prices(key.tenant_id)).at(public, exchange.created_at)
     if price is None:
         raise errors.model_not_priced(public)
     routes = tuple(route for route in model.routes if key.allows_group(route.group))

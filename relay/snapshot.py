@@ -20,7 +20,7 @@ from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from billing.models import Subscription
-from billing.pricing import PricePair, tenant_price_table
+from billing.pricing import PricePair, PriceSchedule, tenant_price_schedule
 from portal import redaction
 from portal.models import ApiKey, CatalogModel, Channel, ChannelModel
 from portal.models.limits import LimitFields
@@ -287,9 +287,10 @@ def _timeout(channel: Channel) -> httpx.Timeout | None:
     )
 
 
-def load_prices(tenant_id: int) -> dict[str, PricePair]:
+def load_prices(tenant_id: int) -> PriceSchedule:
+    """The tenant's prices now and as scheduled (a change is picked by admission time)."""
     close_old_connections()
-    return tenant_price_table(tenant_id)
+    return tenant_price_schedule(tenant_id)
 
 
 def _adapter_route(channel: Channel) -> tuple[str, list[str]]:

@@ -1,4 +1,5 @@
-"""Invoices: one per issuer, customer and billing period, with a line per model and price.
+"""Invoices: one per issuer, customer and billing period, with a line per model, price
+dimension and unit price.
 
 A tenant is invoiced at retail by its reseller (or by the platform when it sits directly
 under it); a reseller is invoiced at wholesale by the platform. Drafts are regenerated
@@ -75,11 +76,16 @@ class Invoice(models.Model):
 
 
 class InvoiceLine(models.Model):
-    """One model at one set of unit prices; the amount is the sum of its events' costs.
+    """One model's charges in one price dimension at one unit price (and service tier and
+    context tier); the amount is the sum of its events' charges in that dimension.
 
-    Besides usage of the period: usage carried from an earlier period whose invoice was
-    already issued when it was recorded (dated by ``usage_date``), and a plan's fee and
-    included credit."""
+    ``dimension`` is one of ``billing.pricing.DIMENSIONS``; ``unit`` says what
+    ``unit_price_micros`` is per: a million tokens (``mtok``), an image, or a request.
+    Lines from before dimensions existed have dimension ``usage`` and keep their old
+    prices and counts in ``detail``. Besides usage of the period: usage carried from an
+    earlier period whose invoice was already issued when it was recorded (dated by
+    ``usage_date``), and a plan's fee and included credit (no model or dimension).
+    """
 
     class Kind(models.TextChoices):
         USAGE = "usage", "Usage"
@@ -90,15 +96,16 @@ class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     position = models.PositiveIntegerField()
     model = models.CharField(max_length=200)
-    input_per_mtok = models.PositiveBigIntegerField()
-    cached_input_per_mtok = models.PositiveBigIntegerField()
-    output_per_mtok = models.PositiveBigIntegerField()
-    request_fee_micros = models.PositiveBigIntegerField(default=0)
-    requests = models.PositiveBigIntegerField()
-    prompt_tokens = models.PositiveBigIntegerField()
-    cached_tokens = models.PositiveBigIntegerField()
-    completion_tokens = models.PositiveBigIntegerField()
-    reasoning_tokens = models.PositiveBigIntegerField()
+    dimension = models.CharField(max_length=32, blank=True)
+    unit = models.CharField(max_length=16, blank=True)
+    unit_price_micros = models.PositiveBigIntegerField(default=0)
+    quantity = models.PositiveBigIntegerField(default=0)
+    requests = models.PositiveBigIntegerField(
+        default=0, help_text="Requests that were charged in this line."
+    )
+    service_tier = models.CharField(max_length=16, blank=True)
+    long_context = models.BooleanField(default=False)
+    detail = models.JSONField(default=dict, blank=True)
     amount_micros = models.BigIntegerField()
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.USAGE)
     description = models.CharField(max_length=200, blank=True)
@@ -113,7 +120,7 @@ class InvoiceLine(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.label}: {self.requests} requests"
+        return f"{self.label}: {self.quantity} {self.unit}"
 
     @property
     def label(self) -> str:

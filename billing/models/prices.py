@@ -21,6 +21,10 @@ def default_currency() -> str:
     return settings.BILLING_DEFAULT_CURRENCY
 
 
+def _optional(help_text: str) -> models.PositiveBigIntegerField:
+    return models.PositiveBigIntegerField(null=True, blank=True, help_text=help_text)
+
+
 class PriceList(models.Model):
     owner = models.ForeignKey(
         "portal.Organization", on_delete=models.PROTECT, related_name="price_lists"
@@ -87,6 +91,49 @@ class ModelPrice(models.Model):
     )
     request_fee_micros = models.PositiveBigIntegerField(
         default=0, help_text="Micro-units per billed request, on top of tokens."
+    )
+    # The dimensions below are blank for "as the text price" (cache writes and audio and
+    # image tokens) or "nothing" (per image): a price set before they existed still reads
+    # as it did. ``billing.pricing`` resolves them.
+    cache_write_5m_per_mtok = _optional(
+        "Micro-units per million prompt tokens written to a 5-minute cache; blank: the input price."
+    )
+    cache_write_1h_per_mtok = _optional(
+        "Micro-units per million prompt tokens written to a 1-hour cache; blank: the input price."
+    )
+    audio_input_per_mtok = _optional(
+        "Micro-units per million audio prompt tokens; blank: the input price."
+    )
+    audio_output_per_mtok = _optional(
+        "Micro-units per million audio completion tokens; blank: the output price."
+    )
+    image_input_per_mtok = _optional(
+        "Micro-units per million image prompt tokens; blank: the input price."
+    )
+    image_output_per_mtok = _optional(
+        "Micro-units per million image completion tokens; blank: the output price."
+    )
+    input_image_micros = _optional("Micro-units per input image, on top of its tokens.")
+    output_image_micros = _optional("Micro-units per generated image, on top of its tokens.")
+    long_context_above_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Above this many prompt tokens the whole request is priced at the "
+        "long-context prices; blank: no tier.",
+    )
+    long_context_prices = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The long-context prices by dimension (as the columns, without the "
+        "suffix); a dimension left out keeps its normal price.",
+    )
+    flex_percent = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Token prices on the flex service tier, in percent."
+    )
+    priority_percent = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Token prices on the priority service tier, in percent.",
     )
     effective_from = models.DateTimeField()
     created_by = models.ForeignKey(

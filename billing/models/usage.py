@@ -42,8 +42,18 @@ class UsageEvent(models.Model):
     cached_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0)
     # Prompt tokens the provider wrote to its cache (Anthropic's cache_creation_input_tokens);
-    # part of prompt_tokens, and priced as prompt tokens.
+    # part of prompt_tokens. Those written for an hour are also counted apart.
     cache_write_tokens = models.PositiveIntegerField(default=0)
+    cache_write_1h_tokens = models.PositiveIntegerField(default=0)
+    # Parts of prompt_tokens and completion_tokens by modality, and images by count.
+    audio_input_tokens = models.PositiveIntegerField(default=0)
+    audio_output_tokens = models.PositiveIntegerField(default=0)
+    image_input_tokens = models.PositiveIntegerField(default=0)
+    image_output_tokens = models.PositiveIntegerField(default=0)
+    input_images = models.PositiveIntegerField(default=0)
+    output_images = models.PositiveIntegerField(default=0)
+    # The service tier the provider served the request on: "", "flex" or "priority".
+    service_tier = models.CharField(max_length=16, blank=True)
     # True when the upstream reported no usage and the counts come from our tokenizer.
     estimated = models.BooleanField(default=False)
     stream = models.BooleanField(default=False)
@@ -77,6 +87,11 @@ class UsageEvent(models.Model):
     wholesale_cached_input_per_mtok = _price_field("Micro-units per million cached tokens.")
     wholesale_output_per_mtok = _price_field("Micro-units per million completion tokens.")
     wholesale_request_fee_micros = _price_field("Micro-units per request.")
+    # Whether the prompt crossed the long-context threshold, so tier prices applied.
+    long_context = models.BooleanField(default=False)
+    # What each priced dimension charged: {dimension: [quantity, retail unit price, retail
+    # micros, wholesale unit price, wholesale micros]}; the costs below are their sums.
+    charges = models.JSONField(default=dict, blank=True)
     cost_retail_micros = models.BigIntegerField(default=0)
     cost_wholesale_micros = models.BigIntegerField(default=0)
     # The issued invoices that list this event, retail and wholesale (set at issue): an

@@ -33,6 +33,7 @@ from billing.services.plans import (
     subscription_create,
 )
 from billing.services.prices import (
+    OPTIONAL_PRICE_FIELDS,
     billing_account_create,
     billing_account_update,
     key_quota_set,
@@ -46,6 +47,7 @@ from billing.services.rollups import rollup_recompute, rollups_advance
 from billing.services.usage import usage_events_insert
 
 __all__ = [
+    "OPTIONAL_PRICE_FIELDS",
     "account_adjust",
     "account_refund",
     "account_topup",

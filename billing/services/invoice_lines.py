@@ -18,26 +18,32 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Max, Q, QuerySet, Sum
+from django.db.models import Max, Q, QuerySet
 from django.db.models.functions import TruncDate
 
 from billing.models import Invoice, InvoiceLine, PlanCharge, UsageEvent
 from billing.periods import Period
+from billing.pricing import DIMENSIONS, UNITS
 from billing.selectors import BILLABLE
 from portal.models import Organization
 
-PRICE_FIELDS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "request_fee_micros")
-COUNT_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
 LINE_FIELDS = (
     "model",
-    *PRICE_FIELDS,
+    "dimension",
+    "unit",
+    "unit_price_micros",
+    "service_tier",
+    "long_context",
+    "quantity",
     "requests",
-    *COUNT_FIELDS,
     "amount_micros",
     "kind",
     "description",
     "usage_date",
 )
+# Events priced before dimensions were recorded (no ``charges``) make one line per model.
+LEGACY_DIMENSION = "usage"
+_ORDER = {dimension: index for index, dimension in enumerate((*DIMENSIONS, LEGACY_DIMENSION))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,47 +137,60 @@ def wanted_lines(
     events: QuerySet[UsageEvent],
     charges: QuerySet[PlanCharge],
 ) -> tuple[set[str], list[dict[str, Any]]]:
-    """The lines of these events and charges, and the currencies they are in: one per
-    model and prices for the period's usage, one per day, model and prices for usage
-    carried from earlier, and a fee line and a credit line per plan month."""
-    side = terms.side
-    price_columns = {f"{side}_{name}": name for name in PRICE_FIELDS}
-    currencies: set[str] = set()
-    lines: list[dict[str, Any]] = []
-    groups = (
-        (InvoiceLine.Kind.USAGE, events.filter(created_at__gte=period.start_at), ()),
-        (
-            InvoiceLine.Kind.CARRIED,
-            events.filter(created_at__lt=period.start_at).annotate(
-                day=TruncDate("created_at", tzinfo=UTC)
-            ),
-            ("day",),
-        ),
-    )
-    for kind, selection, extra in groups:
-        rows = (
-            selection.order_by()
-            .values("model", "currency", *extra, *price_columns)
-            .annotate(
-                n_requests=Count("id"),
-                **{f"n_{name}": Sum(name) for name in COUNT_FIELDS},
-                amount=Sum(f"cost_{side}_micros"),
-            )
+    """The lines of these events and charges, and the currencies they are in: the period's
+    usage per model, dimension and unit price (and service and context tier), usage
+    carried from earlier the same way per day, and a fee line and a credit line per plan
+    month. Each event's cost is the sum of its charges, so the usage lines add up to the
+    events' costs exactly. The events are streamed: one query."""
+    wholesale = terms.side == "wholesale"
+    rows = (
+        events.order_by()
+        .annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values_list(
+            "model",
+            "currency",
+            "created_at",
+            "day",
+            "service_tier",
+            "long_context",
+            "charges",
+            f"cost_{terms.side}_micros",
         )
-        found = []
-        for row in rows:
-            currencies.add(row["currency"])
-            line: dict[str, Any] = {"model": row["model"]}
-            line.update({short: row[column] for column, short in price_columns.items()})
-            line["requests"] = row["n_requests"]
-            line.update({name: row[f"n_{name}"] or 0 for name in COUNT_FIELDS})
-            line["amount_micros"] = row["amount"] or 0
-            line["kind"] = kind
-            line["usage_date"] = row.get("day")
-            line["description"] = f"Used {row['day']:%Y-%m-%d}" if extra else ""
-            found.append(line)
-        found.sort(key=_line_order)
-        lines += found
+    )
+    currencies: set[str] = set()
+    found: dict[tuple[Any, ...], list[int]] = {}
+    for model, currency, created, day, tier, long, charged, cost in rows.iterator(chunk_size=5000):
+        currencies.add(currency)
+        used = None if created >= period.start_at else day
+        items = charged.items() if charged else [(LEGACY_DIMENSION, [1, 0, cost, 0, cost])]
+        for dimension, charge in items:
+            if dimension == LEGACY_DIMENSION and not cost:
+                continue
+            unit_price, micros = (charge[3], charge[4]) if wholesale else (charge[1], charge[2])
+            line = found.setdefault((used, model, dimension, unit_price, tier, long), [0, 0, 0])
+            line[0] += charge[0]
+            line[1] += 1
+            line[2] += micros
+    lines = [
+        {
+            "model": model,
+            "dimension": dimension,
+            "unit": UNITS.get(dimension, "request"),
+            "unit_price_micros": unit_price,
+            "service_tier": tier,
+            "long_context": long,
+            "quantity": quantity,
+            "requests": requests,
+            "amount_micros": amount,
+            "kind": InvoiceLine.Kind.CARRIED if used else InvoiceLine.Kind.USAGE,
+            "description": f"Used {used:%Y-%m-%d}" if used else "",
+            "usage_date": used,
+        }
+        for (used, model, dimension, unit_price, tier, long), (quantity, requests, amount) in (
+            found.items()
+        )
+    ]
+    lines.sort(key=_line_order)
     for charge in charges.select_related("subscription__plan").order_by("period_start", "pk"):
         currencies.add(charge.currency)
         name = charge.subscription.plan.name
@@ -189,11 +208,29 @@ def wanted_lines(
 
 
 def _line_order(line: dict[str, Any]) -> tuple[Any, ...]:
-    return (line["usage_date"] or date.min, *(line[name] for name in ("model", *PRICE_FIELDS)))
+    """Period usage first, then carried usage by day; by model, tier and dimension."""
+    return (
+        line["usage_date"] or date.min,
+        line["model"],
+        line["long_context"],
+        line["service_tier"],
+        _ORDER.get(line["dimension"], len(_ORDER)),
+        line["unit_price_micros"],
+    )
 
 
 def _plan_line(kind: str, description: str, amount: int) -> dict[str, Any]:
-    line: dict[str, Any] = {"model": "", "requests": 0, "amount_micros": amount}
-    line.update({name: 0 for name in (*PRICE_FIELDS, *COUNT_FIELDS)})
-    line.update({"kind": kind, "description": description, "usage_date": None})
-    return line
+    return {
+        "model": "",
+        "dimension": "",
+        "unit": "",
+        "unit_price_micros": 0,
+        "service_tier": "",
+        "long_context": False,
+        "quantity": 0,
+        "requests": 0,
+        "amount_micros": amount,
+        "kind": kind,
+        "description": description,
+        "usage_date": None,
+    }

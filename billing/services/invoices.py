@@ -1,7 +1,8 @@
 """Invoice workflows: generate drafts from usage events, issue, mark paid, void.
 
-A line is one model at one set of unit prices, and its amount is the sum of its events'
-costs (each rounded once when the event was priced), so an invoice's subtotal equals the
+A line is one model's charges in one price dimension at one unit price, and its amount
+is the sum of its events' charges in that dimension (each rounded once when the event was
+priced); an event's cost is the sum of its charges, so an invoice's subtotal equals the
 sum of its priced usage events to the micro-unit. Drafts are regenerated idempotently;
 issued invoices are never regenerated or edited, only marked paid or void.
 """

@@ -21,6 +21,7 @@ from billing.models import (
     PriceList,
     TenantDefaults,
 )
+from billing.pricing import DIMENSIONS
 from billing.services.common import new_account_fields, tell_relay, watermark_lock
 from billing.webhooks import WebhookRefused, webhook_url_check
 from portal.models import ApiKey, AuditEntry, CatalogModel, Organization
@@ -111,6 +112,28 @@ def price_list_set_markup(
     return price_list
 
 
+# The dimensions a price may leave blank (``ModelPrice``: blank reads as the text price, or
+# nothing per image), the tiers, and the long-context prices' names.
+OPTIONAL_PRICE_FIELDS = (
+    "cache_write_5m_per_mtok",
+    "cache_write_1h_per_mtok",
+    "audio_input_per_mtok",
+    "audio_output_per_mtok",
+    "image_input_per_mtok",
+    "image_output_per_mtok",
+    "input_image_micros",
+    "output_image_micros",
+    "long_context_above_tokens",
+    "flex_percent",
+    "priority_percent",
+)
+LONG_CONTEXT_NAMES = frozenset(DIMENSIONS) - {"request"} | {"request_fee"}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @transaction.atomic
 def model_price_set(
     *,
@@ -122,22 +145,40 @@ def model_price_set(
     cached_input_per_mtok: int | None = None,
     request_fee_micros: int = 0,
     effective_from: datetime | None = None,
+    long_context_prices: dict[str, int] | None = None,
+    **optional: int | None,
 ) -> ModelPrice:
     """Price ``model`` in ``price_list`` from ``effective_from`` (default: now) onwards.
 
-    Prices in micro-units per million tokens; the cached-input price defaults to the input
-    price. Earlier prices stay, so past events and invoices still explain themselves.
+    Prices in micro-units per million tokens (per image for ``*_image_micros``); the
+    cached-input price defaults to the input price, and each of ``OPTIONAL_PRICE_FIELDS``
+    may be left out (see ``ModelPrice``). ``long_context_prices`` maps dimensions
+    (``input``, ``output``, ``request_fee``...) to the prices above
+    ``long_context_above_tokens``. Earlier prices stay, so past events and invoices still
+    explain themselves; a later ``effective_from`` schedules the price, and every relay
+    charges it from that moment (``billing.pricing.PriceSchedule``).
     """
+    unknown = set(optional) - set(OPTIONAL_PRICE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown price fields: {sorted(unknown)}")
     now = timezone.now()
     effective_from = effective_from or now
     if effective_from < now - BACKDATING_TOLERANCE:
         raise ValidationError({"effective_from": "Prices cannot be backdated."})
-    values = [input_per_mtok, output_per_mtok, request_fee_micros]
     if cached_input_per_mtok is None:
         cached_input_per_mtok = input_per_mtok
-    values.append(cached_input_per_mtok)
-    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in values):
+    values = [input_per_mtok, output_per_mtok, request_fee_micros, cached_input_per_mtok]
+    values += [v for v in optional.values() if v is not None]
+    tier = dict(long_context_prices or {})
+    values += list(tier.values())
+    if not all(_whole(v) for v in values):
         raise ValidationError("Prices are whole, non-negative numbers of micro-units.")
+    if set(tier) - LONG_CONTEXT_NAMES:
+        raise ValidationError({"long_context_prices": "Unknown dimensions."})
+    if tier and optional.get("long_context_above_tokens") is None:
+        raise ValidationError(
+            {"long_context_above_tokens": "Say above how many prompt tokens these apply."}
+        )
     price = ModelPrice(
         price_list=price_list,
         model=model,
@@ -145,8 +186,10 @@ def model_price_set(
         cached_input_per_mtok=cached_input_per_mtok,
         output_per_mtok=output_per_mtok,
         request_fee_micros=request_fee_micros,
+        long_context_prices=tier,
         effective_from=effective_from,
         created_by=user_or_none(actor),
+        **optional,
     )
     price.full_clean()
     price.save()
@@ -163,6 +206,8 @@ def model_price_set(
             "cached_input_per_mtok": cached_input_per_mtok,
             "output_per_mtok": output_per_mtok,
             "request_fee_micros": request_fee_micros,
+            **{name: value for name, value in optional.items() if value is not None},
+            **({"long_context_prices": tier} if tier else {}),
             "effective_from": effective_from.isoformat(),
         },
     )

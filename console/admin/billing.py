@@ -162,7 +162,13 @@ class ModelPriceAdmin(admin.ModelAdmin):
     list_display = ["model", "price_list", *PRICE_COLUMNS]
     list_filter = [("price_list", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["model", "price_list"]
-    fields = ["price_list", "model", *PRICE_COLUMNS]
+    fields = [
+        "price_list",
+        "model",
+        *PRICE_COLUMNS,
+        *prices.OPTIONAL_PRICE_FIELDS,
+        "long_context_prices",
+    ]
 
     def has_change_permission(self, request: HttpRequest, obj: ModelPrice | None = None) -> bool:
         return obj is None and super().has_change_permission(request, obj)
@@ -179,7 +185,9 @@ class ModelPriceAdmin(admin.ModelAdmin):
             output_per_mtok=obj.output_per_mtok,
             request_fee_micros=obj.request_fee_micros,
             effective_from=obj.effective_from,
+            long_context_prices=obj.long_context_prices or None,
             actor=acting_user(request),
+            **{name: getattr(obj, name) for name in prices.OPTIONAL_PRICE_FIELDS},
         )
         obj.pk = created.pk
 

@@ -230,11 +230,80 @@ class ModelPriceForm(forms.Form):
     )
     output_per_mtok = MoneyField(label="Output per 1M tokens")
     request_fee = MoneyField(required=False, label="Fee per request")
+    cache_write_5m_per_mtok = MoneyField(
+        required=False,
+        label="Cache write (5 min) per 1M tokens",
+        help_text="Empty: the input price.",
+    )
+    cache_write_1h_per_mtok = MoneyField(
+        required=False,
+        label="Cache write (1 hour) per 1M tokens",
+        help_text="Empty: the input price.",
+    )
+    audio_input_per_mtok = MoneyField(
+        required=False, label="Audio input per 1M tokens", help_text="Empty: the input price."
+    )
+    audio_output_per_mtok = MoneyField(
+        required=False, label="Audio output per 1M tokens", help_text="Empty: the output price."
+    )
+    image_input_per_mtok = MoneyField(
+        required=False, label="Image input per 1M tokens", help_text="Empty: the input price."
+    )
+    image_output_per_mtok = MoneyField(
+        required=False, label="Image output per 1M tokens", help_text="Empty: the output price."
+    )
+    input_image_micros = MoneyField(required=False, label="Per input image")
+    output_image_micros = MoneyField(required=False, label="Per generated image")
+    long_context_above_tokens = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Long context above (prompt tokens)",
+        help_text="Above this prompt size the long-context prices below apply.",
+    )
+    long_input = MoneyField(required=False, label="Long context: input per 1M tokens")
+    long_cached_input = MoneyField(required=False, label="Long context: cached input per 1M tokens")
+    long_output = MoneyField(required=False, label="Long context: output per 1M tokens")
+    flex_percent = forms.IntegerField(
+        required=False, min_value=0, label="Flex tier (% of the token prices)"
+    )
+    priority_percent = forms.IntegerField(
+        required=False, min_value=0, label="Priority tier (% of the token prices)"
+    )
     effective_from = forms.DateTimeField(
         required=False,
         widget=DATETIME_INPUT,
         help_text="In UTC. Leave empty for now; prices cannot start in the past.",
     )
+
+    OPTIONAL = (
+        "cache_write_5m_per_mtok",
+        "cache_write_1h_per_mtok",
+        "audio_input_per_mtok",
+        "audio_output_per_mtok",
+        "image_input_per_mtok",
+        "image_output_per_mtok",
+        "input_image_micros",
+        "output_image_micros",
+        "long_context_above_tokens",
+        "flex_percent",
+        "priority_percent",
+    )
+    LONG = {"long_input": "input", "long_cached_input": "cached_input", "long_output": "output"}
+
+    def price_fields(self) -> dict[str, Any]:
+        """The cleaned form as ``billing.model_price_set``'s arguments."""
+        data = self.cleaned_data
+        long = {name: data[field] for field, name in self.LONG.items() if data[field] is not None}
+        return {
+            "model": data["model"],
+            "input_per_mtok": data["input_per_mtok"],
+            "cached_input_per_mtok": data["cached_input_per_mtok"],
+            "output_per_mtok": data["output_per_mtok"],
+            "request_fee_micros": data["request_fee"] or 0,
+            "effective_from": data["effective_from"],
+            "long_context_prices": long or None,
+            **{name: data[name] for name in self.OPTIONAL},
+        }
 
 
 class MonthForm(forms.Form):

@@ -100,14 +100,7 @@ def price_list(request: AuthenticatedHttpRequest, slug: str, list_id: int) -> Ht
         data = price_form.cleaned_data
         with form_errors(price_form) as failed:
             billing.model_price_set(
-                price_list=found,
-                model=data["model"],
-                input_per_mtok=data["input_per_mtok"],
-                cached_input_per_mtok=data["cached_input_per_mtok"],
-                output_per_mtok=data["output_per_mtok"],
-                request_fee_micros=data["request_fee"] or 0,
-                effective_from=data["effective_from"],
-                actor=request.user,
+                price_list=found, **price_form.price_fields(), actor=request.user
             )
         if not failed:
             messages.success(request, f"Price of {data['model'].public_id} set.")

@@ -259,7 +259,7 @@ class OpenAIStreamLeg(Leg):
         if not isinstance(parsed, dict) or "error" in parsed or self.answer_key not in parsed:
             return None
         parsed["model"] = self.public
-        self.record.usage = Usage.from_openai(parsed.get("usage"))
+        self.record.usage = Usage.from_openai(parsed.get("usage"), parsed.get("service_tier"))
         if self.record.usage is None:
             self.record.completion_text = []
             for choice in parsed.get(self.answer_key) or ():
@@ -299,7 +299,7 @@ class OpenAIStreamLeg(Leg):
             changed = True
         usage = chunk.get("usage")
         if usage is not None:
-            self.record.usage = Usage.from_openai(usage)
+            self.record.usage = Usage.from_openai(usage, chunk.get("service_tier"))
         if not self.client_wants_usage and "usage" in chunk:
             if usage is not None and not choices:
                 return None

@@ -91,6 +91,9 @@ class PassLeg(Leg):
             self.usage.input_tokens = found.input_tokens
             self.usage.cached_tokens = found.cached_tokens
             self.usage.cache_write_tokens = found.cache_write_tokens
+            self.usage.cache_write_1h_tokens = found.cache_write_1h_tokens
+        if "service_tier" in usage:
+            self.usage.service_tier = found.service_tier
         if "output_tokens" in usage:
             self.usage.output_tokens = found.output_tokens
         self.record.usage = Usage.from_canonical(self.usage)

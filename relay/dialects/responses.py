@@ -78,7 +78,7 @@ class PassLeg(Leg):
         if response.get("previous_response_id"):
             response["previous_response_id"] = self.call.payload.get("previous_response_id")
         response["model"] = self.public
-        usage = responses.usage_to_canonical(response.get("usage"))
+        usage = responses.usage_to_canonical(response.get("usage"), response.get("service_tier"))
         if usage is not None:
             self.record.usage = Usage.from_canonical(usage)
 

@@ -56,7 +56,7 @@ class TranslatedLeg(Leg):
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or "error" in parsed or "choices" not in parsed:
             return None
-        self.record.usage = Usage.from_openai(parsed.get("usage"))
+        self.record.usage = Usage.from_openai(parsed.get("usage"), parsed.get("service_tier"))
         if self.record.usage is None:
             self.record.completion_text = []
             for choice in parsed.get("choices") or ():
@@ -82,7 +82,7 @@ class TranslatedLeg(Leg):
             failure = errors.upstream_failed(502, self.redact(str(message or "upstream error")))
             return self.stream_error(failure), False
         if chunk.get("usage") is not None:
-            self.record.usage = Usage.from_openai(chunk["usage"])
+            self.record.usage = Usage.from_openai(chunk["usage"], chunk.get("service_tier"))
         for choice in chunk.get("choices") or ():
             self.record.keep_text(delta_texts(choice))
         out = bytearray()

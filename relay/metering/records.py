@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from billing.pricing import PricePair, Prices, cost_micros, event_cost_fields
+from billing.pricing import Counts, PricePair, charges, event_cost_fields
 from relay import tokens
 
 logger = logging.getLogger("relay.metering")
@@ -26,13 +26,9 @@ MAX_KEPT_TEXT_CHARS = 64 * 1024
 
 
 @dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    # Part of prompt_tokens: what the provider wrote to its prompt cache.
-    cache_write_tokens: int = 0
+class Usage(Counts):
+    """A request's counts in every priced dimension (``billing.pricing.Counts``): the
+    parts (cache reads and writes, audio, images) inside prompt and completion tokens."""
 
     @classmethod
     def from_canonical(cls, usage: Any) -> Usage | None:
@@ -45,10 +41,18 @@ class Usage:
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            audio_input_tokens=usage.audio_input_tokens,
+            audio_output_tokens=usage.audio_output_tokens,
+            image_input_tokens=usage.image_input_tokens,
+            image_output_tokens=usage.image_output_tokens,
+            output_images=usage.output_images,
+            service_tier=usage.service_tier,
         )
 
     @classmethod
-    def from_openai(cls, usage: Any) -> Usage | None:
+    def from_openai(cls, usage: Any, service_tier: Any = None) -> Usage | None:
+        """From a chat or completions ``usage`` object and the answer's ``service_tier``."""
         if not isinstance(usage, Mapping):
             return None
         prompt_details = usage.get("prompt_tokens_details") or {}
@@ -58,7 +62,18 @@ class Usage:
             completion_tokens=_count(usage.get("completion_tokens")),
             cached_tokens=_count(_get(prompt_details, "cached_tokens")),
             reasoning_tokens=_count(_get(completion_details, "reasoning_tokens")),
+            cache_write_tokens=_count(_get(prompt_details, "cache_write_tokens")),
+            audio_input_tokens=_count(_get(prompt_details, "audio_tokens")),
+            audio_output_tokens=_count(_get(completion_details, "audio_tokens")),
+            image_input_tokens=_count(_get(prompt_details, "image_tokens")),
+            image_output_tokens=_count(_get(completion_details, "image_tokens")),
+            service_tier=service_tier_of(service_tier),
         )
+
+
+def service_tier_of(value: Any) -> str:
+    """The billed service tier from a provider's answer: "flex", "priority" or ""."""
+    return value if value in ("flex", "priority") else ""
 
 
 def _get(mapping: Any, name: str) -> Any:
@@ -122,14 +137,8 @@ class UsageRecord:
             if self.status_code >= 400 and not self.completion_text:
                 return 0
             return None
-        usage = self.usage
-        return cost_micros(
-            self.price.retail,
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-        )
+        found, _ = charges(self.price.retail, self.usage)
+        return sum(micros for _, _, micros in found.values())
 
     def to_json(self) -> bytes:
         """The record for the Redis queue; the prompt only when it must be counted."""
@@ -152,10 +161,7 @@ class UsageRecord:
         if data.get("usage") is not None:
             data["usage"] = Usage(**data["usage"])
         if data.get("price") is not None:
-            price = data["price"]
-            data["price"] = PricePair(
-                Prices(**price["retail"]), Prices(**price["wholesale"]), price["reseller_id"]
-            )
+            data["price"] = PricePair.from_dict(data["price"])
         return cls(**data)
 
     @classmethod
@@ -216,13 +222,7 @@ class UsageRecord:
             "attempts": self.attempts,
             "estimated": estimated,
             **asdict(usage),
-            **event_cost_fields(
-                self.price,
-                prompt_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                completion_tokens=usage.completion_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-            ),
+            **event_cost_fields(self.price, **asdict(usage)),
         }
 
 

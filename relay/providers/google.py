@@ -146,17 +146,35 @@ def request_body(request: c.Request) -> bytes:
 
 def usage(metadata: Any) -> c.Usage | None:
     """``promptTokenCount`` already includes cached tokens; thoughts are counted apart from
-    ``candidatesTokenCount``, so output is their sum (the canonical convention)."""
+    ``candidatesTokenCount``, so output is their sum (the canonical convention). The
+    modality breakdowns (``promptTokensDetails``, ``candidatesTokensDetails``) give the
+    audio and image parts (video is priced as images)."""
     if not isinstance(metadata, Mapping):
         return None
     thoughts = c.as_int(metadata.get("thoughtsTokenCount"))
+    prompt = _by_modality(metadata.get("promptTokensDetails"))
+    prompt_tool = _by_modality(metadata.get("toolUsePromptTokensDetails"))
+    output = _by_modality(metadata.get("candidatesTokensDetails"))
     return c.Usage(
         input_tokens=c.as_int(metadata.get("promptTokenCount"))
         + c.as_int(metadata.get("toolUsePromptTokenCount")),
         output_tokens=c.as_int(metadata.get("candidatesTokenCount")) + thoughts,
         cached_tokens=c.as_int(metadata.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
+        audio_input_tokens=prompt["AUDIO"] + prompt_tool["AUDIO"],
+        image_input_tokens=prompt["IMAGE"] + prompt["VIDEO"] + prompt_tool["IMAGE"],
+        audio_output_tokens=output["AUDIO"],
+        image_output_tokens=output["IMAGE"],
     )
+
+
+def _by_modality(details: Any) -> dict[str, int]:
+    """Gemini's ``[{"modality": "AUDIO", "tokenCount": 12}, ...]`` summed by modality."""
+    found = dict.fromkeys(("TEXT", "AUDIO", "IMAGE", "VIDEO", "DOCUMENT"), 0)
+    for entry in details if isinstance(details, list) else ():
+        if isinstance(entry, Mapping) and entry.get("modality") in found:
+            found[entry["modality"]] += c.as_int(entry.get("tokenCount"))
+    return found
 
 
 def _read_parts(candidate: Any, first_call: int) -> list[c.Text | c.ToolCall | c.Reasoning]:

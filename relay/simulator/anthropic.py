@@ -84,11 +84,17 @@ class MessagePlan:
     def usage(self, output: int) -> dict[str, Any]:
         read = min(self.options.cached, self.prompt)
         write = min(self.options.cache_write, self.prompt - read)
+        hour = min(self.options.cache_write_1h, write)
         return {
             "input_tokens": self.prompt - read - write,
             "cache_creation_input_tokens": write,
             "cache_read_input_tokens": read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": write - hour,
+                "ephemeral_1h_input_tokens": hour,
+            },
             "output_tokens": output,
+            "service_tier": "priority" if self.options.tier == "priority" else "standard",
         }
 
     @property

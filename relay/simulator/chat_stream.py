@@ -13,6 +13,7 @@ from relay.simulator.responses import (
     ChatPlan,
     error_envelope,
     new_id,
+    service_tier,
     stream_steps,
     token_logprob,
     usage_for,
@@ -30,6 +31,7 @@ async def stream(
         "created": int(time.time()),
         "model": plan.model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
+        "service_tier": service_tier(options),
     }
     if plan.include_usage:
         base["usage"] = None  # OpenAI marks every chunk but the last this way

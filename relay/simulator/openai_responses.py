@@ -96,15 +96,26 @@ def _echo_tool(tool: Any) -> Any:
 
 
 def _usage(input_tokens: int, output_tokens: int, options: SimOptions) -> dict[str, Any]:
-    output = output_tokens + options.reasoning
+    """Responses usage; audio and image tokens come on top of the text's."""
+    cached = min(options.cached, input_tokens)
+    written = min(options.cache_write, input_tokens - cached)
+    input_tokens += options.audio_in + options.image_in
+    output = output_tokens + options.reasoning + options.audio_out + options.image_out
+    details: dict[str, int] = {"cached_tokens": cached, "cache_write_tokens": written}
+    output_details: dict[str, int] = {"reasoning_tokens": options.reasoning}
+    for target, name, value in (
+        (details, "audio_tokens", options.audio_in),
+        (details, "image_tokens", options.image_in),
+        (output_details, "audio_tokens", options.audio_out),
+        (output_details, "image_tokens", options.image_out),
+    ):
+        if value:
+            target[name] = value
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {
-            "cached_tokens": min(options.cached, input_tokens),
-            "cache_write_tokens": 0,
-        },
+        "input_tokens_details": details,
         "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": options.reasoning},
+        "output_tokens_details": output_details,
         "total_tokens": input_tokens + output,
     }
 
@@ -180,6 +191,7 @@ class ResponsePlan:
             "top_p": body.get("top_p", 1.0),
             "truncation": body.get("truncation") or "disabled",
             "metadata": body.get("metadata") or {},
+            "service_tier": self.options.tier or "default",
         }
         if usage:  # the schema has no null usage: it is left out until known
             answer["usage"] = _usage(self.input_tokens, self.output_tokens(), self.options)

@@ -40,7 +40,15 @@ class SimOptions:
     reset_after: int | None = None
     nousage: bool = False
     cached: int = 0
-    cache_write: int = 0  # Anthropic's cache_creation_input_tokens
+    cache_write: int = 0  # Anthropic's cache_creation_input_tokens; Responses' writes
+    cache_write_1h: int = 0  # of those, written for an hour
+    # Audio and image tokens reported on top of the text's (parts of the prompt and of the
+    # completion), and the service tier the answer says it was served on.
+    audio_in: int = 0
+    audio_out: int = 0
+    image_in: int = 0
+    image_out: int = 0
+    tier: str = ""
     reasoning: int = 0
     key: str | None = None
     bad_json: bool = False
@@ -80,6 +88,12 @@ def _rate(value: str) -> float:
     return number
 
 
+def _tier(value: str) -> str:
+    if value not in ("flex", "priority", "default"):
+        raise ValueError(value)
+    return value
+
+
 def _secret(value: str) -> str:
     if not value:
         raise ValueError(value)
@@ -99,6 +113,12 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "reset_after": ("reset_after", _count),
     "cached": ("cached", _count),
     "cache_write": ("cache_write", _count),
+    "cache_write_1h": ("cache_write_1h", _count),
+    "audio_in": ("audio_in", _count),
+    "audio_out": ("audio_out", _count),
+    "image_in": ("image_in", _count),
+    "image_out": ("image_out", _count),
+    "tier": ("tier", _tier),
     "reasoning": ("reasoning", _count),
     "key": ("key", _secret),
     "trickle": ("trickle_ms", _rate),
@@ -112,7 +132,9 @@ def parse_options(text: str, defaults: SimOptions) -> SimOptions:
     Grammar: a comma-separated list of ``name`` (flags: hang, nousage, bad_json, error_body,
     bad_sse, echo_key, stream_error) or ``name=value`` (fail=<400-599>, fail_first=<k>,
     latency=<ms>, tps=<n>, tokens=<n>, hang_after=<k>, reset_after=<k>, cached=<n>,
-    cache_write=<n>, reasoning=<n>, key=<secret>, trickle=<ms>, huge=<bytes>). Empty items
+    cache_write=<n>, cache_write_1h=<n>, audio_in=<n>, audio_out=<n>, image_in=<n>,
+    image_out=<n>, tier=<flex|default|priority>, reasoning=<n>, key=<secret>, trickle=<ms>,
+    huge=<bytes>). Empty items
     are ignored and a repeated option keeps its last value. Raises ``OptionError``.
     """
     changes: dict[str, Any] = {}

@@ -158,19 +158,31 @@ def plan_chat(body: Any, options: SimOptions) -> ChatPlan:
 
 
 def usage_for(plan: ChatPlan, options: SimOptions) -> dict[str, Any]:
-    completion = plan.completion_tokens + options.reasoning
-    return {
-        "prompt_tokens": plan.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": plan.prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": options.cached, "audio_tokens": 0},
-        "completion_tokens_details": {
-            "reasoning_tokens": options.reasoning,
-            "audio_tokens": 0,
-            "accepted_prediction_tokens": 0,
-            "rejected_prediction_tokens": 0,
-        },
+    """OpenAI's chat usage; audio and image tokens come on top of the text's."""
+    prompt = plan.prompt_tokens + options.audio_in + options.image_in
+    completion = plan.completion_tokens + options.reasoning + options.audio_out + options.image_out
+    prompt_details = {"cached_tokens": options.cached, "audio_tokens": options.audio_in}
+    completion_details = {
+        "reasoning_tokens": options.reasoning,
+        "audio_tokens": options.audio_out,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
     }
+    if options.image_in:
+        prompt_details["image_tokens"] = options.image_in
+    if options.image_out:
+        completion_details["image_tokens"] = options.image_out
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": prompt_details,
+        "completion_tokens_details": completion_details,
+    }
+
+
+def service_tier(options: SimOptions) -> str:
+    return options.tier or "default"
 
 
 def new_id(prefix: str) -> str:
@@ -212,6 +224,7 @@ def completion_body(plan: ChatPlan, options: SimOptions) -> dict[str, Any]:
         "created": int(time.time()),
         "model": plan.model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
+        "service_tier": service_tier(options),
         "choices": choices,
     }
     if not options.nousage:

@@ -103,16 +103,33 @@ class Request:
 
 @dataclass(slots=True)
 class Usage:
+    """The whole prompt and the whole output (reasoning included); the other counts are
+    parts of them, priced apart (``billing.pricing``)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    # Part of cache_write_tokens: written to a one-hour cache (the rest: five minutes).
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    output_images: int = 0
+    # The service tier the provider served: "flex", "priority" or "" (default).
+    service_tier: str = ""
 
 
 # Why generation stopped: the model was done, hit the output cap, called tools, met a
 # stop sequence, or was filtered.
 Stop = Literal["end", "length", "tool_use", "stop_sequence", "content_filter"]
+
+
+def service_tier(value: Any) -> str:
+    """A provider's service tier as billed: "flex", "priority" or "" (anything else)."""
+    return value if value in ("flex", "priority") else ""
 
 
 @dataclass(slots=True)

@@ -215,7 +215,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     return body
 
 
-def usage_to_canonical(usage: Any) -> c.Usage | None:
+def usage_to_canonical(usage: Any, service_tier: Any = None) -> c.Usage | None:
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens_details") or {}
@@ -226,16 +226,32 @@ def usage_to_canonical(usage: Any) -> c.Usage | None:
         cached_tokens=c.as_int(prompt.get("cached_tokens")),
         cache_write_tokens=c.as_int(prompt.get("cache_write_tokens")),
         reasoning_tokens=c.as_int(completion.get("reasoning_tokens")),
+        audio_input_tokens=c.as_int(prompt.get("audio_tokens")),
+        audio_output_tokens=c.as_int(completion.get("audio_tokens")),
+        image_input_tokens=c.as_int(prompt.get("image_tokens")),
+        image_output_tokens=c.as_int(completion.get("image_tokens")),
+        service_tier=c.service_tier(service_tier),
     )
 
 
 def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
+    prompt = {"cached_tokens": usage.cached_tokens, "audio_tokens": usage.audio_input_tokens}
+    if usage.cache_write_tokens:
+        prompt["cache_write_tokens"] = usage.cache_write_tokens
+    if usage.image_input_tokens:
+        prompt["image_tokens"] = usage.image_input_tokens
+    completion = {
+        "reasoning_tokens": usage.reasoning_tokens,
+        "audio_tokens": usage.audio_output_tokens,
+    }
+    if usage.image_output_tokens:
+        completion["image_tokens"] = usage.image_output_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "prompt_tokens_details": prompt,
+        "completion_tokens_details": completion,
     }
 
 
@@ -262,7 +278,7 @@ def response_to_canonical(body: dict[str, Any]) -> c.Response:
         model=str(body.get("model") or ""),
         parts=parts,
         stop=STOPS_IN.get(str(choice.get("finish_reason")), "end"),
-        usage=usage_to_canonical(body.get("usage")),
+        usage=usage_to_canonical(body.get("usage"), body.get("service_tier")),
         created=c.as_int(body.get("created")),
     )
 
@@ -338,7 +354,7 @@ class Decoder:
                     events.append(c.ToolCallDelta(index, str(function["arguments"])))
             if choice.get("finish_reason"):
                 events.append(c.StreamFinish(STOPS_IN.get(choice["finish_reason"], "end")))
-        usage = usage_to_canonical(chunk.get("usage"))
+        usage = usage_to_canonical(chunk.get("usage"), chunk.get("service_tier"))
         if usage is not None:
             events.append(c.StreamUsage(usage))
         return events

@@ -223,20 +223,35 @@ def usage_to_canonical(usage: Any) -> c.Usage | None:
         return None
     read = c.as_int(usage.get("cache_read_input_tokens"))
     write = c.as_int(usage.get("cache_creation_input_tokens"))
+    creation = usage.get("cache_creation")
+    hour = 0
+    if isinstance(creation, dict):
+        # The breakdown by time to live; it sums to cache_creation_input_tokens.
+        hour = c.as_int(creation.get("ephemeral_1h_input_tokens"))
+        write = max(write, hour + c.as_int(creation.get("ephemeral_5m_input_tokens")))
     return c.Usage(
         input_tokens=c.as_int(usage.get("input_tokens")) + read + write,
         output_tokens=c.as_int(usage.get("output_tokens")),
         cached_tokens=read,
         cache_write_tokens=write,
+        cache_write_1h_tokens=hour,
+        service_tier=c.service_tier(usage.get("service_tier")),
     )
 
 
 def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
+    written = usage.cache_write_tokens
+    hour = min(usage.cache_write_1h_tokens, written)
     return {
-        "input_tokens": max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0),
-        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "input_tokens": max(usage.input_tokens - usage.cached_tokens - written, 0),
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": usage.cached_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": written - hour,
+            "ephemeral_1h_input_tokens": hour,
+        },
         "output_tokens": usage.output_tokens,
+        "service_tier": "priority" if usage.service_tier == "priority" else "standard",
     }
 
 

@@ -133,6 +133,9 @@ class Decoder:
             self.usage.input_tokens = found.input_tokens
             self.usage.cached_tokens = found.cached_tokens
             self.usage.cache_write_tokens = found.cache_write_tokens
+            self.usage.cache_write_1h_tokens = found.cache_write_1h_tokens
+        if "service_tier" in raw:
+            self.usage.service_tier = found.service_tier
         if "output_tokens" in raw:
             self.usage.output_tokens = found.output_tokens
 

@@ -210,7 +210,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     return body
 
 
-def usage_to_canonical(usage: Any) -> c.Usage | None:
+def usage_to_canonical(usage: Any, service_tier: Any = None) -> c.Usage | None:
     if not isinstance(usage, dict):
         return None
     details = usage.get("input_tokens_details") or {}
@@ -221,18 +221,33 @@ def usage_to_canonical(usage: Any) -> c.Usage | None:
         cached_tokens=c.as_int(details.get("cached_tokens")),
         cache_write_tokens=c.as_int(details.get("cache_write_tokens")),
         reasoning_tokens=c.as_int(output.get("reasoning_tokens")),
+        audio_input_tokens=c.as_int(details.get("audio_tokens")),
+        audio_output_tokens=c.as_int(output.get("audio_tokens")),
+        image_input_tokens=c.as_int(details.get("image_tokens")),
+        image_output_tokens=c.as_int(output.get("image_tokens")),
+        service_tier=c.service_tier(service_tier),
     )
 
 
 def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
+    details = {
+        "cached_tokens": usage.cached_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
+    output = {"reasoning_tokens": usage.reasoning_tokens}
+    for target, name, value in (
+        (details, "audio_tokens", usage.audio_input_tokens),
+        (details, "image_tokens", usage.image_input_tokens),
+        (output, "audio_tokens", usage.audio_output_tokens),
+        (output, "image_tokens", usage.image_output_tokens),
+    ):
+        if value:
+            target[name] = value
     return {
         "input_tokens": usage.input_tokens,
-        "input_tokens_details": {
-            "cached_tokens": usage.cached_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
-        },
+        "input_tokens_details": details,
         "output_tokens": usage.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "output_tokens_details": output,
         "total_tokens": usage.input_tokens + usage.output_tokens,
     }
 
@@ -268,7 +283,7 @@ def response_to_canonical(body: dict[str, Any]) -> c.Response:
         model=str(body.get("model") or ""),
         parts=parts,
         stop=stop,
-        usage=usage_to_canonical(body.get("usage")),
+        usage=usage_to_canonical(body.get("usage"), body.get("service_tier")),
         created=c.as_int(body.get("created_at")),
     )
 

@@ -68,7 +68,9 @@ def test_invoice_totals_equal_the_sum_of_priced_events(market: Market, april: An
         assert invoice.total_micros == invoice.subtotal_micros  # no tax rate
         assert sum(line.amount_micros for line in invoice.lines.all()) == invoice.subtotal_micros
         billable = events_of(customer).filter(BILLABLE)
-        assert sum(line.requests for line in invoice.lines.all()) == billable.count()
+        used = billable.exclude(prompt_tokens=0, completion_tokens=0)
+        fee_lines = invoice.lines.filter(dimension="request")
+        assert sum(line.quantity for line in fee_lines) == used.count()
         assert invoice.kind == ("tenant" if customer.kind == "tenant" else "reseller")
         assert invoice.issuer == customer.parent
 
@@ -79,23 +81,32 @@ def test_a_mid_month_price_change_gives_one_line_per_price(market: Market, april
     direct = invoice_generate(customer=market.direct_tenant, period=MARCH)
     tenant = invoice_generate(customer=market.tenant, period=MARCH)
 
-    def prices(invoice: Invoice, model: str) -> set[tuple[int, ...]]:
-        return {
-            (line.input_per_mtok, line.cached_input_per_mtok, line.output_per_mtok)
-            for line in invoice.lines.filter(model=model)
-        }
+    def prices(invoice: Invoice, model: str) -> list[set[int]]:
+        """The unit prices of the model's input, cached input and output lines."""
+        return [
+            {
+                line.unit_price_micros
+                for line in invoice.lines.filter(model=model, dimension=dimension)
+            }
+            for dimension in ("input", "cached_input", "output")
+        ]
 
     # Wholesale model-a changed on the 15th; the direct tenant pays wholesale.
-    assert prices(direct, "model-a") == {(150_000, 75_000, 600_000), (200_000, 50_000, 800_000)}
+    assert prices(direct, "model-a") == [{150_000, 200_000}, {75_000, 50_000}, {600_000, 800_000}]
     # The reseller's markup follows wholesale, and its explicit model-c price changed too.
-    assert prices(tenant, "model-a") == {(225_000, 112_500, 900_000), (300_000, 75_000, 1_200_000)}
-    assert prices(tenant, "model-c") == {
-        (1_333_333, 133_333, 5_555_555),
-        (1_500_001, 150_001, 6_000_001),
-    }
+    assert prices(tenant, "model-a") == [
+        {225_000, 300_000},
+        {112_500, 75_000},
+        {900_000, 1_200_000},
+    ]
+    assert prices(tenant, "model-c") == [
+        {1_333_333, 1_500_001},
+        {133_333, 150_001},
+        {5_555_555, 6_000_001},
+    ]
     # The reseller's own (wholesale) invoice prices model-c at wholesale only.
     reseller = invoice_generate(customer=market.reseller, period=MARCH)
-    assert prices(reseller, "model-c") == {(1_000_000, 100_000, 4_000_000)}
+    assert prices(reseller, "model-c") == [{1_000_000}, {100_000}, {4_000_000}]
 
 
 def test_regenerating_a_draft_changes_nothing(market: Market, april: Any) -> None:
@@ -239,7 +250,7 @@ def test_pdf_contains_the_lines_and_total(market: Market, april: Any) -> None:
     for line in invoice.lines.all():
         assert line.model in text
         assert format_micros(line.amount_micros) in text
-        assert f"{line.requests:,}" in text
+        assert f"{line.quantity:,}" in text
     assert f"{format_micros(invoice.total_micros)} USD" in text
 
 

@@ -13,8 +13,10 @@ from django.core.exceptions import ValidationError
 
 from billing.models import ModelPrice, PriceList
 from billing.pricing import (
+    Counts,
     PricePair,
     Prices,
+    charges,
     cost_micros,
     event_cost_fields,
     tenant_price_table,
@@ -65,6 +67,16 @@ def test_rounding_is_once_per_event_half_up() -> None:
     assert cost_micros(prices, **usage(499_999)) == 0 + 7
     # 300_000 input + 100_000 output * 3 = 600_000 → 0.6 → 1 (parts alone: 0.3 + 0.3 → 0)
     assert cost_micros(prices, **usage(300_000, 0, 100_000)) == 1 + 7
+
+
+def test_the_rounding_goes_to_the_largest_remainder() -> None:
+    prices = Prices(input=1, cached_input=1, output=3, request_fee=7, currency="USD")
+    # Input 0.3, output 0.3 (a tie: the earlier dimension) → the one micro-unit to input.
+    found, _ = charges(prices, Counts(prompt_tokens=300_000, completion_tokens=100_000))
+    assert found["input"][2] == 1 and found["output"][2] == 0
+    # Input 0.2, output 0.45 → 0.65 rounds to 1, and output has the larger remainder.
+    found, _ = charges(prices, Counts(prompt_tokens=200_000, completion_tokens=150_000))
+    assert found["input"][2] == 0 and found["output"][2] == 1
 
 
 def test_no_tokens_costs_nothing_not_even_the_fee() -> None:
@@ -123,6 +135,13 @@ def test_event_cost_fields_snapshot_both_sides() -> None:
         "wholesale_cached_input_per_mtok": 1_250_000,
         "wholesale_output_per_mtok": 10_000_000,
         "wholesale_request_fee_micros": 0,
+        "long_context": False,
+        "charges": {
+            "input": [600, 3_000_000, 1800, 2_500_000, 1500],
+            "cached_input": [400, 1_500_000, 600, 1_250_000, 500],
+            "output": [200, 12_000_000, 2400, 10_000_000, 2000],
+            "request": [1, 1_000, 1_000, 0, 0],
+        },
         "cost_retail_micros": 1800 + 600 + 2400 + 1000,
         "cost_wholesale_micros": 4000,
     }

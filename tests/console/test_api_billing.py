@@ -166,3 +166,39 @@ def test_money_lists_make_a_bounded_number_of_queries(
         )
     assert {url: count(url) for url in few} == few
     assert max(few.values()) <= 8
+
+
+def test_a_price_sets_every_dimension_through_the_api(market: Market, reseller_admin: Any) -> None:
+    api = api_client_for(reseller_admin)
+    priced = api.post(
+        f"/api/price-lists/{market.reseller_list.pk}/prices/",
+        {
+            "model": "model-b",
+            "input_per_mtok": 3_000_000,
+            "output_per_mtok": 15_000_000,
+            "cache_write_5m_per_mtok": 3_750_000,
+            "audio_output_per_mtok": 80_000_000,
+            "output_image_micros": 40_000,
+            "long_context_above_tokens": 200_000,
+            "long_context_prices": {"input": 6_000_000},
+            "priority_percent": 175,
+        },
+        format="json",
+    )
+    assert priced.status_code == 201, priced.content
+    body = priced.json()
+    assert body["cache_write_5m_per_mtok"] == 3_750_000 and body["audio_input_per_mtok"] is None
+    assert body["long_context_prices"] == {"input": 6_000_000}
+    price = ModelPrice.objects.get(price_list=market.reseller_list, model__public_id="model-b")
+    assert (price.output_image_micros, price.priority_percent) == (40_000, 175)
+    wrong = api.post(
+        f"/api/price-lists/{market.reseller_list.pk}/prices/",
+        {
+            "model": "model-b",
+            "input_per_mtok": 1,
+            "output_per_mtok": 1,
+            "long_context_prices": {"input": 5},
+        },
+        format="json",
+    )
+    assert wrong.status_code == 400  # a tier needs its threshold

@@ -171,7 +171,9 @@ def test_message_plain_with_x_api_key_and_cache_counts(sim_url: str) -> None:
         "input_tokens": 10,
         "cache_creation_input_tokens": 3,
         "cache_read_input_tokens": 2,
+        "cache_creation": {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 0},
         "output_tokens": 5,
+        "service_tier": "standard",
     }
 
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from rest_framework import serializers
 
 from billing.models import Invoice, ModelPrice, PriceList
+from billing.services import OPTIONAL_PRICE_FIELDS
 from portal.models import CatalogModel, Organization
 
 # A billion currency units: far above any real amount, far below 64-bit overflow.
@@ -27,6 +28,8 @@ class ModelPriceSerializer(serializers.ModelSerializer):
             "cached_input_per_mtok",
             "output_per_mtok",
             "request_fee_micros",
+            *OPTIONAL_PRICE_FIELDS,
+            "long_context_prices",
             "effective_from",
         ]
         read_only_fields = fields
@@ -73,6 +76,20 @@ class ModelPriceSetSerializer(serializers.Serializer):
     effective_from = serializers.DateTimeField(
         required=False, allow_null=True, help_text="Default: now. Never in the past."
     )
+    long_context_prices = serializers.DictField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_MICROS),
+        required=False,
+        allow_null=True,
+        help_text="Prices above long_context_above_tokens, by dimension (input, output...).",
+    )
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        for name in OPTIONAL_PRICE_FIELDS:  # each blank: the text price (see ModelPrice)
+            fields[name] = serializers.IntegerField(
+                min_value=0, max_value=MAX_MICROS, required=False, allow_null=True
+            )
+        return fields
 
 
 class InvoiceSerializer(serializers.ModelSerializer):

@@ -113,7 +113,9 @@ class PriceListViewSet(
                 cached_input_per_mtok=data.get("cached_input_per_mtok"),
                 request_fee_micros=data["request_fee_micros"],
                 effective_from=data.get("effective_from"),
+                long_context_prices=data.get("long_context_prices"),
                 actor=acting_user(request),
+                **{name: data.get(name) for name in billing.OPTIONAL_PRICE_FIELDS},
             )
         return Response(ModelPriceSerializer(price).data, status=status.HTTP_201_CREATED)
 

@@ -89,6 +89,7 @@ class NativePlan:
     cache_read: int
     cache_write: int
     reasoning: int
+    options: SimOptions = dataclasses.field(default_factory=SimOptions)
 
     @property
     def text(self) -> str:
@@ -128,4 +129,5 @@ def plan(
         cache_read=cache_read,
         cache_write=cache_write,
         reasoning=options.reasoning if thinking or options.reasoning else 0,
+        options=options,
     )

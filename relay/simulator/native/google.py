@@ -151,16 +151,27 @@ def plan_generate(body: Any, options: SimOptions) -> NativePlan | str:
 
 
 def usage_metadata(p: NativePlan, images: int) -> dict[str, Any]:
+    """Gemini's usage; the ``audio_in``/``audio_out``/``image_out`` options add tokens of
+    those modalities on top of the text's."""
     produced = p.output_tokens - p.reasoning
+    options = p.options
     prompt_details = [{"modality": "TEXT", "tokenCount": p.prompt_tokens - 258 * images}]
     if images:
         prompt_details.append({"modality": "IMAGE", "tokenCount": 258 * images})
+    if options.audio_in:
+        prompt_details.append({"modality": "AUDIO", "tokenCount": options.audio_in})
+    output_details = [{"modality": "TEXT", "tokenCount": produced}]
+    for modality, count in (("AUDIO", options.audio_out), ("IMAGE", options.image_out)):
+        if count:
+            output_details.append({"modality": modality, "tokenCount": count})
+    prompt = p.prompt_tokens + options.audio_in
+    candidates = produced + options.audio_out + options.image_out
     metadata: dict[str, Any] = {
-        "promptTokenCount": p.prompt_tokens,
-        "candidatesTokenCount": produced,
-        "totalTokenCount": p.prompt_tokens + p.output_tokens,
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates + p.reasoning,
         "promptTokensDetails": prompt_details,
-        "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": produced}],
+        "candidatesTokensDetails": output_details,
     }
     if p.cache_read:
         metadata["cachedContentTokenCount"] = p.cache_read

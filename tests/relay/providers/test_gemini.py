@@ -49,6 +49,7 @@ def test_answer_usage_and_request(native_sim: NativeSim) -> None:
         output_tokens=2 + 4,
         cached_tokens=3,
         reasoning_tokens=4,
+        image_input_tokens=258,  # usageMetadata's modality breakdown
     )
     sent = native_sim.requests()[-1]
     assert sent["path"].endswith(f"/v1beta/models/{MODEL}:generateContent")
@@ -70,8 +71,33 @@ def test_usage_counts_thoughts_as_output_and_cached_as_input() -> None:
         "promptTokensDetails": [{"modality": "IMAGE", "tokenCount": 258}],
     }
     assert google.usage(metadata) == c.Usage(
-        input_tokens=300, output_tokens=17, cached_tokens=40, reasoning_tokens=7
+        input_tokens=300,
+        output_tokens=17,
+        cached_tokens=40,
+        reasoning_tokens=7,
+        image_input_tokens=258,
     )
+
+
+def test_usage_breaks_down_modalities() -> None:
+    metadata = {
+        "promptTokenCount": 500,
+        "candidatesTokenCount": 80,
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 100},
+            {"modality": "AUDIO", "tokenCount": 300},
+            {"modality": "VIDEO", "tokenCount": 100},
+        ],
+        "candidatesTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 20},
+            {"modality": "AUDIO", "tokenCount": 50},
+            {"modality": "IMAGE", "tokenCount": 10},
+        ],
+    }
+    usage = google.usage(metadata)
+    assert usage is not None
+    assert (usage.audio_input_tokens, usage.image_input_tokens) == (300, 100)
+    assert (usage.audio_output_tokens, usage.image_output_tokens) == (50, 10)
 
 
 def test_stream_over_sse(native_sim: NativeSim) -> None:

@@ -102,8 +102,56 @@ def test_anthropic_usage_counts_cache_reads_and_writes_into_the_prompt() -> None
     assert canonical == c.Usage(
         input_tokens=20, output_tokens=5, cached_tokens=3, cache_write_tokens=7
     )
-    assert messages.usage_from_canonical(canonical) == usage
+    assert messages.usage_from_canonical(canonical) == {
+        **usage,
+        "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 0},
+        "service_tier": "standard",
+    }
     assert chat.usage_from_canonical(canonical)["prompt_tokens"] == 20
+
+
+def test_anthropic_cache_writes_by_time_to_live_and_tier() -> None:
+    usage = {
+        "input_tokens": 10,
+        "cache_read_input_tokens": 3,
+        "cache_creation_input_tokens": 7,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2, "ephemeral_1h_input_tokens": 5},
+        "output_tokens": 5,
+        "service_tier": "priority",
+    }
+    canonical = messages.usage_to_canonical(usage)
+    assert canonical is not None
+    assert (canonical.cache_write_tokens, canonical.cache_write_1h_tokens) == (7, 5)
+    assert canonical.service_tier == "priority"
+    assert messages.usage_from_canonical(canonical) == usage
+    # Through the Responses and chat shapes, the parts survive.
+    assert responses.usage_to_canonical(responses.usage_from_canonical(canonical)) == (
+        c.Usage(input_tokens=20, output_tokens=5, cached_tokens=3, cache_write_tokens=7)
+    )
+
+
+def test_chat_and_responses_usage_carry_audio_and_image_tokens() -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "total_tokens": 150,
+        "prompt_tokens_details": {"cached_tokens": 10, "audio_tokens": 30, "image_tokens": 5},
+        "completion_tokens_details": {"reasoning_tokens": 4, "audio_tokens": 20},
+    }
+    canonical = chat.usage_to_canonical(usage, "flex")
+    assert canonical == c.Usage(
+        input_tokens=100,
+        output_tokens=50,
+        cached_tokens=10,
+        reasoning_tokens=4,
+        audio_input_tokens=30,
+        image_input_tokens=5,
+        audio_output_tokens=20,
+        service_tier="flex",
+    )
+    again = responses.usage_to_canonical(responses.usage_from_canonical(canonical), "flex")
+    assert again == canonical
+    assert chat.usage_to_canonical(chat.usage_from_canonical(canonical), "flex") == canonical
 
 
 def chat_stream(tool: bool = False) -> list[dict[str, Any]]:
@@ -190,7 +238,9 @@ def test_chat_stream_to_messages_stream_and_back(tool: bool) -> None:
         "input_tokens": 15,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 5,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
         "output_tokens": 9,
+        "service_tier": "standard",
     }
     decoder = messages_stream.Decoder()
     canonical = [ev for e in events for ev in decoder.feed(e)]

@@ -1,29 +1,18 @@
-"""What a request costs: the price tables the relay loads and the exact arithmetic it uses.
+"""The prices a tenant is charged, now and as scheduled, and what it may still spend.
 
-Money is integer micro-units (1e-6 of the currency unit); token prices are micro-units
-per million tokens. Nothing here uses floats.
-
-Token semantics follow OpenAI's ``usage`` object (and the project's simulator, which
-reports ``completion_tokens = visible + reasoning``):
-
-- ``cached_tokens`` (``prompt_tokens_details.cached_tokens``) are a part of
-  ``prompt_tokens``: they are billed at the cached-input price and only the rest at the
-  input price;
-- ``reasoning_tokens`` (``completion_tokens_details.reasoning_tokens``) are a part of
-  ``completion_tokens``, so reasoning is billed at the output price by billing
-  ``completion_tokens``, not added again. Should an upstream report more reasoning than
-  completion tokens (it cannot under these semantics), the larger figure is billed.
-
-The functions the relay calls are ``tenant_price_table`` (once per tenant per cache
-generation), ``worst_case_cost_micros`` (to reserve), ``cost_micros`` and
-``event_cost_fields`` (to settle and record), and ``account_spending_limit``.
+The relay calls ``tenant_price_schedule`` once per tenant per cache generation: the prices
+in force and those already scheduled, so that a change takes effect at its moment on
+every process without a reload. ``account_spending_limit`` and ``key_spending_limit`` seed
+its spend reservations. The arithmetic is in ``billing.pricing.arithmetic``.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
@@ -32,34 +21,14 @@ from django.utils import timezone
 
 from billing.models import BillingAccount, KeyQuota, ModelPrice, PriceList, TenantDefaults
 from billing.models.prices import default_currency
-from billing.money import PER_MILLION, div_ceil, div_round_half_up, percent_of
 from billing.periods import Period
+from billing.pricing.arithmetic import DIMENSIONS, UNSET, PricePair, Prices, price_attribute
 from billing.selectors import balances as selectors
 from portal.models import Organization
 
-
-@dataclass(frozen=True, slots=True)
-class Prices:
-    """Token prices in micro-units per million tokens; ``request_fee`` per request."""
-
-    input: int
-    cached_input: int
-    output: int
-    request_fee: int
-    currency: str
-
-
-@dataclass(frozen=True, slots=True)
-class PricePair:
-    """What the tenant pays (retail) and what the platform charges for it (wholesale).
-
-    For a tenant directly under the platform the two are the same and ``reseller_id`` is
-    None; otherwise ``reseller_id`` is the tenant's reseller, who keeps the difference.
-    """
-
-    retail: Prices
-    wholesale: Prices
-    reseller_id: int | None
+# How many scheduled changes a tenant's schedule holds ahead; later ones are read when the
+# relay re-reads its caches (every RELAY_CACHE_REVALIDATE_SECONDS).
+MAX_SCHEDULED_CHANGES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,99 +53,64 @@ class KeySpendingLimit:
     period_remaining_micros: int | None
 
 
-# --- Arithmetic -----------------------------------------------------------------------------
-
-
-def cost_micros(
-    prices: Prices,
-    *,
-    prompt_tokens: int,
-    cached_tokens: int,
-    completion_tokens: int,
-    reasoning_tokens: int,
-) -> int:
-    """The cost of one request in micro-units.
-
-    ``cached_tokens`` are part of ``prompt_tokens`` (capped at it) and priced at
-    ``cached_input``; the uncached rest at ``input``; ``max(completion_tokens,
-    reasoning_tokens)`` at ``output`` (reasoning is already inside completion under
-    OpenAI's semantics). The three products are summed exactly in
-    micro-units * tokens, divided by one million and rounded once, half up (an exact half
-    micro-unit rounds up), and the request fee is added. A request with no tokens at all
-    (an error that reached no model) costs nothing, not even the fee.
-    """
-    prompt = max(prompt_tokens, 0)
-    cached = min(max(cached_tokens, 0), prompt)
-    output = max(completion_tokens, reasoning_tokens, 0)
-    if prompt == 0 and output == 0:
-        return 0
-    scaled = (prompt - cached) * prices.input + cached * prices.cached_input
-    scaled += output * prices.output
-    return div_round_half_up(scaled, PER_MILLION) + prices.request_fee
-
-
-def worst_case_cost_micros(prices: Prices, *, prompt_bytes: int, max_output_tokens: int) -> int:
-    """An upper bound of ``cost_micros`` for a request not yet sent, for reservations.
-
-    Byte-level BPE tokens are at least one byte each, so the byte length of the
-    serialised request body bounds its prompt tokens (the JSON framing of each message
-    outweighs the few tokens the chat template adds per message). Every prompt token is
-    priced at the dearer of the input and cached prices, every possible output token at
-    the output price; the division rounds up, so the bound is never below the real cost.
-    """
-    prompt = max(prompt_bytes, 0)
-    output = max(max_output_tokens, 0)
-    scaled = prompt * max(prices.input, prices.cached_input) + output * prices.output
-    return div_ceil(scaled, PER_MILLION) + prices.request_fee
-
-
-def event_cost_fields(
-    pair: PricePair | None,
-    *,
-    prompt_tokens: int,
-    cached_tokens: int,
-    completion_tokens: int,
-    reasoning_tokens: int,
-) -> dict[str, Any]:
-    """The price snapshot and costs to store on a UsageEvent, keyed by field name.
-
-    With no ``pair`` (the model had no price for the tenant) the event is unpriced: blank
-    currency, no prices, zero costs. An event without tokens costs zero but still keeps
-    the prices that applied.
-    """
-    if pair is None:
-        return {
-            "currency": "",
-            "reseller_id": None,
-            **{f"{side}_{name}": None for side in ("retail", "wholesale") for name in _NAMES},
-            "cost_retail_micros": 0,
-            "cost_wholesale_micros": 0,
-        }
-    counts = {
-        "prompt_tokens": prompt_tokens,
-        "cached_tokens": cached_tokens,
-        "completion_tokens": completion_tokens,
-        "reasoning_tokens": reasoning_tokens,
-    }
-    return {
-        "currency": pair.retail.currency,
-        "reseller_id": pair.reseller_id,
-        **_snapshot("retail", pair.retail),
-        **_snapshot("wholesale", pair.wholesale),
-        "cost_retail_micros": cost_micros(pair.retail, **counts),
-        "cost_wholesale_micros": cost_micros(pair.wholesale, **counts),
-    }
-
-
-_NAMES = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "request_fee_micros")
-
-
-def _snapshot(side: str, prices: Prices) -> dict[str, int]:
-    values = (prices.input, prices.cached_input, prices.output, prices.request_fee)
-    return {f"{side}_{name}": value for name, value in zip(_NAMES, values, strict=True)}
-
-
 # --- Lookups --------------------------------------------------------------------------------
+
+
+class PriceSchedule(Mapping[str, PricePair]):
+    """A tenant's price table in force now and at each scheduled change, by public id.
+
+    As a mapping it answers with the table in force at the moment of the lookup; ``at``
+    answers for a given moment (a request's admission time), so every relay process
+    switches to a scheduled price at its moment, to the microsecond, with no reload.
+    """
+
+    __slots__ = ("_starts", "_tables")
+
+    def __init__(
+        self, current: dict[str, PricePair], changes: list[tuple[datetime, dict[str, PricePair]]]
+    ) -> None:
+        changes = sorted(changes, key=lambda change: change[0])
+        self._starts = [start.timestamp() for start, _ in changes]
+        self._tables = [current, *(table for _, table in changes)]
+
+    def table(self, moment: datetime | None = None) -> dict[str, PricePair]:
+        when = (moment or datetime.now(UTC)).timestamp()
+        return self._tables[bisect.bisect_right(self._starts, when)]
+
+    def at(self, public_id: str, moment: datetime) -> PricePair | None:
+        return self.table(moment).get(public_id)
+
+    def __getitem__(self, public_id: str) -> PricePair:
+        return self.table()[public_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table())
+
+    def __len__(self) -> int:
+        return len(self.table())
+
+    @property
+    def scheduled(self) -> int:
+        return len(self._starts)
+
+
+def tenant_price_schedule(tenant_id: int, at: datetime | None = None) -> PriceSchedule:
+    """The tenant's prices at ``at`` (default now) and at each of its next scheduled
+    changes (up to MAX_SCHEDULED_CHANGES). Four queries, plus one per change."""
+    at = at or timezone.now()
+    terms = _tenant_lists(tenant_id)
+    if terms is None:
+        return PriceSchedule({}, [])
+    moments = list(
+        ModelPrice.objects.filter(
+            price_list_id__in={terms[0].pk, terms[1].pk}, effective_from__gt=at
+        )
+        .order_by("effective_from")
+        .values_list("effective_from", flat=True)
+        .distinct()[:MAX_SCHEDULED_CHANGES]
+    )
+    changes = [(moment, _table(terms, moment)) for moment in moments]
+    return PriceSchedule(_table(terms, at), changes)
 
 
 def tenant_price_table(tenant_id: int, at: datetime | None = None) -> dict[str, PricePair]:
@@ -186,18 +120,27 @@ def tenant_price_table(tenant_id: int, at: datetime | None = None) -> dict[str, 
     else its parent's default list (for a tenant directly under the platform, the
     wholesale list itself). A retail list with a markup prices every wholesale-priced
     model it does not price explicitly at wholesale plus the markup, rounded half up
-    per price. A model lacking a wholesale or a retail price, or priced in two currencies,
-    is absent: the relay must refuse it, never serve it free. Three queries, whatever
-    the number of models.
+    per price and dimension. A model lacking a wholesale or a retail price, or priced in two
+    currencies, is absent: the relay must refuse it, never serve it free. Three queries,
+    whatever the number of models.
     """
-    at = at or timezone.now()
+    terms = _tenant_lists(tenant_id)
+    if terms is None:
+        return {}
+    return _table(terms, at or timezone.now())
+
+
+Terms = tuple[PriceList, PriceList, int | None]  # wholesale list, retail list, reseller id
+
+
+def _tenant_lists(tenant_id: int) -> Terms | None:
     tenant = (
         Organization.objects.select_related("parent", "billing_account")
         .filter(pk=tenant_id, kind=Organization.Kind.TENANT)
         .first()
     )
     if tenant is None or tenant.parent is None:
-        return {}
+        return None
     try:
         account_list_id = tenant.billing_account.price_list_id
     except ObjectDoesNotExist:
@@ -218,21 +161,71 @@ def tenant_price_table(tenant_id: int, at: datetime | None = None) -> dict[str, 
         None,
     )
     if wholesale_list is None or retail_list is None:
-        return {}
+        return None
     if retail_list.currency != wholesale_list.currency:
-        return {}
+        return None
+    reseller_id = tenant.parent_id if tenant.parent.kind == Organization.Kind.RESELLER else None
+    return wholesale_list, retail_list, reseller_id
+
+
+def _table(terms: Terms, at: datetime) -> dict[str, PricePair]:
+    wholesale_list, retail_list, reseller_id = terms
     prices = _current_prices({wholesale_list.pk, retail_list.pk}, at)
     wholesale = prices.get(wholesale_list.pk, {})
     retail = prices.get(retail_list.pk, {})
-    reseller_id = tenant.parent_id if tenant.parent.kind == Organization.Kind.RESELLER else None
     table: dict[str, PricePair] = {}
     for model_id, wholesale_prices in wholesale.items():
         retail_prices = retail.get(model_id)
         if retail_prices is None and retail_list.markup_percent is not None:
-            retail_prices = _marked_up(wholesale_prices, retail_list.markup_percent)
+            retail_prices = wholesale_prices.marked_up(retail_list.markup_percent)
         if retail_prices is not None:
             table[model_id] = PricePair(retail_prices, wholesale_prices, reseller_id)
     return table
+
+
+# ModelPrice's price columns, in the order of Prices' fields.
+PRICE_COLUMNS = {
+    "input": "input_per_mtok",
+    "cached_input": "cached_input_per_mtok",
+    "output": "output_per_mtok",
+    "request_fee": "request_fee_micros",
+    "cache_write_5m": "cache_write_5m_per_mtok",
+    "cache_write_1h": "cache_write_1h_per_mtok",
+    "audio_input": "audio_input_per_mtok",
+    "audio_output": "audio_output_per_mtok",
+    "image_input": "image_input_per_mtok",
+    "image_output": "image_output_per_mtok",
+    "input_image": "input_image_micros",
+    "output_image": "output_image_micros",
+}
+_PER_IMAGE = ("input_image", "output_image")
+_TIER_NAMES = {price_attribute(d) for d in DIMENSIONS}
+
+
+def prices_of(price: ModelPrice, currency: str) -> Prices:
+    """The resolved prices of one ModelPrice row, its long-context set included."""
+    values: dict[str, Any] = {}
+    for name, column in PRICE_COLUMNS.items():
+        value = getattr(price, column)
+        values[name] = (0 if name in _PER_IMAGE else UNSET) if value is None else value
+    base = Prices(
+        currency=currency,
+        flex_percent=100 if price.flex_percent is None else price.flex_percent,
+        priority_percent=100 if price.priority_percent is None else price.priority_percent,
+        **values,
+    )
+    if price.long_context_above_tokens is None:
+        return base
+    tier: dict[str, Any] = {
+        price_attribute(name): int(value)
+        for name, value in (price.long_context_prices or {}).items()
+        if price_attribute(name) in _TIER_NAMES and value is not None
+    }
+    return dataclasses.replace(
+        base,
+        long_context_above=price.long_context_above_tokens,
+        long_context=dataclasses.replace(base, **tier),
+    )
 
 
 def _current_prices(list_ids: set[int], at: datetime) -> dict[int, dict[str, Prices]]:
@@ -247,31 +240,22 @@ def _current_prices(list_ids: set[int], at: datetime) -> dict[int, dict[str, Pri
     rows = (
         ModelPrice.objects.filter(price_list__in=list_ids, effective_from__lte=at)
         .filter(pk=Subquery(newest))
-        .values_list(
-            "price_list_id",
+        .select_related("price_list", "model")
+        .only(
             "price_list__currency",
             "model__public_id",
-            "input_per_mtok",
-            "cached_input_per_mtok",
-            "output_per_mtok",
-            "request_fee_micros",
+            "flex_percent",
+            "priority_percent",
+            "long_context_above_tokens",
+            "long_context_prices",
+            *PRICE_COLUMNS.values(),
         )
     )
     result: dict[int, dict[str, Prices]] = {}
-    for list_id, currency, model_id, input_, cached, output, fee in rows:
-        result.setdefault(list_id, {})[model_id] = Prices(input_, cached, output, fee, currency)
+    for row in rows:
+        prices = prices_of(row, row.price_list.currency)
+        result.setdefault(row.price_list_id, {})[row.model.public_id] = prices
     return result
-
-
-def _marked_up(prices: Prices, markup_percent: Decimal) -> Prices:
-    factor = Decimal(100) + markup_percent
-    return Prices(
-        input=percent_of(prices.input, factor),
-        cached_input=percent_of(prices.cached_input, factor),
-        output=percent_of(prices.output, factor),
-        request_fee=percent_of(prices.request_fee, factor),
-        currency=prices.currency,
-    )
 
 
 def account_spending_limit(tenant_id: int) -> SpendingLimit:
