@@ -5,15 +5,13 @@ money arithmetic itself stays in ``billing.selectors.balances``.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDate
-from django.utils import timezone
 
 from billing.models import (
     BillingAccount,
@@ -21,13 +19,15 @@ from billing.models import (
     BudgetAlert,
     Invoice,
     LedgerEntry,
-    ModelPrice,
     PriceList,
     RedemptionCode,
     UsageEvent,
 )
 from billing.periods import Period
 from billing.selectors import balances
+from billing.selectors.prices import PriceRow as PriceRow  # the price page's reads
+from billing.selectors.prices import catalog_summary as catalog_summary
+from billing.selectors.prices import price_rows as price_rows
 from portal.access import Need, Scope, role_grants
 from portal.models import Organization
 
@@ -159,49 +159,6 @@ def price_lists_of(owner: Organization) -> QuerySet[PriceList]:
         )
         .order_by("-is_default", "name")
     )
-
-
-@dataclass
-class PriceRow:
-    """One catalog model in one list: the price in force, a scheduled one, and (for a
-    reseller's list) wholesale, with the markup's price where no explicit one is set."""
-
-    model: str
-    current: ModelPrice | None = None
-    scheduled: list[ModelPrice] = field(default_factory=list)
-    wholesale: ModelPrice | None = None
-
-
-def _in_force(prices: list[ModelPrice], now: datetime) -> tuple[ModelPrice | None, list]:
-    started = [p for p in prices if p.effective_from <= now]
-    current = max(started, key=lambda p: p.effective_from, default=None)
-    later = sorted((p for p in prices if p.effective_from > now), key=lambda p: p.effective_from)
-    return current, later
-
-
-def price_rows(price_list: PriceList) -> list[PriceRow]:
-    """Every model priced in the list or (for a reseller's list) at wholesale."""
-    now = timezone.now()
-    by_model: dict[str, list[ModelPrice]] = defaultdict(list)
-    for price in ModelPrice.objects.filter(price_list=price_list).select_related("model"):
-        by_model[price.model.public_id].append(price)
-    wholesale: dict[str, ModelPrice | None] = {}
-    if price_list.owner.kind != Organization.Kind.PLATFORM:
-        wholesale_list = PriceList.objects.filter(
-            owner__kind=Organization.Kind.PLATFORM, is_default=True
-        ).first()
-        if wholesale_list is not None:
-            grouped: dict[str, list[ModelPrice]] = defaultdict(list)
-            for price in ModelPrice.objects.filter(price_list=wholesale_list).select_related(
-                "model"
-            ):
-                grouped[price.model.public_id].append(price)
-            wholesale = {model: _in_force(prices, now)[0] for model, prices in grouped.items()}
-    rows = []
-    for model in sorted(set(by_model) | set(wholesale)):
-        current, scheduled = _in_force(by_model.get(model, []), now)
-        rows.append(PriceRow(model, current, scheduled, wholesale.get(model)))
-    return rows
 
 
 # --- Revenue --------------------------------------------------------------------------------

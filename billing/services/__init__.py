@@ -7,6 +7,7 @@ transaction as the change.
 from __future__ import annotations
 
 from billing.services.budgets import budget_alert_deliver, budget_check
+from billing.services.catalog import CatalogImport, price_catalog_import
 from billing.services.invoices import (
     invoice_drafts_refresh,
     invoice_generate,
@@ -48,6 +49,7 @@ from billing.services.usage import usage_events_insert
 
 __all__ = [
     "OPTIONAL_PRICE_FIELDS",
+    "CatalogImport",
     "account_adjust",
     "account_refund",
     "account_topup",
@@ -67,6 +69,7 @@ __all__ = [
     "plan_create",
     "plan_update",
     "plans_renew",
+    "price_catalog_import",
     "price_list_create",
     "price_list_set_markup",
     "redemption_code_create",

@@ -8,15 +8,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
-from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
-from billing import pricing
 from billing import selectors as billing_selectors
 from billing import services as billing
 from billing.models import PriceList, UsageEvent
 from billing.periods import Period
-from billing.pricing import Prices
 from billing.selectors import dashboard as reads
 from console.forms import (
     MarkupForm,
@@ -105,6 +102,14 @@ def price_list(request: AuthenticatedHttpRequest, slug: str, list_id: int) -> Ht
         if not failed:
             messages.success(request, f"Price of {data['model'].public_id} set.")
             return redirect("price_list", slug=slug, list_id=found.pk)
+    wholesale = owner.kind == Organization.Kind.PLATFORM and found.is_default
+    if action == "catalog" and wholesale:
+        require_operator(request.user)
+        with form_errors(price_form) as failed:
+            imported = billing.price_catalog_import(actor=request.user)
+        if not failed:
+            messages.success(request, catalog_message(imported))
+            return redirect("price_list", slug=slug, list_id=found.pk)
     if action == "markup" and owner.kind != Organization.Kind.PLATFORM and markup_form.is_valid():
         with form_errors(markup_form) as failed:
             billing.price_list_set_markup(
@@ -115,9 +120,7 @@ def price_list(request: AuthenticatedHttpRequest, slug: str, list_id: int) -> Ht
         if not failed:
             messages.success(request, "Markup saved.")
             return redirect("price_list", slug=slug, list_id=found.pk)
-    rows = reads.price_rows(found)
-    for row, marked_up in zip(rows, _marked_up_prices(found, rows), strict=True):
-        row.marked_up = marked_up  # type: ignore[attr-defined]
+    rows = reads.price_rows(found)  # every dimension as charged, markups applied
     return render_page(
         request,
         "portal/price_list.html",
@@ -126,6 +129,7 @@ def price_list(request: AuthenticatedHttpRequest, slug: str, list_id: int) -> Ht
             "rows": rows,
             "price_form": price_form,
             "markup_form": markup_form if owner.kind != Organization.Kind.PLATFORM else None,
+            "catalog_import": reads.catalog_summary() if wholesale else None,
         },
         access=access,
         section="price_lists",
@@ -178,21 +182,6 @@ def revenue(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         access=access,
         section="revenue",
     )
-
-
-def _marked_up_prices(price_list: PriceList, rows: list[reads.PriceRow]) -> list[Prices | None]:
-    """For a markup list, the price each model without an explicit one sells at: the
-    relay's own arithmetic (billing.pricing), applied to wholesale in force now."""
-    if price_list.markup_percent is None or not any(r.wholesale for r in rows):
-        return [None] * len(rows)
-    wholesale_list = next(r.wholesale for r in rows if r.wholesale).price_list_id
-    wholesale = pricing._current_prices({wholesale_list}, timezone.now()).get(wholesale_list, {})
-    return [
-        None
-        if row.current is not None or row.model not in wholesale
-        else pricing._marked_up(wholesale[row.model], price_list.markup_percent)
-        for row in rows
-    ]
 
 
 def _revenue_chart(reseller: Organization, period: Period) -> Chart:
@@ -273,3 +262,15 @@ def codes(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         section="codes",
         status=400 if form.errors else 200,
     )
+
+
+def catalog_message(imported: billing.CatalogImport) -> str:
+    if not imported.changed:
+        return "The price catalog is already imported: nothing changed."
+    parts = [
+        f"{len(imported.models_created)} models added",
+        f"{len(imported.priced)} priced at the provider's list price",
+    ]
+    if imported.kept:
+        parts.append(f"{len(imported.kept)} kept at your own price")
+    return "Price catalog imported: " + ", ".join(parts) + "."
