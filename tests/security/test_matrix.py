@@ -728,14 +728,11 @@ def _issued_invoice(customer: Organization, marker: str) -> Invoice:
         invoice=invoice,
         position=1,
         model=f"model-{marker}",
-        input_per_mtok=1,
-        cached_input_per_mtok=1,
-        output_per_mtok=1,
+        dimension="input",
+        unit="mtok",
+        unit_price_micros=1,
+        quantity=1,
         requests=1,
-        prompt_tokens=1,
-        cached_tokens=0,
-        completion_tokens=1,
-        reasoning_tokens=0,
         amount_micros=1_000_000,
     )
     return invoice
