@@ -7,11 +7,16 @@ time, so the reference is rendered here, server-side, from the same generated sc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from drf_spectacular.generators import SchemaGenerator
+from django.views.decorators.csrf import csrf_exempt
+
+# drf-spectacular's generator and views (with the whole OpenAPI machinery under them) are
+# imported when the schema is first asked for, not whenever the URLconf loads: every
+# management command loads the URLconf for its checks, and none of them needs a schema.
 
 _METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -87,6 +92,8 @@ def _components(schema: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]
 
 
 def api_docs(request: HttpRequest) -> HttpResponse:
+    from drf_spectacular.generators import SchemaGenerator
+
     schema = SchemaGenerator().get_schema(request=None, public=True)
     return render(
         request,
@@ -97,3 +104,17 @@ def api_docs(request: HttpRequest) -> HttpResponse:
             "components": _components(schema),
         },
     )
+
+
+@cache
+def _schema_view() -> Any:
+    from drf_spectacular.views import SpectacularAPIView
+
+    return SpectacularAPIView.as_view()
+
+
+@csrf_exempt
+def api_schema(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """``/api/schema/``: drf-spectacular's schema view, built on first use."""
+    response: HttpResponse = _schema_view()(request, *args, **kwargs)
+    return response

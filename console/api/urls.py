@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
-from console.api.docs import api_docs
+from console.api.docs import api_docs, api_schema
 from console.api.views.activity import AuditEntryViewSet, MeView, UsageViewSet
 from console.api.views.billing import BalanceView, InvoiceViewSet, PriceListViewSet, TopUpView
 from console.api.views.invitations import InvitationDetailView, InvitationListView
@@ -46,7 +45,7 @@ urlpatterns = [
         name="invitation-detail",
     ),
     path("organizations/<slug:slug>/plan/", SubscriptionView.as_view(), name="subscription"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", api_schema, name="schema"),
     path("docs/", api_docs, name="docs"),
     path("", include(router.urls)),
 ]

@@ -220,7 +220,8 @@ def test_create_user_refuses_weak_passwords_taken_names_and_unknown_orgs(
 
 # --- start-up cost --------------------------------------------------------------------------
 
-HEAVY_MODULES = ("fpdf", "fontTools")
+# Loaded only by what needs them: PDFs, and the API schema (generator and views).
+HEAVY_MODULES = ("fpdf", "fontTools", "drf_spectacular.generators", "drf_spectacular.views")
 IMPORTS_AFTER = """
 import sys
 from django.core.management import execute_from_command_line
