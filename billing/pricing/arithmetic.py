@@ -258,7 +258,7 @@ def worst_case_cost_micros(prices: Prices, *, prompt_bytes: int, max_output_toke
     def dearest(dimensions: tuple[str, ...]) -> int:
         return max(percent_of(s.unit(d), percent) for s in sets for d in dimensions)
 
-    scaled = prompt * dearest(PROMPT_DIMENSIONS) + output * dearest(OUTPUT_DIMENSIONS)
+    scaled = prompt * dearest(PROMPT_DIMENSIONS) + output * dearest(("output",))
     worst = div_ceil(scaled, PER_MILLION)
     worst += max(s.request_fee for s in sets)
     worst += (prompt // MIN_IMAGE_PART_BYTES) * max(s.input_image for s in sets)
