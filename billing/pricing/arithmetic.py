@@ -118,21 +118,27 @@ class Prices:
         return value
 
     def for_request(self, prompt_tokens: int, service_tier: str = "") -> tuple[Prices, bool]:
-        """The flat prices one request pays (its tier and service tier applied), and whether
-        it crossed the long-context threshold."""
+        """The unit prices one request pays (its tier and service tier applied), and whether
+        it crossed the long-context threshold. Read them with ``unit``; the common case (no
+        service-tier scaling) returns a set as it is, with no copy."""
         long = (
             self.long_context is not None
             and self.long_context_above is not None
             and prompt_tokens > self.long_context_above
         )
         chosen = self.long_context if long and self.long_context is not None else self
-        percent = {"flex": self.flex_percent, "priority": self.priority_percent}.get(
-            service_tier, 100
+        percent = (
+            self.flex_percent
+            if service_tier == "flex"
+            else self.priority_percent
+            if service_tier == "priority"
+            else 100
         )
+        if percent == 100:
+            return chosen, long
+        factor = Decimal(percent)
         changes: dict[str, Any] = {"long_context": None, "long_context_above": None}
-        if percent != 100:
-            factor = Decimal(percent)
-            changes.update({d: percent_of(chosen.unit(d), factor) for d in TOKEN_DIMENSIONS})
+        changes.update({d: percent_of(chosen.unit(d), factor) for d in TOKEN_DIMENSIONS})
         return dataclasses.replace(chosen, **changes), long
 
     def sets(self) -> tuple[Prices, ...]:
@@ -204,6 +210,7 @@ def quantities(counts: Counts) -> dict[str, int]:
 
 
 _ORDER = {dimension: index for index, dimension in enumerate(DIMENSIONS)}
+_TOKEN_SET = frozenset(TOKEN_DIMENSIONS)
 
 
 def charges(prices: Prices, counts: Counts) -> tuple[dict[str, tuple[int, int, int]], bool]:
@@ -212,7 +219,7 @@ def charges(prices: Prices, counts: Counts) -> tuple[dict[str, tuple[int, int, i
     rounding)."""
     flat, long = prices.for_request(_n(counts.prompt_tokens), counts.service_tier)
     used = {d: q for d, q in quantities(counts).items() if q}
-    exact = {d: q * flat.unit(d) for d, q in used.items() if UNITS[d] == "mtok"}
+    exact = {d: q * getattr(flat, d) for d, q in used.items() if d in _TOKEN_SET}
     micros = {d: share // PER_MILLION for d, share in exact.items()}
     left = div_round_half_up(sum(exact.values()), PER_MILLION) - sum(micros.values())
     by_remainder = sorted(exact, key=lambda d: (-(exact[d] % PER_MILLION), _ORDER[d]))
@@ -258,7 +265,7 @@ def worst_case_cost_micros(prices: Prices, *, prompt_bytes: int, max_output_toke
     def dearest(dimensions: tuple[str, ...]) -> int:
         return max(percent_of(s.unit(d), percent) for s in sets for d in dimensions)
 
-    scaled = prompt * dearest(PROMPT_DIMENSIONS) + output * dearest(("output",))
+    scaled = prompt * dearest(PROMPT_DIMENSIONS) + output * dearest(OUTPUT_DIMENSIONS)
     worst = div_ceil(scaled, PER_MILLION)
     worst += max(s.request_fee for s in sets)
     worst += (prompt // MIN_IMAGE_PART_BYTES) * max(s.input_image for s in sets)
