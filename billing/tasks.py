@@ -14,9 +14,9 @@ from django.db import transaction
 from billing import services
 from billing.models import BillingAccount
 from billing.periods import Period
+from billing.services.auto_recharge import auto_recharge_accounts, auto_recharge_check
 from billing.services.budgets import budget_accounts
 from billing.services.invoices import invoice_customers
-from billing.services.payments import auto_recharge_accounts, auto_recharge_check
 from billing.services.plans import plans_renew
 from billing.services.prices import price_changes_announce
 from portal.models import Organization

@@ -27,7 +27,9 @@ from django.views.decorators.http import require_POST
 
 from billing import stripe_gateway
 from billing.models import AutoRecharge, BillingAccount, Invoice, Payment, StripeAccount
+from billing.services import auto_recharge as recharge_services
 from billing.services import payments as pay
+from billing.services.common import new_account_fields
 from billing.services.stripe_events import stripe_event_handle
 from console.forms.billing import micros_to_units
 from console.forms.payments import AutoRechargeForm, CardTopUpForm, StripeConnectForm
@@ -144,7 +146,8 @@ def payments(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     access = _customer_access(request, slug)
     organization = access.organization
     account = BillingAccount.objects.filter(organization=organization).first()
-    prepaid = account is None or account.is_prepaid  # a new account starts prepaid
+    mode = account.mode if account else new_account_fields(organization)["mode"]
+    prepaid = mode == BillingAccount.Mode.PREPAID
     rule = AutoRecharge.objects.filter(account=account).first() if account else None
     action = request.POST.get("action") if request.method == "POST" else None
     topup = CardTopUpForm(request.POST if action == "topup" else None)
@@ -167,7 +170,7 @@ def payments(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         recharge.add_error(None, "Save a card first: top up once with “save this card” ticked.")
     if action == "auto_recharge" and account is not None and recharge.is_valid():
         with form_errors(recharge) as failed:
-            pay.auto_recharge_set(
+            recharge_services.auto_recharge_set(
                 account=account,
                 enabled=recharge.cleaned_data["enabled"],
                 threshold_micros=recharge.cleaned_data["threshold"],

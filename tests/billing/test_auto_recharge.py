@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from billing.models import AutoRecharge, LedgerEntry, Payment
 from billing.services import account_adjust
-from billing.services import payments as pay
+from billing.services import auto_recharge as recharge
 from portal.models import Membership
 from tests.billing.payments_fixtures import (
     USD,
@@ -78,12 +78,12 @@ def test_the_saved_card_recharges_once_per_crossing_up_to_the_daily_cap(
 
     start = datetime.now(UTC).replace(hour=8)
     with time_machine.travel(start, tick=False) as clock:
-        assert pay.auto_recharge_check(account_id=shop.account.pk) is None  # 20 >= 10
+        assert recharge.auto_recharge_check(account_id=shop.account.pk) is None  # 20 >= 10
         spend(shop, 15 * USD)  # 5 left: below
-        first = pay.auto_recharge_check(account_id=shop.account.pk)
+        first = recharge.auto_recharge_check(account_id=shop.account.pk)
         assert first is not None and first.amount_micros == 50 * USD
         for _ in range(3):  # still below, not confirmed yet: no second charge
-            assert pay.auto_recharge_check(account_id=shop.account.pk) is None
+            assert recharge.auto_recharge_check(account_id=shop.account.pk) is None
         charges = shop.fake.calls("POST", "/v1/payment_intents")
         assert len(charges) == 1
         params = charges[0]["params"]
@@ -93,17 +93,17 @@ def test_the_saved_card_recharges_once_per_crossing_up_to_the_daily_cap(
         assert confirm_charges(shop) == 1
         assert shop.balance() == 55 * USD
 
-        assert pay.auto_recharge_check(account_id=shop.account.pk) is None  # re-armed
+        assert recharge.auto_recharge_check(account_id=shop.account.pk) is None  # re-armed
         spend(shop, 50 * USD)
-        assert pay.auto_recharge_check(account_id=shop.account.pk) is not None  # 2nd today
+        assert recharge.auto_recharge_check(account_id=shop.account.pk) is not None  # 2nd today
         confirm_charges(shop)
-        assert pay.auto_recharge_check(account_id=shop.account.pk) is None
+        assert recharge.auto_recharge_check(account_id=shop.account.pk) is None
         spend(shop, 50 * USD)
-        assert pay.auto_recharge_check(account_id=shop.account.pk) is None  # cap of 2 reached
+        assert recharge.auto_recharge_check(account_id=shop.account.pk) is None  # cap of 2 reached
         assert len(shop.fake.calls("POST", "/v1/payment_intents")) == 2
 
         clock.shift(timedelta(days=1))
-        assert pay.auto_recharge_check(account_id=shop.account.pk) is not None  # a new day
+        assert recharge.auto_recharge_check(account_id=shop.account.pk) is not None  # a new day
     assert confirm_charges(shop) == 1
     credits = LedgerEntry.objects.filter(account=shop.account, memo="Auto-recharge")
     assert credits.count() == 3
@@ -118,7 +118,7 @@ def test_a_declined_charge_is_reported_to_owners_and_billing_once(
 ) -> None:
     payer = make_member("payer", tenant_org, Membership.Role.BILLING)
     save_card(shop, tenant_owner)
-    pay.auto_recharge_set(
+    recharge.auto_recharge_set(
         account=shop.account,
         enabled=True,
         threshold_micros=10 * USD,
@@ -130,7 +130,7 @@ def test_a_declined_charge_is_reported_to_owners_and_billing_once(
     shop.fake.decline_off_session = True
     mail.outbox.clear()
     with django_capture_on_commit_callbacks(execute=True):
-        payment = pay.auto_recharge_check(account_id=shop.account.pk)
+        payment = recharge.auto_recharge_check(account_id=shop.account.pk)
     assert payment is not None and payment.status == Payment.Status.FAILED
     assert "insufficient funds" in payment.failure_message
     assert len(mail.outbox) == 1
@@ -151,7 +151,7 @@ def test_a_declined_charge_is_reported_to_owners_and_billing_once(
         outcome = shop.deliver(event).json()
     assert outcome["outcome"] == "already settled" and len(mail.outbox) == 1
     # Disarmed: no retry hammering the card while the balance stays low.
-    assert pay.auto_recharge_check(account_id=shop.account.pk) is None
+    assert recharge.auto_recharge_check(account_id=shop.account.pk) is None
     assert shop.balance() == 5 * USD
 
 

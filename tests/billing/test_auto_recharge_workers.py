@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from billing.services import payments as pay
+from billing.services.auto_recharge import auto_recharge_set
 from billing.tasks import auto_recharge_check_task, auto_recharge_checks_task
 from config.celery_app import app
 from tests.billing.payments_fixtures import (
@@ -29,7 +29,7 @@ from tests.billing.test_auto_recharge import confirm_charges, save_card, spend
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT_SECONDS = 60
+WAIT_SECONDS = 120
 CHECKS = 12
 
 
@@ -113,7 +113,7 @@ def test_two_workers_charge_once_per_crossing_and_respect_the_cap(
     shop: Shop, tenant_owner: Any, two_workers: str
 ) -> None:
     save_card(shop, tenant_owner)  # balance 20
-    pay.auto_recharge_set(
+    auto_recharge_set(
         account=shop.account,
         enabled=True,
         threshold_micros=10 * USD,
