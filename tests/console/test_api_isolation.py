@@ -69,6 +69,10 @@ EXPECTED: dict[tuple[str, str], int | str] = {
     ("get", "/api/organizations/{slug}/balance/"): 404,
     ("get", "/api/organizations/{slug}/topups/"): 404,
     ("post", "/api/organizations/{slug}/topups/"): 404,
+    ("get", "/api/organizations/{slug}/prices/"): 404,
+    ("get", "/api/organizations/{slug}/invitations/"): 404,
+    ("post", "/api/organizations/{slug}/invitations/"): 404,
+    ("delete", "/api/organizations/{slug}/invitations/{invitation_id}/"): 404,
 }
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -87,6 +91,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "output_per_mtok": 0,
     },
     ("post", "/api/organizations/{slug}/topups/"): {"amount_micros": 1_000_000},
+    ("post", "/api/organizations/{slug}/invitations/"): {"email": "x@example.test"},
     ("patch", "/api/organizations/{slug}/members/{membership_id}/"): {"role": "member"},
 }
 
@@ -151,6 +156,15 @@ def ours(
         "public_id": "sim-small",
         "invoice": str(invoice.pk),
         "membership_id": str(member.pk),
+        "invitation_id": str(
+            services.invitation_create(
+                organization=tenant_org,
+                email=f"invitee-{OURS}@example.test",
+                role=Membership.Role.MEMBER,
+                actor=tenant_owner,
+                link=str,
+            ).pk
+        ),
         "price_list": str(price_list.pk),
         "key": str(key.pk),
         "channel": str(channel.pk),
