@@ -106,6 +106,12 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
         },
     ),
     "price_lists": ("reseller", _RESELLER_ONLY),
+    # Card payments: the customer's billing people; a seller's Stripe keys: the seller's.
+    "payments": ("tenant", _tenant_page(FORBIDDEN, OK)),
+    "seller_stripe": ("reseller", _RESELLER_ONLY),
+    "operator_stripe": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
+    # An organisation's own single sign-on: its owners, its seller and operators.
+    "sso_settings": ("tenant", _tenant_page(FORBIDDEN, FORBIDDEN)),
     "price_list": ("price_list", _RESELLER_ONLY),
     "revenue": ("reseller", _RESELLER_ONLY),
     "codes": ("reseller", _RESELLER_ONLY),
@@ -212,6 +218,15 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
             "anonymous": LOGIN,
         },
     ),
+    "invoice_pay": (
+        "invoice_pay",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
     "invoice_action": (
         "invoice_issue",
         {
@@ -245,6 +260,13 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
 # Routes whose access rules are Django's own or that need no scoping.
 UNSCOPED = {
     "invitation_accept",  # the mailed token is the credential (test_views_invitations)
+    # Single sign-on and Stripe's webhook answer anyone: the provider's signed token, or
+    # Stripe's signature, is the credential (tests/portal/test_sso.py, test_payments.py;
+    # every role is in tests/security/test_matrix.py).
+    "sso_start",
+    "sso_callback",
+    "sso_login",
+    "stripe_webhook",
     "login",
     "logout",
     "password_reset",
@@ -377,6 +399,7 @@ def world(
         "price_list": ["reseller", ours_list.pk],
         "invoice": [invoice.pk, "csv"],
         "invoice_issue": [invoice.pk, "paid"],
+        "invoice_pay": ["tenant", invoice.pk],
         "membership": ["tenant", owner_membership.pk],
     }
 
