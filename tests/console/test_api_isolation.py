@@ -18,6 +18,7 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from billing.models import Invoice, LedgerEntry, PriceList, UsageEvent
+from billing.services.plans import plan_create
 from portal import services, tokens
 from portal.models import ApiKey, AuditEntry, Membership, Organization
 from tests.conftest import make_member, make_user
@@ -73,6 +74,12 @@ EXPECTED: dict[tuple[str, str], int | str] = {
     ("get", "/api/organizations/{slug}/invitations/"): 404,
     ("post", "/api/organizations/{slug}/invitations/"): 404,
     ("delete", "/api/organizations/{slug}/invitations/{invitation_id}/"): 404,
+    ("post", "/api/channels/{id}/discover/"): 403,
+    ("get", "/api/plans/"): LIST,
+    ("post", "/api/plans/"): 404,  # a plan for our reseller
+    ("get", "/api/organizations/{slug}/plan/"): 404,
+    ("post", "/api/organizations/{slug}/plan/"): 404,
+    ("delete", "/api/organizations/{slug}/plan/"): 404,
 }
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
@@ -92,6 +99,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("post", "/api/organizations/{slug}/topups/"): {"amount_micros": 1_000_000},
     ("post", "/api/organizations/{slug}/invitations/"): {"email": "x@example.test"},
+    ("post", "/api/plans/"): {"seller": "reseller", "name": "p", "monthly_fee_micros": 1},
+    ("post", "/api/organizations/{slug}/plan/"): {"plan": 1},
     ("patch", "/api/organizations/{slug}/members/{membership_id}/"): {"role": "member"},
 }
 
@@ -141,6 +150,9 @@ def ours(
         actor=tenant_owner,
     )
     price_list = PriceList.objects.create(owner=tenant_org.parent, name=f"list-{OURS}")
+    plan_create(
+        seller=tenant_org.parent, name=f"plan-{OURS}", monthly_fee_micros=1, actor=operator_user
+    )
     invoice = Invoice.objects.create(
         issuer=tenant_org.parent,
         customer=tenant_org,

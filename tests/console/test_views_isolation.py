@@ -116,6 +116,9 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "revenue": ("reseller", _RESELLER_ONLY),
     "codes": ("reseller", _RESELLER_ONLY),
     "invoices_issued": ("reseller", _RESELLER_ONLY),
+    "plans": ("reseller", _RESELLER_ONLY),
+    # What is left of the tenant's plan windows: every insider sees it.
+    "plan": ("tenant", _tenant_page(OK, OK)),
     # An invoice to the tenant: its billing people and the reseller (issuer).
     "invoice_download": ("invoice", {**_tenant_page(FORBIDDEN, OK)}),
     "operator": ("none", _OPERATOR_ONLY),
@@ -123,6 +126,7 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
     "operator_invoices": ("none", _OPERATOR_ONLY),
     "operator_price_lists": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
     "operator_codes": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
+    "operator_plans": ("none", {**_OPERATOR_ONLY, "operator_user": 302}),
     "channels": ("none", _OPERATOR_ONLY),
     "channel_create": ("none", _OPERATOR_ONLY),
     "channel_edit": ("channel", _OPERATOR_ONLY),
@@ -158,6 +162,7 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
     ),
     "channel_status": ("channel", {**_OPERATOR_ONLY, "operator_user": 302}),
     "channel_test": ("channel", {**_OPERATOR_ONLY, "operator_user": 302}),
+    "channel_discover": ("channel", _OPERATOR_ONLY),
     "member_role": (
         "membership",
         {
@@ -334,14 +339,11 @@ def _invoice(customer: Organization, marker: str) -> Invoice:
         invoice=invoice,
         position=1,
         model=f"model-{marker}",
-        input_per_mtok=1,
-        cached_input_per_mtok=1,
-        output_per_mtok=1,
+        dimension="input",
+        unit="token",
+        unit_price_micros=1,
+        quantity=1,
         requests=1,
-        prompt_tokens=1,
-        cached_tokens=0,
-        completion_tokens=1,
-        reasoning_tokens=0,
         amount_micros=1_000_000,
     )
     return invoice
