@@ -197,7 +197,7 @@ def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
     assert page.get_by_text("Price list “Standard” created.").is_visible()
     page.get_by_label("Model").select_option("sim-small")
     page.get_by_label(re.compile(r"^Input per 1M tokens")).fill("0.6")
-    page.get_by_label("Output per 1M tokens").fill("2.4")
+    page.get_by_label(re.compile(r"^Output per 1M tokens")).fill("2.4")
     page.get_by_role("button", name="Set price").click()
     assert page.get_by_text("Price of sim-small set.").is_visible()
     shot(page, "reseller-price-list")

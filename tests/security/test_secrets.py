@@ -307,7 +307,7 @@ def test_exception_reports_hide_secrets(
 
     settings.DEBUG = debug
     monkeypatch.setattr(operator_views.services, "channel_create", _crash_holding_secrets)
-    monkeypatch.setattr(api_keys.services, "api_key_create", _crash_holding_secrets)
+    monkeypatch.setattr(api_keys.billing, "api_key_issue", _crash_holding_secrets)
     page = Client(raise_request_exception=False)
     page.force_login(operator_user)
     form = page.post(
