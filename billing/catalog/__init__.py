@@ -12,24 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from billing.money import to_micros
+from billing.pricing.lookups import PRICE_COLUMNS  # the catalog's price names are Prices'
 
 CATALOG_PATH = Path(__file__).with_name("models.json")
-
-# The catalog's price names and the ModelPrice columns they fill.
-PRICE_COLUMNS = {
-    "input": "input_per_mtok",
-    "cached_input": "cached_input_per_mtok",
-    "output": "output_per_mtok",
-    "request_fee": "request_fee_micros",
-    "cache_write_5m": "cache_write_5m_per_mtok",
-    "cache_write_1h": "cache_write_1h_per_mtok",
-    "audio_input": "audio_input_per_mtok",
-    "audio_output": "audio_output_per_mtok",
-    "image_input": "image_input_per_mtok",
-    "image_output": "image_output_per_mtok",
-    "input_image": "input_image_micros",
-    "output_image": "output_image_micros",
-}
 
 
 @dataclass(frozen=True, slots=True)
