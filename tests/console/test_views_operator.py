@@ -20,7 +20,7 @@ from portal.models import AuditEntry, CatalogModel, Channel, Organization
 from relay.simulator import build_app
 from tests.billing.conftest import generate_month
 from tests.conftest import price_models
-from tests.console.conftest import api_client_for
+from tests.console.conftest import api_client_for, client_for
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.django_db
@@ -408,6 +408,42 @@ def test_discover_models_offers_those_not_served_yet(operator: Client, operator_
         body = api_client_for(operator_user).post(f"/api/channels/{channel.pk}/discover/").json()
         assert body["ok"] and body["models"] == ["sim-large", "sim-small"]
         assert body["new"] == ["sim-large"]
+    finally:
+        stop()
+
+
+def test_discover_models_of_a_bedrock_channel(
+    operator: Client, operator_user: Any, outsider: Any
+) -> None:
+    """A native provider's listing reaches the form and the API the same way: Bedrock's
+    control plane, SigV4-signed with the channel's key and checked by the simulator."""
+    app = build_app()
+    app.native.trust_aws("AKIADASHBOARD0001", "dashboard/secret+0123456789", "us-east-1")
+    base_url, stop = serve_in_thread(app)
+    try:
+        channel = services.channel_create(
+            name="Bedrock",
+            provider_type="bedrock",
+            base_url=base_url,
+            secret='{"access_key_id": "AKIADASHBOARD0001", '
+            '"secret_access_key": "dashboard/secret+0123456789"}',
+            provider_settings={"region": "us-east-1"},
+            models=["amazon.nova-micro-v1:0"],
+            actor="test",
+        )
+        html = operator.post(reverse("channel_discover", args=[channel.pk])).content.decode()
+        assert "The provider lists 3 models; 2 not served yet" in html
+        assert re.search(
+            r'<textarea name="models"[^>]*>\s*us.amazon.nova-micro-v1:0\n'
+            r"us.anthropic.claude-sim-v1:0</textarea>",
+            html,
+        )
+        assert "dashboard/secret" not in html
+        api = api_client_for(operator_user).post(f"/api/channels/{channel.pk}/discover/")
+        assert api.json()["new"] == ["us.amazon.nova-micro-v1:0", "us.anthropic.claude-sim-v1:0"]
+        requests = len(app.requests)
+        refused = client_for(outsider).post(reverse("channel_discover", args=[channel.pk]))
+        assert refused.status_code in (403, 404) and len(app.requests) == requests
     finally:
         stop()
 

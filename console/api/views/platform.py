@@ -117,8 +117,9 @@ class ChannelViewSet(
     @extend_schema(request=None, responses=ChannelDiscoverySerializer)
     @action(detail=True, methods=["post"], url_path="discover")
     def discover(self, request: Request, pk: str) -> Response:
-        """Ask the provider which models it lists (OpenAI-compatible, Anthropic, Gemini).
-        Nothing is saved: add the ones to sell with ``POST .../models/``."""
+        """Ask the provider which models it lists, with the channel's credentials (every
+        provider type; see docs/providers.md for what each offers). Nothing is saved: add
+        the ones to sell with ``POST .../models/``."""
         channel = self.get_object()
         found = discovery.channel_models_discover(channel)
         served = {link.upstream_model() for link in channel.served.all()}

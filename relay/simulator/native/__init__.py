@@ -1,7 +1,8 @@
 """The simulator's native provider protocols: Gemini and Vertex AI ``generateContent``
-(with Google's OAuth token endpoint), Bedrock Converse and ConverseStream, and Azure
-OpenAI deployments. (Anthropic's Messages API is the simulator's ``/v1/messages``
-surface, in ``relay.simulator.anthropic``.)
+(with Google's OAuth token endpoint), Bedrock Converse and ConverseStream, Azure OpenAI
+deployments, and each provider's model listing (``listing``, ``cloud_listing``).
+(Anthropic's Messages API is the simulator's ``/v1/messages`` surface, in
+``relay.simulator.anthropic``.)
 
 Each checks its credential for real: keys against the ones it was told to trust, SigV4
 signatures recomputed with botocore, Vertex bearer tokens only if this simulator issued
@@ -32,6 +33,8 @@ _VERTEX = re.compile(
 )
 _BEDROCK = re.compile(r"^/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream)$")
 _AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
+_BEDROCK_LISTINGS = ("/foundation-models", "/inference-profiles")
+_AZURE_LISTINGS = ("/openai/deployments", "/openai/models")
 
 
 async def dispatch(
@@ -42,10 +45,17 @@ async def dispatch(
     options: SimOptions | OptionError,
 ) -> bool:
     """Answer ``path`` if it is a native provider's; False if it is not one of them."""
-    from relay.simulator.native import azure, bedrock, google, listing
+    from relay.simulator.native import azure, bedrock, cloud_listing, google, listing
 
-    if path == "/v1beta/models" and scope["method"] == "GET":
+    listing_call = scope["method"] == "GET"
+    if path == "/v1beta/models" and listing_call:
         await listing.gemini_models(app, scope, exchange, options)
+    elif path in _BEDROCK_LISTINGS and listing_call:
+        await cloud_listing.bedrock_listing(app, scope, exchange, options, path[1:])
+    elif path == "/v1beta1/publishers/google/models" and listing_call:
+        await cloud_listing.vertex_models(app, scope, exchange)
+    elif path in _AZURE_LISTINGS and listing_call:
+        await cloud_listing.azure_listing(app, scope, exchange, options, path.rsplit("/", 1)[1])
     elif path == "/oauth2/token":
         await google.token_endpoint(app, scope, exchange)
     elif match := _GEMINI.match(path):

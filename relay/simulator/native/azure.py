@@ -47,7 +47,8 @@ async def handle(
         await error(exchange, 404, "404", "Resource not found")
         return
     name = unquote(deployment)
-    if trust.azure_deployments and name not in trust.azure_deployments:
+    known = trust.azure_known()
+    if known and name not in known:
         await exchange.read_body()
         await error(
             exchange,

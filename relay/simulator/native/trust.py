@@ -25,6 +25,12 @@ class NativeTrust:
     gemini_keys: set[str] = dataclasses.field(default_factory=set)
     azure_keys: set[str] = dataclasses.field(default_factory=set)
     azure_deployments: set[str] = dataclasses.field(default_factory=set)
+    # Deployments with the base model each runs, as Azure's deployment listing shows them
+    # (a deployment in azure_deployments alone runs the model of its own name).
+    azure_deployment_models: dict[str, str] = dataclasses.field(default_factory=dict)
+    # False: the resource refuses the data-plane deployment listing, as Azure now does
+    # for most resources.
+    azure_lists_deployments: bool = True
     azure_api_versions: set[str] = dataclasses.field(
         default_factory=lambda: {"2024-10-21", "2025-04-01-preview"}
     )
@@ -36,6 +42,10 @@ class NativeTrust:
     # trusted accounts, and expired ones are dropped on each issue.
     tokens: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
     token_fetches: int = 0
+
+    def azure_known(self) -> set[str]:
+        """Every deployment the resource has; empty means any name is one."""
+        return self.azure_deployments | set(self.azure_deployment_models)
 
     def trust_aws(self, access_key_id: str, secret_access_key: str, region: str) -> None:
         self.aws_keys[access_key_id] = (secret_access_key, region)
