@@ -17,12 +17,16 @@ from django.core.exceptions import ValidationError
 
 from portal.models import Channel
 from portal.models import provider_settings as rules
-from portal.models.channels import NATIVE_SURFACE_CHOICES, validate_upstream_url
+from portal.models.channels import (
+    NATIVE_SURFACE_CHOICES,
+    NATIVE_SURFACE_PROVIDERS,
+    validate_upstream_url,
+)
 
 _KEY_PROVIDERS = (rules.OPENAI, rules.ANTHROPIC, rules.GEMINI, rules.AZURE)
 # Form field -> the provider types that show it (fields not listed show for every type).
 PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
-    "native_surfaces": (rules.OPENAI,),
+    "native_surfaces": NATIVE_SURFACE_PROVIDERS,
     "secret": _KEY_PROVIDERS,
     "service_account": (rules.VERTEX,),
     "location": (rules.VERTEX,),
@@ -191,7 +195,7 @@ class ChannelForm(forms.Form):
         if kind is None or self.errors:
             return cleaned
         cleaned["provider_settings"] = self._settings(kind, cleaned)
-        if kind != rules.OPENAI:
+        if kind not in NATIVE_SURFACE_PROVIDERS:  # the field was hidden: ticks left over
             cleaned["native_surfaces"] = []
         cleaned["new_secret"] = self._secret(kind, cleaned)
         try:

@@ -36,6 +36,9 @@ def validate_upstream_url(value: str) -> None:
 
 
 NATIVE_SURFACE_CHOICES = ("responses", "messages")
+# Provider types whose channels may serve surfaces natively: the others speak one protocol
+# of their own, which the relay translates every surface to.
+NATIVE_SURFACE_PROVIDERS = (provider_settings.OPENAI,)
 
 
 def validate_native_surfaces(value: object) -> None:

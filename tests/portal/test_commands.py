@@ -153,10 +153,44 @@ def test_create_channel_with_an_inline_secret() -> None:
     assert Channel.objects.get().secret == "inline-secret"
 
 
+def test_create_channel_with_native_surfaces() -> None:
+    _, err = run(
+        "create_channel",
+        "--name",
+        "compat",
+        "--base-url",
+        "http://127.0.0.1:9100/v1",
+        "--secret",
+        "s",
+        "--models",
+        "a",
+        "--native-surfaces",
+        " responses, messages,responses ",
+    )
+    assert Channel.objects.get().native_surfaces == ["responses", "messages"]
+    assert "natively: responses, messages" in err
+    entry = AuditEntry.objects.get(action="channel.create")
+    assert entry.data["native_surfaces"] == ["responses", "messages"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--secret-env", "TOLLGATE_TEST_UNSET_VAR", "--models", "a"], "unset or empty"),
+        (["--secret", "s", "--models", "a", "--native-surfaces", "chat"], "A list of: respo"),
+        (
+            [
+                "--secret",
+                "s",
+                "--models",
+                "a",
+                "--native-surfaces",
+                "messages",
+                "--provider-type",
+                "anthropic",
+            ],
+            "OpenAI-compatible channels only",
+        ),
         (["--secret", "s", "--models", ",="], "Bad --models entry"),
         (["--secret", "s", "--models", "a,a=b"], "listed twice"),
         (["--secret", "s", "--models", " , "], "at least one"),

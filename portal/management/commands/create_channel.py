@@ -11,6 +11,11 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.models import Channel
+from portal.models.channels import (
+    NATIVE_SURFACE_CHOICES,
+    NATIVE_SURFACE_PROVIDERS,
+    validate_native_surfaces,
+)
 from portal.services import channel_create
 
 ACTOR = "cli:create_channel"
@@ -33,6 +38,23 @@ def parse_models(spec: str) -> dict[str, str]:
     if not names:
         raise CommandError("--models needs at least one model id.")
     return names
+
+
+def parse_native_surfaces(spec: str, provider_type: str) -> list[str]:
+    """``responses,messages`` → ["responses", "messages"]: the dashboard form's choices,
+    and, as there, only for the provider types that show them. The form drops ticks left
+    in its hidden field; a flag given on the command line is refused instead."""
+    surfaces = list(dict.fromkeys(item.strip() for item in spec.split(",") if item.strip()))
+    try:
+        validate_native_surfaces(surfaces)
+    except ValidationError as exc:
+        raise CommandError(f"--native-surfaces: {' '.join(exc.messages)}") from None
+    if surfaces and provider_type not in NATIVE_SURFACE_PROVIDERS:
+        raise CommandError(
+            "--native-surfaces is for OpenAI-compatible channels only; a "
+            f"{provider_type} channel's requests are all translated to its own protocol."
+        )
+    return surfaces
 
 
 class Command(BaseCommand):
@@ -84,6 +106,15 @@ class Command(BaseCommand):
             '"deployments": {"gpt-4o": "prod-gpt4o"}} for Azure.',
         )
 
+        parser.add_argument(
+            "--native-surfaces",
+            metavar="SURFACE,...",
+            default="",
+            help=f"APIs the upstream serves itself ({', '.join(NATIVE_SURFACE_CHOICES)}); "
+            "requests on the others are translated to chat completions. OpenAI-compatible "
+            "channels only.",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
         if options["secret_env"]:
             secret = os.environ.get(options["secret_env"], "")
@@ -103,6 +134,7 @@ class Command(BaseCommand):
             if secret:
                 self.stderr.write("Note: --secret-env keeps the secret out of shell history.")
         models = parse_models(options["models"])
+        surfaces = parse_native_surfaces(options["native_surfaces"], options["provider_type"])
         try:
             settings = json.loads(options["provider_settings"])
         except ValueError:
@@ -118,6 +150,7 @@ class Command(BaseCommand):
                 weight=options["weight"],
                 provider_type=options["provider_type"],
                 provider_settings=settings if isinstance(settings, dict) else {"": settings},
+                native_surfaces=surfaces,
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
@@ -126,5 +159,6 @@ class Command(BaseCommand):
             for public, upstream in models.items()
         )
         where = channel.base_url or f"{channel.provider_type}'s endpoint"
-        self.stderr.write(f"Channel {channel.name!r} → {where} serves {served}.")
+        native = f" (natively: {', '.join(surfaces)})" if surfaces else ""
+        self.stderr.write(f"Channel {channel.name!r} → {where} serves {served}{native}.")
         self.stdout.write(channel.name)
