@@ -9,7 +9,8 @@ own credentials.
   SigV4-signed with the channel's access key (IAM actions ``bedrock:ListFoundationModels``
   and ``bedrock:ListInferenceProfiles``). Offered: foundation models with text output that
   are invocable on demand, and active inference profiles (``us.anthropic...``: the way
-  many models must be called) whose every model has text output. Embedding, image and
+  many models must be called; an account's application profiles by ARN) whose every
+  model has text output. Embedding, image and
   provisioned-only models are left out.
 - Vertex AI: ``GET /v1beta1/publishers/google/models`` (ListPublisherModels, paginated by
   ``pageToken``) with the service account's token. The listing does not say which methods
@@ -17,8 +18,8 @@ own credentials.
   offered, less embedding, live, speech and image ones. Other publishers (Anthropic on
   Vertex) are not listed: a Vertex channel calls Google's publisher only.
 - Azure OpenAI: a channel calls deployments, so discovery lists the resource's
-  deployments (``GET /openai/deployments``, ``api-version`` 2022-12-01, the only data-plane
-  version with that list) and offers the name the channel serves each by: the public
+  deployments (``GET /openai/deployments``, ``api-version`` 2022-12-01, the last GA
+  data-plane version with that list) and offers the name the channel serves each by: the public
   names the deployment map sends to it, else the deployment's own name. Deployments of
   models that cannot chat (by ``GET /openai/models``' capabilities) are left out. Azure
   has retired that list for many resources (it moved to the management plane, which an
@@ -61,7 +62,7 @@ DISCOVERABLE = frozenset({"openai", "anthropic", "gemini", "bedrock", "vertex", 
 SECRET_FIELDS = ("secret_access_key", "session_token", "private_key", "private_key_id")
 # Vertex model ids with one of these words do not generate text with generateContent.
 VERTEX_NOT_TEXT = frozenset({"embedding", "live", "tts", "image", "audio"})
-# The one data-plane api-version that lists an Azure resource's deployments.
+# The last GA data-plane api-version that lists an Azure resource's deployments.
 AZURE_DEPLOYMENTS_API_VERSION = "2022-12-01"
 
 
@@ -161,7 +162,10 @@ def _bedrock(client: httpx.Client, channel: Channel) -> Iterator[str]:
         for profile in body.get("inferenceProfileSummaries") or ():
             models = [str(m.get("modelArn", "")).rsplit("/", 1)[-1] for m in profile["models"]]
             if profile.get("status") == "ACTIVE" and models and set(models) <= text_models:
-                yield str(profile["inferenceProfileId"])
+                # An account's own (application) profile has an opaque id: offer its ARN,
+                # which Converse takes as it takes an id, and which says what it is.
+                key = "inferenceProfileArn" if profile.get("type") == "APPLICATION" else ""
+                yield str(profile[key or "inferenceProfileId"])
         if not body.get("nextToken"):
             return
         params = {"maxResults": "1000", "nextToken": str(body["nextToken"])}

@@ -160,10 +160,11 @@ def test_bedrock_lists_on_demand_text_models_and_inference_profiles(
     # and a model that only a profile may call.
     assert found.models == [
         "amazon.nova-micro-v1:0",
+        "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/simteamprofile1",
         "us.amazon.nova-micro-v1:0",
         "us.anthropic.claude-sim-v1:0",
     ]
-    # Three profiles, two per page: the second request carries the (encoded) token and
+    # Four profiles, two per page: the second request carries the (encoded) token and
     # its SigV4 signature still verified.
     assert _listed(app, "/inference-profiles") == [
         "maxResults=1000",

@@ -39,12 +39,15 @@ BEDROCK_MODELS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("amazon.nova-canvas-v1:0", ("IMAGE",), ("ON_DEMAND",)),
     ("meta.llama-sim-provisioned-v1:0", ("TEXT",), ("PROVISIONED",)),
 )
-# (inferenceProfileId, the foundation models it routes to, status)
+# (inferenceProfileId, the foundation models it routes to, type): application profiles
+# are an account's own, with opaque ids.
 BEDROCK_PROFILES: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("us.amazon.nova-canvas-v1:0", ("amazon.nova-canvas-v1:0",), "ACTIVE"),
-    ("us.amazon.nova-micro-v1:0", ("amazon.nova-micro-v1:0",), "ACTIVE"),
-    ("us.anthropic.claude-sim-v1:0", ("anthropic.claude-sim-v1:0",), "ACTIVE"),
+    ("us.amazon.nova-canvas-v1:0", ("amazon.nova-canvas-v1:0",), "SYSTEM_DEFINED"),
+    ("us.amazon.nova-micro-v1:0", ("amazon.nova-micro-v1:0",), "SYSTEM_DEFINED"),
+    ("us.anthropic.claude-sim-v1:0", ("anthropic.claude-sim-v1:0",), "SYSTEM_DEFINED"),
+    ("simteamprofile1", ("amazon.nova-micro-v1:0",), "APPLICATION"),
 )
+AWS_ACCOUNT = "111122223333"
 VERTEX_MODELS = (
     "gemini-2.5-flash",
     "gemini-2.5-pro",
@@ -107,17 +110,23 @@ async def bedrock_listing(
         {
             "inferenceProfileId": profile,
             "inferenceProfileName": profile,
-            "inferenceProfileArn": f"arn:aws:bedrock:{region}::inference-profile/{profile}",
+            "inferenceProfileArn": _profile_arn(region, profile, kind),
             "models": [{"modelArn": arn.format(region, model)} for model in models],
-            "status": status,
-            "type": "SYSTEM_DEFINED",
+            "status": "ACTIVE",
+            "type": kind,
         }
-        for profile, models, status in chunk
+        for profile, models, kind in chunk
     ]
     body: dict[str, Any] = {"inferenceProfileSummaries": profiles}
     if token:
         body["nextToken"] = token
     await exchange.respond_json(200, body)
+
+
+def _profile_arn(region: str, profile: str, kind: str) -> str:
+    if kind == "APPLICATION":
+        return f"arn:aws:bedrock:{region}:{AWS_ACCOUNT}:application-inference-profile/{profile}"
+    return f"arn:aws:bedrock:{region}:{AWS_ACCOUNT}:inference-profile/{profile}"
 
 
 def _access_key(scope: Mapping[str, Any]) -> str:
