@@ -80,6 +80,7 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
             price,
             cache.generation,
             public,
+            input_images=call.input_images(),
         )
         admission, store = await admit(exchange, key, call.limit_tokens(), reservation, taken.pre)
     except BaseException:
@@ -98,6 +99,7 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
         status_code=0,
         total_latency_ms=0,
         price=price,
+        input_images=call.input_images(),
         spend_scopes=reservation.scopes if reservation and admission else (),
     )
     settlement = Settlement(

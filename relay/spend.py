@@ -84,15 +84,21 @@ def reservation(
     price: PricePair,
     generation: int,
     model: str = "",
+    *,
+    input_images: int = 0,
 ) -> Reservation | None:
-    """The hold for a request of ``body_bytes`` that may be billed ``output_tokens`` at
-    worst (its dialect's figure: its own cap on every choice, else the model's, else
-    ``RELAY_RESERVE_OUTPUT_TOKENS``), with the plan windows that count ``model``."""
+    """The hold for a request of ``body_bytes`` with ``input_images`` pictures that may be
+    billed ``output_tokens`` at worst (its dialect's figure: its own cap on every choice,
+    else the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``), with the plan windows that
+    count ``model``."""
     windows = tuple(w for w in key.plan_windows if w.counts(model))
     if not key.spend.any() and not windows:
         return None
     worst = worst_case_cost_micros(
-        price.retail, prompt_bytes=body_bytes, max_output_tokens=output_tokens
+        price.retail,
+        prompt_bytes=body_bytes,
+        max_output_tokens=output_tokens,
+        input_images=input_images,
     )
     return Reservation(
         scopes=scope_names(key, datetime.now(UTC)) if key.spend.any() else (),

@@ -28,15 +28,26 @@ TOKENS_REPLY_PRIMING = 3
 # A picture's cost depends on its size and detail, which the relay does not decode; the
 # low-detail cost is a floor, and the result is marked estimated anyway.
 TOKENS_PER_IMAGE = 85
+# A chat content part that is a picture (``input_image`` is the Responses spelling, which
+# some clients send to chat completions too).
+IMAGE_PART_TYPES = ("image_url", "input_image")
 
 
 def estimate_prompt(payload: Mapping[str, Any]) -> int:
-    """A quick prompt size for rate limits, without the tokenizer (about 4 chars a token).
+    """A quick prompt size for rate limits, without the tokenizer (about 4 chars a token)."""
+    return measure_prompt(payload)[0]
 
-    Runs on the hot path, so it only walks the messages; the real count replaces it when
-    the request settles.
+
+def measure_prompt(payload: Mapping[str, Any]) -> tuple[int, int]:
+    """A quick prompt size (about 4 chars a token) and the number of input images, of a
+    chat-shaped request, without the tokenizer.
+
+    Runs on the hot path, so it only walks the messages, once for both figures; the real
+    token count replaces the size when the request settles, while the image count is
+    what per-image prices bill (no provider reports one).
     """
     total = TOKENS_REPLY_PRIMING
+    images = 0
     for message in payload.get("messages") or ():
         if not isinstance(message, Mapping):
             continue
@@ -49,9 +60,10 @@ def estimate_prompt(payload: Mapping[str, Any]) -> int:
                 if isinstance(part, Mapping):
                     if part.get("type") == "text":
                         total += len(str(part.get("text", ""))) // 4
-                    elif part.get("type") in ("image_url", "input_image"):
+                    elif part.get("type") in IMAGE_PART_TYPES:
                         total += TOKENS_PER_IMAGE
-    return total
+                        images += 1
+    return total, images
 
 
 @functools.cache
@@ -77,7 +89,7 @@ def _content_tokens(content: Any) -> int:
                 continue
             if part.get("type") == "text":
                 total += count_text(str(part.get("text", "")))
-            elif part.get("type") in ("image_url", "input_image"):
+            elif part.get("type") in IMAGE_PART_TYPES:
                 total += TOKENS_PER_IMAGE
             elif part.get("type") == "refusal":
                 total += count_text(str(part.get("refusal", "")))

@@ -244,18 +244,27 @@ def cost_micros(prices: Prices, **counts: Any) -> int:
 
 
 # Image parts in any client API take at least this many bytes of the request body, and a
-# generated image at least one output token: loose bounds, used only when images are priced.
+# generated image at least one output token: loose bounds, used only when images are priced
+# and the caller has not counted the request's pictures.
 MIN_IMAGE_PART_BYTES = 20
 
 
-def worst_case_cost_micros(prices: Prices, *, prompt_bytes: int, max_output_tokens: int) -> int:
+def worst_case_cost_micros(
+    prices: Prices,
+    *,
+    prompt_bytes: int,
+    max_output_tokens: int,
+    input_images: int | None = None,
+) -> int:
     """An upper bound of ``cost_micros`` for a request not yet sent, for reservations.
 
     Byte-level BPE tokens are at least one byte each, so the byte length of the serialised
     request body bounds its prompt tokens. Every prompt token is priced at the dearest
     prompt dimension, every possible output token at the dearest output dimension, of
     either tier on the dearest service tier; the division rounds up (a request's token
-    charges are rounded once, so this bounds them).
+    charges are rounded once, so this bounds them). ``input_images`` is the number of
+    pictures the relay counted in the request, exactly what a price per input image will
+    bill; not given, the body's size bounds it.
     """
     prompt = max(prompt_bytes, 0)
     output = max(max_output_tokens, 0)
@@ -268,7 +277,8 @@ def worst_case_cost_micros(prices: Prices, *, prompt_bytes: int, max_output_toke
     scaled = prompt * dearest(PROMPT_DIMENSIONS) + output * dearest(OUTPUT_DIMENSIONS)
     worst = div_ceil(scaled, PER_MILLION)
     worst += max(s.request_fee for s in sets)
-    worst += (prompt // MIN_IMAGE_PART_BYTES) * max(s.input_image for s in sets)
+    pictures = prompt // MIN_IMAGE_PART_BYTES if input_images is None else max(input_images, 0)
+    worst += pictures * max(s.input_image for s in sets)
     worst += output * max(s.output_image for s in sets)
     return worst
 

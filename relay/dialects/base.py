@@ -177,6 +177,7 @@ class Call:
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.stream = payload.get("stream") is True
+        self._measured: tuple[int, int] | None = None
 
     def output_cap(self) -> int | None:
         """The client's own cap on output tokens per choice, if it set one."""
@@ -202,6 +203,20 @@ class Call:
 
     def prompt_estimate(self) -> int:
         """A quick prompt size (about 4 characters a token), without the tokenizer."""
+        return self.measured()[0]
+
+    def input_images(self) -> int:
+        """The pictures in the request: what a price per input image bills, and reserves."""
+        return self.measured()[1]
+
+    def measured(self) -> tuple[int, int]:
+        """``measure``'s figures, from its one walk of the request."""
+        if self._measured is None:
+            self._measured = self.measure()
+        return self._measured
+
+    def measure(self) -> tuple[int, int]:
+        """The prompt estimate and the input images, found in one walk of the request."""
         raise NotImplementedError
 
     def count_material(self) -> tuple[Any, Any]:

@@ -114,8 +114,8 @@ class ChatCall(Call):
         choices = self.payload.get("n")
         return choices if isinstance(choices, int) and choices >= 1 else 1
 
-    def prompt_estimate(self) -> int:
-        return tokens.estimate_prompt(self.payload)
+    def measure(self) -> tuple[int, int]:
+        return tokens.measure_prompt(self.payload)
 
     def count_material(self) -> tuple[Any, Any]:
         return self.payload["messages"], self.payload.get("tools")

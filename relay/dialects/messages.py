@@ -28,18 +28,23 @@ from relay.translate import canonical, chat, messages, messages_stream
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-def _size(content: Any) -> int:
+def _measure(content: Any) -> tuple[int, int]:
+    """Characters of text, and image blocks, of a message's content (tool results' too)."""
     if isinstance(content, str):
-        return len(content)
-    total = 0
+        return len(content), 0
+    total = images = 0
     for block in content if isinstance(content, list) else ():
         if isinstance(block, Mapping):
+            if block.get("type") == "image":
+                images += 1
             total += sum(
                 len(block[name]) for name in ("text", "content") if isinstance(block.get(name), str)
             )
             if isinstance(block.get("content"), list):
-                total += _size(block["content"])
-    return total
+                size, inner = _measure(block["content"])
+                total += size
+                images += inner
+    return total, images
 
 
 def anthropic_headers(route: Route, version: str, beta: str | None, stream: bool) -> httpx.Headers:
@@ -135,12 +140,14 @@ class MessagesCall(Call):
     def output_cap(self) -> int | None:
         return int(self.payload["max_tokens"])
 
-    def prompt_estimate(self) -> int:
+    def measure(self) -> tuple[int, int]:
         payload = self.payload
-        size = _size(payload.get("system"))
+        size, images = _measure(payload.get("system"))
         for message in payload["messages"]:
-            size += _size(message.get("content"))
-        return 3 + size // 4
+            chars, pictures = _measure(message.get("content"))
+            size += chars
+            images += pictures
+        return 3 + size // 4, images
 
     def count_material(self) -> tuple[Any, Any]:
         try:

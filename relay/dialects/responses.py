@@ -37,20 +37,27 @@ def not_found(response_id: str, param: str | None = None) -> errors.RelayError:
     return errors.RelayError(status, f"Response with id '{response_id}' not found.", param=param)
 
 
-def _texts(value: Any) -> int:
+def _measure(value: Any) -> tuple[int, int]:
+    """Characters of text, and ``input_image`` parts, of input items (in messages and in
+    tool outputs given as lists of parts)."""
     if isinstance(value, str):
-        return len(value)
-    total = 0
+        return len(value), 0
+    total = images = 0
     for part in value if isinstance(value, list) else ():
         if isinstance(part, Mapping):
+            if part.get("type") == "input_image":
+                images += 1
             total += sum(
                 len(part[name])
                 for name in ("text", "output", "arguments", "content")
                 if isinstance(part.get(name), str)
             )
-            if isinstance(part.get("content"), list):
-                total += _texts(part["content"])
-    return total
+            for name in ("content", "output"):
+                if isinstance(part.get(name), list):
+                    size, inner = _measure(part[name])
+                    total += size
+                    images += inner
+    return total, images
 
 
 class PassLeg(Leg):
@@ -130,9 +137,11 @@ class ResponsesCall(Call):
     def output_cap(self) -> int | None:
         return int_or_none(self.payload.get("max_output_tokens"))
 
-    def prompt_estimate(self) -> int:
+    def measure(self) -> tuple[int, int]:
         payload = self.payload
-        return 3 + (_texts(payload.get("input")) + _texts(payload.get("instructions"))) // 4
+        size, images = _measure(payload.get("input"))
+        instructions, _ = _measure(payload.get("instructions"))
+        return 3 + (size + instructions) // 4, images
 
     def count_material(self) -> tuple[Any, Any]:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -102,6 +102,10 @@ class UsageRecord:
     upstream_latency_ms: int | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage | None = None
+    # Pictures the relay counted in the request (its dialect) and in the answer: no
+    # provider reports them, and prices per image bill them (``billed``).
+    input_images: int = 0
+    output_images: int = 0
     # The prices in force when the request arrived, kept on the event with its cost.
     price: PricePair | None = None
     # Material for local counting when the upstream sent no usage: the request's messages
@@ -137,7 +141,7 @@ class UsageRecord:
             if self.status_code >= 400 and not self.completion_text:
                 return 0
             return None
-        found, _ = charges(self.price.retail, self.usage)
+        found, _ = charges(self.price.retail, self.billed(self.usage))
         return sum(micros for _, _, micros in found.values())
 
     def to_json(self) -> bytes:
@@ -182,10 +186,21 @@ class UsageRecord:
             record.usage = Usage(**json.loads(wrapper["usage"]))
         return record
 
+    def billed(self, usage: Usage) -> Usage:
+        """``usage`` (the provider's or a local count) with the images the relay counted:
+        a request that reached a model is billed for the pictures it sent and received."""
+        if usage.input_images >= self.input_images and usage.output_images >= self.output_images:
+            return usage
+        return replace(
+            usage,
+            input_images=max(usage.input_images, self.input_images),
+            output_images=max(usage.output_images, self.output_images),
+        )
+
     def counts(self) -> tuple[Usage, bool]:
-        """The token counts to bill, and whether they are estimated."""
+        """The counts to bill (images included), and whether they are estimated."""
         if self.usage is not None:
-            return self.usage, False
+            return self.billed(self.usage), False
         if self.status_code >= 400 and not self.completion_text:
             return Usage(), False  # nothing reached a model that we know of
         kept = "".join(self.completion_text or ())
@@ -200,7 +215,7 @@ class UsageRecord:
             completion += -(
                 -self.completion_overflow_chars * max(completion, 1) // max(len(kept), 4)
             )
-        return Usage(prompt_tokens=prompt, completion_tokens=completion), True
+        return self.billed(Usage(prompt_tokens=prompt, completion_tokens=completion)), True
 
     def to_event_fields(self) -> dict[str, Any]:
         usage, estimated = self.counts()

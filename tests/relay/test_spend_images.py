@@ -1,0 +1,265 @@
+"""Pictures priced per image are charged: each dialect counts the images of its request
+(chat ``image_url`` parts, Responses ``input_image`` parts, Messages ``image`` blocks,
+tool results' included) as it sizes the request, the usage event keeps the count, the
+charge is the count times the price per image to the micro-unit, and the invoice line of
+that dimension says the same; passed through or translated to a chat channel alike. A
+prepaid balance that covers K such requests is never overdrawn."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from django.conf import settings
+
+from billing.models import InvoiceLine, LedgerEntry, UsageEvent
+from billing.periods import Period
+from billing.pricing import tenant_price_table, worst_case_cost_micros
+from billing.selectors import account_balance_micros
+from billing.services import invoice_generate, model_price_set, usage_charge_post
+from tests.relay.conftest import (
+    INPUT_PRICE,
+    OUTPUT_PRICE,
+    PUBLIC_MODEL,
+    SIM_TOKENS,
+    Gateway,
+    Simulator,
+    prepaid,
+    usage_events,
+)
+from tests.servers import RelayProcess, database_url
+
+pytestmark = pytest.mark.services
+
+PER_IMAGE = 1_234_567  # micro-units per input image: odd, so a wrong count shows
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5E"
+    "rkJggg=="
+)
+DATA_URL = f"data:image/png;base64,{PNG}"
+ANTHROPIC_IMAGE = {
+    "type": "image",
+    "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+}
+
+
+def chat_request() -> tuple[str, dict[str, Any]]:
+    content = [
+        {"type": "text", "text": "Compare these two pictures."},
+        {"type": "image_url", "image_url": {"url": DATA_URL}},
+        {"type": "image_url", "image_url": {"url": DATA_URL, "detail": "low"}},
+    ]
+    return "/v1/chat/completions", {
+        "model": PUBLIC_MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": SIM_TOKENS,
+    }
+
+
+def responses_request() -> tuple[str, dict[str, Any]]:
+    content = [
+        {"type": "input_text", "text": "Compare these two pictures."},
+        {"type": "input_image", "image_url": DATA_URL},
+        {"type": "input_image", "image_url": DATA_URL, "detail": "high"},
+    ]
+    return "/v1/responses", {
+        "model": PUBLIC_MODEL,
+        "instructions": "You compare pictures.",
+        "input": [{"role": "user", "content": content}],
+        "max_output_tokens": SIM_TOKENS,
+    }
+
+
+def messages_request() -> tuple[str, dict[str, Any]]:
+    """One picture in the question, one returned inside a tool's result."""
+    return "/v1/messages", {
+        "model": PUBLIC_MODEL,
+        "max_tokens": SIM_TOKENS,
+        "system": "You compare pictures.",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Take a photo."}, ANTHROPIC_IMAGE],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "camera", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": "the photo:"}, ANTHROPIC_IMAGE],
+                    },
+                    {"type": "text", "text": "Are they the same?"},
+                ],
+            },
+        ],
+    }
+
+
+REQUESTS = {"chat": chat_request, "responses": responses_request, "messages": messages_request}
+# How each dialect reaches the channel: its own API passed through, or translated to chat.
+CASES = [
+    ("chat", []),
+    ("responses", ["responses"]),
+    ("responses", []),
+    ("messages", ["messages"]),
+    ("messages", []),
+]
+
+
+def price_per_image(gateway: Gateway) -> None:
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=INPUT_PRICE,
+        output_per_mtok=OUTPUT_PRICE,
+        input_image_micros=PER_IMAGE,
+        actor="test",
+    )
+
+
+def serve_natively(gateway: Gateway, surfaces: list[str]) -> None:
+    gateway.channel.native_surfaces = surfaces
+    gateway.channel.save()
+
+
+def post(gateway: Gateway, path: str, body: dict[str, Any], base: str = "") -> httpx.Response:
+    return httpx.post(
+        (base or gateway.url) + path,
+        json=body,
+        headers={"Authorization": f"Bearer {gateway.secret}"},
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(("dialect", "native"), CASES, ids=[f"{d}-{n}" for d, n in CASES])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_two_images_are_charged_twice_the_price_per_image(
+    gateway: Gateway, dialect: str, native: list[str], stream: bool
+) -> None:
+    price_per_image(gateway)
+    serve_natively(gateway, native)
+    time.sleep(0.5)  # the relay's caches see the new price and channel (polled every 0.2 s)
+    path, body = REQUESTS[dialect]()
+    body["stream"] = stream
+    response = post(gateway, path, body)
+    assert response.status_code == 200, response.text
+    response.read()
+    [event] = usage_events(1)
+    assert event.surface == dialect and event.status_code == 200 and event.completed
+    assert event.input_images == 2
+    quantity, unit, micros, wholesale_unit, wholesale_micros = event.charges["input_image"]
+    assert (quantity, unit, micros) == (2, PER_IMAGE, 2 * PER_IMAGE)
+    assert (wholesale_unit, wholesale_micros) == (PER_IMAGE, 2 * PER_IMAGE)
+    tokens = sum(c[2] for d, c in event.charges.items() if d != "input_image")
+    assert event.cost_retail_micros == tokens + 2 * PER_IMAGE
+    assert event.prompt_tokens > 0 and event.completion_tokens > 0  # tokens billed besides
+
+    invoice = invoice_generate(customer=gateway.tenant, period=Period.containing(event.created_at))
+    assert invoice is not None
+    [line] = invoice.lines.filter(kind=InvoiceLine.Kind.USAGE, dimension="input_image")
+    assert (line.quantity, line.unit_price_micros, line.amount_micros) == (
+        2,
+        PER_IMAGE,
+        2 * PER_IMAGE,
+    )
+    assert invoice.subtotal_micros == event.cost_retail_micros
+
+
+def test_a_request_that_reached_no_model_is_not_charged_for_its_images(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    price_per_image(gateway)
+    gateway.channel.base_url = sim.channel_url("fail=400")
+    gateway.channel.save()
+    time.sleep(0.5)
+    path, body = chat_request()
+    assert post(gateway, path, body).status_code == 400
+    [event] = usage_events(1)
+    assert event.input_images == 0 and event.charges == {} and event.cost_retail_micros == 0
+
+
+def test_text_only_requests_count_no_images(gateway: Gateway) -> None:
+    price_per_image(gateway)
+    time.sleep(0.5)
+    response = post(
+        gateway,
+        "/v1/chat/completions",
+        {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 200
+    [event] = usage_events(1)
+    assert event.input_images == 0 and "input_image" not in event.charges
+
+
+@pytest.fixture
+def relay_process(gateway: Gateway) -> Iterator[str]:
+    relay = RelayProcess(
+        {
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+            "RELAY_CACHE_POLL_SECONDS": "0.2",
+        }
+    )
+    yield relay.url
+    relay.stop()
+
+
+def test_a_balance_is_never_overdrawn_by_images(
+    gateway: Gateway, sim: Simulator, relay_process: str
+) -> None:
+    """Images dearer than all the request's tokens: a hold that left them out would let
+    5K requests through on a balance for K."""
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=0,
+        output_per_mtok=OUTPUT_PRICE,
+        input_image_micros=PER_IMAGE,
+        actor="test",
+    )
+    gateway.channel.base_url = sim.channel_url("latency=150")
+    gateway.channel.save()
+    path, body = chat_request()
+    price = tenant_price_table(gateway.tenant.pk)[PUBLIC_MODEL].retail
+    worst = worst_case_cost_micros(
+        price,
+        prompt_bytes=len(orjson.dumps(body)),
+        max_output_tokens=SIM_TOKENS,
+        input_images=2,
+    )
+    assert worst == 2 * PER_IMAGE + SIM_TOKENS * OUTPUT_PRICE // 1_000_000
+    k = 10
+    account = prepaid(gateway, k * worst)
+    time.sleep(0.6)  # both processes see the new terms
+
+    def call(index: int) -> tuple[int, str]:
+        response = post(gateway, path, body, (gateway.url, relay_process)[index % 2])
+        return response.status_code, response.headers.get("x-request-id", "")
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(call, range(5 * k)))
+
+    statuses = [status for status, _ in results]
+    served = {rid for status, rid in results if status == 200}
+    assert set(statuses) <= {200, 429} and k <= len(served) < 5 * k
+    events = [e for e in usage_events(len(served), timeout=20) if e.request_id in served]
+    assert len(events) == len(served)
+    for event in events:
+        assert event.charges["input_image"][:3] == [2, PER_IMAGE, 2 * PER_IMAGE]
+    usage_charge_post()
+    charges = LedgerEntry.objects.filter(account=account, kind=LedgerEntry.Kind.USAGE)
+    assert charges.count() == len(events)
+    assert sum(e.cost_retail_micros for e in events) <= k * worst
+    assert account_balance_micros(account) >= 0
+    assert UsageEvent.objects.filter(input_images=2).count() == len(events)
