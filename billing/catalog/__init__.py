@@ -1,6 +1,11 @@
 """The price catalog that ships with Tollgate: providers' public list prices, context
-windows and capabilities of well-known models, each with the date it was checked
-(``models.json``). Read from the package, never from the network."""
+windows and capabilities of well-known models (``models.json``). Read from the package,
+never from the network.
+
+An entry's ``checked`` is the day its figures were compared with a stored copy of the
+provider's own page (``source``); ``unverified`` names the figures that page did not show.
+An entry no provider page confirmed has no ``checked`` date and a ``note`` saying why: its
+figures are as first published, and importing them flags them as unverified."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ class CatalogEntry:
 
     id: str
     provider: str
-    checked: date
+    checked: date | None  # None: no provider page confirmed these figures (see ``note``)
     source: str
     context_window: int | None
     max_output_tokens: int | None
@@ -34,6 +39,13 @@ class CatalogEntry:
     long_context_prices: dict[str, int]
     flex_percent: int | None
     priority_percent: int | None
+    note: str = ""
+    unverified: tuple[str, ...] = ()  # figures the page at ``source`` did not show
+
+    @property
+    def verified(self) -> bool:
+        """Whether a provider page confirmed this entry's prices."""
+        return self.checked is not None
 
     def price_fields(self) -> dict[str, Any]:
         """The entry as ``billing.services.model_price_set``'s price arguments."""
@@ -55,6 +67,14 @@ class Catalog:
     def by_id(self) -> dict[str, CatalogEntry]:
         return {entry.id: entry for entry in self.entries}
 
+    def checked_dates(self) -> list[date]:
+        """The dates the verified entries were checked, oldest first."""
+        return sorted(entry.checked for entry in self.entries if entry.checked is not None)
+
+    def unverified_ids(self) -> list[str]:
+        """The entries whose figures no provider page confirmed."""
+        return [entry.id for entry in self.entries if not entry.verified]
+
 
 def _prices(raw: dict[str, Any], where: str) -> dict[str, int]:
     unknown = set(raw) - set(PRICE_COLUMNS)
@@ -74,11 +94,15 @@ def parse(data: dict[str, Any]) -> Catalog:
         long = raw.get("long_context") or {}
         tier = _prices(long.get("prices") or {}, where)
         surfaces = raw.get("surfaces")
+        checked = raw["checked"]
+        note = str(raw.get("note") or "")
+        if checked is None and not note:
+            raise ValueError(f"{where}: an unchecked entry needs a note saying why")
         entries.append(
             CatalogEntry(
                 id=str(raw["id"]),
                 provider=str(raw["provider"]),
-                checked=date.fromisoformat(raw["checked"]),
+                checked=None if checked is None else date.fromisoformat(checked),
                 source=str(raw.get("source") or ""),
                 context_window=raw.get("context_window"),
                 max_output_tokens=raw.get("max_output_tokens"),
@@ -92,6 +116,8 @@ def parse(data: dict[str, Any]) -> Catalog:
                 },
                 flex_percent=raw.get("flex_percent"),
                 priority_percent=raw.get("priority_percent"),
+                note=note,
+                unverified=tuple(str(name) for name in raw.get("unverified") or ()),
             )
         )
     ids = [entry.id for entry in entries]

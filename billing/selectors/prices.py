@@ -24,7 +24,8 @@ class PriceRow:
 
     ``effective`` is what the list charges in every dimension (explicit, or wholesale
     marked up); ``cost`` what it costs the seller: for the wholesale list the provider's
-    list price from the shipped catalog (checked on ``cost_checked``), for a reseller's
+    list price from the shipped catalog (checked on ``cost_checked``, or unverified when
+    that is None), for a reseller's
     list wholesale. ``below_cost`` names the dimensions priced under it.
     """
 
@@ -35,6 +36,9 @@ class PriceRow:
     effective: Prices | None = None
     cost: Prices | None = None
     cost_checked: date | None = None
+    # The cost is the catalog's list price (not wholesale); with no ``cost_checked`` date
+    # that list price is unverified.
+    cost_is_list_price: bool = False
     below_cost: list[str] = field(default_factory=list)
 
     @property
@@ -126,6 +130,7 @@ def price_rows(price_list: PriceList) -> list[PriceRow]:
         if entry is not None:
             row.cost = prices_of(ModelPrice(**catalog_fields(entry)), currency)
             row.cost_checked = entry.checked
+            row.cost_is_list_price = True
         elif not platform:
             row.cost = wholesale_prices
         if row.effective is not None and row.cost is not None:
@@ -144,11 +149,19 @@ def catalog_fields(entry: catalog.CatalogEntry) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class CatalogSummary:
     models: int
-    first: date
-    last: date
+    first: date | None  # the checked entries' dates (None when none was checked)
+    last: date | None
+    unverified: int  # entries no provider page confirmed
 
 
 def catalog_summary() -> CatalogSummary:
-    """How many models the shipped catalog holds and when its figures were checked."""
-    checked = sorted(entry.checked for entry in catalog.load().entries)
-    return CatalogSummary(len(checked), checked[0], checked[-1])
+    """How many models the shipped catalog holds, when their figures were checked, and how
+    many no provider page confirmed."""
+    shipped = catalog.load()
+    checked = shipped.checked_dates()
+    return CatalogSummary(
+        len(shipped.entries),
+        checked[0] if checked else None,
+        checked[-1] if checked else None,
+        len(shipped.unverified_ids()),
+    )

@@ -72,7 +72,20 @@ def test_prices_below_cost_are_marked(
     )
     html = _page(client_for(operator_user), "platform", market.wholesale.pk)
     assert html.count(">below cost</span>") == 1
-    assert "list price (checked 2024-10-01)" in html
+    # No provider page confirmed gpt-4o's figures: the page says the list price is unverified.
+    assert "the provider's list price (unverified)" in html
+    # A model whose list price was checked says when.
+    checked = CatalogModel.objects.create(public_id="claude-opus-5")
+    billing.model_price_set(
+        price_list=market.wholesale,
+        model=checked,
+        input_per_mtok=5_000_000,
+        output_per_mtok=20_000_000,
+        actor=operator_user,
+    )
+    html = _page(client_for(operator_user), "platform", market.wholesale.pk)
+    assert html.count(">below cost</span>") == 2
+    assert "list price (checked 2026-11-30)" in html
 
 
 def test_the_operator_imports_the_catalog_with_one_click(
@@ -80,9 +93,11 @@ def test_the_operator_imports_the_catalog_with_one_click(
 ) -> None:
     operator = client_for(operator_user)
     url = reverse("price_list", args=["platform", market.wholesale.pk])
-    assert "Import price catalog" in _page(operator, "platform", market.wholesale.pk)
+    page = _page(operator, "platform", market.wholesale.pk)
+    assert "Import price catalog" in page and "of them are unverified" in page
     response = operator.post(url, {"action": "catalog"}, follow=True)
     assert "Price catalog imported" in response.content.decode()
+    assert "Unverified list prices" in response.content.decode()
     priced = ModelPrice.objects.count()
     assert CatalogModel.objects.filter(public_id="claude-sonnet-4-5").exists()
     response = operator.post(url, {"action": "catalog"}, follow=True)

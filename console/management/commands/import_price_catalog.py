@@ -2,6 +2,8 @@
 
 Creates the catalog's models that are missing (with their context windows and
 capabilities) and prices those without a wholesale price at the provider's list price.
+Entries no provider page confirmed (``"checked": null`` in the catalog) are imported too,
+and listed as unverified so the operator checks them before relying on them.
 No network is used: the catalog ships in ``billing/catalog/models.json``. Running it
 again changes nothing; ``--reprice`` brings models priced otherwise to the catalog.
 """
@@ -36,11 +38,20 @@ class Command(BaseCommand):
             result = price_catalog_import(actor=ACTOR, reprice=options["reprice"])
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
-        checked = sorted({entry.checked for entry in catalog.entries})
-        self.stdout.write(
-            f"Catalog of {len(catalog.entries)} models ({catalog.currency}), figures checked "
-            f"{checked[0]:%Y-%m-%d} to {checked[-1]:%Y-%m-%d}."
+        checked = catalog.checked_dates()
+        unverified = catalog.unverified_ids()
+        span = (
+            f"{len(checked)} checked against the provider's page {checked[0]:%Y-%m-%d} to "
+            f"{checked[-1]:%Y-%m-%d}"
+            if checked
+            else "none checked against a provider's page"
         )
+        self.stdout.write(f"Catalog of {len(catalog.entries)} models ({catalog.currency}): {span}.")
+        if unverified:
+            self.stdout.write(
+                f"Unverified (no provider page confirmed these figures; they are as first "
+                f"published, check them before relying on them): {', '.join(unverified)}"
+            )
         for label, ids in (
             ("Models created", result.models_created),
             ("Models completed", result.models_completed),
