@@ -89,9 +89,28 @@ def delta_texts(choice: Any) -> list[str]:
     return texts
 
 
+def _images(holder: Any) -> int:
+    """Pictures in a message or delta (``images``, where providers return image output)."""
+    images = holder.get("images") if isinstance(holder, Mapping) else None
+    return len(images) if isinstance(images, list) else 0
+
+
 class ChatLeg(OpenAIStreamLeg):
     def texts(self, choice: Any) -> list[str]:
+        # Every streamed choice passes here: count the pictures it delivers.
+        if isinstance(choice, Mapping):
+            self.record.output_images += _images(choice.get("delta"))
         return delta_texts(choice)
+
+    def answer(self, parsed: Any) -> bytes | None:
+        body = super().answer(parsed)
+        if body is not None:
+            self.record.output_images = sum(
+                _images(choice.get("message"))
+                for choice in parsed.get("choices") or ()
+                if isinstance(choice, Mapping)
+            )
+        return body
 
     def native(self) -> NativeCodec:
         return chat_codec(self.payload, self.public, self.client_wants_usage)

@@ -60,6 +60,19 @@ def _measure(value: Any) -> tuple[int, int]:
     return total, images
 
 
+def _generated_images(output: Any) -> int:
+    """Pictures the image_generation tool made: its output items that did not fail."""
+    if not isinstance(output, list):
+        return 0
+    return sum(
+        1
+        for item in output
+        if isinstance(item, Mapping)
+        and item.get("type") == "image_generation_call"
+        and item.get("status") != "failed"
+    )
+
+
 class PassLeg(Leg):
     path = "/responses"
     passthrough = True
@@ -88,6 +101,10 @@ class PassLeg(Leg):
         usage = responses.usage_to_canonical(response.get("usage"), response.get("service_tier"))
         if usage is not None:
             self.record.usage = Usage.from_canonical(usage)
+        # The whole response (an answer, or a stream's last event) lists the pictures made.
+        self.record.output_images = max(
+            self.record.output_images, _generated_images(response.get("output"))
+        )
 
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or parsed.get("object") != "response":

@@ -17,7 +17,7 @@ from typing import Any
 
 from relay.simulator.exchange import SimExchange
 from relay.simulator.options import SimOptions
-from relay.simulator.responses import RequestError, new_id
+from relay.simulator.responses import PIXEL_PNG, RequestError, new_id
 from relay.simulator.wire import json_text, named_event, pieces, play, words
 
 MAX_STORED = 10_000
@@ -232,6 +232,20 @@ class ResponsePlan:
         return "incomplete" if self.truncated and not self.tool else "completed"
 
 
+def image_calls(count: int) -> list[dict[str, Any]]:
+    """Generated pictures as the image_generation tool returns them: output items after the
+    message (on streams they appear in the final response only)."""
+    return [
+        {
+            "id": new_id("ig_"),
+            "type": "image_generation_call",
+            "status": "completed",
+            "result": PIXEL_PNG,
+        }
+        for _ in range(count)
+    ]
+
+
 def _listed(item: dict[str, Any]) -> dict[str, Any]:
     """An input item as OpenAI lists it: a message's text content as input_text parts."""
     if item.get("type") == "message" and isinstance(item.get("content"), str):
@@ -255,7 +269,8 @@ async def create(
         _keep(store, plan, response)
         await exchange.respond_json(200, response)
         return
-    final = plan.response(plan.final_status, [plan.item(done=True)], usage=not options.nousage)
+    output = [plan.item(done=True), *image_calls(options.images)]
+    final = plan.response(plan.final_status, output, usage=not options.nousage)
     _keep(store, plan, final)
     if plan.body.get("stream") is not True:
         await exchange.respond_json(200, final)

@@ -71,6 +71,7 @@ class ChatPlan:
     logprobs: bool
     top_logprobs: int
     prompt_tokens: int
+    images: int = 0  # pictures choice 0 generates (``SimOptions.images``)
 
     @property
     def completion_tokens(self) -> int:
@@ -154,6 +155,7 @@ def plan_chat(body: Any, options: SimOptions) -> ChatPlan:
         logprobs=body.get("logprobs") is True,
         top_logprobs=top_logprobs,
         prompt_tokens=count_prompt_tokens(messages),
+        images=options.images,
     )
 
 
@@ -210,6 +212,8 @@ def completion_body(plan: ChatPlan, options: SimOptions) -> dict[str, Any]:
             entries = [token_logprob(piece, plan.top_logprobs) for piece in pieces]
             logprobs = {"content": entries, "refusal": None}
         message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        if index == 0 and plan.images:
+            message["images"] = generated_images(plan.images)
         choices.append(
             {
                 "index": index,
@@ -243,7 +247,25 @@ def stream_steps(plan: ChatPlan, index: int) -> list[dict[str, Any]]:
         }
         rest = {"index": 0, "function": {"arguments": "{}"}}
         return [{"tool_calls": [first]}, {"tool_calls": [rest]}]
-    return [{"content": _piece(position)} for position in range(plan.produced)]
+    deltas: list[dict[str, Any]] = [
+        {"content": _piece(position)} for position in range(plan.produced)
+    ]
+    if index == 0 and plan.images:
+        deltas.append({"images": generated_images(plan.images)})
+    return deltas
+
+
+# A 1x1 PNG: what each generated picture carries.
+PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5E"
+    "rkJggg=="
+)
+
+
+def generated_images(count: int) -> list[dict[str, Any]]:
+    """Chat image output as OpenRouter returns it: image_url parts holding data URLs."""
+    url = f"data:image/png;base64,{PIXEL_PNG}"
+    return [{"type": "image_url", "image_url": {"url": url}} for _ in range(count)]
 
 
 def error_envelope(

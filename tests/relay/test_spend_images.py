@@ -201,6 +201,58 @@ def test_text_only_requests_count_no_images(gateway: Gateway) -> None:
     assert event.input_images == 0 and "input_image" not in event.charges
 
 
+GENERATED = 7_654_321  # micro-units per generated image
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(
+    ("dialect", "native"), [("chat", []), ("responses", ["responses"])], ids=["chat", "responses"]
+)
+def test_generated_images_are_charged_per_image(
+    gateway: Gateway, sim: Simulator, dialect: str, native: list[str], stream: bool
+) -> None:
+    """Chat image output (message.images, delta.images on streams) and the Responses
+    image_generation tool's output items are counted and charged at the generated-image
+    price; the text prompt has no input images."""
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=INPUT_PRICE,
+        output_per_mtok=OUTPUT_PRICE,
+        output_image_micros=GENERATED,
+        actor="test",
+    )
+    gateway.channel.base_url = sim.channel_url("images=3")
+    gateway.channel.native_surfaces = native
+    gateway.channel.save()
+    time.sleep(0.5)
+    if dialect == "chat":
+        path, body = (
+            "/v1/chat/completions",
+            {
+                "model": PUBLIC_MODEL,
+                "messages": [{"role": "user", "content": "Draw three cats."}],
+                "modalities": ["image", "text"],
+            },
+        )
+    else:
+        path, body = (
+            "/v1/responses",
+            {
+                "model": PUBLIC_MODEL,
+                "input": "Draw three cats.",
+                "tools": [{"type": "image_generation"}],
+            },
+        )
+    body["stream"] = stream
+    response = post(gateway, path, body)
+    assert response.status_code == 200, response.text
+    [event] = usage_events(1)
+    assert (event.input_images, event.output_images) == (0, 3)
+    assert event.charges["output_image"] == [3, GENERATED, 3 * GENERATED, GENERATED, 3 * GENERATED]
+    assert "input_image" not in event.charges
+
+
 @pytest.fixture
 def relay_process(gateway: Gateway) -> Iterator[str]:
     relay = RelayProcess(
