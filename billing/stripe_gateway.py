@@ -3,13 +3,15 @@
 Each call uses the seller's own secret key (a ``StripeClient`` per call: keys differ by
 seller and may change). ``STRIPE_API_BASE`` points the library elsewhere; only tests set
 it, to their loopback stand-in. Amounts cross this boundary in Stripe's minor units.
+
+The library is imported on first use (~0.2 s, with its HTTP clients): the dashboard's
+URLconf and the billing services import this module, and most processes never pay.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import stripe
 from django.conf import settings
 
 from billing.models import StripeAccount
@@ -20,9 +22,25 @@ ZERO_DECIMAL = frozenset(
 )
 MICROS = 1_000_000
 
-StripeError = stripe.StripeError
-CardError = stripe.CardError
-SignatureVerificationError = stripe.SignatureVerificationError
+if TYPE_CHECKING:
+    import stripe
+
+    # What __getattr__ below answers at run time, for the type checker.
+    from stripe import CardError as CardError
+    from stripe import SignatureVerificationError as SignatureVerificationError
+    from stripe import StripeError as StripeError
+
+_EXCEPTIONS = frozenset({"StripeError", "CardError", "SignatureVerificationError"})
+
+
+def __getattr__(name: str) -> Any:
+    """``StripeError``, ``CardError`` and ``SignatureVerificationError``: stripe's own,
+    looked up when an ``except`` clause first names them (so importing stripe waits)."""
+    if name in _EXCEPTIONS:
+        import stripe
+
+        return getattr(stripe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def micros_per_minor_unit(currency: str) -> int:
@@ -42,6 +60,8 @@ def to_micros(minor_units: int, currency: str) -> int:
 
 
 def client_for(account: StripeAccount) -> stripe.StripeClient:
+    import stripe
+
     base = settings.STRIPE_API_BASE
     return stripe.StripeClient(
         account.secret_key,
@@ -53,6 +73,8 @@ def client_for(account: StripeAccount) -> stripe.StripeClient:
 def verified_event(account: StripeAccount, payload: bytes, signature: str | None) -> dict[str, Any]:
     """The event in ``payload`` if ``signature`` is the account's; raises
     ``SignatureVerificationError`` (or ``ValueError`` for a body that is not JSON)."""
+    import stripe
+
     event = stripe.Webhook.construct_event(payload, signature, account.webhook_secret)
     return event.to_dict()
 

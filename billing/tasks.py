@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task
 from django.db import transaction
 
 from billing import services
@@ -19,6 +19,7 @@ from billing.services.budgets import budget_accounts
 from billing.services.invoices import invoice_customers
 from billing.services.plans import plans_renew
 from billing.services.prices import price_changes_announce
+from portal.background import app
 from portal.models import Organization
 
 
@@ -29,13 +30,13 @@ def _same_queue(task: Task) -> dict[str, Any]:
     return {"queue": queue} if queue else {}
 
 
-@shared_task(name="billing.rollups_advance")
+@app.task(name="billing.rollups_advance")
 def rollups_advance_task() -> int:
     """Fold newly recorded usage events into the hourly and daily rollups."""
     return services.rollups_advance().total
 
 
-@shared_task(name="billing.rollup_recompute")
+@app.task(name="billing.rollup_recompute")
 def rollup_recompute_task(start: str, end: str) -> int:
     """Recompute the rollups of ``[start, end)`` (ISO 8601 datetimes)."""
     from django.utils.dateparse import parse_datetime
@@ -46,13 +47,13 @@ def rollup_recompute_task(start: str, end: str) -> int:
     return services.rollup_recompute(start=start_at, end=end_at).total
 
 
-@shared_task(name="billing.usage_charges_advance")
+@app.task(name="billing.usage_charges_advance")
 def usage_charges_advance_task() -> int:
     """Post a ledger charge for each billable usage event not charged yet."""
     return services.usage_charges_advance()
 
 
-@shared_task(name="billing.budget_checks", bind=True)
+@app.task(name="billing.budget_checks", bind=True)
 def budget_checks_task(self: Task) -> int:
     """Check this month's spend of every account with a budget, one task per account."""
     accounts = budget_accounts()
@@ -61,7 +62,7 @@ def budget_checks_task(self: Task) -> int:
     return len(accounts)
 
 
-@shared_task(name="billing.budget_check")
+@app.task(name="billing.budget_check")
 def budget_check_task(account_id: int) -> int:
     """Record the account's newly crossed thresholds, then have each alert delivered once
     the check has committed."""
@@ -72,12 +73,12 @@ def budget_check_task(account_id: int) -> int:
     return len(alerts)
 
 
-@shared_task(name="billing.budget_alert_deliver")
+@app.task(name="billing.budget_alert_deliver")
 def budget_alert_deliver_task(alert_id: int) -> bool:
     return services.budget_alert_deliver(alert_id=alert_id)
 
 
-@shared_task(name="billing.invoice_drafts", bind=True)
+@app.task(name="billing.invoice_drafts", bind=True)
 def invoice_drafts_task(self: Task, period: str | None = None) -> int:
     """Create or refresh the drafts of ``period`` (``YYYY-MM``, or ``current``; default
     last month) for every customer with usage in it, one task per customer."""
@@ -91,32 +92,32 @@ def invoice_drafts_task(self: Task, period: str | None = None) -> int:
     return len(customers)
 
 
-@shared_task(name="billing.invoice_draft")
+@app.task(name="billing.invoice_draft")
 def invoice_draft_task(customer_id: int, period: str) -> int | None:
     customer = Organization.objects.select_related("parent").get(pk=customer_id)
     invoice = services.invoice_generate(customer=customer, period=Period.parse(period))
     return invoice.pk if invoice else None
 
 
-@shared_task(name="billing.plans_renew")
+@app.task(name="billing.plans_renew")
 def plans_renew_task() -> int:
     """Charge every active plan subscription for the current month, once."""
     return plans_renew()
 
 
-@shared_task(name="billing.prune_usage_events")
+@app.task(name="billing.prune_usage_events")
 def prune_usage_events_task() -> int:
     """Delete raw usage events past retention (BILLING_RAW_RETENTION_DAYS)."""
     return services.usage_events_prune()
 
 
-@shared_task(name="billing.price_changes_announce")
+@app.task(name="billing.price_changes_announce")
 def price_changes_announce_task() -> bool:
     """Make relay processes reload when a price set ahead of time comes into force."""
     return price_changes_announce()
 
 
-@shared_task(name="billing.auto_recharge_checks", bind=True)
+@app.task(name="billing.auto_recharge_checks", bind=True)
 def auto_recharge_checks_task(self: Task) -> int:
     """Check every account with auto-recharge on, one task per account."""
     accounts = auto_recharge_accounts()
@@ -125,7 +126,7 @@ def auto_recharge_checks_task(self: Task) -> int:
     return len(accounts)
 
 
-@shared_task(name="billing.auto_recharge_check")
+@app.task(name="billing.auto_recharge_check")
 def auto_recharge_check_task(account_id: int) -> int | None:
     """Charge the saved card once if the balance crossed below its threshold."""
     payment = auto_recharge_check(account_id=account_id)

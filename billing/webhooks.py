@@ -21,11 +21,13 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from django.conf import settings
+
+if TYPE_CHECKING:
+    import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -154,6 +156,8 @@ def webhook_destination(url: str) -> Destination:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = _resolve(host, port)
     if not addresses:
+        import httpx  # deferred, as in webhook_post
+
         raise httpx.ConnectError(f"{host} does not resolve")
     _check_addresses(addresses)
     return Destination(url=url, host=host, address=addresses[0])
@@ -166,6 +170,10 @@ def webhook_post(url: str, payload: dict[str, Any], *, timeout: float) -> httpx.
     when the post fails. Redirects are not followed and no proxy from the environment is
     used, so the checked address is the only one reached.
     """
+    # Deferred: the models import this module for its outcome names, and httpx would add
+    # ~0.2 s to every process start (management commands, the relay's workers).
+    import httpx
+
     destination = webhook_destination(url)
     parts = urlsplit(url)
     address = destination.address

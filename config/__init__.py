@@ -1,7 +1,6 @@
-"""Project configuration: settings, URLs, ASGI/WSGI entry points and the Celery app."""
+"""Project configuration: settings, URLs, ASGI/WSGI entry points and the Celery app.
 
-from __future__ import annotations
-
-from config.celery_app import app as celery_app
-
-__all__ = ["celery_app"]
+The Celery app is not imported here (Celery's Django guide does), so that Django's start
+(every management command, every relay worker) does not pay ~0.3 s for it: the worker and
+beat load ``config.celery_app``; the tasks bind to ``portal.background.app`` themselves.
+"""

@@ -15,20 +15,18 @@ Beat schedule (UTC); every task is idempotent, so a missed or doubled run is har
 With ``TOLLGATE_PERIODIC_SECONDS`` set (``bin/demo`` sets it), every job but pruning runs
 that often instead, and the drafts job also drafts the current month: a demo shows its
 money within a minute of traffic.
+
+The worker and beat load this module (``celery -A config.celery_app``); nothing else needs
+to. The app object itself is ``portal.background.app``, which the tasks bind to.
 """
 
 from __future__ import annotations
 
-import os
-
-from celery import Celery
 from celery.schedules import crontab
 from django.conf import settings
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+from portal.background import app
 
-app = Celery("tollgate")
-app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 PRODUCTION_SCHEDULE = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
@@ -34,6 +33,8 @@ DISCOVERY_SECONDS = 3600
 
 def discovery(config: SsoConfig) -> dict[str, Any]:
     """The provider's OpenID configuration (its endpoints), cached for an hour."""
+    import httpx  # on use: every process loads this module with the URLconf
+
     key = f"sso-discovery:{config.issuer}"
     found = cache.get(key)
     if found is None:
@@ -81,6 +82,8 @@ class SsoRequestView(_ProviderSettings, OIDCAuthenticationRequestView):
         config = sso_config(key)
         if config is None:
             raise Http404("No such single sign-on.")
+        import httpx  # on use, as in discovery()
+
         try:
             self.overrides = _overrides(config)
         except (httpx.HTTPError, ValueError, ImproperlyConfigured) as exc:

@@ -12,12 +12,12 @@ any worker sums them all. Without it each process keeps its own registry, which 
 for a single worker (and the tests).
 
 ``request_id`` carries the current request's id to every log record (``RequestIdFilter``),
-so the JSON logs (``LOG_FORMAT=json``) can be joined with usage events and responses.
+so the JSON logs (``LOG_FORMAT=json``) can be joined with usage events and responses. Both
+live in ``relay.logcontext``, which the logging configuration names, and are re-exported.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import time
@@ -36,6 +36,10 @@ from prometheus_client.core import GaugeMetricFamily
 
 from relay import outage
 
+# Re-exported: the relay sets metrics.request_id; tools add metrics.RequestIdFilter.
+from relay.logcontext import RequestIdFilter as RequestIdFilter
+from relay.logcontext import request_id as request_id
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -45,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("relay.access")
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -344,15 +347,3 @@ async def respond(exchange: Exchange) -> None:
         }
     )
     await exchange.send({"type": "http.response.body", "body": body})
-
-
-# --- logs -------------------------------------------------------------------------------
-
-
-class RequestIdFilter(logging.Filter):
-    """Puts the id of the request being served (or "") on every log record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id.get()
-        return True

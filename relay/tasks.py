@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from celery import shared_task
-
+from portal.background import app
 from portal.models import Channel
 from relay import health
 
 
-@shared_task(name="relay.channels_health_check", ignore_result=True)
+@app.task(name="relay.channels_health_check", ignore_result=True)
 def channels_health_check() -> dict[int, bool]:
     return health.channels_check_all()
 
 
-@shared_task(name="relay.channel_check", ignore_result=True)
+@app.task(name="relay.channel_check", ignore_result=True)
 def channel_check(channel_id: int) -> bool:
     channel = Channel.objects.filter(pk=channel_id).first()
     return bool(channel and health.channel_check(channel).ok)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
@@ -130,6 +129,8 @@ def budget_alert_deliver(*, alert_id: int) -> bool:
 def _webhook_deliver(slug: str, url: str, alert: BudgetAlert) -> dict[str, Any]:
     """Post the alert; the outcome tenants see is the HTTP status or a coarse failure,
     never the connection error (which would tell open ports from closed ones)."""
+    import httpx  # deferred: only a delivery needs it (see billing.webhooks.webhook_post)
+
     try:
         response = webhook_post(
             url, alert_payload(alert), timeout=settings.BILLING_WEBHOOK_TIMEOUT_SECONDS

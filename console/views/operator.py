@@ -30,7 +30,10 @@ from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import request_scope, require_operator
 from portal.models import Channel
-from relay import discovery, health
+
+# relay.health and relay.discovery are imported by the views that use them, not here: with
+# the relay's shared state (Redis), HTTP client and provider adapters under them they would
+# add ~0.5 s to every process that loads the URLconf (every management command's checks).
 
 # How far back the channel pages count requests, errors and failovers.
 TRAFFIC_WINDOW = timedelta(hours=24)
@@ -116,6 +119,8 @@ def overview(request: AuthenticatedHttpRequest) -> HttpResponse:
 def _channels_with_health() -> list[Channel]:
     """Channels with their breaker (shared relay state) and last day's traffic (usage
     events): error rate and how often the relay failed over from them."""
+    from relay import health  # on use: see the note at the top
+
     channels = list(selectors.channels_overview())
     breakers = health.breaker_states()
     traffic = usage_reads.channel_traffic(timezone.now() - TRAFFIC_WINDOW)
@@ -214,6 +219,8 @@ def channel_status(request: AuthenticatedHttpRequest, channel_id: int) -> HttpRe
 def channel_test(request: AuthenticatedHttpRequest, channel_id: int) -> HttpResponseRedirect:
     """Send the channel one tiny request now and report the result and latency."""
     require_operator(request.user)
+    from relay import health  # on use: see the note at the top
+
     channel = get_object_or_404(Channel, pk=channel_id)
     result = health.channel_check(channel)
     if result.ok:
@@ -231,6 +238,8 @@ def channel_discover(request: AuthenticatedHttpRequest, channel_id: int) -> Http
     """Ask the provider which models it lists, and offer those the channel does not serve
     yet in the edit form's "Add models" box (nothing is saved until the operator saves)."""
     require_operator(request.user)
+    from relay import discovery  # on use: see the note at the top
+
     channel = get_object_or_404(selectors.channels_overview(), pk=channel_id)
     found = discovery.channel_models_discover(channel)
     initial = ChannelForm.initial_for(channel)

@@ -18,8 +18,6 @@ from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, render_page
 from portal.access import Access, Need, get_access, require_operator
 from portal.models import Organization
-from relay.plan_usage import windows_left
-from relay.snapshot import subscription_windows
 
 
 def _seller(request: AuthenticatedHttpRequest, slug: str) -> Access:
@@ -137,6 +135,11 @@ def plan(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         elif action == "cancel" and current is not None:
             _cancel(request, current)
         return redirect("plan", slug=slug)
+    # On use: relay.plan_usage brings the relay's shared state (Redis clients, ~0.3 s)
+    # into every process that loads the URLconf.
+    from relay.plan_usage import windows_left
+    from relay.snapshot import subscription_windows
+
     left = windows_left(subscription_windows(current)) if current else []
     return render_page(
         request,

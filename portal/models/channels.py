@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-import httpx
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -23,6 +22,10 @@ def validate_upstream_url(value: str) -> None:
             "Enter the URL in printable ASCII, without spaces (an internationalised host "
             "name in its xn-- form)."
         )
+    # Deferred: httpx (with rich and pygments under it) would add ~0.2 s to every process
+    # that loads the models; only validating a URL needs it.
+    import httpx
+
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a malformed port

@@ -7,6 +7,9 @@ same moment (on any event loop of the process) only one fetch is made: the other
 the same future. After a failed fetch the source backs off (2 s, doubling up to 60 s):
 meanwhile requests fail at once, or use the previous token while it is still valid,
 rather than hammering the token endpoint.
+
+google-auth (with urllib3 and cryptography's RSA under it) is imported when the first
+Vertex token source is made: a process with no Vertex channel never loads it.
 """
 
 from __future__ import annotations
@@ -14,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import functools
 import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import urllib3
-from google.auth.exceptions import GoogleAuthError
-from google.auth.transport.urllib3 import Request as Urllib3Request
-from google.oauth2 import service_account
+if TYPE_CHECKING:
+    import urllib3
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh this long before expiry, or a quarter of the token's life if that is shorter.
@@ -36,7 +38,14 @@ BACKOFF_MAX_SECONDS = 60.0
 REQUIRED_FIELDS = ("client_email", "private_key", "token_uri")
 
 _executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vertex-auth")
-_http = urllib3.PoolManager(timeout=urllib3.Timeout(total=FETCH_TIMEOUT_SECONDS), retries=False)
+
+
+@functools.cache
+def _http() -> urllib3.PoolManager:
+    """The process's one connection pool to token endpoints, made on the first fetch."""
+    import urllib3
+
+    return urllib3.PoolManager(timeout=urllib3.Timeout(total=FETCH_TIMEOUT_SECONDS), retries=False)
 
 
 class TokenFetchFailed(Exception):
@@ -58,6 +67,8 @@ class VertexTokenSource:
     """Bearer tokens for one service account, refreshed before they expire."""
 
     def __init__(self, info: Mapping[str, Any], *, clock: Callable[[], float] = time.time) -> None:
+        from google.oauth2 import service_account
+
         check_service_account(info)
         self._credentials = service_account.Credentials.from_service_account_info(
             dict(info), scopes=list(SCOPES)
@@ -105,9 +116,12 @@ class VertexTokenSource:
         raise TokenFetchFailed(f"{self._failure} (next token fetch in {wait:.0f} s)")
 
     def _fetch(self) -> str:
+        from google.auth.exceptions import GoogleAuthError
+        from google.auth.transport.urllib3 import Request as Urllib3Request
+
         started = self._clock()
         try:
-            self._credentials.refresh(Urllib3Request(_http))
+            self._credentials.refresh(Urllib3Request(_http()))
             token = self._credentials.token
             expiry = self._credentials.expiry  # naive UTC, as google-auth keeps it
             if not isinstance(token, str) or expiry is None:

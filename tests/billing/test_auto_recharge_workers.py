@@ -56,7 +56,7 @@ def two_workers(fake_stripe: Any) -> Iterator[str]:
                 "-m",
                 "celery",
                 "-A",
-                "config",
+                "config.celery_app",
                 "worker",
                 "--pool=solo",
                 "-Q",

@@ -31,23 +31,13 @@ def worker_queue() -> Iterator[str]:
     """A Celery worker in its own process, on the test database and this run's Redis,
     consuming a queue of its own (so no other worker can take the test's tasks)."""
     queue = f"billing-e2e-{uuid.uuid4().hex[:10]}"
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-    }
+    env = _service_env()
     command = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "config",
+        "config.celery_app",
         "worker",
         "--pool=solo",
         "-Q",
@@ -76,6 +66,21 @@ def worker_queue() -> Iterator[str]:
             _, stderr = process.communicate()
         if stderr.strip():
             sys.stderr.write("worker stderr:\n" + stderr.decode(errors="replace"))
+
+
+def _service_env() -> dict[str, str]:
+    """The environment of a process of ours on the test database and this run's Redis."""
+    db = connection.settings_dict
+    return {
+        **os.environ,
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        ),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+    }
 
 
 def _until(check: Any, what: str) -> None:
@@ -111,3 +116,42 @@ def test_usage_events_in_invoices_out(market: Market, worker_queue: str) -> None
         e.cost_retail_micros for e in events
     )
     assert LedgerEntry.objects.filter(kind="usage").exists()
+
+
+# As a web process or management command sends: Django set up, config.celery_app never
+# imported, and the send made from a thread other than the main one (a server's pool).
+SEND_FROM_A_THREAD = """
+import sys, threading
+import django
+django.setup()
+from billing.tasks import rollups_advance_task
+sent = []
+def send():
+    sent.append(rollups_advance_task.apply_async(queue=sys.argv[1]))
+thread = threading.Thread(target=send)
+thread.start()
+thread.join()
+assert sent, "the send failed"
+assert "config.celery_app" not in sys.modules
+print(rollups_advance_task.app.main, rollups_advance_task.app.conf.broker_url)
+"""
+
+
+def test_a_process_without_the_worker_module_sends_through_the_configured_broker(
+    market: Market, worker_queue: str
+) -> None:
+    """Tasks bind to portal.background.app, which reads the broker from the settings: a
+    send from any process and thread reaches the worker, not Celery's fallback (AMQP)."""
+    events = generate_month(market, count=12)
+    done = subprocess.run(  # noqa: S603 - this interpreter, our own script
+        [sys.executable, "-c", SEND_FROM_A_THREAD, worker_queue],
+        cwd=ROOT,
+        env={**_service_env(), "DJANGO_SETTINGS_MODULE": "config.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["tollgate", settings.CELERY_BROKER_URL]
+    daily = UsageRollup.objects.filter(granularity="day")
+    _until(lambda: sum(daily.values_list("requests", flat=True)) == len(events), "rollups")

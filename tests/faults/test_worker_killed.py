@@ -58,7 +58,7 @@ def start_worker(queue: str) -> subprocess.Popen[bytes]:
         "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo",
+        sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "--pool=solo",
         "-Q", queue, "--hostname", f"{queue}-{uuid.uuid4().hex[:4]}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=warning",
     ]  # fmt: skip

@@ -254,8 +254,27 @@ def test_create_user_refuses_weak_passwords_taken_names_and_unknown_orgs(
 
 # --- start-up cost --------------------------------------------------------------------------
 
-# Loaded only by what needs them: PDFs, and the API schema (generator and views).
-HEAVY_MODULES = ("fpdf", "fontTools", "drf_spectacular.generators", "drf_spectacular.views")
+# Loaded only by what needs them; each cost commands (and the relay's workers) a share of
+# the ~2.5 s CPU that Django's start took before:
+ALWAYS_DEFERRED = (
+    "fpdf",  # PDFs (with fontTools under it)
+    "fontTools",
+    "drf_spectacular.generators",  # the API schema: its generator and views
+    "drf_spectacular.views",
+    "celery",  # the worker and beat load config.celery_app; senders, portal.background
+    "kombu",
+    "botocore",  # Bedrock channels' signing and stream framing
+    "google.auth",  # Vertex channels' tokens
+    "redis",  # the relay's shared state (relay.shared), health checks, plan windows
+    "relay.health",
+    "relay.shared",
+    "httpx",  # upstream calls, webhooks, SSO discovery
+    "stripe",  # payments
+    "prometheus_client",  # the relay's /metrics
+)
+# A command that loads the URLconf (check, migrate, runserver) loads the API's views and so
+# Django REST framework; the others do not.
+WITHOUT_URLCONF = ("rest_framework.views", "rest_framework.serializers", "requests")
 IMPORTS_AFTER = """
 import sys
 from django.core.management import execute_from_command_line
@@ -266,29 +285,81 @@ except SystemExit as exit:
         raise
 print("LOADED", *sorted(name for name in {heavy} if name in sys.modules))
 """
+ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["manage.py", "help"],
-        # check loads the URLconf and so every view module, as migrate and runserver do.
-        ["manage.py", "check"],
-        ["manage.py", "create_tenant", "--help"],
-    ],
-)
-def test_commands_start_without_the_pdf_library(argv: list[str]) -> None:
-    """fpdf2 (and fontTools under it) took most of each command's 5 s start; only making
-    a PDF needs it."""
-    root = Path(__file__).resolve().parents[2]
-    script = IMPORTS_AFTER.format(heavy=repr(HEAVY_MODULES))
+def _loaded_after(argv: list[str], heavy: tuple[str, ...]) -> list[str]:
+    """Which of ``heavy`` a fresh interpreter has imported after running ``argv``."""
+    script = IMPORTS_AFTER.format(heavy=repr(heavy))
     done = subprocess.run(  # noqa: S603 - this interpreter and the project's manage.py
         [sys.executable, "-c", script, *argv],
-        cwd=root,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "LOADED", done.stdout[-500:]
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("LOADED"), done.stdout[-500:]
+    return last.split()[1:]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["manage.py", "help"],
+        ["manage.py", "create_tenant", "--help"],
+        ["manage.py", "create_user", "--help"],
+        ["manage.py", "create_channel", "--help"],
+    ],
+)
+def test_commands_start_without_heavy_libraries(argv: list[str]) -> None:
+    """fpdf2 took most of each command's 5 s start; then the Celery app, the relay's health
+    checks (Redis, botocore, google-auth) and httpx took most of the 2.5 s left."""
+    assert _loaded_after(argv, ALWAYS_DEFERRED + WITHOUT_URLCONF) == []
+
+
+def test_check_loads_the_urlconf_without_heavy_libraries() -> None:
+    """check loads the URLconf and so every view module, as migrate and runserver do: the
+    views import what they call (health checks, Stripe, plan windows) when they call it."""
+    assert _loaded_after(["manage.py", "check"], ALWAYS_DEFERRED) == []
+
+
+def _imported_by(argv: list[str]) -> set[str]:
+    """The modules a real ``manage.py`` run imports, read from ``-X importtime``. (It lists
+    what ``import`` statements load; a module loaded by ``importlib.import_module`` alone,
+    as Django loads each app, is missing, but what that module imports is listed.)"""
+    done = subprocess.run(  # noqa: S603 - this interpreter and the project's manage.py
+        [sys.executable, "-X", "importtime", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "create_tenant" in done.stdout  # the project's commands were found: setup ran
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "cumulative" not in line
+    }
+
+
+def test_manage_py_help_imports_no_heavy_library() -> None:
+    """The import set of ``manage.py help`` itself, as a user runs it: Django, the project's
+    models and admin, and nothing from the relay's or the workers' stacks."""
+    imported = _imported_by(["manage.py", "help"])
+    assert {"django.contrib.admin.sites", "portal.models.keys", "console.admin.base"} <= imported
+    unwanted = (
+        *ALWAYS_DEFERRED,
+        *WITHOUT_URLCONF,
+        # The relay's serving path: its app, upstream client and tokenizer.
+        "relay.app",
+        "relay.upstream",
+        "relay.tokens",
+        "bpe_openai",
+    )
+    found = [n for n in imported if any(n == u or n.startswith(u + ".") for u in unwanted)]
+    assert sorted(found) == []

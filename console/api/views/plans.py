@@ -28,8 +28,6 @@ from console.api.views.base import ScopedMixin, service_errors
 from console.http import acting_user
 from portal.access import Need, get_access, require_operator
 from portal.models import Organization
-from relay.plan_usage import windows_left
-from relay.snapshot import subscription_windows
 
 
 class PlanViewSet(ScopedMixin, mixins.ListModelMixin, GenericViewSet):
@@ -86,6 +84,10 @@ class SubscriptionView(APIView):
         return tenant
 
     def _answer(self, tenant: Organization, code: int = status.HTTP_200_OK) -> Response:
+        # On use, as in console.views.plans.plan.
+        from relay.plan_usage import windows_left
+        from relay.snapshot import subscription_windows
+
         current = reads.active_subscription(tenant)
         windows: list[dict[str, Any]] = []
         if current is not None:

@@ -27,7 +27,6 @@ from console.api.views.base import service_errors
 from console.http import acting_user
 from portal import selectors, services
 from portal.models import CatalogModel, Channel
-from relay import discovery, health
 
 # Settings channel_edit takes beside the secret.
 _CHANNEL_FIELDS = (
@@ -111,6 +110,8 @@ class ChannelViewSet(
     @action(detail=True, methods=["post"], url_path="test")
     def check(self, request: Request, pk: str) -> Response:
         """Send the channel one tiny request now; the outcome is also stored on it."""
+        from relay import health  # on use, as in console.views.operator
+
         result = health.channel_check(self.get_object())
         return Response(ChannelTestSerializer(result).data)
 
@@ -120,6 +121,8 @@ class ChannelViewSet(
         """Ask the provider which models it lists, with the channel's credentials (every
         provider type; see docs/providers.md for what each offers). Nothing is saved: add
         the ones to sell with ``POST .../models/``."""
+        from relay import discovery  # on use, as in console.views.operator
+
         channel = self.get_object()
         found = discovery.channel_models_discover(channel)
         served = {link.upstream_model() for link in channel.served.all()}
