@@ -8,8 +8,6 @@ from datetime import timedelta
 from typing import Any, cast
 
 from django import forms
-from django.contrib.auth import get_user_model
-from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import KeyQuota
@@ -101,29 +99,6 @@ class ApiKeyForm(forms.Form):
             "period": data.get("spend_period") or KeyQuota.Period.MONTH,
             "total_limit_micros": data.get("spend_total_limit"),
         }
-
-
-class MemberAddForm(forms.Form):
-    user = forms.CharField(
-        label="Username or e-mail",
-        help_text="Someone who already signs in to Tollgate; invite anyone else by e-mail.",
-    )
-    role = forms.ChoiceField()
-
-    def __init__(self, *args: Any, roles: Iterable[str] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        labels = dict(Membership.Role.choices)
-        cast(forms.ChoiceField, self.fields["role"]).choices = [(r, labels[r]) for r in roles]
-
-    def clean_user(self) -> Any:
-        value = self.cleaned_data["user"].strip()
-        users = get_user_model().objects.filter(
-            Q(username=value) | Q(email__iexact=value), is_active=True
-        )[:2]
-        found = list(users)
-        if len(found) != 1:
-            raise forms.ValidationError("No single active user has this username or e-mail.")
-        return found[0]
 
 
 class InvitationForm(forms.Form):
@@ -275,7 +250,6 @@ __all__ = [
     "ChannelForm",
     "InvitationForm",
     "MarkupForm",
-    "MemberAddForm",
     "ModelPriceForm",
     "MoneyField",
     "MonthForm",

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from billing.periods import Period
 from billing.selectors import usage as usage_reads
-from console.forms import InvitationForm, MemberAddForm, OrganizationForm
+from console.forms import InvitationForm, OrganizationForm
 from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from console.views.invitations import accept_link
@@ -43,21 +43,18 @@ def members_page(
     request: AuthenticatedHttpRequest,
     access: Access,
     *,
-    form: MemberAddForm | None = None,
     invite_form: InvitationForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    """The members page: members, pending invitations, and the forms a manager gets."""
+    """The members page: members, pending invitations, and the invitation form for managers."""
     can_manage = access.can(Need.MANAGE)
     roles = access.assignable_roles()
     if can_manage:
-        form = form or MemberAddForm(roles=roles)
         invite_form = invite_form or InvitationForm(roles=roles)
     return render_page(
         request,
         "portal/members.html",
         {
-            "form": form,
             "invite_form": invite_form,
             "members": selectors.members_of(access.organization),
             "invitations": selectors.invitations_pending(access.organization) if can_manage else [],
@@ -80,29 +77,13 @@ def _refuse_roles_above(access: Access, requested: str) -> None:
 
 @login_required
 def members(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
-    """Everyone with a role here; managers may add people (owners only make owners)."""
+    """Everyone with a role here. A POST invites, as the invitation form does: people are
+    added only by invitation, so no answer says whether an address already has a login
+    (the old "add someone who already signs in" form told existing logins from others)."""
     access = get_access(request.user, slug, need=Need.MEMBERS)
     if request.method != "POST":
         return members_page(request, access)
-    access.require(Need.MANAGE)
-    _refuse_roles_above(access, request.POST.get("role", ""))
-    form = MemberAddForm(request.POST, roles=access.assignable_roles())
-    if form.is_valid():
-        with form_errors(form) as failed:
-            membership = services.membership_add(
-                organization=access.organization,
-                user=form.cleaned_data["user"],
-                role=form.cleaned_data["role"],
-                actor=request.user,
-            )
-        if not failed:
-            messages.success(
-                request,
-                f"{membership.user.get_username()} is now "
-                f"{membership.get_role_display().lower()} of {access.organization.name}.",
-            )
-            return redirect("members", slug=slug)
-    return members_page(request, access, form=form, status=400)
+    return invite(request, slug)
 
 
 @login_required

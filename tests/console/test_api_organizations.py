@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from portal.models import AuditEntry, Membership, Organization
+from portal.models import AuditEntry, Invitation, Membership, Organization
 from tests.conftest import make_member, make_user
 from tests.console.conftest import api_client_for as client_for
 
@@ -148,16 +148,19 @@ def test_members_are_listed_to_insiders_only(
     assert client_for(outsider).get("/api/organizations/tenant/members/").status_code == 404
 
 
-def test_owner_adds_a_member_by_email(tenant_owner: Any, tenant_org: Organization) -> None:
-    newcomer = make_user("newcomer")
+def test_owner_adds_a_member_by_inviting_them(tenant_owner: Any, tenant_org: Organization) -> None:
+    """POST .../members/ invites, as POST .../invitations/ does: the person joins by
+    accepting, and the answer never says whether the address has a login."""
+    make_user("newcomer")
     response = client_for(tenant_owner).post(
         "/api/organizations/tenant/members/",
-        {"user": "NEWCOMER@example.test", "role": "admin"},
+        {"email": "NEWCOMER@example.test", "role": "admin"},
         format="json",
     )
     assert response.status_code == 201, response.content
-    assert Membership.objects.get(user=newcomer).role == "admin"
-    assert AuditEntry.objects.filter(action="membership.add", organization=tenant_org).exists()
+    assert response.json()["status"] == "pending" and response.json()["role"] == "admin"
+    assert not Membership.objects.filter(user__username="newcomer").exists()
+    assert AuditEntry.objects.filter(action="invitation.create", organization=tenant_org).exists()
 
 
 def test_a_member_cannot_escalate_to_owner(tenant_member: Any, tenant_org: Organization) -> None:
@@ -178,25 +181,23 @@ def test_a_member_cannot_escalate_to_owner(tenant_member: Any, tenant_org: Organ
 def test_an_admin_cannot_make_owners(tenant_org: Organization) -> None:
     admin = make_member("tenant-admin", tenant_org, Membership.Role.ADMIN)
     make_user("friend")
+    friend = {"email": "friend@example.test"}
     response = client_for(admin).post(
-        "/api/organizations/tenant/members/", {"user": "friend", "role": "owner"}, format="json"
+        "/api/organizations/tenant/members/", {**friend, "role": "owner"}, format="json"
     )
     assert response.status_code == 403
     ok = client_for(admin).post(
-        "/api/organizations/tenant/members/", {"user": "friend", "role": "member"}, format="json"
+        "/api/organizations/tenant/members/", {**friend, "role": "member"}, format="json"
     )
     assert ok.status_code == 201
 
 
-def test_adding_a_member_twice_or_an_unknown_user_is_400(tenant_owner: Any) -> None:
+def test_adding_a_member_needs_an_address_not_a_user_name(tenant_owner: Any) -> None:
+    """A user name would have to be looked up, and the answer would tell who exists."""
     client = client_for(tenant_owner)
-    twice = client.post(
-        "/api/organizations/tenant/members/", {"user": "tenant-owner", "role": "member"}
-    )
-    assert twice.status_code == 400
-    unknown = client.post("/api/organizations/tenant/members/", {"user": "ghost", "role": "member"})
-    assert unknown.status_code == 400
-    assert "user" in unknown.json()
+    by_name = client.post("/api/organizations/tenant/members/", {"user": "tenant-owner"})
+    assert by_name.status_code == 400 and "email" in by_name.json()
+    assert not Invitation.objects.exists()
 
 
 def test_outsider_cannot_add_themselves(outsider: Any, tenant_org: Organization) -> None:

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from portal.models import AuditEntry, Invitation, Membership, Organization
@@ -167,3 +169,49 @@ def test_the_api_creates_a_tenant_with_its_owner(reseller_admin: Any) -> None:
     )
     assert response.status_code == 201
     assert Invitation.objects.get().organization.slug == response.json()["slug"]
+
+
+def _queries_and(call: Any, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+    """The number of SQL queries ``call(*args, **kwargs)`` made, and its result."""
+    with CaptureQueriesContext(connection) as queries:
+        result = call(*args, **kwargs)
+    return len(queries), result
+
+
+def _neutral(text: str, email: str) -> str:
+    """``text`` with the address and anything per-invitation (ids, times, links) masked."""
+    text = text.replace(email, "<email>")
+    text = re.sub(r"/invite/[\w-]+/", "/invite/<token>/", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d[T ][\d:.+Z]+", "<time>", text)
+    return re.sub(r'"id": ?\d+|/invitations/\d+/', "<id>", text)
+
+
+@pytest.mark.parametrize("via", ["dashboard", "api"])
+def test_adding_a_member_answers_the_same_with_or_without_a_login(
+    via: str, tenant_owner: Any
+) -> None:
+    """The old "Add member" form (and ``POST /api/.../members/``) answered "no such user" for
+    an unknown address: it told who has a login. Both now invite: the same status, message,
+    mail and amount of work (no user is looked up) whether the address has a login or not."""
+    make_user("known")  # known@example.test has a login; nobody@example.test has none
+    answers = []
+    for email in ("known@example.test", "nobody@example.test"):
+        if via == "dashboard":
+            client = client_for(tenant_owner)
+            url = reverse("members", args=["tenant"])
+            count, response = _queries_and(client.post, url, {"email": email, "role": "member"})
+            page = client.get(response["Location"]).content.decode()
+            shown = re.findall(r"Invitation sent to [^<]+", page)
+            answer = (response.status_code, response["Location"], _neutral(str(shown), email))
+        else:
+            api = api_client_for(tenant_owner)
+            url = "/api/organizations/tenant/members/"
+            body = {"email": email, "role": "member"}
+            count, response = _queries_and(api.post, url, body, format="json")
+            answer = (response.status_code, _neutral(response.content.decode(), email))
+        answers.append((count, answer, _neutral(mail.outbox[-1].body, email)))
+    assert answers[0] == answers[1]
+    status = answers[0][1][0]
+    assert status == (302 if via == "dashboard" else 201)
+    assert Invitation.objects.filter(email="known@example.test").exists()
+    assert not Membership.objects.filter(user__username="known").exists()  # not added: invited

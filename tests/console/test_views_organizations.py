@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from portal import services
-from portal.models import AuditEntry, Membership, Organization
+from portal.models import AuditEntry, Invitation, Membership, Organization
 from tests.conftest import make_member, make_user
 from tests.console.conftest import client_for
 
@@ -29,9 +29,11 @@ def test_reseller_creates_a_tenant_then_adds_its_owner(
     assert (acme.kind, acme.parent) == ("tenant", reseller_org)
     make_user("acme-boss")
     added = client.post(
-        reverse("members", args=["acme-ltd"]), {"user": "acme-boss", "role": "owner"}, follow=True
+        reverse("members", args=["acme-ltd"]),
+        {"email": "acme-boss@example.test", "role": "owner"},
+        follow=True,
     )
-    assert "acme-boss is now owner of Acme Ltd." in added.content.decode()
+    assert "Invitation sent to acme-boss@example.test." in added.content.decode()
     listing = client.get(reverse("tenants", args=["reseller"])).content.decode()
     assert "Acme Ltd" in listing
     assert AuditEntry.objects.filter(action="organization.create", actor=reseller_admin).exists()
@@ -80,8 +82,10 @@ def test_members_page_lists_people_and_hides_the_form_from_members(
     )
     for html in (owner_view, member_view):
         assert "tenant-owner" in html and "tenant-member" in html
-    for form in ("Invite someone by e-mail", "Add someone who already signs in"):
-        assert form in owner_view and form not in member_view
+    assert "Invite someone by e-mail" in owner_view
+    assert "Invite someone by e-mail" not in member_view
+    # People join only by invitation: no form looks up who already has a login.
+    assert "Add someone who already signs in" not in owner_view
 
 
 def test_a_member_cannot_escalate_to_owner(tenant_member: Any) -> None:
@@ -100,27 +104,23 @@ def test_an_admin_may_add_but_not_make_owners(tenant_org: Organization) -> None:
     client = client_for(admin)
     form = client.get(reverse("members", args=["tenant"])).content.decode()
     assert 'value="owner"' not in form and 'value="admin"' in form
-    assert (
-        client.post(
-            reverse("members", args=["tenant"]), {"user": "newbie", "role": "owner"}
-        ).status_code
-        == 403
-    )
-    assert (
-        client.post(
-            reverse("members", args=["tenant"]), {"user": "newbie", "role": "billing"}
-        ).status_code
-        == 302
-    )
-    assert Membership.objects.get(user__username="newbie").role == "billing"
+    newbie = {"email": "newbie@example.test"}
+    url = reverse("members", args=["tenant"])
+    assert client.post(url, {**newbie, "role": "owner"}).status_code == 403
+    assert client.post(url, {**newbie, "role": "billing"}).status_code == 302
+    assert Invitation.objects.get(email="newbie@example.test").role == "billing"
 
 
-def test_adding_an_unknown_user_is_an_inline_error(tenant_owner: Any) -> None:
-    response = client_for(tenant_owner).post(
-        reverse("members", args=["tenant"]), {"user": "ghost", "role": "member"}
-    )
-    assert response.status_code == 400
-    assert "No single active user" in response.content.decode()
+def test_adding_by_user_name_is_refused_for_everyone_alike(tenant_owner: Any) -> None:
+    """An address, not a user name: a name would be looked up, and tell who exists."""
+    client = client_for(tenant_owner)
+    for name in ("ghost", "tenant-member"):
+        response = client.post(
+            reverse("members", args=["tenant"]), {"user": name, "role": "member"}
+        )
+        assert response.status_code == 400
+        assert "This field is required." in response.content.decode()
+    assert not Invitation.objects.exists()
 
 
 # --- Billing and audit ----------------------------------------------------------------------

@@ -912,7 +912,7 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
     unique = f"{role.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
     return {
         "api:organization-list": {"name": f"Org {unique}", "parent": "reseller"},
-        "api:organization-members": {"user": make_user(f"new-{unique}").username, "role": "member"},
+        "api:organization-members": {"email": f"{unique}@example.test", "role": "member"},
         "api:key-list": {"organization": "tenant", "name": f"k-{unique}"},
         "api:invitations": {"email": f"{unique}@example.test", "role": "member"},
         "invite": {"email": f"{unique}@example.test", "role": "member"},

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.contrib.auth import get_user_model
-from django.db.models import Q
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -70,20 +66,6 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = Membership
         fields = ["id", "organization", "username", "email", "role", "created_at"]
         read_only_fields = fields
-
-
-class MembershipCreateSerializer(serializers.Serializer):
-    user = serializers.CharField(help_text="Username or e-mail address of an existing user.")
-    role = serializers.ChoiceField(choices=Membership.Role.choices)
-
-    def validate_user(self, value: str) -> Any:
-        users = get_user_model().objects.filter(
-            Q(username=value) | Q(email__iexact=value), is_active=True
-        )
-        found = list(users[:2])
-        if len(found) != 1:
-            raise serializers.ValidationError("No single active user has this name or e-mail.")
-        return found[0]
 
 
 class MembershipRoleSerializer(serializers.Serializer):

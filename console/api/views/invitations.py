@@ -1,6 +1,7 @@
 """Invitations of one organisation: list the pending ones, invite by e-mail, revoke.
 
-The answer to an invitation never says whether the address already has a login.
+The answer to an invitation never says whether the address already has a login, and no
+user is looked up to give it. ``POST /organizations/{slug}/members/`` invites too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from console.http import acting_user
 from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import Need, get_access
-from portal.models import Invitation
+from portal.models import Invitation, Membership
 
 
 @contextmanager
@@ -55,21 +56,29 @@ class InvitationListView(ScopedMixin, GenericAPIView):
     @extend_schema(request=InvitationCreateSerializer, responses={201: InvitationSerializer})
     def post(self, request: Request, slug: str) -> Response:
         """Invite an address to a role (at most the caller's own); the link goes by mail."""
-        access = get_access(request.user, slug, need=Need.MANAGE)
-        form = InvitationCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        role = form.validated_data["role"]
-        if role not in access.assignable_roles():
-            raise PermissionDenied(f"Your role cannot grant the {role} role.")
-        with invitation_errors():
-            invitation = services.invitation_create(
-                organization=access.organization,
-                email=form.validated_data["email"],
-                role=role,
-                actor=acting_user(request),
-                link=accept_link,
-            )
-        return Response(InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
+        return invite(request, slug)
+
+
+def invite(request: Request, slug: str) -> Response:
+    """Invite ``email`` to ``role``: 201 and the invitation, whether or not the address has
+    a login (an existing login accepts with it). Asking for a role above the caller's own
+    is refused before the body is read, as the dashboard refuses it."""
+    access = get_access(request.user, slug, need=Need.MANAGE)
+    requested = request.data.get("role") if hasattr(request.data, "get") else None
+    if requested in Membership.Role.values and requested not in access.assignable_roles():
+        raise PermissionDenied(f"Your role cannot grant the {requested} role.")
+    form = InvitationCreateSerializer(data=request.data)
+    form.is_valid(raise_exception=True)
+    role = form.validated_data["role"]  # a known role, so one the caller may grant
+    with invitation_errors():
+        invitation = services.invitation_create(
+            organization=access.organization,
+            email=form.validated_data["email"],
+            role=role,
+            actor=acting_user(request),
+            link=accept_link,
+        )
+    return Response(InvitationSerializer(invitation).data, status=status.HTTP_201_CREATED)
 
 
 class InvitationDetailView(ScopedMixin, GenericAPIView):

@@ -12,14 +12,15 @@ from rest_framework.response import Response
 from rest_framework.viewsets import GenericViewSet
 
 from console.api.filters import OrganizationFilter
+from console.api.serializers.invitations import InvitationCreateSerializer, InvitationSerializer
 from console.api.serializers.organizations import (
-    MembershipCreateSerializer,
     MembershipRoleSerializer,
     MembershipSerializer,
     OrganizationCreateSerializer,
     OrganizationSerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
+from console.api.views.invitations import invite
 from console.http import acting_user
 from console.views.invitations import accept_link
 from portal import selectors, services
@@ -78,24 +79,16 @@ class OrganizationViewSet(
         page = self.paginate_queryset(selectors.members_of(access.organization))
         return self.get_paginated_response(MembershipSerializer(page, many=True).data)
 
-    @extend_schema(request=MembershipCreateSerializer, responses={201: MembershipSerializer})
+    @extend_schema(
+        request=InvitationCreateSerializer,
+        responses={201: InvitationSerializer},
+        filters=False,
+    )
     @members.mapping.post
     def add_member(self, request: Request, slug: str) -> Response:
-        """Give an existing user a role; only owners (and above) may make owners."""
-        access = get_access(request.user, slug, need=Need.MANAGE)
-        form = MembershipCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        role = form.validated_data["role"]
-        if role not in access.assignable_roles():
-            raise PermissionDenied(f"Your role cannot grant the {role} role.")
-        with service_errors():
-            membership = services.membership_add(
-                organization=access.organization,
-                user=form.validated_data["user"],
-                role=role,
-                actor=acting_user(request),
-            )
-        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+        """Invite an address: the same as ``POST .../invitations/``. People join only by
+        accepting an invitation, so the answer never says whether the address has a login."""
+        return invite(request, slug)
 
     @extend_schema(request=MembershipRoleSerializer, responses=MembershipSerializer)
     @action(
