@@ -29,8 +29,9 @@ FORWARDED_RESPONSE_HEADERS = frozenset({"content-type", "content-length", "cache
 
 
 class BareProxy:
-    """Requests are spread round-robin over ``shards`` clients (``BARE_CLIENTS``, 8 like
-    the relay's ``POOL_SHARDS``), so each connection pool holds fewer connections."""
+    """Requests are spread round-robin over ``shards`` clients (``BARE_CLIENTS``, 8, as
+    the relay had before it moved to aiohttp's transport), so each httpcore pool holds
+    fewer connections."""
 
     def __init__(self, upstream: str, shards: int = 1) -> None:
         self.upstream = upstream.rstrip("/")

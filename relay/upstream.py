@@ -1,4 +1,12 @@
-"""The shared, pooled HTTP clients the relay forwards with (a few per process and loop)."""
+"""The shared, pooled HTTP client the relay forwards with (one per process and loop).
+
+The relay speaks httpx's API (requests, timeouts, streamed responses, its exception
+types) everywhere, but the bytes move through aiohttp, by httpx-aiohttp's transport:
+httpx's own stack (httpcore, h11, anyio) cost ~0.7 ms of CPU per request in the bare
+proxy, aiohttp's ~0.15 ms (bench/README.md). aiohttp's connector pools connections
+without httpcore's per-request walk over every idle connection, so one client per loop
+suffices where httpcore needed eight.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +14,75 @@ import asyncio
 import ssl
 from typing import Any
 
+import aiohttp
 import certifi
 import httpx
 from django.conf import settings
+from httpx_aiohttp import AiohttpTransport
 
-# httpcore's pool walks every connection it holds whenever a request is queued or a
-# response closes: a readability check (a system call) on each idle connection and, for
-# each, a count of all the idle ones, so its cost per request grows with the square of
-# the open connections. Requests spread round-robin over a few clients keep every pool
-# small: at 64 concurrent requests this took the bare proxy from ~2.2 to ~1.1 ms of CPU
-# per request (bench/README.md).
-POOL_SHARDS = 8
 USER_AGENT = "Tollgate"
+# Idle upstream connections are kept this long for the next request.
+KEEPALIVE_SECONDS = 30.0
 
 
-class _Shards:
-    __slots__ = ("clients", "turn")
-
-    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
-        self.clients = clients
-        self.turn = 0
-
-
-_clients: dict[int, _Shards] = {}
+_clients: dict[int, httpx.AsyncClient] = {}
 
 
 def client() -> httpx.AsyncClient:
-    """A client of the running event loop (the next in turn); created on first use.
+    """The client of the running event loop, created on first use.
 
-    Clients per loop: a pool's connections belong to the loop that opened them, and
-    tests run more than one server (each on its own loop) in one process.
+    One per loop: a pool's connections belong to the loop that opened them, and tests
+    run more than one server (each on its own loop) in one process.
     """
     loop_id = id(asyncio.get_running_loop())
-    shards = _clients.get(loop_id)
-    if shards is None or shards.clients[0].is_closed:
-        # One TLS context for all of them: loading the CA bundle is slow and sizeable.
+    found = _clients.get(loop_id)
+    if found is None or found.is_closed:
+        # Loading the CA bundle is slow and sizeable: once per client.
         tls = ssl.create_default_context(cafile=certifi.where())
-        shards = _clients[loop_id] = _Shards([_new_client(tls) for _ in range(POOL_SHARDS)])
-    shards.turn = (shards.turn + 1) % POOL_SHARDS
-    return shards.clients[shards.turn]
+        found = _clients[loop_id] = _new_client(tls)
+    return found
+
+
+class _Transport(AiohttpTransport):
+    """httpx-aiohttp's transport, with refused and dropped connections told apart from
+    timeouts.
+
+    The library maps every ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``,
+    so a refused connection or a server that hangs up before answering would reach the
+    relay as a timeout (504) instead of an unreachable upstream (502). Only aiohttp's own
+    timeouts stay timeouts here.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.ConnectTimeout as exc:
+            cause = exc.__cause__
+            if cause is None or isinstance(cause, (TimeoutError, aiohttp.ServerTimeoutError)):
+                raise
+            if isinstance(cause, aiohttp.ClientConnectorError):
+                raise httpx.ConnectError(str(cause), request=request) from cause
+            raise httpx.RemoteProtocolError(str(cause), request=request) from cause
+
+
+def _session(tls: ssl.SSLContext) -> aiohttp.ClientSession:
+    # Made on the first request, inside the loop that will use it.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=tls, keepalive_timeout=KEEPALIVE_SECONDS),
+        auto_decompress=False,  # httpx decodes, as it would with its own transport
+        trust_env=False,
+    )
 
 
 def _new_client(tls: ssl.SSLContext) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        verify=tls,
+        transport=_Transport(verify=tls, trust_env=False, client=lambda: _session(tls)),
         timeout=httpx.Timeout(
             connect=settings.RELAY_CONNECT_TIMEOUT,
             read=settings.RELAY_FIRST_BYTE_TIMEOUT,
             write=settings.RELAY_CONNECT_TIMEOUT,
             pool=settings.RELAY_CONNECT_TIMEOUT,
         ),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         follow_redirects=False,
         trust_env=False,
     )
@@ -92,7 +118,6 @@ def request(
 
 async def close_client() -> None:
     loop_id = id(asyncio.get_running_loop())
-    shards = _clients.pop(loop_id, None)
-    if shards is not None:
-        for created in shards.clients:
-            await created.aclose()
+    found = _clients.pop(loop_id, None)
+    if found is not None:
+        await found.aclose()
