@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -155,6 +157,50 @@ def test_an_upstream_that_hangs_is_504(gateway: Gateway, sim: Simulator, setting
         lambda r: r.status_code != 200,
     )
     assert_error(response, 504, code="upstream_timeout")
+
+
+def test_a_refused_connection_is_a_502_not_a_timeout(gateway: Gateway) -> None:
+    # A port nothing listens on: the upstream is unreachable, which is not a timeout.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway.channel.base_url = f"http://127.0.0.1:{port}/v1"
+    gateway.channel.save()
+    response = _eventually(
+        lambda: gateway.client.post("/v1/chat/completions", json=chat_body()),
+        lambda r: r.status_code != 200,
+    )
+    error = assert_error(response, 502, code="upstream_error")
+    assert str(port) not in error["message"]
+
+
+def test_an_upstream_that_hangs_up_before_answering_is_a_502(gateway: Gateway) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        stop = threading.Event()
+
+        def hang_up() -> None:
+            listener.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                conn.recv(65536)  # the request arrives, then the connection is closed
+                conn.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        try:
+            gateway.channel.base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+            gateway.channel.save()
+            response = _eventually(
+                lambda: gateway.client.post("/v1/chat/completions", json=chat_body()),
+                lambda r: r.status_code != 200,
+            )
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+    assert_error(response, 502, code="upstream_error")
 
 
 def test_upstream_request_errors_pass_through_without_the_channel(
