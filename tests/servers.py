@@ -27,6 +27,19 @@ STARTUP_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, closing the relay's upstream client of its loop when it stops
+    (what the relay's lifespan shutdown does in production; tests run without lifespan)."""
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets)
+        finally:
+            upstream = sys.modules.get("relay.upstream")
+            if upstream is not None:
+                await upstream.close_client()
+
+
 def serve_in_thread(
     app: Any, host: str = "127.0.0.1", **config: Any
 ) -> tuple[str, Callable[[], None]]:
@@ -50,7 +63,7 @@ def serve_in_thread(
         "timeout_graceful_shutdown": 2,
         **config,
     }
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
+    server = _Server(uvicorn.Config(app, host=host, port=port, **options))
     failures: list[BaseException] = []
 
     def run() -> None:
