@@ -81,6 +81,7 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
             cache.generation,
             public,
             input_images=call.input_images(),
+            generates_images=call.generates_images(),
         )
         admission, store = await admit(exchange, key, call.limit_tokens(), reservation, taken.pre)
     except BaseException:

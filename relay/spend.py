@@ -86,11 +86,13 @@ def reservation(
     model: str = "",
     *,
     input_images: int = 0,
+    generates_images: bool = False,
 ) -> Reservation | None:
     """The hold for a request of ``body_bytes`` with ``input_images`` pictures that may be
     billed ``output_tokens`` at worst (its dialect's figure: its own cap on every choice,
     else the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``), with the plan windows that
-    count ``model``."""
+    count ``model``. Only a request that asks for pictures (``generates_images``) can be
+    billed generated images, each costing at least an output token."""
     windows = tuple(w for w in key.plan_windows if w.counts(model))
     if not key.spend.any() and not windows:
         return None
@@ -99,6 +101,7 @@ def reservation(
         prompt_bytes=body_bytes,
         max_output_tokens=output_tokens,
         input_images=input_images,
+        output_images=output_tokens if generates_images else 0,
     )
     return Reservation(
         scopes=scope_names(key, datetime.now(UTC)) if key.spend.any() else (),

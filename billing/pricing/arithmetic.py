@@ -255,6 +255,7 @@ def worst_case_cost_micros(
     prompt_bytes: int,
     max_output_tokens: int,
     input_images: int | None = None,
+    output_images: int | None = None,
 ) -> int:
     """An upper bound of ``cost_micros`` for a request not yet sent, for reservations.
 
@@ -264,7 +265,8 @@ def worst_case_cost_micros(
     either tier on the dearest service tier; the division rounds up (a request's token
     charges are rounded once, so this bounds them). ``input_images`` is the number of
     pictures the relay counted in the request, exactly what a price per input image will
-    bill; not given, the body's size bounds it.
+    bill; not given, the body's size bounds it. ``output_images`` bounds the pictures it
+    may generate; not given, every possible output token could be one.
     """
     prompt = max(prompt_bytes, 0)
     output = max(max_output_tokens, 0)
@@ -279,7 +281,8 @@ def worst_case_cost_micros(
     worst += max(s.request_fee for s in sets)
     pictures = prompt // MIN_IMAGE_PART_BYTES if input_images is None else max(input_images, 0)
     worst += pictures * max(s.input_image for s in sets)
-    worst += output * max(s.output_image for s in sets)
+    generated = output if output_images is None else max(output_images, 0)
+    worst += generated * max(s.output_image for s in sets)
     return worst
 
 

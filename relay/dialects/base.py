@@ -205,6 +205,11 @@ class Call:
         """A quick prompt size (about 4 characters a token), without the tokenizer."""
         return self.measured()[0]
 
+    def generates_images(self) -> bool:
+        """Whether the request asks for pictures: only then are generated images billed
+        (and held for)."""
+        return False
+
     def input_images(self) -> int:
         """The pictures in the request: what a price per input image bills, and reserves."""
         return self.measured()[1]

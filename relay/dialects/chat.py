@@ -95,16 +95,28 @@ def _images(holder: Any) -> int:
     return len(images) if isinstance(images, list) else 0
 
 
+def asks_for_images(payload: Mapping[str, Any]) -> bool:
+    """Whether a chat request asks for image output (``"image"`` in ``modalities``)."""
+    modalities = payload.get("modalities")
+    return isinstance(modalities, list) and "image" in modalities
+
+
 class ChatLeg(OpenAIStreamLeg):
+    def __init__(
+        self, record: UsageRecord, public: str, payload: dict[str, Any], wants_usage: bool
+    ) -> None:
+        super().__init__(record, public, payload, wants_usage)
+        self.images = asks_for_images(payload)  # pictures not asked for are not billed
+
     def texts(self, choice: Any) -> list[str]:
         # Every streamed choice passes here: count the pictures it delivers.
-        if isinstance(choice, Mapping):
+        if self.images and isinstance(choice, Mapping):
             self.record.output_images += _images(choice.get("delta"))
         return delta_texts(choice)
 
     def answer(self, parsed: Any) -> bytes | None:
         body = super().answer(parsed)
-        if body is not None:
+        if body is not None and self.images:
             self.record.output_images = sum(
                 _images(choice.get("message"))
                 for choice in parsed.get("choices") or ()
@@ -128,6 +140,9 @@ class ChatCall(Call):
     def output_cap(self) -> int | None:
         payload = self.payload
         return int_or_none(payload.get("max_completion_tokens") or payload.get("max_tokens"))
+
+    def generates_images(self) -> bool:
+        return asks_for_images(self.payload)
 
     def choices(self) -> int:
         choices = self.payload.get("n")

@@ -102,9 +102,10 @@ class PassLeg(Leg):
         if usage is not None:
             self.record.usage = Usage.from_canonical(usage)
         # The whole response (an answer, or a stream's last event) lists the pictures made.
-        self.record.output_images = max(
-            self.record.output_images, _generated_images(response.get("output"))
-        )
+        if self.call.generates_images():
+            self.record.output_images = max(
+                self.record.output_images, _generated_images(response.get("output"))
+            )
 
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or parsed.get("object") != "response":
@@ -153,6 +154,13 @@ class ResponsesCall(Call):
 
     def output_cap(self) -> int | None:
         return int_or_none(self.payload.get("max_output_tokens"))
+
+    def generates_images(self) -> bool:
+        """Whether the request offers the image_generation tool."""
+        tools = self.payload.get("tools")
+        return isinstance(tools, list) and any(
+            isinstance(tool, Mapping) and tool.get("type") == "image_generation" for tool in tools
+        )
 
     def measure(self) -> tuple[int, int]:
         payload = self.payload

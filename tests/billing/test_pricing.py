@@ -338,3 +338,26 @@ def test_money_parsing_and_display_are_exact() -> None:
     assert format_micros(3_000_000, min_decimals=0, grouping=False) == "3"
     assert div_round_half_up(-3, 2) == -2  # halves away from zero
     assert div_round_half_up(5, 10) == 1
+
+
+def test_worst_case_holds_the_counted_images() -> None:
+    prices = Prices(
+        input=0,
+        cached_input=0,
+        output=0,
+        request_fee=0,
+        currency="USD",
+        input_image=700,
+        output_image=39_000,
+    )
+
+    def worst(**counts: int) -> int:
+        return worst_case_cost_micros(prices, prompt_bytes=10_000, max_output_tokens=50, **counts)
+
+    # The relay's count is what the request will be billed, so the hold is exact.
+    assert worst(input_images=2, output_images=0) == 2 * 700
+    assert worst(input_images=0, output_images=0) == 0
+    # Asking for pictures: any output token may be one.
+    assert worst(input_images=2, output_images=50) == 2 * 700 + 50 * 39_000
+    # Not counted: the body's size bounds the input pictures, the output tokens the rest.
+    assert worst() == 10_000 // 20 * 700 + 50 * 39_000

@@ -68,3 +68,16 @@ def test_messages_counts_image_blocks_in_tool_results() -> None:
 def test_text_apis_count_none() -> None:
     assert CompletionCall({"model": "m", "prompt": "hi"}).input_images() == 0
     assert EmbeddingCall({"model": "m", "input": ["a", "b"]}).input_images() == 0
+
+
+def test_only_requests_that_ask_for_pictures_can_be_billed_generated_images() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "draw"}]}
+    assert not ChatCall(dict(chat)).generates_images()
+    assert ChatCall({**chat, "modalities": ["text", "image"]}).generates_images()
+    assert not ChatCall({**chat, "modalities": ["text", "audio"]}).generates_images()
+    responses: dict[str, Any] = {"model": "m", "input": "draw"}
+    assert not ResponsesCall(dict(responses)).generates_images()
+    tools = [{"type": "function", "name": "f"}, {"type": "image_generation"}]
+    assert ResponsesCall({**responses, "tools": tools}).generates_images()
+    messages = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    assert not MessagesCall(messages, "2023-06-01", None).generates_images()

@@ -253,6 +253,34 @@ def test_generated_images_are_charged_per_image(
     assert "input_image" not in event.charges
 
 
+def test_generated_images_not_asked_for_are_neither_held_nor_charged(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    """A request that asks for no pictures holds nothing for them, so a provider that
+    returns some anyway cannot overdraw a balance with them."""
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=INPUT_PRICE,
+        output_per_mtok=OUTPUT_PRICE,
+        output_image_micros=GENERATED,
+        actor="test",
+    )
+    gateway.channel.base_url = sim.channel_url("images=3")
+    gateway.channel.save()
+    time.sleep(0.5)
+    body = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "Say hi."}]}
+    assert post(gateway, "/v1/chat/completions", body).status_code == 200
+    [event] = usage_events(1)
+    assert event.output_images == 0 and "output_image" not in event.charges
+    price = tenant_price_table(gateway.tenant.pk)[PUBLIC_MODEL].retail
+    asked = worst_case_cost_micros(price, prompt_bytes=100, max_output_tokens=16)
+    plain = worst_case_cost_micros(
+        price, prompt_bytes=100, max_output_tokens=16, input_images=0, output_images=0
+    )
+    assert asked - plain == 16 * GENERATED  # asked for: every output token may be a picture
+
+
 @pytest.fixture
 def relay_process(gateway: Gateway) -> Iterator[str]:
     relay = RelayProcess(
