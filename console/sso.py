@@ -9,6 +9,7 @@ claims to ``portal.services.sso``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.contrib import messages
@@ -24,6 +25,8 @@ from mozilla_django_oidc.views import (
 )
 
 from portal.services.sso import SsoConfig, SsoRefused, sso_config, sso_sign_in
+
+logger = logging.getLogger(__name__)
 
 SESSION_PROVIDER = "tollgate_sso_provider"
 # Set when the platform's provider is trusted for the second factor (explicit setting).
@@ -58,6 +61,17 @@ class _ProviderSettings:
         return import_from_settings(attr, *args)
 
 
+def _unreachable() -> tuple[type[Exception], ...]:
+    """What a provider that is down, misconfigured or answering nonsense raises here: its
+    discovery document or token endpoint failed (httpx here, requests inside
+    mozilla-django-oidc), or a document lacked what a provider must publish. The person gets
+    the sign-in page with a message, never a server error."""
+    import httpx  # on use, as in discovery()
+    import requests
+
+    return (httpx.HTTPError, requests.RequestException, ValueError, KeyError, ImproperlyConfigured)
+
+
 def _overrides(config: SsoConfig) -> dict[str, Any]:
     found = discovery(config)
     return {
@@ -82,12 +96,11 @@ class SsoRequestView(_ProviderSettings, OIDCAuthenticationRequestView):
         config = sso_config(key)
         if config is None:
             raise Http404("No such single sign-on.")
-        import httpx  # on use, as in discovery()
-
         try:
             self.overrides = _overrides(config)
-        except (httpx.HTTPError, ValueError, ImproperlyConfigured) as exc:
-            messages.error(request, f"The identity provider cannot be reached: {exc}")
+        except _unreachable() as exc:
+            logger.warning("sso %s: discovery failed: %s", config.key, exc)
+            messages.error(request, "The identity provider cannot be reached. Try again later.")
             return HttpResponseRedirect(reverse("login"))
         self.OIDC_OP_AUTH_ENDPOINT = self.overrides["OIDC_OP_AUTHORIZATION_ENDPOINT"]
         self.OIDC_RP_CLIENT_ID = config.client_id
@@ -128,6 +141,14 @@ class SsoBackend(_ProviderSettings, OIDCAuthenticationBackend):
         if config is None:
             return None
         self.config = config
+        try:
+            return self._authenticate(request, config, **kwargs)
+        except _unreachable() as exc:
+            logger.warning("sso %s: sign-in failed at the provider: %s", config.key, exc)
+            messages.error(request, "The identity provider cannot be reached. Try again later.")
+            return None  # the callback then sends the person back to the sign-in page
+
+    def _authenticate(self, request: HttpRequest, config: SsoConfig, **kwargs: Any) -> Any:
         self.overrides = _overrides(config)
         self.OIDC_OP_TOKEN_ENDPOINT = self.overrides["OIDC_OP_TOKEN_ENDPOINT"]
         self.OIDC_OP_USER_ENDPOINT = self.overrides["OIDC_OP_USER_ENDPOINT"]
