@@ -145,6 +145,14 @@ class Channel(models.Model):
 
     def clean(self) -> None:
         provider_settings.check_settings(self.provider_type, self.base_url, self.provider_settings)
+        if self.native_surfaces and self.provider_type not in NATIVE_SURFACE_PROVIDERS:
+            # The relay would ignore them (relay/snapshot.py); storing them would mislead.
+            raise ValidationError(
+                {
+                    "native_surfaces": f"{self.get_provider_type_display()} channels speak "
+                    "their own protocol: every surface is translated to it."
+                }
+            )
         if self.secret_ciphertext or self.provider_type != self.ProviderType.OPENAI:
             provider_settings.check_secret(self.provider_type, self.secret)
 

@@ -201,6 +201,20 @@ def test_operator_sets_a_channels_native_surfaces(operator_user: Any, channel: C
         "responses",
         "messages",
     ]
+    # Other providers speak one protocol of their own: the relay would ignore the list.
+    anthropic = client.post(
+        "/api/channels/",
+        {
+            "name": "Claude",
+            "provider_type": "anthropic",
+            "secret": "sk-ant-api03-test-key",
+            "native_surfaces": ["messages"],
+        },
+        format="json",
+    )
+    assert anthropic.status_code == 400, anthropic.content
+    assert "native_surfaces" in anthropic.json()
+    assert not Channel.objects.filter(name="Claude").exists()
 
 
 def test_operator_sets_a_models_surfaces(operator_user: Any, tenant_owner: Any, db: None) -> None:
