@@ -10,8 +10,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 
-from console.sso import SESSION_TWO_FACTOR_BY_IDP
 from portal.services.two_factor import has_confirmed_device
+
+# Set by console.sso when the platform's identity provider is trusted for the second factor
+# (an explicit setting). Defined here, not there: every web process, the relay's workers
+# too, loads this middleware, and console.sso brings in mozilla-django-oidc, requests and
+# PyJWT, which only a sign-in through SSO needs.
+SESSION_TWO_FACTOR_BY_IDP = "tollgate_two_factor_by_idp"
 
 # Where an unverified session may still go: the code form itself and signing out.
 _OPEN_NAMES = ("two_factor_verify", "logout")

@@ -24,13 +24,12 @@ from mozilla_django_oidc.views import (
     OIDCAuthenticationRequestView,
 )
 
+from console.middleware import SESSION_TWO_FACTOR_BY_IDP
 from portal.services.sso import SsoConfig, SsoRefused, sso_config, sso_sign_in
 
 logger = logging.getLogger(__name__)
 
 SESSION_PROVIDER = "tollgate_sso_provider"
-# Set when the platform's provider is trusted for the second factor (explicit setting).
-SESSION_TWO_FACTOR_BY_IDP = "tollgate_two_factor_by_idp"
 DISCOVERY_SECONDS = 3600
 
 

@@ -8,6 +8,9 @@ every relay module's imports, function-level ones included.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,38 @@ def test_the_check_sees_ui_imports(tmp_path: Path) -> None:
         "console.views",
         "django.shortcuts",
     ]
+
+
+# What a web worker (``config.asgi``) must not load at start: each is only for some
+# processes or some channels, and costs every worker its memory (issue 18: at most 120 MB
+# per worker). Bedrock's and Vertex's SDKs load with the first channel of that type.
+NOT_IN_A_WEB_WORKER = (
+    "celery",
+    "kombu",
+    "botocore",
+    "google.auth",
+    "stripe",
+    "fpdf",
+    "bpe_openai",  # the token counter's child loads it, never the worker
+    "mozilla_django_oidc",  # only an SSO sign-in
+    "requests",
+    "relay.health",
+)
+LOADED_BY_A_WORKER = """
+import sys
+import config.asgi
+print("LOADED", *sorted(n for n in {names} if n in sys.modules))
+"""
+
+
+def test_a_web_worker_starts_without_libraries_it_may_never_use() -> None:
+    done = subprocess.run(  # noqa: S603 - this interpreter, our own script
+        [sys.executable, "-c", LOADED_BY_A_WORKER.format(names=repr(NOT_IN_A_WEB_WORKER))],
+        cwd=RELAY.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "LOADED", done.stdout[-500:]
