@@ -74,9 +74,12 @@ def _encoding() -> Any:
 
 
 def count_text(text: str) -> int:
+    """Tokens of ``text`` as the model reads it: a special token's spelling in a prompt or an
+    answer (``<|endoftext|>``) is ordinary text there. By default the encoder refuses such
+    text with ValueError, which made the count fail and the usage go unbilled."""
     if not text:
         return 0
-    return len(_encoding().encode(text))
+    return len(_encoding().encode(text, disallowed_special=()))
 
 
 def _content_tokens(content: Any) -> int:

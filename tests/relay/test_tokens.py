@@ -74,3 +74,17 @@ def test_a_killed_child_costs_no_count(
     # a fresh child serves the next one
     assert counter.count(MESSAGES, None, "six", idle_seconds=30)[1] >= 1
     assert counter.running()
+
+
+def test_text_that_spells_a_special_token_is_counted_as_text(
+    counter: tokens.TokenCounter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prompt about tokenizers may contain ``<|endoftext|>``; the encoder refused it by
+    default, so the child failed, the worker loaded the encoding (~150 MB) to retry, failed
+    again, and the usage was not billed."""
+    spelled = [{"role": "user", "content": "What does <|endoftext|> mean in a prompt?"}]
+    answer = "It ends a text: <|endoftext|>"
+    counted = counter.count(spelled, None, answer, 30)
+    assert caplog.text == ""  # counted by the child, the first time
+    assert counted == tokens.count_all(spelled, None, answer)
+    assert counted[1] > tokens.count_text("It ends a text: ") + 1  # its characters count
