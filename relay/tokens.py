@@ -58,12 +58,12 @@ def measure_prompt(payload: Mapping[str, Any]) -> tuple[int, int]:
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, Mapping):
-                    if part.get("type") == "text":
+                    kind = part.get("type")  # read once: this loop sees every part
+                    if kind == "text":
                         total += len(str(part.get("text", ""))) // 4
-                    elif part.get("type") in IMAGE_PART_TYPES:
-                        total += TOKENS_PER_IMAGE
+                    elif kind == "image_url" or kind == "input_image":  # IMAGE_PART_TYPES
                         images += 1
-    return total, images
+    return total + images * TOKENS_PER_IMAGE, images
 
 
 @functools.cache

@@ -34,16 +34,21 @@ def _measure(content: Any) -> tuple[int, int]:
         return len(content), 0
     total = images = 0
     for block in content if isinstance(content, list) else ():
-        if isinstance(block, Mapping):
-            if block.get("type") == "image":
-                images += 1
-            total += sum(
-                len(block[name]) for name in ("text", "content") if isinstance(block.get(name), str)
-            )
-            if isinstance(block.get("content"), list):
-                size, inner = _measure(block["content"])
-                total += size
-                images += inner
+        if not isinstance(block, Mapping):
+            continue
+        if block.get("type") == "image":  # a picture has no text to size
+            images += 1
+            continue
+        text = block.get("text")
+        if isinstance(text, str):
+            total += len(text)
+        inner = block.get("content")
+        if isinstance(inner, str):
+            total += len(inner)
+        elif isinstance(inner, list):  # a tool result's blocks
+            size, pictures = _measure(inner)
+            total += size
+            images += pictures
     return total, images
 
 
@@ -144,7 +149,11 @@ class MessagesCall(Call):
         payload = self.payload
         size, images = _measure(payload.get("system"))
         for message in payload["messages"]:
-            chars, pictures = _measure(message.get("content"))
+            content = message.get("content")
+            if isinstance(content, str):  # the common case, without the walk's tuple
+                size += len(content)
+                continue
+            chars, pictures = _measure(content)
             size += chars
             images += pictures
         return 3 + size // 4, images

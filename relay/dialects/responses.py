@@ -44,19 +44,19 @@ def _measure(value: Any) -> tuple[int, int]:
         return len(value), 0
     total = images = 0
     for part in value if isinstance(value, list) else ():
-        if isinstance(part, Mapping):
-            if part.get("type") == "input_image":
-                images += 1
-            total += sum(
-                len(part[name])
-                for name in ("text", "output", "arguments", "content")
-                if isinstance(part.get(name), str)
-            )
-            for name in ("content", "output"):
-                if isinstance(part.get(name), list):
-                    size, inner = _measure(part[name])
-                    total += size
-                    images += inner
+        if not isinstance(part, Mapping):
+            continue
+        if part.get("type") == "input_image":  # a picture has no text to size
+            images += 1
+            continue
+        for name in ("text", "arguments", "content", "output"):
+            field = part.get(name)
+            if isinstance(field, str):
+                total += len(field)
+            elif isinstance(field, list) and (name == "content" or name == "output"):
+                size, pictures = _measure(field)  # a message's parts, a tool's output parts
+                total += size
+                images += pictures
     return total, images
 
 
