@@ -29,7 +29,6 @@ from portal.models import Invitation, Membership, Organization
 from tests.console.test_views_browser import (  # noqa: F401  (fixtures, used by name)
     PASSWORD,
     SIM_KEY,
-    browser,
     pytestmark,
     shot,
     sign_in,

@@ -5,8 +5,6 @@ changes the role at the next sign-in."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,21 +14,14 @@ from django.core.asgi import get_asgi_application
 
 from portal.models import AuditEntry, Membership, SsoIdentity
 from portal.services.sso import sso_provider_save
+from tests.browser import ARTIFACTS, browser_marks
 from tests.oidc_provider import Idp, running_provider
 from tests.servers import serve_in_thread
 
-CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CLIENT_ID = "tollgate-tenant"
 CLIENT_SECRET = "tenant-client-secret-9d1f0c"
 
-pytestmark = [
-    pytest.mark.skipif(
-        not shutil.which(CHROMIUM) and os.environ.get("TOLLGATE_REQUIRE_SERVICES") != "1",
-        reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium)",
-    ),
-    pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous"),
-]
+pytestmark = browser_marks
 
 ACCOUNTS = {
     "alice": {
@@ -76,20 +67,6 @@ def idp(site: str, tmp_path: Path, tenant_org: Any) -> Iterator[Idp]:
             actor="test",
         )
         yield provider
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        yield chromium
-        chromium.close()
 
 
 def through_provider(page: Any, site: str, idp: Idp, login: str) -> None:

@@ -7,9 +7,7 @@ downloaded by the test tool. Screenshots of each main page land in ``tests/artif
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +19,19 @@ from django.contrib.auth.hashers import make_password
 from django.core.asgi import get_asgi_application
 
 from billing.models import BillingAccount, UsageEvent
-from portal.models import ApiKey, CatalogModel, Channel, Membership, Organization
+from portal.models import ApiKey, CatalogModel, Channel, Invitation, Membership, Organization
+from portal.services.invitations import invitation_accept
 from relay.app import RelayApp
 from relay.metering import usage_writer
 from relay.simulator import build_app
+from tests.browser import ARTIFACTS, browser_marks
 from tests.conftest import make_member, make_user, price_models
 from tests.servers import serve_in_thread
 
-CHROMIUM = os.environ.get("TOLLGATE_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 PASSWORD = "browser test pass 2026"
 SIM_KEY = "sk-sim-browser-5d1"
 
-pytestmark = [
-    # CI installs Chromium and requires these tests (TOLLGATE_REQUIRE_SERVICES=1).
-    pytest.mark.skipif(
-        not shutil.which(CHROMIUM) and os.environ.get("TOLLGATE_REQUIRE_SERVICES") != "1",
-        reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium)",
-    ),
-    # WhiteNoise hands static files to Django's ASGI handler as synchronous iterators.
-    pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous"),
-]
+pytestmark = browser_marks
 
 
 class Gateway:
@@ -75,22 +65,6 @@ def simulator() -> Iterator[str]:
     base_url, stop = serve_in_thread(build_app(latency_ms=5))
     yield base_url
     stop()
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop on this thread; the test's own ORM calls
-    # are still plain synchronous code, so Django's guard against async use is lifted.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        yield chromium
-        chromium.close()
 
 
 def with_password(user: Any) -> Any:
@@ -175,17 +149,22 @@ def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
 ) -> None:
     CatalogModel.objects.create(public_id="sim-small")
     with_password(reseller_admin)
-    make_user("acme-owner")
+    acme_owner = make_user("acme-owner")
     page = sign_in(browser, site, "reseller-admin")
     assert page.url.endswith("/o/reseller/tenants/")
     page.get_by_label("Name").fill("Acme Robotics")
     page.get_by_role("button", name="Create tenant").click()
     assert page.get_by_text("Tenant “Acme Robotics” created.").is_visible()
-    page.get_by_label("Username or e-mail").fill("acme-owner@example.test")
+    # People join by invitation only; following the mailed link is test_onboarding_browser's.
+    page.get_by_label("E-mail address").fill("acme-owner@example.test")
     page.get_by_label("Role").select_option("owner")
-    page.get_by_role("button", name="Add member").click()
-    assert page.get_by_text("acme-owner is now owner of Acme Robotics.").is_visible()
+    page.get_by_role("button", name="Send invitation").click()
+    assert page.get_by_text("Invitation sent to acme-owner@example.test.").is_visible()
     shot(page, "tenant-members")
+    invitation_accept(
+        invitation=Invitation.objects.get(email="acme-owner@example.test"),
+        user=acme_owner,
+    )
     assert Membership.objects.get(user__username="acme-owner").organization.parent == reseller_org
 
     page.goto("/o/reseller/price-lists/")
