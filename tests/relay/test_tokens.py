@@ -4,9 +4,13 @@ when that process dies."""
 from __future__ import annotations
 
 import os
+import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +92,46 @@ def test_text_that_spells_a_special_token_is_counted_as_text(
     assert caplog.text == ""  # counted by the child, the first time
     assert counted == tokens.count_all(spelled, None, answer)
     assert counted[1] > tokens.count_text("It ends a text: ") + 1  # its characters count
+
+
+def _corpus() -> list[str]:
+    """Varied text: scripts, digits, whitespace runs, code, emoji, special-token spellings."""
+    rng = random.Random(18)
+    pieces = [
+        "toll", " road", "Straße", " 中文", "日本語", " 한국어", " العربية", " русский",
+        "🙂", "🚀", "  ", "\n\n", "\t", "1234567", " 3.14159", "'s", "'LL", " don't",
+        "def f(x):\n    return x ** 2\n", "<|endoftext|>", "<|endofprompt|>", "ñ", "é",
+        "https://example.test/a?b=c", "    ", "!!!", " ...", "\r\n", "ﬁ", "\u200b",
+    ]  # fmt: skip
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))) for _ in range(600)]
+    return [*texts, Path(tokens.__file__).read_text(), "a" * 5000, " " * 300]
+
+
+def test_counts_match_the_previous_tokenizer_exactly() -> None:
+    """Counting moved from bpe-openai's tokenizer to tiktoken (90 MB instead of 155): both
+    are exact o200k_base, so no count changes."""
+    import bpe_openai
+
+    previous = bpe_openai.get_encoding("o200k_base")
+    for text in _corpus():
+        assert tokens.count_text(text) == len(previous.encode(text, disallowed_special=())), text
+
+
+def test_the_encoding_loads_without_the_network(tmp_path: Path) -> None:
+    """tiktoken fetches o200k_base from OpenAI unless it finds the file: it must find the
+    wheel's copy, with every proxy refusing and an empty cache of its own."""
+    script = "from relay import tokens; print(tokens.count_text('hello world'))"
+    refused = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTPS_PROXY": refused, "HTTP_PROXY": refused, "TMPDIR": str(tmp_path)}
+    env.pop("TIKTOKEN_CACHE_DIR", None)
+    done = subprocess.run(  # noqa: S603 - this interpreter, our own one-liner
+        [sys.executable, "-c", script],
+        cwd=Path(tokens.__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "2"
+    assert list(tmp_path.iterdir()) == []  # the private cache is gone
