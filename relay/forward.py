@@ -170,12 +170,11 @@ class Forwarding:
             await forward_native.attempt(self, route, leg, attempt, started)
             return
         content = leg.content(route)
-        http = upstream.client()
         request = upstream.request(
-            http, leg.target(route), leg.headers(route, self.stream), content, route.timeout
+            leg.target(route), leg.headers(route, self.stream), content, route.timeout
         )
         try:
-            response = await http.send(request, stream=True)
+            response = await upstream.send(request)
         except httpx.TimeoutException:
             attempt.update(error="timeout", latency_ms=ms_since(started))
             raise AttemptFailed(errors.upstream_failed(504, "timeout"), attempt) from None

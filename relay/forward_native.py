@@ -82,9 +82,8 @@ async def attempt(
         raise AttemptFailed(_error(credentials_failure(exc)), info, credentials=True) from None
     except (UnsupportedContent, c.TranslationError) as exc:
         raise errors.invalid_request(str(exc)) from None
-    http = upstream.client()
     try:
-        response = await http.send(built.to_httpx(route.timeout or http.timeout), stream=True)
+        response = await upstream.send(built.to_httpx(route.timeout or upstream.default_timeout()))
     except httpx.TimeoutException:
         info.update(error="timeout", latency_ms=_ms(started))
         raise AttemptFailed(errors.upstream_failed(504, "timeout"), info) from None

@@ -40,16 +40,15 @@ async def _send(
     url = route.target_for(path)
     if query:
         url = url.copy_with(query=query)
-    http = upstream.client()
     request = httpx.Request(
         method,
         url,
         headers=headers,
         content=content or None,
-        extensions={"timeout": (route.timeout or http.timeout).as_dict()},
+        extensions={"timeout": (route.timeout or upstream.default_timeout()).as_dict()},
     )
     try:
-        response = await http.send(request, stream=True)
+        response = await upstream.send(request)
     except httpx.HTTPError:
         raise errors.upstream_failed(502, "The upstream provider could not be reached.") from None
     try:
