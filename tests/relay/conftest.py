@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
 
 from billing.models import BillingAccount, PriceList, TenantDefaults
 from billing.services import (
@@ -21,7 +22,7 @@ from portal.models import ApiKey, CatalogModel, Channel, ChannelModel, Organizat
 from relay.app import RelayApp
 from relay.metering import usage_writer
 from relay.simulator import build_app
-from tests.servers import serve_in_thread
+from tests.servers import RelayProcess, database_url, serve_in_thread
 
 UPSTREAM_SECRET = "sk-upstream-test-5f2c9a"  # the simulator refuses any other
 
@@ -130,6 +131,22 @@ def relay_url(relay_app: RelayApp) -> Iterator[str]:
     yield base_url
     stop()
     usage_writer.flush()
+
+
+@pytest.fixture
+def relay_process(gateway: Gateway) -> Iterator[str]:
+    """A second relay, in its own process, on the test database and this run's Redis
+    namespace: what two relay processes share is tested against the gateway's."""
+    relay = RelayProcess(
+        {
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+            "RELAY_CACHE_POLL_SECONDS": "0.2",
+        }
+    )
+    yield relay.url
+    relay.stop()
 
 
 @pytest.fixture

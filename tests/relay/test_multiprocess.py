@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings
 
 from billing.models import LedgerEntry
 from billing.selectors import account_balance_micros
@@ -27,7 +25,6 @@ from tests.relay.conftest import (
     prepaid,
     usage_events,
 )
-from tests.servers import RelayProcess, database_url
 
 pytestmark = pytest.mark.services
 
@@ -38,21 +35,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def relay_process(gateway: Gateway) -> Iterator[str]:
-    """A relay in its own process, on the test database and this run's Redis namespace."""
-    relay = RelayProcess(
-        {
-            "DATABASE_URL": database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-            "RELAY_CACHE_POLL_SECONDS": "0.2",
-        }
-    )
-    yield relay.url
-    relay.stop()
 
 
 def _until(check: Any, seconds: float = 5.0) -> float:

@@ -6,39 +6,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from django.conf import settings
 
 from billing.services import model_price_set
 from portal.models import CatalogModel, ChannelModel
 from tests.relay.conftest import INPUT_PRICE, OUTPUT_PRICE, PUBLIC_MODEL, Gateway, chat_body
 from tests.relay.conftest import usage_events as wait_for_events
-from tests.servers import RelayProcess, database_url
 
 pytestmark = pytest.mark.services
 
 NEW_INPUT_PRICE = 7_000_000
 LEAD = timedelta(seconds=5)
 WINDOW = timedelta(milliseconds=700)  # requests are sent this long either side of T
-
-
-@pytest.fixture
-def relay_process(gateway: Gateway) -> Iterator[str]:
-    relay = RelayProcess(
-        {
-            "DATABASE_URL": database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-            "RELAY_CACHE_POLL_SECONDS": "0.2",
-        }
-    )
-    yield relay.url
-    relay.stop()
 
 
 def _served(url: str, secret: str, model: str) -> bool:

@@ -5,13 +5,11 @@ never overdrawn by 5K concurrent requests through two relay processes."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
 import pytest
-from django.conf import settings
 
 from billing.models import LedgerEntry
 from billing.pricing import tenant_price_table, worst_case_cost_micros
@@ -19,7 +17,6 @@ from billing.selectors import account_balance_micros
 from billing.services import model_price_set, usage_charge_post
 from tests.relay.conftest import PUBLIC_MODEL, SIM_TOKENS, Gateway, Simulator, chat_body, prepaid
 from tests.relay.conftest import usage_events as wait_for_events
-from tests.servers import RelayProcess, database_url
 
 pytestmark = pytest.mark.services
 
@@ -27,20 +24,6 @@ TEXT_OUTPUT = 1_000_000  # micro-units per million tokens
 AUDIO_OUTPUT = 50_000_000  # fifty times dearer: the dimension a text-priced hold would miss
 AUDIO_TOKENS = 16
 MAX_TOKENS = SIM_TOKENS + AUDIO_TOKENS
-
-
-@pytest.fixture
-def relay_process(gateway: Gateway) -> Iterator[str]:
-    relay = RelayProcess(
-        {
-            "DATABASE_URL": database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-            "RELAY_CACHE_POLL_SECONDS": "0.2",
-        }
-    )
-    yield relay.url
-    relay.stop()
 
 
 def test_a_balance_is_never_overdrawn_by_dear_dimensions(

@@ -8,14 +8,12 @@ prepaid balance that covers K such requests is never overdrawn."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from django.conf import settings
 
 from billing.models import InvoiceLine, LedgerEntry, UsageEvent
 from billing.periods import Period
@@ -32,7 +30,6 @@ from tests.relay.conftest import (
     prepaid,
     usage_events,
 )
-from tests.servers import RelayProcess, database_url
 
 pytestmark = pytest.mark.services
 
@@ -279,20 +276,6 @@ def test_generated_images_not_asked_for_are_neither_held_nor_charged(
         price, prompt_bytes=100, max_output_tokens=16, input_images=0, output_images=0
     )
     assert asked - plain == 16 * GENERATED  # asked for: every output token may be a picture
-
-
-@pytest.fixture
-def relay_process(gateway: Gateway) -> Iterator[str]:
-    relay = RelayProcess(
-        {
-            "DATABASE_URL": database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-            "RELAY_CACHE_POLL_SECONDS": "0.2",
-        }
-    )
-    yield relay.url
-    relay.stop()
 
 
 def test_a_balance_is_never_overdrawn_by_images(

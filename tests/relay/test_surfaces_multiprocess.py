@@ -5,13 +5,12 @@ K requests is never overdrawn, and a key's limits are one budget across surfaces
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings
 
 from billing.models import LedgerEntry
 from billing.selectors import account_balance_micros
@@ -26,7 +25,6 @@ from tests.relay.conftest import (
     prepaid,
     usage_events,
 )
-from tests.servers import RelayProcess, database_url
 
 pytestmark = pytest.mark.services
 
@@ -67,20 +65,6 @@ SURFACES: dict[str, tuple[Callable[[], Request], list[str]]] = {
     "messages-translated": (messages, []),
     "completions": (completions, []),
 }
-
-
-@pytest.fixture
-def relay_process(gateway: Gateway) -> Iterator[str]:
-    relay = RelayProcess(
-        {
-            "DATABASE_URL": database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-            "RELAY_CACHE_POLL_SECONDS": "0.2",
-        }
-    )
-    yield relay.url
-    relay.stop()
 
 
 def send(url: str, secret: str, request: Request, stream: bool = False) -> tuple[int, str]:
