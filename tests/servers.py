@@ -169,3 +169,34 @@ def database_url(port: int | None = None) -> str:
         f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{port or db['PORT']}"
         f"/{db['NAME']}"
     )
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a Celery worker of ours: the test database, this run's Redis
+    namespace and broker, and tasks sent to the broker (never run eagerly)."""
+    from django.conf import settings
+
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
+        **extra,
+    }
+
+
+def celery_worker(
+    queue: str, hostname: str, env: dict[str, str], *, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """A solo Celery worker in its own process consuming only ``queue`` (a test's own, so
+    no other worker takes its tasks)."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "--pool=solo",
+        "-Q", queue, "--hostname", f"{hostname}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=warning",
+    ]  # fmt: skip
+    return subprocess.Popen(  # noqa: S603 - our own worker, fixed arguments
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+    )

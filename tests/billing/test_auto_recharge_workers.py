@@ -3,7 +3,6 @@ run at once, a crossing charges the card once and a day never more than its cap.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
 
 from billing.services.auto_recharge import auto_recharge_set
 from billing.tasks import auto_recharge_check_task, auto_recharge_checks_task
@@ -25,6 +23,7 @@ from tests.billing.payments_fixtures import (
     Shop,
 )
 from tests.billing.test_auto_recharge import confirm_charges, save_card, spend
+from tests.servers import celery_worker, worker_env
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -37,43 +36,9 @@ CHECKS = 12
 def two_workers(fake_stripe: Any) -> Iterator[str]:
     """Two worker processes consuming one queue of this test's own."""
     queue = f"recharge-{uuid.uuid4().hex[:10]}"
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-        "STRIPE_API_BASE": fake_stripe.url,
-    }
+    env = worker_env(STRIPE_API_BASE=fake_stripe.url)
     processes = [
-        subprocess.Popen(  # noqa: S603 - our own workers, fixed arguments
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config.celery_app",
-                "worker",
-                "--pool=solo",
-                "-Q",
-                queue,
-                "--hostname",
-                f"{queue}-{n}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--loglevel=warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for n in range(2)
+        celery_worker(queue, f"{queue}-{n}", env, stderr=subprocess.PIPE) for n in range(2)
     ]
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = False

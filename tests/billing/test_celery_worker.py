@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,12 +12,12 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from billing.models import Invoice, LedgerEntry, UsageEvent, UsageRollup
 from billing.tasks import invoice_drafts_task, rollups_advance_task, usage_charges_advance_task
 from config.celery_app import app
 from tests.billing.conftest import MARCH, Market, generate_month
+from tests.servers import celery_worker, worker_env
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -31,27 +30,7 @@ def worker_queue() -> Iterator[str]:
     """A Celery worker in its own process, on the test database and this run's Redis,
     consuming a queue of its own (so no other worker can take the test's tasks)."""
     queue = f"billing-e2e-{uuid.uuid4().hex[:10]}"
-    env = _service_env()
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config.celery_app",
-        "worker",
-        "--pool=solo",
-        "-Q",
-        queue,
-        "--hostname",
-        f"{queue}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel=warning",
-    ]
-    process = subprocess.Popen(  # noqa: S603 - our own worker, fixed arguments
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    process = celery_worker(queue, queue, worker_env(), stderr=subprocess.PIPE)
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = False  # this test sends to the broker, whatever the default
     try:
@@ -66,21 +45,6 @@ def worker_queue() -> Iterator[str]:
             _, stderr = process.communicate()
         if stderr.strip():
             sys.stderr.write("worker stderr:\n" + stderr.decode(errors="replace"))
-
-
-def _service_env() -> dict[str, str]:
-    """The environment of a process of ours on the test database and this run's Redis."""
-    db = connection.settings_dict
-    return {
-        **os.environ,
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-    }
 
 
 def _until(check: Any, what: str) -> None:
@@ -146,7 +110,7 @@ def test_a_process_without_the_worker_module_sends_through_the_configured_broker
     done = subprocess.run(  # noqa: S603 - this interpreter, our own script
         [sys.executable, "-c", SEND_FROM_A_THREAD, worker_queue],
         cwd=ROOT,
-        env={**_service_env(), "DJANGO_SETTINGS_MODULE": "config.settings"},
+        env={**worker_env(), "DJANGO_SETTINGS_MODULE": "config.settings"},
         capture_output=True,
         text=True,
         timeout=60,

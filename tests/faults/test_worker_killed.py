@@ -8,10 +8,8 @@ worker, then lets a fresh worker run the job again.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -20,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.db.models import Sum
 
 from billing.models import BillingWatermark, UsageEvent, UsageRollup
 from billing.tasks import rollups_advance_task
 from config.celery_app import app
 from tests.billing.conftest import Market, generate_month, market  # noqa: F401 - fixture
+from tests.servers import celery_worker, worker_env
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -46,25 +43,7 @@ SUMS = (
 
 
 def start_worker(queue: str) -> subprocess.Popen[bytes]:
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": (
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "CELERY_TASK_ALWAYS_EAGER": "0",
-        "CACHE_KEY_PREFIX": settings.CACHES["default"]["KEY_PREFIX"],
-    }
-    command = [
-        sys.executable, "-m", "celery", "-A", "config.celery_app", "worker", "--pool=solo",
-        "-Q", queue, "--hostname", f"{queue}-{uuid.uuid4().hex[:4]}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=warning",
-    ]  # fmt: skip
-    return subprocess.Popen(  # noqa: S603 - our own worker, fixed arguments
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    return celery_worker(queue, f"{queue}-{uuid.uuid4().hex[:4]}", worker_env())
 
 
 @pytest.fixture
