@@ -180,3 +180,12 @@ def price_models(*public_ids: str) -> None:
         model_price_set(
             price_list=wholesale, model=model, input_per_mtok=1, output_per_mtok=2, actor="test"
         )
+
+
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A headless Chromium (Debian's) for the browser tests (tests/browser.py)."""
+    from tests import browser as chromium
+
+    with chromium.launched(monkeypatch) as launched:
+        yield launched

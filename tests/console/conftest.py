@@ -9,7 +9,6 @@ resellers and tenants) is re-exported for the money pages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from portal.models import Membership, Organization
-from tests import browser as chromium
 from tests.billing.conftest import event, market  # noqa: F401  (fixtures, used by name)
 from tests.conftest import make_member
 from tests.portal.conftest import tenant_admin, tenant_billing  # noqa: F401  (fixtures)
@@ -46,10 +44,3 @@ def other_reseller_admin(other_reseller_org: Organization) -> Any:
 @pytest.fixture
 def operator(operator_user: Any) -> Client:
     return client_for(operator_user)
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A headless Chromium (Debian's) for the browser tests."""
-    with chromium.launched(monkeypatch) as launched:
-        yield launched

@@ -9,7 +9,6 @@ import pytest
 
 from portal import services
 from tests.console.test_views_browser import (  # noqa: F401 - fixtures
-    browser,
     pytestmark,
     sign_in,
     site,
@@ -43,7 +42,7 @@ PAGES = [
 @pytest.mark.django_db(transaction=True)
 def test_no_page_violates_the_content_security_policy(
     site: str,  # noqa: F811 - fixture
-    browser: Any,  # noqa: F811 - fixture
+    browser: Any,
     operator_user: Any,
     tenant_org: Any,
 ) -> None:
