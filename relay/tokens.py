@@ -25,6 +25,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +156,12 @@ def count_prompt(messages: Iterable[Any], tools: Any = None) -> int:
         total += _content_tokens(message.get("content"))
         if message.get("name"):
             total += count_text(str(message["name"]))
-        for call in message.get("tool_calls") or ():
-            function = call.get("function", {}) if isinstance(call, Mapping) else {}
-            total += count_text(str(function.get("name", "")))
-            total += count_text(str(function.get("arguments", "")))
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():  # a client's body: any shape
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping):
+                total += count_text(str(function.get("name", "")))
+                total += count_text(str(function.get("arguments", "")))
     if tools:
         import orjson
 
@@ -169,6 +172,21 @@ def count_prompt(messages: Iterable[Any], tools: Any = None) -> int:
 def count_all(messages: Any, tools: Any, completion: str) -> tuple[int, int]:
     """Prompt and completion tokens, counted here."""
     return count_prompt(messages or (), tools), count_text(completion)
+
+
+def rough_count(messages: Any, tools: Any, completion: str) -> tuple[int, int]:
+    """About four characters a token, from whatever the request held: the estimate of last
+    resort, for input the tokenizer walk cannot read."""
+    import orjson
+
+    def size(value: Any) -> int:
+        try:
+            return len(orjson.dumps(value, default=str))
+        except (TypeError, ValueError):
+            return len(str(value))
+
+    prompt = TOKENS_REPLY_PRIMING + (size(messages) + (size(tools) if tools else 0)) // 4
+    return prompt, len(completion or "") // 4
 
 
 class TokenCounter:
@@ -195,10 +213,17 @@ class TokenCounter:
         try:
             future = pool.submit(count_all, messages, tools, completion)
             return future.result(timeout=self.TIMEOUT_SECONDS)
-        except Exception:
+        except (BrokenProcessPool, TimeoutError, OSError):
+            # The child died, hung or could not start: count here rather than lose the count.
             logger.warning("the token counter process failed; counting here", exc_info=True)
             self._discard(pool)
             return count_all(messages, tools, completion)
+        except Exception:
+            # The count itself failed on this input: the child is fine, and counting here
+            # would fail the same way (and load the encoding into this process). A usage
+            # record that cannot be counted must not stop the batch it is written with.
+            logger.exception("the token counter could not count a request; estimating")
+            return rough_count(messages, tools, completion)
         finally:
             with self._lock:
                 self._busy -= 1

@@ -135,3 +135,31 @@ def test_the_encoding_loads_without_the_network(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "2"
     assert list(tmp_path.iterdir()) == []  # the private cache is gone
+
+
+def test_tool_calls_of_any_shape_are_counted_not_fatal() -> None:
+    """The prompt is the client's body as sent: a tool_calls of the wrong shape is no call."""
+    plain = [{"role": "assistant", "content": "hello"}]
+    for calls in (5, "x", [7, {"function": "f"}, {"function": None}], {"function": {}}):
+        odd = [{"role": "assistant", "content": "hello", "tool_calls": calls}]
+        assert tokens.count_all(odd, None, "") == tokens.count_all(plain, None, "")
+
+
+def test_a_count_that_fails_is_estimated_and_the_child_kept(
+    counter: tokens.TokenCounter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record the tokenizer walk cannot read must not raise into the usage writer, where it
+    would fail the whole batch of other tenants' events with it."""
+    counter.count(MESSAGES, None, ANSWER, idle_seconds=30)
+    pool = counter._pool
+    unreadable = [{"type": "function", "function": {"name": "add", "tags": {"a", "b"}}}]
+
+    prompt, completion = counter.count(MESSAGES, unreadable, ANSWER, idle_seconds=30)
+
+    assert "could not count a request; estimating" in caplog.text
+    assert (prompt, completion) == tokens.rough_count(MESSAGES, unreadable, ANSWER)
+    assert prompt > tokens.TOKENS_REPLY_PRIMING and completion == len(ANSWER) // 4
+    assert counter._pool is pool  # the child was fine, and still serves
+    assert counter.count(MESSAGES, None, ANSWER, idle_seconds=30) == tokens.count_all(
+        MESSAGES, None, ANSWER
+    )
