@@ -1,9 +1,8 @@
 """An experiment beside the floor: bench/bare_proxy.py with aiohttp instead of httpx.
 
 Same ASGI server, same pass-through, only the upstream HTTP client differs, so the gap
-between the two shows what the client itself costs per request. aiohttp is not a
-project dependency: bench/run installs it into bench/.tools-aiohttp when asked for
-(``--bare-aiohttp``) and puts that folder on this process's path only.
+between the two shows what the client itself costs per request. It uses the project's own
+aiohttp, the one the relay sends through (under httpx's API, ``relay/upstream.py``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
 TOOLS = BENCH / ".tools"  # py-spy and granian, installed with pip --target
-AIOHTTP_TOOLS = BENCH / ".tools-aiohttp"  # only for the bare-aiohttp experiment
 LITELLM_VENV = BENCH / ".venv-litellm"
 LITELLM_VERSION = "1.106.2"  # the version issue 6 measured
 PG_URL = "postgres://postgres@127.0.0.1:5432/{name}"
@@ -74,18 +73,6 @@ def ensure_granian() -> None:
     if not (TOOLS / "granian").exists():
         log("installing granian into bench/.tools")
         _pip_target("granian==2.8.7")
-
-
-def ensure_aiohttp() -> None:
-    if not (AIOHTTP_TOOLS / "aiohttp").exists():
-        log("installing aiohttp into bench/.tools-aiohttp")
-        subprocess.run(
-            [
-                *_pip(), "install", "--quiet", "--disable-pip-version-check",
-                "--target", str(AIOHTTP_TOOLS), "aiohttp==3.12.15",
-            ],
-            check=True,
-        )  # fmt: skip
 
 
 def ensure_litellm() -> Path:

@@ -294,8 +294,6 @@ def main(argv: list[str] | None = None) -> int:
             and POSTGRES in args.stores
             and not args.scale_only
         )
-        if args.bare_aiohttp:
-            prepare.ensure_aiohttp()
         if "granian" in args.servers:
             prepare.ensure_granian()
         if args.profile:

@@ -70,7 +70,6 @@ def start_group(ctx: Context, target: Target) -> tuple[Service, str]:
     workers = ctx.args.workers
     if group == "bare-aiohttp":
         env = {**ctx.env, "BARE_UPSTREAM": ctx.upstream}
-        env["PYTHONPATH"] = f"{prepare.AIOHTTP_TOOLS}:{env['PYTHONPATH']}"
         argv = _server_argv("uvicorn", "bench.bare_proxy_aiohttp:app", port, workers)
         service = ctx.services.start(group, argv, env=env, cwd=ROOT)
         health = "/healthz"
