@@ -23,6 +23,8 @@ class LedgerEntry(models.Model):
         PLAN_CREDIT = "plan_credit", "Plan's included credit"
         # Money a card payment gave back to the customer (Stripe refund): a debit.
         CARD_REFUND = "card_refund", "Card refund"
+        # Money a card dispute took back (negative) or, when the seller won it, gave back.
+        CARD_DISPUTE = "card_dispute", "Card dispute"
 
     account = models.ForeignKey(
         "billing.BillingAccount", on_delete=models.PROTECT, related_name="ledger_entries"

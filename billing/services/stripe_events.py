@@ -4,7 +4,9 @@ Each event is handled once: its id is inserted into ``StripeEvent`` (unique) in 
 transaction as the ledger entry it causes, so a replay finds the id and changes nothing.
 Reordering is harmless too: a payment moves from pending to succeeded by a conditional
 UPDATE, and every ledger entry names its Stripe cause (``stripe:<session or intent>``,
-``stripe-refund:<refund>``) under the ledger's one-entry-per-cause constraint.
+``stripe-refund:<refund>``, ``stripe-dispute:<dispute>``) under the ledger's
+one-entry-per-cause constraint. A failed refund and a won dispute post a second entry of
+their own that gives the amount back.
 """
 
 from __future__ import annotations
@@ -183,10 +185,8 @@ def _intent_failed(stripe_account: StripeAccount, intent: Any) -> tuple[Payment 
     return payment, "already settled"
 
 
-def _refund(stripe_account: StripeAccount, refund: Any) -> tuple[Payment | None, str]:
-    if refund.get("status") != "succeeded":
-        return None, f"refund {refund.get('status')}: nothing yet"
-    intent_id = str(refund.get("payment_intent") or "")
+def _payment_by_intent(stripe_account: StripeAccount, intent_id: str) -> Payment | None:
+    """The payment of a card charge that a refund or dispute names by its intent."""
     payment = (
         Payment.objects.select_for_update(of=("self",))
         .select_related("account__organization")
@@ -201,23 +201,107 @@ def _refund(stripe_account: StripeAccount, refund: Any) -> tuple[Payment | None,
             )
         except gateway.StripeError as exc:
             raise RuntimeError(f"cannot read payment intent {intent_id}") from exc
-    if payment is None:
-        return None, "not a Tollgate payment"
-    reference = f"stripe-refund:{refund['id']}"
+    return payment
+
+
+def _post_once(
+    payment: Payment, *, kind: str, amount: int, reference: str, memo: str, action: str
+) -> bool:
+    """One ledger entry for ``reference`` (the ledger allows one per cause); False if it
+    was already posted."""
     if LedgerEntry.objects.filter(account=payment.account, reference=reference).exists():
-        return payment, "already posted"
-    amount = gateway.to_micros(int(refund.get("amount") or 0), payment.currency)
+        return False
     entry = LedgerEntry.objects.create(
         account=payment.account,
-        kind=LedgerEntry.Kind.CARD_REFUND,
-        amount_micros=-amount,
+        kind=kind,
+        amount_micros=amount,
         reference=reference,
-        memo=f"Card refund of payment {payment.pk}",
+        memo=memo,
         created_at=timezone.now(),
     )
-    Payment.objects.filter(pk=payment.pk).update(refunded_micros=payment.refunded_micros + amount)
-    _audit(entry, "ledger.card_refund", payment, reference)
-    return payment, "refund posted"
+    _audit(entry, action, payment, reference)
+    return True
+
+
+def _refund(stripe_account: StripeAccount, refund: Any) -> tuple[Payment | None, str]:
+    """A refund debits the balance once when it succeeds. One that fails afterwards (Stripe
+    could not return the money) is credited back; one seen failed first gets both entries,
+    so a late "succeeded" copy of it finds them and posts nothing."""
+    status = refund.get("status")
+    if status not in ("succeeded", "failed"):
+        return None, f"refund {status}: nothing yet"
+    payment = _payment_by_intent(stripe_account, str(refund.get("payment_intent") or ""))
+    if payment is None:
+        return None, "not a Tollgate payment"
+    amount = gateway.to_micros(int(refund.get("amount") or 0), payment.currency)
+    posted = _post_once(
+        payment,
+        kind=LedgerEntry.Kind.CARD_REFUND,
+        amount=-amount,
+        reference=f"stripe-refund:{refund['id']}",
+        memo=f"Card refund of payment {payment.pk}",
+        action="ledger.card_refund",
+    )
+    if status == "succeeded":
+        if not posted:
+            return payment, "already posted"
+        Payment.objects.filter(pk=payment.pk).update(
+            refunded_micros=payment.refunded_micros + amount
+        )
+        return payment, "refund posted"
+    reversed_now = _post_once(
+        payment,
+        kind=LedgerEntry.Kind.CARD_REFUND,
+        amount=amount,
+        reference=f"stripe-refund-failed:{refund['id']}",
+        memo=f"Card refund of payment {payment.pk} failed: the amount is given back",
+        action="ledger.card_refund_failed",
+    )
+    if reversed_now and not posted:  # the refund had counted as given back: no longer
+        Payment.objects.filter(pk=payment.pk).update(
+            refunded_micros=max(payment.refunded_micros - amount, 0)
+        )
+    return payment, "refund failure posted" if reversed_now else "already posted"
+
+
+def _dispute_withdrawn(stripe_account: StripeAccount, dispute: Any) -> tuple[Payment | None, str]:
+    """The cardholder disputed a payment and Stripe took the money back from the seller:
+    the balance it bought is debited, once."""
+    payment = _payment_by_intent(stripe_account, str(dispute.get("payment_intent") or ""))
+    if payment is None:
+        return None, "not a Tollgate payment"
+    posted = _withdraw(payment, dispute)
+    return payment, "dispute debit posted" if posted else "already posted"
+
+
+def _dispute_reinstated(stripe_account: StripeAccount, dispute: Any) -> tuple[Payment | None, str]:
+    """The seller won the dispute and Stripe returned the money: the debit is given back.
+    Seen before its withdrawal (events out of order), both entries are posted, so the late
+    withdrawal finds its entry and debits nothing."""
+    payment = _payment_by_intent(stripe_account, str(dispute.get("payment_intent") or ""))
+    if payment is None:
+        return None, "not a Tollgate payment"
+    _withdraw(payment, dispute)
+    posted = _post_once(
+        payment,
+        kind=LedgerEntry.Kind.CARD_DISPUTE,
+        amount=gateway.to_micros(int(dispute.get("amount") or 0), payment.currency),
+        reference=f"stripe-dispute-won:{dispute['id']}",
+        memo=f"Dispute of payment {payment.pk} won: the amount is given back",
+        action="ledger.card_dispute_won",
+    )
+    return payment, "dispute credit posted" if posted else "already posted"
+
+
+def _withdraw(payment: Payment, dispute: Any) -> bool:
+    return _post_once(
+        payment,
+        kind=LedgerEntry.Kind.CARD_DISPUTE,
+        amount=-gateway.to_micros(int(dispute.get("amount") or 0), payment.currency),
+        reference=f"stripe-dispute:{dispute['id']}",
+        memo=f"Dispute of payment {payment.pk}: the amount was taken back",
+        action="ledger.card_dispute",
+    )
 
 
 Handler = Callable[[StripeAccount, Any], tuple[Payment | None, str]]
@@ -229,4 +313,7 @@ HANDLERS: dict[str, Handler] = {
     "payment_intent.payment_failed": _intent_failed,
     "refund.created": _refund,
     "refund.updated": _refund,
+    "refund.failed": _refund,
+    "charge.dispute.funds_withdrawn": _dispute_withdrawn,
+    "charge.dispute.funds_reinstated": _dispute_reinstated,
 }

@@ -222,6 +222,107 @@ def test_a_refund_arriving_before_its_payment_still_finds_it(shop: Shop, tenant_
     assert shop.balance() == 0
 
 
+def _paid_topup(shop: Shop, tenant_owner: Any, amount: str) -> dict[str, Any]:
+    payment = _start_topup(client_for(tenant_owner), amount)
+    session = shop.fake.complete_checkout(payment.stripe_id)
+    assert shop.deliver(shop.fake.event("checkout.session.completed", session)).json()[
+        "outcome"
+    ] == ("credited")
+    return session
+
+
+def test_a_refund_that_fails_afterwards_is_given_back(shop: Shop, tenant_owner: Any) -> None:
+    session = _paid_topup(shop, tenant_owner, "30")
+    refund = shop.fake.refund(session["payment_intent"], 1250)
+    shop.deliver(shop.fake.event("refund.created", refund))
+    assert shop.balance() == 30 * USD - 12_500_000
+    failed = {**refund, "status": "failed", "failure_reason": "expired_or_canceled_card"}
+
+    assert shop.deliver(shop.fake.event("refund.failed", failed)).json()["outcome"] == (
+        "refund failure posted"
+    )
+    assert shop.balance() == 30 * USD
+    assert shop.deliver(shop.fake.event("refund.updated", failed)).json()["outcome"] == (
+        "already posted"
+    )
+    assert shop.balance() == 30 * USD
+    payment = Payment.objects.get(payment_intent_id=session["payment_intent"])
+    assert payment.refunded_micros == 0
+    assert AuditEntry.objects.filter(action="ledger.card_refund_failed").count() == 1
+
+
+def test_a_refund_seen_failed_first_is_not_debited_by_a_late_success(
+    shop: Shop, tenant_owner: Any
+) -> None:
+    session = _paid_topup(shop, tenant_owner, "30")
+    refund = shop.fake.refund(session["payment_intent"], 3000)
+    failed = {**refund, "status": "failed"}
+    shop.deliver(shop.fake.event("refund.failed", failed))
+    assert shop.balance() == 30 * USD
+    # The "succeeded" copy Stripe sent before the failure, delivered late.
+    assert shop.deliver(shop.fake.event("refund.created", refund)).json()["outcome"] == (
+        "already posted"
+    )
+    assert shop.balance() == 30 * USD
+
+
+def _dispute(session: dict[str, Any], amount: int) -> dict[str, Any]:
+    return {
+        "id": f"dp_{session['payment_intent'][-12:]}",
+        "object": "dispute",
+        "amount": amount,
+        "currency": "usd",
+        "payment_intent": session["payment_intent"],
+        "reason": "fraudulent",
+        "status": "needs_response",
+    }
+
+
+def test_a_dispute_debits_once_and_a_won_dispute_gives_it_back(
+    shop: Shop, tenant_owner: Any
+) -> None:
+    session = _paid_topup(shop, tenant_owner, "30")
+    dispute = _dispute(session, 3000)
+    withdrawn = shop.fake.event("charge.dispute.funds_withdrawn", dispute)
+
+    assert shop.deliver(withdrawn).json()["outcome"] == "dispute debit posted"
+    assert shop.deliver(withdrawn).json()["outcome"] == "duplicate"
+    again = shop.fake.event("charge.dispute.funds_withdrawn", dispute)
+    assert shop.deliver(again).json()["outcome"] == "already posted"
+    assert shop.balance() == 0
+    entry = LedgerEntry.objects.get(kind=LedgerEntry.Kind.CARD_DISPUTE)
+    assert entry.amount_micros == -30 * USD and entry.reference == f"stripe-dispute:{dispute['id']}"
+
+    won = {**dispute, "status": "won"}
+    reinstated = shop.fake.event("charge.dispute.funds_reinstated", won)
+    assert shop.deliver(reinstated).json()["outcome"] == "dispute credit posted"
+    assert shop.balance() == 30 * USD
+
+
+def test_a_won_dispute_seen_first_debits_nothing_later(shop: Shop, tenant_owner: Any) -> None:
+    session = _paid_topup(shop, tenant_owner, "30")
+    dispute = _dispute(session, 3000)
+    shop.deliver(shop.fake.event("charge.dispute.funds_reinstated", {**dispute, "status": "won"}))
+    assert shop.balance() == 30 * USD
+    late = shop.fake.event("charge.dispute.funds_withdrawn", dispute)
+    assert shop.deliver(late).json()["outcome"] == "already posted"
+    assert shop.balance() == 30 * USD
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CARD_DISPUTE).count() == 2
+
+
+def test_a_dispute_on_another_sellers_payment_changes_nothing(
+    shop: Shop, tenant_owner: Any
+) -> None:
+    session = _paid_topup(shop, tenant_owner, "30")
+    # A charge on the seller's Stripe account that Tollgate did not make: no payment of ours.
+    with shop.fake.lock:
+        other = shop.fake._intent({"amount": 3000, "currency": "usd"}, "sk_test_other")
+    foreign = {**_dispute(session, 3000), "payment_intent": other["id"]}
+    outcome = shop.deliver(shop.fake.event("charge.dispute.funds_withdrawn", foreign)).json()
+    assert outcome["outcome"] == "not a Tollgate payment"
+    assert shop.balance() == 30 * USD
+
+
 def test_who_may_pay_and_who_may_connect(
     shop: Shop,
     tenant_owner: Any,
