@@ -12,13 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from portal import services
 from portal.models import Channel
 from relay.discovery import bedrock_control_root, channel_models_discover
 from relay.simulator import SimulatorApp, build_app
+from tests.relay.providers.conftest import private_key_pem
 from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.django_db
@@ -81,25 +80,11 @@ AZURE_KEY = "azure-discovery-3c4d5e"
 SA_EMAIL = "lister@sim-project.iam.gserviceaccount.com"
 
 
-def _key_pair() -> tuple[str, str]:
-    """A fresh RSA key pair (private, public) as PEM, made per test: never committed."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public.decode()
-
-
 @pytest.fixture
 def cloud() -> Iterator[tuple[SimulatorApp, str, str]]:
     """A simulator trusting one AWS key, one Azure key and one service account; yields the
     app, its URL and the service account's private key."""
-    private, public = _key_pair()
+    private, public = private_key_pem()
     app = build_app()
     app.native.trust_aws(AWS_KEY, AWS_SECRET, "us-east-1")
     app.native.azure_keys.add(AZURE_KEY)
@@ -203,7 +188,7 @@ def test_vertex_with_an_untrusted_service_account_is_refused_without_its_key(
     cloud: tuple[SimulatorApp, str, str],
 ) -> None:
     app, url, _ = cloud
-    stranger, _ = _key_pair()  # signs, but the simulator does not trust its public key
+    stranger, _ = private_key_pem()  # signs, but the simulator does not trust its public key
     found = channel_models_discover(_vertex(url, stranger))
     assert not found.ok and "could not get a token" in found.error
     body = stranger.splitlines()[1]
