@@ -2,10 +2,11 @@
 windows and capabilities of well-known models (``models.json``). Read from the package,
 never from the network.
 
-An entry's ``checked`` is the day its figures were compared with a stored copy of the
-provider's own page (``source``); ``unverified`` names the figures that page did not show.
-An entry no provider page confirmed has no ``checked`` date and a ``note`` saying why: its
-figures are as first published, and importing them flags them as unverified."""
+Every entry carries ``checked``: the day its figures were compared with a stored copy of the
+provider's own page (``source``). Where that page was read through a copy held elsewhere (an
+archived snapshot, or a transcription quoting it verbatim), ``source_copy`` names the copy
+and the day it read the page. ``unverified`` names the figures the page did not show. A
+model no provider page confirms is not in the catalog: there is no undated figure."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class CatalogEntry:
 
     id: str
     provider: str
-    checked: date | None  # None: no provider page confirmed these figures (see ``note``)
+    checked: date  # when the figures were compared with the provider's page
     source: str
     context_window: int | None
     max_output_tokens: int | None
@@ -41,11 +42,9 @@ class CatalogEntry:
     priority_percent: int | None
     note: str = ""
     unverified: tuple[str, ...] = ()  # figures the page at ``source`` did not show
-
-    @property
-    def verified(self) -> bool:
-        """Whether a provider page confirmed this entry's prices."""
-        return self.checked is not None
+    # The copy the provider's page was read through, when not a copy of the page itself.
+    source_copy_url: str = ""
+    source_copy_read: date | None = None
 
     def price_fields(self) -> dict[str, Any]:
         """The entry as ``billing.services.model_price_set``'s price arguments."""
@@ -68,12 +67,8 @@ class Catalog:
         return {entry.id: entry for entry in self.entries}
 
     def checked_dates(self) -> list[date]:
-        """The dates the verified entries were checked, oldest first."""
-        return sorted(entry.checked for entry in self.entries if entry.checked is not None)
-
-    def unverified_ids(self) -> list[str]:
-        """The entries whose figures no provider page confirmed."""
-        return [entry.id for entry in self.entries if not entry.verified]
+        """The dates the entries were checked, oldest first."""
+        return sorted(entry.checked for entry in self.entries)
 
 
 def _prices(raw: dict[str, Any], where: str) -> dict[str, int]:
@@ -81,6 +76,48 @@ def _prices(raw: dict[str, Any], where: str) -> dict[str, int]:
     if unknown:
         raise ValueError(f"{where}: unknown prices {sorted(unknown)}")
     return {PRICE_COLUMNS[name]: to_micros(str(value)) for name, value in raw.items()}
+
+
+_ENTRY_KEYS = frozenset(
+    {
+        "id",
+        "provider",
+        "checked",
+        "source",
+        "source_copy",
+        "unverified",
+        "note",
+        "context_window",
+        "max_output_tokens",
+        "capabilities",
+        "surfaces",
+        "prices",
+        "long_context",
+        "flex_percent",
+        "priority_percent",
+    }
+)
+
+
+def _date(value: Any, where: str, name: str) -> date:
+    """An ISO date (YYYY-MM-DD), or ValueError naming the field."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {name} must be an ISO date, not {value!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{where}: {name} must be an ISO date, not {value!r}") from None
+
+
+def _source_copy(raw: Any, where: str) -> tuple[str, date | None]:
+    if raw is None:
+        return "", None
+    if not isinstance(raw, dict) or set(raw) != {"url", "read"}:
+        raise ValueError(f"{where}: source_copy needs exactly a url and the date it was read")
+    url = str(raw["url"])
+    if not url.startswith("https://"):
+        raise ValueError(f"{where}: source_copy url must be an https address")
+    return url, _date(raw["read"], where, "source_copy.read")
 
 
 def parse(data: dict[str, Any]) -> Catalog:
@@ -94,16 +131,23 @@ def parse(data: dict[str, Any]) -> Catalog:
         long = raw.get("long_context") or {}
         tier = _prices(long.get("prices") or {}, where)
         surfaces = raw.get("surfaces")
-        checked = raw["checked"]
-        note = str(raw.get("note") or "")
-        if checked is None and not note:
-            raise ValueError(f"{where}: an unchecked entry needs a note saying why")
+        unknown_keys = set(raw) - _ENTRY_KEYS
+        if unknown_keys:
+            raise ValueError(f"{where}: unknown fields {sorted(unknown_keys)}")
+        # Every figure carries the date it was checked: a model without one is refused.
+        checked = _date(raw.get("checked"), where, "checked")
+        source = str(raw.get("source") or "")
+        if not source.startswith("https://"):
+            raise ValueError(f"{where}: source must be the provider's page (an https address)")
+        copy_url, copy_read = _source_copy(raw.get("source_copy"), where)
+        if copy_read is not None and copy_read > checked:
+            raise ValueError(f"{where}: source_copy was read after the entry was checked")
         entries.append(
             CatalogEntry(
                 id=str(raw["id"]),
                 provider=str(raw["provider"]),
-                checked=None if checked is None else date.fromisoformat(checked),
-                source=str(raw.get("source") or ""),
+                checked=checked,
+                source=source,
                 context_window=raw.get("context_window"),
                 max_output_tokens=raw.get("max_output_tokens"),
                 capabilities=tuple(raw.get("capabilities") or ()),
@@ -116,8 +160,10 @@ def parse(data: dict[str, Any]) -> Catalog:
                 },
                 flex_percent=raw.get("flex_percent"),
                 priority_percent=raw.get("priority_percent"),
-                note=note,
+                note=str(raw.get("note") or ""),
                 unverified=tuple(str(name) for name in raw.get("unverified") or ()),
+                source_copy_url=copy_url,
+                source_copy_read=copy_read,
             )
         )
     ids = [entry.id for entry in entries]

@@ -24,9 +24,9 @@ class PriceRow:
 
     ``effective`` is what the list charges in every dimension (explicit, or wholesale
     marked up); ``cost`` what it costs the seller: for the wholesale list the provider's
-    list price from the shipped catalog (checked on ``cost_checked``, or unverified when
-    that is None), for a reseller's
-    list wholesale. ``below_cost`` names the dimensions priced under it.
+    list price from the shipped catalog (checked against the provider's page on
+    ``cost_checked``), for a reseller's list wholesale. ``below_cost`` names the dimensions
+    priced under it.
     """
 
     model: str
@@ -35,10 +35,8 @@ class PriceRow:
     wholesale: ModelPrice | None = None
     effective: Prices | None = None
     cost: Prices | None = None
-    cost_checked: date | None = None
-    # The cost is the catalog's list price (not wholesale); with no ``cost_checked`` date
-    # that list price is unverified.
-    cost_is_list_price: bool = False
+    cost_checked: date | None = None  # set with the catalog's list price
+    cost_is_list_price: bool = False  # the cost is the catalog's list price, not wholesale
     below_cost: list[str] = field(default_factory=list)
 
     @property
@@ -149,19 +147,19 @@ def catalog_fields(entry: catalog.CatalogEntry) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class CatalogSummary:
     models: int
-    first: date | None  # the checked entries' dates (None when none was checked)
+    first: date | None  # when the entries were checked, oldest and newest
     last: date | None
-    unverified: int  # entries no provider page confirmed
+    through_copy: int  # entries whose provider page was read through a copy held elsewhere
 
 
 def catalog_summary() -> CatalogSummary:
     """How many models the shipped catalog holds, when their figures were checked, and how
-    many no provider page confirmed."""
+    many were checked through a copy of the provider's page held elsewhere."""
     shipped = catalog.load()
     checked = shipped.checked_dates()
     return CatalogSummary(
         len(shipped.entries),
         checked[0] if checked else None,
         checked[-1] if checked else None,
-        len(shipped.unverified_ids()),
+        sum(1 for entry in shipped.entries if entry.source_copy_url),
     )

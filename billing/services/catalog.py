@@ -4,9 +4,8 @@ The import adds what is missing and changes nothing else: a model not yet in the
 is created with the catalog's context window and capabilities, and a model without a
 wholesale price is priced at the provider's list price. Models the operator already priced
 keep their price (``reprice`` brings them to the catalog's); importing twice changes
-nothing, so the command and the button are safe to press again. Entries no provider page
-confirmed (``CatalogEntry.verified`` false) are priced too, and reported as ``unverified``
-so the operator checks them.
+nothing, so the command and the button are safe to press again. Every entry carries the
+date its figures were checked against the provider's page (``billing.catalog``).
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ class CatalogImport:
     priced: list[str] = field(default_factory=list)
     repriced: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # priced by the operator otherwise
-    # Of those priced or repriced now, the ones whose figures no provider page confirmed.
-    unverified: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -122,8 +119,6 @@ def price_catalog_import(
             continue
         model_price_set(price_list=wholesale, model=model, actor=actor, **fields)
         (result.repriced if current is not None else result.priced).append(entry.id)
-        if not entry.verified:
-            result.unverified.append(entry.id)
     if result.changed:
         AuditEntry.record(
             actor=actor,
@@ -136,7 +131,6 @@ def price_catalog_import(
                 "priced": result.priced,
                 "repriced": result.repriced,
                 "kept": result.kept,
-                "unverified": result.unverified,
             },
         )
     return result

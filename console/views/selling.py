@@ -273,10 +273,4 @@ def catalog_message(imported: billing.CatalogImport) -> str:
     ]
     if imported.kept:
         parts.append(f"{len(imported.kept)} kept at your own price")
-    message = "Price catalog imported: " + ", ".join(parts) + "."
-    if imported.unverified:
-        message += (
-            f" Unverified list prices (no provider page confirmed them; check before relying "
-            f"on them): {', '.join(imported.unverified)}."
-        )
-    return message
+    return "Price catalog imported: " + ", ".join(parts) + "."

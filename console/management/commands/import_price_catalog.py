@@ -2,8 +2,8 @@
 
 Creates the catalog's models that are missing (with their context windows and
 capabilities) and prices those without a wholesale price at the provider's list price.
-Entries no provider page confirmed (``"checked": null`` in the catalog) are imported too,
-and listed as unverified so the operator checks them before relying on them.
+Every entry was checked against the provider's page on its ``checked`` date; those whose
+page was read through a copy held elsewhere are listed with the day that copy read it.
 No network is used: the catalog ships in ``billing/catalog/models.json``. Running it
 again changes nothing; ``--reprice`` brings models priced otherwise to the catalog.
 """
@@ -39,18 +39,19 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         checked = catalog.checked_dates()
-        unverified = catalog.unverified_ids()
-        span = (
-            f"{len(checked)} checked against the provider's page {checked[0]:%Y-%m-%d} to "
-            f"{checked[-1]:%Y-%m-%d}"
-            if checked
-            else "none checked against a provider's page"
+        self.stdout.write(
+            f"Catalog of {len(catalog.entries)} models ({catalog.currency}), checked against "
+            f"the provider's page {checked[0]:%Y-%m-%d} to {checked[-1]:%Y-%m-%d}."
         )
-        self.stdout.write(f"Catalog of {len(catalog.entries)} models ({catalog.currency}): {span}.")
-        if unverified:
+        copies = [
+            f"{entry.id} (copy read {entry.source_copy_read:%Y-%m-%d})"
+            for entry in catalog.entries
+            if entry.source_copy_read is not None
+        ]
+        if copies:
             self.stdout.write(
-                f"Unverified (no provider page confirmed these figures; they are as first "
-                f"published, check them before relying on them): {', '.join(unverified)}"
+                "Checked through a copy of the provider's page (see the catalog's notes): "
+                + ", ".join(copies)
             )
         for label, ids in (
             ("Models created", result.models_created),
