@@ -90,4 +90,6 @@ def breakers() -> BreakerBoard:
 async def close() -> None:
     state = _state.pop(id(asyncio.get_running_loop()), None)
     if state is not None and state[0] is not None:
+        if isinstance(state[1], RedisLimitStore):
+            await state[1].close()
         await state[0].aclose()

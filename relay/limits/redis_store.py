@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relay.batching import ScriptBatcher
+from relay.batching import ScriptPipe
 from relay.limits.scripts import ACQUIRE_LUA, FINISH_LUA, SEED_LUA
 from relay.limits.shapes import (
     Admission,
@@ -31,8 +31,11 @@ class RedisLimitStore:
         self._finish = redis.register_script(FINISH_LUA)
         self._seed = redis.register_script(SEED_LUA)
         self._scripts: dict[str, Any] = {}
-        # The limit checks and settlements of one loop turn share a round trip.
-        self._batcher = ScriptBatcher(redis)
+        # The limit checks and settlements, pipelined on a connection of their own.
+        self._pipe = ScriptPipe(redis)
+
+    async def close(self) -> None:
+        await self._pipe.close()
 
     @property
     def queue_key(self) -> str:
@@ -47,7 +50,7 @@ class RedisLimitStore:
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self._redis.register_script(source)
-        return await self._batcher.run(script, keys, args)
+        return await self._pipe.run(script, keys, args)
 
     async def acquire(
         self,
@@ -67,7 +70,7 @@ class RedisLimitStore:
         for name in reservation.scopes if reservation else ():
             keys += money_keys(self._prefix, name)
         keys += window_keys(self._prefix, reservation)
-        result = await self._batcher.run(self._acquire, keys, args)
+        result = await self._pipe.run(self._acquire, keys, args)
         stats = [int(v) for v in result[4:]]
         detail = _text(result[3])
         admission = _admission(
@@ -99,7 +102,7 @@ class RedisLimitStore:
         keys.append(self.queue_key)
         keys += open_keys or []
         keys += window_keys(self._prefix, reservation)
-        done = await self._batcher.run(
+        done = await self._pipe.run(
             self._finish,
             keys,
             [

@@ -1,71 +1,110 @@
-"""The Lua calls of one loop turn go to Redis as one pipeline, and each keeps its own
-answer, its own atomicity and its own error."""
+"""The hot path's Lua calls share one pipelined connection, and each keeps its own answer,
+its own atomicity and its own error; a broken, silent or restarted Redis fails the calls
+as redis-py's errors (so limits fail closed or open as configured), then recovers."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from relay.batching import ScriptBatcher
+from relay.batching import ScriptPipe
 from relay.limits import Limits, RedisLimitStore, Scope
+from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.services
 
 # Adds ARGV[1] to KEYS[1] and returns the new value: its answer says which call it was.
 INCR_LUA = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAILING_LUA = "return redis.error_reply('ERR refused on purpose')"
 
 
-class CountingRedis:
-    """The real client, counting the pipelines and single calls made through it."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.pipelines = 0
-
-    def pipeline(self, **kwargs: Any) -> Any:
-        self.pipelines += 1
-        return self.client.pipeline(**kwargs)
-
-
-def _client() -> Any:
+def _client(url: str | None = None, **kwargs: Any) -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis.from_url(settings.REDIS_URL)
+    return aioredis.Redis.from_url(url or settings.REDIS_URL, **kwargs)
 
 
-def test_calls_of_one_turn_share_a_pipeline_and_keep_their_answers() -> None:
-    async def run() -> tuple[list[int], int, int]:
+class _Writes:
+    """Counts the writes a pipe makes on its connection (the real socket is still used)."""
+
+    def __init__(self, pipe: ScriptPipe) -> None:
+        self.count = 0
+        link = pipe._link
+        assert link is not None and link.writer is not None
+        real = link.writer.write
+
+        def write(data: bytes) -> None:
+            self.count += 1
+            real(data)
+
+        link.writer.write = write  # type: ignore[method-assign]
+
+
+def test_calls_of_one_turn_share_one_write_and_keep_their_answers() -> None:
+    async def run() -> tuple[list[int], int, int, int]:
         client = _client()
-        counting = CountingRedis(client)
-        batcher = ScriptBatcher(counting)
+        pipe = ScriptPipe(client)
         script = client.register_script(INCR_LUA)
-        key = f"test-batch-{uuid.uuid4().hex}"
-        answers = await asyncio.gather(*(batcher.run(script, [key], [1]) for _ in range(40)))
-        alone = await batcher.run(script, [key], [1000])
+        key = f"test-pipe-{uuid.uuid4().hex}"
+        await pipe.run(script, [key], [0])  # connects
+        writes = _Writes(pipe)
+        answers = await asyncio.gather(*(pipe.run(script, [key], [1]) for _ in range(40)))
+        alone = await pipe.run(script, [key], [1000])
+        connections = len(client.connection_pool._in_use_connections)
         await client.delete(key)
+        await pipe.close()
         await client.aclose()
-        return answers, alone, counting.pipelines
+        return answers, alone, writes.count, connections
 
-    answers, alone, pipelines = asyncio.run(run())
+    answers, alone, writes, connections = asyncio.run(run())
     assert sorted(answers) == list(range(1, 41))  # each call ran once, atomically
-    assert alone == 1040  # a call alone in its turn runs directly
-    assert pipelines == 1
+    assert alone == 1040
+    assert writes == 2  # the 40 of one turn in one write, then the call alone
+    assert connections == 1  # every call on the pipe's one connection
+
+
+def test_an_error_reply_fails_its_own_call_only() -> None:
+    async def run() -> list[Any]:
+        client = _client()
+        pipe = ScriptPipe(client)
+        good = client.register_script(INCR_LUA)
+        bad = client.register_script(FAILING_LUA)
+        key = f"test-pipe-{uuid.uuid4().hex}"
+        results = await asyncio.gather(
+            pipe.run(good, [key], [1]),
+            pipe.run(bad, [key], []),
+            pipe.run(good, [key], [1]),
+            return_exceptions=True,
+        )
+        await client.delete(key)
+        await pipe.close()
+        await client.aclose()
+        return results
+
+    results = asyncio.run(run())
+    assert isinstance(results[1], ResponseError)
+    assert "refused on purpose" in str(results[1])
+    assert sorted([results[0], results[2]]) == [1, 2]
 
 
 def test_scripts_flushed_from_redis_are_loaded_again() -> None:
     async def run() -> list[int]:
         client = _client()
-        batcher = ScriptBatcher(client)
+        pipe = ScriptPipe(client)
         script = client.register_script(INCR_LUA)
-        key = f"test-batch-{uuid.uuid4().hex}"
+        key = f"test-pipe-{uuid.uuid4().hex}"
         await client.script_flush()
-        answers = await asyncio.gather(*(batcher.run(script, [key], [2]) for _ in range(5)))
+        answers = await asyncio.gather(*(pipe.run(script, [key], [2]) for _ in range(5)))
         await client.delete(key)
+        await pipe.close()
         await client.aclose()
         return answers
 
@@ -75,16 +114,18 @@ def test_scripts_flushed_from_redis_are_loaded_again() -> None:
 def test_a_caller_that_left_before_the_turn_ended_sends_nothing() -> None:
     async def run() -> tuple[list[int], int]:
         client = _client()
-        batcher = ScriptBatcher(client)
+        pipe = ScriptPipe(client)
         script = client.register_script(INCR_LUA)
-        key = f"test-batch-{uuid.uuid4().hex}"
-        leaving = asyncio.ensure_future(batcher.run(script, [key], [100]))
-        staying = [asyncio.ensure_future(batcher.run(script, [key], [1])) for _ in range(3)]
+        key = f"test-pipe-{uuid.uuid4().hex}"
+        await pipe.run(script, [key], [0])  # connected: the calls below queue in one turn
+        leaving = asyncio.ensure_future(pipe.run(script, [key], [100]))
+        staying = [asyncio.ensure_future(pipe.run(script, [key], [1])) for _ in range(3)]
         await asyncio.sleep(0)  # the calls are queued
         leaving.cancel()
         answers = await asyncio.gather(*staying)
         total = int(await client.get(key))
         await client.delete(key)
+        await pipe.close()
         await client.aclose()
         return answers, total
 
@@ -93,16 +134,42 @@ def test_a_caller_that_left_before_the_turn_ended_sends_nothing() -> None:
     assert total == 3
 
 
-def test_a_dead_connection_fails_every_call_in_the_pipeline() -> None:
-    async def run() -> list[Any]:
-        import redis.asyncio as aioredis
+def test_a_caller_that_left_after_sending_does_not_shift_the_others_answers() -> None:
+    async def run() -> list[tuple[int, int]]:
+        client = _client()
+        pipe = ScriptPipe(client)
+        script = client.register_script(INCR_LUA)
+        keys = [f"test-pipe-{uuid.uuid4().hex}" for _ in range(3)]
+        await pipe.run(script, [keys[0]], [0])
+        pairs = []
+        for round_ in range(20):
+            # Each call adds to its own key: its answer must be its own key's total.
+            left = asyncio.ensure_future(pipe.run(script, [keys[0]], [1]))
+            mine = asyncio.ensure_future(pipe.run(script, [keys[1]], [7]))
+            theirs = asyncio.ensure_future(pipe.run(script, [keys[2]], [5]))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # written: the first call is on its way to Redis
+            left.cancel()
+            pairs.append((await mine, (round_ + 1) * 7))
+            pairs.append((await theirs, (round_ + 1) * 5))
+        await client.delete(*keys)
+        await pipe.close()
+        await client.aclose()
+        return pairs
 
-        client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-        batcher = ScriptBatcher(client)
+    for answer, expected in asyncio.run(run()):
+        assert answer == expected
+
+
+def test_a_dead_port_fails_every_call() -> None:
+    async def run() -> list[Any]:
+        client = _client("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        pipe = ScriptPipe(client)
         script = client.register_script(INCR_LUA)
         results = await asyncio.gather(
-            *(batcher.run(script, ["k"], [1]) for _ in range(4)), return_exceptions=True
+            *(pipe.run(script, ["k"], [1]) for _ in range(4)), return_exceptions=True
         )
+        await pipe.close()
         await client.aclose()
         return results
 
@@ -111,14 +178,96 @@ def test_a_dead_connection_fails_every_call_in_the_pipeline() -> None:
     assert all(isinstance(r, RedisConnectionError) for r in results)
 
 
-def test_limits_stay_exact_when_their_checks_are_batched() -> None:
+def test_a_redis_that_went_away_and_came_back_is_used_again() -> None:
+    target = urlparse(settings.REDIS_URL)
+    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 6379)
+
+    async def run() -> tuple[int, Any, int]:
+        client = _client(f"redis://127.0.0.1:{proxy.port}{target.path}", socket_timeout=2)
+        pipe = ScriptPipe(client)
+        script = client.register_script(INCR_LUA)
+        key = f"test-pipe-{uuid.uuid4().hex}"
+        first = await pipe.run(script, [key], [1])
+        proxy.down()  # the pipe's idle connection is reset
+        proxy.up()
+        # The broken connection is noticed and replaced: the caller never sees it.
+        second = await pipe.run(script, [key], [1])
+        proxy.down()
+        try:
+            during = await pipe.run(script, [key], [1])
+        except RedisConnectionError as exc:
+            during = exc
+        proxy.up()
+        after = await pipe.run(script, [key], [1])
+        await client.delete(key)
+        await pipe.close()
+        await client.aclose()
+        return first + second, during, after
+
+    try:
+        total, during, after = asyncio.run(run())
+    finally:
+        proxy.close()
+    assert total == 3  # 1, then 2: counted once each
+    assert isinstance(during, RedisConnectionError)
+    assert after == 3
+
+
+async def _silent_redis() -> tuple[asyncio.Server, int]:
+    """A server that answers +OK to the connection's handshake but never to a script."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import hiredis
+
+        parser = hiredis.Reader()
+        while data := await reader.read(65536):
+            parser.feed(data)
+            while (command := parser.gets()) is not False:
+                if command[0].upper() not in (b"EVALSHA", b"EVAL"):
+                    writer.write(b"+OK\r\n")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_a_reply_that_does_not_come_fails_the_calls_in_time() -> None:
+    async def run() -> tuple[list[Any], float, int]:
+        server, port = await _silent_redis()
+        client = _client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+        pipe = ScriptPipe(client)
+        script = client.register_script(INCR_LUA)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(
+            *(pipe.run(script, ["k"], [1]) for _ in range(3)), return_exceptions=True
+        )
+        waited = loop.time() - started
+        pool = client.connection_pool
+        async with asyncio.timeout(2):  # the reader task drops it once cancelled
+            while pool._in_use_connections:
+                await asyncio.sleep(0.01)
+        in_use = len(pool._in_use_connections)
+        await pipe.close()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+        return results, waited, in_use
+
+    results, waited, in_use = asyncio.run(run())
+    assert all(isinstance(r, RedisTimeoutError) for r in results)
+    assert 0.3 <= waited < 2.0
+    assert in_use == 0  # the stuck connection was dropped, not kept
+
+
+def test_limits_stay_exact_when_their_checks_are_pipelined() -> None:
     async def run() -> int:
         client = _client()
-        store = RedisLimitStore(client, f"test-batch-{uuid.uuid4().hex}")
+        store = RedisLimitStore(client, f"test-pipe-{uuid.uuid4().hex}")
         scopes = [Scope("key:1", Limits(rpm=20))]
         admissions = await asyncio.gather(
             *(store.acquire(scopes, f"r{i}", 0, 30) for i in range(60))
         )
+        await store.close()
         await client.aclose()
         return sum(a.allowed for a in admissions)
 
