@@ -13,7 +13,9 @@ from billing.pricing.arithmetic import (
     charges,
     cost_micros,
     event_cost_fields,
+    event_cost_fields_of,
     quantities,
+    total_micros,
     worst_case_cost_micros,
 )
 from billing.pricing.lookups import (
@@ -41,10 +43,12 @@ __all__ = [
     "charges",
     "cost_micros",
     "event_cost_fields",
+    "event_cost_fields_of",
     "key_spending_limit",
     "prices_of",
     "quantities",
     "tenant_price_schedule",
     "tenant_price_table",
+    "total_micros",
     "worst_case_cost_micros",
 ]

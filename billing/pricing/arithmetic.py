@@ -239,8 +239,33 @@ def cost_micros(prices: Prices, **counts: Any) -> int:
     Takes ``Counts``' fields by keyword. A request with no tokens and no images (an error
     that reached no model) costs nothing, not even the fee.
     """
-    found, _ = charges(prices, Counts(**counts))
-    return sum(micros for _, _, micros in found.values())
+    return total_micros(prices, Counts(**counts))
+
+
+_PER_ITEM_DIMENSIONS = (*IMAGE_DIMENSIONS, "request")
+
+
+def total_micros(prices: Prices, counts: Counts) -> int:
+    """The sum of ``charges(prices, counts)``, without building them (the relay's per
+    request figure). The token charges are their exact total rounded once and then only
+    apportioned, so their sum is that rounded total; images and the fee are whole."""
+    flat, _ = prices.for_request(_n(counts.prompt_tokens), counts.service_tier)
+    used = quantities(counts)
+    exact = 0
+    for dimension in TOKEN_DIMENSIONS:
+        quantity = used[dimension]
+        if quantity:
+            unit = getattr(flat, dimension)
+            if unit < 0:  # no price list holds one; the apportioning is then the rule
+                found, _ = charges(prices, counts)
+                return sum(micros for _, _, micros in found.values())
+            exact += quantity * unit
+    total = div_round_half_up(exact, PER_MILLION)
+    for dimension in _PER_ITEM_DIMENSIONS:
+        quantity = used[dimension]
+        if quantity:
+            total += quantity * flat.unit(dimension)
+    return total
 
 
 # Image parts in any client API take at least this many bytes of the request body, and a
@@ -335,9 +360,16 @@ def event_cost_fields(pair: PricePair | None, **counts: Any) -> dict[str, Any]:
             "cost_retail_micros": 0,
             "cost_wholesale_micros": 0,
         }
-    used = Counts(**counts)
+    return event_cost_fields_of(pair, Counts(**counts))
+
+
+def event_cost_fields_of(pair: PricePair | None, used: Counts) -> dict[str, Any]:
+    """``event_cost_fields`` of a ``Counts`` (the relay's usage record) as it is."""
+    if pair is None:
+        return event_cost_fields(None)
     retail, long = charges(pair.retail, used)
-    wholesale, _ = charges(pair.wholesale, used)
+    # A tenant directly under the platform pays the wholesale prices: charged once.
+    wholesale = retail if pair.wholesale == pair.retail else charges(pair.wholesale, used)[0]
     fields: dict[str, Any] = {"currency": pair.retail.currency, "reseller_id": pair.reseller_id}
     for side, prices in (("retail", pair.retail), ("wholesale", pair.wholesale)):
         flat, _ = prices.for_request(max(used.prompt_tokens, 0), used.service_tier)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import orjson
 from django.conf import settings
 
-from billing.pricing import Counts, PricePair, charges, event_cost_fields
+from billing.pricing import Counts, PricePair, event_cost_fields_of, total_micros
 from relay import tokens
 
 logger = logging.getLogger("relay.metering")
@@ -69,6 +69,10 @@ class Usage(Counts):
             image_output_tokens=_count(_get(completion_details, "image_tokens")),
             service_tier=service_tier_of(service_tier),
         )
+
+
+# The event columns a ``Usage`` fills, one per field.
+COUNT_FIELDS = tuple(f.name for f in fields(Counts))
 
 
 def service_tier_of(value: Any) -> str:
@@ -141,8 +145,7 @@ class UsageRecord:
             if self.status_code >= 400 and not self.completion_text:
                 return 0
             return None
-        found, _ = charges(self.price.retail, self.billed(self.usage))
-        return sum(micros for _, _, micros in found.values())
+        return total_micros(self.price.retail, self.billed(self.usage))
 
     def to_json(self) -> bytes:
         """The record for the Redis queue; the prompt only when it must be counted."""
@@ -236,8 +239,9 @@ class UsageRecord:
             "total_latency_ms": self.total_latency_ms,
             "attempts": self.attempts,
             "estimated": estimated,
-            **asdict(usage),
-            **event_cost_fields(self.price, **asdict(usage)),
+            # Counts' fields are plain numbers and a string: no deep copy (``asdict``).
+            **{name: getattr(usage, name) for name in COUNT_FIELDS},
+            **event_cost_fields_of(self.price, usage),
         }
 
 

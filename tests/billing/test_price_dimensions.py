@@ -20,6 +20,7 @@ from billing.pricing import (
     event_cost_fields,
     quantities,
     tenant_price_schedule,
+    total_micros,
     worst_case_cost_micros,
 )
 from billing.pricing.arithmetic import DIMENSIONS, TOKEN_DIMENSIONS
@@ -125,6 +126,62 @@ def test_parts_never_exceed_their_whole() -> None:
         assert prompt == counts.prompt_tokens
         assert output == max(counts.completion_tokens, counts.reasoning_tokens)
         assert all(value >= 0 for value in found.values())
+
+
+def test_the_relays_total_is_the_sum_of_the_charges() -> None:
+    """``total_micros`` (the relay's per-request figure) never differs from the charges
+    an invoice adds up, whatever the prices, tiers, long context and counts."""
+    rng = random.Random(23)
+
+    def price(low: int = 0) -> int:
+        return rng.choice([low, 1, 7, 333_333, 1_000_000, rng.randint(low, 90_000_000)])
+
+    for _ in range(4000):
+        long = Prices(
+            input=price(), cached_input=price(), output=price(), request_fee=price(),
+            currency="USD", audio_input=price(-1), image_output=price(-1),
+        )  # fmt: skip
+        prices = Prices(
+            input=price(),
+            cached_input=price(),
+            output=price(),
+            request_fee=rng.choice([0, 0, price()]),
+            currency="USD",
+            cache_write_5m=price(-1),
+            cache_write_1h=price(-1),
+            audio_input=price(-1),
+            audio_output=price(-1),
+            image_input=price(-1),
+            image_output=price(-1),
+            input_image=rng.choice([0, price()]),
+            output_image=rng.choice([0, price()]),
+            long_context_above=rng.choice([None, 100, 2000]),
+            long_context=rng.choice([None, long]),
+            flex_percent=rng.choice([100, 50, 33]),
+            priority_percent=rng.choice([100, 200, 175]),
+        )
+        counts = Counts(
+            prompt_tokens=rng.randint(0, 5000),
+            completion_tokens=rng.choice([0, rng.randint(0, 5000)]),
+            cached_tokens=rng.randint(0, 3000),
+            reasoning_tokens=rng.randint(0, 3000),
+            cache_write_tokens=rng.choice([0, rng.randint(0, 3000)]),
+            cache_write_1h_tokens=rng.choice([0, rng.randint(0, 3000)]),
+            audio_input_tokens=rng.choice([0, rng.randint(0, 3000)]),
+            audio_output_tokens=rng.choice([0, rng.randint(0, 3000)]),
+            image_input_tokens=rng.choice([0, rng.randint(0, 3000)]),
+            image_output_tokens=rng.choice([0, rng.randint(0, 3000)]),
+            input_images=rng.choice([0, 0, rng.randint(0, 4)]),
+            output_images=rng.choice([0, 0, rng.randint(0, 4)]),
+            service_tier=rng.choice(["", "flex", "priority"]),
+        )
+        found, _ = charges(prices, counts)
+        assert total_micros(prices, counts) == sum(c for _, _, c in found.values())
+    # A negative unit price (no price list holds one) still follows the charges.
+    odd = dataclasses.replace(CLAUDE, input=-333_333, output=-1)
+    some = Counts(prompt_tokens=7, completion_tokens=5)
+    found, _ = charges(odd, some)
+    assert total_micros(odd, some) == sum(c for _, _, c in found.values())
 
 
 def test_long_context_prices_apply_above_the_threshold() -> None:
