@@ -6,14 +6,19 @@ Every entry carries ``checked``: the day its figures were compared with a stored
 provider's own page (``source``). Where that page was read through a copy held elsewhere (an
 archived snapshot, or a transcription quoting it verbatim), ``source_copy`` names the copy
 and the day it read the page. ``unverified`` names the figures the page did not show. A
-model no provider page confirms is not in the catalog: there is no undated figure."""
+model no provider page confirms is not in the catalog: there is no undated figure.
+
+A price the provider has already announced for a later date (a price "through December
+31" and another "starting January 1") is a ``scheduled`` change: from its moment it
+replaces the entry's ``prices`` (the long-context tier stays), and the import schedules it
+on the wholesale list so every relay charges it from that moment."""
 
 from __future__ import annotations
 
 import functools
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,14 @@ from billing.money import to_micros
 from billing.pricing.lookups import PRICE_COLUMNS  # the catalog's price names are Prices'
 
 CATALOG_PATH = Path(__file__).with_name("models.json")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledPrice:
+    """Prices (by ModelPrice column, micro-units) that apply from ``effective_from`` on."""
+
+    effective_from: datetime
+    prices: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +58,29 @@ class CatalogEntry:
     # The copy the provider's page was read through, when not a copy of the page itself.
     source_copy_url: str = ""
     source_copy_read: date | None = None
+    scheduled: tuple[ScheduledPrice, ...] = ()  # announced changes, oldest first
 
-    def price_fields(self) -> dict[str, Any]:
-        """The entry as ``billing.services.model_price_set``'s price arguments."""
-        fields: dict[str, Any] = {"cached_input_per_mtok": None, **self.prices}
+    def prices_at(self, at: datetime) -> dict[str, int]:
+        """The prices in force at ``at``: the latest scheduled change due by then, if any."""
+        prices = self.prices
+        for change in self.scheduled:
+            if change.effective_from <= at:
+                prices = change.prices
+        return prices
+
+    def scheduled_after(self, at: datetime) -> list[tuple[datetime, dict[str, Any]]]:
+        """The changes still to come after ``at``, as (moment, ``price_fields``) pairs."""
+        return [
+            (change.effective_from, self.price_fields(change.effective_from))
+            for change in self.scheduled
+            if change.effective_from > at
+        ]
+
+    def price_fields(self, at: datetime | None = None) -> dict[str, Any]:
+        """The entry's prices in force at ``at`` (default now) as
+        ``billing.services.model_price_set``'s price arguments."""
+        prices = self.prices_at(at or datetime.now(UTC))
+        fields: dict[str, Any] = {"cached_input_per_mtok": None, **prices}
         fields.update(
             long_context_above_tokens=self.long_context_above_tokens,
             long_context_prices=self.long_context_prices or None,
@@ -95,6 +127,7 @@ _ENTRY_KEYS = frozenset(
         "long_context",
         "flex_percent",
         "priority_percent",
+        "scheduled",
     }
 )
 
@@ -120,14 +153,39 @@ def _source_copy(raw: Any, where: str) -> tuple[str, date | None]:
     return url, _date(raw["read"], where, "source_copy.read")
 
 
+def _required_prices(raw: Any, where: str) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: prices must be an object")
+    prices = _prices(raw, where)
+    if "input_per_mtok" not in prices or "output_per_mtok" not in prices:
+        raise ValueError(f"{where}: input and output prices are required")
+    return prices
+
+
+def _scheduled(raw: Any, where: str) -> tuple[ScheduledPrice, ...]:
+    """Announced price changes: each from a timezone-aware ISO moment, in order."""
+    changes: list[ScheduledPrice] = []
+    for item in raw or ():
+        if not isinstance(item, dict) or set(item) != {"from", "prices"}:
+            raise ValueError(f"{where}: a scheduled price needs exactly 'from' and 'prices'")
+        try:
+            moment = datetime.fromisoformat(str(item["from"]))
+        except ValueError:
+            raise ValueError(f"{where}: scheduled 'from' must be an ISO moment") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"{where}: scheduled 'from' must carry its time zone")
+        if changes and moment <= changes[-1].effective_from:
+            raise ValueError(f"{where}: scheduled prices must be in order, one per moment")
+        changes.append(ScheduledPrice(moment, _required_prices(item["prices"], where)))
+    return tuple(changes)
+
+
 def parse(data: dict[str, Any]) -> Catalog:
     """Check and convert the catalog's JSON; raises ValueError on anything malformed."""
     entries = []
     for raw in data["models"]:
         where = f"catalog model {raw.get('id')!r}"
-        prices = _prices(raw["prices"], where)
-        if "input_per_mtok" not in prices or "output_per_mtok" not in prices:
-            raise ValueError(f"{where}: input and output prices are required")
+        prices = _required_prices(raw.get("prices"), where)
         long = raw.get("long_context") or {}
         tier = _prices(long.get("prices") or {}, where)
         surfaces = raw.get("surfaces")
@@ -164,6 +222,7 @@ def parse(data: dict[str, Any]) -> Catalog:
                 unverified=tuple(str(name) for name in raw.get("unverified") or ()),
                 source_copy_url=copy_url,
                 source_copy_read=copy_read,
+                scheduled=_scheduled(raw.get("scheduled"), where),
             )
         )
     ids = [entry.id for entry in entries]

@@ -6,11 +6,18 @@ wholesale price is priced at the provider's list price. Models the operator alre
 keep their price (``reprice`` brings them to the catalog's); importing twice changes
 nothing, so the command and the button are safe to press again. Every entry carries the
 date its figures were checked against the provider's page (``billing.catalog``).
+
+A price change the provider has already announced is scheduled with the wholesale price
+it follows: the catalog's price in force now is set from now, each later one from its
+moment, so every relay charges it from then on. A model priced otherwise by the operator
+gets none of them; a price the operator scheduled at the same moment is kept.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -34,10 +41,17 @@ class CatalogImport:
     priced: list[str] = field(default_factory=list)
     repriced: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # priced by the operator otherwise
+    scheduled: list[str] = field(default_factory=list)  # announced later prices scheduled
 
     @property
     def changed(self) -> bool:
-        return bool(self.models_created or self.models_completed or self.priced or self.repriced)
+        return bool(
+            self.models_created
+            or self.models_completed
+            or self.priced
+            or self.repriced
+            or self.scheduled
+        )
 
 
 def _wholesale_list(catalog: Catalog, actor: Actor) -> PriceList:
@@ -88,6 +102,40 @@ def _catalog_model(entry: CatalogEntry, actor: Actor, result: CatalogImport) -> 
     return model
 
 
+def _same(price: ModelPrice, fields: dict[str, Any]) -> bool:
+    """Whether ``price`` charges what ``fields`` (``price_fields``) would, dimension by
+    dimension."""
+    wanted = ModelPrice(**fields)
+    if wanted.cached_input_per_mtok is None:  # as model_price_set will store it
+        wanted.cached_input_per_mtok = wanted.input_per_mtok
+    wanted.long_context_prices = fields["long_context_prices"] or {}
+    return prices_of(price, "") == prices_of(wanted, "")
+
+
+def _schedule(
+    entry: CatalogEntry,
+    wholesale: PriceList,
+    model: CatalogModel,
+    actor: Actor,
+    now: datetime,
+    result: CatalogImport,
+) -> None:
+    """Schedule the entry's announced later prices that the list does not hold yet."""
+    for moment, fields in entry.scheduled_after(now):
+        there = ModelPrice.objects.filter(
+            price_list=wholesale, model=model, effective_from=moment
+        ).first()
+        if there is not None:
+            if not _same(there, fields) and entry.id not in result.kept:
+                result.kept.append(entry.id)  # the operator scheduled their own price then
+            continue
+        model_price_set(
+            price_list=wholesale, model=model, actor=actor, effective_from=moment, **fields
+        )
+        if entry.id not in result.scheduled:
+            result.scheduled.append(entry.id)
+
+
 @transaction.atomic
 def price_catalog_import(
     *, actor: Actor, reprice: bool = False, catalog: Catalog | None = None
@@ -108,17 +156,14 @@ def price_catalog_import(
             .order_by("-effective_from")
             .first()
         )
-        fields = entry.price_fields()
-        wanted = ModelPrice(**{**fields, "long_context_prices": entry.long_context_prices})
-        if wanted.cached_input_per_mtok is None:  # as model_price_set will store it
-            wanted.cached_input_per_mtok = wanted.input_per_mtok
-        if current is not None and prices_of(current, "") == prices_of(wanted, ""):
-            continue
-        if current is not None and not reprice:
-            result.kept.append(entry.id)
-            continue
-        model_price_set(price_list=wholesale, model=model, actor=actor, **fields)
-        (result.repriced if current is not None else result.priced).append(entry.id)
+        fields = entry.price_fields(now)
+        if current is None or not _same(current, fields):
+            if current is not None and not reprice:
+                result.kept.append(entry.id)
+                continue  # the operator's price: the catalog's later ones do not follow it
+            model_price_set(price_list=wholesale, model=model, actor=actor, **fields)
+            (result.repriced if current is not None else result.priced).append(entry.id)
+        _schedule(entry, wholesale, model, actor, now, result)
     if result.changed:
         AuditEntry.record(
             actor=actor,
@@ -131,6 +176,7 @@ def price_catalog_import(
                 "priced": result.priced,
                 "repriced": result.repriced,
                 "kept": result.kept,
+                "scheduled": result.scheduled,
             },
         )
     return result

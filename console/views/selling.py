@@ -273,4 +273,6 @@ def catalog_message(imported: billing.CatalogImport) -> str:
     ]
     if imported.kept:
         parts.append(f"{len(imported.kept)} kept at your own price")
+    if imported.scheduled:
+        parts.append(f"{len(imported.scheduled)} with an announced later price scheduled")
     return "Price catalog imported: " + ", ".join(parts) + "."

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import time_machine
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -38,10 +39,18 @@ def test_every_figure_carries_its_check_date_and_source() -> None:
     assert sol.long_context_above_tokens == 272_000
     assert sol.long_context_prices["input"] == 8_000_000
     assert sol.long_context_prices["output"] == 30_000_000
-    gemini = catalog.by_id()["gemini-3.5-flash"]
+    gemini = catalog.by_id()["gemini-3.1-pro-preview"]
     assert gemini.source == "https://ai.google.dev/gemini-api/docs/pricing"
     assert gemini.source_copy_read == date(2026, 10, 7)
-    assert "context_window" in gemini.unverified
+    assert gemini.long_context_above_tokens == 200_000
+    assert gemini.long_context_prices == {"input": 4_000_000, "output": 18_000_000}
+    # Google has announced Gemini 3.8 Flash's price from 2027: the catalog holds both.
+    flash = catalog.by_id()["gemini-3.8-flash"]
+    turn = datetime(2027, 1, 1, tzinfo=UTC)
+    assert [change.effective_from for change in flash.scheduled] == [turn]
+    before, after = flash.prices_at(turn - timedelta(seconds=1)), flash.prices_at(turn)
+    assert (before["input_per_mtok"], before["output_per_mtok"]) == (750_000, 3_750_000)
+    assert (after["input_per_mtok"], after["output_per_mtok"]) == (1_500_000, 7_500_000)
     sonnet = catalog.by_id()["claude-sonnet-4-5"]
     assert sonnet.prices["cache_write_1h_per_mtok"] == 6_000_000
     assert sonnet.long_context_above_tokens == 200_000
@@ -96,6 +105,30 @@ def test_a_copy_of_the_providers_page_is_named_and_dated() -> None:
         parse({"currency": "USD", "models": [{**entry, "source": ""}]})
 
 
+def test_a_scheduled_price_is_dated_and_in_order() -> None:
+    entry = {
+        "id": "m",
+        "provider": "p",
+        "checked": "2026-11-30",
+        "source": "https://example.com/pricing",
+        "prices": {"input": "1", "output": "2"},
+    }
+    later = {"from": "2027-01-01T00:00:00+00:00", "prices": {"input": "2", "output": "4"}}
+    parsed = parse({"currency": "USD", "models": [{**entry, "scheduled": [later]}]})
+    assert parsed.entries[0].prices_at(datetime(2027, 1, 1, tzinfo=UTC))["input_per_mtok"] == (
+        2_000_000
+    )
+    for bad in (
+        [{**later, "from": "2027-01-01T00:00:00"}],  # no time zone
+        [{**later, "from": "January 2027"}],
+        [{**later, "prices": {"input": "2"}}],  # no output price
+        [later, later],  # twice the same moment
+        [{"from": later["from"]}],
+    ):
+        with pytest.raises(ValueError):
+            parse({"currency": "USD", "models": [{**entry, "scheduled": bad}]})
+
+
 def _state() -> tuple[list[tuple], list[tuple], int]:
     return (
         list(CatalogModel.objects.order_by("pk").values_list()),
@@ -110,6 +143,7 @@ def test_importing_twice_changes_nothing(platform_org: Organization) -> None:
     first = price_catalog_import(actor="test")
     assert sorted(first.models_created) == sorted(e.id for e in catalog.entries)
     assert sorted(first.priced) == sorted(e.id for e in catalog.entries)
+    assert first.scheduled == ["gemini-3.8-flash"]  # its announced 2027 price, scheduled
     wholesale = PriceList.objects.get(owner=platform_org, is_default=True)
     assert wholesale.currency == catalog.currency
     before = _state()
@@ -119,7 +153,7 @@ def test_importing_twice_changes_nothing(platform_org: Organization) -> None:
     assert not again.changed and again.kept == []
     assert _state() == before
     # The imported figures are what the relay charges.
-    model = CatalogModel.objects.get(public_id="gemini-3.5-flash")
+    model = CatalogModel.objects.get(public_id="gemini-3.1-pro-preview")
     assert (model.context_window, model.owned_by) == (1_048_576, "google")
     assert "reasoning" in model.capabilities
 
@@ -150,7 +184,8 @@ def test_the_command_imports_and_reports(platform_org: Organization) -> None:
     call_command("import_price_catalog", stdout=out)
     assert "Priced: " in out.getvalue()
     assert "checked against the provider's page 2026-11-30 to 2026-11-30" in out.getvalue()
-    assert "gemini-3.5-flash (copy read 2026-10-07)" in out.getvalue()
+    assert "gemini-3.8-flash (copy read 2026-10-07)" in out.getvalue()
+    assert "Announced later prices scheduled: gemini-3.8-flash" in out.getvalue()
     out = io.StringIO()
     call_command("import_price_catalog", stdout=out)
     assert "Nothing to change." in out.getvalue()
@@ -159,3 +194,65 @@ def test_the_command_imports_and_reports(platform_org: Organization) -> None:
     )
     table = tenant_price_table(tenant.pk)
     assert table["claude-sonnet-4-5"].retail.cache_write_5m == 3_750_000
+
+
+@pytest.mark.django_db
+def test_an_announced_price_is_charged_from_its_moment(platform_org: Organization) -> None:
+    turn = datetime(2027, 1, 1, tzinfo=UTC)
+    tenant = Organization.objects.create(
+        name="T", slug="t", kind=Organization.Kind.TENANT, parent=platform_org
+    )
+    with time_machine.travel(datetime(2026, 12, 1, tzinfo=UTC), tick=False):
+        price_catalog_import(actor="test")
+    model = CatalogModel.objects.get(public_id="gemini-3.8-flash")
+    assert ModelPrice.objects.filter(model=model).count() == 2
+    just_before = tenant_price_table(tenant.pk, at=turn - timedelta(seconds=1))
+    assert just_before["gemini-3.8-flash"].wholesale.input == 750_000
+    at_turn = tenant_price_table(tenant.pk, at=turn)["gemini-3.8-flash"].wholesale
+    assert (at_turn.input, at_turn.output) == (1_500_000, 7_500_000)
+    before = _state()
+    with time_machine.travel(turn + timedelta(days=1), tick=False):
+        assert not price_catalog_import(actor="test").changed  # already in force
+    assert _state() == before
+
+
+@pytest.mark.django_db
+def test_an_import_after_the_announced_moment_prices_the_later_price(
+    platform_org: Organization,
+) -> None:
+    with time_machine.travel(datetime(2027, 1, 2, tzinfo=UTC), tick=False):
+        result = price_catalog_import(actor="test")
+    assert "gemini-3.8-flash" in result.priced and result.scheduled == []
+    rows = ModelPrice.objects.filter(model__public_id="gemini-3.8-flash")
+    assert [(row.input_per_mtok, row.output_per_mtok) for row in rows] == [(1_500_000, 7_500_000)]
+
+
+@pytest.mark.django_db
+def test_an_operator_priced_model_gets_no_announced_price(platform_org: Organization) -> None:
+    wholesale = price_list_create(owner=platform_org, name="W", actor="test", is_default=True)
+    mine = CatalogModel.objects.create(public_id="gemini-3.8-flash", owned_by="me")
+    model_price_set(
+        price_list=wholesale, model=mine, input_per_mtok=9, output_per_mtok=9, actor="test"
+    )
+    result = price_catalog_import(actor="test")
+    assert result.kept == ["gemini-3.8-flash"] and result.scheduled == []
+    assert ModelPrice.objects.filter(model=mine).count() == 1
+    # The operator scheduled their own price at the announced moment: it is not replaced.
+    model_price_set(
+        price_list=wholesale,
+        model=mine,
+        input_per_mtok=750_000,
+        output_per_mtok=3_750_000,
+        actor="test",
+    )
+    model_price_set(
+        price_list=wholesale,
+        model=mine,
+        input_per_mtok=1,
+        output_per_mtok=1,
+        effective_from=datetime(2027, 1, 1, tzinfo=UTC),
+        actor="test",
+    )
+    again = price_catalog_import(actor="test", reprice=True)
+    assert again.kept == ["gemini-3.8-flash"] and again.scheduled == []
+    assert ModelPrice.objects.filter(model=mine).count() == 3

@@ -59,6 +59,7 @@ class Command(BaseCommand):
             ("Priced", result.priced),
             ("Repriced", result.repriced),
             ("Kept (priced otherwise; --reprice to change)", result.kept),
+            ("Announced later prices scheduled", result.scheduled),
         ):
             if ids:
                 self.stdout.write(f"{label}: {', '.join(ids)}")
