@@ -34,11 +34,11 @@ def test_every_figure_carries_its_check_date_and_source() -> None:
     # Models no stored provider page confirmed are not shipped at all.
     assert not ids & {"gpt-4o", "deepseek-chat", "gemini-2.5-pro", "grok-4", "mistral-medium-3"}
     sol = catalog.by_id()["gpt-5.6-sol"]
-    assert (sol.prices["input_per_mtok"], sol.prices["output_per_mtok"]) == (4_000_000, 20_000_000)
-    assert sol.prices["cache_write_5m_per_mtok"] == 5_000_000  # 1.25x the input price
+    assert (sol.prices["input_per_mtok"], sol.prices["output_per_mtok"]) == (5_000_000, 30_000_000)
+    assert sol.prices["cache_write_5m_per_mtok"] == 6_250_000  # 1.25x the input price
     assert sol.long_context_above_tokens == 272_000
-    assert sol.long_context_prices["input"] == 8_000_000
-    assert sol.long_context_prices["output"] == 30_000_000
+    assert sol.long_context_prices["input"] == 10_000_000
+    assert sol.long_context_prices["output"] == 45_000_000
     gemini = catalog.by_id()["gemini-3.1-pro-preview"]
     assert gemini.source == "https://ai.google.dev/gemini-api/docs/pricing"
     assert gemini.source_copy_read == date(2026, 10, 7)
