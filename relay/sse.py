@@ -6,12 +6,21 @@ from collections.abc import AsyncIterator
 
 # An event ends at a blank line; providers use either LF or CRLF line endings.
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+# A separator cut by a read boundary may have begun this many bytes before the end.
+_OVERLAP = max(len(s) for s in _SEPARATORS) - 1
 
 
-def _split_point(buffer: bytes | bytearray) -> tuple[int, int]:
+def rescan_from(buffer: bytes | bytearray) -> int:
+    """Where the next search of ``buffer`` (found to hold no separator) may start once
+    more bytes arrive: searching a large event from its start on every read would cost
+    time quadratic in its size, which a channel could use to stall the relay."""
+    return max(len(buffer) - _OVERLAP, 0)
+
+
+def _split_point(buffer: bytes | bytearray, start: int = 0) -> tuple[int, int]:
     best, width = -1, 0
     for separator in _SEPARATORS:
-        index = buffer.find(separator)
+        index = buffer.find(separator, start)
         if index != -1 and (best == -1 or index < best):
             best, width = index, len(separator)
     return best, width
@@ -33,13 +42,16 @@ async def iter_event_batches(
     """Yield, for each read from the upstream, the events it completed (without their
     separators), as soon as they are complete: the relay forwards them in one write."""
     buffer = bytearray()
+    start = 0
     async for chunk in chunks:
         buffer += chunk
         events = []
         while True:
-            index, width = _split_point(buffer)
+            index, width = _split_point(buffer, start)
             if index == -1:
+                start = rescan_from(buffer)
                 break
+            start = 0
             event = bytes(buffer[:index])
             del buffer[: index + width]
             if event.strip():

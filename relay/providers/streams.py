@@ -60,19 +60,22 @@ class SseStream(ProviderStream):
 class SseSplitter:
     """Feed bytes, get back the complete events as ``(event name, data)`` pairs."""
 
-    __slots__ = ("buffer", "limit")
+    __slots__ = ("buffer", "limit", "start")
 
     def __init__(self, limit: int = 16 * 1024 * 1024) -> None:
         self.buffer = bytearray()
         self.limit = limit
+        self.start = 0  # the buffer holds no separator before this
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
         self.buffer += data
         events = []
         while True:
-            index, width = sse._split_point(self.buffer)
+            index, width = sse._split_point(self.buffer, self.start)
             if index == -1:
+                self.start = sse.rescan_from(self.buffer)
                 break
+            self.start = 0
             raw = bytes(self.buffer[:index])
             del self.buffer[: index + width]
             event = _parse(raw)
