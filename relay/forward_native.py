@@ -18,6 +18,7 @@ import orjson
 
 from relay import errors, upstream
 from relay.dialects.base import Leg
+from relay.dialects.images import ImageGate
 from relay.dialects.native import NativeCodec
 from relay.metering import Usage
 from relay.providers.base import FailureKind, ProviderFailure, StreamFailed
@@ -130,6 +131,9 @@ async def _relay_body(
     record = forwarding.record
     record.attempts.append(info)
     answer.model = forwarding.model.public_id
+    images = ImageGate(codec.request)
+    images.answer(answer)
+    record.output_images = images.delivered
     record.usage = Usage.from_canonical(answer.usage)
     if record.usage is None:
         record.completion_text = []
@@ -151,11 +155,12 @@ async def _relay_stream(
     decoder = route.adapter.stream_decoder()
     encoder = codec.encoder()
     public = forwarding.model.public_id
+    images = ImageGate(codec.request)
     await exchange.start_stream()
 
     async def send(events: list[c.Event]) -> None:
         out = bytearray()
-        for event in events:
+        for event in images.events(events):
             if isinstance(event, c.StreamStart):
                 event.model = public
             elif isinstance(event, c.StreamUsage):
@@ -163,6 +168,7 @@ async def _relay_stream(
             record.keep_text(_texts(event))
             for frame in encoder.feed(event):
                 out += frame
+        record.output_images = images.delivered
         if out:
             await exchange.send_body(bytes(out))
 

@@ -12,6 +12,7 @@ import orjson
 from relay import errors
 from relay.dialects.base import Leg, dump
 from relay.dialects.chat import delta_texts
+from relay.dialects.images import ImageGate
 from relay.dialects.native import NativeCodec
 from relay.metering import Usage, UsageRecord
 from relay.snapshot import Route
@@ -41,6 +42,7 @@ class TranslatedLeg(Leg):
         self.body = chat.request_from_canonical(request)
         self.to_client = to_client
         self.decoder = chat.Decoder()
+        self.images = ImageGate(request)
         self.make_encoder = encoder
         self.encoder = encoder()
         self.stream_error = stream_error
@@ -64,6 +66,8 @@ class TranslatedLeg(Leg):
                 self.record.keep_text(delta_texts({"delta": message}))
         answer = chat.response_to_canonical(parsed)
         answer.model = self.public
+        self.images.answer(answer)
+        self.record.output_images = self.images.delivered
         return orjson.dumps(self.to_client(answer))
 
     def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
@@ -86,9 +90,10 @@ class TranslatedLeg(Leg):
         for choice in chunk.get("choices") or ():
             self.record.keep_text(delta_texts(choice))
         out = bytearray()
-        for event in self.decoder.feed(chunk):
+        for event in self.images.events(self.decoder.feed(chunk)):
             for frame in self.encoder.feed(event):
                 out += frame
+        self.record.output_images = self.images.delivered
         return bytes(out), False
 
 

@@ -129,6 +129,9 @@ def _tool_choice(choice: str | None) -> dict[str, Any] | None:
 
 def request_body(request: c.Request) -> bytes:
     """The Converse request for a canonical request (the model is in the URL)."""
+    if request.image_output:
+        # Converse answers in text: it has no way to return a generated picture.
+        raise UnsupportedContent("This model cannot generate images through Bedrock.")
     messages: list[dict[str, Any]] = []
     for turn in request.turns:
         blocks = _blocks(turn.parts)
@@ -196,7 +199,7 @@ def decode(body: bytes) -> c.Response:
     message = (answer.get("output") or {}).get("message") if isinstance(answer, dict) else None
     if not isinstance(message, Mapping):
         raise ValueError("not a Converse answer")
-    parts: list[c.Text | c.ToolCall | c.Reasoning] = []
+    parts: list[c.AnswerPart] = []
     for block in message.get("content") or ():
         if not isinstance(block, Mapping):
             continue

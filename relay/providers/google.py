@@ -118,6 +118,8 @@ def request_body(request: c.Request) -> bytes:
             config[name] = value
     if request.stop:
         config["stopSequences"] = request.stop
+    if request.image_output:
+        config["responseModalities"] = ["TEXT", "IMAGE"]
     budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
     if budget is not None:
         config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True}
@@ -177,8 +179,22 @@ def _by_modality(details: Any) -> dict[str, int]:
     return found
 
 
-def _read_parts(candidate: Any, first_call: int) -> list[c.Text | c.ToolCall | c.Reasoning]:
-    found: list[c.Text | c.ToolCall | c.Reasoning] = []
+def _picture(part: Mapping[str, Any]) -> c.GeneratedImage | None:
+    """A generated picture (``inlineData`` of an image type). A "thought" picture is a
+    draft the model shows while it thinks, not part of the answer: it is not kept."""
+    inline = part.get("inlineData")
+    if not isinstance(inline, Mapping) or part.get("thought"):
+        return None
+    mime, data = inline.get("mimeType"), inline.get("data")
+    if not isinstance(mime, str) or not mime.startswith("image/") or not isinstance(data, str):
+        return None
+    if not data or any(ch in mime for ch in ",; "):
+        return None
+    return c.GeneratedImage(mime, data)
+
+
+def _read_parts(candidate: Any, first_call: int) -> list[c.AnswerPart]:
+    found: list[c.AnswerPart] = []
     content = candidate.get("content") if isinstance(candidate, Mapping) else None
     for part in (content or {}).get("parts") or ():
         if not isinstance(part, Mapping):
@@ -192,6 +208,8 @@ def _read_parts(candidate: Any, first_call: int) -> list[c.Text | c.ToolCall | c
         elif isinstance(part.get("text"), str) and part["text"]:
             kind = c.Reasoning if part.get("thought") else c.Text
             found.append(kind(part["text"]))
+        elif (picture := _picture(part)) is not None:
+            found.append(picture)
     return found
 
 
@@ -257,6 +275,8 @@ class GoogleStream(SseStream):
                     events.append(c.ReasoningDelta(part.text))
                 elif isinstance(part, c.Text):
                     events.append(c.TextDelta(part.text))
+                elif isinstance(part, c.GeneratedImage):
+                    events.append(c.ImageGenerated(part))
                 else:
                     events.append(c.ToolCallStart(self.calls, part.id, part.name))
                     events.append(c.ToolCallDelta(self.calls, part.arguments))

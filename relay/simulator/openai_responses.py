@@ -17,7 +17,7 @@ from typing import Any
 
 from relay.simulator.exchange import SimExchange
 from relay.simulator.options import SimOptions
-from relay.simulator.responses import PIXEL_PNG, RequestError, new_id
+from relay.simulator.responses import RequestError, new_id, picture
 from relay.simulator.wire import json_text, named_event, pieces, play, words
 
 MAX_STORED = 10_000
@@ -232,7 +232,7 @@ class ResponsePlan:
         return "incomplete" if self.truncated and not self.tool else "completed"
 
 
-def image_calls(count: int) -> list[dict[str, Any]]:
+def image_calls(count: int, data: str) -> list[dict[str, Any]]:
     """Generated pictures as the image_generation tool returns them: output items after the
     message (on streams they appear in the final response only)."""
     return [
@@ -240,7 +240,7 @@ def image_calls(count: int) -> list[dict[str, Any]]:
             "id": new_id("ig_"),
             "type": "image_generation_call",
             "status": "completed",
-            "result": PIXEL_PNG,
+            "result": data,
         }
         for _ in range(count)
     ]
@@ -269,7 +269,7 @@ async def create(
         _keep(store, plan, response)
         await exchange.respond_json(200, response)
         return
-    output = [plan.item(done=True), *image_calls(options.images)]
+    output = [plan.item(done=True), *image_calls(options.images, picture(options))]
     final = plan.response(plan.final_status, output, usage=not options.nousage)
     _keep(store, plan, final)
     if plan.body.get("stream") is not True:

@@ -72,6 +72,7 @@ class ChatPlan:
     top_logprobs: int
     prompt_tokens: int
     images: int = 0  # pictures choice 0 generates (``SimOptions.images``)
+    picture: str = ""  # each one's base64 (``picture``)
 
     @property
     def completion_tokens(self) -> int:
@@ -156,6 +157,7 @@ def plan_chat(body: Any, options: SimOptions) -> ChatPlan:
         top_logprobs=top_logprobs,
         prompt_tokens=count_prompt_tokens(messages),
         images=options.images,
+        picture=picture(options),
     )
 
 
@@ -213,7 +215,7 @@ def completion_body(plan: ChatPlan, options: SimOptions) -> dict[str, Any]:
             logprobs = {"content": entries, "refusal": None}
         message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
         if index == 0 and plan.images:
-            message["images"] = generated_images(plan.images)
+            message["images"] = generated_images(plan.images, plan.picture)
         choices.append(
             {
                 "index": index,
@@ -251,7 +253,8 @@ def stream_steps(plan: ChatPlan, index: int) -> list[dict[str, Any]]:
         {"content": _piece(position)} for position in range(plan.produced)
     ]
     if index == 0 and plan.images:
-        deltas.append({"images": generated_images(plan.images)})
+        # One picture per chunk, as each is finished.
+        deltas.extend({"images": generated_images(1, plan.picture)} for _ in range(plan.images))
     return deltas
 
 
@@ -262,9 +265,16 @@ PIXEL_PNG = (
 )
 
 
-def generated_images(count: int) -> list[dict[str, Any]]:
+def picture(options: SimOptions) -> str:
+    """A generated picture's base64: the 1x1 PNG, or ``image_size`` characters of zeros."""
+    if not options.image_size:
+        return PIXEL_PNG
+    return "A" * (-(-options.image_size // 4) * 4)
+
+
+def generated_images(count: int, data: str = PIXEL_PNG) -> list[dict[str, Any]]:
     """Chat image output as OpenRouter returns it: image_url parts holding data URLs."""
-    url = f"data:image/png;base64,{PIXEL_PNG}"
+    url = f"data:image/png;base64,{data or PIXEL_PNG}"
     return [{"type": "image_url", "image_url": {"url": url}} for _ in range(count)]
 
 

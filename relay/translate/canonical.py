@@ -57,6 +57,31 @@ class Reasoning:
     signature: str | None = None
 
 
+@dataclass(slots=True)
+class GeneratedImage:
+    """A picture the model made (answers only): base64 ``data`` of type ``mime_type``.
+
+    Every format that can carry generated pictures carries them inline, so only inline
+    pictures are kept: a format without a base64 form (a bare URL) has nothing to hand on.
+    """
+
+    mime_type: str
+    data: str
+
+    def data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{self.data}"
+
+    @classmethod
+    def from_data_url(cls, url: Any) -> GeneratedImage | None:
+        """The picture a ``data:image/...;base64,`` URL holds; None for anything else."""
+        if not isinstance(url, str) or not url.startswith("data:image/"):
+            return None
+        mime, sep, data = url[len("data:") :].partition(";base64,")
+        if not sep or not data or "," in mime or ";" in mime:
+            return None
+        return cls(mime, data)
+
+
 Part = Text | Image | ToolCall | ToolResult | Reasoning
 
 
@@ -99,6 +124,9 @@ class Request:
     output_format: OutputFormat | None = None
     user: str | None = None
     stream: bool = False
+    # The client asked for generated pictures (chat ``modalities`` with "image", the
+    # Responses image_generation tool); only then are pictures delivered and billed.
+    image_output: bool = False
 
 
 @dataclass(slots=True)
@@ -132,11 +160,14 @@ def service_tier(value: Any) -> str:
     return value if value in ("flex", "priority") else ""
 
 
+AnswerPart = Text | ToolCall | Reasoning | GeneratedImage
+
+
 @dataclass(slots=True)
 class Response:
     id: str
     model: str
-    parts: list[Text | ToolCall | Reasoning]
+    parts: list[AnswerPart]
     stop: Stop = "end"
     usage: Usage | None = None
     created: int = 0
@@ -174,6 +205,13 @@ class ToolCallDelta:
 
 
 @dataclass(slots=True)
+class ImageGenerated:
+    """A whole generated picture: the formats that stream pictures send each in one piece."""
+
+    image: GeneratedImage
+
+
+@dataclass(slots=True)
 class StreamFinish:
     stop: Stop
 
@@ -189,6 +227,7 @@ Event = (
     | ReasoningDelta
     | ToolCallStart
     | ToolCallDelta
+    | ImageGenerated
     | StreamFinish
     | StreamUsage
 )

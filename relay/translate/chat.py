@@ -134,6 +134,8 @@ def request_to_canonical(body: dict[str, Any]) -> c.Request:
         request.output_format = c.OutputFormat("json_object")
     request.user = body.get("user")
     request.stream = body.get("stream") is True
+    modalities = body.get("modalities")
+    request.image_output = isinstance(modalities, list) and "image" in modalities
     return request
 
 
@@ -201,6 +203,8 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
             body[name] = value
     if request.stop:
         body["stop"] = request.stop
+    if request.image_output:
+        body["modalities"] = ["image", "text"]
     fmt = request.output_format
     if fmt is not None and fmt.kind == "json_schema":
         schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema or {}}
@@ -255,11 +259,28 @@ def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
     }
 
 
+def images_in(holder: dict[str, Any]) -> list[c.GeneratedImage]:
+    """The generated pictures of a message or delta (``images``: ``image_url`` parts
+    holding data URLs, as OpenRouter returns image output); others are not kept."""
+    found = []
+    for entry in holder.get("images") or ():
+        image = entry.get("image_url") if isinstance(entry, dict) else None
+        url = image.get("url") if isinstance(image, dict) else image
+        picture = c.GeneratedImage.from_data_url(url)
+        if picture is not None:
+            found.append(picture)
+    return found
+
+
+def image_out(image: c.GeneratedImage) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": image.data_url()}}
+
+
 def response_to_canonical(body: dict[str, Any]) -> c.Response:
     choices = body.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
-    parts: list[c.Text | c.ToolCall | c.Reasoning] = []
+    parts: list[c.AnswerPart] = []
     if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
         parts.append(c.Reasoning(message["reasoning_content"]))
     if isinstance(message.get("content"), str) and message["content"]:
@@ -273,6 +294,7 @@ def response_to_canonical(body: dict[str, Any]) -> c.Response:
                 str(function.get("arguments") or ""),
             )
         )
+    parts.extend(images_in(message))
     return c.Response(
         id=str(body.get("id") or ""),
         model=str(body.get("model") or ""),
@@ -297,6 +319,9 @@ def response_from_canonical(response: c.Response) -> dict[str, Any]:
             {"id": x.id, "type": "function", "function": {"name": x.name, "arguments": x.arguments}}
             for x in calls
         ]
+    images = [image_out(p) for p in response.parts if isinstance(p, c.GeneratedImage)]
+    if images:
+        message["images"] = images
     body: dict[str, Any] = {
         "id": response.id or "chatcmpl-" + uuid.uuid4().hex[:24],
         "object": "chat.completion",
@@ -352,6 +377,7 @@ class Decoder:
                     )
                 if function.get("arguments"):
                     events.append(c.ToolCallDelta(index, str(function["arguments"])))
+            events.extend(c.ImageGenerated(image) for image in images_in(delta))
             if choice.get("finish_reason"):
                 events.append(c.StreamFinish(STOPS_IN.get(choice["finish_reason"], "end")))
         usage = usage_to_canonical(chunk.get("usage"), chunk.get("service_tier"))
@@ -397,6 +423,8 @@ class Encoder:
         if isinstance(event, c.ToolCallDelta):
             call = {"index": event.index, "function": {"arguments": event.arguments}}
             return [self._chunk({"tool_calls": [call]})]
+        if isinstance(event, c.ImageGenerated):
+            return [self._chunk({"images": [image_out(event.image)]})]
         if isinstance(event, c.StreamFinish):
             return [self._chunk({}, STOPS_OUT[event.stop])]
         if isinstance(event, c.StreamUsage) and self.include_usage:

@@ -164,6 +164,9 @@ def _blocks_out(parts: list[c.Part]) -> list[dict[str, Any]]:
 
 
 def request_from_canonical(request: c.Request) -> dict[str, Any]:
+    if request.image_output:
+        # Anthropic's models make no pictures: say so rather than answer text alone.
+        raise c.TranslationError("This model cannot generate images.", "modalities")
     messages: list[dict[str, Any]] = []
     for turn in request.turns:
         blocks = _blocks_out(turn.parts)
@@ -256,7 +259,7 @@ def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
 
 
 def response_to_canonical(body: dict[str, Any]) -> c.Response:
-    parts = [
+    parts: list[c.AnswerPart] = [
         p for p in _blocks(body.get("content")) if isinstance(p, (c.Text, c.ToolCall, c.Reasoning))
     ]
     return c.Response(
@@ -269,7 +272,9 @@ def response_to_canonical(body: dict[str, Any]) -> c.Response:
 
 
 def response_from_canonical(response: c.Response) -> dict[str, Any]:
-    content = _blocks_out([p for p in response.parts if not isinstance(p, c.Reasoning)])
+    # A Messages answer has no block for a generated picture, and a Messages request has
+    # no way to ask for one: pictures a provider volunteers are not delivered (nor billed).
+    content = _blocks_out([p for p in response.parts if isinstance(p, (c.Text, c.ToolCall))])
     return {
         "id": response.id if response.id.startswith("msg_") else "msg_" + uuid.uuid4().hex[:24],
         "type": "message",

@@ -3,6 +3,7 @@
 The encoder writes ``message_start``, one ``content_block_start`` / ``_delta`` /
 ``_stop`` run per text or tool-use block, then, once the source stream has ended,
 ``message_delta`` with the stop reason and the whole usage, and ``message_stop``.
+Generated pictures have no block in this format: they are not written.
 """
 
 from __future__ import annotations

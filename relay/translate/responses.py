@@ -82,6 +82,11 @@ def request_to_canonical(body: dict[str, Any]) -> c.Request:
         else:
             raise c.TranslationError(f"Input items of type '{kind}' cannot be translated.", "input")
     for tool in body.get("tools") or ():
+        if tool.get("type") == "image_generation":
+            # Asking for pictures is what translates; the tool's own settings (size,
+            # quality, format) have no counterpart in the other formats and are dropped.
+            request.image_output = True
+            continue
         if tool.get("type") != "function":
             raise c.TranslationError(
                 f"Tools of type '{tool.get('type')}' are not available for this model.", "tools"
@@ -167,17 +172,20 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     body: dict[str, Any] = {"model": request.model, "input": items}
     if request.system:
         body["instructions"] = c.text_of(request.system)
-    if request.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "name": t.name,
-                "description": t.description,
-                "parameters": t.parameters,
-                "strict": t.strict,
-            }
-            for t in request.tools
-        ]
+    tools: list[dict[str, Any]] = [
+        {
+            "type": "function",
+            "name": t.name,
+            "description": t.description,
+            "parameters": t.parameters,
+            "strict": t.strict,
+        }
+        for t in request.tools
+    ]
+    if request.image_output:
+        tools.append({"type": "image_generation"})
+    if tools:
+        body["tools"] = tools
     if request.tool_choice in ("auto", "none", "required"):
         body["tool_choice"] = request.tool_choice
     elif request.tool_choice:
@@ -252,8 +260,36 @@ def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
     }
 
 
+# The image_generation tool's output formats and the picture types they hold.
+IMAGE_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+IMAGE_MIME_FORMATS = {mime: name for name, mime in IMAGE_FORMATS.items()}
+
+
+def generated_image(item: dict[str, Any]) -> c.GeneratedImage | None:
+    """The picture of an ``image_generation_call`` item, unless it failed or is empty."""
+    result = item.get("result")
+    if item.get("status") == "failed" or not isinstance(result, str) or not result:
+        return None
+    mime = IMAGE_FORMATS.get(str(item.get("output_format") or "png"), "image/png")
+    return c.GeneratedImage(mime, result)
+
+
+def image_item(image: c.GeneratedImage, item_id: str, status: str = "completed") -> dict[str, Any]:
+    """An ``image_generation_call`` output item; ``result`` is the bare base64 picture."""
+    item: dict[str, Any] = {
+        "id": item_id,
+        "type": "image_generation_call",
+        "status": status,
+        "result": image.data if status == "completed" else None,
+    }
+    output_format = IMAGE_MIME_FORMATS.get(image.mime_type)
+    if output_format is not None:
+        item["output_format"] = output_format
+    return item
+
+
 def response_to_canonical(body: dict[str, Any]) -> c.Response:
-    parts: list[c.Text | c.ToolCall | c.Reasoning] = []
+    parts: list[c.AnswerPart] = []
     calls = False
     for item in body.get("output") or ():
         kind = item.get("type") if isinstance(item, dict) else None
@@ -274,6 +310,10 @@ def response_to_canonical(body: dict[str, Any]) -> c.Response:
             )
             if text:
                 parts.append(c.Reasoning(text))
+        elif kind == "image_generation_call":
+            image = generated_image(item)
+            if image is not None:
+                parts.append(image)
     stop: c.Stop = "tool_use" if calls else "end"
     details = body.get("incomplete_details")
     if body.get("status") == "incomplete" and isinstance(details, dict):
@@ -301,11 +341,13 @@ def output_items(response: c.Response, message_id: str) -> list[dict[str, Any]]:
             }
         )
     text = c.text_of(response.parts)
-    if text or not any(isinstance(p, c.ToolCall) for p in response.parts):
+    if text or not any(isinstance(p, (c.ToolCall, c.GeneratedImage)) for p in response.parts):
         items.append(message_item(message_id, text, "completed"))
     for part in response.parts:
         if isinstance(part, c.ToolCall):
             items.append(call_item(part, "completed"))
+        elif isinstance(part, c.GeneratedImage):
+            items.append(image_item(part, new_id("ig_")))
     return items
 
 

@@ -1,10 +1,10 @@
 """Responses API streams to and from canonical stream events.
 
 The encoder writes OpenAI's typed events: ``response.created`` and ``.in_progress``, one
-output item per message or function call (``output_item.added``, its deltas, its
-``.done`` events, ``output_item.done``), and ``response.completed`` (or
-``response.incomplete``) carrying the whole response with its usage, once the source
-stream has ended.
+output item per message, function call or generated picture (``output_item.added``, its
+deltas or progress events, its ``.done`` events, ``output_item.done``), and
+``response.completed`` (or ``response.incomplete``) carrying the whole response with its
+usage, once the source stream has ended.
 """
 
 from __future__ import annotations
@@ -151,12 +151,29 @@ class Encoder:
                         delta=event.arguments,
                     )
                 )
+        elif isinstance(event, c.ImageGenerated):
+            frames += self._image(event.image)
         elif isinstance(event, c.ReasoningDelta):
             self.reasoning.append(event.text)
         elif isinstance(event, c.StreamFinish):
             self.stop = event.stop
         elif isinstance(event, c.StreamUsage):
             self.usage = event.usage
+        return frames
+
+    def _image(self, image: c.GeneratedImage) -> list[bytes]:
+        """A picture arrives whole: its item opens, runs and is done at once."""
+        frames = self._close_item()
+        index = len(self.output)
+        item_id = r.new_id("ig_")
+        where = {"item_id": item_id, "output_index": index}
+        added = r.image_item(image, item_id, "in_progress")
+        frames.append(self._event("response.output_item.added", output_index=index, item=added))
+        frames.append(self._event("response.image_generation_call.in_progress", **where))
+        frames.append(self._event("response.image_generation_call.completed", **where))
+        done = r.image_item(image, item_id)
+        self.output.append(done)
+        frames.append(self._event("response.output_item.done", output_index=index, item=done))
         return frames
 
     def close(self) -> list[bytes]:
@@ -204,6 +221,11 @@ class Decoder:
                         index, str(item.get("call_id") or ""), str(item.get("name") or "")
                     )
                 ]
+        if kind == "response.output_item.done":
+            item = event.get("item")
+            if isinstance(item, dict) and item.get("type") == "image_generation_call":
+                image = r.generated_image(item)
+                return [c.ImageGenerated(image)] if image is not None else []
         if kind == "response.function_call_arguments.delta":
             found = self.calls.get(str(event.get("item_id")))
             if found is not None:

@@ -22,6 +22,7 @@ from relay.simulator.native.common import (
     read_request,
 )
 from relay.simulator.options import INVALID_BODY, OptionError, SimOptions
+from relay.simulator.responses import picture
 
 if TYPE_CHECKING:
     from relay.simulator.app import SimulatorApp
@@ -181,7 +182,18 @@ def usage_metadata(p: NativePlan, images: int) -> dict[str, Any]:
     return metadata
 
 
-def _parts(p: NativePlan) -> list[dict[str, Any]]:
+def _pictures(body: Any, options: SimOptions) -> list[dict[str, Any]]:
+    """The ``images`` pictures as ``inlineData`` parts, made only when the request asks
+    for them (``responseModalities`` with "IMAGE"), as Gemini's image models do."""
+    config = body.get("generationConfig") if isinstance(body, dict) else None
+    modalities = config.get("responseModalities") if isinstance(config, dict) else None
+    if not isinstance(modalities, list) or "IMAGE" not in modalities:
+        return []
+    inline = {"inlineData": {"mimeType": "image/png", "data": picture(options)}}
+    return [inline] * options.images
+
+
+def _parts(p: NativePlan, pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     if p.reasoning:
         parts.append({"text": "sim thought", "thought": True})
@@ -189,7 +201,7 @@ def _parts(p: NativePlan) -> list[dict[str, Any]]:
         parts.append({"functionCall": {"name": p.tool_name, "args": {}}})
     else:
         parts.append({"text": p.text})
-    return parts
+    return parts + pictures
 
 
 async def handle(
@@ -223,12 +235,13 @@ async def handle(
         await error(exchange, 400, planned)
         return
     images = _read(body)[2]
+    pictures = _pictures(body, planned.options)
     finish = "MAX_TOKENS" if planned.truncated and not planned.tool_name else "STOP"
     if method == "generateContent":
         answer = {
             "candidates": [
                 {
-                    "content": {"role": "model", "parts": _parts(planned)},
+                    "content": {"role": "model", "parts": _parts(planned, pictures)},
                     "finishReason": finish,
                     "index": 0,
                 }
@@ -239,7 +252,8 @@ async def handle(
         }
         await exchange.respond_json(200, answer)
         return
-    await _stream(exchange, planned, images, finish, route["model"], query(scope).get("alt"))
+    alt = query(scope).get("alt")
+    await _stream(exchange, planned, images, pictures, finish, route["model"], alt)
 
 
 async def _authorised(
@@ -292,6 +306,7 @@ async def _stream(
     exchange: SimExchange,
     p: NativePlan,
     images: int,
+    pictures: list[dict[str, Any]],
     finish: str,
     model: str,
     alt: str | None,
@@ -310,6 +325,7 @@ async def _stream(
         pieces.append([{"functionCall": {"name": p.tool_name, "args": {}}}])
     else:
         pieces.extend([{"text": piece}] for piece in p.pieces)
+    pieces.extend([inline] for inline in pictures)  # one chunk per picture
     for index, parts in enumerate(pieces):
         candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
         chunk: dict[str, Any] = {"candidates": [candidate], **base}
