@@ -29,8 +29,6 @@ from tests.relay.conftest import (
 from tests.relay.providers.conftest import NativeSim
 from tests.relay.providers.test_relay import configure
 
-pytestmark = pytest.mark.services
-
 PER_IMAGE = 7_654_321  # micro-units per generated picture: odd, so a wrong count shows
 
 
