@@ -202,6 +202,12 @@ class RelayCache:
         """The generation of keys, prices and limits this process has last seen."""
         return self._generation or 0
 
+    @property
+    def polled(self) -> bool:
+        """Whether this process has read the change counter yet; until it has, it holds
+        nothing that a change could have made stale."""
+        return self._generation is not None
+
     def invalidate(self) -> None:
         self._epoch += 1
         self._keys.clear()

@@ -200,6 +200,21 @@ def sse_chunks(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
     return chunks, done
 
 
+def caught_up(relay_app: RelayApp, timeout: float = 10.0) -> None:
+    """Wait until the in-test relay has taken in every committed change to keys, prices
+    and channels: its caches are at the current generation, or it has read nothing yet
+    (then its first request loads everything fresh)."""
+    import time
+
+    from portal import invalidation
+
+    deadline = time.monotonic() + timeout
+    cache = relay_app.cache
+    while cache.polled and cache.generation != invalidation.current_generation():
+        assert time.monotonic() < deadline, "the relay never saw the latest change"
+        time.sleep(0.01)
+
+
 def usage_events(expected: int, timeout: float = 30.0) -> list[Any]:
     """The usage events, once ``expected`` of them are written (oldest first).
 

@@ -7,7 +7,6 @@ prepaid balance that covers K such requests is never overdrawn."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +19,7 @@ from billing.periods import Period
 from billing.pricing import tenant_price_table, worst_case_cost_micros
 from billing.selectors import account_balance_micros
 from billing.services import invoice_generate, model_price_set, usage_charge_post
+from relay.app import RelayApp
 from tests.relay.conftest import (
     INPUT_PRICE,
     OUTPUT_PRICE,
@@ -27,6 +27,7 @@ from tests.relay.conftest import (
     SIM_TOKENS,
     Gateway,
     Simulator,
+    caught_up,
     prepaid,
     usage_events,
 )
@@ -113,15 +114,20 @@ CASES = [
 ]
 
 
-def price_per_image(gateway: Gateway) -> None:
+def set_prices(gateway: Gateway, *, input_per_mtok: int = INPUT_PRICE, **per_image: int) -> None:
+    """The model's text prices, with prices per input or generated image (micro-units)."""
     model_price_set(
         price_list=gateway.price_list,
         model=gateway.model,
-        input_per_mtok=INPUT_PRICE,
+        input_per_mtok=input_per_mtok,
         output_per_mtok=OUTPUT_PRICE,
-        input_image_micros=PER_IMAGE,
         actor="test",
+        **per_image,  # type: ignore[arg-type]
     )
+
+
+def price_per_image(gateway: Gateway) -> None:
+    set_prices(gateway, input_image_micros=PER_IMAGE)
 
 
 def serve_natively(gateway: Gateway, surfaces: list[str]) -> None:
@@ -141,11 +147,11 @@ def post(gateway: Gateway, path: str, body: dict[str, Any], base: str = "") -> h
 @pytest.mark.parametrize(("dialect", "native"), CASES, ids=[f"{d}-{n}" for d, n in CASES])
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_two_images_are_charged_twice_the_price_per_image(
-    gateway: Gateway, dialect: str, native: list[str], stream: bool
+    relay_app: RelayApp, gateway: Gateway, dialect: str, native: list[str], stream: bool
 ) -> None:
     price_per_image(gateway)
     serve_natively(gateway, native)
-    time.sleep(0.5)  # the relay's caches see the new price and channel (polled every 0.2 s)
+    caught_up(relay_app)  # the relay's caches hold the new price and channel
     path, body = REQUESTS[dialect]()
     body["stream"] = stream
     response = post(gateway, path, body)
@@ -173,21 +179,21 @@ def test_two_images_are_charged_twice_the_price_per_image(
 
 
 def test_a_request_that_reached_no_model_is_not_charged_for_its_images(
-    gateway: Gateway, sim: Simulator
+    relay_app: RelayApp, gateway: Gateway, sim: Simulator
 ) -> None:
     price_per_image(gateway)
     gateway.channel.base_url = sim.channel_url("fail=400")
     gateway.channel.save()
-    time.sleep(0.5)
+    caught_up(relay_app)
     path, body = chat_request()
     assert post(gateway, path, body).status_code == 400
     [event] = usage_events(1)
     assert event.input_images == 0 and event.charges == {} and event.cost_retail_micros == 0
 
 
-def test_text_only_requests_count_no_images(gateway: Gateway) -> None:
+def test_text_only_requests_count_no_images(relay_app: RelayApp, gateway: Gateway) -> None:
     price_per_image(gateway)
-    time.sleep(0.5)
+    caught_up(relay_app)
     response = post(
         gateway,
         "/v1/chat/completions",
@@ -206,23 +212,21 @@ GENERATED = 7_654_321  # micro-units per generated image
     ("dialect", "native"), [("chat", []), ("responses", ["responses"])], ids=["chat", "responses"]
 )
 def test_generated_images_are_charged_per_image(
-    gateway: Gateway, sim: Simulator, dialect: str, native: list[str], stream: bool
+    relay_app: RelayApp,
+    gateway: Gateway,
+    sim: Simulator,
+    dialect: str,
+    native: list[str],
+    stream: bool,
 ) -> None:
     """Chat image output (message.images, delta.images on streams) and the Responses
     image_generation tool's output items are counted and charged at the generated-image
     price; the text prompt has no input images."""
-    model_price_set(
-        price_list=gateway.price_list,
-        model=gateway.model,
-        input_per_mtok=INPUT_PRICE,
-        output_per_mtok=OUTPUT_PRICE,
-        output_image_micros=GENERATED,
-        actor="test",
-    )
+    set_prices(gateway, output_image_micros=GENERATED)
     gateway.channel.base_url = sim.channel_url("images=3")
     gateway.channel.native_surfaces = native
     gateway.channel.save()
-    time.sleep(0.5)
+    caught_up(relay_app)
     if dialect == "chat":
         path, body = (
             "/v1/chat/completions",
@@ -251,21 +255,14 @@ def test_generated_images_are_charged_per_image(
 
 
 def test_generated_images_not_asked_for_are_neither_held_nor_charged(
-    gateway: Gateway, sim: Simulator
+    relay_app: RelayApp, gateway: Gateway, sim: Simulator
 ) -> None:
     """A request that asks for no pictures holds nothing for them, so a provider that
     returns some anyway cannot overdraw a balance with them."""
-    model_price_set(
-        price_list=gateway.price_list,
-        model=gateway.model,
-        input_per_mtok=INPUT_PRICE,
-        output_per_mtok=OUTPUT_PRICE,
-        output_image_micros=GENERATED,
-        actor="test",
-    )
+    set_prices(gateway, output_image_micros=GENERATED)
     gateway.channel.base_url = sim.channel_url("images=3")
     gateway.channel.save()
-    time.sleep(0.5)
+    caught_up(relay_app)
     body = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "Say hi."}]}
     assert post(gateway, "/v1/chat/completions", body).status_code == 200
     [event] = usage_events(1)
@@ -279,18 +276,11 @@ def test_generated_images_not_asked_for_are_neither_held_nor_charged(
 
 
 def test_a_balance_is_never_overdrawn_by_images(
-    gateway: Gateway, sim: Simulator, relay_process: str
+    relay_app: RelayApp, gateway: Gateway, sim: Simulator, relay_process: str
 ) -> None:
     """Images dearer than all the request's tokens: a hold that left them out would let
     5K requests through on a balance for K."""
-    model_price_set(
-        price_list=gateway.price_list,
-        model=gateway.model,
-        input_per_mtok=0,
-        output_per_mtok=OUTPUT_PRICE,
-        input_image_micros=PER_IMAGE,
-        actor="test",
-    )
+    set_prices(gateway, input_per_mtok=0, input_image_micros=PER_IMAGE)
     gateway.channel.base_url = sim.channel_url("latency=150")
     gateway.channel.save()
     path, body = chat_request()
@@ -304,7 +294,8 @@ def test_a_balance_is_never_overdrawn_by_images(
     assert worst == 2 * PER_IMAGE + SIM_TOKENS * OUTPUT_PRICE // 1_000_000
     k = 10
     account = prepaid(gateway, k * worst)
-    time.sleep(0.6)  # both processes see the new terms
+    # Both processes see the new terms: the second has served nothing, so it loads them.
+    caught_up(relay_app)
 
     def call(index: int) -> tuple[int, str]:
         response = post(gateway, path, body, (gateway.url, relay_process)[index % 2])

@@ -7,22 +7,28 @@ a channel that sends many or huge pictures cannot push past the relay's size lim
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
-from billing.models import InvoiceLine
+from billing.models import InvoiceLine, LedgerEntry
 from billing.periods import Period
-from billing.services import invoice_generate, model_price_set
+from billing.pricing import tenant_price_table, worst_case_cost_micros
+from billing.selectors import account_balance_micros
+from billing.services import invoice_generate, model_price_set, usage_charge_post
 from relay.dialects import images as image_gate
 from tests.openai_schema import responses_validator, validate, validate_responses_stream
 from tests.relay.conftest import (
     INPUT_PRICE,
     OUTPUT_PRICE,
     PUBLIC_MODEL,
+    SIM_TOKENS,
     Gateway,
     Simulator,
+    prepaid,
     sse_chunks,
     usage_events,
 )
@@ -265,3 +271,67 @@ def test_a_picture_beyond_the_stream_event_limit_breaks_the_stream_unbilled(
     assert "error" in chunks[-1] and not done
     [event] = usage_events(1)
     assert event.output_images == 0 and "output_image" not in event.charges
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(("dialect", "channel"), [("responses", "chat"), ("chat", "gemini")])
+def test_a_balance_is_never_overdrawn_by_generated_images(
+    gateway: Gateway,
+    sim: Simulator,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+    relay_process: str,
+    dialect: str,
+    channel: str,
+) -> None:
+    """Pictures dearer than all else, as many as the output cap: the hold (one picture per
+    output token) is then the real cost, so a prepaid balance for K worst cases serves at
+    least K of 5K concurrent requests through two relay processes and is never overdrawn."""
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=0,
+        output_per_mtok=OUTPUT_PRICE,
+        output_image_micros=PER_IMAGE,
+        actor="test",
+    )
+    serve(gateway, channel, f"images={SIM_TOKENS},latency=150", sim, native_sim, sa_info)
+    cap = "max_output_tokens" if dialect == "responses" else "max_completion_tokens"
+    body = body_for(dialect, False, **{cap: SIM_TOKENS})
+    price = tenant_price_table(gateway.tenant.pk)[PUBLIC_MODEL].retail
+    worst = worst_case_cost_micros(
+        price,
+        prompt_bytes=len(orjson.dumps(body)),
+        max_output_tokens=SIM_TOKENS,
+        output_images=SIM_TOKENS,
+    )
+    assert worst == SIM_TOKENS * (PER_IMAGE + OUTPUT_PRICE // 1_000_000)
+    k = 6
+    account = prepaid(gateway, k * worst)
+    path = "/v1/chat/completions" if dialect == "chat" else "/v1/responses"
+
+    def call(index: int) -> tuple[int, str]:
+        base = (gateway.url, relay_process)[index % 2]
+        response = httpx.post(
+            base + path,
+            json=body,
+            headers={"Authorization": f"Bearer {gateway.secret}"},
+            timeout=60,
+        )
+        return response.status_code, response.headers.get("x-request-id", "")
+
+    with ThreadPoolExecutor(30) as pool:
+        results = list(pool.map(call, range(5 * k)))
+
+    statuses = [status for status, _ in results]
+    served = {rid for status, rid in results if status == 200}
+    assert set(statuses) <= {200, 429} and k <= len(served) < 5 * k
+    events = [e for e in usage_events(len(served), timeout=30) if e.request_id in served]
+    assert len(events) == len(served)
+    for event in events:
+        assert event.output_images == SIM_TOKENS
+        assert event.cost_retail_micros == worst  # the hold was exactly the cost
+    usage_charge_post()
+    charges = LedgerEntry.objects.filter(account=account, kind=LedgerEntry.Kind.USAGE)
+    assert charges.count() == len(events)
+    assert account_balance_micros(account) >= 0
