@@ -98,23 +98,21 @@ class ScriptPipe:
             timer.cancel()
 
     async def _connected(self) -> _Link:
-        """The current link, or a new one (one connect, whoever asks meanwhile)."""
-        if self._connecting is not None:
-            return await asyncio.shield(self._connecting)
-        loop = asyncio.get_running_loop()
-        self._connecting = connecting = loop.create_future()
+        """The current link, or a new one: one connect, whoever asks meanwhile. It runs as
+        a task of its own, so a caller that is cancelled does not cancel the others'."""
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._connect())
+            connecting.add_done_callback(_retrieved)
+        return await asyncio.shield(connecting)
+
+    async def _connect(self) -> _Link:
         try:
-            pool = self._redis.connection_pool
-            connection = await pool.get_connection()
+            connection = await self._redis.connection_pool.get_connection()
             link = _Link(connection)
-            link.task = loop.create_task(self._read(link))
+            link.task = asyncio.get_running_loop().create_task(self._read(link))
             self._link = link
-            connecting.set_result(link)
             return link
-        except BaseException as exc:
-            connecting.set_exception(exc)
-            connecting.exception()  # retrieved here; the waiters raise it themselves
-            raise
         finally:
             self._connecting = None
 
@@ -146,10 +144,10 @@ class ScriptPipe:
                         future.set_result(reply)
         except RedisError as exc:
             error = exc
-        except (OSError, IndexError) as exc:  # IndexError: a reply nobody asked for
-            error = RedisConnectionError(f"Error reading from Redis: {exc!r}")
         except asyncio.CancelledError:
             error = RedisConnectionError("The script pipe was closed.")
+        except Exception as exc:  # OSError; IndexError: a reply nobody asked for
+            error = RedisConnectionError(f"Error reading from Redis: {exc!r}")
         if self._link is link:
             self._link = None
         await self._drop(link, error)
@@ -186,6 +184,12 @@ class ScriptPipe:
             await connection.disconnect()
         with contextlib.suppress(Exception):
             await self._redis.connection_pool.release(connection)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """A failed connect is raised to its callers; if they all left, nobody needs it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Unanswered(Exception):

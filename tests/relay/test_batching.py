@@ -213,8 +213,11 @@ def test_a_redis_that_went_away_and_came_back_is_used_again() -> None:
     assert after == 3
 
 
-async def _silent_redis() -> tuple[asyncio.Server, int]:
-    """A server that answers +OK to the connection's handshake but never to a script."""
+async def _fake_redis(
+    script_reply: bytes | None = None, gate: asyncio.Event | None = None
+) -> tuple[asyncio.Server, int]:
+    """A server that answers +OK to the connection's handshake (once ``gate`` is set) and
+    ``script_reply`` to a script, or nothing at all."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import hiredis
@@ -224,15 +227,41 @@ async def _silent_redis() -> tuple[asyncio.Server, int]:
             parser.feed(data)
             while (command := parser.gets()) is not False:
                 if command[0].upper() not in (b"EVALSHA", b"EVAL"):
+                    if gate is not None:
+                        await gate.wait()
                     writer.write(b"+OK\r\n")
+                elif script_reply is not None:
+                    writer.write(script_reply)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
+def test_a_caller_cancelled_while_connecting_does_not_strand_the_others() -> None:
+    async def run() -> list[Any]:
+        gate = asyncio.Event()
+        server, port = await _fake_redis(b":7\r\n", gate)
+        client = _client(f"redis://127.0.0.1:{port}/0", socket_timeout=1)
+        pipe = ScriptPipe(client)
+        script = client.register_script(INCR_LUA)
+        calls = [asyncio.ensure_future(pipe.run(script, ["k"], [1])) for _ in range(3)]
+        await asyncio.sleep(0.05)  # all three wait for the one connect
+        calls[0].cancel()
+        gate.set()
+        async with asyncio.timeout(2):
+            results = await asyncio.gather(*calls[1:])
+        await pipe.close()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+        return results
+
+    assert asyncio.run(run()) == [7, 7]
+
+
 def test_a_reply_that_does_not_come_fails_the_calls_in_time() -> None:
     async def run() -> tuple[list[Any], float, int]:
-        server, port = await _silent_redis()
+        server, port = await _fake_redis()
         client = _client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
         pipe = ScriptPipe(client)
         script = client.register_script(INCR_LUA)
