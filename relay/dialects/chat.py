@@ -20,6 +20,7 @@ from relay.dialects.base import (
     int_or_none,
     load_json,
 )
+from relay.dialects.images import image_limit
 from relay.dialects.native import NativeCodec, chat_codec
 from relay.exchange import Exchange
 from relay.metering import UsageRecord
@@ -103,25 +104,33 @@ def asks_for_images(payload: Mapping[str, Any]) -> bool:
 
 class ChatLeg(OpenAIStreamLeg):
     def __init__(
-        self, record: UsageRecord, public: str, payload: dict[str, Any], wants_usage: bool
+        self,
+        record: UsageRecord,
+        public: str,
+        payload: dict[str, Any],
+        wants_usage: bool,
+        images: int = 0,
     ) -> None:
         super().__init__(record, public, payload, wants_usage)
-        self.images = asks_for_images(payload)  # pictures not asked for are not billed
+        # The most pictures billed: none when not asked for, never beyond the hold's count.
+        self.images = images
 
     def texts(self, choice: Any) -> list[str]:
         # Every streamed choice passes here: count the pictures it delivers.
         if self.images and isinstance(choice, Mapping):
-            self.record.output_images += _images(choice.get("delta"))
+            found = self.record.output_images + _images(choice.get("delta"))
+            self.record.output_images = min(found, self.images)
         return delta_texts(choice)
 
     def answer(self, parsed: Any) -> bytes | None:
         body = super().answer(parsed)
         if body is not None and self.images:
-            self.record.output_images = sum(
+            found = sum(
                 _images(choice.get("message"))
                 for choice in parsed.get("choices") or ()
                 if isinstance(choice, Mapping)
             )
+            self.record.output_images = min(found, self.images)
         return body
 
     def native(self) -> NativeCodec:
@@ -155,7 +164,8 @@ class ChatCall(Call):
         return self.payload["messages"], self.payload.get("tools")
 
     def leg(self, route: Route, record: UsageRecord, public: str) -> ChatLeg:
-        return ChatLeg(record, public, self.payload, self.client_wants_usage)
+        images = image_limit(self.output_cap(), self.choices()) if self.generates_images() else 0
+        return ChatLeg(record, public, self.payload, self.client_wants_usage, images)
 
 
 class ChatDialect(Dialect):

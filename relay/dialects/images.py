@@ -17,18 +17,24 @@ MAX_IMAGES = 16
 MAX_IMAGE_CHARS = 48 * 1024 * 1024
 
 
+def image_limit(output_cap: int | None, choices: int = 1) -> int:
+    """The most pictures one answer may deliver or bill: MAX_IMAGES a choice, and never
+    more than the output tokens the client capped it at. The hold counts one picture per
+    output token it holds for (each picture costs at least one), so within this limit a
+    channel that sends more cannot charge a balance beyond what was held."""
+    per_choice = MAX_IMAGES if output_cap is None else max(min(MAX_IMAGES, output_cap), 0)
+    return per_choice * choices
+
+
 class ImageGate:
     """Admits the pictures of one answer; ``delivered`` counts those let through."""
 
     __slots__ = ("allowed", "chars", "delivered")
 
     def __init__(self, request: c.Request) -> None:
-        allowed = MAX_IMAGES if request.image_output else 0
-        # Each picture costs at least an output token, and the hold counts one per token:
-        # never deliver (and bill) more pictures than the client's own cap held for.
-        if isinstance(request.max_output_tokens, int):
-            allowed = min(allowed, request.max_output_tokens)
-        self.allowed = allowed
+        cap = request.max_output_tokens
+        cap = cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+        self.allowed = image_limit(cap) if request.image_output else 0
         self.chars = 0
         self.delivered = 0
 

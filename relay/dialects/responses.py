@@ -18,6 +18,7 @@ import orjson
 from relay import errors
 from relay.dialects import response_ids
 from relay.dialects.base import Call, Dialect, Leg, check_int, dump, int_or_none, load_json
+from relay.dialects.images import image_limit
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
 from relay.metering import Usage, UsageRecord
@@ -101,11 +102,11 @@ class PassLeg(Leg):
         usage = responses.usage_to_canonical(response.get("usage"), response.get("service_tier"))
         if usage is not None:
             self.record.usage = Usage.from_canonical(usage)
-        # The whole response (an answer, or a stream's last event) lists the pictures made.
+        # The whole response (an answer, or a stream's last event) lists the pictures made;
+        # never more are billed than the hold counted.
         if self.call.generates_images():
-            self.record.output_images = max(
-                self.record.output_images, _generated_images(response.get("output"))
-            )
+            made = min(_generated_images(response.get("output")), self.call.image_limit())
+            self.record.output_images = max(self.record.output_images, made)
 
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or parsed.get("object") != "response":
@@ -161,6 +162,9 @@ class ResponsesCall(Call):
         return isinstance(tools, list) and any(
             isinstance(tool, Mapping) and tool.get("type") == "image_generation" for tool in tools
         )
+
+    def image_limit(self) -> int:
+        return image_limit(self.output_cap())
 
     def measure(self) -> tuple[int, int]:
         payload = self.payload

@@ -335,3 +335,26 @@ def test_a_balance_is_never_overdrawn_by_generated_images(
     charges = LedgerEntry.objects.filter(account=account, kind=LedgerEntry.Kind.USAGE)
     assert charges.count() == len(events)
     assert account_balance_micros(account) >= 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("dialect", ["chat", "responses"])
+def test_a_passed_through_answer_bills_no_more_pictures_than_were_held(
+    gateway: Gateway, sim: Simulator, dialect: str, stream: bool
+) -> None:
+    """Passed through, the answer goes out as the channel sent it, but a channel that sends
+    40 pictures bills at most MAX_IMAGES, and never more than the output cap held for."""
+    price_per_image(gateway)
+    gateway.channel.base_url = sim.channel_url("images=40")
+    gateway.channel.native_surfaces = ["responses"] if dialect == "responses" else []
+    gateway.channel.save()
+    # OpenAI's Responses API takes no output cap below 16 (= MAX_IMAGES): chat shows the cap.
+    bodies = [body_for(dialect, stream)]
+    if dialect == "chat":
+        bodies.append(body_for(dialect, stream, max_completion_tokens=3))
+    for body in bodies:
+        response = post(gateway, dialect, body)
+        assert response.status_code == 200, response.text
+    events = usage_events(len(bodies))
+    assert [e.output_images for e in events] == [image_gate.MAX_IMAGES, 3][: len(bodies)]
+    assert events[-1].charges["output_image"][0] == events[-1].output_images

@@ -14,7 +14,7 @@ import pytest
 
 from relay.dialects import images as gate_module
 from relay.dialects.images import ImageGate
-from relay.providers import google
+from relay.providers import bedrock, google
 from relay.simulator.responses import PIXEL_PNG as PNG
 from relay.translate import canonical as c
 from relay.translate import chat, messages, messages_stream, responses, responses_stream
@@ -77,6 +77,8 @@ def test_a_model_that_makes_no_pictures_refuses_a_request_for_them() -> None:
     request = c.Request(model="m", turns=[c.Turn("user", [c.Text("a cat")])], image_output=True)
     with pytest.raises(c.TranslationError, match="cannot generate images"):
         messages.request_from_canonical(request)
+    with pytest.raises(bedrock.UnsupportedContent, match="cannot generate images"):
+        bedrock.request_body(request)
 
 
 def test_chat_answer_pictures_become_responses_items_and_back() -> None:
