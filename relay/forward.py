@@ -10,7 +10,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import httpx
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -170,26 +169,27 @@ class Forwarding:
             await forward_native.attempt(self, route, leg, attempt, started)
             return
         content = leg.content(route)
-        request = upstream.request(
-            leg.target(route), leg.headers(route, self.stream), content, route.timeout
-        )
         try:
-            response = await upstream.send(request)
-        except httpx.TimeoutException:
+            response = await upstream.send(
+                "POST", leg.target(route), leg.headers(route, self.stream), content, route.timeout
+            )
+        except upstream.TimeoutException:
             attempt.update(error="timeout", latency_ms=ms_since(started))
             raise AttemptFailed(errors.upstream_failed(504, "timeout"), attempt) from None
-        except httpx.HTTPError as exc:
+        except upstream.UpstreamError as exc:
             attempt.update(error=type(exc).__name__, latency_ms=ms_since(started))
             raise AttemptFailed(errors.upstream_failed(502, "unreachable"), attempt) from None
-        attempt.update(status=response.status_code, latency_ms=ms_since(started))
+        status = response.status
+        attempt.update(status=status, latency_ms=ms_since(started))
         try:
-            if response.status_code >= 400:
-                body = await read_limited(response, MAX_ERROR_BODY_BYTES)
-                error = upstream_error(response.status_code, body, route)
-                if response.status_code in RETRYABLE_STATUSES:
-                    raise AttemptFailed(
-                        error, attempt, credentials=response.status_code in (401, 403)
-                    )
+            if status >= 400:
+                try:
+                    body = await read_limited(response, MAX_ERROR_BODY_BYTES)
+                except upstream.UpstreamError:
+                    body = b""  # the status alone decides; its broken body is not needed
+                error = upstream_error(status, body, route)
+                if status in RETRYABLE_STATUSES:
+                    raise AttemptFailed(error, attempt, credentials=status in (401, 403))
                 # The request itself is at fault: another channel would refuse it too.
                 self.record.attempts.append(attempt)
                 self._note_channel(route, started)
@@ -204,7 +204,9 @@ class Forwarding:
             else:
                 await self._relay_body(response, attempt, leg)
         finally:
-            await response.aclose()
+            # Back to the pool when the body was read whole; otherwise (an error, the
+            # client gone, a timeout) aiohttp closes the connection instead.
+            response.release()
 
     def _note_channel(self, route: Route, started: float) -> None:
         self.record.channel_id = route.channel_id
@@ -212,12 +214,12 @@ class Forwarding:
         self.record.upstream_latency_ms = ms_since(started)
 
     async def _relay_body(
-        self, response: httpx.Response, attempt: dict[str, Any], leg: Leg
+        self, response: upstream.Response, attempt: dict[str, Any], leg: Leg
     ) -> None:
         try:
             body = await read_limited(response, MAX_RESPONSE_BYTES)
             parsed = orjson.loads(body)
-        except (errors.RelayError, orjson.JSONDecodeError, httpx.HTTPError) as exc:
+        except (errors.RelayError, orjson.JSONDecodeError, upstream.UpstreamError) as exc:
             attempt["error"] = "invalid_response"
             raise AttemptFailed(
                 errors.upstream_failed(502, "The upstream sent an invalid response."), attempt
@@ -235,7 +237,7 @@ class Forwarding:
             await self.settle()  # recorded before the client has its answer
         await self.exchange.respond_json(200, out)
 
-    async def _relay_stream(self, response: httpx.Response, route: Route, leg: Leg) -> None:
+    async def _relay_stream(self, response: upstream.Response, route: Route, leg: Leg) -> None:
         exchange = self.exchange
         self.record.status_code = 200
         self.record.completion_text = []
@@ -243,8 +245,9 @@ class Forwarding:
         # From here the stream has reached its client: a lost process must not lose it.
         track = getattr(self.settle, "track_stream", None)
         progress = track() if track is not None else None
+        chunks = upstream.iter_chunks(response)
         try:
-            async for events in sse.iter_event_batches(response.aiter_bytes(), MAX_EVENT_BYTES):
+            async for events in sse.iter_event_batches(chunks, MAX_EVENT_BYTES):
                 # What one upstream read completed goes out in one write.
                 out = bytearray()
                 for event in events:
@@ -265,7 +268,7 @@ class Forwarding:
                     await exchange.send_body(bytes(out))
                     if progress is not None:
                         progress.delivered()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (upstream.UpstreamError, ValueError) as exc:
             logger.info("upstream stream broke: %s", type(exc).__name__)
             self._report_failure(route, None)
             await self._end_stream_with_error(

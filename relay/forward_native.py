@@ -13,7 +13,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from relay import errors, upstream
@@ -84,18 +83,24 @@ async def attempt(
     except (UnsupportedContent, c.TranslationError) as exc:
         raise errors.invalid_request(str(exc)) from None
     try:
-        response = await upstream.send(built.to_httpx(route.timeout or upstream.default_timeout()))
-    except httpx.TimeoutException:
+        response = await upstream.send(
+            built.method, upstream.url(built.url), built.headers, built.content, route.timeout
+        )
+    except upstream.TimeoutException:
         info.update(error="timeout", latency_ms=_ms(started))
         raise AttemptFailed(errors.upstream_failed(504, "timeout"), info) from None
-    except httpx.HTTPError as exc:
+    except upstream.UpstreamError as exc:
         info.update(error=type(exc).__name__, latency_ms=_ms(started))
         raise AttemptFailed(errors.upstream_failed(502, "unreachable"), info) from None
-    info.update(status=response.status_code, latency_ms=_ms(started))
+    status = response.status
+    info.update(status=status, latency_ms=_ms(started))
     try:
-        if response.status_code >= 400:
-            body = await read_limited(response, MAX_ERROR_BODY_BYTES)
-            failure = adapter.failure(response.status_code, response.headers, body)
+        if status >= 400:
+            try:
+                body = await read_limited(response, MAX_ERROR_BODY_BYTES)
+            except upstream.UpstreamError:
+                body = b""  # the status alone decides; its broken body is not needed
+            failure = adapter.failure(status, response.headers, body)
             if failure.retryable:
                 credentials = failure.kind is FailureKind.CREDENTIALS
                 raise AttemptFailed(_error(failure), info, credentials=credentials)
@@ -110,20 +115,26 @@ async def attempt(
         else:
             await _relay_body(forwarding, route, response, codec, info)
     finally:
-        await response.aclose()
+        response.release()  # closes the connection instead when the body was not read whole
 
 
 async def _relay_body(
     forwarding: Forwarding,
     route: Route,
-    response: httpx.Response,
+    response: upstream.Response,
     codec: NativeCodec,
     info: dict[str, Any],
 ) -> None:
     try:
         body = await read_limited(response, MAX_RESPONSE_BYTES)
         answer = route.adapter.decode(body)
-    except (errors.RelayError, ValueError, TypeError, AttributeError, httpx.HTTPError) as exc:
+    except (
+        errors.RelayError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        upstream.UpstreamError,
+    ) as exc:
         info["error"] = "invalid_response"
         raise AttemptFailed(
             errors.upstream_failed(502, "The upstream sent an invalid response."), info
@@ -146,7 +157,7 @@ async def _relay_body(
 
 
 async def _relay_stream(
-    forwarding: Forwarding, route: Route, response: httpx.Response, codec: NativeCodec
+    forwarding: Forwarding, route: Route, response: upstream.Response, codec: NativeCodec
 ) -> None:
     exchange = forwarding.exchange
     record = forwarding.record
@@ -173,7 +184,7 @@ async def _relay_stream(
             await exchange.send_body(bytes(out))
 
     try:
-        async for data in response.aiter_bytes():
+        async for data in upstream.iter_chunks(response):
             await send(decoder.feed(data))
         await send(decoder.finish())
     except StreamFailed as exc:
@@ -184,7 +195,7 @@ async def _relay_stream(
         await exchange.send_body(codec.stream_error(error))
         await exchange.end_body()
         return
-    except (httpx.HTTPError, ValueError) as exc:
+    except (upstream.UpstreamError, ValueError) as exc:
         logger.info("upstream stream broke: %s", type(exc).__name__)
         forwarding._report_failure(route, None)
         await forwarding._end_stream_with_error(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
-import httpx
 import orjson
 from django.conf import settings
 
@@ -32,32 +32,37 @@ from relay.upstream_errors import MAX_ERROR_BODY_BYTES, MAX_RESPONSE_BYTES, read
 from relay.upstream_errors import upstream_error as error_from
 
 RESPONSES_PREFIX = "/v1/responses/"
+# What a URL's query may hold unescaped (RFC 3986), and ``%`` so escapes stay as sent.
+QUERY_SAFE = "!$&'()*+,;=:@/?%"
 
 
 async def _send(
-    route: Route, method: str, path: str, query: bytes, content: bytes, headers: httpx.Headers
+    route: Route,
+    method: str,
+    path: str,
+    query: bytes,
+    content: bytes,
+    headers: upstream.Headers,
 ) -> Any:
     url = route.target_for(path)
     if query:
-        url = url.copy_with(query=query)
-    request = httpx.Request(
-        method,
-        url,
-        headers=headers,
-        content=content or None,
-        extensions={"timeout": (route.timeout or upstream.default_timeout()).as_dict()},
-    )
+        # The client's query as it came, escapes kept; anything a query may not hold
+        # raw (a space, ``#``, a line break) is escaped rather than passed on.
+        raw = quote(query.decode("latin-1"), safe=QUERY_SAFE)
+        url = upstream.url(f"{url}?{raw}", encoded=True)
     try:
-        response = await upstream.send(request)
-    except httpx.HTTPError:
+        response = await upstream.send(method, url, headers, content, route.timeout)
+    except upstream.UpstreamError:
         raise errors.upstream_failed(502, "The upstream provider could not be reached.") from None
     try:
-        if response.status_code >= 400:
+        if response.status >= 400:
             body = await read_limited(response, MAX_ERROR_BODY_BYTES)
-            raise error_from(response.status_code, body, route)
+            raise error_from(response.status, body, route)
         body = await read_limited(response, MAX_RESPONSE_BYTES)
+    except upstream.UpstreamError:
+        raise errors.upstream_failed(502, "The upstream sent an invalid response.") from None
     finally:
-        await response.aclose()
+        response.release()
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import httpx
+import aiohttp
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import close_old_connections
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
+from yarl import URL
 
 from billing.models import Subscription
 from billing.pricing import PricePair, PriceSchedule, tenant_price_schedule
@@ -87,7 +88,7 @@ class Route:
     priority: int
     weight: int
     group: str = "default"
-    timeout: httpx.Timeout | None = None  # None: the relay's defaults
+    timeout: aiohttp.ClientTimeout | None = None  # None: the relay's defaults
     total_timeout: float | None = None
     # Client APIs the provider serves itself ("responses", "messages"): those requests
     # pass through; others are translated to chat completions.
@@ -96,25 +97,27 @@ class Route:
     # None: requests go out in OpenAI's format to ``url``.
     adapter: Any = field(default=None, repr=False, compare=False)
     # Made once per snapshot rather than per request: the parsed URL and the request
-    # headers for JSON and for streamed answers (see ``upstream.request``).
-    target: httpx.URL = field(init=False, repr=False, compare=False)
-    headers: tuple[httpx.Headers, httpx.Headers] = field(init=False, repr=False, compare=False)
+    # headers for JSON and for streamed answers (see ``upstream.send``).
+    target: URL = field(init=False, repr=False, compare=False)
+    headers: tuple[upstream.Headers, upstream.Headers] = field(
+        init=False, repr=False, compare=False
+    )
     # Parsed URLs of the other surfaces' paths, made on first use.
-    targets: dict[str, httpx.URL] = field(init=False, repr=False, compare=False)
+    targets: dict[str, URL] = field(init=False, repr=False, compare=False)
 
-    def target_for(self, path: str) -> httpx.URL:
+    def target_for(self, path: str) -> URL:
         """The parsed URL of ``path`` (``/responses``, ``/responses/{id}``...) on this channel."""
         if path == "/chat/completions":
             return self.target
         target = self.targets.get(path)
         if target is None:
-            target = httpx.URL(self.url[: -len("/chat/completions")] + path)
+            target = upstream.url(self.url[: -len("/chat/completions")] + path)
             if len(self.targets) < 16:  # ids in paths must not grow the cache
                 self.targets[path] = target
         return target
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "target", httpx.URL(self.url))
+        object.__setattr__(self, "target", upstream.url(self.url))
         object.__setattr__(self, "targets", {})
         object.__setattr__(
             self,
@@ -275,15 +278,12 @@ def _limits(holder: LimitFields) -> Limits:
     )
 
 
-def _timeout(channel: Channel) -> httpx.Timeout | None:
+def _timeout(channel: Channel) -> aiohttp.ClientTimeout | None:
     if channel.connect_timeout is None and channel.first_byte_timeout is None:
         return None
-    connect = channel.connect_timeout or settings.RELAY_CONNECT_TIMEOUT
-    return httpx.Timeout(
-        connect=connect,
-        read=channel.first_byte_timeout or settings.RELAY_FIRST_BYTE_TIMEOUT,
-        write=connect,
-        pool=connect,
+    return upstream.timeouts(
+        channel.connect_timeout or settings.RELAY_CONNECT_TIMEOUT,
+        channel.first_byte_timeout or settings.RELAY_FIRST_BYTE_TIMEOUT,
     )
 
 

@@ -1,38 +1,77 @@
-"""The shared, pooled HTTP client the relay forwards with (one per process and loop).
+"""The shared, pooled HTTP client the relay forwards with: aiohttp, one session per loop.
 
-The relay speaks httpx's API (requests, timeouts, streamed responses, its exception
-types) everywhere, but the bytes move through aiohttp, by httpx-aiohttp's transport:
-httpx's own stack (httpcore, h11, anyio) cost ~0.7 ms of CPU per request in the bare
-proxy, aiohttp's ~0.15 ms (bench/README.md). aiohttp's connector pools connections
-without httpcore's per-request walk over every idle connection, so one client per loop
-suffices where httpcore needed eight.
+The hot path uses aiohttp's request and response directly. httpx's own stack (httpcore,
+h11, anyio) cost ~0.7 ms of CPU per request in the bare proxy, aiohttp's ~0.15 ms
+(bench/README.md); httpx's API over aiohttp (httpx-aiohttp) still cost ~0.24 ms a request
+in its own objects. What httpx did for the relay is done here instead: its timeouts per
+phase, its error classes (so usage events keep naming failures the same way), and the
+decoding of compressed answers. httpx stays where speed does not matter (discovery,
+health checks, webhooks): docs/architecture.md, "Upstream HTTP clients".
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import certifi
-import httpx
 from django.conf import settings
-from httpx_aiohttp import AiohttpTransport
+from yarl import URL as URL  # the parsed URLs routes keep (``Route.target``)
 
 USER_AGENT = "Tollgate"
 # Idle upstream connections are kept this long for the next request.
 KEEPALIVE_SECONDS = 30.0
 
+# What a request sends a channel: lower-case names, built once per route and snapshot.
+Headers = dict[str, str]
+Response = aiohttp.ClientResponse
+ClientError = aiohttp.ClientError
+
+
+class UpstreamError(Exception):
+    """The exchange with a channel failed below HTTP. The class names are what a usage
+    event's attempt records (``ConnectError``...), as they were under httpx."""
+
+    timeout = False
+
+
+class TimeoutException(UpstreamError):
+    """No connection, or no byte of the answer, within its phase's timeout."""
+
+    timeout = True
+
+
+class ConnectError(UpstreamError):
+    """Nothing answered at the channel's address: refused, unknown host, TLS refused."""
+
+
+class RemoteProtocolError(UpstreamError):
+    """Connected, but the channel hung up or did not speak HTTP."""
+
+
+class ReadError(UpstreamError):
+    """The answer broke while its body was read (cut short, or undecodable)."""
+
+
+def timeouts(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for the relay's phases. ``first_byte`` bounds every wait for the
+    upstream's next bytes, the first included; the whole exchange is bounded by the caller
+    (``asyncio.timeout`` of the total timeout), so aiohttp's own total is off."""
+    return aiohttp.ClientTimeout(
+        total=None, connect=connect, sock_connect=connect, sock_read=first_byte
+    )
+
 
 class _Loop:
-    """The client of one event loop, and the transport under it."""
+    """The session of one event loop, and the default timeouts of its time."""
 
-    __slots__ = ("client", "transport")
+    __slots__ = ("default_timeout", "session")
 
-    def __init__(self, client: httpx.AsyncClient, transport: _Transport) -> None:
-        self.client = client
-        self.transport = transport
+    def __init__(self, session: aiohttp.ClientSession, default: aiohttp.ClientTimeout) -> None:
+        self.session = session
+        self.default_timeout = default
 
 
 _loops: dict[int, _Loop] = {}
@@ -41,112 +80,99 @@ _loops: dict[int, _Loop] = {}
 def _current() -> _Loop:
     loop_id = id(asyncio.get_running_loop())
     found = _loops.get(loop_id)
-    if found is None or found.client.is_closed:
+    if found is None or found.session.closed:
         # Loading the CA bundle is slow and sizeable: once per loop.
         tls = ssl.create_default_context(cafile=certifi.where())
-        transport = _Transport(verify=tls, trust_env=False, client=lambda: _session(tls))
-        found = _loops[loop_id] = _Loop(_new_client(transport), transport)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=tls, keepalive_timeout=KEEPALIVE_SECONDS),
+            # Compressed answers (gzip, deflate: what ``headers`` accepts) are decoded as
+            # they are read, as httpx decoded them: the relay parses and forwards plain bytes.
+            auto_decompress=True,
+            trust_env=False,
+            timeout=timeouts(settings.RELAY_CONNECT_TIMEOUT, settings.RELAY_FIRST_BYTE_TIMEOUT),
+        )
+        found = _loops[loop_id] = _Loop(session, session.timeout)
     return found
 
 
-def client() -> httpx.AsyncClient:
-    """The client of the running event loop, created on first use.
-
-    One per loop: a pool's connections belong to the loop that opened them, and tests
-    run more than one server (each on its own loop) in one process.
-    """
-    return _current().client
-
-
-def default_timeout() -> httpx.Timeout:
+def default_timeout() -> aiohttp.ClientTimeout:
     """The timeouts of a request whose route sets none: the settings' when the loop's
-    client was made."""
-    return _current().client.timeout
+    session was made."""
+    return _current().default_timeout
 
 
-async def send(request: httpx.Request) -> httpx.Response:
-    """Send ``request`` (its timeouts in its extensions) and return the response unread.
+async def send(
+    method: str,
+    url: URL,
+    headers: Mapping[str, str],
+    content: bytes | None,
+    timeout: aiohttp.ClientTimeout | None,
+) -> aiohttp.ClientResponse:
+    """Send a request and return the response with its body unread; the caller releases
+    it (``release``) when done. aiohttp's failures are raised as ``UpstreamError``.
 
-    What ``client().send(request, stream=True)`` does, minus the client's steps the relay
-    never uses (auth, cookies, redirects, event hooks), which cost ~0.1 ms a request.
+    A parsed URL and a route's ready headers skip aiohttp's parsing of them per request;
+    redirects are never followed (a channel that redirects is answered as it is).
     """
-    return await _current().transport.handle_async_request(request)
+    loop = _current()
+    try:
+        return await loop.session.request(
+            method,
+            url,
+            headers=headers,
+            data=content or None,
+            timeout=timeout or loop.default_timeout,
+            allow_redirects=False,
+        )
+    except aiohttp.ClientError as exc:
+        raise error_of(exc) from exc
+    except TimeoutError as exc:  # aiohttp raises its own timeouts, but be sure
+        raise TimeoutException(str(exc)) from exc
 
 
-class _Transport(AiohttpTransport):
-    """httpx-aiohttp's transport, with refused and dropped connections told apart from
-    timeouts.
-
-    The library maps every ``aiohttp.ClientConnectionError`` to ``httpx.ConnectTimeout``,
-    so a refused connection or a server that hangs up before answering would reach the
-    relay as a timeout (504) instead of an unreachable upstream (502). Only aiohttp's own
-    timeouts stay timeouts here.
-    """
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except httpx.ConnectTimeout as exc:
-            cause = exc.__cause__
-            if cause is None or isinstance(cause, (TimeoutError, aiohttp.ServerTimeoutError)):
-                raise
-            if isinstance(cause, aiohttp.ClientConnectorError):
-                raise httpx.ConnectError(str(cause), request=request) from cause
-            raise httpx.RemoteProtocolError(str(cause), request=request) from cause
+def error_of(exc: aiohttp.ClientError) -> UpstreamError:
+    """The relay's class of an aiohttp failure. Timeouts are told apart from refused
+    connections (502, not 504) and from a channel that hung up."""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # connecting, or waiting for bytes
+        return TimeoutException(message)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ConnectError(message)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return ReadError(message)
+    return RemoteProtocolError(message)
 
 
-def _session(tls: ssl.SSLContext) -> aiohttp.ClientSession:
-    # Made on the first request, inside the loop that will use it.
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=tls, keepalive_timeout=KEEPALIVE_SECONDS),
-        auto_decompress=False,  # httpx decodes, as it would with its own transport
-        trust_env=False,
-    )
+async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The answer's body as it arrives (decoded), one piece per read of the socket; a
+    failure while reading is raised as ``UpstreamError``."""
+    content = response.content
+    try:
+        while chunk := await content.readany():
+            yield chunk
+    except aiohttp.ClientError as exc:
+        raise error_of(exc) from exc
 
 
-def _new_client(transport: _Transport) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(
-            connect=settings.RELAY_CONNECT_TIMEOUT,
-            read=settings.RELAY_FIRST_BYTE_TIMEOUT,
-            write=settings.RELAY_CONNECT_TIMEOUT,
-            pool=settings.RELAY_CONNECT_TIMEOUT,
-        ),
-        follow_redirects=False,
-        trust_env=False,
-    )
+def headers(secret: str, accept: str) -> Headers:
+    """What the relay sends a channel with every request, but for its length and host."""
+    return {
+        "accept": accept,
+        "accept-encoding": "gzip, deflate",
+        "authorization": f"Bearer {secret}",
+        "connection": "keep-alive",
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
 
 
-def headers(secret: str, accept: str) -> httpx.Headers:
-    """What the relay sends a channel with every request, but for its length."""
-    return httpx.Headers(
-        {
-            "accept": accept,
-            "accept-encoding": "gzip, deflate",
-            "authorization": f"Bearer {secret}",
-            "connection": "keep-alive",
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        }
-    )
-
-
-def request(
-    target: httpx.URL,
-    headers: httpx.Headers,
-    content: bytes,
-    timeout: httpx.Timeout | None,
-) -> httpx.Request:
-    """A POST to a channel, built directly: ``AsyncClient.build_request`` parses the URL
-    and merges the client's defaults, headers and cookies on every call, ~4x the cost
-    (bench/README.md); a route's URL and headers are made once per snapshot instead."""
-    extensions: dict[str, Any] = {"timeout": (timeout or default_timeout()).as_dict()}
-    return httpx.Request("POST", target, headers=headers, content=content, extensions=extensions)
+def url(text: str, *, encoded: bool = False) -> URL:
+    """A channel's URL, parsed once (per route and snapshot, or per built request)."""
+    return URL(text, encoded=encoded)
 
 
 async def close_client() -> None:
     loop_id = id(asyncio.get_running_loop())
     found = _loops.pop(loop_id, None)
     if found is not None:
-        await found.client.aclose()
+        await found.session.close()

@@ -7,11 +7,10 @@ import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from portal import redaction
-from relay import errors
+from relay import errors, upstream
 from relay.snapshot import Route
 
 # Statuses after which another channel may well succeed. 401/403 say the channel's own
@@ -77,13 +76,21 @@ def upstream_error(status: int, body: bytes, route: Route) -> errors.RelayError:
     )
 
 
-async def read_limited(response: httpx.Response, limit: int) -> bytes:
-    data = bytearray()
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) > limit:
-            raise errors.upstream_failed(502, "The upstream response was too large.")
-    return bytes(data)
+async def read_limited(response: upstream.Response, limit: int) -> bytes:
+    """The whole (decoded) body, refused once it passes ``limit`` bytes: a channel cannot
+    make the relay hold more than that. A broken read raises ``upstream.UpstreamError``."""
+    content = response.content
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise errors.upstream_failed(502, "The upstream response was too large.")
+            pieces.append(chunk)
+    except upstream.ClientError as exc:
+        raise upstream.error_of(exc) from exc
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def final_error(failures: list[AttemptFailed]) -> errors.RelayError:

@@ -16,7 +16,6 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import httpx
 import orjson
 from django.conf import settings
 
@@ -148,10 +147,10 @@ class Leg:
             return [self.redact_all(item) for item in value]
         return value
 
-    def target(self, route: Route) -> httpx.URL:
+    def target(self, route: Route) -> upstream.URL:
         return route.target_for(self.path)
 
-    def headers(self, route: Route, stream: bool) -> httpx.Headers:
+    def headers(self, route: Route, stream: bool) -> upstream.Headers:
         return route.headers[stream]
 
     def answer(self, parsed: Any) -> bytes | None:
@@ -332,7 +331,7 @@ class OpenAIStreamLeg(Leg):
         return orjson.dumps(chunk) if changed else data
 
 
-def json_headers(secret: str, accept: str, extra: dict[str, str]) -> httpx.Headers:
+def json_headers(secret: str, accept: str, extra: dict[str, str]) -> upstream.Headers:
     headers = upstream.headers(secret, accept)
     headers.update(extra)
     return headers

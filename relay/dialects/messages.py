@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from relay import errors, upstream
@@ -52,7 +51,9 @@ def _measure(content: Any) -> tuple[int, int]:
     return total, images
 
 
-def anthropic_headers(route: Route, version: str, beta: str | None, stream: bool) -> httpx.Headers:
+def anthropic_headers(
+    route: Route, version: str, beta: str | None, stream: bool
+) -> upstream.Headers:
     headers = upstream.headers(route.secret, "text/event-stream" if stream else "application/json")
     del headers["authorization"]
     headers["x-api-key"] = route.secret
@@ -77,7 +78,7 @@ class PassLeg(Leg):
         self.call.payload["model"] = route.upstream_model
         return dump(self.call.payload)
 
-    def headers(self, route: Route, stream: bool) -> httpx.Headers:
+    def headers(self, route: Route, stream: bool) -> upstream.Headers:
         return anthropic_headers(route, self.call.version, self.call.beta, stream)
 
     def answer(self, parsed: Any) -> bytes | None:
