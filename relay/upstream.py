@@ -89,6 +89,10 @@ def _current() -> _Loop:
             # they are read, as httpx decoded them: the relay parses and forwards plain bytes.
             auto_decompress=True,
             trust_env=False,
+            # No cookies kept: one session serves every tenant and channel, and a cookie a
+            # channel sets must not ride along on the next request (another tenant's, or to
+            # another channel on that host). It also spares the jar's work on each request.
+            cookie_jar=aiohttp.DummyCookieJar(),
             timeout=timeouts(settings.RELAY_CONNECT_TIMEOUT, settings.RELAY_FIRST_BYTE_TIMEOUT),
         )
         found = _loops[loop_id] = _Loop(session, session.timeout)

@@ -99,6 +99,9 @@ class Upstream:
             }
         )
         mode = scope["path"].split("/")[1]
+        if mode == "cookie":  # sets a cookie, as a load balancer's stickiness might
+            await self._send(send, "application/json", [_completion()], "plain", cookie=True)
+            return
         if scope["path"].endswith("/input_items"):
             await self._send(send, "application/json", [b'{"object":"list","data":[]}'], mode)
             return
@@ -108,8 +111,12 @@ class Upstream:
         else:
             await self._send(send, "application/json", [_completion()], mode)
 
-    async def _send(self, send: Any, content_type: str, parts: list[bytes], mode: str) -> None:
+    async def _send(
+        self, send: Any, content_type: str, parts: list[bytes], mode: str, cookie: bool = False
+    ) -> None:
         headers = [(b"content-type", content_type.encode())]
+        if cookie:
+            headers.append((b"set-cookie", b"session=tenant-a-secret; Path=/"))
         if mode in ("gzip", "badgzip"):
             headers.append((b"content-encoding", b"gzip"))
         elif mode == "deflate":
@@ -225,6 +232,20 @@ def test_requests_one_after_another_share_one_pooled_connection(
             response.read()
     assert len(app.seen) == 4
     assert len({seen["port"] for seen in app.seen}) == 1, app.seen
+
+
+def test_a_cookie_a_channel_sets_is_never_sent_back(
+    gateway: Gateway, upstream: tuple[str, Upstream]
+) -> None:
+    # By host name: a cookie jar would keep no cookie for an IP address anyway.
+    url, app = upstream
+    _use(gateway, f"{url.replace('127.0.0.1', 'localhost')}/cookie/v1")
+    for _ in range(3):
+        response = gateway.client.post("/v1/chat/completions", json=chat_body())
+        assert response.status_code == 200, response.text
+        assert "set-cookie" not in response.headers
+    assert len(app.seen) == 3
+    assert not [seen for seen in app.seen if "cookie" in seen["headers"]]
 
 
 @pytest.fixture
