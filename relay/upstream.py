@@ -147,12 +147,18 @@ def error_of(exc: aiohttp.ClientError) -> UpstreamError:
     return RemoteProtocolError(message)
 
 
+# The most a stream hands on at once. The stream parsers check their event size limit
+# between pieces, so a piece must stay small next to that limit: aiohttp's ``readany``
+# returns everything buffered, which on a fast link holds a whole oversized event.
+STREAM_PIECE_BYTES = 64 * 1024
+
+
 async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The answer's body as it arrives (decoded), one piece per read of the socket; a
-    failure while reading is raised as ``UpstreamError``."""
+    """The answer's body as it arrives (decoded), in pieces of at most
+    ``STREAM_PIECE_BYTES``; a failure while reading is raised as ``UpstreamError``."""
     content = response.content
     try:
-        while chunk := await content.readany():
+        while chunk := await content.read(STREAM_PIECE_BYTES):
             yield chunk
     except aiohttp.ClientError as exc:
         raise error_of(exc) from exc

@@ -99,6 +99,14 @@ class Upstream:
             }
         )
         mode = scope["path"].split("/")[1]
+        if mode == "hugeevent":  # one event past the relay's limit, in a single write
+            # A well-formed chunk: only its size may stop it.
+            huge = _events()[1].replace(
+                b'"content":"hello"', b'"content":"' + b"x" * 17_000_000 + b'"'
+            )
+            assert len(huge) > 17_000_000
+            await self._send(send, "text/event-stream", [huge, *_events()[-2:]], "plain")
+            return
         if mode == "cookie":  # sets a cookie, as a load balancer's stickiness might
             await self._send(send, "application/json", [_completion()], "plain", cookie=True)
             return
@@ -217,6 +225,20 @@ def test_a_stream_that_is_not_the_gzip_it_claims_ends_with_an_error(
     assert [f["code"] for f in failures] == ["upstream_stream_broken"]
     (event,) = usage_events(1)
     assert not event.completed and event.error_code == "upstream_stream_broken"
+
+
+def test_a_stream_event_past_the_size_limit_ends_the_stream_even_sent_at_once(
+    gateway: Gateway, upstream: tuple[str, Upstream]
+) -> None:
+    url, _ = upstream
+    _use(gateway, f"{url}/hugeevent/v1")
+    with gateway.client.stream(
+        "POST", "/v1/chat/completions", json=chat_body(stream=True)
+    ) as response:
+        assert response.status_code == 200
+        text, failures, done = stream_parts(response)
+    assert text == "" and not done
+    assert [f["code"] for f in failures] == ["upstream_stream_broken"]
 
 
 def test_requests_one_after_another_share_one_pooled_connection(
