@@ -55,6 +55,9 @@ class ImageGate:
 
     def events(self, events: list[c.Event]) -> list[c.Event]:
         """``events`` without the pictures that may not go out."""
-        if not any(isinstance(e, c.ImageGenerated) for e in events):
+        for event in events:  # a loop, not any(): this runs for every chunk of a stream
+            if type(event) is c.ImageGenerated:
+                break
+        else:
             return events
         return [e for e in events if not isinstance(e, c.ImageGenerated) or self.admit(e.image)]

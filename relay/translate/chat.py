@@ -377,7 +377,8 @@ class Decoder:
                     )
                 if function.get("arguments"):
                     events.append(c.ToolCallDelta(index, str(function["arguments"])))
-            events.extend(c.ImageGenerated(image) for image in images_in(delta))
+            if "images" in delta:
+                events.extend(c.ImageGenerated(image) for image in images_in(delta))
             if choice.get("finish_reason"):
                 events.append(c.StreamFinish(STOPS_IN.get(choice["finish_reason"], "end")))
         usage = usage_to_canonical(chunk.get("usage"), chunk.get("service_tier"))
