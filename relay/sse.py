@@ -52,6 +52,8 @@ async def iter_event_batches(
                 start = rescan_from(buffer)
                 break
             start = 0
+            if index > max_event_bytes:  # whole in one read, but no smaller for it
+                raise ValueError("an upstream stream event exceeds the size limit")
             event = bytes(buffer[:index])
             del buffer[: index + width]
             if event.strip():

@@ -76,6 +76,8 @@ class SseSplitter:
                 self.start = sse.rescan_from(self.buffer)
                 break
             self.start = 0
+            if index > self.limit:  # whole in one read, but no smaller for it
+                raise ValueError("a provider's stream event exceeds the size limit")
             raw = bytes(self.buffer[:index])
             del self.buffer[: index + width]
             event = _parse(raw)

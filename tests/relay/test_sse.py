@@ -34,7 +34,7 @@ def split_relay(pieces: list[bytes]) -> list[bytes]:
 
     async def collect() -> list[bytes]:
         events = []
-        async for batch in sse.iter_event_batches(source(), 32 * 1024 * 1024):
+        async for batch in sse.iter_event_batches(source(), 16 * 1024 * 1024):
             events.extend(batch)
         return events
 
@@ -55,3 +55,13 @@ def test_a_huge_event_in_small_reads_costs_linear_time(split: object) -> None:
     [data] = split(reads(event, 4096))  # type: ignore[operator]
     assert len(data) == 15_000_000
     assert time.process_time() - started < 3
+
+
+@pytest.mark.parametrize("split", [split_provider, split_relay])
+@pytest.mark.parametrize("size", [4096, 40_000_000])
+def test_an_event_over_the_limit_is_refused_however_it_is_read(split: object, size: int) -> None:
+    """The 16 MiB limit holds for an event that arrives whole in one read, not only for
+    one still incomplete when a read ends."""
+    event = b"data: " + b"A" * 17_000_000 + b"\n\ndata: next\n\n"
+    with pytest.raises(ValueError, match="size limit"):
+        split(reads(event, size))  # type: ignore[operator]
