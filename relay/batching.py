@@ -4,9 +4,11 @@ Every relayed request makes one or two Lua calls (admission, settlement). Sent t
 redis-py's client, each costs a pool checkout, redis-py's command machinery and a
 connection of its own while it waits: about 0.1 ms of CPU per call. ``ScriptPipe``
 keeps one connection per client (made and authenticated by redis-py's pool, then used
-directly): the calls made within one turn of the event loop go out in one write, the
-replies come back in order on the same connection, read by one task and parsed by
-hiredis, and each caller gets its own reply. Each script stays atomic on its own; a
+directly): a call made while others are in flight waits for the end of the event
+loop's turn, and the calls made within that turn go out in one write (a call alone goes
+out at once); the
+replies come back in order on the same connection, parsed by hiredis as they arrive,
+and each caller gets its own reply. Each script stays atomic on its own; a
 pipeline is not a transaction, and none is needed: the calls are independent.
 
 Failures stay redis-py's exceptions (``RedisError``), so callers fail closed or open as
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -31,23 +33,66 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_TIMEOUT = 5.0
 
 
-class _Link:
-    """One connection and the calls on it: sent ones in order, and this turn's unsent."""
+class _Link(asyncio.Protocol):
+    """One connection and the calls on it: this turn's unsent ones, and the sent ones in
+    the order their replies will come. It takes the connection's transport over from
+    redis-py's stream reader, so replies are parsed as they arrive, with no reader task."""
 
-    __slots__ = ("connection", "outgoing", "reader", "sent", "task", "writer")
-
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, lost: Callable[[_Link], None]) -> None:
         self.connection = connection
-        self.reader: asyncio.StreamReader = connection._reader
-        self.writer: asyncio.StreamWriter | None = connection._writer
+        self.lost = lost
+        self.transport: asyncio.Transport | None = connection._writer.transport
         self.outgoing: list[tuple[asyncio.Future[Any], bytes]] = []
         self.sent: deque[asyncio.Future[Any]] = deque()
-        self.task: asyncio.Task[None] | None = None
+        self.parser = hiredis.Reader(
+            protocolError=InvalidResponse, replyError=BaseParser.parse_error
+        )
+        self.error: RedisError | None = None
+        assert self.transport is not None
+        # redis-py's protocol still hears that the connection closed (its writer waits
+        # for that), but no longer reads.
+        self.stream: asyncio.BaseProtocol = self.transport.get_protocol()
+        self.transport.set_protocol(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+            while (reply := self.parser.gets()) is not False:
+                future = self.sent.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except RedisError as exc:
+            self.fail(exc)
+        except Exception as exc:  # IndexError: a reply nobody asked for
+            self.fail(RedisConnectionError(f"Error reading from Redis: {exc!r}"))
+
+    def eof_received(self) -> bool:
+        self.fail(RedisConnectionError("Connection closed by server."))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"Connection to Redis lost: {exc!r}"))
+        with contextlib.suppress(Exception):
+            self.stream.connection_lost(exc)
+
+    def fail(self, error: RedisError, answered_late: bool = False) -> None:
+        """Fail every call on this connection and close it; it is not used again."""
+        if self.error is None:
+            self.error = error
+        waiting = [f for f, _ in self.outgoing] + list(self.sent)
+        self.outgoing = []
+        self.sent.clear()
+        for future in waiting:
+            if not future.done():
+                # A timed-out call is not retried: it waited long enough already.
+                future.set_exception(error if answered_late else _Unanswered(error))
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.abort()
+            self.lost(self)
 
 
 class ScriptPipe:
@@ -55,6 +100,7 @@ class ScriptPipe:
         self._redis = redis
         self._link: _Link | None = None
         self._connecting: asyncio.Future[_Link] | None = None
+        self._dropping: set[asyncio.Task[None]] = set()
         kwargs = getattr(redis, "connection_pool", None)
         kwargs = getattr(kwargs, "connection_kwargs", {}) or {}
         self._timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
@@ -74,19 +120,29 @@ class ScriptPipe:
         return reply
 
     async def close(self) -> None:
-        link, self._link = self._link, None
-        if link is not None:
-            await self._drop(link, RedisConnectionError("The script pipe was closed."))
+        if self._link is not None:
+            self._link.fail(RedisConnectionError("The script pipe was closed."))
+        if self._dropping:
+            await asyncio.gather(*self._dropping, return_exceptions=True)
 
     async def _call(self, command: tuple[Any, ...], last_try: bool = False) -> Any:
         link = self._link
-        if link is None or link.writer is None:
+        if link is None:
             link = await self._connected()
+            if link.transport is None:  # lost while this caller was being woken
+                error = link.error or RedisConnectionError("Connection to Redis lost.")
+                raise error if last_try else _Unanswered(error)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        link.outgoing.append((future, hiredis.pack_command(command)))
-        if len(link.outgoing) == 1:
-            loop.call_soon(self._write, link)
+        packed = hiredis.pack_command(command)
+        if not link.sent and not link.outgoing and link.transport is not None:
+            # Nothing in flight (a single client): no reason to wait for the turn's end.
+            link.sent.append(future)
+            link.transport.write(packed)
+        else:
+            link.outgoing.append((future, packed))
+            if len(link.outgoing) == 1:
+                loop.call_soon(self._write, link)
         timer = loop.call_later(self._timeout, self._timed_out, link, future)
         try:
             return await future
@@ -109,16 +165,14 @@ class ScriptPipe:
     async def _connect(self) -> _Link:
         try:
             connection = await self._redis.connection_pool.get_connection()
-            link = _Link(connection)
-            link.task = asyncio.get_running_loop().create_task(self._read(link))
-            self._link = link
+            link = self._link = _Link(connection, self._lost)
             return link
         finally:
             self._connecting = None
 
     def _write(self, link: _Link) -> None:
         outgoing, link.outgoing = link.outgoing, []
-        if link.writer is None:  # broke since: its calls were failed
+        if link.transport is None:  # broke since: its calls were failed
             return
         # A caller cancelled before its turn ended has gone: its call is not sent.
         chunks = []
@@ -127,56 +181,25 @@ class ScriptPipe:
                 link.sent.append(future)
                 chunks.append(packed)
         if chunks:
-            link.writer.write(b"".join(chunks))
-
-    async def _read(self, link: _Link) -> None:
-        parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
-        error: RedisError
-        try:
-            while True:
-                data = await link.reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    future = link.sent.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-        except RedisError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            error = RedisConnectionError("The script pipe was closed.")
-        except Exception as exc:  # OSError; IndexError: a reply nobody asked for
-            error = RedisConnectionError(f"Error reading from Redis: {exc!r}")
-        if self._link is link:
-            self._link = None
-        await self._drop(link, error)
+            link.transport.write(b"".join(chunks))
 
     def _timed_out(self, link: _Link, future: asyncio.Future[Any]) -> None:
         if future.done():
             return
         # Replies come in order: one that is late holds up every call behind it.
+        link.fail(RedisTimeoutError("Timeout reading from Redis"), answered_late=True)
+
+    def _lost(self, link: _Link) -> None:
+        """A link failed: the next call connects anew, and its connection goes back to
+        the pool (disconnected) meanwhile."""
         if self._link is link:
             self._link = None
-        error = RedisTimeoutError("Timeout reading from Redis")
-        self._fail(link, error, answered_late=True)
-        if link.task is not None:
-            link.task.cancel()
+        task = asyncio.get_running_loop().create_task(self._release(link))
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
 
-    def _fail(self, link: _Link, error: RedisError, answered_late: bool = False) -> None:
-        waiting = [f for f, _ in link.outgoing] + list(link.sent)
-        link.outgoing = []
-        link.sent.clear()
-        link.writer = None
-        for future in waiting:
-            if not future.done():
-                # A timed-out call is not retried: it waited long enough already.
-                future.set_exception(error if answered_late else _Unanswered(error))
-
-    async def _drop(self, link: _Link, error: RedisError) -> None:
-        self._fail(link, error)
-        if link.task is not None and link.task is not asyncio.current_task():
-            link.task.cancel()
+    async def _release(self, link: _Link) -> None:
+        """Give a failed link's connection back to the pool, disconnected."""
         connection, link.connection = link.connection, None
         if connection is None:
             return
