@@ -36,6 +36,60 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
+def take_events(
+    buffer: bytearray, start: int = 0, max_event_bytes: int | None = None
+) -> tuple[list[bytes], int]:
+    """Remove the complete events from the front of ``buffer`` (which holds no separator
+    before ``start``) and return them, without separators and blank ones, with where the
+    next search may start once more bytes arrive. An event longer than
+    ``max_event_bytes`` is refused (``ValueError``), even one that arrived whole.
+
+    Each separator is searched for once, then again only past an event that ended after
+    where it was found: a read holding many events is not rescanned per event (three
+    searches of the rest of the buffer per event made this the relay's costliest
+    function on streams), and the buffer is cut once per read, not per event."""
+    found = [buffer.find(separator, start) for separator in _SEPARATORS]
+    kinds = [kind for kind, index in enumerate(found) if index != -1]
+    if not kinds:
+        return [], rescan_from(buffer)
+    events = []
+    taken = 0
+    with memoryview(buffer) as view:
+        if len(kinds) == 1:  # one kind of line ending (nearly every stream): one search
+            separator = _SEPARATORS[kinds[0]]
+            index = found[kinds[0]]
+            while index != -1:
+                _check_size(index - taken, max_event_bytes)
+                event = bytes(view[taken:index])
+                if event.strip():
+                    events.append(event)
+                taken = index + len(separator)
+                index = buffer.find(separator, taken)
+        else:
+            while True:
+                best, which = -1, 0
+                for kind, index in enumerate(found):
+                    if index != -1 and (best == -1 or index < best):
+                        best, which = index, kind
+                if best == -1:
+                    break
+                _check_size(best - taken, max_event_bytes)
+                event = bytes(view[taken:best])
+                if event.strip():
+                    events.append(event)
+                taken = best + len(_SEPARATORS[which])
+                for kind, index in enumerate(found):
+                    if index != -1 and index < taken:
+                        found[kind] = buffer.find(_SEPARATORS[kind], taken)
+    del buffer[:taken]
+    return events, rescan_from(buffer)
+
+
+def _check_size(size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:  # whole in one read, but no smaller for it
+        raise ValueError("an upstream stream event exceeds the size limit")
+
+
 async def iter_event_batches(
     chunks: AsyncIterator[bytes], max_event_bytes: int
 ) -> AsyncIterator[list[bytes]]:
@@ -45,19 +99,7 @@ async def iter_event_batches(
     start = 0
     async for chunk in chunks:
         buffer += chunk
-        events = []
-        while True:
-            index, width = _split_point(buffer, start)
-            if index == -1:
-                start = rescan_from(buffer)
-                break
-            start = 0
-            if index > max_event_bytes:  # whole in one read, but no smaller for it
-                raise ValueError("an upstream stream event exceeds the size limit")
-            event = bytes(buffer[:index])
-            del buffer[: index + width]
-            if event.strip():
-                events.append(event)
+        events, start = take_events(buffer, start, max_event_bytes)
         if events:
             yield events
         if len(buffer) > max_event_bytes:

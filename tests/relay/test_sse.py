@@ -42,7 +42,7 @@ def split_relay(pieces: list[bytes]) -> list[bytes]:
 
 
 @pytest.mark.parametrize("split", [split_provider, split_relay])
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 64])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 64, 100_000])
 def test_separators_cut_by_reads_are_found(split: object, size: int) -> None:
     assert split(reads(EVENTS, size)) == EXPECTED  # type: ignore[operator]
 
@@ -65,3 +65,25 @@ def test_an_event_over_the_limit_is_refused_however_it_is_read(split: object, si
     event = b"data: " + b"A" * 17_000_000 + b"\n\ndata: next\n\n"
     with pytest.raises(ValueError, match="size limit"):
         split(reads(event, size))  # type: ignore[operator]
+
+
+def test_a_read_of_many_events_keeps_them_whole_and_in_order() -> None:
+    # Separators of every kind, blank events and an event holding a lone CR or LF.
+    data = b"".join(
+        (b"data: a%d\ndata: b\r\n\r\n" if i % 3 == 0 else b"data: %d\r\r" if i % 3 == 1 else
+         b"\n\ndata: c%d\rx\n\n") % i
+        for i in range(300)
+    )  # fmt: skip
+    expected = []
+    for i in range(300):
+        if i % 3 == 0:
+            expected.append(b"a%d\nb" % i)
+        elif i % 3 == 1:
+            expected.append(b"%d" % i)
+        else:
+            expected.append(b"c%d" % i)  # "x" after a lone CR is a line of its own
+    buffer = bytearray(data + b"data: tail")
+    events, start = sse.take_events(buffer)
+    assert [sse.event_data(e) for e in events] == expected
+    assert buffer == b"data: tail"  # the unfinished event stays
+    assert start == len(buffer) - 3
