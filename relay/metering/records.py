@@ -168,7 +168,7 @@ class UsageRecord:
         if data.get("usage") is not None:
             data["usage"] = Usage(**data["usage"])
         if data.get("price") is not None:
-            data["price"] = PricePair.from_dict(data["price"])
+            data["price"] = _price_pair(data["price"])
         return cls(**data)
 
     @classmethod
@@ -243,6 +243,23 @@ class UsageRecord:
             **{name: getattr(usage, name) for name in COUNT_FIELDS},
             **event_cost_fields_of(self.price, usage),
         }
+
+
+# Queued records carry their prices whole; a drained batch holds few distinct ones. Each
+# is built once (PricePair is immutable, so records may share it), up to a bound.
+_PRICE_PAIRS: dict[bytes, PricePair] = {}
+_PRICE_PAIRS_MAX = 256
+
+
+def _price_pair(data: dict[str, Any]) -> PricePair:
+    key = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    pair = _PRICE_PAIRS.get(key)
+    if pair is None:
+        pair = PricePair.from_dict(data)
+        if len(_PRICE_PAIRS) >= _PRICE_PAIRS_MAX:
+            _PRICE_PAIRS.clear()
+        _PRICE_PAIRS[key] = pair
+    return pair
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,85 @@
+"""A usage record's queued form: every field comes back, the prompt travels only when it
+must be counted locally, and text orjson refuses is escaped rather than lost."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from billing.pricing import PricePair, Prices
+from relay.metering import Usage, UsageRecord
+
+RETAIL = Prices(input=150_000, cached_input=75_000, output=600_000, request_fee=10, currency="EUR")
+WHOLESALE = dataclasses.replace(RETAIL, input=100_000, output=400_000)
+MESSAGES = [{"role": "user", "content": "Count me."}]
+
+
+def _record(**changes: Any) -> UsageRecord:
+    record = UsageRecord(
+        request_id="req_queued",
+        created_at=datetime(2026, 11, 30, 7, 30, 1, 123456, tzinfo=UTC),
+        tenant_id=3,
+        api_key_id=9,
+        model="gpt-test",
+        stream=True,
+        status_code=200,
+        total_latency_ms=41,
+        channel_id=5,
+        upstream_latency_ms=12,
+        attempts=[{"channel_id": 5, "status": 200}],
+        usage=Usage(prompt_tokens=30, completion_tokens=7, cached_tokens=4),
+        price=PricePair(RETAIL, WHOLESALE, 77),
+        spend_scopes=("t3:funds",),
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def _queued(record: UsageRecord) -> dict[str, Any]:
+    return dict(orjson.loads(record.to_json()))
+
+
+def test_a_record_comes_back_whole() -> None:
+    for record in (
+        _record(),
+        _record(usage=None, prompt_messages=MESSAGES, completion_text=["Counted ", "here."]),
+        _record(price=None, usage=None, status_code=502, error_code="upstream_error"),
+    ):
+        assert UsageRecord.from_json(record.to_json()) == record
+
+
+def test_the_prompt_travels_only_when_it_must_be_counted() -> None:
+    counted = _record(prompt_messages=MESSAGES, prompt_tools=[{"type": "function"}])
+    assert _queued(counted)["prompt_messages"] is None
+    assert _queued(counted)["prompt_tools"] is None
+    uncounted = _record(usage=None, prompt_messages=MESSAGES, completion_text=["Hi"])
+    assert _queued(uncounted)["prompt_messages"] == MESSAGES
+    assert _queued(uncounted)["completion_text"] == ["Hi"]
+    # An error that reached no model: nothing to count.
+    refused = _record(usage=None, status_code=429, prompt_messages=MESSAGES)
+    assert _queued(refused)["prompt_messages"] is None
+
+
+def test_every_field_is_queued_under_its_name() -> None:
+    queued = _queued(_record())
+    assert list(queued) == [f.name for f in dataclasses.fields(UsageRecord)]
+    assert queued["created_at"] == "2026-11-30T07:30:01.123456+00:00"
+    assert queued["price"]["retail"]["input"] == 150_000
+    assert queued["usage"]["cached_tokens"] == 4
+
+
+def test_text_orjson_refuses_is_escaped_not_lost() -> None:
+    record = _record(usage=None, completion_text=["lone \ud800 surrogate"])
+    back = UsageRecord.from_json(record.to_json())
+    assert back.completion_text == ["lone \ud800 surrogate"]
+
+
+def test_records_of_one_price_share_it_once_read() -> None:
+    first = UsageRecord.from_json(_record().to_json())
+    second = UsageRecord.from_json(_record(request_id="req_other").to_json())
+    assert first.price == PricePair(RETAIL, WHOLESALE, 77)
+    assert first.price is second.price
+    other = UsageRecord.from_json(_record(price=PricePair(RETAIL, RETAIL, None)).to_json())
+    assert other.price == PricePair(RETAIL, RETAIL, None)
