@@ -2,7 +2,7 @@
 
 Same ASGI server, same pass-through, only the upstream HTTP client differs, so the gap
 between the two shows what the client itself costs per request. It uses the project's own
-aiohttp, the one the relay sends through (under httpx's API, ``relay/upstream.py``).
+aiohttp, the one the relay sends through (``relay/upstream.py``).
 """
 
 from __future__ import annotations
