@@ -54,6 +54,7 @@ class KeyInfo:
     spend: SpendShape = field(default_factory=SpendShape)
     # The rolling windows of the tenant's plan, if it subscribes to one.
     plan_windows: tuple[Window, ...] = ()
+    _scopes: tuple[Scope, ...] = field(init=False, repr=False, compare=False, default=())
 
     def allows(self, public_id: str) -> bool:
         return not self.allowed_models or public_id in self.allowed_models
@@ -69,13 +70,17 @@ class KeyInfo:
             return True
         return address is not None and any(address in network for network in self.networks)
 
-    def limit_scopes(self) -> list[Scope]:
+    def __post_init__(self) -> None:
         scopes = []
         if self.key_limits.any():
             scopes.append(Scope(f"key:{self.id}", self.key_limits))
         if self.tenant_limits.any():
             scopes.append(Scope(f"tenant:{self.tenant_id}", self.tenant_limits))
-        return scopes
+        object.__setattr__(self, "_scopes", tuple(scopes))
+
+    def limit_scopes(self) -> list[Scope]:
+        """The key's and its tenant's limited scopes (built with the key, once)."""
+        return list(self._scopes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,12 @@ class Limits:
     daily_tokens: int | None = None
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.concurrency, self.daily_tokens))
+        return not (
+            self.rpm is None
+            and self.tpm is None
+            and self.concurrency is None
+            and self.daily_tokens is None
+        )
 
     def as_args(self) -> list[int]:
         """The limits for the scripts: -1 for none (0 is a real limit: nothing allowed)."""
