@@ -83,3 +83,14 @@ def test_records_of_one_price_share_it_once_read() -> None:
     assert first.price is second.price
     other = UsageRecord.from_json(_record(price=PricePair(RETAIL, RETAIL, None)).to_json())
     assert other.price == PricePair(RETAIL, RETAIL, None)
+
+
+def test_a_price_is_queued_as_itself_however_often_it_is_written() -> None:
+    pair = PricePair(RETAIL, WHOLESALE, 77)
+    first = _record(price=pair).to_json()
+    again = _record(price=pair).to_json()
+    other = _record(price=PricePair(WHOLESALE, WHOLESALE, None)).to_json()
+    assert first == again
+    assert orjson.loads(first)["price"] == orjson.loads(orjson.dumps(pair))
+    assert orjson.loads(other)["price"]["retail"]["input"] == 100_000
+    assert orjson.loads(other)["price"]["reseller_id"] is None
