@@ -6,7 +6,7 @@ h11, anyio) cost ~0.7 ms of CPU per request in the bare proxy, aiohttp's ~0.15 m
 in its own objects. What httpx did for the relay is done here instead: its timeouts per
 phase, its error classes (so usage events keep naming failures the same way), and the
 decoding of compressed answers. httpx stays where speed does not matter (discovery,
-health checks, webhooks): docs/architecture.md, "Upstream HTTP clients".
+health checks, webhooks): docs/architecture.md, "HTTP clients".
 """
 
 from __future__ import annotations
@@ -34,13 +34,9 @@ class UpstreamError(Exception):
     """The exchange with a channel failed below HTTP. The class names are what a usage
     event's attempt records (``ConnectError``...), as they were under httpx."""
 
-    timeout = False
-
 
 class TimeoutException(UpstreamError):
     """No connection, or no byte of the answer, within its phase's timeout."""
-
-    timeout = True
 
 
 class ConnectError(UpstreamError):
