@@ -124,9 +124,17 @@ class BreakerBoard:
     def __init__(self, store: BreakerStore) -> None:
         self.store = store
         self._open: dict[int, float] = {}  # channel id -> open until (epoch seconds)
+        # Bumped by every change this process makes, so that a refresh whose read began
+        # before it does not put back the state the change replaced.
+        self._changes = 0
 
     async def refresh(self) -> None:
-        self._open = await self.store.states()
+        seen = self._changes
+        states = await self.store.states()
+        if seen == self._changes:
+            self._open = states
+        # else: a breaker this process opened or closed meanwhile may be missing from what
+        # was read; the next poll reads the store with that change in it.
 
     def is_open(self, channel_id: int) -> bool:
         return channel_id in self._open
@@ -144,8 +152,10 @@ class BreakerBoard:
     async def failure(self, channel_id: int, failure_id: str) -> None:
         until = await self.store.record_failure(channel_id, failure_id)
         if until:
+            self._changes += 1
             self._open[channel_id] = until
 
     async def success(self, channel_id: int) -> None:
+        self._changes += 1
         self._open.pop(channel_id, None)
         await self.store.close(channel_id)

@@ -116,7 +116,15 @@ def test_breaker_opens_after_repeated_failures_and_closes_after_a_probe(
     flaky = gateway.add_channel(sim.channel_url("fail_first=3"), name="flaky", priority=10)
     _settle()
 
-    for _ in range(8):
+    for _ in range(3):
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    # Failures are counted off the client's path: the third one opens the breaker a moment
+    # after its request was answered.
+    deadline = time.monotonic() + 5
+    while (health.breaker_states() or {}).get(flaky.pk) != "open":
+        assert time.monotonic() < deadline, "three failures did not open the breaker"
+        time.sleep(0.01)
+    for _ in range(5):
         assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
     events = usage_events(8)
     on_flaky = [e for e in events if any(a["channel"] == flaky.pk for a in e.attempts)]
