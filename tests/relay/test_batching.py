@@ -215,6 +215,40 @@ def test_a_redis_that_went_away_and_came_back_is_used_again() -> None:
     assert after == 3
 
 
+def test_a_pooled_connection_whose_redis_died_fails_the_first_call_in_time() -> None:
+    """The pipe's first connection may come from the pool already dead (the server went
+    away while it sat idle there): its call fails within the socket timeout, as the
+    limits' fail-closed or fail-open needs, and never waits for a client to give up."""
+    target = urlparse(settings.REDIS_URL)
+    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 6379)
+
+    async def run() -> tuple[Any, float]:
+        client = _client(f"redis://127.0.0.1:{proxy.port}{target.path}", socket_timeout=0.5)
+        await client.get(f"test-pipe-{uuid.uuid4().hex}")  # leaves a connection in the pool
+        pipe = ScriptPipe(client)
+        script = client.register_script(INCR_LUA)
+        proxy.down()  # and stays down
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            outcome: Any = await asyncio.wait_for(
+                pipe.run(script, [f"test-pipe-{uuid.uuid4().hex}"], [1]), 10
+            )
+        except Exception as exc:
+            outcome = exc
+        took = loop.time() - started
+        await pipe.close()
+        await client.aclose()
+        return outcome, took
+
+    try:
+        outcome, took = asyncio.run(run())
+    finally:
+        proxy.close()
+    assert isinstance(outcome, RedisConnectionError | RedisTimeoutError), repr(outcome)
+    assert took < 5, took
+
+
 async def _fake_redis(
     script_reply: bytes | None = None, gate: asyncio.Event | None = None
 ) -> tuple[asyncio.Server, int]:
