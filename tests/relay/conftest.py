@@ -215,6 +215,30 @@ def caught_up(relay_app: RelayApp, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def burst(
+    urls: tuple[str, ...], path: str, secret: str, body: dict[str, Any], count: int, workers: int
+) -> tuple[list[int], set[str]]:
+    """``count`` copies of one request at once, spread over ``urls`` (relay processes):
+    every answer's status, and the request ids of those served. The money tests send K
+    worst cases' worth of balance 5K requests this way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    def call(index: int) -> tuple[int, str]:
+        response = httpx.post(
+            urls[index % len(urls)] + path,
+            json=body,
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=60,
+        )
+        return response.status_code, response.headers.get("x-request-id", "")
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(call, range(count)))
+    return [status for status, _ in results], {rid for status, rid in results if status == 200}
+
+
 def usage_events(expected: int, timeout: float = 30.0) -> list[Any]:
     """The usage events, once ``expected`` of them are written (oldest first).
 

@@ -4,10 +4,6 @@ never overdrawn by 5K concurrent requests through two relay processes."""
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
-
-import httpx
 import orjson
 import pytest
 
@@ -15,7 +11,17 @@ from billing.models import LedgerEntry
 from billing.pricing import tenant_price_table, worst_case_cost_micros
 from billing.selectors import account_balance_micros
 from billing.services import model_price_set, usage_charge_post
-from tests.relay.conftest import PUBLIC_MODEL, SIM_TOKENS, Gateway, Simulator, chat_body, prepaid
+from relay.app import RelayApp
+from tests.relay.conftest import (
+    PUBLIC_MODEL,
+    SIM_TOKENS,
+    Gateway,
+    Simulator,
+    burst,
+    caught_up,
+    chat_body,
+    prepaid,
+)
 from tests.relay.conftest import usage_events as wait_for_events
 
 pytestmark = pytest.mark.services
@@ -27,7 +33,7 @@ MAX_TOKENS = SIM_TOKENS + AUDIO_TOKENS
 
 
 def test_a_balance_is_never_overdrawn_by_dear_dimensions(
-    gateway: Gateway, sim: Simulator, relay_process: str
+    relay_app: RelayApp, gateway: Gateway, sim: Simulator, relay_process: str
 ) -> None:
     model_price_set(
         price_list=gateway.price_list,
@@ -47,22 +53,12 @@ def test_a_balance_is_never_overdrawn_by_dear_dimensions(
     assert worst == MAX_TOKENS * AUDIO_OUTPUT // 1_000_000  # the audio price, not the text's
     k = 20
     account = prepaid(gateway, k * worst)
-    time.sleep(0.6)  # as the balance test beside it: both processes see the new terms
+    # Both processes see the new terms: the second has served nothing, so it loads them.
+    caught_up(relay_app)
 
-    def call(index: int) -> tuple[int, str]:
-        response = httpx.post(
-            (gateway.url, relay_process)[index % 2] + "/v1/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {gateway.secret}"},
-            timeout=30,
-        )
-        return response.status_code, response.headers.get("x-request-id", "")
-
-    with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(call, range(5 * k)))
-
-    statuses = [status for status, _ in results]
-    served = {rid for status, rid in results if status == 200}
+    statuses, served = burst(
+        (gateway.url, relay_process), "/v1/chat/completions", gateway.secret, body, 5 * k, 50
+    )
     assert set(statuses) <= {200, 429} and len(served) >= k
     events = [e for e in wait_for_events(len(served), timeout=20) if e.request_id in served]
     assert len(events) == len(served)

@@ -7,7 +7,6 @@ prepaid balance that covers K such requests is never overdrawn."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from tests.relay.conftest import (
     SIM_TOKENS,
     Gateway,
     Simulator,
+    burst,
     caught_up,
     prepaid,
     usage_events,
@@ -297,15 +297,7 @@ def test_a_balance_is_never_overdrawn_by_images(
     # Both processes see the new terms: the second has served nothing, so it loads them.
     caught_up(relay_app)
 
-    def call(index: int) -> tuple[int, str]:
-        response = post(gateway, path, body, (gateway.url, relay_process)[index % 2])
-        return response.status_code, response.headers.get("x-request-id", "")
-
-    with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(call, range(5 * k)))
-
-    statuses = [status for status, _ in results]
-    served = {rid for status, rid in results if status == 200}
+    statuses, served = burst((gateway.url, relay_process), path, gateway.secret, body, 5 * k, 50)
     assert set(statuses) <= {200, 429} and k <= len(served) < 5 * k
     events = [e for e in usage_events(len(served), timeout=20) if e.request_id in served]
     assert len(events) == len(served)

@@ -7,7 +7,6 @@ a channel that sends many or huge pictures cannot push past the relay's size lim
 from __future__ import annotations
 
 import base64
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -28,6 +27,7 @@ from tests.relay.conftest import (
     SIM_TOKENS,
     Gateway,
     Simulator,
+    burst,
     prepaid,
     sse_chunks,
     usage_events,
@@ -310,21 +310,7 @@ def test_a_balance_is_never_overdrawn_by_generated_images(
     account = prepaid(gateway, k * worst)
     path = "/v1/chat/completions" if dialect == "chat" else "/v1/responses"
 
-    def call(index: int) -> tuple[int, str]:
-        base = (gateway.url, relay_process)[index % 2]
-        response = httpx.post(
-            base + path,
-            json=body,
-            headers={"Authorization": f"Bearer {gateway.secret}"},
-            timeout=60,
-        )
-        return response.status_code, response.headers.get("x-request-id", "")
-
-    with ThreadPoolExecutor(30) as pool:
-        results = list(pool.map(call, range(5 * k)))
-
-    statuses = [status for status, _ in results]
-    served = {rid for status, rid in results if status == 200}
+    statuses, served = burst((gateway.url, relay_process), path, gateway.secret, body, 5 * k, 30)
     assert set(statuses) <= {200, 429} and k <= len(served) < 5 * k
     events = [e for e in usage_events(len(served), timeout=30) if e.request_id in served]
     assert len(events) == len(served)
