@@ -352,11 +352,12 @@ def issue18_acceptance(
     if rss:
         checks.append(("7. peak RSS per worker <= 120 MB", f"{max(rss):.0f} MB", max(rss) <= 120))
     counter = max((m.helpers_peak_rss_mb for m in measurements if m.target == limited), default=0)
+    # The issue asks for no child at all, or a tokenizer that loads in a few MB.
     checks.append(
         (
-            "7. token counting needs no 154 MB child (child's peak RSS, 0: none ran)",
+            "7. token counting needs no big child (its peak RSS <= 16 MB; 0: none ran)",
             f"{counter:.0f} MB",
-            counter <= 120,
+            counter <= 16,
         )
     )
     return checks
