@@ -16,6 +16,15 @@ from billing.pricing import tenant_price_table
 from billing.services import model_price_set, price_catalog_import, price_list_create
 from portal.models import AuditEntry, CatalogModel, Organization
 
+# A well-formed entry, for the tests that spoil one field of it.
+ENTRY = {
+    "id": "m",
+    "provider": "p",
+    "checked": "2026-11-30",
+    "source": "https://example.com/pricing",
+    "prices": {"input": "1", "output": "2"},
+}
+
 
 def test_every_figure_carries_its_check_date_and_source() -> None:
     catalog = load()
@@ -66,13 +75,7 @@ def test_every_figure_carries_its_check_date_and_source() -> None:
 
 @pytest.mark.parametrize("checked", [None, "", "30/11/2026", "2026-13-01", 20261130, "soon"])
 def test_a_model_without_an_iso_check_date_is_refused(checked: object) -> None:
-    entry = {
-        "id": "m",
-        "provider": "p",
-        "checked": checked,
-        "source": "https://example.com/m",
-        "prices": {"input": "1", "output": "2"},
-    }
+    entry = {**ENTRY, "checked": checked}
     with pytest.raises(ValueError, match="checked must be an ISO date"):
         parse({"currency": "USD", "models": [entry]})
     del entry["checked"]
@@ -81,13 +84,7 @@ def test_a_model_without_an_iso_check_date_is_refused(checked: object) -> None:
 
 
 def test_a_copy_of_the_providers_page_is_named_and_dated() -> None:
-    entry = {
-        "id": "m",
-        "provider": "p",
-        "checked": "2026-11-30",
-        "source": "https://example.com/pricing",
-        "prices": {"input": "1", "output": "2"},
-    }
+    entry = dict(ENTRY)
     copy = {"url": "https://example.org/copy", "read": "2026-10-07"}
     parsed = parse({"currency": "USD", "models": [{**entry, "source_copy": copy}]})
     assert parsed.entries[0].source_copy_read == date(2026, 10, 7)
@@ -106,13 +103,7 @@ def test_a_copy_of_the_providers_page_is_named_and_dated() -> None:
 
 
 def test_a_scheduled_price_is_dated_and_in_order() -> None:
-    entry = {
-        "id": "m",
-        "provider": "p",
-        "checked": "2026-11-30",
-        "source": "https://example.com/pricing",
-        "prices": {"input": "1", "output": "2"},
-    }
+    entry = dict(ENTRY)
     later = {"from": "2027-01-01T00:00:00+00:00", "prices": {"input": "2", "output": "4"}}
     parsed = parse({"currency": "USD", "models": [{**entry, "scheduled": [later]}]})
     assert parsed.entries[0].prices_at(datetime(2027, 1, 1, tzinfo=UTC))["input_per_mtok"] == (

@@ -239,6 +239,40 @@ def burst(
     return [status for status, _ in results], {rid for status, rid in results if status == 200}
 
 
+def price_model(gateway: Gateway, *, input_per_mtok: int = INPUT_PRICE, **extra: int) -> None:
+    """The gateway model's text prices on its list, with ``extra`` dimensions (prices per
+    image in micro-units, per-token prices per million)."""
+    from billing.services import model_price_set
+
+    model_price_set(
+        price_list=gateway.price_list,
+        model=gateway.model,
+        input_per_mtok=input_per_mtok,
+        output_per_mtok=OUTPUT_PRICE,
+        actor="test",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def assert_invoiced(event: Any, dimension: str, quantity: int, unit_micros: int) -> None:
+    """The invoice of the event's tenant and period bills ``dimension`` as one line of
+    ``quantity`` at ``unit_micros``, and its subtotal is the event's cost to the micro-unit
+    (the event is the period's only one)."""
+    from billing.models import InvoiceLine
+    from billing.periods import Period
+    from billing.services import invoice_generate
+
+    invoice = invoice_generate(customer=event.tenant, period=Period.containing(event.created_at))
+    assert invoice is not None
+    [line] = invoice.lines.filter(kind=InvoiceLine.Kind.USAGE, dimension=dimension)
+    assert (line.quantity, line.unit_price_micros, line.amount_micros) == (
+        quantity,
+        unit_micros,
+        quantity * unit_micros,
+    )
+    assert invoice.subtotal_micros == event.cost_retail_micros
+
+
 def usage_events(expected: int, timeout: float = 30.0) -> list[Any]:
     """The usage events, once ``expected`` of them are written (oldest first).
 

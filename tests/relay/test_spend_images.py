@@ -13,22 +13,22 @@ import httpx
 import orjson
 import pytest
 
-from billing.models import InvoiceLine, LedgerEntry, UsageEvent
-from billing.periods import Period
+from billing.models import LedgerEntry, UsageEvent
 from billing.pricing import tenant_price_table, worst_case_cost_micros
 from billing.selectors import account_balance_micros
-from billing.services import invoice_generate, model_price_set, usage_charge_post
+from billing.services import usage_charge_post
 from relay.app import RelayApp
 from tests.relay.conftest import (
-    INPUT_PRICE,
     OUTPUT_PRICE,
     PUBLIC_MODEL,
     SIM_TOKENS,
     Gateway,
     Simulator,
+    assert_invoiced,
     burst,
     caught_up,
     prepaid,
+    price_model,
     usage_events,
 )
 
@@ -114,20 +114,8 @@ CASES = [
 ]
 
 
-def set_prices(gateway: Gateway, *, input_per_mtok: int = INPUT_PRICE, **per_image: int) -> None:
-    """The model's text prices, with prices per input or generated image (micro-units)."""
-    model_price_set(
-        price_list=gateway.price_list,
-        model=gateway.model,
-        input_per_mtok=input_per_mtok,
-        output_per_mtok=OUTPUT_PRICE,
-        actor="test",
-        **per_image,  # type: ignore[arg-type]
-    )
-
-
 def price_per_image(gateway: Gateway) -> None:
-    set_prices(gateway, input_image_micros=PER_IMAGE)
+    price_model(gateway, input_image_micros=PER_IMAGE)
 
 
 def serve_natively(gateway: Gateway, surfaces: list[str]) -> None:
@@ -167,15 +155,7 @@ def test_two_images_are_charged_twice_the_price_per_image(
     assert event.cost_retail_micros == tokens + 2 * PER_IMAGE
     assert event.prompt_tokens > 0 and event.completion_tokens > 0  # tokens billed besides
 
-    invoice = invoice_generate(customer=gateway.tenant, period=Period.containing(event.created_at))
-    assert invoice is not None
-    [line] = invoice.lines.filter(kind=InvoiceLine.Kind.USAGE, dimension="input_image")
-    assert (line.quantity, line.unit_price_micros, line.amount_micros) == (
-        2,
-        PER_IMAGE,
-        2 * PER_IMAGE,
-    )
-    assert invoice.subtotal_micros == event.cost_retail_micros
+    assert_invoiced(event, "input_image", 2, PER_IMAGE)
 
 
 def test_a_request_that_reached_no_model_is_not_charged_for_its_images(
@@ -222,7 +202,7 @@ def test_generated_images_are_charged_per_image(
     """Chat image output (message.images, delta.images on streams) and the Responses
     image_generation tool's output items are counted and charged at the generated-image
     price; the text prompt has no input images."""
-    set_prices(gateway, output_image_micros=GENERATED)
+    price_model(gateway, output_image_micros=GENERATED)
     gateway.channel.base_url = sim.channel_url("images=3")
     gateway.channel.native_surfaces = native
     gateway.channel.save()
@@ -259,7 +239,7 @@ def test_generated_images_not_asked_for_are_neither_held_nor_charged(
 ) -> None:
     """A request that asks for no pictures holds nothing for them, so a provider that
     returns some anyway cannot overdraw a balance with them."""
-    set_prices(gateway, output_image_micros=GENERATED)
+    price_model(gateway, output_image_micros=GENERATED)
     gateway.channel.base_url = sim.channel_url("images=3")
     gateway.channel.save()
     caught_up(relay_app)
@@ -280,7 +260,7 @@ def test_a_balance_is_never_overdrawn_by_images(
 ) -> None:
     """Images dearer than all the request's tokens: a hold that left them out would let
     5K requests through on a balance for K."""
-    set_prices(gateway, input_per_mtok=0, input_image_micros=PER_IMAGE)
+    price_model(gateway, input_per_mtok=0, input_image_micros=PER_IMAGE)
     gateway.channel.base_url = sim.channel_url("latency=150")
     gateway.channel.save()
     path, body = chat_request()

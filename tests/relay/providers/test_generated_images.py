@@ -13,22 +13,22 @@ import httpx
 import orjson
 import pytest
 
-from billing.models import InvoiceLine, LedgerEntry
-from billing.periods import Period
+from billing.models import LedgerEntry
 from billing.pricing import tenant_price_table, worst_case_cost_micros
 from billing.selectors import account_balance_micros
-from billing.services import invoice_generate, model_price_set, usage_charge_post
+from billing.services import model_price_set, usage_charge_post
 from relay.dialects import images as image_gate
 from tests.openai_schema import responses_validator, validate, validate_responses_stream
 from tests.relay.conftest import (
-    INPUT_PRICE,
     OUTPUT_PRICE,
     PUBLIC_MODEL,
     SIM_TOKENS,
     Gateway,
     Simulator,
+    assert_invoiced,
     burst,
     prepaid,
+    price_model,
     sse_chunks,
     usage_events,
 )
@@ -39,14 +39,7 @@ PER_IMAGE = 7_654_321  # micro-units per generated picture: odd, so a wrong coun
 
 
 def price_per_image(gateway: Gateway) -> None:
-    model_price_set(
-        price_list=gateway.price_list,
-        model=gateway.model,
-        input_per_mtok=INPUT_PRICE,
-        output_per_mtok=OUTPUT_PRICE,
-        output_image_micros=PER_IMAGE,
-        actor="test",
-    )
+    price_model(gateway, output_image_micros=PER_IMAGE)
 
 
 def serve(
@@ -158,15 +151,7 @@ def test_two_generated_images_are_delivered_and_charged_twice_the_price(
     tokens = sum(c[2] for d, c in event.charges.items() if d != "output_image")
     assert event.cost_retail_micros == tokens + 2 * PER_IMAGE
 
-    invoice = invoice_generate(customer=gateway.tenant, period=Period.containing(event.created_at))
-    assert invoice is not None
-    [line] = invoice.lines.filter(kind=InvoiceLine.Kind.USAGE, dimension="output_image")
-    assert (line.quantity, line.unit_price_micros, line.amount_micros) == (
-        2,
-        PER_IMAGE,
-        2 * PER_IMAGE,
-    )
-    assert invoice.subtotal_micros == event.cost_retail_micros
+    assert_invoiced(event, "output_image", 2, PER_IMAGE)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
