@@ -6,6 +6,7 @@ protocol adds read deadlines; see ``relay.server`` and deploy/Procfile).
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -37,10 +38,22 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await django_application(scope, receive, send)
 
 
+def freeze_startup_objects() -> None:
+    """Keep the objects made while starting (Django, the relay, every module: ~115,000 in
+    a relay worker) out of the garbage collector's reach: they live as long as the worker.
+    Otherwise every full collection walks them all and stops the event loop, and every
+    request in flight, for it: 71 ms every ~3,000 streamed requests under
+    ``bench/relay_cpu.py`` on a loaded 2-core machine, 0.3-4.5 ms once they are frozen.
+    What requests make afterwards is collected as before."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            freeze_startup_objects()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await relay_application.shutdown()
