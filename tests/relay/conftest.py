@@ -71,6 +71,12 @@ class Gateway:
     channel: Channel
     client: httpx.Client
     price_list: PriceList
+    relay_app: RelayApp | None = None
+
+    def caught_up(self) -> None:
+        """Wait until the relay serving ``url`` has taken in every committed change."""
+        assert self.relay_app is not None
+        caught_up(self.relay_app)
 
     def add_channel(
         self, url: str, *, name: str, priority: int = 0, weight: int = 1, model: str = ""
@@ -150,7 +156,9 @@ def relay_process(gateway: Gateway) -> Iterator[str]:
 
 
 @pytest.fixture
-def gateway(relay_url: str, sim: Simulator, platform_org: Organization) -> Iterator[Gateway]:
+def gateway(
+    relay_app: RelayApp, relay_url: str, sim: Simulator, platform_org: Organization
+) -> Iterator[Gateway]:
     platform = platform_org
     # Explicit terms: the platform's tenants start postpaid without a limit (new tenants are
     # prepaid with nothing to spend otherwise); money tests set the tenant's own terms.
@@ -169,7 +177,9 @@ def gateway(relay_url: str, sim: Simulator, platform_org: Organization) -> Itera
         base_url=relay_url, headers={"Authorization": f"Bearer {secret}"}, timeout=20
     )
     wholesale = price_list_create(owner=platform, name="Wholesale", actor="test", is_default=True)
-    gateway = Gateway(relay_url, secret, api_key, tenant, model, channel, client, wholesale)
+    gateway = Gateway(
+        relay_url, secret, api_key, tenant, model, channel, client, wholesale, relay_app
+    )
     gateway.price(model)
     yield gateway
     client.close()

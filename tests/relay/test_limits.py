@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,7 +153,7 @@ def test_concurrency_limit_is_never_exceeded(gateway: Gateway, sim: Simulator) -
     gateway.channel.base_url = sim.channel_url("latency=400")
     gateway.channel.save()
     secret = _limit_key(gateway, concurrency_limit=2)
-    time.sleep(0.5)
+    gateway.caught_up()
     sim.client.delete("/_sim/requests")
 
     def call(_: int) -> int:

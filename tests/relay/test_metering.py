@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from relay import tokens
 from tests.relay.conftest import (
@@ -22,7 +21,7 @@ def _use_channel(gateway: Gateway, url: str) -> None:
     """Point the gateway's channel at ``url`` and wait until the relay routes there."""
     gateway.channel.base_url = url
     gateway.channel.save()
-    time.sleep(0.5)  # the relay polls for changes every 0.2 s in tests
+    gateway.caught_up()
 
 
 def test_reported_usage_is_recorded_exactly(gateway: Gateway, sim: Simulator) -> None:

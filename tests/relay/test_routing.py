@@ -38,8 +38,8 @@ def test_attempt_order_follows_priority_then_weight() -> None:
     assert 0.73 < share < 0.77  # weight 3 of 4
 
 
-def _settle() -> None:
-    time.sleep(0.5)  # the relay polls for changes every 0.2 s in tests
+def _settle(gateway: Gateway) -> None:
+    gateway.caught_up()
 
 
 def test_weighted_selection_over_real_requests(gateway: Gateway, sim: Simulator) -> None:
@@ -47,7 +47,7 @@ def test_weighted_selection_over_real_requests(gateway: Gateway, sim: Simulator)
     gateway.channel.weight = 1
     gateway.channel.save()
     heavy = gateway.add_channel(sim.channel_url("tokens=3"), name="heavy", weight=3)
-    _settle()
+    _settle(gateway)
     for n in range(240):
         # Each request its own conversation: cache affinity keeps one conversation on one
         # channel, and the weights hold across conversations.
@@ -80,7 +80,7 @@ def test_failover_past_500_429_timeout_and_refused_connection(
     hanging = gateway.add_channel(sim.channel_url("hang"), name="hanging", priority=10)
     hanging.first_byte_timeout = 0.5
     hanging.save()
-    _settle()
+    _settle(gateway)
 
     response = gateway.client.post("/v1/chat/completions", json=chat_body())
 
@@ -98,7 +98,7 @@ def test_failover_past_500_429_timeout_and_refused_connection(
 
 def test_a_request_error_is_not_retried(gateway: Gateway, sim: Simulator) -> None:
     gateway.add_channel(sim.channel_url("fail=400"), name="strict", priority=10)
-    _settle()
+    _settle(gateway)
     sim.client.delete("/_sim/requests")
 
     response = gateway.client.post("/v1/chat/completions", json=chat_body())
@@ -114,7 +114,7 @@ def test_breaker_opens_after_repeated_failures_and_closes_after_a_probe(
     relay_settings.RELAY_BREAKER_FAILURES = 3
     relay_settings.RELAY_BREAKER_COOLDOWN = 1.0
     flaky = gateway.add_channel(sim.channel_url("fail_first=3"), name="flaky", priority=10)
-    _settle()
+    _settle(gateway)
 
     for _ in range(3):
         assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
@@ -144,7 +144,7 @@ def test_refused_credentials_suspend_the_channel_and_the_health_check_resumes_it
     locked = gateway.add_channel(
         sim.channel_url("fail_first=1", "fail=401"), name="locked", priority=10
     )
-    _settle()
+    _settle(gateway)
 
     response = gateway.client.post("/v1/chat/completions", json=chat_body())
 
@@ -166,7 +166,7 @@ def test_refused_credentials_suspend_the_channel_and_the_health_check_resumes_it
     assert locked.status == Channel.Status.ENABLED
     assert locked.last_check_ok is True
     assert locked.last_check_latency_ms is not None
-    _settle()
+    _settle(gateway)
     assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
     assert usage_events(2)[-1].channel_id == locked.pk
 
@@ -195,7 +195,7 @@ def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, level: s
     gateway.tenant.channel_groups = ["default"] if "tenant" in level else []
     gateway.tenant.save()
     restricted = level in ("key", "tenant")
-    _settle()
+    _settle(gateway)
 
     for _ in range(3):
         assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
@@ -229,7 +229,7 @@ def test_a_channel_total_timeout_cuts_a_stream_that_runs_too_long(
     gateway.channel.base_url = sim.channel_url("tps=4", "tokens=40")  # ten seconds of tokens
     gateway.channel.total_timeout = 1.0
     gateway.channel.save()
-    _settle()
+    _settle(gateway)
 
     started = time.monotonic()
     with gateway.client.stream(

@@ -99,14 +99,14 @@ def test_failed_requests_release_what_they_held(output_only: Gateway, sim: Simul
     prepaid(gateway, WORST)
     gateway.channel.base_url = sim.channel_url("fail=500")
     gateway.channel.save()
-    time.sleep(0.5)
+    gateway.caught_up()
 
     for _ in range(3):  # each would be refused if its failed predecessor still held money
         assert ask(gateway.client).status_code == 502
 
     gateway.channel.base_url = sim.channel_url()
     gateway.channel.save()
-    time.sleep(0.5)
+    gateway.caught_up()
     assert ask(gateway.client).status_code == 200
     assert ask(gateway.client).status_code == 429
 
@@ -162,7 +162,7 @@ def test_a_concurrent_burst_never_overdraws(output_only: Gateway, sim: Simulator
     gateway.channel.base_url = sim.channel_url("latency=100")
     gateway.channel.save()
     account = prepaid(gateway, 7 * WORST)
-    time.sleep(0.5)
+    gateway.caught_up()
 
     statuses = burst((gateway.url,), gateway.secret, 35)
 
