@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import prepare, profiling, report
+from bench import issue18, prepare, profiling, report
 from bench.measuring import (
     check_metrics,
     machine,
@@ -37,6 +37,7 @@ from bench.prepare import BENCH, PYTHON, ROOT, log
 from bench.procs import Services, free_port, wait_http
 from bench.servers import start_group
 from bench.targets import (
+    ALL_MODES,
     EMBEDDED,
     OBSERVABILITY_NAMES,
     PASS_THROUGH_OF,
@@ -119,7 +120,7 @@ def summarise(ctx: Context, started: dict[str, str]) -> None:
     if args.bare_aiohttp and "tollgate" in names:
         limited = headline(args)
         title = f"issue 18 targets, {limited} (floor: bare-aiohttp)"
-        checks = report.issue18_acceptance(
+        checks = issue18.acceptance(
             main, limited=limited, unlimited="tollgate", rival=rival, translation=ctx.translation
         )
         accept.append((title, checks))
@@ -196,7 +197,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["plain", "stream"],
         type=lambda s: s.split(","),
         help="plain,stream (chat completions), and responses, messages, each with "
-        "-translated and/or -stream (e.g. responses-translated-stream)",
+        "-translated and/or -stream (e.g. responses-translated-stream), chat-anthropic, "
+        "chat-anthropic-stream and embeddings",
+    )
+    parser.add_argument(
+        "--surfaces",
+        action="store_true",
+        help="every mode of every client API (chat completions, Responses, Messages, "
+        "embeddings), in place of --modes: issue 18's target 6",
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds, to show the noise")
     parser.add_argument(
@@ -259,6 +267,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.postgres:
         args.stores = [POSTGRES]
+    if args.surfaces:
+        args.modes = list(ALL_MODES)
+    for mode in args.modes:
+        if mode not in ALL_MODES:
+            parser.error(f"unknown mode {mode!r} (known: {', '.join(ALL_MODES)})")
     if args.scale_only:
         args.stores, args.scale = [POSTGRES], True
     for store in args.stores:

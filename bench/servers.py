@@ -8,7 +8,7 @@ import shutil
 from bench import prepare
 from bench.prepare import PYTHON, ROOT
 from bench.procs import Service, free_port, wait_http
-from bench.targets import Context, Target
+from bench.targets import ANTHROPIC_MODEL, EMBEDDING_MODEL, TRANSLATED_MODEL, Context, Target
 
 
 def _server_argv(server: str, app: str, port: int, workers: int) -> list[str]:
@@ -63,6 +63,29 @@ def _server_env(ctx: Context, server: str) -> dict[str, str]:
     return env
 
 
+def _litellm_config(upstream: str) -> str:
+    """Every model a bench mode asks for, on the same simulator as Tollgate's channels.
+    ``sim-translated`` is served like ``sim-small`` (LiteLLM decides itself how to call
+    the upstream for each client API); ``sim-anthropic`` goes to the simulator's Anthropic
+    Messages API, as Tollgate's Anthropic channel does."""
+    models = [
+        ("sim-small", "openai/sim-small", upstream),
+        (TRANSLATED_MODEL, "openai/sim-small", upstream),
+        (EMBEDDING_MODEL, f"openai/{EMBEDDING_MODEL}", upstream),
+        # LiteLLM's Anthropic client adds /v1/messages to its base.
+        (ANTHROPIC_MODEL, "anthropic/sim-small", upstream.removesuffix("/v1")),
+    ]
+    entries = "".join(
+        f"  - model_name: {name}\n"
+        "    litellm_params:\n"
+        f"      model: {model}\n"
+        f"      api_base: {base}\n"
+        "      api_key: sk-bench-upstream\n"
+        for name, model, base in models
+    )
+    return f"model_list:\n{entries}litellm_settings:\n  telemetry: false\n"
+
+
 def start_group(ctx: Context, target: Target) -> tuple[Service, str]:
     """Start the server behind a target's group; returns it and its base URL."""
     group = target.group
@@ -99,16 +122,7 @@ def start_group(ctx: Context, target: Target) -> tuple[Service, str]:
         health = "/healthz"
     elif group == "litellm":
         config = ctx.out / "litellm.yaml"
-        config.write_text(
-            "model_list:\n"
-            "  - model_name: sim-small\n"
-            "    litellm_params:\n"
-            "      model: openai/sim-small\n"
-            f"      api_base: {ctx.upstream}\n"
-            "      api_key: sk-bench-upstream\n"
-            "litellm_settings:\n"
-            "  telemetry: false\n"
-        )
+        config.write_text(_litellm_config(ctx.upstream))
         # As issue 6 measured it: 2 workers, no database, no spend tracking.
         env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
         env["LITELLM_LOG"] = "ERROR"

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import prepare, report
+from bench import issue18, prepare, report
 from bench.procs import Service, Services
 
 PLAIN_BODY = {
@@ -46,8 +46,16 @@ SURFACE_MODES["chat-anthropic-stream"] = (
     "/v1/chat/completions",
     {**STREAM_BODY, "model": ANTHROPIC_MODEL},
 )
+# Embeddings on ``sim-embed`` (the demo's embedding model), passed through; never streamed.
+EMBEDDING_MODEL = "sim-embed"
+SURFACE_MODES["embeddings"] = (
+    "/v1/embeddings",
+    {"model": EMBEDDING_MODEL, "input": PLAIN_BODY["messages"][1]["content"]},
+)
 # Each translated mode against the pass-through mode of the same client API.
 PASS_THROUGH_OF = report.PASS_THROUGH_OF_REPORT
+# ``--surfaces``: every mode of every client API, as issue 18's target 6 asks.
+ALL_MODES = tuple(mode for modes in issue18.SURFACES.values() for mode in modes)
 
 
 def mode_path(mode: str) -> str:
