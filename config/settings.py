@@ -396,8 +396,9 @@ RELAY_DEFAULT_RESERVED_OUTPUT_TOKENS = env.int("RELAY_DEFAULT_RESERVED_OUTPUT_TO
 # Money: output tokens a request is held for when neither it nor its model caps them
 # (max_tokens / the model's max output); its real cost is charged whatever it comes to.
 RELAY_RESERVE_OUTPUT_TOKENS = env.int("RELAY_RESERVE_OUTPUT_TOKENS", default=4096)
-# Events without upstream usage are counted with the bundled tokenizer in a child process
-# (``relay.tokens``), which stops after this long without work.
+# Events without upstream usage are counted with the bundled tokenizer in one process per
+# host shared by the deployment's relay processes (``relay.token_server``), which stops
+# after this long without a count.
 RELAY_TOKEN_COUNTER_IDLE_SECONDS = env.float("RELAY_TOKEN_COUNTER_IDLE_SECONDS", default=300.0)
 # How long a money scope's figures seeded from the database are trusted before reseeding
 # (changes made through Tollgate reseed them at once).

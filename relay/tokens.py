@@ -3,29 +3,31 @@
 The o200k_base encoding is counted by tiktoken, built from the copy of OpenAI's
 ``o200k_base.tiktoken`` that ships inside the bpe-openai wheel (checked against the hash
 tiktoken pins), so counting never touches the network. Loaded, tiktoken takes ~90 MB in
-all (bpe-openai's own tokenizer took ~155 MB), still most of a relay worker's size, for
-the few requests an upstream leaves without usage (streams cut short, providers that
-ignore ``stream_options``). So relay processes count in a child process
-(``count_usage``), started on first need by the usage writer's thread, never on the event
-loop, and stopped after ``RELAY_TOKEN_COUNTER_IDLE_SECONDS`` without work. Should the
-child fail, the count is made in the calling process rather than lost.
+all, most of a relay worker's size, for the few requests an upstream leaves without usage
+(streams cut short, providers that ignore ``stream_options``). So no relay worker loads
+it: they count in one process per host (``relay.token_server``), shared by every worker
+of the deployment there, started on first need (from the usage writer's thread or a
+thread of ``count_tokens``, never on the event loop) and ended after
+``RELAY_TOKEN_COUNTER_IDLE_SECONDS`` without work. Should that process fail, the count is
+made in the calling process rather than lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import gzip
 import hashlib
+import hmac
 import importlib.util
 import logging
-import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -189,79 +191,166 @@ def rough_count(messages: Any, tools: Any, completion: str) -> tuple[int, int]:
     return prompt, len(completion or "") // 4
 
 
+class CounterUnavailable(Exception):
+    """The shared counting process could not be reached, started or heard from."""
+
+
 class TokenCounter:
-    """Counts in one child process, shared by the threads of this process."""
+    """Counts in the host's one counting process (``relay.token_server``), started by the
+    first relay process that needs it and shared by all of the deployment's processes on
+    the host; the connection to it is kept and shared by this process's threads."""
 
-    # The first count starts the child and loads the encoding (about a second).
+    # The first count of a new server waits for the encoding to load (about a second).
     TIMEOUT_SECONDS = 120
+    START_SECONDS = 30
 
-    def __init__(self) -> None:
+    def __init__(self, var_dir: Path | None = None) -> None:
+        # The deployment's data directory names its counter (default: settings.VAR_DIR).
+        self._var_dir = var_dir
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
-        self._busy = 0
-        self._timer: threading.Timer | None = None
+        self._conn: Any = None
 
     def count(
         self, messages: Any, tools: Any, completion: str, idle_seconds: float
     ) -> tuple[int, int]:
-        with self._lock:
-            if self._pool is None:
-                context = multiprocessing.get_context("spawn")  # this process has threads
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
-            pool = self._pool
-            self._busy += 1
         try:
-            future = pool.submit(count_all, messages, tools, completion)
-            return future.result(timeout=self.TIMEOUT_SECONDS)
-        except (BrokenProcessPool, TimeoutError, OSError):
-            # The child died, hung or could not start: count here rather than lose the count.
+            status, value = self._ask(("count", messages, tools, completion), idle_seconds)
+        except CounterUnavailable:
+            # No server, or it died or hung: count here rather than lose the count.
             logger.warning("the token counter process failed; counting here", exc_info=True)
-            self._discard(pool)
             return count_all(messages, tools, completion)
-        except Exception:
-            # The count itself failed on this input: the child is fine, and counting here
-            # would fail the same way (and load the encoding into this process). A usage
-            # record that cannot be counted must not stop the batch it is written with.
-            logger.exception("the token counter could not count a request; estimating")
-            return rough_count(messages, tools, completion)
-        finally:
-            with self._lock:
-                self._busy -= 1
-                self._arm(idle_seconds)
+        except Exception:  # what could not even be sent (pickled): nothing left the process
+            status, value = "error", "the request could not be sent"
+        if status == "ok":
+            return int(value[0]), int(value[1])
+        # The count itself failed on this input: the server is fine, and counting here
+        # would fail the same way (and load the encoding into this process). A usage
+        # record that cannot be counted must not stop the batch it is written with.
+        logger.error("the token counter could not count a request; estimating (%s)", value)
+        return rough_count(messages, tools, completion)
 
-    def running(self) -> bool:
-        with self._lock:
-            return self._pool is not None
+    def server_pid(self) -> int | None:
+        """The pid of the server that answers now, or None; never starts one."""
+        try:
+            conn = self._open()
+        except CounterUnavailable:
+            return None
+        with conn:
+            conn.send(("pid",))
+            return int(conn.recv()[1]) if conn.poll(self.TIMEOUT_SECONDS) else None
 
     def stop(self) -> None:
+        """Close this process's connection, and end the server (for tests)."""
         with self._lock:
-            pool, self._pool = self._pool, None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            conn, self._conn = self._conn, None
+        if conn is None:
+            with contextlib.suppress(CounterUnavailable):
+                conn = self._open()
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop",))
+            conn.close()
 
-    def _arm(self, idle_seconds: float) -> None:
-        """(Re)start the idle timer; the lock is held."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = threading.Timer(idle_seconds, self._stop_if_idle)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _stop_if_idle(self) -> None:
+    def _ask(self, request: tuple[Any, ...], idle_seconds: float) -> tuple[str, Any]:
+        if sys.platform != "linux":  # abstract sockets are Linux's: count in this process
+            raise CounterUnavailable("no shared counter on this platform")
         with self._lock:
-            if self._busy or self._pool is None:
-                return
-            pool, self._pool, self._timer = self._pool, None, None
-        pool.shutdown(wait=False)
+            for reused in (True, False):
+                conn = self._conn
+                if conn is None:
+                    reused = False
+                    conn = self._conn = self._connect(idle_seconds)
+                try:
+                    conn.send(request)
+                    if not conn.poll(self.TIMEOUT_SECONDS):
+                        raise CounterUnavailable("the token counter did not answer in time")
+                    reply = conn.recv()
+                except (OSError, EOFError, CounterUnavailable) as exc:
+                    self._conn = None
+                    conn.close()
+                    # A kept connection to a server that has since stopped (idle): once more,
+                    # starting a new one.
+                    if reused and not isinstance(exc, CounterUnavailable):
+                        continue
+                    raise CounterUnavailable(str(exc)) from exc
+                return reply
+        raise CounterUnavailable("unreachable")
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+    def _connect(self, idle_seconds: float) -> Any:
+        try:
+            return self._open()
+        except CounterUnavailable:
+            pass
+        # One starter at a time (an advisory lock the system drops with its holder).
+        lock_path = self._dir() / "token-counter.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._open()
+            except CounterUnavailable:
+                self._start(idle_seconds)
+            return self._open()
+
+    def _open(self) -> Any:
+        from multiprocessing import AuthenticationError
+        from multiprocessing.connection import Client
+
+        try:
+            return Client(self._address(), family="AF_UNIX", authkey=_authkey())
+        except (OSError, EOFError, AuthenticationError) as exc:
+            raise CounterUnavailable(str(exc)) from exc
+
+    def _dir(self) -> Path:
+        return self._var_dir or Path(_settings().VAR_DIR)
+
+    def _address(self) -> str:
+        """The counter's abstract socket: one per deployment (its data directory and key)
+        on a host, so that two deployments, or a test run beside a server, never share."""
+        seed = str(self._dir().resolve()).encode() + _authkey()
+        return "\0tollgate-token-counter-" + hashlib.sha256(seed).hexdigest()[:24]
+
+    def _start(self, idle_seconds: float) -> None:
+        """Start the server and wait until its address answers (the launcher's exit)."""
+        import subprocess
+
+        root = Path(__file__).resolve().parents[1]
+        launcher = subprocess.Popen(  # noqa: S603 - this interpreter, our own module
+            [
+                sys.executable,
+                "-m",
+                "relay.token_server",
+                "@" + self._address()[1:],
+                str(idle_seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,  # the server itself lets go of it: it outlives the starter
+            cwd=root,
+            start_new_session=True,
+        )
+        try:
+            _, err = launcher.communicate(_authkey(), timeout=self.START_SECONDS)
+        except subprocess.TimeoutExpired as exc:
+            launcher.kill()
+            launcher.wait()
+            raise CounterUnavailable("the token counter did not start in time") from exc
+        if launcher.returncode != 0:
+            raise CounterUnavailable(
+                f"the token counter exited with {launcher.returncode}: {err[-1000:]!r}"
+            )
+
+
+def _settings() -> Any:
+    from django.conf import settings
+
+    return settings
+
+
+def _authkey() -> bytes:
+    """The key every connection to the deployment's counter proves it holds."""
+    secret = str(_settings().SECRET_KEY).encode()
+    return hmac.new(secret, b"tollgate token counter", hashlib.sha256).digest()
 
 
 counter = TokenCounter()
