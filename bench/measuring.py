@@ -81,6 +81,7 @@ def measure(
         cpu_ms_per_request=(cpu_after - cpu_before) * 1000 / requests,
         peak_rss_mb=service.peak_rss_mb(),
         helpers_peak_rss_mb=service.helpers_peak_rss_mb(),
+        shared_peak_rss_mb=service.shared_peak_rss_mb(),
         requests=result.requests,
         ok=result.ok,
         errors=result.errors,

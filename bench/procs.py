@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # ruff: noqa: S603 - starts the servers this bench defines
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -53,16 +54,30 @@ class Service:
         return children or [self.pid]
 
     def helpers(self) -> list[int]:
-        """The workers' children: Tollgate's token counter process, started by a worker
-        when an event without upstream usage must be counted."""
+        """The workers' own children (Tollgate's workers start none: they share one token
+        counter, see ``shared``)."""
         workers = set(self.workers())
         return [pid for pid in descendants(self.pid) if pid not in workers]
 
+    def shared(self) -> list[int]:
+        """Tollgate's token counter of this server's deployment (``relay.token_server``):
+        started by a worker that must count, then detached from it, so not a descendant.
+        Found by its command and the data directory it inherited from the server."""
+        var_dir = _environ(self.pid).get("TOLLGATE_VAR_DIR")
+        if not var_dir:
+            return []
+        return [
+            pid
+            for pid in pids_running("relay.token_server")
+            if _environ(pid).get("TOLLGATE_VAR_DIR") == var_dir
+        ]
+
     def cpu_seconds(self) -> float:
         """CPU of the server: its processes alive now, plus what the master's reaped
-        children used (a worker that died or was replaced keeps counting)."""
+        children used (a worker that died or was replaced keeps counting), plus its
+        deployment's shared token counter."""
         return cpu_seconds(self.pid, reaped_children=True) + sum(
-            cpu_seconds(pid) for pid in descendants(self.pid)
+            cpu_seconds(pid) for pid in [*descendants(self.pid), *self.shared()]
         )
 
     def peak_rss_mb(self) -> float:
@@ -72,6 +87,10 @@ class Service:
     def helpers_peak_rss_mb(self) -> float:
         """The largest VmHWM among the workers' children (0 when there are none)."""
         return max((peak_rss_kb(pid) for pid in self.helpers()), default=0) / 1024
+
+    def shared_peak_rss_mb(self) -> float:
+        """The VmHWM of the deployment's shared token counter (0 when none ran)."""
+        return max((peak_rss_kb(pid) for pid in self.shared()), default=0) / 1024
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -106,6 +125,10 @@ class Services:
         if service.stopped:
             return
         service.stopped = True
+        shared = service.shared()  # its own session: the group kill misses it
+        for pid in shared:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         if service.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -160,6 +183,22 @@ def pids_named(names: frozenset[str]) -> list[int]:
         if entry.name.isdigit() and (_read(f"/proc/{entry.name}/comm") or "").strip() in names:
             found.append(int(entry.name))
     return found
+
+
+def pids_running(module: str) -> list[int]:
+    """Python processes started with ``-m module``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            argv = (_read(f"/proc/{entry.name}/cmdline") or "").split("\0")
+            if any(a == "-m" and b == module for a, b in itertools.pairwise(argv)):
+                found.append(int(entry.name))
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = _read(f"/proc/{pid}/environ") or ""
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
 
 def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:

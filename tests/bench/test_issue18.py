@@ -271,3 +271,25 @@ def test_chat_completions_come_first_then_modes_in_run_order() -> None:
     )
     firsts = [name.split()[1] for name in check_names(checks) if name.startswith("1. ")][::2]
     assert firsts == ["plain", "stream", "embeddings", "messages"]
+
+
+@pytest.mark.parametrize(("children", "shared", "passes"), [(0, 96, True), (96, 0, False)])
+def test_target_7_asks_for_no_token_counter_per_worker(
+    children: float, shared: float, passes: bool
+) -> None:
+    """One counter shared by the host's workers passes; a counting child per worker fails,
+    however small the workers themselves stay."""
+    measurements = run("plain")
+    for m in measurements:
+        if m.target == LIMITED:
+            m.helpers_peak_rss_mb, m.shared_peak_rss_mb = children, shared
+    checks = judge(measurements)
+    assert checks["7. peak RSS per worker <= 120 MB"] == ("113 MB", True)
+    assert checks["7. no token counter per worker (workers' children <= 16 MB; 0: none)"] == (
+        f"{children:.0f} MB",
+        passes,
+    )
+    assert checks["7. the host's one shared token counter (0: none ran)"] == (
+        f"{shared:.0f} MB",
+        None,
+    )
