@@ -118,6 +118,7 @@ class RelayApp:
         await exchange.respond_json(200, orjson.dumps(model.as_openai()))
 
     async def shutdown(self) -> None:
+        metrics.flush()
         await self.cache.close()
         await upstream.close_client()
         await shared.close()

@@ -1,15 +1,19 @@
 """The relay's observability behind a small API: Prometheus metrics and log context.
 
-The hot path calls ``observe_record`` (once per chat completion) and
-``observe_limit_rejection``; both cost a dictionary lookup and a few increments, and no
-I/O. ``GET /metrics`` (served by the lean relay app) renders them, plus two values read
-at scrape time only: the channels' breaker states and the Celery queue depth.
+The hot path calls ``observe_record`` (once per chat completion): it adds to plain
+Python counts of the request's label set (a dictionary lookup and a few increments, no
+lock, no I/O), which are folded into prometheus-client's metrics ``FOLD_SECONDS`` (0.5 s)
+after the first count since the last fold, before this process renders ``GET /metrics``,
+and at shutdown. ``observe_limit_rejection`` (rare) counts directly. ``GET /metrics``
+(served by the lean relay app) renders them, plus two values read at scrape time only:
+the channels' breaker states and the Celery queue depth.
 
 Several worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory, the
 same for every worker of a server, before it starts (prometheus-client's multiprocess
 mode). Each worker then writes its samples to memory-mapped files there and a scrape of
-any worker sums them all. Without it each process keeps its own registry, which is right
-for a single worker (and the tests).
+any worker sums them all: every count of the worker that answers the scrape, and the
+other workers' as of their last fold, at most ``FOLD_SECONDS`` behind. Without it each
+process keeps its own registry, which is right for a single worker (and the tests).
 
 ``request_id`` carries the current request's id to every log record (``RequestIdFilter``),
 so the JSON logs (``LOG_FORMAT=json``) can be joined with usage events and responses. Both
@@ -18,9 +22,12 @@ live in ``relay.logcontext``, which the logging configuration names, and are re-
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -101,9 +108,164 @@ LIMIT_REJECTIONS = Counter(
     registry=REGISTRY,
 )
 
-# Labelled children, looked up once per label set: .labels() takes a lock and builds keys.
-_children: dict[tuple[str, str, int, bool, str], tuple[Any, ...]] = {}
-_surface_children: dict[tuple[str, int], Any] = {}
+# Counting is plain Python: each request adds to its label set's tally, and the tallies are
+# folded into prometheus-client's values, which take a lock and, in multiprocess mode, write
+# to a memory-mapped file on every increment, once per interval. The event loop's thread is
+# the only one that counts, so the tallies need no lock.
+FOLD_SECONDS = 0.5
+# Histogram buckets' upper bounds as prometheus-client keeps them (+Inf last): an
+# observation goes to the first bound it does not exceed, as ``Histogram.observe`` puts it.
+_BOUNDS = (*(float(bound) for bound in LATENCY_BUCKETS), math.inf)
+if getattr(LATENCY, "_upper_bounds", None) != list(_BOUNDS):
+    raise RuntimeError(
+        "prometheus-client's Histogram layout changed: relay.metrics folds counts into its "
+        "buckets (_fold_histogram); check it against the installed version"
+    )
+
+
+class _Tally:
+    """One label set's counts since the last fold, and the children they fold into."""
+
+    __slots__ = (
+        "children",
+        "completion",
+        "latency",
+        "latency_sum",
+        "prompt",
+        "requests",
+        "spend",
+        "upstream",
+        "upstream_count",
+        "upstream_sum",
+    )
+
+    def __init__(self, children: tuple[Any, ...]) -> None:
+        self.children = children
+        self.requests = self.prompt = self.completion = self.spend = self.upstream_count = 0
+        self.latency = [0] * len(_BOUNDS)
+        self.upstream = [0] * len(_BOUNDS)
+        self.latency_sum = self.upstream_sum = 0.0
+
+    def fold(self) -> None:
+        """Add the counts to the children and start again from zero (before adding, so
+        that a failing write cannot leave them to be added twice)."""
+        requests, latency, upstream, prompt, completion, spend, surface = self.children
+        counted, tokens_in, tokens_out, cost = (
+            self.requests,
+            self.prompt,
+            self.completion,
+            self.spend,
+        )
+        latency_sum, upstream_count, upstream_sum = (
+            self.latency_sum,
+            self.upstream_count,
+            self.upstream_sum,
+        )
+        latencies, upstreams = self.latency, self.upstream
+        self.requests = self.prompt = self.completion = self.spend = self.upstream_count = 0
+        self.latency = [0] * len(_BOUNDS)
+        self.upstream = [0] * len(_BOUNDS)
+        self.latency_sum = self.upstream_sum = 0.0
+        requests.inc(counted)
+        if surface is not None:
+            surface.inc(counted)
+        _fold_histogram(latency, latencies, latency_sum)
+        if upstream_count:
+            _fold_histogram(upstream, upstreams, upstream_sum)
+        if tokens_in:
+            prompt.inc(tokens_in)
+        if tokens_out:
+            completion.inc(tokens_out)
+        if cost:
+            spend.inc(cost)
+
+
+def _fold_histogram(histogram: Any, counts: list[int], total: float) -> None:
+    """Add a tally's observations to a histogram child: its sum, and each bucket's count.
+
+    prometheus-client has no public call for several observations at once; its children
+    keep ``_sum`` and one value per bucket in ``_buckets`` (not cumulative), as
+    ``Histogram.observe`` increments them. ``tests/relay/test_metrics.py`` checks that a
+    fold renders exactly as the same observations made one by one."""
+    histogram._sum.inc(total)
+    buckets = histogram._buckets
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+
+
+# Label set (model, channel, status, stream, currency, surface) -> its tally.
+_tallies: dict[tuple[Any, ...], _Tally] = {}
+# The tallies holding counts not folded yet, and the timer that will fold them.
+_dirty: list[_Tally] = []
+_fold: asyncio.TimerHandle | None = None
+
+
+def _tally_of(key: tuple[Any, ...]) -> _Tally:
+    model, channel, status, stream, currency, surface = key
+    channel = "" if channel is None else str(channel)
+    tally = _tallies[key] = _Tally(
+        (
+            REQUESTS.labels(model, channel, str(status)),
+            LATENCY.labels(model, "true" if stream else "false"),
+            UPSTREAM_LATENCY.labels(model, channel),
+            TOKENS.labels(model, "prompt"),
+            TOKENS.labels(model, "completion"),
+            SPEND.labels(model, currency),
+            None if surface is None else SURFACE_REQUESTS.labels(surface, str(status)),
+        )
+    )
+    return tally
+
+
+def flush() -> None:
+    """Fold every tally into prometheus-client's values. Runs FOLD_SECONDS after the first
+    count since the last fold, before this process renders /metrics, and at shutdown."""
+    global _fold
+    if _fold is not None:
+        _fold.cancel()
+        _fold = None
+    if not _dirty:
+        return
+    tallies = _dirty[:]
+    _dirty.clear()
+    for tally in tallies:
+        tally.fold()
+
+
+def _fold_soon() -> None:
+    global _fold
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # counted outside an event loop (a script): no timer to wait for
+        flush()
+    else:
+        _fold = loop.call_later(FOLD_SECONDS, flush)
+
+
+def _count(
+    key: tuple[Any, ...],
+    latency_s: float,
+    upstream_latency_s: float | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_micros: int,
+) -> None:
+    tally = _tallies.get(key) or _tally_of(key)
+    if not tally.requests:
+        _dirty.append(tally)
+    tally.requests += 1
+    tally.latency[bisect_left(_BOUNDS, latency_s)] += 1
+    tally.latency_sum += latency_s
+    if upstream_latency_s is not None:
+        tally.upstream[bisect_left(_BOUNDS, upstream_latency_s)] += 1
+        tally.upstream_sum += upstream_latency_s
+        tally.upstream_count += 1
+    tally.prompt += prompt_tokens
+    tally.completion += completion_tokens
+    tally.spend += cost_micros
+    if _fold is None:
+        _fold_soon()
 
 
 def enabled() -> bool:
@@ -123,57 +285,16 @@ def observe_request(
     cost_micros: int,
     currency: str = "",
 ) -> None:
-    """Count one finished chat completion."""
+    """Count one finished chat completion (without its surface)."""
     if settings.RELAY_METRICS:
         _count(
-            model=model,
-            channel=channel,
-            status=status,
-            stream=stream,
-            latency_s=latency_s,
-            upstream_latency_s=upstream_latency_s,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cost_micros=cost_micros,
-            currency=currency,
+            (model, channel or None, status, stream, currency, None),
+            latency_s,
+            upstream_latency_s,
+            prompt_tokens,
+            completion_tokens,
+            cost_micros,
         )
-
-
-def _count(
-    *,
-    model: str,
-    channel: str,
-    status: int,
-    stream: bool,
-    latency_s: float,
-    upstream_latency_s: float | None,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cost_micros: int,
-    currency: str,
-) -> None:
-    label_key = (model, channel, status, stream, currency)
-    children = _children.get(label_key)
-    if children is None:
-        children = _children[label_key] = (
-            REQUESTS.labels(model, channel, str(status)),
-            LATENCY.labels(model, "true" if stream else "false"),
-            UPSTREAM_LATENCY.labels(model, channel),
-            TOKENS.labels(model, "prompt"),
-            TOKENS.labels(model, "completion"),
-            SPEND.labels(model, currency),
-        )
-    requests, latency, upstream, prompt, completion, spend = children
-    requests.inc()
-    latency.observe(latency_s)
-    if upstream_latency_s is not None:
-        upstream.observe(upstream_latency_s)
-    if prompt_tokens:
-        prompt.inc(prompt_tokens)
-    if completion_tokens:
-        completion.inc(completion_tokens)
-    if cost_micros:
-        spend.inc(cost_micros)
 
 
 def observe_record(record: UsageRecord) -> None:
@@ -193,24 +314,20 @@ def observe_record(record: UsageRecord) -> None:
             currency = record.price.retail.currency
     upstream_ms = record.upstream_latency_ms
     if counting:
-        surface_key = (record.surface, record.status_code)
-        surface_child = _surface_children.get(surface_key)
-        if surface_child is None:
-            surface_child = _surface_children[surface_key] = SURFACE_REQUESTS.labels(
-                record.surface, str(record.status_code)
-            )
-        surface_child.inc()
         _count(
-            model=record.model,
-            channel="" if record.channel_id is None else str(record.channel_id),
-            status=record.status_code,
-            stream=record.stream,
-            latency_s=record.total_latency_ms / 1000,
-            upstream_latency_s=None if upstream_ms is None else upstream_ms / 1000,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost_micros=cost,
-            currency=currency,
+            (
+                record.model,
+                record.channel_id,
+                record.status_code,
+                record.stream,
+                currency,
+                record.surface,
+            ),
+            record.total_latency_ms / 1000,
+            None if upstream_ms is None else upstream_ms / 1000,
+            prompt,
+            completion,
+            cost,
         )
     if logging_on:
         access_logger.info(
@@ -327,6 +444,7 @@ async def respond(exchange: Exchange) -> None:
     if not settings.RELAY_METRICS:
         await exchange.respond_json(404, b'{"error": "metrics are turned off"}')
         return
+    flush()  # this process's counts up to now, in what the scrape reads
     live = CollectorRegistry(auto_describe=True)
     live.register(_ScrapeTimeValues(await _breaker_states(exchange), await _queue_lengths()))
     if MULTIPROCESS:

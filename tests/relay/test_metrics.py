@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 from pythonjsonlogger.json import JsonFormatter
 
+from billing.pricing import PricePair, Prices
 from config.asgi import application
+from relay import metrics
+from relay.metering import Usage, UsageRecord
 from relay.metrics import RequestIdFilter
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, chat_body, usage_events
 from tests.servers import serve_in_thread
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scrape(gateway: Gateway) -> Samples:
@@ -223,3 +234,214 @@ def test_other_log_records_get_the_request_id_of_the_request_being_served(
     assert broke, "the broken stream was not logged"
     assert broke[0].request_id == response.headers["x-request-id"]  # type: ignore[attr-defined]
     assert RequestIdFilter().filter(logging.makeLogRecord({}))  # outside a request: ""
+
+
+# --- counting between folds --------------------------------------------------------------
+
+# Latencies on and around the buckets' bounds (ms), and one beyond the last.
+FOLD_LATENCIES_MS = (0, 4, 5, 6, 10, 25, 26, 250, 999, 1000, 1001, 300_000, 300_001)
+
+
+def counted_record(model: str, latency_ms: int, upstream_ms: int | None) -> UsageRecord:
+    prices = Prices(input=150_000, cached_input=75_000, output=600_000, request_fee=7,
+                    currency="USD")  # fmt: skip
+    return UsageRecord(
+        request_id="req_fold",
+        created_at=datetime.now(UTC),
+        tenant_id=1,
+        api_key_id=1,
+        model=model,
+        surface="responses",
+        stream=True,
+        status_code=200,
+        total_latency_ms=latency_ms,
+        channel_id=3,
+        upstream_latency_ms=upstream_ms,
+        usage=Usage(prompt_tokens=25, completion_tokens=latency_ms % 7 + 1),
+        price=PricePair(retail=prices, wholesale=prices, reseller_id=None),
+    )
+
+
+def fold_records(model: str) -> list[UsageRecord]:
+    """One record per latency; every other one without an upstream latency."""
+    return [
+        counted_record(model, ms, ms // 2 if index % 2 else None)
+        for index, ms in enumerate(FOLD_LATENCIES_MS)
+    ]
+
+
+def count_records(model: str) -> list[UsageRecord]:
+    records = fold_records(model)
+    for record in records:
+        metrics.observe_record(record)
+    return records
+
+
+def registry_samples(registry: CollectorRegistry, model: str) -> Samples:
+    """The samples of one model's label sets (a fresh model per test keeps tests apart)."""
+    found: Samples = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.labels.get("model") == model or sample.name.startswith(
+                "tollgate_surface_requests"
+            ):
+                found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def expected_samples(model: str, records: list[UsageRecord]) -> Samples:
+    """The same records observed one by one on prometheus-client's own metrics."""
+    registry = CollectorRegistry()
+    latency = Histogram(
+        "tollgate_request_duration_seconds", "", ("model", "stream"),
+        buckets=metrics.LATENCY_BUCKETS, registry=registry,
+    )  # fmt: skip
+    upstream = Histogram(
+        "tollgate_upstream_latency_seconds", "", ("model", "channel"),
+        buckets=metrics.LATENCY_BUCKETS, registry=registry,
+    )  # fmt: skip
+    for record in records:
+        latency.labels(model, "true").observe(record.total_latency_ms / 1000)
+        if record.upstream_latency_ms is not None:
+            upstream.labels(model, "3").observe(record.upstream_latency_ms / 1000)
+    return {
+        key: sample
+        for key, sample in registry_samples(registry, model).items()
+        if not key[0].endswith("_created")
+    }
+
+
+def assert_histograms_match(got: Samples, expected: Samples, before: Samples) -> None:
+    assert expected
+    for key, expected_value in expected.items():
+        delta = got.get(key, 0.0) - before.get(key, 0.0)
+        if key[0].endswith("_sum"):
+            assert delta == pytest.approx(expected_value), key
+        else:
+            assert delta == expected_value, key
+
+
+def test_counts_wait_for_the_fold_and_are_exact_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "FOLD_SECONDS", 60.0)
+    model = f"fold-{uuid.uuid4().hex[:8]}"
+    requests = {"model": model, "channel": "3", "status": "200"}
+    surface = {"surface": "responses", "status": "200"}
+    surface_name = "tollgate_surface_requests_total"
+    surface_before = value(registry_samples(metrics.REGISTRY, model), surface_name, **surface)
+
+    async def count_then_fold() -> tuple[list[UsageRecord], Samples]:
+        try:
+            records = count_records(model)
+            return records, registry_samples(metrics.REGISTRY, model)
+        finally:
+            metrics.flush()
+
+    records, between = asyncio.run(count_then_fold())
+    assert value(between, "tollgate_requests_total", **requests) == 0  # not folded yet
+    after = registry_samples(metrics.REGISTRY, model)
+    count = len(FOLD_LATENCIES_MS)
+    assert value(after, "tollgate_requests_total", **requests) == count
+    assert value(after, surface_name, **surface) - surface_before == count
+    assert value(after, "tollgate_tokens_total", model=model, kind="prompt") == 25 * count
+    assert value(after, "tollgate_tokens_total", model=model, kind="completion") == sum(
+        r.usage.completion_tokens for r in records if r.usage
+    )
+    assert value(after, "tollgate_spend_micros_total", model=model, currency="USD") == sum(
+        r.known_cost() or 0 for r in records
+    )
+    assert_histograms_match(after, expected_samples(model, records), {})
+
+
+def test_counts_fold_on_the_timer_without_a_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "FOLD_SECONDS", 0.05)
+    model = f"timer-{uuid.uuid4().hex[:8]}"
+    requests = {"model": model, "channel": "3", "status": "200"}
+
+    def counted() -> float:
+        samples = registry_samples(metrics.REGISTRY, model)
+        return value(samples, "tollgate_requests_total", **requests)
+
+    async def count_and_wait() -> tuple[float, float]:
+        count_records(model)
+        between = counted()
+        await asyncio.sleep(0.3)
+        return between, counted()
+
+    assert asyncio.run(count_and_wait()) == (0, len(FOLD_LATENCIES_MS))
+
+
+def test_a_scrape_right_after_requests_sees_them(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "FOLD_SECONDS", 60.0)  # only the scrape's own fold counts
+    labels = {"model": PUBLIC_MODEL, "channel": str(gateway.channel.pk), "status": "200"}
+    before = value(scrape(gateway), "tollgate_requests_total", **labels)
+    assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    streamed = gateway.client.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert streamed.status_code == 200
+    assert value(scrape(gateway), "tollgate_requests_total", **labels) == before + 2
+
+
+COUNT_IN_A_WORKER = """
+import asyncio, os, sys
+import django
+django.setup()
+from prometheus_client import CollectorRegistry, multiprocess
+from relay import metrics
+from tests.relay import test_metrics
+
+def requests_counted():
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return test_metrics.value(
+        test_metrics.registry_samples(registry, sys.argv[1]), "tollgate_requests_total",
+        model=sys.argv[1], channel="3", status="200",
+    )
+
+async def main():
+    assert metrics.MULTIPROCESS
+    before = requests_counted()  # the workers before this one
+    test_metrics.count_records(sys.argv[1])
+    assert requests_counted() == before, "counted before the fold"
+    await asyncio.sleep(metrics.FOLD_SECONDS + 0.5)
+    assert requests_counted() == before + len(test_metrics.FOLD_LATENCIES_MS)
+    test_metrics.count_records(sys.argv[1])
+
+asyncio.run(main())
+metrics.flush()  # what the app's shutdown does
+"""
+
+
+def test_workers_in_multiprocess_mode_sum_exactly(tmp_path: Path) -> None:
+    model = f"workers-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    for _ in range(2):  # two workers, one after the other, each with its own files
+        done = subprocess.run(  # noqa: S603 - this interpreter, our own script
+            [sys.executable, "-c", COUNT_IN_A_WORKER, model],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    got = registry_samples(registry, model)
+    per_worker = len(FOLD_LATENCIES_MS) * 2
+    requests = {"model": model, "channel": "3", "status": "200"}
+    assert value(got, "tollgate_requests_total", **requests) == 2 * per_worker
+    surface = {"surface": "responses", "status": "200"}
+    assert value(got, "tollgate_surface_requests_total", **surface) == 2 * per_worker
+    records = fold_records(model) * 4
+    assert value(got, "tollgate_tokens_total", model=model, kind="completion") == sum(
+        r.usage.completion_tokens for r in records if r.usage
+    )
+    assert value(got, "tollgate_spend_micros_total", model=model, currency="USD") == sum(
+        r.known_cost() or 0 for r in records
+    )
+    assert_histograms_match(got, expected_samples(model, records), {})
