@@ -283,8 +283,12 @@ class TokenCounter:
             pass
         # One starter at a time (an advisory lock the system drops with its holder).
         lock_path = self._dir() / "token-counter.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+b") as lock:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(lock_path, "a+b")  # noqa: SIM115 - held across the start below
+        except OSError as exc:  # a read-only data directory: no shared counter
+            raise CounterUnavailable(str(exc)) from exc
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 return self._open()
@@ -314,21 +318,24 @@ class TokenCounter:
         """Start the server and wait until its address answers (the launcher's exit)."""
         import subprocess
 
-        root = Path(__file__).resolve().parents[1]
-        launcher = subprocess.Popen(  # noqa: S603 - this interpreter, our own module
-            [
-                sys.executable,
-                "-m",
-                "relay.token_server",
-                "@" + self._address()[1:],
-                str(idle_seconds),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,  # the server itself lets go of it: it outlives the starter
-            cwd=root,
-            start_new_session=True,
-        )
+        command = [
+            sys.executable,
+            "-m",
+            "relay.token_server",
+            "@" + self._address()[1:],
+            str(idle_seconds),
+        ]
+        try:
+            launcher = subprocess.Popen(  # noqa: S603 - this interpreter, our own module
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # the server lets go of it: it outlives the starter
+                cwd=Path(__file__).resolve().parents[1],
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise CounterUnavailable(str(exc)) from exc
         try:
             _, err = launcher.communicate(_authkey(), timeout=self.START_SECONDS)
         except subprocess.TimeoutExpired as exc:

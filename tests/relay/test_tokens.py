@@ -227,3 +227,18 @@ def test_a_count_that_fails_is_estimated_and_the_server_kept(
     assert counter.count(MESSAGES, None, ANSWER, idle_seconds=30) == tokens.count_all(
         MESSAGES, None, ANSWER
     )
+
+
+def test_a_data_directory_it_cannot_write_costs_no_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only deployment cannot hold the starters' lock: counting stays in-process."""
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    counter = tokens.TokenCounter(var_dir=blocked / "var")
+
+    assert counter.count(MESSAGES, None, ANSWER, idle_seconds=30) == tokens.count_all(
+        MESSAGES, None, ANSWER
+    )
+    assert "token counter process failed; counting here" in caplog.text
+    assert counter.server_pid() is None
