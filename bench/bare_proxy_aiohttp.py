@@ -35,6 +35,7 @@ class AiohttpBareProxy:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    self._session()  # before the first request, as bench/bare_proxy.py
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     if self.session is not None:

@@ -139,6 +139,11 @@ def start_group(ctx: Context, target: Target) -> tuple[Service, str]:
                 str(port),
                 "--num_workers",
                 str(workers),
+                # uvicorn (0.54 in LiteLLM's venv) kills a worker that does not answer its
+                # health check within 5 s; importing LiteLLM takes longer than that on a
+                # loaded machine, so the workers were replaced forever and never served.
+                "--timeout_worker_healthcheck",
+                "60",
             ],
             env=env,
             cwd=ctx.out,
