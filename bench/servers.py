@@ -53,6 +53,9 @@ def _server_argv(server: str, app: str, port: int, workers: int) -> list[str]:
         "--no-access-log",
         "--log-level",
         "warning",
+        # As deploy/Procfile: a worker slow to start on a loaded machine is not replaced.
+        "--timeout-worker-healthcheck",
+        "20",
     ]
 
 
