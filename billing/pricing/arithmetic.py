@@ -249,7 +249,26 @@ def total_micros(prices: Prices, counts: Counts) -> int:
     """The sum of ``charges(prices, counts)``, without building them (the relay's per
     request figure). The token charges are their exact total rounded once and then only
     apportioned, so their sum is that rounded total; images and the fee are whole."""
-    flat, _ = prices.for_request(_n(counts.prompt_tokens), counts.service_tier)
+    prompt = _n(counts.prompt_tokens)
+    flat, _ = prices.for_request(prompt, counts.service_tier)
+    if (
+        counts.cached_tokens <= 0
+        and counts.cache_write_tokens <= 0
+        and counts.cache_write_1h_tokens <= 0
+        and counts.audio_input_tokens <= 0
+        and counts.image_input_tokens <= 0
+        and counts.audio_output_tokens <= 0
+        and counts.image_output_tokens <= 0
+        and counts.input_images <= 0
+        and counts.output_images <= 0
+        and flat.input >= 0
+        and flat.output >= 0
+    ):
+        # Text only, most requests: ``quantities`` would give the whole prompt to "input"
+        # and the whole completion to "output" (the same sum, without its dictionary).
+        output = max(_n(counts.completion_tokens), _n(counts.reasoning_tokens))
+        total = div_round_half_up(prompt * flat.input + output * flat.output, PER_MILLION)
+        return total + flat.request_fee if prompt or output else total
     used = quantities(counts)
     exact = 0
     for dimension in TOKEN_DIMENSIONS:

@@ -53,20 +53,21 @@ class Usage(Counts):
     @classmethod
     def from_openai(cls, usage: Any, service_tier: Any = None) -> Usage | None:
         """From a chat or completions ``usage`` object and the answer's ``service_tier``."""
-        if not isinstance(usage, Mapping):
+        if type(usage) is not dict and not isinstance(usage, Mapping):
             return None
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
+        get = usage.get
+        prompt = _mapping(get("prompt_tokens_details")).get
+        completion = _mapping(get("completion_tokens_details")).get
         return cls(
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
-            cached_tokens=_count(_get(prompt_details, "cached_tokens")),
-            reasoning_tokens=_count(_get(completion_details, "reasoning_tokens")),
-            cache_write_tokens=_count(_get(prompt_details, "cache_write_tokens")),
-            audio_input_tokens=_count(_get(prompt_details, "audio_tokens")),
-            audio_output_tokens=_count(_get(completion_details, "audio_tokens")),
-            image_input_tokens=_count(_get(prompt_details, "image_tokens")),
-            image_output_tokens=_count(_get(completion_details, "image_tokens")),
+            prompt_tokens=_count(get("prompt_tokens")),
+            completion_tokens=_count(get("completion_tokens")),
+            cached_tokens=_count(prompt("cached_tokens")),
+            reasoning_tokens=_count(completion("reasoning_tokens")),
+            cache_write_tokens=_count(prompt("cache_write_tokens")),
+            audio_input_tokens=_count(prompt("audio_tokens")),
+            audio_output_tokens=_count(completion("audio_tokens")),
+            image_input_tokens=_count(prompt("image_tokens")),
+            image_output_tokens=_count(completion("image_tokens")),
             service_tier=service_tier_of(service_tier),
         )
 
@@ -80,11 +81,17 @@ def service_tier_of(value: Any) -> str:
     return value if value in ("flex", "priority") else ""
 
 
-def _get(mapping: Any, name: str) -> Any:
-    return mapping.get(name) if isinstance(mapping, Mapping) else None
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping (a JSON object), else an empty one."""
+    return value if type(value) is dict or isinstance(value, Mapping) else _EMPTY
 
 
 def _count(value: Any) -> int:
+    if type(value) is int:  # nearly always: the check below is for what JSON never gives
+        return value if value > 0 else 0
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 

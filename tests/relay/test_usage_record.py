@@ -94,3 +94,38 @@ def test_a_price_is_queued_as_itself_however_often_it_is_written() -> None:
     assert orjson.loads(first)["price"] == orjson.loads(orjson.dumps(pair))
     assert orjson.loads(other)["price"]["retail"]["input"] == 100_000
     assert orjson.loads(other)["price"]["reseller_id"] is None
+
+
+class _Details(dict[str, Any]):
+    """A mapping that is not exactly a dict (what a JSON library of another kind gives)."""
+
+
+def test_openai_usage_takes_positive_whole_numbers_only() -> None:
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 120,
+            "completion_tokens": 30,
+            "prompt_tokens_details": _Details(cached_tokens=100, audio_tokens=True),
+            "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 2.0},
+        },
+        "priority",
+    )
+    assert usage == Usage(
+        prompt_tokens=120,
+        completion_tokens=30,
+        cached_tokens=100,
+        reasoning_tokens=12,
+        service_tier="priority",
+    )
+    odd = Usage.from_openai(
+        {
+            "prompt_tokens": -5,
+            "completion_tokens": "7",
+            "prompt_tokens_details": [1, 2],
+            "completion_tokens_details": None,
+        },
+        "standard",
+    )
+    assert odd == Usage()
+    assert Usage.from_openai([("prompt_tokens", 3)]) is None
+    assert Usage.from_openai(None) is None
