@@ -218,6 +218,29 @@ def charges(prices: Prices, counts: Counts) -> tuple[dict[str, tuple[int, int, i
     and whether it was priced at long-context prices (see the module's docstring for the
     rounding)."""
     flat, long = prices.for_request(_n(counts.prompt_tokens), counts.service_tier)
+    if _text_only(counts):
+        return _text_charges(flat, counts), long
+    return _apportioned(flat, counts), long
+
+
+def _text_only(counts: Counts) -> bool:
+    """No cache, audio or image parts: the whole prompt is "input", the whole completion
+    "output" (most requests)."""
+    return (
+        counts.cached_tokens <= 0
+        and counts.cache_write_tokens <= 0
+        and counts.cache_write_1h_tokens <= 0
+        and counts.audio_input_tokens <= 0
+        and counts.image_input_tokens <= 0
+        and counts.audio_output_tokens <= 0
+        and counts.image_output_tokens <= 0
+        and counts.input_images <= 0
+        and counts.output_images <= 0
+    )
+
+
+def _apportioned(flat: Prices, counts: Counts) -> dict[str, tuple[int, int, int]]:
+    """``charges`` at the unit prices ``flat``, for any counts."""
     used = {d: q for d, q in quantities(counts).items() if q}
     exact = {d: q * getattr(flat, d) for d, q in used.items() if d in _TOKEN_SET}
     micros = {d: share // PER_MILLION for d, share in exact.items()}
@@ -230,7 +253,38 @@ def charges(prices: Prices, counts: Counts) -> tuple[dict[str, tuple[int, int, i
         unit = flat.unit(dimension)
         charged = micros[dimension] if dimension in micros else quantity * unit
         found[dimension] = (quantity, unit, charged)
-    return found, long
+    return found
+
+
+def _text_charges(flat: Prices, counts: Counts) -> dict[str, tuple[int, int, int]]:
+    """``_apportioned`` for text-only counts, without its dictionaries and sort: at most
+    two token dimensions share the rounding, "input" first on equal remainders."""
+    prompt = _n(counts.prompt_tokens)
+    output = max(_n(counts.completion_tokens), _n(counts.reasoning_tokens))
+    found: dict[str, tuple[int, int, int]] = {}
+    if not prompt and not output:
+        return found
+    exact_in, exact_out = prompt * flat.input, output * flat.output
+    micros_in, micros_out = exact_in // PER_MILLION, exact_out // PER_MILLION
+    left = div_round_half_up(exact_in + exact_out, PER_MILLION) - micros_in - micros_out
+    if left > 0:
+        if prompt and output:
+            if left > 1:
+                micros_in, micros_out = micros_in + 1, micros_out + 1
+            elif exact_in % PER_MILLION >= exact_out % PER_MILLION:
+                micros_in += 1
+            else:
+                micros_out += 1
+        elif prompt:
+            micros_in += 1
+        else:
+            micros_out += 1
+    if prompt:
+        found["input"] = (prompt, flat.input, micros_in)
+    if output:
+        found["output"] = (output, flat.output, micros_out)
+    found["request"] = (1, flat.request_fee, flat.request_fee)
+    return found
 
 
 def cost_micros(prices: Prices, **counts: Any) -> int:
@@ -251,19 +305,7 @@ def total_micros(prices: Prices, counts: Counts) -> int:
     apportioned, so their sum is that rounded total; images and the fee are whole."""
     prompt = _n(counts.prompt_tokens)
     flat, _ = prices.for_request(prompt, counts.service_tier)
-    if (
-        counts.cached_tokens <= 0
-        and counts.cache_write_tokens <= 0
-        and counts.cache_write_1h_tokens <= 0
-        and counts.audio_input_tokens <= 0
-        and counts.image_input_tokens <= 0
-        and counts.audio_output_tokens <= 0
-        and counts.image_output_tokens <= 0
-        and counts.input_images <= 0
-        and counts.output_images <= 0
-        and flat.input >= 0
-        and flat.output >= 0
-    ):
+    if _text_only(counts) and flat.input >= 0 and flat.output >= 0:
         # Text only, most requests: ``quantities`` would give the whole prompt to "input"
         # and the whole completion to "output" (the same sum, without its dictionary).
         output = max(_n(counts.completion_tokens), _n(counts.reasoning_tokens))
@@ -359,6 +401,14 @@ SNAPSHOT_COLUMNS = {
     "output_per_mtok": "output",
     "request_fee_micros": "request",
 }
+# Per side, each snapshot column's event field and the price attribute it copies.
+_SNAPSHOT_FIELDS = {
+    side: tuple(
+        (f"{side}_{column}", price_attribute(dimension))
+        for column, dimension in SNAPSHOT_COLUMNS.items()
+    )
+    for side in SIDES
+}
 
 
 def event_cost_fields(pair: PricePair | None, **counts: Any) -> dict[str, Any]:
@@ -392,8 +442,8 @@ def event_cost_fields_of(pair: PricePair | None, used: Counts) -> dict[str, Any]
     fields: dict[str, Any] = {"currency": pair.retail.currency, "reseller_id": pair.reseller_id}
     for side, prices in (("retail", pair.retail), ("wholesale", pair.wholesale)):
         flat, _ = prices.for_request(max(used.prompt_tokens, 0), used.service_tier)
-        for column, dimension in SNAPSHOT_COLUMNS.items():
-            fields[f"{side}_{column}"] = flat.unit(dimension)
+        for field, attribute in _SNAPSHOT_FIELDS[side]:
+            fields[field] = getattr(flat, attribute)
     fields["long_context"] = long
     fields["charges"] = {
         dimension: [quantity, unit, micros, *wholesale[dimension][1:]]

@@ -23,7 +23,11 @@ from billing.pricing import (
     total_micros,
     worst_case_cost_micros,
 )
-from billing.pricing.arithmetic import DIMENSIONS, TOKEN_DIMENSIONS
+from billing.pricing.arithmetic import (
+    DIMENSIONS,
+    TOKEN_DIMENSIONS,
+    _apportioned,  # the general path, against the short
+)
 from billing.services import model_price_set
 from portal.models import CatalogModel
 from tests.billing.conftest import Market
@@ -184,7 +188,13 @@ def test_the_relays_total_is_the_sum_of_the_charges(text_only: bool) -> None:
                 reasoning_tokens=rng.choice([0, counts.reasoning_tokens]),
                 service_tier=counts.service_tier,
             )
+            if rng.random() < 0.1:  # no price list holds one, but the rules still apply
+                prices = dataclasses.replace(prices, input=-price(), output=-price())
         found, _ = charges(prices, counts)
+        if text_only:  # the short paths against the general one
+            flat, _ = prices.for_request(max(counts.prompt_tokens, 0), counts.service_tier)
+            assert found == _apportioned(flat, counts)
+            assert list(found) == list(_apportioned(flat, counts))  # the invoice's order
         assert total_micros(prices, counts) == sum(c for _, _, c in found.values())
     # A negative unit price (no price list holds one) still follows the charges.
     odd = dataclasses.replace(CLAUDE, input=-333_333, output=-1)
