@@ -5,6 +5,7 @@ sends a 15 MB picture in 4 KB reads must not stall the relay's event loop)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -87,3 +88,82 @@ def test_a_read_of_many_events_keeps_them_whole_and_in_order() -> None:
     assert [sse.event_data(e) for e in events] == expected
     assert buffer == b"data: tail"  # the unfinished event stays
     assert start == len(buffer) - 3
+
+
+def relay_batches(pieces: list[bytes], limit: int = 16 * 1024 * 1024) -> list[list[bytes]]:
+    async def source() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    async def collect() -> list[list[bytes]]:
+        return [batch async for batch in sse.iter_event_batches(source(), limit)]
+
+    return asyncio.run(collect())
+
+
+def buffered_batches(pieces: list[bytes], limit: int = 16 * 1024 * 1024) -> list[list[bytes]]:
+    """Every read through the buffer and ``take_events``: what ``iter_event_batches``
+    did for every read before it split reads that begin an event with one ``split``."""
+    buffer, start, batches = bytearray(), 0, []
+    for piece in pieces:
+        buffer += piece
+        events, start = sse.take_events(buffer, start, limit)
+        if events:
+            batches.append(events)
+    if buffer.strip():
+        batches.append([bytes(buffer)])
+    return batches
+
+
+def _random_stream(rng: random.Random) -> bytes:
+    separators = [b"\n\n"] * 8 + [b"\r\n\r\n", b"\r\r", b"\n\n\n"]
+    lf_only = rng.random() < 0.7
+    parts = []
+    for _ in range(rng.randrange(1, 12)):
+        kind = rng.randrange(6)
+        if kind == 0:
+            event = b": keep-alive"
+        elif kind == 1:
+            event = b'event: delta\ndata: {"a":%d}' % rng.randrange(100)
+        elif kind == 2:
+            event = b"data: line one\ndata: line two"
+        elif kind == 3:
+            event = b" \t "  # blank
+        else:
+            event = b'data: {"text":"%s"}' % bytes(rng.choice(b"ab\\ \t") for _ in range(9))
+        parts.append(event + (b"\n\n" if lf_only else rng.choice(separators)))
+    if rng.random() < 0.3:
+        parts.append(b"data: unfinished")
+    return b"".join(parts)
+
+
+def _random_reads(data: bytes, rng: random.Random) -> list[bytes]:
+    if rng.random() < 0.5:  # one read per event, as upstreams nearly always write them
+        pieces = [p + b"\n\n" for p in data.split(b"\n\n")]
+        pieces[-1] = pieces[-1][:-2]
+        return [p for p in pieces if p]
+    cuts = sorted(rng.sample(range(1, len(data)), min(rng.randrange(6), len(data) - 1)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def test_reads_give_the_batches_the_buffered_search_gives() -> None:
+    rng = random.Random(18)
+    for _ in range(3000):
+        pieces = _random_reads(_random_stream(rng), rng)
+        assert relay_batches(pieces) == buffered_batches(pieces), pieces
+
+
+def test_an_event_over_the_limit_in_a_split_read_is_refused() -> None:
+    pieces = [b"data: small\n\n", b"data: " + b"A" * 100 + b"\n\ndata: next\n\n"]
+    assert relay_batches(pieces[:1], limit=64) == [[b"data: small"]]
+    with pytest.raises(ValueError, match="size limit"):
+        relay_batches(pieces, limit=64)
+
+
+def test_the_one_line_short_cut_reads_events_as_the_line_walk_does() -> None:
+    rng = random.Random(19)
+    events = [b"data: x", b"data:x", b"data:  x", b"data: ", b"data:", b": c", b"event: e", b""]
+    for _ in range(2000):
+        event = rng.choice(events) + bytes(rng.choice(b"ab \r\n:") for _ in range(rng.randrange(4)))
+        # A final LF adds no line, and takes the line-by-line walk.
+        assert sse.event_data(event) == sse.event_data(event + b"\n"), event
