@@ -26,8 +26,6 @@ from relay.metering import Usage, UsageRecord
 from relay.snapshot import Route
 from relay.upstream_errors import redact
 
-_USAGE_NULL = b',"usage":null'
-
 
 def load_json(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, integers kept exact; raises a 400."""
@@ -292,7 +290,7 @@ class OpenAIStreamLeg(Leg):
         if data == b"[DONE]":
             return b"data: [DONE]\n\n", True
         chunk = self.rewrite(data)
-        return (b"data: " + chunk + b"\n\n" if chunk is not None else b""), False
+        return (b"".join((b"data: ", chunk, b"\n\n")) if chunk is not None else b""), False
 
     def rewrite(self, data: bytes) -> bytes | None:
         """The chunk as the client should see it, or None to drop it."""
@@ -311,24 +309,22 @@ class OpenAIStreamLeg(Leg):
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
-                self.record.keep_text(self.texts(choice))
-        changed = False
-        if chunk.get("model") != self.public:
-            chunk["model"] = self.public
-            changed = True
+                if texts := self.texts(choice):
+                    self.record.keep_text(texts)
         usage = chunk.get("usage")
         if usage is not None:
             self.record.usage = Usage.from_openai(usage, chunk.get("service_tier"))
-        if not self.client_wants_usage and "usage" in chunk:
-            if usage is not None and not choices:
-                return None
-            if usage is None and not changed:
-                stripped = data.replace(_USAGE_NULL, b"", 1)
-                if len(stripped) != len(data):
-                    return stripped
+        rename = chunk.get("model") != self.public
+        drop_usage = not self.client_wants_usage and "usage" in chunk
+        if not rename and not drop_usage:
+            return data
+        if drop_usage and usage is not None and not choices:
+            return None  # the usage chunk the relay asked for, not the client
+        if rename:
+            chunk["model"] = self.public
+        if drop_usage:
             del chunk["usage"]
-            changed = True
-        return orjson.dumps(chunk) if changed else data
+        return orjson.dumps(chunk)
 
 
 def json_headers(secret: str, accept: str, extra: dict[str, str]) -> upstream.Headers:

@@ -70,20 +70,23 @@ def force_usage(payload: dict[str, Any]) -> bool:
     return bool(options.get("include_usage"))
 
 
+_DELTA_TEXTS = ("content", "reasoning_content", "refusal")
+
+
 def delta_texts(choice: Any) -> list[str]:
-    if not isinstance(choice, Mapping):
+    # ``dict``, not ``Mapping``: choices are parsed JSON, and on streams the ABC checks
+    # cost more than the rest of this function.
+    if not isinstance(choice, dict):
         return []
     delta = choice.get("delta")
-    if not isinstance(delta, Mapping):
+    if not isinstance(delta, dict):
         return []
-    texts = [
-        value
-        for name in ("content", "reasoning_content", "refusal")
-        if isinstance(value := delta.get(name), str)
-    ]
+    if len(delta) == 1 and isinstance(content := delta.get("content"), str):
+        return [content]  # nearly every chunk of a stream
+    texts = [value for name in _DELTA_TEXTS if isinstance(value := delta.get(name), str)]
     for call in delta.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, Mapping) else None
-        if isinstance(function, Mapping):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
             texts.extend(
                 v for v in (function.get("name"), function.get("arguments")) if isinstance(v, str)
             )
