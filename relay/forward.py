@@ -249,23 +249,24 @@ class Forwarding:
         try:
             async for events in sse.iter_event_batches(chunks, MAX_EVENT_BYTES):
                 # What one upstream read completed goes out in one write.
-                out = bytearray()
+                out = []
                 for event in events:
                     data = sse.event_data(event)
                     if data is None:
-                        out += event + b"\n\n"  # comments keep the line alive
+                        out.append(event + b"\n\n")  # comments keep the line alive
                         continue
                     try:
                         chunk, final = leg.event(event, data)
                     except ValueError:
                         if out:  # the well-formed events before it still go out
-                            await exchange.send_body(bytes(out))
+                            await exchange.send_body(b"".join(out))
                         raise
                     if final and self.settle is not None:
                         await self.settle()  # recorded before the client sees the end
-                    out += chunk
+                    if chunk:
+                        out.append(chunk)
                 if out:
-                    await exchange.send_body(bytes(out))
+                    await exchange.send_body(out[0] if len(out) == 1 else b"".join(out))
                     if progress is not None:
                         progress.delivered()
         except (upstream.UpstreamError, ValueError) as exc:
