@@ -68,6 +68,16 @@ class SseSplitter:
         self.start = 0  # the buffer holds no separator before this
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
+        if not self.buffer and data.find(b"\r") == -1:
+            # A read that starts an event, with LF line endings: nearly every read.
+            raws, rest = sse.split_read(data)
+            if raws and max(map(len, raws)) > self.limit:
+                raise ValueError("a provider's stream event exceeds the size limit")
+            self.buffer += rest
+            self.start = sse.rescan_from(self.buffer)
+            if len(self.buffer) > self.limit:
+                raise ValueError("a provider's stream event exceeds the size limit")
+            return [event for raw in raws if (event := _parse(raw)) is not None]
         self.buffer += data
         events = []
         while True:
@@ -94,6 +104,11 @@ class SseSplitter:
 
 
 def _parse(raw: bytes) -> tuple[str, bytes] | None:
+    # One "event:" line and one "data:" line, LF-separated: how providers name events.
+    if raw.startswith(b"event:") and raw.find(b"\r") == -1:
+        end = raw.find(b"\n")
+        if end != -1 and raw.startswith(b"data: ", end + 1) and raw.find(b"\n", end + 1) == -1:
+            return raw[6:end].strip().decode("utf-8", "replace"), raw[end + 7 :]
     data = sse.event_data(raw)
     if data is None:
         return None  # a comment: keeps the connection alive, carries nothing

@@ -115,26 +115,35 @@ def buffered_batches(pieces: list[bytes], limit: int = 16 * 1024 * 1024) -> list
     return batches
 
 
-def _random_stream(rng: random.Random) -> bytes:
+# Events of every shape a stream may hold, each with what a provider's splitter makes of
+# it: (event name, data), or None for an event without data (a comment, a blank one).
+SHAPES: list[tuple[bytes, tuple[str, bytes] | None]] = [
+    (b": keep-alive", None),
+    (b" \t ", None),
+    (b'event: delta\ndata: {"a":1}', ("delta", b'{"a":1}')),
+    (b"event:ping\ndata:  x", ("ping", b" x")),
+    (b"id: 5\nevent: e\ndata: z", ("e", b"z")),
+    (b"event: two\ndata: a\ndata: b", ("two", b"a\nb")),
+    (b"data: line one\ndata: line two", ("", b"line one\nline two")),
+    (b"data:", ("", b"")),
+    (b'data: {"text":"a\\\\ b\\"c"}', ("", b'{"text":"a\\\\ b\\"c"}')),
+]
+
+
+def _random_stream(rng: random.Random) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A stream and the (name, data) of its events."""
     separators = [b"\n\n"] * 8 + [b"\r\n\r\n", b"\r\r", b"\n\n\n"]
     lf_only = rng.random() < 0.7
-    parts = []
+    parts, expected = [], []
     for _ in range(rng.randrange(1, 12)):
-        kind = rng.randrange(6)
-        if kind == 0:
-            event = b": keep-alive"
-        elif kind == 1:
-            event = b'event: delta\ndata: {"a":%d}' % rng.randrange(100)
-        elif kind == 2:
-            event = b"data: line one\ndata: line two"
-        elif kind == 3:
-            event = b" \t "  # blank
-        else:
-            event = b'data: {"text":"%s"}' % bytes(rng.choice(b"ab\\ \t") for _ in range(9))
+        event, parsed = rng.choice(SHAPES)
         parts.append(event + (b"\n\n" if lf_only else rng.choice(separators)))
+        if parsed is not None:
+            expected.append(parsed)
     if rng.random() < 0.3:
         parts.append(b"data: unfinished")
-    return b"".join(parts)
+        expected.append(("", b"unfinished"))
+    return b"".join(parts), expected
 
 
 def _random_reads(data: bytes, rng: random.Random) -> list[bytes]:
@@ -149,8 +158,18 @@ def _random_reads(data: bytes, rng: random.Random) -> list[bytes]:
 def test_reads_give_the_batches_the_buffered_search_gives() -> None:
     rng = random.Random(18)
     for _ in range(3000):
-        pieces = _random_reads(_random_stream(rng), rng)
+        pieces = _random_reads(_random_stream(rng)[0], rng)
         assert relay_batches(pieces) == buffered_batches(pieces), pieces
+
+
+def test_a_provider_stream_gives_every_event_however_it_is_read() -> None:
+    rng = random.Random(20)
+    for _ in range(3000):
+        data, expected = _random_stream(rng)
+        pieces = _random_reads(data, rng)
+        splitter = SseSplitter()
+        found = [event for piece in pieces for event in splitter.feed(piece)]
+        assert found + splitter.finish() == expected, pieces
 
 
 def test_an_event_over_the_limit_in_a_split_read_is_refused() -> None:
