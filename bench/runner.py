@@ -63,11 +63,18 @@ def run_targets(ctx: Context, targets: list[Target], round_index: int) -> None:
         sent = 0  # every request wrk completed against this server, warm-ups included
         cut = 0  # at most one request per connection is cut off when a wrk run ends
         try:
-            for target in members:
-                for mode in ctx.args.modes:
+            for mode in ctx.args.modes:
+                for target in members:
                     sent += warm_up(ctx, target, url, mode)
                     cut += WARMUP_CONCURRENCY
-                    for concurrency in target.concurrency or ctx.args.concurrency:
+                # The targets of one server (Tollgate with and without limits) take turns
+                # at each concurrency, so that the machine drifting in speed during a run
+                # (seen: the simulator's own CPU per request up 1.5x within minutes) weighs
+                # on both alike: target 5 compares them.
+                for concurrency in ctx.args.concurrency:
+                    for target in members:
+                        if concurrency not in (target.concurrency or ctx.args.concurrency):
+                            continue
                         measurement = measure(ctx, target, service, url, mode, concurrency)
                         sent += measurement.requests
                         cut += concurrency
