@@ -49,9 +49,11 @@ class Server:
         self.lock = threading.Lock()
 
     def serve(self) -> None:
+        # The tokenizer loads once, before any request: two requests arriving at once
+        # would otherwise each load it (~75 MB more at the peak). Clients wait meanwhile.
+        tokens.count_text("warm")
+        self.last_used = time.monotonic()  # idle from now, not from before the load
         threading.Thread(target=self._watch, name="idle-watch", daemon=True).start()
-        # The tokenizer loads while the first requests are still on their way.
-        threading.Thread(target=tokens.count_text, args=("warm",), daemon=True).start()
         while True:
             try:
                 conn = self.listener.accept()
