@@ -199,6 +199,9 @@ _tallies: dict[tuple[Any, ...], _Tally] = {}
 # The tallies holding counts not folded yet, and the timer that will fold them.
 _dirty: list[_Tally] = []
 _fold: asyncio.TimerHandle | None = None
+# The loop that timer runs on: should it stop without the app's shutdown (tests do), the
+# next count schedules the fold on the loop counting then.
+_fold_loop: asyncio.AbstractEventLoop | None = None
 
 
 def _tally_of(key: tuple[Any, ...]) -> _Tally:
@@ -234,13 +237,16 @@ def flush() -> None:
 
 
 def _fold_soon() -> None:
-    global _fold
+    global _fold, _fold_loop
+    if _fold is not None:
+        _fold.cancel()  # a timer on a loop that no longer runs
+        _fold = None
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # counted outside an event loop (a script): no timer to wait for
         flush()
     else:
-        _fold = loop.call_later(FOLD_SECONDS, flush)
+        _fold, _fold_loop = loop.call_later(FOLD_SECONDS, flush), loop
 
 
 def _count(
@@ -264,7 +270,7 @@ def _count(
     tally.prompt += prompt_tokens
     tally.completion += completion_tokens
     tally.spend += cost_micros
-    if _fold is None:
+    if _fold is None or _fold_loop is None or not _fold_loop.is_running():
         _fold_soon()
 
 

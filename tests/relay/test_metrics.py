@@ -327,6 +327,9 @@ def test_counts_wait_for_the_fold_and_are_exact_after_it(monkeypatch: pytest.Mon
     requests = {"model": model, "channel": "3", "status": "200"}
     surface = {"surface": "responses", "status": "200"}
     surface_name = "tollgate_surface_requests_total"
+    # The surface's label set is shared with every other test of this process: what they
+    # counted and left unfolded goes in before the baseline is read.
+    metrics.flush()
     surface_before = value(registry_samples(metrics.REGISTRY, model), surface_name, **surface)
 
     async def count_then_fold() -> tuple[list[UsageRecord], Samples]:
@@ -445,3 +448,27 @@ def test_workers_in_multiprocess_mode_sum_exactly(tmp_path: Path) -> None:
         r.known_cost() or 0 for r in records
     )
     assert_histograms_match(got, expected_samples(model, records), {})
+
+
+def test_a_loop_that_stopped_with_a_fold_pending_does_not_hold_back_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A relay's loop can stop without the app's shutdown (tests do it): counts made later
+    on another loop are still folded by their own timer, without a scrape."""
+    monkeypatch.setattr(metrics, "FOLD_SECONDS", 0.05)
+    model = f"stale-{uuid.uuid4().hex[:8]}"
+    labels = {"model": model, "channel": "3", "status": "200"}
+
+    async def count_and_leave() -> None:
+        count_records(model)  # schedules a fold on this loop, which ends at once
+
+    asyncio.run(count_and_leave())
+    first = value(registry_samples(metrics.REGISTRY, model), "tollgate_requests_total", **labels)
+
+    async def count_and_wait() -> float:
+        count_records(model)
+        await asyncio.sleep(0.5)  # several fold intervals, on a loop that runs
+        return value(registry_samples(metrics.REGISTRY, model), "tollgate_requests_total", **labels)
+
+    assert first == 0  # its loop ended before the timer fired
+    assert asyncio.run(count_and_wait()) == 2 * len(FOLD_LATENCIES_MS)
