@@ -236,8 +236,11 @@ class TokenCounter:
         except CounterUnavailable:
             return None
         with conn:
-            conn.send(("pid",))
-            return int(conn.recv()[1]) if conn.poll(self.TIMEOUT_SECONDS) else None
+            try:
+                conn.send(("pid",))
+                return int(conn.recv()[1]) if conn.poll(self.TIMEOUT_SECONDS) else None
+            except (OSError, EOFError):  # it stopped meanwhile
+                return None
 
     def stop(self) -> None:
         """Close this process's connection, and end the server (for tests)."""
