@@ -81,9 +81,10 @@ class UsageWriter:
     def _run(self) -> None:
         pending: list[UsageRecord] = []
         while True:
-            interval = settings.RELAY_USAGE_FLUSH_SECONDS
             if not pending:
                 pending.append(self._queue.get())  # sleep until there is something to write
+            # Read after the wait, which may have lasted through a change of the setting.
+            interval = settings.RELAY_USAGE_FLUSH_SECONDS
             # Gather what arrives within one interval of the first event into one batch.
             deadline = time.monotonic() + interval
             while len(pending) < settings.RELAY_USAGE_BATCH_SIZE:
