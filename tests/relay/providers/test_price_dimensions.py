@@ -14,13 +14,13 @@ import pytest
 
 from billing.models import UsageEvent
 from billing.pricing import Counts, charges, tenant_price_table
-from billing.services import model_price_set
 from tests.relay.conftest import (
     INPUT_PRICE,
     OUTPUT_PRICE,
     PUBLIC_MODEL,
     Gateway,
     Simulator,
+    price_model,
     usage_events,
 )
 from tests.relay.providers.conftest import NativeSim
@@ -42,14 +42,7 @@ DIMENSION_PRICES = {
 
 @pytest.fixture
 def priced(gateway: Gateway) -> Gateway:
-    model_price_set(
-        price_list=gateway.price_list,
-        model=gateway.model,
-        input_per_mtok=INPUT_PRICE,
-        output_per_mtok=OUTPUT_PRICE,
-        actor="test",
-        **DIMENSION_PRICES,  # type: ignore[arg-type]
-    )
+    price_model(gateway, **DIMENSION_PRICES)
     return gateway
 
 
