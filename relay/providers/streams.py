@@ -70,9 +70,7 @@ class SseSplitter:
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
         if not self.buffer and data.find(b"\r") == -1:
             # A read that starts an event, with LF line endings: nearly every read.
-            raws, rest = sse.split_read(data)
-            if raws and max(map(len, raws)) > self.limit:
-                raise ValueError("a provider's stream event exceeds the size limit")
+            raws, rest = sse.split_read(data, self.limit)
             self.buffer += rest
             self.start = sse.rescan_from(self.buffer)
             if len(self.buffer) > self.limit:
