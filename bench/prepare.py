@@ -19,7 +19,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
-TOOLS = BENCH / ".tools"  # py-spy and granian, installed with pip --target
+TOOLS = BENCH / ".tools"  # granian, installed with pip --target
+# py-spy in a target of its own: pip --target will not add to a bin/ that granian made.
+PY_SPY = BENCH / ".tools-py-spy"
 LITELLM_VENV = BENCH / ".venv-litellm"
 LITELLM_VERSION = "1.106.2"  # the version issue 6 measured
 PG_URL = "postgres://postgres@127.0.0.1:5432/{name}"
@@ -46,7 +48,7 @@ def _pip() -> list[str]:
     return [getattr(sys, "_base_executable", sys.executable), "-m", "pip"]
 
 
-def _pip_target(*packages: str) -> None:
+def _pip_target(*packages: str, target: Path = TOOLS) -> None:
     subprocess.run(
         [
             *_pip(),
@@ -54,7 +56,7 @@ def _pip_target(*packages: str) -> None:
             "--quiet",
             "--disable-pip-version-check",
             "--target",
-            str(TOOLS),
+            str(target),
             *packages,
         ],
         check=True,
@@ -62,10 +64,10 @@ def _pip_target(*packages: str) -> None:
 
 
 def ensure_py_spy() -> Path:
-    binary = TOOLS / "bin" / "py-spy"
+    binary = PY_SPY / "bin" / "py-spy"
     if not binary.exists():
-        log("installing py-spy into bench/.tools")
-        _pip_target("py-spy==0.4.3")
+        log("installing py-spy into bench/.tools-py-spy")
+        _pip_target("py-spy==0.4.3", target=PY_SPY)
     return binary
 
 

@@ -32,7 +32,7 @@ def _record(
     duration = ctx.args.duration
     spy = subprocess.Popen(
         [
-            str(prepare.TOOLS / "bin" / "py-spy"),
+            str(prepare.PY_SPY / "bin" / "py-spy"),
             "record",
             "--pid",
             str(service.pid),
