@@ -2,8 +2,10 @@
 
 Each limited scope (a key, a tenant) keeps, in Redis:
 
-- ``…:req`` and ``…:tok``: hashes of per-second counts; the last 60 seconds are summed, so
-  the per-minute window slides second by second and never lets a burst through twice;
+- ``…:requests`` and ``…:tokens``: hashes of per-second counts over the last 60 seconds,
+  with their running sum and oldest second, so the per-minute window slides second by
+  second and never lets a burst through twice, and admitting a request reads a few fields
+  of it, not all sixty;
 - ``…:conc``: a sorted set of the requests in flight, scored by when they expire, so a
   process that dies mid-request frees its slots when its requests would have timed out;
 - ``…:day:<date>``: tokens used this UTC day.

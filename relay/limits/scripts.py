@@ -35,25 +35,66 @@ local m_keys = scopes * 4
 local windows = tonumber(ARGV[m_at + 5]) or 0
 local w_keys = m_keys + money * 5
 local stats = {}
+local lows = {}
 local refused_kind = ''
 local retry_ms = 0
 local detail = ''
 
-local function window(key)
+-- A minute's window: a hash of per-second counts (seconds now-59 to now) and two fields
+-- of its own: 'sum', the total of those counts, and 'low', the oldest second counted (0
+-- when none is). Seconds leave as time passes, each subtracted once, so that a call reads
+-- a few fields whatever the rate; a window idle for over a minute is added up anew.
+-- Returns what it holds, its oldest counted second and 'low' (nil: no window yet).
+local cutoff = now - 59
+local function recount(key)
   local fields = redis.call('HGETALL', key)
-  local used, oldest = 0, 0
-  local stale = {}
+  if #fields == 0 then return 0, nil end
+  local used, low, stale = 0, 0, {}
   for i = 1, #fields, 2 do
     local second = tonumber(fields[i])
-    if second <= now - 60 then
-      stale[#stale + 1] = fields[i]
-    else
-      used = used + tonumber(fields[i + 1])
-      if oldest == 0 or second < oldest then oldest = second end
+    if second then
+      if second < cutoff then
+        stale[#stale + 1] = fields[i]
+      else
+        used = used + tonumber(fields[i + 1])
+        if low == 0 or second < low then low = second end
+      end
     end
   end
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  return used, oldest
+  redis.call('HSET', key, 'sum', used, 'low', low)
+  return used, low
+end
+local function window(key)
+  local meta = redis.call('HMGET', key, 'sum', 'low')
+  local used, low = tonumber(meta[1]), tonumber(meta[2])
+  if low == nil or (low > 0 and low < cutoff - 60) then
+    used, low = recount(key)
+  elseif low > 0 and low < cutoff then
+    local stale = {}
+    for second = low, cutoff - 1 do stale[#stale + 1] = second end
+    local counts = redis.call('HMGET', key, unpack(stale))
+    for i = 1, #counts do used = used - (tonumber(counts[i]) or 0) end
+    redis.call('HDEL', key, unpack(stale))
+    -- The oldest second left: at a steady rate, the first one looked at.
+    low = 0
+    if redis.call('HEXISTS', key, cutoff) == 1 then
+      low = cutoff
+    else
+      local later = {}
+      for second = cutoff + 1, now + 60 do later[#later + 1] = second end
+      local found = redis.call('HMGET', key, unpack(later))
+      for i = 1, #found do
+        if found[i] then low = cutoff + i; break end
+      end
+    end
+    if low == 0 and used ~= 0 then
+      used, low = recount(key)  -- counts beyond a minute ahead: a clock far off
+    else
+      redis.call('HSET', key, 'sum', used, 'low', low)
+    end
+  end
+  return used, low or 0, low
 end
 
 for s = 0, scopes - 1 do
@@ -62,8 +103,9 @@ for s = 0, scopes - 1 do
   local tpm = tonumber(ARGV[7 + s*4])
   local conc = tonumber(ARGV[8 + s*4])
   local daily = tonumber(ARGV[9 + s*4])
-  local req_used, req_oldest = window(req_key)
-  local tok_used, tok_oldest = window(tok_key)
+  local req_used, req_oldest, req_low = window(req_key)
+  local tok_used, tok_oldest, tok_low = window(tok_key)
+  lows[s * 2 + 1], lows[s * 2 + 2] = req_low or 0, tok_low or 0
   stats[#stats + 1] = req_used
   stats[#stats + 1] = req_oldest
   stats[#stats + 1] = tok_used
@@ -163,27 +205,30 @@ if #seeds > 0 then
   return {0, 'seed', 0, table.concat(seeds, ','), unpack(stats)}
 end
 
+-- Counts this request's second in a window, which 'low' (from ``window``) keeps exact.
+-- The expiry is set when a second's count starts: every later second restarts it.
+local function count(key, amount, low)
+  if redis.call('HINCRBY', key, now, amount) == amount then
+    redis.call('EXPIRE', key, 120)
+  end
+  redis.call('HINCRBY', key, 'sum', amount)
+  if low == 0 or now < low then redis.call('HSET', key, 'low', now) end
+end
+
 for s = 0, scopes - 1 do
   local req_key, tok_key, conc_key, day_key = KEYS[s*4+1], KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
   local rpm = tonumber(ARGV[6 + s*4])
   local tpm = tonumber(ARGV[7 + s*4])
   local conc = tonumber(ARGV[8 + s*4])
   local daily = tonumber(ARGV[9 + s*4])
-  if rpm >= 0 then
-    redis.call('HINCRBY', req_key, now, 1)
-    redis.call('EXPIRE', req_key, 120)
-  end
-  if tpm >= 0 then
-    redis.call('HINCRBY', tok_key, now, tokens)
-    redis.call('EXPIRE', tok_key, 120)
-  end
+  if rpm >= 0 then count(req_key, 1, lows[s * 2 + 1]) end
+  if tpm >= 0 then count(tok_key, tokens, lows[s * 2 + 2]) end
   if conc >= 0 then
     redis.call('ZADD', conc_key, now_ms + hold_ms, request_id)
     redis.call('PEXPIRE', conc_key, hold_ms + 60000)
   end
-  if daily >= 0 then
-    redis.call('INCRBY', day_key, tokens)
-    redis.call('EXPIRE', day_key, 172800)
+  if daily >= 0 and redis.call('INCRBY', day_key, tokens) == tokens then
+    redis.call('EXPIRE', day_key, 172800)  -- the day's first count made the key
   end
 end
 for m = 0, money - 1 do
@@ -234,6 +279,7 @@ for s = 0, scopes - 1 do
   if delta ~= 0 then
     if redis.call('HEXISTS', tok_key, bucket) == 1 then
       redis.call('HINCRBY', tok_key, bucket, delta)
+      redis.call('HINCRBY', tok_key, 'sum', delta)
     end
     if redis.call('EXISTS', day_key) == 1 then
       redis.call('INCRBY', day_key, delta)

@@ -272,7 +272,10 @@ def _keys(scopes: list[Scope], prefix: str, now: float) -> list[str]:
     keys: list[str] = []
     for scope in scopes:
         base = f"{prefix}:rl:{scope.name}"
-        keys += [f"{base}:req", f"{base}:tok", f"{base}:conc", f"{base}:day:{day}"]
+        # The windows' hashes carry a running sum (ACQUIRE_LUA); their keys changed with
+        # that layout (once ``:req`` and ``:tok``), so that a relay still running the
+        # scripts from before never reads one.
+        keys += [f"{base}:requests", f"{base}:tokens", f"{base}:conc", f"{base}:day:{day}"]
     return keys
 
 
