@@ -51,9 +51,6 @@ def _check_hash(client: Any, key: str, now: int) -> None:
     if not fields:
         return
     counts = {int(k): v for k, v in fields.items() if k not in ("sum", "low")}
-    if "sum" not in fields:  # made by one count, not yet read by a second: added up then
-        assert len(counts) == 1
-        return
     assert fields["sum"] == sum(counts.values())
     assert fields["low"] == min(counts, default=0)
     assert all(second > now - 180 for second in counts)  # nothing stale lingers long
