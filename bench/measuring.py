@@ -37,8 +37,13 @@ def measure(
     cpu_before, sim_before = service.cpu_seconds(), ctx.simulator.cpu_seconds()
     workers_before = {pid: cpu_seconds(pid) for pid in service.workers()}
     # The database and Redis servers (shared with anything else on the machine: noisy).
-    stores = pids_named(STORE_PROCESSES) if target.metered and ctx.store == POSTGRES else []
-    stores_before = sum(cpu_seconds(pid) for pid in stores)
+    # Not the bench's own counting connection (a backend of its own, kept open).
+    stores = (
+        [p for p in pids_named(STORE_PROCESSES) if p != ctx.counter.backend_pid]
+        if target.metered and ctx.store == POSTGRES
+        else []
+    )
+    stores_before = {pid: cpu_seconds(pid) for pid in stores}
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = datetime.now(UTC)
     result = run_wrk(
@@ -66,7 +71,12 @@ def measure(
     )
     if set(service.workers()) != set(workers_before):
         log(f"{service.name}: workers changed during the run (one died or was replaced)")
-    stores_cpu = sum(cpu_seconds(pid) for pid in stores) - stores_before
+    # Only processes alive at both ends: one that exited meanwhile took its CPU with it.
+    stores_cpu = sum(
+        max(cpu_seconds(pid) - before, 0.0)
+        for pid, before in stores_before.items()
+        if os.path.exists(f"/proc/{pid}")
+    )
     requests = max(result.requests, 1)
     wrk_cpu = (wrk_after.ru_utime - wrk_before.ru_utime) + (
         wrk_after.ru_stime - wrk_before.ru_stime
