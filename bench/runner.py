@@ -83,12 +83,17 @@ def run_targets(ctx: Context, targets: list[Target], round_index: int) -> None:
                         cut += concurrency
                         ctx.results.append(measurement)
                         save(ctx)  # as we go, so an interrupted run keeps what it had
-            if group.startswith("tollgate") and members[0].env.get("RELAY_METRICS") != "false":
+            if _counts_metrics(members[0]):
                 check_metrics(ctx, group, url, sent, cut)
             if ctx.args.profile and group == "tollgate" and round_index == 0:
                 profiling.profile_group(ctx, service, url, targets, group)
         finally:
             ctx.services.stop(service)
+
+
+def _counts_metrics(target: Target) -> bool:
+    """Whether the target's server is Tollgate with metrics on (/metrics to check)."""
+    return target.group.startswith("tollgate") and target.env.get("RELAY_METRICS") != "false"
 
 
 def run_interleaved(ctx: Context, targets: list[Target]) -> None:
@@ -122,8 +127,7 @@ def run_interleaved(ctx: Context, targets: list[Target]) -> None:
                     ctx.results.append(measurement)
                     save(ctx)
         for group in groups:
-            members = [t for t in targets if t.group == group]
-            if group.startswith("tollgate") and members[0].env.get("RELAY_METRICS") != "false":
+            if _counts_metrics(next(t for t in targets if t.group == group)):
                 check_metrics(ctx, group, servers[group][1], sent[group], cut[group])
     finally:
         for service, _ in servers.values():

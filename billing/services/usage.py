@@ -27,8 +27,8 @@ def _event_table() -> tuple[str, tuple[Any, ...], frozenset[str], frozenset[str]
     adapted = frozenset(
         f.attname for f in fields if f.get_internal_type() in ("DateTimeField", "JSONField")
     )
-    json = frozenset(f.attname for f in fields if f.get_internal_type() == "JSONField")
-    return UsageEvent._meta.db_table, fields, adapted, json
+    json_fields = frozenset(f.attname for f in fields if f.get_internal_type() == "JSONField")
+    return UsageEvent._meta.db_table, fields, adapted, json_fields
 
 
 def usage_events_insert(*, rows: list[dict[str, Any]]) -> None:
@@ -41,7 +41,7 @@ def usage_events_insert(*, rows: list[dict[str, Any]]) -> None:
     by psycopg's ``executemany`` over a server-binding cursor, which adapts the values in
     C, spends ~35-50 us. SQLite runs the same statement through Django's cursor.
     """
-    table, fields, adapted, json = _event_table()
+    table, fields, adapted, json_fields = _event_table()
     quote = connection.ops.quote_name
     # Only quoted model metadata and placeholders go into the text; values are parameters.
     sql = (
@@ -57,7 +57,7 @@ def usage_events_insert(*, rows: list[dict[str, Any]]) -> None:
         for f in fields:
             name = f.attname
             value = row.get(name, defaults[name])
-            if postgres and name in json:
+            if postgres and name in json_fields:
                 # What JSONField would send, serialized by orjson instead of the json
                 # module: half the writer's JSON time (bench/usage_write.py).
                 value = Jsonb(value, dumps=orjson.dumps)
