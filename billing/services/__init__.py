@@ -45,7 +45,7 @@ from billing.services.prices import (
 )
 from billing.services.retention import usage_events_prune
 from billing.services.rollups import rollup_recompute, rollups_advance
-from billing.services.usage import usage_events_insert
+from billing.services.usage import usage_event_row_cleaned, usage_events_insert
 
 __all__ = [
     "OPTIONAL_PRICE_FIELDS",
@@ -81,6 +81,7 @@ __all__ = [
     "tenant_defaults_set",
     "usage_charge_post",
     "usage_charges_advance",
+    "usage_event_row_cleaned",
     "usage_events_insert",
     "usage_events_prune",
 ]

@@ -1,36 +1,65 @@
 """Writing usage events to the database through billing's ``usage_events_insert``: one
-prepared INSERT per batch, idempotent."""
+``COPY`` (PostgreSQL) or prepared INSERT per batch, idempotent."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from django.db import IntegrityError, close_old_connections
+from django.db import DataError, IntegrityError, close_old_connections
 
-from billing.services import usage_events_insert
+from billing.services import usage_event_row_cleaned, usage_events_insert
 from relay.metering.records import UsageRecord
 
 logger = logging.getLogger("relay.metering")
+
+# What the database (or its driver: SQLite's for a number beyond 64 bits) raises for a
+# value it cannot store.
+_UNSTORABLE = (DataError, OverflowError)
 
 
 def write_events(records: list[UsageRecord]) -> list[tuple[UsageRecord, int]]:
     """Write the records' events (idempotent on ``request_id``); each with its retail cost.
 
     An event the database refuses (it points at a row that no longer exists) is logged and
-    left out; every other is written. Raises when the database cannot be reached.
+    left out; one holding a value it cannot store is written with that value cleaned
+    (``usage_event_row_cleaned``); every other is written as it is. Raises when the
+    database cannot be reached.
     """
     close_old_connections()
     rows = [record.to_event_fields() for record in records]
-    written = [(r, row["cost_retail_micros"]) for r, row in zip(records, rows, strict=True)]
     try:
         usage_events_insert(rows=rows)
-    except IntegrityError:
+    except (IntegrityError, *_UNSTORABLE):
+        # One by one, so that one event cannot keep the batch out (and the queue stuck).
         written = []
         for record, row in zip(records, rows, strict=True):
-            try:
-                usage_events_insert(rows=[row])
-            except IntegrityError:
-                logger.error("usage event %s refused by the database", row["request_id"])
-            else:
-                written.append((record, row["cost_retail_micros"]))
-    return written
+            cost = _write_one(row)
+            if cost is not None:
+                written.append((record, cost))
+        return written
+    return [(r, row["cost_retail_micros"]) for r, row in zip(records, rows, strict=True)]
+
+
+def _write_one(row: dict[str, Any]) -> int | None:
+    """Write one event; its retail cost as written, or None when the database refused it."""
+    try:
+        usage_events_insert(rows=[row])
+        return int(row["cost_retail_micros"])
+    except IntegrityError:
+        pass
+    except _UNSTORABLE as exc:
+        cleaned = usage_event_row_cleaned(row)
+        try:
+            usage_events_insert(rows=[cleaned])
+        except (IntegrityError, *_UNSTORABLE):
+            pass
+        else:
+            logger.warning(
+                "usage event %s written with values the database refused cleaned (%s)",
+                row["request_id"],
+                exc,
+            )
+            return int(cleaned["cost_retail_micros"])
+    logger.error("usage event %s refused by the database", row["request_id"])
+    return None

@@ -23,6 +23,10 @@ MAX_PENDING_EVENTS = 100_000
 # Delivered text kept per request for local token counting (when the upstream reports no
 # usage); longer answers are extrapolated from this much.
 MAX_KEPT_TEXT_CHARS = 64 * 1024
+# The most tokens (or pictures) one count can hold: the usage event's column maximum. No
+# real request comes near it; a channel that reports more is held to it, so that its
+# answer cannot make the event unwritable or its cost overflow.
+MAX_COUNT = 2**31 - 1
 
 
 @dataclass(slots=True)
@@ -36,17 +40,17 @@ class Usage(Counts):
         if usage is None:
             return None
         return cls(
-            prompt_tokens=usage.input_tokens,
-            completion_tokens=usage.output_tokens,
-            cached_tokens=usage.cached_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-            cache_write_1h_tokens=usage.cache_write_1h_tokens,
-            audio_input_tokens=usage.audio_input_tokens,
-            audio_output_tokens=usage.audio_output_tokens,
-            image_input_tokens=usage.image_input_tokens,
-            image_output_tokens=usage.image_output_tokens,
-            output_images=usage.output_images,
+            prompt_tokens=_count(usage.input_tokens),
+            completion_tokens=_count(usage.output_tokens),
+            cached_tokens=_count(usage.cached_tokens),
+            reasoning_tokens=_count(usage.reasoning_tokens),
+            cache_write_tokens=_count(usage.cache_write_tokens),
+            cache_write_1h_tokens=_count(usage.cache_write_1h_tokens),
+            audio_input_tokens=_count(usage.audio_input_tokens),
+            audio_output_tokens=_count(usage.audio_output_tokens),
+            image_input_tokens=_count(usage.image_input_tokens),
+            image_output_tokens=_count(usage.image_output_tokens),
+            output_images=_count(usage.output_images),
             service_tier=usage.service_tier,
         )
 
@@ -90,9 +94,13 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _count(value: Any) -> int:
-    if type(value) is int:  # nearly always: the check below is for what JSON never gives
-        return value if value > 0 else 0
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A count from a channel's answer: a whole number from 0 to ``MAX_COUNT``, else 0."""
+    # ``type(value) is int`` nearly always: the rest is for what JSON never gives.
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
+        return 0
+    if value <= 0:
+        return 0
+    return value if value <= MAX_COUNT else MAX_COUNT
 
 
 @dataclass(slots=True)

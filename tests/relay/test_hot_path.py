@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from django.db.backends import utils as db_utils
 
@@ -47,8 +48,16 @@ def sql_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatementLog]:
         log.add(sql)
         return original_executemany(self, sql, *args, **kwargs)
 
+    # The usage writer's COPY (PostgreSQL) goes to psycopg's cursor, not Django's.
+    original_copy = psycopg.Cursor.copy
+
+    def copy(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        log.add(str(statement))
+        return original_copy(self, statement, *args, **kwargs)
+
     monkeypatch.setattr(db_utils.CursorWrapper, "_execute", execute)
     monkeypatch.setattr(db_utils.CursorWrapper, "_executemany", executemany)
+    monkeypatch.setattr(psycopg.Cursor, "copy", copy)
     yield log
 
 
@@ -74,7 +83,7 @@ def test_steady_state_requests_make_no_sql_query(gateway: Gateway, sql_log: Stat
     ]
     assert others == [], "the relay queried the database on the hot path"
     assert writes, "the usage events were not written at all"
-    assert all(s.upper().startswith("INSERT") for s in writes)
+    assert all(s.upper().startswith(("INSERT", "COPY")) for s in writes)
 
 
 def test_revocation_reaches_the_relay_within_seconds(gateway: Gateway) -> None:

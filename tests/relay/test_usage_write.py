@@ -4,15 +4,21 @@ PostgreSQL (the writer builds its own INSERT rather than model instances)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
+from typing import Any
 
+import psycopg
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.models import UsageEvent
 from billing.pricing import tenant_price_table
 from relay.metering import Usage, UsageRecord, write_events
+from relay.translate import messages
 from tests.relay.conftest import PUBLIC_MODEL, Gateway
 
 
@@ -53,13 +59,60 @@ def test_every_field_is_written_as_the_record_says(gateway: Gateway) -> None:
     assert event.attempts == [{"channel": gateway.channel.pk, "status": 200, "latency_ms": 7}]
 
 
+def test_text_that_copy_escapes_arrives_unchanged(gateway: Gateway) -> None:
+    # COPY's text format gives tab, newline, backslash and \\N meanings of their own.
+    awkward = "a\tb\nc\\d \\N é 😀 \r"
+    record = _record(
+        gateway,
+        model=awkward,
+        upstream_model=awkward[::-1],
+        error_code="\\N",
+        channel_id=None,
+        upstream_latency_ms=None,
+        completed=False,
+        attempts=[{"channel": None, "error": awkward, "nested": {"k": [1, "\\N", None]}}],
+    )
+
+    write_events([record])
+
+    event = UsageEvent.objects.get(request_id=record.request_id)
+    for name, value in record.to_event_fields().items():
+        assert getattr(event, name) == value, name
+
+
 def test_an_event_written_again_has_no_twin(gateway: Gateway) -> None:
     records = [_record(gateway) for _ in range(3)]
     write_events(records[:2])
-    write_events(records)  # a batch retried after an ambiguous failure
+    # A batch delivered again after an ambiguous failure; its copy of the first event
+    # differs, and the row already written stays as it was.
+    records[0] = dataclasses.replace(records[0], total_latency_ms=999)
+    written = write_events(records)
 
     ids = [r.request_id for r in records]
     assert UsageEvent.objects.filter(request_id__in=ids).count() == 3
+    assert UsageEvent.objects.get(request_id=ids[0]).total_latency_ms == 12
+    assert [record for record, _ in written] == records
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="COPY is PostgreSQL's")
+def test_a_new_batch_goes_in_by_one_copy(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    statements: list[str] = []
+    original_copy = psycopg.Cursor.copy
+
+    def copy(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(statement))
+        return original_copy(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", copy)
+    records = [_record(gateway) for _ in range(5)]
+    with CaptureQueriesContext(connection) as queries:
+        write_events(records)
+
+    assert len(statements) == 1 and statements[0].startswith("COPY")
+    assert not [q for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+    assert [q["sql"] for q in queries.captured_queries if q["sql"].startswith("COPY")]
+    ids = [r.request_id for r in records]
+    assert UsageEvent.objects.filter(request_id__in=ids).count() == 5
 
 
 def test_an_event_the_database_refuses_leaves_the_rest_written(
@@ -76,3 +129,64 @@ def test_an_event_the_database_refuses_leaves_the_rest_written(
     assert {r.request_id for r in good} <= stored
     assert orphan.request_id not in stored
     assert f"usage event {orphan.request_id} refused by the database" in caplog.text
+
+
+def test_values_the_database_cannot_store_are_written_cleaned(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [_record(gateway) for _ in range(2)]
+    awkward = _record(
+        gateway,
+        error_code="nul\x00code",
+        upstream_model="m" * 500,
+        attempts=[{"channel": gateway.channel.pk, "error": "bad\x00", "k\x00": 1}],
+        usage=Usage(prompt_tokens=10**12, completion_tokens=5),
+    )
+
+    with caplog.at_level(logging.WARNING, logger="relay.metering"):
+        written = write_events([good[0], awkward, good[1]])
+
+    assert [record for record, _ in written] == [good[0], awkward, good[1]]
+    event = UsageEvent.objects.get(request_id=awkward.request_id)
+    if connection.vendor == "postgresql":  # SQLite stores all of these as they are
+        assert event.error_code == "nul\ufffdcode"
+        assert event.upstream_model == "m" * 200
+        assert event.attempts == [
+            {"channel": gateway.channel.pk, "error": "bad\ufffd", "k\ufffd": 1}
+        ]
+        assert event.prompt_tokens == 2**31 - 1
+        assert f"usage event {awkward.request_id} written with values" in caplog.text
+    else:
+        assert (event.error_code, event.prompt_tokens) == ("nul\x00code", 10**12)
+    assert event.completion_tokens == 5
+    # The cost written is the one handed back for the money held against the request.
+    assert dict((r.request_id, cost) for r, cost in written)[awkward.request_id] == (
+        event.cost_retail_micros
+    )
+    assert UsageEvent.objects.filter(request_id__in=[r.request_id for r in good]).count() == 2
+
+
+def test_a_count_beyond_any_real_one_is_held_to_the_column_maximum() -> None:
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 2**63,
+            "completion_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": -3},
+        }
+    )
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (
+        2**31 - 1,
+        7,
+        0,
+    )
+    canonical = messages.usage_to_canonical(
+        {"input_tokens": 2**63, "cache_read_input_tokens": 2**63, "output_tokens": 2**64 - 1}
+    )
+    usage = Usage.from_canonical(canonical)
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) == (
+        2**31 - 1,
+        2**31 - 1,
+        2**31 - 1,
+    )
