@@ -40,11 +40,11 @@ def usage_events_insert(*, rows: list[dict[str, Any]]) -> None:
     the batch goes in by ``COPY``; COPY has no ``ON CONFLICT``, so a batch holding a
     request id already written (a batch delivered again after its writer died before
     confirming it) is rolled back and inserted again by a prepared ``INSERT ... ON
-    CONFLICT DO NOTHING``. Measured per row at batches of 50-500 (``bench/usage_write.py``):
-    the prepared INSERT over psycopg's ``executemany`` cost the server ~100-130 us and
-    the relay ~40 us; COPY costs the server ~25-37 us and the relay ~20-28 us. (Django's
-    ``bulk_create``, before both, cost the relay ~105 us.) SQLite runs the INSERT through
-    Django's cursor.
+    CONFLICT DO NOTHING``. Measured per row at batches of 50-500 (``bench/usage_write.py``,
+    ``bench/README.md``): the prepared INSERT over psycopg's ``executemany`` cost the
+    server ~100-120 us and the relay ~30-55 us; COPY costs the server ~28-34 us and the
+    relay ~21-31 us. (Django's ``bulk_create``, before both, cost the relay ~105-145 us.)
+    SQLite runs the INSERT through Django's cursor.
     """
     table, fields, _, _ = _event_table()
     postgres = connection.vendor == "postgresql"

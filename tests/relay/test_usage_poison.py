@@ -8,6 +8,7 @@ tenant was written, and the money held for them was never released."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,22 +57,26 @@ async def huge_count_upstream(scope: dict[str, Any], receive: Any, send: Any) ->
     await send({"type": "http.response.body", "body": orjson.dumps(answer)})
 
 
-@pytest.fixture
-def huge_count_channel(gateway: Gateway) -> Iterator[Gateway]:
-    with running_server(huge_count_upstream) as url:
+@contextlib.contextmanager
+def _served_by(gateway: Gateway, upstream: Any) -> Iterator[Gateway]:
+    """The gateway, its channel pointed at ``upstream`` (run on loopback meanwhile)."""
+    with running_server(upstream) as url:
         gateway.channel.base_url = f"{url}/v1"
         gateway.channel.save()
         gateway.caught_up()
         yield gateway
+
+
+@pytest.fixture
+def huge_count_channel(gateway: Gateway) -> Iterator[Gateway]:
+    with _served_by(gateway, huge_count_upstream) as served:
+        yield served
 
 
 @pytest.fixture
 def nul_channel(gateway: Gateway) -> Iterator[Gateway]:
-    with running_server(nul_error_upstream) as url:
-        gateway.channel.base_url = f"{url}/v1"
-        gateway.channel.save()
-        gateway.caught_up()
-        yield gateway
+    with _served_by(gateway, nul_error_upstream) as served:
+        yield served
 
 
 def test_an_error_code_with_a_nul_is_written_cleaned(nul_channel: Gateway) -> None:

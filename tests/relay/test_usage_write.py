@@ -1,6 +1,7 @@
-"""Writing usage events: every field lands as the record says, a retry writes no twin, and
-one event the database refuses does not keep the others out. Runs on SQLite and on
-PostgreSQL (the writer builds its own INSERT rather than model instances)."""
+"""Writing usage events: every field lands as the record says (through COPY's escaping
+too), a retry writes no twin, one event the database refuses does not keep the others
+out, and one holding values it cannot store is written cleaned. Runs on SQLite and on
+PostgreSQL (the writer builds its own COPY or INSERT rather than model instances)."""
 
 from __future__ import annotations
 
