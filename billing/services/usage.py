@@ -7,6 +7,7 @@ model; the relay's writer calls ``usage_events_insert`` off the request path.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from typing import Any
 
@@ -78,12 +79,21 @@ def _params(rows: list[dict[str, Any]]) -> list[list[Any]]:
             if postgres and name in json_fields:
                 # What JSONField would send, serialized by orjson instead of the json
                 # module: half the writer's JSON time (bench/usage_write.py).
-                value = Jsonb(value, dumps=orjson.dumps)
+                value = Jsonb(value, dumps=_json_dumps)
             elif name in adapted and not postgres:
                 value = f.get_db_prep_save(value, connection)
             values.append(value)
         params.append(values)
     return params
+
+
+def _json_dumps(value: Any) -> bytes:
+    """orjson's JSON, or the json module's for what orjson refuses (an integer beyond 64
+    bits, which JSONB stores): no value can make the batch unwritable."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 def _insert_sql(table: str, fields: tuple[Any, ...]) -> str:
