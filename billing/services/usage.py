@@ -44,9 +44,10 @@ def usage_events_insert(*, rows: list[dict[str, Any]]) -> None:
     confirming it) is rolled back and inserted again by a prepared ``INSERT ... ON
     CONFLICT DO NOTHING``. Measured per row at batches of 50-500 (``bench/usage_write.py``,
     ``bench/README.md``): the prepared INSERT over psycopg's ``executemany`` cost the
-    server ~100-120 us and the relay ~30-55 us; COPY costs the server ~28-34 us and the
-    relay ~21-31 us. (Django's ``bulk_create``, before both, cost the relay ~105-145 us.)
-    SQLite runs the INSERT through Django's cursor.
+    server ~100-120 us and the relay ~30-55 us; COPY costs the server ~26-34 us and the
+    relay ~14-20 us (with the values built as ``_params`` does). Django's ``bulk_create``,
+    before both, cost the relay ~105-145 us. SQLite runs the INSERT through Django's
+    cursor.
     """
     table, fields, _, _ = _event_table()
     postgres = connection.vendor == "postgresql"
