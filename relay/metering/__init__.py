@@ -5,7 +5,9 @@ that settles its limits and money (``relay.limits``), before the last byte of it
 response is sent; a writer thread in every relay process claims batches from that queue,
 writes them to the database and only then confirms them, so a process killed at any
 point loses nothing it answered, and a database outage only lengthens the queue. An
-event is written once however often its batch is retried (``request_id`` is unique).
+event is written once however often its batch is retried (``request_id`` is unique). A
+record that cannot be read or built goes to a dead-letter list instead of failing its
+batch for ever (``manage.py usage_dead_letters``).
 
 Without Redis (the embedded mode) records go to an in-process queue and the same kind of
 thread. Where the upstream reported no usage, the writer thread has the counts made with

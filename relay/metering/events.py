@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.db import DataError, IntegrityError, close_old_connections
@@ -17,17 +18,30 @@ logger = logging.getLogger("relay.metering")
 # value it cannot store.
 _UNSTORABLE = (DataError, OverflowError)
 
+# Takes a record whose event could not be built, and why.
+SetAside = Callable[[UsageRecord, Exception], None]
 
-def write_events(records: list[UsageRecord]) -> list[tuple[UsageRecord, int]]:
+
+def write_events(
+    records: list[UsageRecord], set_aside: SetAside | None = None
+) -> list[tuple[UsageRecord, int]]:
     """Write the records' events (idempotent on ``request_id``); each with its retail cost.
 
     An event the database refuses (it points at a row that no longer exists) is logged and
     left out; one holding a value it cannot store is written with that value cleaned
-    (``usage_event_row_cleaned``); every other is written as it is. Raises when the
-    database cannot be reached.
+    (``usage_event_row_cleaned``); every other is written as it is. A record whose event
+    cannot even be built (a fault in this code, not the database's) is handed to
+    ``set_aside`` (default: logged whole) and the others are written: one record must not
+    keep every tenant's usage out by failing its batch for ever. Raises when the database
+    cannot be reached.
     """
     close_old_connections()
-    rows = [record.to_event_fields() for record in records]
+    try:
+        rows = [record.to_event_fields() for record in records]
+    except Exception:
+        records, rows = _buildable(records, set_aside or _log_set_aside)
+        if not records:
+            return []
     try:
         usage_events_insert(rows=rows)
     except (IntegrityError, *_UNSTORABLE):
@@ -63,3 +77,30 @@ def _write_one(row: dict[str, Any]) -> int | None:
             return int(cleaned["cost_retail_micros"])
     logger.error("usage event %s refused by the database", row["request_id"])
     return None
+
+
+def _buildable(
+    records: list[UsageRecord], set_aside: SetAside
+) -> tuple[list[UsageRecord], list[dict[str, Any]]]:
+    """The records whose events can be built, with their rows; the others set aside."""
+    kept, rows = [], []
+    for record in records:
+        try:
+            row = record.to_event_fields()
+        except Exception as exc:
+            logger.exception("usage event %s could not be built; set aside", record.request_id)
+            set_aside(record, exc)
+        else:
+            kept.append(record)
+            rows.append(row)
+    return kept, rows
+
+
+def _log_set_aside(record: UsageRecord, exc: Exception) -> None:
+    """Without Redis (the embedded mode) there is no dead-letter list: the record goes to
+    the log whole."""
+    try:
+        whole = record.to_json().decode()
+    except Exception:
+        whole = repr(record)
+    logger.error("usage record set aside: %s", whole)

@@ -191,15 +191,24 @@ table.insert(items, 1, ARGV[4])
 return items
 """
 
-# KEYS: batch, leases, then per event per money scope: written, held, holds, expiries.
-# ARGV: per event: request id, retail cost, its number of money scopes.
-# Confirms a written batch once: moves each event's hold into ``written``, drops the batch.
+# KEYS: batch, leases, dead letters, then per event per money scope: written, held, holds,
+# expiries. ARGV: the number of records set aside, those records, then per event: request
+# id, retail cost, its number of money scopes.
+# Confirms a written batch once: moves each event's hold into ``written``, keeps the records
+# that could not be written on the dead-letter list, drops the batch. A written total that
+# would pass Redis's 64-bit integers (only absurd prices can make one) is held at 2^62, which
+# refuses the scope's requests until it is seeded again from the database: an error here
+# would leave the batch to be claimed, written and refused again for ever.
 ACK_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local k = 2
-local a = 1
+local dead = tonumber(ARGV[1])
+if dead > 0 then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 2, dead + 1))
+end
+local k = 3
+local a = dead + 2
 while a <= #ARGV do
-  local request_id, cost, scopes = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local request_id, cost, scopes = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
   for s = 1, scopes do
     local written, held, holds, exp = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
@@ -210,7 +219,10 @@ while a <= #ARGV do
       redis.call('DECRBY', held, previous)
     end
     redis.call('ZREM', exp, request_id)
-    redis.call('INCRBY', written, cost)
+    local added = redis.pcall('INCRBY', written, cost)
+    if type(added) == 'table' and added.err then
+      redis.call('SET', written, '4611686018427387904')
+    end
     redis.call('EXPIRE', written, 3024000)
   end
 end
@@ -227,10 +239,12 @@ class RedisUsageQueue:
     _shared_lock = threading.Lock()
 
     def __init__(self, redis: Any, prefix: str) -> None:
-        self._redis = redis
+        self.redis = self._redis = redis
         self._prefix = prefix
         self.queue_key = usage_queue_key(prefix)
         self.leases_key = f"{prefix}:usage:leases"
+        # Records that could not be written, kept for ``manage.py usage_dead_letters``.
+        self.dead_key = f"{prefix}:usage:dead"
         self._claim = redis.register_script(CLAIM_LUA)
         self._ack = redis.register_script(ACK_LUA)
         self._release = redis.register_script(RELEASE_LUA)
@@ -275,24 +289,34 @@ class RedisUsageQueue:
             return 0
         batch, raw = claimed[0], claimed[1:]
         records = []
+        queued: dict[int, bytes] = {}
+        dead: list[bytes] = []
         for item in raw:
             try:
-                records.append(UsageRecord.from_queued(item))
-            except (ValueError, TypeError, KeyError):
-                logger.error("dropping an unreadable usage record: %r", item[:200])
+                record = UsageRecord.from_queued(item)
+            except Exception:
+                logger.exception("an unreadable usage record set aside: %r", item[:200])
+                dead.append(item)
+            else:
+                records.append(record)
+                queued[id(record)] = item
+
+        def set_aside(record: UsageRecord, exc: Exception) -> None:
+            dead.append(queued[id(record)])
+
         try:
-            written = write_events(records)
+            written = write_events(records, set_aside)
         except Exception:
             with contextlib.suppress(Exception):  # else the lease runs out on its own
                 self._release(keys=[self.leases_key], args=[batch, now_ms + lease_ms])
             raise
-        keys: list[Any] = [batch, self.leases_key]
-        args: list[Any] = []
+        keys: list[Any] = [batch, self.leases_key, self.dead_key]
+        args: list[Any] = [len(dead), *dead]
         for record, cost in written:
             args += [record.request_id, cost, len(record.spend_scopes)]
             for name in record.spend_scopes:
                 keys += money_keys(self._prefix, name)[1:]
-        # Refused events: their holds lapse like an abandoned request's.
+        # Refused and set-aside events: their holds lapse like an abandoned request's.
         self._ack(keys=keys, args=args)
         return len(raw)
 

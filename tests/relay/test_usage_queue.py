@@ -124,3 +124,73 @@ def test_records_survive_the_round_trip(gateway: Gateway) -> None:
     copy = UsageRecord.from_json(record.to_json())
     assert copy.to_event_fields() == record.to_event_fields()
     assert copy.spend_scopes == (SCOPE,)
+
+
+def test_a_record_that_cannot_be_written_is_set_aside_and_can_be_put_back(
+    gateway: Gateway, queue: RedisUsageQueue, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    # One record that fails to read or to build must not hold the batch, and so every
+    # tenant's usage, back for ever; it is kept on a dead-letter list instead.
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    records = _records(gateway, 4)
+    _finish(queue._prefix, records, worst=10_000)
+    queue._redis.rpush(queue.queue_key, b'{"request_id": "unreadable"')  # cut short
+    broken = records[2]
+    build = UsageRecord.to_event_fields
+
+    def faulty(self: UsageRecord) -> dict[str, Any]:
+        if self.request_id == broken.request_id:
+            raise ZeroDivisionError("a fault in the cost code")
+        return build(self)
+
+    monkeypatch.setattr(UsageRecord, "to_event_fields", faulty)
+    # The command finds the queue by the deployment's cache prefix: this test's own.
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": queue._prefix},
+    }
+
+    assert queue.drain_once() == 5
+    assert queue.idle()  # confirmed, not handed back to be retried for ever
+    ids = {r.request_id for r in records}
+    stored = set(UsageEvent.objects.filter(request_id__in=ids).values_list("request_id", flat=True))
+    assert stored == ids - {broken.request_id}
+    written_cost = sum(r.known_cost() or 0 for r in records if r is not broken)
+    assert _money(queue) == (written_cost, broken.known_cost())  # its hold stays until written
+    out = StringIO()
+    call_command("usage_dead_letters", stdout=out)
+    assert "2 usage record(s) set aside." in out.getvalue()
+    assert broken.request_id in out.getvalue() and "unreadable" in out.getvalue()
+
+    monkeypatch.setattr(UsageRecord, "to_event_fields", build)  # the fault is fixed
+    out = StringIO()
+    call_command("usage_dead_letters", "--requeue", stdout=out)
+    assert "2 usage record(s) put back on the queue." in out.getvalue()
+    assert queue.drain_once() == 2
+
+    assert UsageEvent.objects.filter(request_id__in=ids).count() == 4
+    assert _money(queue) == (sum(r.known_cost() or 0 for r in records), 0)
+    assert queue._redis.lrange(queue.dead_key, 0, -1) == [b'{"request_id": "unreadable"']
+
+
+def test_a_written_total_beyond_64_bits_does_not_stick_the_batch(
+    gateway: Gateway, queue: RedisUsageQueue
+) -> None:
+    # Absurd prices (a price is any 63-bit number) can make costs whose sum passes Redis's
+    # integers: the confirmation then failed, and the batch was claimed, written and
+    # refused again for ever. The total is held at 2^62 instead, refusing the scope's
+    # requests until its next seed from the database.
+    records = _records(gateway, 2)
+    _finish(queue._prefix, records, worst=10_000)
+    _, written, _, _, _ = money_keys(queue._prefix, SCOPE)
+    queue._redis.set(written, 2**63 - 2)
+
+    assert queue.drain_once() == 2
+
+    assert queue.idle()
+    assert UsageEvent.objects.filter(request_id__in=[r.request_id for r in records]).count() == 2
+    # The first event's cost passed the maximum; the second's counts on from 2^62.
+    assert _money(queue) == (2**62 + (records[1].known_cost() or 0), 0)

@@ -190,3 +190,40 @@ def test_a_count_beyond_any_real_one_is_held_to_the_column_maximum() -> None:
         2**31 - 1,
         2**31 - 1,
     )
+
+
+def test_a_record_whose_event_cannot_be_built_is_set_aside_and_the_rest_written(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fault in building one event (a bug in this code, not the database's refusal) used
+    # to fail the whole batch, and the writer retried it for ever: no one's usage was
+    # written again.
+    records = [_record(gateway) for _ in range(3)]
+    broken = records[1]
+    build = UsageRecord.to_event_fields
+
+    def faulty(self: UsageRecord) -> dict[str, Any]:
+        if self.request_id == broken.request_id:
+            raise ZeroDivisionError("a fault in the cost code")
+        return build(self)
+
+    monkeypatch.setattr(UsageRecord, "to_event_fields", faulty)
+    aside: list[tuple[str, str]] = []
+
+    written = write_events(records, lambda record, exc: aside.append((record.request_id, str(exc))))
+
+    assert [record for record, _ in written] == [records[0], records[2]]
+    assert aside == [(broken.request_id, "a fault in the cost code")]
+    stored = set(UsageEvent.objects.values_list("request_id", flat=True))
+    assert {records[0].request_id, records[2].request_id} <= stored
+    assert broken.request_id not in stored
+
+    # Without a dead-letter list (the embedded writer), the record goes to the log whole.
+    again = _record(gateway, request_id=broken.request_id)
+    with caplog.at_level(logging.ERROR, logger="relay.metering"):
+        assert write_events([again]) == []
+    logged = [r.getMessage() for r in caplog.records if "set aside:" in r.getMessage()]
+    assert len(logged) == 1
+    assert UsageRecord.from_json(logged[0].split("set aside: ", 1)[1].encode()).request_id == (
+        broken.request_id
+    )
