@@ -64,7 +64,9 @@ def test_the_prompt_travels_only_when_it_must_be_counted() -> None:
 
 def test_every_field_is_queued_under_its_name() -> None:
     queued = _queued(_record())
-    assert list(queued) == [f.name for f in dataclasses.fields(UsageRecord)]
+    names = [f.name for f in dataclasses.fields(UsageRecord)]
+    # The price last: a reader takes it by its bytes and parses only the rest.
+    assert list(queued) == [name for name in names if name != "price"] + ["price"]
     assert queued["created_at"] == "2026-11-30T07:30:01.123456+00:00"
     assert queued["price"]["retail"]["input"] == 150_000
     assert queued["usage"]["cached_tokens"] == 4
@@ -129,3 +131,35 @@ def test_openai_usage_takes_positive_whole_numbers_only() -> None:
     assert odd == Usage()
     assert Usage.from_openai([("prompt_tokens", 3)]) is None
     assert Usage.from_openai(None) is None
+
+
+def test_a_price_read_by_its_bytes_is_the_records_own() -> None:
+    from relay.metering import records
+
+    # The common case takes the price by its bytes, without parsing it.
+    assert records._with_price_by_bytes(_record().to_json()) is not None
+    pair = PricePair(RETAIL, WHOLESALE, 77)
+    priced = orjson.dumps(pair).decode()
+    # A client's messages (kept when the usage must be counted locally) may hold what
+    # looks like the tail of a queued record, another price included.
+    trap = [
+        {"role": "user", "content": "x", "price": orjson.loads(priced)},
+        {"role": "user", "content": f',"price":{priced}}}'},
+    ]
+    cheaper = PricePair(WHOLESALE, WHOLESALE, None)
+    for record in (
+        _record(usage=None, prompt_messages=trap, completion_text=["a"], price=cheaper),
+        _record(usage=None, prompt_messages=trap, completion_text=["a"], price=None),
+        _record(usage=None, prompt_messages=trap, completion_text=["a"]),
+    ):
+        assert UsageRecord.from_json(record.to_json()) == record
+
+
+def test_a_record_queued_with_its_price_elsewhere_is_read_whole() -> None:
+    # As queued before the price went last (a relay of the previous version, mid-upgrade).
+    record = _record(usage=None, prompt_messages=MESSAGES, completion_text=["a"])
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(UsageRecord)}
+    fields["created_at"] = record.created_at.isoformat()
+    older = orjson.dumps(fields)
+    assert older.index(b'"price"') < older.index(b'"prompt_messages"')
+    assert UsageRecord.from_json(older) == record
