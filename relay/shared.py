@@ -11,6 +11,8 @@ import asyncio
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from relay.breaker import BreakerBoard, LocalBreakerStore, RedisBreakerStore
 from relay.limits import LimitStore, LocalLimitStore, RedisLimitStore
@@ -30,13 +32,35 @@ def limit_prefix() -> str:
     return _prefix()
 
 
+# The last loop asked for and its handles: nearly every call comes from the one loop of a
+# relay process, several per request. Holding the loop keeps its id from being reused.
+_last: tuple[asyncio.AbstractEventLoop, tuple[Any, LimitStore, BreakerBoard]] | None = None
+
+
+@receiver(setting_changed)
+def _forget_last(**kwargs: object) -> None:
+    global _last
+    _last = None
+
+
 def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
+    global _last
+    loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last[0] is loop:
+        return last[1]
+    state = _state_for(loop)
+    _last = (loop, state)
+    return state
+
+
+def _state_for(loop: asyncio.AbstractEventLoop) -> tuple[Any, LimitStore, BreakerBoard]:
     global _local
     if not settings.REDIS_URL:
         if _local is None:
             _local = (None, LocalLimitStore(), BreakerBoard(LocalBreakerStore()))
         return _local
-    loop_id = id(asyncio.get_running_loop())
+    loop_id = id(loop)
     state = _state.get(loop_id)
     if state is None:
         import redis.asyncio as aioredis
@@ -88,6 +112,8 @@ def breakers() -> BreakerBoard:
 
 
 async def close() -> None:
+    global _last
+    _last = None
     state = _state.pop(id(asyncio.get_running_loop()), None)
     if state is not None and state[0] is not None:
         if isinstance(state[1], RedisLimitStore):
