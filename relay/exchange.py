@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from portal.crypto import api_key_digest
 from relay import errors
+from relay.server import ON_LOST
 from relay.snapshot import IPAddress, KeyInfo
 
 if TYPE_CHECKING:
@@ -134,11 +135,24 @@ class Exchange:
         """Run ``work``, cancelling it if the client goes away before it finishes.
 
         Cancelling closes the upstream request too, so an abandoned stream stops costing.
-        The work runs in this task; one watcher task waits for the disconnect.
+        The work runs in this task. Under the relay's own server, the connection's loss
+        cancels it directly (``relay.server.ON_LOST``); under another, a watcher task
+        waits for the ASGI disconnect.
         """
         task = asyncio.current_task()
         assert task is not None
-        watcher = asyncio.ensure_future(self._cancel_on_disconnect(task))
+        on_lost = self.scope.get(ON_LOST)
+        if on_lost is not None:  # the relay's own server calls back (``relay.server``)
+
+            def lost() -> None:
+                if not self.response_finished:
+                    self.disconnected = True
+                    task.cancel()
+
+            on_lost(lost)
+            watcher = None
+        else:
+            watcher = asyncio.ensure_future(self._cancel_on_disconnect(task))
         try:
             await work
         except asyncio.CancelledError:
@@ -146,7 +160,10 @@ class Exchange:
                 raise  # cancelled from outside (shutdown): not ours to swallow
             task.uncancel()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif on_lost is not None:
+                on_lost(None)
 
     async def _cancel_on_disconnect(self, task: asyncio.Task[Any]) -> None:
         while (await self.receive())["type"] != "http.disconnect":

@@ -11,7 +11,9 @@ adds, for every connection:
 - a body deadline (``RELAY_BODY_TIMEOUT``, a little later than the relay's own, which
   answers a 408 in OpenAI's envelope): a body still arriving is cut off by closing the
   connection, for the dashboard's and API's requests too;
-- malformed HTTP answered in OpenAI's error envelope rather than as plain text.
+- malformed HTTP answered in OpenAI's error envelope rather than as plain text;
+- a hook in each request's scope (``ON_LOST``) that calls the application back when the
+  client goes away mid-request.
 
 Serve with ``uvicorn config.asgi:application --http relay.server:HttpToolsProtocol``.
 """
@@ -19,6 +21,7 @@ Serve with ``uvicorn config.asgi:application --http relay.server:HttpToolsProtoc
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import orjson
@@ -56,6 +59,20 @@ def error_response(status: int, message: str, code: str) -> bytes:
     )
 
 
+# In a request's scope: ``on_lost(callback)`` has ``callback()`` called as soon as the
+# client's connection is lost before the response is complete (at once if it already
+# was); ``on_lost(None)`` forgets it. ``relay.exchange`` cancels the request's work with
+# it, where otherwise a task per request would wait for the ASGI ``http.disconnect``.
+ON_LOST = "tollgate.on_lost"
+
+
+def _on_lost(cycle: httptools_impl.RequestResponseCycle, callback: Any) -> None:
+    if callback is not None and cycle.disconnected:
+        callback()
+        return
+    cycle.tollgate_on_lost = callback  # type: ignore[attr-defined]
+
+
 class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,7 +92,11 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        cycle = self.cycle
         super().connection_lost(exc)
+        lost = getattr(cycle, "tollgate_on_lost", None)
+        if lost is not None and cycle is not None and cycle.disconnected:
+            lost()
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -116,6 +137,10 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
         self._in_head = False
         self._in_body = True
         super().on_headers_complete()
+        # The application's task starts later: it finds this in its scope.
+        cycle = self.cycle
+        scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+        scope[ON_LOST] = functools.partial(_on_lost, cycle)
 
     def on_message_complete(self) -> None:
         self._in_body = False

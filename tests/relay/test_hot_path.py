@@ -16,7 +16,11 @@ from django.db.backends import utils as db_utils
 
 from billing.models import UsageEvent
 from portal.models import ApiKey
+from relay.app import RelayApp
+from relay.exchange import Exchange
+from relay.server import HttpToolsProtocol
 from tests.relay.conftest import Gateway, Simulator, chat_body, usage_events
+from tests.servers import serve_in_thread
 
 
 class StatementLog:
@@ -131,9 +135,29 @@ def test_stream_chunks_reach_the_client_as_the_upstream_sends_them(
     assert sum(gap > 0.1 for gap in gaps) >= 7
 
 
+@pytest.mark.parametrize("server", ["uvicorn", "relay"])
 def test_a_client_disconnect_closes_the_upstream_and_records_what_was_delivered(
-    gateway: Gateway, sim: Simulator
+    gateway: Gateway,
+    sim: Simulator,
+    relay_app: RelayApp,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    server: str,
 ) -> None:
+    # Under uvicorn's own protocol a watcher task waits for the ASGI disconnect; under the
+    # relay's (production) protocol the connection's loss cancels the work directly.
+    watchers: list[object] = []
+    watch = Exchange._cancel_on_disconnect
+
+    def counted(self: Exchange, task: Any) -> Any:
+        watchers.append(task)
+        return watch(self, task)
+
+    monkeypatch.setattr(Exchange, "_cancel_on_disconnect", counted)
+    url = gateway.url
+    if server == "relay":
+        url, stop = serve_in_thread(relay_app, http=HttpToolsProtocol)
+        request.addfinalizer(stop)
     gateway.channel.base_url = sim.channel_url("tps=20", "tokens=200")
     gateway.channel.save()
     gateway.caught_up()
@@ -142,7 +166,7 @@ def test_a_client_disconnect_closes_the_upstream_and_records_what_was_delivered(
         httpx.Client(timeout=10) as client,
         client.stream(
             "POST",
-            gateway.url + "/v1/chat/completions",
+            url + "/v1/chat/completions",
             json=chat_body(stream=True),
             headers={"Authorization": f"Bearer {gateway.secret}"},
         ) as response,
@@ -165,3 +189,4 @@ def test_a_client_disconnect_closes_the_upstream_and_records_what_was_delivered(
     assert event.error_code == "client_disconnected"
     assert event.estimated
     assert 5 <= event.completion_tokens < 200
+    assert len(watchers) == (0 if server == "relay" else 1)

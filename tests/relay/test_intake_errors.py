@@ -165,3 +165,19 @@ def test_a_body_still_arriving_after_the_deadline_is_cut_off_whatever_the_app(
     assert answer == b""  # nobody answers a request cut off mid-body; the socket closes
     assert 0.3 + BODY_DEADLINE_MARGIN * 0.9 < elapsed < 0.3 + BODY_DEADLINE_MARGIN + 5
     assert disconnected.wait(5)  # and the application hears of it
+
+
+def test_the_lost_connection_hook_calls_back_at_once_when_already_lost() -> None:
+    from types import SimpleNamespace
+
+    from relay.server import _on_lost
+
+    calls: list[str] = []
+    cycle = SimpleNamespace(disconnected=False)
+    _on_lost(cycle, lambda: calls.append("live"))  # type: ignore[arg-type]
+    assert calls == [] and cycle.tollgate_on_lost is not None
+    _on_lost(cycle, None)  # type: ignore[arg-type]
+    assert cycle.tollgate_on_lost is None
+    gone = SimpleNamespace(disconnected=True)  # lost before the application asked
+    _on_lost(gone, lambda: calls.append("gone"))  # type: ignore[arg-type]
+    assert calls == ["gone"]
