@@ -4,11 +4,11 @@ Every relayed request makes one or two Lua calls (admission, settlement). Sent t
 redis-py's client, each costs a pool checkout, redis-py's command machinery and a
 connection of its own while it waits: about 0.1 ms of CPU per call. ``ScriptPipe``
 keeps one connection per client (made and authenticated by redis-py's pool, then used
-directly): a call made while others are in flight waits for the end of the event
-loop's turn, and the calls made within that turn go out in one write (a call alone goes
-out at once); the
-replies come back in order on the same connection, parsed by hiredis as they arrive,
-and each caller gets its own reply. Each script stays atomic on its own; a
+directly): a call waits for the end of the event loop's turn, and the calls made within
+that turn go out in one write (under load, 0.20 writes a call rather than 0.27 when a
+call with none in flight went out at once; alone, the wait is one more turn of an idle
+loop); the replies come back in order on the same connection, parsed by hiredis as they
+arrive, and each caller gets its own reply. Each script stays atomic on its own; a
 pipeline is not a transaction, and none is needed: the calls are independent.
 
 Failures stay redis-py's exceptions (``RedisError``), so callers fail closed or open as
@@ -134,15 +134,11 @@ class ScriptPipe:
                 raise error if last_try else _Unanswered(error)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        packed = hiredis.pack_command(command)
-        if not link.sent and not link.outgoing and link.transport is not None:
-            # Nothing in flight (a single client): no reason to wait for the turn's end.
-            link.sent.append(future)
-            link.transport.write(packed)
-        else:
-            link.outgoing.append((future, packed))
-            if len(link.outgoing) == 1:
-                loop.call_soon(self._write, link)
+        # Sent at the end of this turn of the loop, with the calls the turn's other work
+        # makes: a write that wakes Redis costs the relay more than the call's own work.
+        link.outgoing.append((future, hiredis.pack_command(command)))
+        if len(link.outgoing) == 1:
+            loop.call_soon(self._write, link)
         timer = loop.call_later(self._timeout, self._timed_out, link, future)
         try:
             return await future

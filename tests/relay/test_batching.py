@@ -67,7 +67,7 @@ def test_calls_of_one_turn_share_one_write_and_keep_their_answers() -> None:
     answers, alone, writes, connections = asyncio.run(run())
     assert sorted(answers) == list(range(1, 41))  # each call ran once, atomically
     assert alone == 1040
-    assert writes == 3  # the first alone at once, the 39 behind it in one write, the last
+    assert writes == 2  # the turn's 40 in one write, then the last
     assert connections == 1  # every call on the pipe's one connection
 
 
@@ -118,10 +118,10 @@ def test_a_caller_that_left_before_the_turn_ended_sends_nothing() -> None:
         script = client.register_script(INCR_LUA)
         key = f"test-pipe-{uuid.uuid4().hex}"
         await pipe.run(script, [key], [0])  # connected
-        first = asyncio.ensure_future(pipe.run(script, [key], [0]))  # alone: sent at once
+        first = asyncio.ensure_future(pipe.run(script, [key], [0]))
         leaving = asyncio.ensure_future(pipe.run(script, [key], [100]))
         staying = [asyncio.ensure_future(pipe.run(script, [key], [1])) for _ in range(3)]
-        await asyncio.sleep(0)  # the calls behind the first are queued for the turn's end
+        await asyncio.sleep(0)  # the calls are queued for the turn's end
         leaving.cancel()
         await first
         answers = await asyncio.gather(*staying)
