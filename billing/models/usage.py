@@ -17,11 +17,17 @@ def _price_field(help_text: str) -> models.PositiveBigIntegerField:
 class UsageEvent(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(db_index=True, help_text="When the request arrived.")
+    # Every index costs each written event an insertion, at one row per request: the
+    # foreign keys below are found through the (key, created_at) indexes of ``Meta``, whose
+    # first column serves a lookup by the key alone, rather than by indexes of their own.
     tenant = models.ForeignKey(
-        "portal.Organization", on_delete=models.PROTECT, related_name="usage_events"
+        "portal.Organization",
+        on_delete=models.PROTECT,
+        related_name="usage_events",
+        db_index=False,
     )
     api_key = models.ForeignKey(
-        "portal.ApiKey", on_delete=models.PROTECT, related_name="usage_events"
+        "portal.ApiKey", on_delete=models.PROTECT, related_name="usage_events", db_index=False
     )
     model = models.CharField(max_length=200, help_text="Public model id the client asked for.")
     surface = models.CharField(
@@ -78,6 +84,7 @@ class UsageEvent(models.Model):
         on_delete=models.PROTECT,
         related_name="resold_usage_events",
         help_text="The reseller that sold this request, when the tenant has one.",
+        db_index=False,
     )
     retail_input_per_mtok = _price_field("Micro-units per million uncached prompt tokens.")
     retail_cached_input_per_mtok = _price_field("Micro-units per million cached tokens.")
@@ -96,11 +103,23 @@ class UsageEvent(models.Model):
     cost_wholesale_micros = models.BigIntegerField(default=0)
     # The issued invoices that list this event, retail and wholesale (set at issue): an
     # event recorded after its period's invoice was issued goes on the next one.
+    # Blank when written: indexed only once set (partial indexes), so a new event costs
+    # neither index an insertion.
     tenant_invoice = models.ForeignKey(
-        "billing.Invoice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "billing.Invoice",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     reseller_invoice = models.ForeignKey(
-        "billing.Invoice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "billing.Invoice",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     class Meta:
@@ -109,6 +128,16 @@ class UsageEvent(models.Model):
             models.Index(fields=["tenant", "created_at"]),
             models.Index(fields=["api_key", "created_at"]),
             models.Index(fields=["reseller", "created_at"]),
+            models.Index(
+                fields=["tenant_invoice"],
+                name="usageevent_tenant_invoice",
+                condition=models.Q(tenant_invoice__isnull=False),
+            ),
+            models.Index(
+                fields=["reseller_invoice"],
+                name="usageevent_reseller_invoice",
+                condition=models.Q(reseller_invoice__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
