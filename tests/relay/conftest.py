@@ -327,3 +327,18 @@ def prepaid(gateway: Gateway, balance: int) -> BillingAccount:
     if balance:
         account_topup(account=account, amount_micros=balance, actor="test")
     return account
+
+
+def fail_to_build(monkeypatch: pytest.MonkeyPatch, request_id: str) -> None:
+    """Make building the usage event of ``request_id`` fail, as a fault in the relay's own
+    code would (not the database's refusal); every other event builds as usual."""
+    from relay.metering import UsageRecord
+
+    build = UsageRecord.to_event_fields
+
+    def faulty(self: UsageRecord) -> dict[str, Any]:
+        if self.request_id == request_id:
+            raise ZeroDivisionError("a fault in the cost code")
+        return build(self)
+
+    monkeypatch.setattr(UsageRecord, "to_event_fields", faulty)

@@ -17,7 +17,7 @@ from billing.models import UsageEvent
 from billing.pricing import tenant_price_table
 from relay.limits import RedisLimitStore, Reservation, money_keys
 from relay.metering import RedisUsageQueue, Usage, UsageRecord, write_events
-from tests.relay.conftest import PUBLIC_MODEL, Gateway
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, fail_to_build
 
 pytestmark = pytest.mark.services
 
@@ -139,14 +139,7 @@ def test_a_record_that_cannot_be_written_is_set_aside_and_can_be_put_back(
     _finish(queue._prefix, records, worst=10_000)
     queue._redis.rpush(queue.queue_key, b'{"request_id": "unreadable"')  # cut short
     broken = records[2]
-    build = UsageRecord.to_event_fields
-
-    def faulty(self: UsageRecord) -> dict[str, Any]:
-        if self.request_id == broken.request_id:
-            raise ZeroDivisionError("a fault in the cost code")
-        return build(self)
-
-    monkeypatch.setattr(UsageRecord, "to_event_fields", faulty)
+    fail_to_build(monkeypatch, broken.request_id)
     # The command finds the queue by the deployment's cache prefix: this test's own.
     settings.CACHES = {
         **settings.CACHES,
@@ -165,7 +158,7 @@ def test_a_record_that_cannot_be_written_is_set_aside_and_can_be_put_back(
     assert "2 usage record(s) set aside." in out.getvalue()
     assert broken.request_id in out.getvalue() and "unreadable" in out.getvalue()
 
-    monkeypatch.setattr(UsageRecord, "to_event_fields", build)  # the fault is fixed
+    monkeypatch.undo()  # the fault is fixed
     out = StringIO()
     call_command("usage_dead_letters", "--requeue", stdout=out)
     assert "2 usage record(s) put back on the queue." in out.getvalue()

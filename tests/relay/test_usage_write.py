@@ -20,7 +20,7 @@ from billing.models import UsageEvent
 from billing.pricing import tenant_price_table
 from relay.metering import Usage, UsageRecord, write_events
 from relay.translate import messages
-from tests.relay.conftest import PUBLIC_MODEL, Gateway
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, fail_to_build
 
 
 def _record(gateway: Gateway, **extra: object) -> UsageRecord:
@@ -200,14 +200,7 @@ def test_a_record_whose_event_cannot_be_built_is_set_aside_and_the_rest_written(
     # written again.
     records = [_record(gateway) for _ in range(3)]
     broken = records[1]
-    build = UsageRecord.to_event_fields
-
-    def faulty(self: UsageRecord) -> dict[str, Any]:
-        if self.request_id == broken.request_id:
-            raise ZeroDivisionError("a fault in the cost code")
-        return build(self)
-
-    monkeypatch.setattr(UsageRecord, "to_event_fields", faulty)
+    fail_to_build(monkeypatch, broken.request_id)
     aside: list[tuple[str, str]] = []
 
     written = write_events(records, lambda record, exc: aside.append((record.request_id, str(exc))))
