@@ -6,26 +6,31 @@ the LIKE index of request ids (bench/README.md, "Issue 18, seventh round")."""
 import django.db.models.deletion
 from django.db import migrations, models
 
-
-def _like_index(schema_editor):
-    """The pattern-matching (LIKE) index Django makes on PostgreSQL beside the unique one
-    of every unique text column; nothing looks a request id up by pattern."""
-    return schema_editor._create_index_name("billing_usageevent", ["request_id"], suffix="_like")
+# The pattern-matching (LIKE) index Django makes on PostgreSQL beside the unique one of
+# every unique text column, found by what it is rather than by the name Django gave it;
+# nothing looks a request id up by pattern.
+LIKE_INDEXES = """
+SELECT indexname FROM pg_indexes
+WHERE schemaname = current_schema() AND tablename = 'billing_usageevent'
+  AND indexdef LIKE '%(request_id varchar_pattern_ops)%'
+"""
 
 
 def drop_request_id_like_index(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(
-            f"DROP INDEX IF EXISTS {schema_editor.quote_name(_like_index(schema_editor))}"
-        )
+    if schema_editor.connection.vendor != "postgresql":
+        return
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(LIKE_INDEXES)
+        names = [row[0] for row in cursor.fetchall()]
+    for name in names:
+        schema_editor.execute(f"DROP INDEX IF EXISTS {schema_editor.quote_name(name)}")
 
 
 def restore_request_id_like_index(apps, schema_editor):
     if schema_editor.connection.vendor == "postgresql":
-        name = schema_editor.quote_name(_like_index(schema_editor))
         schema_editor.execute(
-            f"CREATE INDEX IF NOT EXISTS {name} ON billing_usageevent "
-            "(request_id varchar_pattern_ops)"
+            "CREATE INDEX IF NOT EXISTS billing_usageevent_request_id_like "
+            "ON billing_usageevent (request_id varchar_pattern_ops)"
         )
 
 
