@@ -8,6 +8,7 @@ Handles are kept per event loop, as connections belong to the loop that opened t
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,11 @@ from django.dispatch import receiver
 from relay.breaker import BreakerBoard, LocalBreakerStore, RedisBreakerStore
 from relay.limits import LimitStore, LocalLimitStore, RedisLimitStore
 
-_state: dict[int, tuple[Any, LimitStore, BreakerBoard]] = {}
+# Per loop, held weakly: a loop's handles go with it. (Keyed by id(), a later loop given
+# a dead one's id took over its handles, connections to a Redis of another setting.)
+_state: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[Any, LimitStore, BreakerBoard]
+] = weakref.WeakKeyDictionary()
 # In-memory stores hold nothing bound to a loop, and must be one per process so that,
 # say, a health check run from a task closes the breaker the relay consults.
 _local: tuple[None, LimitStore, BreakerBoard] | None = None
@@ -33,7 +38,7 @@ def limit_prefix() -> str:
 
 
 # The last loop asked for and its handles: nearly every call comes from the one loop of a
-# relay process, several per request. Holding the loop keeps its id from being reused.
+# relay process, several per request.
 _last: tuple[asyncio.AbstractEventLoop, tuple[Any, LimitStore, BreakerBoard]] | None = None
 
 
@@ -60,8 +65,7 @@ def _state_for(loop: asyncio.AbstractEventLoop) -> tuple[Any, LimitStore, Breake
         if _local is None:
             _local = (None, LocalLimitStore(), BreakerBoard(LocalBreakerStore()))
         return _local
-    loop_id = id(loop)
-    state = _state.get(loop_id)
+    state = _state.get(loop)
     if state is None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -82,7 +86,7 @@ def _state_for(loop: asyncio.AbstractEventLoop) -> tuple[Any, LimitStore, Breake
             RedisLimitStore(client, _prefix()),
             BreakerBoard(RedisBreakerStore(client, _prefix())),
         )
-        _state[loop_id] = state
+        _state[loop] = state
     return state
 
 
@@ -114,7 +118,7 @@ def breakers() -> BreakerBoard:
 async def close() -> None:
     global _last
     _last = None
-    state = _state.pop(id(asyncio.get_running_loop()), None)
+    state = _state.pop(asyncio.get_running_loop(), None)
     if state is not None and state[0] is not None:
         if isinstance(state[1], RedisLimitStore):
             await state[1].close()

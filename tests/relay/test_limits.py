@@ -195,3 +195,27 @@ def test_keys_restricted_to_networks(
     assert response.status_code == status
     if status == 403:
         assert response.json()["error"]["code"] == "ip_not_allowed"
+
+
+def test_a_new_event_loop_never_inherits_a_dead_loops_redis_handles(settings: Any) -> None:
+    # Handles were kept by id(loop): a loop made after another was gone often got its id,
+    # and with it a client of whatever REDIS_URL was set then (here, a port nothing
+    # listens on), so a relay refused keys with limits as if Redis were down.
+    import gc
+
+    import uvloop
+
+    from relay import shared
+
+    async def port() -> int:
+        client = shared._for_loop()[0]
+        return int(client.connection_pool.connection_kwargs["port"])
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert uvloop.run(port()) == 1
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    ports = []
+    for _ in range(20):  # uvloop's loops, as the relay's, reuse a freed loop's id at once
+        gc.collect()
+        ports.append(uvloop.run(port()))
+    assert ports == [6379] * 20
