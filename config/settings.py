@@ -387,6 +387,10 @@ RELAY_REDIS_TIMEOUT = env.float("RELAY_REDIS_TIMEOUT", default=2.0)
 # When Redis cannot be reached: refuse limited requests with a 503 (false), or let them
 # through unlimited until it is back (true).
 RELAY_LIMITS_FAIL_OPEN = env.bool("RELAY_LIMITS_FAIL_OPEN", default=False)
+# A limited key far from its limits has its request sent upstream while its admission is
+# still on its way to Redis, and cut if refused (``relay.ahead``): the operator may pay the
+# provider for such a cut call. False: every limited request waits for its admission.
+RELAY_FORWARD_AHEAD = env.bool("RELAY_FORWARD_AHEAD", default=True)
 # A channel failing this often within the window is skipped for the cool-down, then probed.
 RELAY_BREAKER_FAILURES = env.int("RELAY_BREAKER_FAILURES", default=5)
 RELAY_BREAKER_WINDOW = env.float("RELAY_BREAKER_WINDOW", default=30.0)

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 import orjson
 
 from relay import errors, metrics, probes, serve, shared, side_calls, upstream
+from relay.ahead import Ahead
 from relay.cache import RelayCache
 from relay.dialects.chat import ChatDialect
 from relay.dialects.legacy import CompletionsDialect, EmbeddingsDialect
@@ -40,6 +41,7 @@ MAX_HEADER_BYTES = 32 * 1024
 class RelayApp:
     def __init__(self) -> None:
         self.cache = RelayCache()
+        self.ahead = Ahead()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(self, scope, receive, send)

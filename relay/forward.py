@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+import aiohttp
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 from portal import services as portal_services
 from relay import errors, forward_native, outage, shared, sse, upstream
 from relay.affinity import conversation_key
+from relay.ahead import Gate
 from relay.dialects.base import Call, Dialect, Leg
 from relay.exchange import Exchange
 from relay.metering import UsageRecord
@@ -72,8 +74,11 @@ class Forwarding:
         routes: tuple[Route, ...],
         record: UsageRecord,
         settle: Callable[[], Awaitable[None]] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.settle = settle
+        # The request's admission, when it went ahead of it (``relay.ahead``).
+        self.gate = gate
         self.exchange = exchange
         self.dialect = dialect
         self.call = call
@@ -136,6 +141,23 @@ class Forwarding:
         self.record.error_code = error.code or ""
         raise error
 
+    async def send(
+        self,
+        method: str,
+        url: upstream.URL,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        timeout: aiohttp.ClientTimeout | None,
+    ) -> upstream.Response:
+        """The upstream call; ahead of the admission, cut by its refusal (``Refused``),
+        and not returned before the admission allowed the request."""
+        work = upstream.send(method, url, headers, content, timeout)
+        gate = self.gate
+        if gate is None or gate.passed:
+            return await work
+        exchange = self.exchange
+        return await gate.race(work, lambda: exchange.disconnected)
+
     def _report_failure(self, route: Route, failure: AttemptFailed | None) -> None:
         """Count a failure against the channel's breaker, off the client's path."""
         failure_id = f"{self.record.request_id}:{route.channel_id}"
@@ -170,7 +192,7 @@ class Forwarding:
             return
         content = leg.content(route)
         try:
-            response = await upstream.send(
+            response = await self.send(
                 "POST", leg.target(route), leg.headers(route, self.stream), content, route.timeout
             )
         except upstream.TimeoutException:

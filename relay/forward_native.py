@@ -83,7 +83,7 @@ async def attempt(
     except (UnsupportedContent, c.TranslationError) as exc:
         raise errors.invalid_request(str(exc)) from None
     try:
-        response = await upstream.send(
+        response = await forwarding.send(
             built.method, upstream.url(built.url), built.headers, built.content, route.timeout
         )
     except upstream.TimeoutException:

@@ -108,6 +108,15 @@ LIMIT_REJECTIONS = Counter(
     registry=REGISTRY,
 )
 
+AHEAD = Counter(
+    "tollgate_ahead_requests",
+    "Requests of limited keys that went on before their admission returned "
+    "(relay.ahead), by outcome: admitted (sent upstream first), not_sent (admitted before "
+    "the upstream call went out), refused (sent upstream, then refused and cut).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+
 # Counting is plain Python: each request adds to its label set's tally, and the tallies are
 # folded into prometheus-client's values, which take a lock and, in multiprocess mode, write
 # to a memory-mapped file on every increment, once per interval. The event loop's thread is
@@ -199,6 +208,8 @@ _tallies: dict[tuple[Any, ...], _Tally] = {}
 # The tallies holding counts not folded yet, and the timer that will fold them.
 _dirty: list[_Tally] = []
 _fold: asyncio.TimerHandle | None = None
+# Requests ahead of their admission, by outcome, not folded yet.
+_ahead: dict[str, int] = {}
 # The loop that timer runs on: should it stop without the app's shutdown (tests do), the
 # next count schedules the fold on the loop counting then.
 _fold_loop: asyncio.AbstractEventLoop | None = None
@@ -228,6 +239,11 @@ def flush() -> None:
     if _fold is not None:
         _fold.cancel()
         _fold = None
+    if _ahead:
+        counts = list(_ahead.items())
+        _ahead.clear()
+        for outcome, count in counts:
+            AHEAD.labels(outcome).inc(count)
     if not _dirty:
         return
     tallies = _dirty[:]
@@ -361,6 +377,16 @@ def observe_limit_rejection(limit: str) -> None:
     """A request refused by a limit: ``requests``, ``tokens``, ``concurrency``..."""
     if settings.RELAY_METRICS:
         LIMIT_REJECTIONS.labels(limit).inc()
+
+
+def observe_ahead(outcome: str) -> None:
+    """A request that went ahead of its admission: ``admitted``, ``not_sent``, ``refused``
+    (tallied, and folded with the others)."""
+    if not settings.RELAY_METRICS:
+        return
+    _ahead[outcome] = _ahead.get(outcome, 0) + 1
+    if _fold is None or _fold_loop is None or not _fold_loop.is_running():
+        _fold_soon()
 
 
 # --- GET /metrics -----------------------------------------------------------------------

@@ -7,6 +7,8 @@ round trip to this path.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -14,6 +16,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from relay import errors, metrics, orphans, outage, shared, spend
+from relay.ahead import Gate, Refused
 from relay.dialects.base import Call, Dialect
 from relay.exchange import Exchange
 from relay.forward import Forwarding
@@ -64,6 +67,8 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
     if not key.allows_surface(dialect.surface):
         raise surface_refused(dialect.surface)
     taken = await intake_body(exchange, key, max_bytes=settings.RELAY_MAX_BODY_BYTES)
+    ahead = exchange.app.ahead
+    gate: Gate | None = None
     try:
         payload = dialect.parse(taken.body)
         body_bytes = len(taken.body)
@@ -72,54 +77,106 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
         public = payload["model"]
         model, price, routes = await resolve(exchange, key, dialect.surface, public)
         routes = call.restrict(routes, key.tenant_id)
-        cache = exchange.app.cache
+        generation = exchange.app.cache.generation
         reservation = spend.reservation(
             key,
             call.output_tokens(model.max_output_tokens),
             body_bytes,
             price,
-            cache.generation,
+            generation,
             public,
             input_images=call.input_images(),
             generates_images=call.generates_images(),
         )
-        admission, store = await admit(exchange, key, call.limit_tokens(), reservation, taken.pre)
+        record = UsageRecord(
+            request_id=exchange.request_id,
+            created_at=exchange.created_at,
+            tenant_id=key.tenant_id,
+            api_key_id=key.id,
+            model=public,
+            surface=dialect.surface,
+            stream=call.stream,
+            status_code=0,
+            total_latency_ms=0,
+            price=price,
+            input_images=call.input_images(),
+        )
+        settlement = Settlement(exchange, key, None, reservation, record, None, call)
+        tokens = call.limit_tokens()
+        micros = reservation.worst_micros if reservation is not None else 0
+        if (
+            taken.pre is None
+            and settings.RELAY_FORWARD_AHEAD
+            and ahead.take(key.id, tokens, micros, generation)
+        ):
+            gate = _gate(exchange, key, settlement, tokens, micros, generation)
+        else:
+            admission, store = await admit(exchange, key, tokens, reservation, taken.pre)
+            if taken.pre is None:
+                ahead.note(key.id, key.tenant_id, admission, generation)
+            else:  # admitted in two parts, neither of which measured the whole room
+                ahead.forget(key.id)
+            settlement.admitted(admission, store)
     except BaseException:
+        ahead.forget(key.id)
         await intake_release(exchange, key, taken.pre)
         raise
-    if store is not None and store is not shared.limit_store():
-        reservation = None  # admitted by the fail-open fallback: nothing was held
-    record = UsageRecord(
-        request_id=exchange.request_id,
-        created_at=exchange.created_at,
-        tenant_id=key.tenant_id,
-        api_key_id=key.id,
-        model=public,
-        surface=dialect.surface,
-        stream=call.stream,
-        status_code=0,
-        total_latency_ms=0,
-        price=price,
-        input_images=call.input_images(),
-        spend_scopes=reservation.scopes if reservation and admission else (),
-    )
-    settlement = Settlement(
-        exchange, key, admission, reservation if admission else None, record, store, call
-    )
-    forwarding = Forwarding(exchange, dialect, call, model, routes, record, settlement)
+    forwarding = Forwarding(exchange, dialect, call, model, routes, record, settlement, gate)
     try:
-        await exchange.until_disconnect(forwarding.run())
-    except errors.RelayError as error:
-        record.status_code = error.status
-        record.error_code = record.error_code or error.code or ""
-        raise
+        try:
+            await exchange.until_disconnect(forwarding.run())
+        except errors.RelayError as error:
+            if gate is not None:
+                await gate.wait()  # refused meanwhile: that is the answer
+            record.status_code = error.status
+            record.error_code = record.error_code or error.code or ""
+            raise
+    except Refused as refused:
+        if gate is not None and gate.sent:
+            metrics.observe_ahead("refused")
+            logger.info(
+                "request %s went upstream ahead of its admission and was refused: %s",
+                record.request_id,
+                refused.error,
+            )
+        raise refused.error from None
     finally:
-        if exchange.disconnected:
-            record.completed = False
-            record.error_code = "client_disconnected"
-            record.status_code = record.status_code or 499
-        await settlement()
-        metrics.observe_record(record)
+        if gate is not None and not gate.passed and gate.refusal is None:
+            with contextlib.suppress(Refused):
+                await gate.wait()  # the request ended first: its slot and hold need it
+        if gate is None or gate.passed:
+            if exchange.disconnected:
+                record.completed = False
+                record.error_code = "client_disconnected"
+                record.status_code = record.status_code or 499
+            await settlement()
+            metrics.observe_record(record)
+
+
+def _gate(
+    exchange: Exchange,
+    key: KeyInfo,
+    settlement: Settlement,
+    tokens: int,
+    micros: int,
+    generation: int,
+) -> Gate:
+    """Start the request's admission and go on without it (``relay.ahead``)."""
+    ahead = exchange.app.ahead
+
+    def admitted(admission: Admission | None, store: LimitStore | None) -> None:
+        ahead.back(key.tenant_id, tokens, micros)
+        ahead.note(key.id, key.tenant_id, admission, generation)
+        settlement.admitted(admission, store)
+        metrics.observe_ahead("admitted" if gate.sent else "not_sent")
+
+    def refused(error: BaseException) -> None:
+        ahead.back(key.tenant_id, tokens, micros)
+        ahead.forget(key.id)
+
+    work = admit(exchange, key, tokens, settlement.reservation, None)
+    gate = Gate(asyncio.ensure_future(work), admitted, refused)
+    return gate
 
 
 class Settlement:
@@ -146,6 +203,16 @@ class Settlement:
         self.call = call
         self.done = False
         self.progress: orphans.Progress | None = None
+
+    def admitted(self, admission: Admission | None, store: LimitStore | None) -> None:
+        """What the request's admission decided (``relay.intake.admit``): nothing is held
+        when it was not admitted in Redis (the fail-open fallback holds no money)."""
+        self.admission = admission
+        self.store = store
+        if admission is None or (store is not None and store is not shared.limit_store()):
+            self.reservation = None
+        if self.reservation is not None:
+            self.record.spend_scopes = self.reservation.scopes
 
     def track_stream(self) -> orphans.Progress | None:
         """Keep the stream's progress in Redis, so that a sweeper can bill it should this

@@ -16,6 +16,7 @@ from relay.limits.shapes import (
     _money_args,
     _money_detail,
     _plan_detail,
+    _room,
     _text,
     money_keys,
     window_keys,
@@ -73,11 +74,18 @@ class RedisLimitStore:
         result = await self._pipe.run(self._acquire, keys, args)
         stats = [int(v) for v in result[4:]]
         detail = _text(result[3])
+        allowed = bool(result[0])
         admission = _admission(
-            scopes, bool(result[0]), _text(result[1]), int(result[2]), stats, now, tokens
+            scopes, allowed, _text(result[1]), int(result[2]), stats, now, tokens
         )
         _money_detail(admission, reservation, detail)
-        _plan_detail(admission, reservation, tokens, stats[len(scopes) * 4 :], now, detail)
+        windows = len(reservation.windows) if reservation is not None else 0
+        at = len(scopes) * 4
+        window_stats = stats[at : at + windows * 2]
+        _plan_detail(admission, reservation, tokens, window_stats, now, detail)
+        if allowed:
+            extra = stats[at + windows * 2 :]
+            admission.room = _room(scopes, stats, tokens, reservation, window_stats, extra)
         return admission
 
     async def release(

@@ -14,7 +14,10 @@ MONEY_KEYS = 5
 # base must have reached, the oldest seeding time (ms) still fresh, then plan window count
 # and per window: cap, bucket seconds, amount to count.
 # Returns {allowed, refused_kind, retry_ms, detail, then per limit scope: req_used,
-# req_oldest, tok_used, tok_oldest, then per window: used, oldest bucket}. ``detail`` is,
+# req_oldest, tok_used, tok_oldest, then per window: used, oldest bucket}, and when
+# allowed, then per limit scope: requests in flight and tokens counted today (before this
+# request; -1 where the scope has no such limit), then per money scope what it could still
+# spend before this request's hold: ``relay.limits.Room``. ``detail`` is,
 # when refused for money, the index of the scope that cannot cover the worst case, for
 # 'plan' the index of the window, and for 'seed' the indexes to (re)seed, comma-separated.
 # A window sums its current bucket and the WINDOW_BUCKETS before it (relay.limits.Window).
@@ -35,6 +38,7 @@ local m_keys = scopes * 4
 local windows = tonumber(ARGV[m_at + 5]) or 0
 local w_keys = m_keys + money * 5
 local stats = {}
+local room = {}
 local lows = {}
 local refused_kind = ''
 local retry_ms = 0
@@ -119,20 +123,24 @@ for s = 0, scopes - 1 do
       retry_ms = ((tok_oldest > 0 and tok_oldest or now) + 60) * 1000 - now_ms
     end
   end
+  local in_flight, day_used = -1, -1
   if refused_kind == '' and conc >= 0 then
     redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now_ms)
-    if redis.call('ZCARD', conc_key) + 1 > conc then
+    in_flight = redis.call('ZCARD', conc_key)
+    if in_flight + 1 > conc then
       refused_kind = 'concurrency'
       retry_ms = 1000
     end
   end
   if refused_kind == '' and daily >= 0 then
-    local day_used = tonumber(redis.call('GET', day_key) or '0')
+    day_used = tonumber(redis.call('GET', day_key) or '0')
     if day_used + tokens > daily then
       refused_kind = 'daily_tokens'
       retry_ms = -1
     end
   end
+  room[#room + 1] = in_flight
+  room[#room + 1] = day_used
 end
 
 -- Plan windows: sliding buckets, summed over the window (and a bucket more), stale ones dropped.
@@ -195,6 +203,7 @@ for m = 0, money - 1 do
       refused_kind = 'funds'
       detail = tostring(m)
     end
+    room[#room + 1] = available
   end
 end
 
@@ -245,6 +254,7 @@ for w = 0, windows - 1 do
   if amount ~= 0 then redis.call('HINCRBY', key, w_buckets[w + 1], amount) end
   redis.call('EXPIRE', key, (WINDOW_BUCKETS + 2) * size + 60)
 end
+for i = 1, #room do stats[#stats + 1] = room[i] end
 return {1, '', 0, '', unpack(stats)}
 """.replace("MONEY_TTL", "3024000").replace(  # 35 days: longer than any period a scope counts
     "WINDOW_BUCKETS", str(WINDOW_BUCKETS)

@@ -89,6 +89,24 @@ class Reservation:
         return tokens if window.kind == "tokens" else self.worst_micros
 
 
+@dataclass(frozen=True, slots=True)
+class Room:
+    """How much more a key could take, as its admission found it, before any of its limits
+    is half used: requests (per minute, or in flight), tokens (per minute, per day, plan
+    windows of tokens) and money (micro-units: its money scopes, plan windows of spend).
+    ``relay.ahead`` lets a request go upstream before its own admission returns only while
+    it fits in the room left, so that a refusal comes only when others used the other half
+    meanwhile (and the upstream call is then cancelled)."""
+
+    requests: int
+    tokens: int
+    micros: int
+
+
+# Where a dimension has no limit.
+UNLIMITED = 2**62
+
+
 @dataclass(slots=True)
 class Admission:
     allowed: bool
@@ -110,6 +128,8 @@ class Admission:
     # Plan windows: which refused ("plan"), and what is left in each (see ``plan_headers``).
     refused_window: Window | None = None
     plan: list[tuple[Window, int, float]] | None = None  # window, remaining, reset seconds
+    # Known for admissions made in Redis: see ``Room``.
+    room: Room | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """OpenAI's x-ratelimit-* headers, for the tightest limit that applies."""
@@ -253,6 +273,43 @@ def _admission(
                 oldest = tok_oldest or int(now)
                 admission.reset_tokens = max(oldest + WINDOW_SECONDS - now, 0.0)
     return admission
+
+
+def _room(
+    scopes: list[Scope],
+    stats: list[int],
+    tokens: int,
+    reservation: Reservation | None,
+    window_stats: list[int],
+    extra: list[int],
+) -> Room:
+    """The room an allowed admission leaves (``Room``), from the script's figures: per
+    scope its stats and (``extra``) requests in flight and tokens today, per money scope
+    what it could spend before this request's hold; per plan window its use."""
+    requests = spend_tokens = micros = UNLIMITED
+    worst = reservation.worst_micros if reservation is not None else 0
+    for index, scope in enumerate(scopes):
+        limits = scope.limits
+        req_used, _, tok_used, _ = stats[index * 4 : index * 4 + 4]
+        in_flight, day_used = extra[index * 2 : index * 2 + 2]
+        if limits.rpm is not None:
+            requests = min(requests, limits.rpm // 2 - req_used - 1)
+        if limits.concurrency is not None:
+            requests = min(requests, limits.concurrency // 2 - in_flight - 1)
+        if limits.tpm is not None:
+            spend_tokens = min(spend_tokens, limits.tpm // 2 - tok_used - tokens)
+        if limits.daily_tokens is not None:
+            spend_tokens = min(spend_tokens, limits.daily_tokens // 2 - day_used - tokens)
+    for available in extra[len(scopes) * 2 :]:
+        micros = min(micros, (available - worst) // 2)
+    for index, window in enumerate(reservation.windows if reservation is not None else ()):
+        amount = reservation.window_amount(window, tokens)  # type: ignore[union-attr]
+        left = window.cap // 2 - window_stats[index * 2] - amount
+        if window.kind == "tokens":
+            spend_tokens = min(spend_tokens, left)
+        else:
+            micros = min(micros, left)
+    return Room(requests=requests, tokens=spend_tokens, micros=micros)
 
 
 def _money_detail(admission: Admission, reservation: Reservation | None, detail: str) -> None:
