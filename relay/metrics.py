@@ -398,9 +398,15 @@ BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN = 0, 1, 2
 class _ScrapeTimeValues:
     """Gauges measured when scraped (from this process), not kept between scrapes."""
 
-    def __init__(self, breakers: list[tuple[str, str, int]], queues: dict[str, int] | None) -> None:
+    def __init__(
+        self,
+        breakers: list[tuple[str, str, int]],
+        queues: dict[str, int] | None,
+        usage: tuple[int, int] | None = None,
+    ) -> None:
         self.breakers = breakers
         self.queues = queues
+        self.usage = usage
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         breaker = GaugeMetricFamily(
@@ -421,6 +427,19 @@ class _ScrapeTimeValues:
             for queue, length in self.queues.items():
                 depth.add_metric((queue,), length)
             yield depth
+        if self.usage is not None:
+            queued, dead = self.usage
+            yield GaugeMetricFamily(
+                "tollgate_usage_queue_length",
+                "Usage records of finished requests waiting in Redis to be written.",
+                value=queued,
+            )
+            yield GaugeMetricFamily(
+                "tollgate_usage_dead_letters",
+                "Usage records set aside because they could not be built or read (their "
+                "requests are unbilled until requeued: manage.py usage_dead_letters).",
+                value=dead,
+            )
 
 
 async def _breaker_states(exchange: Exchange) -> list[tuple[str, str, int]]:
@@ -471,6 +490,27 @@ async def _queue_lengths() -> dict[str, int] | None:
         await client.aclose()
 
 
+async def _usage_lengths() -> tuple[int, int] | None:
+    """Usage records queued and set aside in Redis; None without Redis, or if it is away."""
+    from relay import shared
+    from relay.limits import usage_queue_key
+    from relay.metering.writer import dead_letters_key
+
+    client = shared.redis_client()
+    if client is None:
+        return None
+    prefix = shared.limit_prefix()
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.llen(usage_queue_key(prefix))
+            pipe.llen(dead_letters_key(prefix))
+            queued, dead = await pipe.execute()
+    except Exception as exc:
+        outage.redis.failed("reading the usage queue's length for /metrics", exc)
+        return None
+    return int(queued), int(dead)
+
+
 async def respond(exchange: Exchange) -> None:
     """Answer ``GET /metrics`` in Prometheus' text format."""
     if not settings.RELAY_METRICS:
@@ -478,7 +518,11 @@ async def respond(exchange: Exchange) -> None:
         return
     flush()  # this process's counts up to now, in what the scrape reads
     live = CollectorRegistry(auto_describe=True)
-    live.register(_ScrapeTimeValues(await _breaker_states(exchange), await _queue_lengths()))
+    live.register(
+        _ScrapeTimeValues(
+            await _breaker_states(exchange), await _queue_lengths(), await _usage_lengths()
+        )
+    )
     if MULTIPROCESS:
         counted = CollectorRegistry()
         multiprocess.MultiProcessCollector(counted)

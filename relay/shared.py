@@ -94,6 +94,11 @@ def limit_store() -> LimitStore:
     return _for_loop()[1]
 
 
+def redis_client() -> Any:
+    """The running loop's Redis client (redis.asyncio); None in the embedded mode."""
+    return _for_loop()[0]
+
+
 _fallback: LocalLimitStore | None = None
 
 

@@ -232,6 +232,11 @@ return 1
 """
 
 
+def dead_letters_key(prefix: str) -> str:
+    """The list of usage records set aside: not buildable, or not readable."""
+    return f"{prefix}:usage:dead"
+
+
 class RedisUsageQueue:
     """The shared queue of finished requests' usage records (see the module docstring)."""
 
@@ -244,7 +249,7 @@ class RedisUsageQueue:
         self.queue_key = usage_queue_key(prefix)
         self.leases_key = f"{prefix}:usage:leases"
         # Records that could not be written, kept for ``manage.py usage_dead_letters``.
-        self.dead_key = f"{prefix}:usage:dead"
+        self.dead_key = dead_letters_key(prefix)
         self._claim = redis.register_script(CLAIM_LUA)
         self._ack = redis.register_script(ACK_LUA)
         self._release = redis.register_script(RELEASE_LUA)

@@ -172,6 +172,32 @@ def test_celery_queue_length_from_the_redis_broker(gateway: Gateway, settings: A
         client.close()
 
 
+@pytest.mark.services
+def test_usage_records_set_aside_are_counted(gateway: Gateway, settings: Any) -> None:
+    import redis
+
+    from relay import shared
+    from relay.limits import usage_queue_key
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        usage_events(1)  # the relay's usage drainer runs
+        samples = scrape(gateway)
+        assert present(samples, "tollgate_usage_dead_letters") == 0
+        assert present(samples, "tollgate_usage_queue_length") == 0
+        # A record no relay can read (cut short) reaches the queue.
+        client.rpush(usage_queue_key(shared.limit_prefix()), b'{"request_id": "cut')
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+        deadline = time.monotonic() + 10
+        while present(scrape(gateway), "tollgate_usage_dead_letters") != 1:
+            assert time.monotonic() < deadline, "the unreadable record was not counted"
+            time.sleep(0.05)
+        assert len(usage_events(2)) == 2  # the two requests; the cut record set aside
+    finally:
+        client.close()
+
+
 def test_metrics_can_be_turned_off(gateway: Gateway, relay_settings: Any) -> None:
     labels = {"model": PUBLIC_MODEL, "channel": str(gateway.channel.pk), "status": "200"}
     before = value(scrape(gateway), "tollgate_requests_total", **labels)
