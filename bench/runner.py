@@ -300,6 +300,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the concurrency --profile samples at (1 shows the single-client path)",
     )
     parser.add_argument(
+        "--ahead-ab",
+        action="store_true",
+        help="add tollgate+limits-waiting: the limited key on a relay whose requests all "
+        "wait for their admission (RELAY_FORWARD_AHEAD=false), interleaved with the others",
+    )
+    parser.add_argument(
+        "--redis-delay-ms",
+        type=float,
+        default=0.0,
+        help="put Redis behind a proxy that delays each byte this long each way "
+        "(bench/delay_proxy.py): a Redis on another host. The relay, the seeding and the "
+        "usage counter all go through it; 0 (the default) is Redis on loopback",
+    )
+    parser.add_argument(
         "--no-bare-aiohttp",
         dest="bare_aiohttp",
         action="store_false",
@@ -380,6 +394,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _delayed_redis(services: Services, url: str, delay_ms: float) -> str:
+    """Start ``bench/delay_proxy.py`` in front of the Redis at ``url``; its URL."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = free_port()
+    proxy = services.start(
+        "redis-delay",
+        [str(PYTHON), str(BENCH / "delay_proxy.py"), str(port), str(parts.port or 6379),
+         str(delay_ms)],
+        env={},
+        cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if not proxy.alive() or time.monotonic() > deadline:
+                raise RuntimeError("the Redis delay proxy did not start") from None
+            time.sleep(0.05)
+    log(f"Redis reached through a {delay_ms:g} ms delay each way (port {port})")
+    return f"redis://127.0.0.1:{port}{parts.path}"
+
+
 def run(
     args: argparse.Namespace,
     out: Path,
@@ -415,6 +456,8 @@ def run(
         var_dir.mkdir(parents=True, exist_ok=True)
         env = prepare.project_env(postgres_db=PG_DATABASE if store == POSTGRES else None,
                                   var_dir=var_dir)  # fmt: skip
+        if store == POSTGRES and args.redis_delay_ms > 0:
+            env["REDIS_URL"] = _delayed_redis(services, env["REDIS_URL"], args.redis_delay_ms)
         key_file, limited_key_file = var_dir / "bench-key.txt", var_dir / "bench-limited-key.txt"
         prepare.prepare_database(
             env, upstream=upstream, key_file=key_file, limited_key_file=limited_key_file

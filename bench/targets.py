@@ -87,6 +87,8 @@ WARMUP_CONCURRENCY = 8
 # Observability variants: what metrics and JSON access logs cost, against "tollgate".
 METRICS_OFF = {"RELAY_METRICS": "false"}
 JSON_ACCESS_LOG = {"LOG_FORMAT": "json", "RELAY_ACCESS_LOG": "true"}
+# The limits path as it was before requests went ahead of their admission (relay.ahead).
+WAITING = {"RELAY_FORWARD_AHEAD": "false"}
 
 
 PG_DATABASE = "bench"
@@ -132,6 +134,10 @@ def pg_targets(ctx: Context, key_file: Path, limited_key_file: Path) -> list[Tar
             chosen.append(
                 Target(f"tollgate+limits{suffix}", f"tollgate{suffix}", limited_key_file, True)
             )
+    if args.limits and getattr(args, "ahead_ab", False):
+        chosen.append(
+            Target("tollgate+limits-waiting", "tollgate-waiting", limited_key_file, True, WAITING)
+        )
     if args.observability:
         top = [max(args.concurrency)]
         chosen.append(
