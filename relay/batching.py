@@ -45,7 +45,8 @@ class _Link(asyncio.Protocol):
         self.connection = connection
         self.lost = lost
         self.transport: asyncio.Transport | None = connection._writer.transport
-        self.outgoing: list[tuple[asyncio.Future[Any], bytes]] = []
+        # Per call: its reply's future, the packed command, and what to tell once written.
+        self.outgoing: list[tuple[asyncio.Future[Any], bytes, asyncio.Future[None] | None]] = []
         self.sent: deque[asyncio.Future[Any]] = deque()
         self.parser = hiredis.Reader(
             protocolError=InvalidResponse, replyError=BaseParser.parse_error
@@ -82,7 +83,8 @@ class _Link(asyncio.Protocol):
         """Fail every call on this connection and close it; it is not used again."""
         if self.error is None:
             self.error = error
-        waiting = [f for f, _ in self.outgoing] + list(self.sent)
+        waiting = [f for f, _, _ in self.outgoing] + list(self.sent)
+        _tell_written(self.outgoing)
         self.outgoing = []
         self.sent.clear()
         for future in waiting:
@@ -105,16 +107,26 @@ class ScriptPipe:
         kwargs = getattr(kwargs, "connection_kwargs", {}) or {}
         self._timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
 
-    async def run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
-        """``script(keys=keys, args=args)``, pipelined with the others of this loop turn."""
+    async def run(
+        self,
+        script: Any,
+        keys: list[Any],
+        args: list[Any],
+        written: asyncio.Future[None] | None = None,
+    ) -> Any:
+        """``script(keys=keys, args=args)``, pipelined with the others of this loop turn.
+        ``written``, if given, is resolved once the call is written to Redis's connection
+        (or failed to be), before the reply comes."""
         try:
-            reply = await self._call(("EVALSHA", script.sha, len(keys), *keys, *args))
+            reply = await self._call(("EVALSHA", script.sha, len(keys), *keys, *args), written)
         except _Unanswered:
             # The connection broke before answering (a connection left idle that Redis
             # or a proxy had dropped): once more, on a new one.
-            reply = await self._call(("EVALSHA", script.sha, len(keys), *keys, *args), True)
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = await self._call(command, written, last_try=True)
         if isinstance(reply, NoScriptError):  # Redis restarted or flushed its scripts
-            reply = await self._call(("EVAL", script.script, len(keys), *keys, *args), True)
+            command = ("EVAL", script.script, len(keys), *keys, *args)
+            reply = await self._call(command, written, last_try=True)
         if isinstance(reply, BaseException):
             raise reply
         return reply
@@ -125,7 +137,12 @@ class ScriptPipe:
         if self._dropping:
             await asyncio.gather(*self._dropping, return_exceptions=True)
 
-    async def _call(self, command: tuple[Any, ...], last_try: bool = False) -> Any:
+    async def _call(
+        self,
+        command: tuple[Any, ...],
+        written: asyncio.Future[None] | None = None,
+        last_try: bool = False,
+    ) -> Any:
         link = self._link
         if link is None:
             link = await self._connected()
@@ -136,7 +153,7 @@ class ScriptPipe:
         future: asyncio.Future[Any] = loop.create_future()
         # Sent at the end of this turn of the loop, with the calls the turn's other work
         # makes: a write that wakes Redis costs the relay more than the call's own work.
-        link.outgoing.append((future, hiredis.pack_command(command)))
+        link.outgoing.append((future, hiredis.pack_command(command), written))
         if len(link.outgoing) == 1:
             loop.call_soon(self._write, link)
         timer = loop.call_later(self._timeout, self._timed_out, link, future)
@@ -169,15 +186,17 @@ class ScriptPipe:
     def _write(self, link: _Link) -> None:
         outgoing, link.outgoing = link.outgoing, []
         if link.transport is None:  # broke since: its calls were failed
+            _tell_written(outgoing)
             return
         # A caller cancelled before its turn ended has gone: its call is not sent.
         chunks = []
-        for future, packed in outgoing:
+        for future, packed, _ in outgoing:
             if not future.done():
                 link.sent.append(future)
                 chunks.append(packed)
         if chunks:
             link.transport.write(b"".join(chunks))
+        _tell_written(outgoing)
 
     def _timed_out(self, link: _Link, future: asyncio.Future[Any]) -> None:
         if future.done():
@@ -203,6 +222,15 @@ class ScriptPipe:
             await connection.disconnect()
         with contextlib.suppress(Exception):
             await self._redis.connection_pool.release(connection)
+
+
+def _tell_written(
+    calls: list[tuple[asyncio.Future[Any], bytes, asyncio.Future[None] | None]],
+) -> None:
+    """The calls are written (or failed): tell those who wait for that."""
+    for _, _, written in calls:
+        if written is not None and not written.done():
+            written.set_result(None)
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:

@@ -256,7 +256,7 @@ class Forwarding:
         self.record.attempts.append(attempt)
         self.record.status_code = 200
         if self.settle is not None:
-            await self.settle()  # recorded before the client has its answer
+            await self.settle()  # on its way to Redis before the client has its answer
         await self.exchange.respond_json(200, out)
 
     async def _relay_stream(self, response: upstream.Response, route: Route, leg: Leg) -> None:
@@ -284,7 +284,7 @@ class Forwarding:
                             await exchange.send_body(b"".join(out))
                         raise
                     if final and self.settle is not None:
-                        await self.settle()  # recorded before the client sees the end
+                        await self.settle()  # on its way to Redis before the client sees the end
                     if chunk:
                         out.append(chunk)
                 if out:

@@ -203,6 +203,6 @@ async def _relay_stream(
         )
         return
     if forwarding.settle is not None:
-        await forwarding.settle()  # recorded before the client sees the end
+        await forwarding.settle()  # on its way to Redis before the client sees the end
     await exchange.send_body(b"".join(encoder.close()))
     await exchange.end_body()

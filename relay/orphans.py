@@ -40,7 +40,6 @@ is marked.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -150,6 +149,7 @@ class Progress:
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._written: asyncio.Future[None] | None = None  # the last mark's write
         self._closed = False
         self.attempted = False  # a mark was sent: the entry may exist
         sweeper.start()
@@ -180,9 +180,17 @@ class Progress:
     def _start_mark(self) -> None:
         self._last = time.monotonic()
         self.attempted = True
-        self._task = asyncio.ensure_future(self._mark())
+        written = self._written = asyncio.get_running_loop().create_future()
+        self._task = asyncio.ensure_future(self._mark(written))
 
-    async def _mark(self) -> None:
+    async def _mark(self, written: asyncio.Future[None]) -> None:
+        try:
+            await self._send_mark(written)
+        finally:
+            if not written.done():
+                written.set_result(None)
+
+    async def _send_mark(self, written: asyncio.Future[None]) -> None:
         record = self._record
         texts = record.completion_text or []
         piece = "".join(texts[self._text_index :]).encode("utf-8", errors="replace")
@@ -213,7 +221,7 @@ class Progress:
             alive_key(prefix),
         ]
         try:
-            done = await self._store.run_script(MARK_LUA, keys, args)
+            done = await self._store.run_script(MARK_LUA, keys, args, written)
         except (RedisError, OSError) as exc:
             logger.info("progress mark of %s failed: %s", record.request_id, exc)
             return
@@ -253,15 +261,15 @@ class Progress:
             ) = saved
 
     async def close(self) -> None:
-        """Before the stream settles: no more marks, and the last one has landed (so the
-        settlement, not a late mark, is the entry's last word)."""
+        """Before the stream settles: no more marks, and the last one is written to Redis
+        (the settlement, sent after it on the same connection, runs after it there and
+        is the entry's last word; its reply need not be waited for)."""
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is not None and not self._task.done():
-            with contextlib.suppress(Exception):  # the mark logs its own failure
-                await asyncio.shield(self._task)
+        if self._task is not None and not self._task.done() and self._written is not None:
+            await asyncio.shield(self._written)
 
 
 def _usage_fields(usage: Any) -> dict[str, int]:

@@ -150,6 +150,7 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
                 record.error_code = "client_disconnected"
                 record.status_code = record.status_code or 499
             await settlement()
+            await settlement.finished()
             metrics.observe_record(record)
 
 
@@ -182,7 +183,8 @@ def _gate(
 class Settlement:
     """Ends a request's accounting once, before its last byte goes out where possible:
     frees its limits, settles its tokens and money, and queues its usage event (with
-    Redis, all in one atomic step, so no answered request goes unrecorded)."""
+    Redis, all in one atomic step, sent before the answer's last bytes, so no answered
+    request goes unrecorded)."""
 
     def __init__(
         self,
@@ -203,6 +205,7 @@ class Settlement:
         self.call = call
         self.done = False
         self.progress: orphans.Progress | None = None
+        self._settling: asyncio.Future[None] | None = None
 
     def admitted(self, admission: Admission | None, store: LimitStore | None) -> None:
         """What the request's admission decided (``relay.intake.admit``): nothing is held
@@ -233,6 +236,9 @@ class Settlement:
         return self.progress
 
     async def __call__(self) -> None:
+        """Settle, and return once the settlement is on its way to Redis: what follows
+        (the answer's last bytes) may go out before Redis has replied. ``finished``
+        waits for the reply."""
         if self.done:
             return
         self.done = True
@@ -247,35 +253,63 @@ class Settlement:
             # Only a request left without usage carries its prompt, to be counted locally.
             record.prompt_messages, record.prompt_tools = self.call.count_material()
         store = self.store or shared.limit_store()
-        queued = isinstance(store, RedisLimitStore)
-        if not queued and self.admission is None:
+        if not isinstance(store, RedisLimitStore):
+            if self.admission is not None:
+                await self._release(store, b"", open_keys)
+            usage_writer.submit(record)  # embedded mode: this process writes the event
+            return
+        written = asyncio.get_running_loop().create_future()
+        self._settling = asyncio.ensure_future(self._settle(store, open_keys, written))
+        # Sent in this turn's write to Redis, ahead of the answer's end on the client's
+        # connection: the client's next request (on any relay process) is admitted after
+        # it, and a process that dies now has handed it to the kernel already.
+        await asyncio.shield(written)
+
+    async def finished(self) -> None:
+        """Wait for Redis's reply to the settlement (and for the fallback write, if it
+        failed); nothing to wait for without Redis."""
+        if self._settling is not None:
+            await asyncio.shield(self._settling)
+
+    async def _settle(
+        self,
+        store: RedisLimitStore,
+        open_keys: list[str] | None,
+        written: asyncio.Future[None],
+    ) -> None:
+        record = self.record
+        try:
+            settled = await self._release(store, record.to_json(), open_keys, written)
+        except RedisError as exc:
+            outage.redis.failed(f"settling request {record.request_id}", exc)
+            # Redis failed us: this process writes the event itself.
             usage_writer.submit(record)
             return
+        finally:
+            if not written.done():
+                written.set_result(None)
+        if not settled:  # a sweeper took this process for dead and billed the stream
+            logger.warning("request %s was settled as cut meanwhile", record.request_id)
+            return
+        usage_writer.start_draining()
+        orphans.sweeper.start()  # every relay process watches for others' lost streams
+
+    async def _release(
+        self,
+        store: LimitStore,
+        event: bytes,
+        open_keys: list[str] | None,
+        written: asyncio.Future[None] | None = None,
+    ) -> bool:
+        """Free the request's limits, settle its tokens and money, and (``event``) queue
+        its usage event: one atomic step in Redis."""
+        record = self.record
         usage = record.usage
         used = usage.prompt_tokens + usage.completion_tokens if usage is not None else None
         admission = self.admission or Admission(allowed=True, bucket=0, reserved_tokens=0)
         scopes = self.key.limit_scopes() if self.admission is not None else []
-        try:
-            settled = await store.release(
-                scopes,
-                record.request_id,
-                admission,
-                used,
-                self.reservation,
-                record.known_cost() if self.reservation is not None else None,
-                record.to_json() if queued else b"",
-                open_keys,
-            )
-        except RedisError as exc:
-            outage.redis.failed(f"settling request {record.request_id}", exc)
-            queued = False
-        else:
-            if not settled:  # a sweeper took this process for dead and billed the stream
-                logger.warning("request %s was settled as cut meanwhile", record.request_id)
-                return
-        if queued:
-            usage_writer.start_draining()
-            orphans.sweeper.start()  # every relay process watches for others' lost streams
-        else:
-            # Embedded mode, or Redis failed us: this process writes the event itself.
-            usage_writer.submit(record)
+        cost = record.known_cost() if self.reservation is not None else None
+        args = (scopes, record.request_id, admission, used, self.reservation, cost)
+        if isinstance(store, RedisLimitStore):
+            return await store.release(*args, event, open_keys, written=written)
+        return await store.release(*args, event, open_keys)

@@ -24,6 +24,9 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        # Cleared: what the service sends back is held (not lost) until it is set again.
+        self._replies = threading.Event()
+        self._replies.set()
         self.up()
 
     def up(self) -> None:
@@ -54,6 +57,13 @@ class FaultProxy:
     def close(self) -> None:
         self.down()
 
+    def hold_replies(self) -> None:
+        """Hold the service's replies: requests reach it, its answers wait in the proxy."""
+        self._replies.clear()
+
+    def release_replies(self) -> None:
+        self._replies.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -72,12 +82,16 @@ class FaultProxy:
                     server.close()
                     return
                 self._sockets |= {client, server}
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            for source, sink, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(
+                    target=self._pipe, args=(source, sink, replies), daemon=True
+                ).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
             while data := source.recv(65536):
+                if replies:
+                    self._replies.wait()
                 sink.sendall(data)
         except OSError:
             pass

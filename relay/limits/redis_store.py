@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -46,12 +47,19 @@ class RedisLimitStore:
     def prefix(self) -> str:
         return self._prefix
 
-    async def run_script(self, source: str, keys: list[Any], args: list[Any]) -> Any:
-        """Another module's script, sent with this loop turn's limit checks."""
+    async def run_script(
+        self,
+        source: str,
+        keys: list[Any],
+        args: list[Any],
+        written: asyncio.Future[None] | None = None,
+    ) -> Any:
+        """Another module's script, sent with this loop turn's limit checks (``written``:
+        see ``ScriptPipe.run``)."""
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self._redis.register_script(source)
-        return await self._pipe.run(script, keys, args)
+        return await self._pipe.run(script, keys, args, written)
 
     async def acquire(
         self,
@@ -98,11 +106,13 @@ class RedisLimitStore:
         cost_micros: int | None = None,
         event: bytes = b"",
         open_keys: list[str] | None = None,
+        written: asyncio.Future[None] | None = None,
     ) -> bool:
         """Free the request's slots, settle its tokens and money, and queue its usage
         event: one atomic round trip. With ``open_keys`` (a stream's open entry, see
         ``relay.orphans``) the entry goes too, and nothing happens (False) if a sweeper
-        has already settled the request."""
+        has already settled the request. ``written`` is resolved once the call is written
+        to Redis (or has failed), before its reply."""
         delta = 0 if used_tokens is None else used_tokens - admission.reserved_tokens
         keys = _keys(scopes, self._prefix, admission.bucket)
         for name in reservation.scopes if reservation else ():
@@ -125,6 +135,7 @@ class RedisLimitStore:
                 "1" if open_keys else "",
                 *window_settlement(reservation, admission.bucket, delta, cost_micros),
             ],
+            written,
         )
         return bool(done)
 

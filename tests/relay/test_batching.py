@@ -337,3 +337,35 @@ def test_limits_stay_exact_when_their_checks_are_pipelined() -> None:
         return sum(a.allowed for a in admissions)
 
     assert asyncio.run(run()) == 20
+
+
+def test_written_is_told_before_the_reply_comes() -> None:
+    parts = urlparse(settings.REDIS_URL)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    key = f"test-pipe-{uuid.uuid4().hex}"
+
+    async def run() -> tuple[bool, int, int]:
+        client = _client(f"redis://127.0.0.1:{proxy.port}{parts.path or '/0'}")
+        pipe = ScriptPipe(client)
+        script = client.register_script(INCR_LUA)
+        await pipe.run(script, [key], [0])  # connects, and loads the script
+        proxy.hold_replies()
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call = asyncio.ensure_future(pipe.run(script, [key], [5], written))
+        await asyncio.wait_for(asyncio.shield(written), 10)
+        answered_before_release = call.done()
+        direct = _client()
+        counted = int(await direct.get(key))  # Redis ran it: only its reply is held
+        proxy.release_replies()
+        reply = await asyncio.wait_for(call, 10)
+        await direct.delete(key)
+        await direct.aclose()
+        await pipe.close()
+        await client.aclose()
+        return answered_before_release, counted, reply
+
+    try:
+        assert asyncio.run(run()) == (False, 5, 5)
+    finally:
+        proxy.release_replies()
+        proxy.close()
