@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -199,6 +200,23 @@ def _ahead_counts(gateway: Gateway) -> dict[str, float]:
     return counts
 
 
+def _admissions_wait_for(
+    monkeypatch: pytest.MonkeyPatch, arrived: Callable[[float], bool]
+) -> list[bool]:
+    """Hold each admission in Redis until ``arrived(timeout)`` says the upstream has the
+    request, which it can only have if the request went ahead (else the admission waits
+    out the 5 s and goes on); returns, per admission, whether the upstream had it."""
+    real = RedisLimitStore.acquire
+    found: list[bool] = []
+
+    async def acquire(self: RedisLimitStore, *args: Any, **kwargs: Any) -> Admission:
+        found.append(await asyncio.to_thread(arrived, 5))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisLimitStore, "acquire", acquire)
+    return found
+
+
 def _post(gateway: Gateway, secret: str, **extra: Any) -> httpx.Response:
     return httpx.post(
         gateway.url + "/v1/chat/completions",
@@ -216,16 +234,7 @@ def test_a_far_key_is_sent_upstream_before_its_admission_returns(
     assert _post(gateway, secret).status_code == 200  # measures the key's room
     upstream.arrived.clear()
 
-    real = RedisLimitStore.acquire
-    found: list[bool] = []
-
-    async def acquire(self: RedisLimitStore, *args: Any, **kwargs: Any) -> Admission:
-        # The admission waits until the upstream has the request: it can only get it if
-        # the request went ahead (else this waits out its timeout and records False).
-        found.append(await asyncio.to_thread(upstream.arrived.wait, 5))
-        return await real(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisLimitStore, "acquire", acquire)
+    found = _admissions_wait_for(monkeypatch, upstream.arrived.wait)
     before = _ahead_counts(gateway).get("admitted", 0)
     response = _post(gateway, secret)
 
@@ -245,22 +254,16 @@ def test_a_stream_that_went_ahead_reaches_its_client_whole(
 ) -> None:
     secret = gateway.new_key(name="streams", rpm_limit=1000, tpm_limit=1_000_000)
     assert _post(gateway, secret).status_code == 200
-    real = RedisLimitStore.acquire
-    found: list[bool] = []
 
-    def upstream_has(count: int) -> bool:
-        deadline = time.monotonic() + 5
+    def upstream_has_it(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(sim.requests()) >= count:
+            if len(sim.requests()) >= 2:
                 return True
             time.sleep(0.01)
         return False
 
-    async def acquire(self: RedisLimitStore, *args: Any, **kwargs: Any) -> Admission:
-        found.append(await asyncio.to_thread(upstream_has, 2))
-        return await real(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisLimitStore, "acquire", acquire)
+    found = _admissions_wait_for(monkeypatch, upstream_has_it)
     with httpx.stream(
         "POST",
         gateway.url + "/v1/chat/completions",
@@ -303,22 +306,16 @@ def test_a_refusal_cuts_the_call_that_went_ahead_and_answers_the_429(
     asyncio.run(use_the_rest())
     upstream.hold = True
     upstream.arrived.clear()
-    real = RedisLimitStore.acquire
-
-    async def acquire(self: RedisLimitStore, *args: Any, **kwargs: Any) -> Admission:
-        await asyncio.to_thread(upstream.arrived.wait, 5)  # refused once the call is out
-        return await real(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisLimitStore, "acquire", acquire)
+    found = _admissions_wait_for(monkeypatch, upstream.arrived.wait)  # refused once out
     before = _ahead_counts(gateway).get("refused", 0)
     started = time.monotonic()
     refused = _post(gateway, secret)
     monkeypatch.undo()
 
+    assert found == [True]
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
-    assert upstream.arrived.is_set(), "the request did not go ahead: nothing was tested"
     assert upstream.gone.wait(5), "the upstream call was not cut"
     assert time.monotonic() - started < 5
     assert _ahead_counts(gateway)["refused"] == before + 1
