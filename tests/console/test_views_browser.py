@@ -17,6 +17,7 @@ import httpx
 import pytest
 from django.contrib.auth.hashers import make_password
 from django.core.asgi import get_asgi_application
+from playwright.sync_api import expect
 
 from billing.models import BillingAccount, UsageEvent
 from portal.models import ApiKey, CatalogModel, Channel, Invitation, Membership, Organization
@@ -110,7 +111,7 @@ def test_operator_adds_a_channel_tests_it_and_sees_the_model_available(
     shot(page, "operator-overview")
 
     page.get_by_role("link", name="Channels").click()
-    assert page.get_by_text("No channels yet.").is_visible()
+    expect(page.get_by_text("No channels yet.")).to_be_visible()
     page.get_by_role("link", name="Add a channel").click()
     page.get_by_label("Name").fill("Simulator")
     page.get_by_label("Base URL").fill(f"{simulator}/sim/key={SIM_KEY}/v1")
@@ -118,10 +119,10 @@ def test_operator_adds_a_channel_tests_it_and_sees_the_model_available(
     page.get_by_label("Models served").fill("sim-small")
     shot(page, "operator-channel-form")
     page.get_by_role("button", name="Add channel").click()
-    assert page.get_by_text("Channel “Simulator” created and enabled.").is_visible()
+    expect(page.get_by_text("Channel “Simulator” created and enabled.")).to_be_visible()
 
     page.get_by_role("button", name="Test Simulator").click()
-    assert page.get_by_text("“Simulator” answered in").is_visible()
+    expect(page.get_by_text("“Simulator” answered in")).to_be_visible()
     shot(page, "operator-channels")
     assert Channel.objects.get().last_check_ok is True
 
@@ -130,17 +131,17 @@ def test_operator_adds_a_channel_tests_it_and_sees_the_model_available(
     assert "available" in row.inner_text() and "unavailable" not in row.inner_text()
     shot(page, "operator-model-catalog")
     page.goto("/models/")
-    assert page.get_by_role("row", name="sim-small").get_by_text("available").is_visible()
+    expect(page.get_by_role("row", name="sim-small").get_by_text("available")).to_be_visible()
     shot(page, "public-models")
     page.goto("/operator/audit/")
-    assert page.get_by_role("row", name="channel.create").is_visible()
+    expect(page.get_by_role("row", name="channel.create")).to_be_visible()
     shot(page, "operator-audit-log")
     page.goto("/api/docs/")
-    assert page.get_by_role("heading", name="Tollgate management API").is_visible()
+    expect(page.get_by_role("heading", name="Tollgate management API")).to_be_visible()
     shot(page, "api-docs")
     page.goto("/account/two-factor/")
     page.get_by_role("button", name="Set up two-factor").click()
-    assert page.locator(".qr svg").is_visible()
+    expect(page.locator(".qr svg")).to_be_visible()
     shot(page, "operator-two-factor")
 
 
@@ -154,12 +155,12 @@ def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
     assert page.url.endswith("/o/reseller/tenants/")
     page.get_by_label("Name").fill("Acme Robotics")
     page.get_by_role("button", name="Create tenant").click()
-    assert page.get_by_text("Tenant “Acme Robotics” created.").is_visible()
+    expect(page.get_by_text("Tenant “Acme Robotics” created.")).to_be_visible()
     # People join by invitation only; following the mailed link is test_onboarding_browser's.
     page.get_by_label("E-mail address").fill("acme-owner@example.test")
     page.get_by_label("Role").select_option("owner")
     page.get_by_role("button", name="Send invitation").click()
-    assert page.get_by_text("Invitation sent to acme-owner@example.test.").is_visible()
+    expect(page.get_by_text("Invitation sent to acme-owner@example.test.")).to_be_visible()
     shot(page, "tenant-members")
     invitation_accept(
         invitation=Invitation.objects.get(email="acme-owner@example.test"),
@@ -168,17 +169,17 @@ def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
     assert Membership.objects.get(user__username="acme-owner").organization.parent == reseller_org
 
     page.goto("/o/reseller/price-lists/")
-    assert page.get_by_text("No price lists yet.").is_visible()
+    expect(page.get_by_text("No price lists yet.")).to_be_visible()
     page.get_by_label("Name").fill("Standard")
     page.get_by_label("Markup over wholesale (%)").fill("20")
     page.get_by_label("Default list").check()
     page.get_by_role("button", name="Create price list").click()
-    assert page.get_by_text("Price list “Standard” created.").is_visible()
+    expect(page.get_by_text("Price list “Standard” created.")).to_be_visible()
     page.get_by_label("Model").select_option("sim-small")
     page.get_by_label(re.compile(r"^Input per 1M tokens")).fill("0.6")
     page.get_by_label(re.compile(r"^Output per 1M tokens")).fill("2.4")
     page.get_by_role("button", name="Set price").click()
-    assert page.get_by_text("Price of sim-small set.").is_visible()
+    expect(page.get_by_text("Price of sim-small set.")).to_be_visible()
     shot(page, "reseller-price-list")
 
     page.goto("/o/reseller/tenants/")
@@ -187,11 +188,11 @@ def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
     page.get_by_label("Billing mode").select_option("prepaid")
     page.get_by_label("Monthly budget").fill("100")
     page.get_by_role("button", name="Save terms").click()
-    assert page.get_by_text("Terms of Acme Robotics saved.").is_visible()
+    expect(page.get_by_text("Terms of Acme Robotics saved.")).to_be_visible()
     page.get_by_label("Amount").fill("50")
     page.get_by_label("Memo").fill("bank transfer 0042")
     page.get_by_role("button", name="Add to balance").click()
-    assert page.get_by_text("50.00 USD added to the balance of Acme Robotics.").is_visible()
+    expect(page.get_by_text("50.00 USD added to the balance of Acme Robotics.")).to_be_visible()
     assert page.get_by_test_id("balance").inner_text() == "50.00 USD"
     shot(page, "reseller-terms")
     account = BillingAccount.objects.get(organization__slug="acme-robotics")
@@ -226,11 +227,11 @@ def test_an_invoice_is_issued_then_downloaded(
     reseller.get_by_role("link", name="Revenue").click()
     reseller.get_by_role("textbox", name="Month").fill("2026-03")
     reseller.get_by_role("button", name="Show").click()
-    assert reseller.get_by_role("row", name="Tenant").first.is_visible()
+    expect(reseller.get_by_role("row", name="Tenant").first).to_be_visible()
     shot(reseller, "reseller-revenue")
     reseller.get_by_role("link", name="Invoices").click()
     reseller.get_by_role("button", name="Issue invoice to Tenant for 2026-03").click()
-    assert reseller.get_by_text("Invoice RESELLER-2026-000001 issued.").is_visible()
+    expect(reseller.get_by_text("Invoice RESELLER-2026-000001 issued.")).to_be_visible()
     shot(reseller, "reseller-invoices")
 
     owner = sign_in(browser, site, "tenant-owner")
@@ -252,7 +253,7 @@ def test_an_invoice_is_issued_then_downloaded(
     owner.get_by_role("link", name="Budget").click()
     owner.get_by_label("Monthly budget").fill("25")
     owner.get_by_role("button", name="Save budget").click()
-    assert owner.get_by_text("Budget and alerts saved.").is_visible()
+    expect(owner.get_by_text("Budget and alerts saved.")).to_be_visible()
     shot(owner, "tenant-budget")
 
     operator = sign_in(browser, site, "operator")
@@ -263,7 +264,7 @@ def test_an_invoice_is_issued_then_downloaded(
     assert operator.locator("tr[data-request]").count() > 0
     shot(operator, "operator-usage-log")
     operator.get_by_role("link", name="Invoices").click()
-    assert operator.get_by_role("row", name="RESELLER-2026-000001").is_visible()
+    expect(operator.get_by_role("row", name="RESELLER-2026-000001")).to_be_visible()
     shot(operator, "operator-invoices")
 
 
@@ -305,7 +306,7 @@ def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
     with_password(tenant_owner)
     page = sign_in(browser, site, "tenant-owner")
     assert page.url.endswith("/o/tenant/keys/")
-    assert page.get_by_text("No keys yet.").is_visible()
+    expect(page.get_by_text("No keys yet.")).to_be_visible()
     shot(page, "tenant-keys-empty")
 
     page.get_by_label("Name").fill("production")
@@ -334,7 +335,7 @@ def test_tenant_owner_creates_copies_and_uses_a_key_then_sees_the_request(
     page.get_by_role("link", name="Quick start").click()
     assert page.get_by_label("Base URL").input_value() == f"{site}/v1"
     page.get_by_role("tab", name="curl").click()
-    assert page.get_by_text("/chat/completions").is_visible()
+    expect(page.get_by_text("/chat/completions")).to_be_visible()
     shot(page, "tenant-quickstart")
     page.get_by_role("link", name="API keys").click()
     shot(page, "tenant-keys")
@@ -365,18 +366,18 @@ def test_channel_form_shows_the_fields_of_the_chosen_provider(
     with_password(operator_user)
     page = sign_in(browser, site, "operator")
     page.goto("/operator/channels/new/")
-    assert page.get_by_label("Upstream API key").is_visible()
+    expect(page.get_by_label("Upstream API key")).to_be_visible()
     assert not page.get_by_label("Secret access key").is_visible()
     page.get_by_label("Provider type").select_option("bedrock")
-    assert page.get_by_label("Access key id").is_visible()
-    assert page.get_by_label("Secret access key").is_visible()
-    assert page.get_by_label("Region").is_visible()
+    expect(page.get_by_label("Access key id")).to_be_visible()
+    expect(page.get_by_label("Secret access key")).to_be_visible()
+    expect(page.get_by_label("Region")).to_be_visible()
     assert not page.get_by_label("Upstream API key").is_visible()
     assert not page.get_by_label("Service-account JSON key").is_visible()
     page.get_by_label("Provider type").select_option("vertex")
-    assert page.get_by_label("Service-account JSON key").is_visible()
+    expect(page.get_by_label("Service-account JSON key")).to_be_visible()
     assert not page.get_by_label("Region").is_visible()
     page.get_by_label("Provider type").select_option("azure")
-    assert page.get_by_label("Deployments").is_visible()
-    assert page.get_by_label("Upstream API key").is_visible()
+    expect(page.get_by_label("Deployments")).to_be_visible()
+    expect(page.get_by_label("Upstream API key")).to_be_visible()
     shot(page, "operator-channel-form-azure")
