@@ -14,7 +14,8 @@ request is sent upstream at once and its admission runs meanwhile:
   same 429 it would have had. The operator may still pay the provider for the call it
   cut, so a request goes ahead only while it fits in the *room* the key's last admission
   left before any limit was half used (``relay.limits.Room``: requests, tokens, money),
-  less what this process's other requests ahead of their admission take. A refusal then
+  less what the tenant's requests still ahead of their admission in this process take
+  (whichever of its keys sent them; at most ``MAX_AHEAD``). A refusal then
   needs others to use the other half in the meantime (another relay process, within one
   round trip), and after a refusal the key waits for its admissions again until one shows
   room. A key with small limits (a concurrency of 2, a balance of a few requests) never
