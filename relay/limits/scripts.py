@@ -242,9 +242,12 @@ for s = 0, scopes - 1 do
 end
 for m = 0, money - 1 do
   local k = m_keys + m * 5
-  redis.call('HSET', KEYS[k+4], request_id, worst)
+  -- Held once per request: a call run again (its reply was lost with its connection, and
+  -- the relay sent it anew) must not hold it twice, which no settlement would release.
+  if redis.call('HSETNX', KEYS[k+4], request_id, worst) == 1 then
+    redis.call('INCRBY', KEYS[k+3], worst)
+  end
   redis.call('ZADD', KEYS[k+5], now_ms + money_hold_ms, request_id)
-  redis.call('INCRBY', KEYS[k+3], worst)
   for i = 1, 5 do redis.call('EXPIRE', KEYS[k+i], MONEY_TTL) end
 end
 for w = 0, windows - 1 do

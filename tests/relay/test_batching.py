@@ -16,7 +16,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.batching import ScriptPipe
-from relay.limits import Limits, RedisLimitStore, Scope
+from relay.limits import Limits, RedisLimitStore, Reservation, Scope, money_keys
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.services
@@ -369,3 +369,44 @@ def test_written_is_told_before_the_reply_comes() -> None:
     finally:
         proxy.release_replies()
         proxy.close()
+
+
+def test_an_admission_run_twice_holds_its_money_once() -> None:
+    """Redis ran the admission, then its connection broke before the reply: the pipe sends
+    it again on a new one. The money must be held once, or the second hold would never be
+    released and the tenant's balance would shrink for good."""
+    parts = urlparse(settings.REDIS_URL)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    prefix = f"{settings.CACHES['default']['KEY_PREFIX']}-{uuid.uuid4().hex}"
+    scope = "t1:funds"
+    held_key, holds_key = money_keys(prefix, scope)[2:4]
+
+    async def run() -> tuple[bool, int, int]:
+        direct = _client()
+        client = _client(f"redis://127.0.0.1:{proxy.port}{parts.path or '/0'}")
+        store = RedisLimitStore(client, prefix)
+        await store.seed((scope,), [10_000], [0], generation=1)
+        money = Reservation((scope,), 1_000)
+        first = await store.acquire([], "warm", 0, 30, money)  # connects, loads the script
+        await store.release([], "warm", first, None, money, 0)
+        proxy.hold_replies()
+        admitting = asyncio.ensure_future(store.acquire([], "twice", 0, 30, money))
+        while not await direct.hexists(holds_key, "twice"):  # Redis ran it
+            await asyncio.sleep(0.005)
+        proxy.down()  # the connection breaks with the reply unsent
+        proxy.release_replies()
+        proxy.up()
+        admission = await asyncio.wait_for(admitting, 10)
+        held = int(await direct.get(held_key) or 0)
+        holds = int(await direct.hget(holds_key, "twice") or 0)
+        await direct.aclose()
+        await store.close()
+        await client.aclose()
+        return admission.allowed, held, holds
+
+    try:
+        allowed, held, holds = asyncio.run(run())
+    finally:
+        proxy.release_replies()
+        proxy.close()
+    assert (allowed, held, holds) == (True, 1_000, 1_000)
