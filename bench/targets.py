@@ -134,7 +134,7 @@ def pg_targets(ctx: Context, key_file: Path, limited_key_file: Path) -> list[Tar
             chosen.append(
                 Target(f"tollgate+limits{suffix}", f"tollgate{suffix}", limited_key_file, True)
             )
-    if args.limits and getattr(args, "ahead_ab", False):
+    if args.limits and args.ahead_ab:
         chosen.append(
             Target("tollgate+limits-waiting", "tollgate-waiting", limited_key_file, True, WAITING)
         )

@@ -262,8 +262,9 @@ class Settlement:
         self._settling = asyncio.ensure_future(self._settle(store, open_keys, written))
         # Sent in this turn's write to Redis, ahead of the answer's end on the client's
         # connection: the client's next request (on any relay process) is admitted after
-        # it, and a process that dies now has handed it to the kernel already.
-        await asyncio.shield(written)
+        # it, and a process that dies now has handed it to the kernel already. A waiter
+        # cancelled here cancels only ``written``: the settlement goes on (``finished``).
+        await written
 
     async def finished(self) -> None:
         """Wait for Redis's reply to the settlement (and for the fallback write, if it
