@@ -55,8 +55,9 @@ def main() -> int:
             request_id = f"req_{uuid.uuid4().hex}"
             pipe.evalsha(acquire, 4, *keys, now_ms, request_id, TOKENS, 630_000, 1, *LIMITS,
                          0, 0, 0, 0, 0, 0)  # fmt: skip
-            pipe.evalsha(finish, 5, *keys, "bench-lua:queue", request_id, now_ms // 1000,
-                         USED - TOKENS, 1, 0, 0, -1, "", "", 0)  # fmt: skip
+            pipe.evalsha(finish, 6, *keys, "bench-lua:queue", f"bench-lua:settled:{request_id}",
+                         request_id, now_ms // 1000, USED - TOKENS, 1, 0, 0, -1, "", "", 0,
+                         30_000)  # fmt: skip
         pipe.execute()
         spent = client.info("commandstats")["cmdstat_evalsha"]["usec"] / PER_MINUTE
         label = "filling the window" if minute == 0 else "steady"

@@ -107,6 +107,11 @@ class ScriptPipe:
         kwargs = getattr(kwargs, "connection_kwargs", {}) or {}
         self._timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
 
+    @property
+    def timeout(self) -> float:
+        """How long a call waits for its reply (the client's socket timeout)."""
+        return self._timeout
+
     async def run(
         self,
         script: Any,

@@ -268,9 +268,13 @@ return {1, '', 0, '', unpack(stats)}
 # second, token delta, limit scope count, money scope count, worst-case cost held, the
 # actual cost (-1: not known yet, keep holding the worst case until the event is written),
 # the usage event to queue ('' for none), '1' if the request has an open entry, then the
-# plan window count and per window: its bucket and the correction to what was counted;
-# the windows' counters are the last keys.
-# Returns 0, doing nothing, when a sweeper already settled the request as cut.
+# plan window count and per window: its bucket and the correction to what was counted,
+# then how long (ms) the request's settled mark is kept; the windows' counters come next
+# to last, and the last key is the settled mark.
+# Returns 0, doing nothing, when a sweeper already settled the request as cut, and 1,
+# doing nothing, when this request was settled already: the script pipe sends a call
+# again whose connection broke before its reply (``relay.batching``), and Redis may have
+# run it; its token and plan corrections must not count twice.
 FINISH_LUA = """
 local request_id = ARGV[1]
 local bucket = ARGV[2]
@@ -283,7 +287,10 @@ local queue_at = scopes * 4 + money * 5 + 1
 if ARGV[9] == '1' then
   local entry = KEYS[queue_at + 1]
   if redis.call('HEXISTS', entry, 'swept') == 1 then return 0 end
-  redis.call('DEL', entry, KEYS[queue_at + 2])
+end
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[#ARGV]) then return 1 end
+if ARGV[9] == '1' then
+  redis.call('DEL', KEYS[queue_at + 1], KEYS[queue_at + 2])
   redis.call('ZREM', KEYS[queue_at + 3], request_id)
 end
 for s = 0, scopes - 1 do

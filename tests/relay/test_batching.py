@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.batching import ScriptPipe
 from relay.limits import Limits, RedisLimitStore, Reservation, Scope, money_keys
+from relay.limits.shapes import limit_keys
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.services
@@ -410,3 +411,45 @@ def test_an_admission_run_twice_holds_its_money_once() -> None:
         proxy.release_replies()
         proxy.close()
     assert (allowed, held, holds) == (True, 1_000, 1_000)
+
+
+def test_a_settlement_run_twice_corrects_the_tokens_once() -> None:
+    """Redis ran the settlement, then its connection broke before the reply: the pipe sends
+    it again on a new one. The request's token correction (reserved 1,000, used 100) must
+    apply once: applied twice, the minute's and the day's counts would fall 900 below what
+    was used, and the key could pass its limits by that much."""
+    parts = urlparse(settings.REDIS_URL)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    prefix = f"{settings.CACHES['default']['KEY_PREFIX']}-{uuid.uuid4().hex}"
+    scopes = [Scope("key:1", Limits(tpm=10_000, daily_tokens=100_000))]
+
+    async def run() -> tuple[bool, int, int, bool]:
+        direct = _client()
+        client = _client(f"redis://127.0.0.1:{proxy.port}{parts.path or '/0'}")
+        store = RedisLimitStore(client, prefix)
+        admission = await store.acquire(scopes, "twice", 1_000, 30)
+        tokens_key, _, day_key = limit_keys(scopes, prefix, admission.bucket)
+        proxy.hold_replies()
+        settling = asyncio.ensure_future(store.release(scopes, "twice", admission, 100))
+        while int(await direct.get(day_key) or 0) != 100:  # Redis ran it
+            await asyncio.sleep(0.005)
+        proxy.down()  # the connection breaks with the reply unsent
+        proxy.release_replies()
+        proxy.up()
+        settled = await asyncio.wait_for(settling, 10)
+        minute = int(await direct.hget(tokens_key, "sum") or 0)
+        day = int(await direct.get(day_key) or 0)
+        # A request id is settled once: the same settlement later does nothing either.
+        again = await store.release(scopes, "twice", admission, 100)
+        after = int(await direct.get(day_key) or 0)
+        await direct.aclose()
+        await store.close()
+        await client.aclose()
+        return settled, minute, day, again and after == day
+
+    try:
+        settled, minute, day, again = asyncio.run(run())
+    finally:
+        proxy.release_replies()
+        proxy.close()
+    assert (settled, minute, day, again) == (True, 100, 100, True)
