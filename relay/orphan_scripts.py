@@ -6,7 +6,9 @@ from __future__ import annotations
 # KEYS: entry, text, owned, owners, alive. ARGV: now_ms, owner, request id, the record
 # ('' once registered), settlement keys of the limits and of the money (JSON lists), the
 # worst case held, the text's byte offset, new text, overflow characters, usage JSON ('' for
-# none), the entry's TTL (s), the owner's alive-until (ms).
+# none), the entry's TTL (s), the owner's alive-until (ms), and what the tokens and plan
+# windows counted at admission need to be corrected by once the stream is billed (JSON,
+# with the record: ``relay.limits.cut_correction``).
 # Returns 1 if the entry is (now) up to date, 0 if it was swept or was never registered.
 MARK_LUA = """
 local entry, text, owned, owners, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -16,7 +18,7 @@ local seen = tonumber(redis.call('ZSCORE', alive, ARGV[2]) or '0')
 if seen < tonumber(ARGV[13]) then redis.call('ZADD', alive, ARGV[13], ARGV[2]) end
 if ARGV[4] ~= '' then
   redis.call('HSET', entry, 'record', ARGV[4], 'lim', ARGV[5], 'money', ARGV[6],
-    'worst', ARGV[7], 'owner', ARGV[2])
+    'worst', ARGV[7], 'owner', ARGV[2], 'fix', ARGV[14] or '')
   redis.call('ZADD', owned, ARGV[1], ARGV[3])
   redis.call('EXPIRE', owned, ttl)
   redis.call('SADD', owners, ARGV[2])
@@ -36,7 +38,8 @@ return 1
 # prefix, the tombstone's TTL (s).
 # Settles the owner's open entries (all of them if the owner is not alive): frees each
 # one's concurrency slots, holds its worst case (without expiry) until its event is
-# written, queues its cut usage record, leaves a tombstone. Returns how many it queued,
+# written, queues its cut usage record (with what its tokens and plan windows need once
+# it is billed: ``relay.metering.writer``), leaves a tombstone. Returns how many it queued,
 # how many it looked at, and how many remain.
 SWEEP_LUA = """
 local owned, owners, alive, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -56,7 +59,7 @@ for _, request_id in ipairs(ids) do
   local entry = prefix .. ':open:' .. request_id
   local text = entry .. ':text'
   local f = redis.call('HMGET', entry, 'record', 'lim', 'money', 'worst', 'over', 'usage',
-    'swept')
+    'swept', 'fix')
   redis.call('ZREM', owned, request_id)
   if f[1] and not f[7] then
     local lim = cjson.decode(f[2])
@@ -72,7 +75,7 @@ for _, request_id in ipairs(ids) do
     end
     local delivered = redis.call('GET', text) or ''
     redis.call('RPUSH', queue, cjson.encode({cut = f[1], text = delivered,
-      over = tonumber(f[5] or '0'), usage = f[6] or ''}))
+      over = tonumber(f[5] or '0'), usage = f[6] or '', fix = f[8] or ''}))
     queued = queued + 1
   end
   redis.call('DEL', entry, text)

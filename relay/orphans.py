@@ -23,9 +23,13 @@ of for ``RELAY_ORPHAN_AFTER_SECONDS`` (or that outlived any request), and settle
 one atomic script: it frees the concurrency slot, keeps the money held (the worst case)
 until the event is written, queues a usage record marked cut (``completed`` false, error
 code ``relay_worker_lost``; counted locally from the delivered text, so estimated, unless
-the upstream's usage had arrived) and leaves a tombstone. Should the owner turn out to be
-alive after all (stalled, not dead), its own settlement finds the tombstone and does
-nothing: one event and one settlement per request, whoever gets there first.
+the upstream's usage had arrived) and leaves a tombstone. Once that event is written, the
+usage drainer corrects what the admission counted in advance (the tokens reserved, per
+minute and per day, and the plan windows' reserved tokens or worst case) to what was
+billed, as the stream's own settlement would have (``relay.limits.cut_correction``).
+Should the owner turn out to be alive after all (stalled, not dead), its own settlement
+finds the tombstone and does nothing: one event and one settlement per request, whoever
+gets there first.
 
 Why relay threads rather than a Celery beat task: the entries and the liveness are in the
 relay's Redis, the delay should be seconds (the cut request's worst case stays held
@@ -55,6 +59,7 @@ from relay.limits import (
     RedisLimitStore,
     Reservation,
     Scope,
+    cut_correction,
     limit_keys,
     money_keys,
     usage_queue_key,
@@ -132,6 +137,7 @@ class Progress:
         reservation: Reservation | None,
         owner: str = "",
         prompt: tuple[Any, Any] = (None, None),
+        reserved_tokens: int = 0,
     ) -> None:
         self.owner = owner or process_id()
         self._prompt = prompt  # messages and tools, to count locally if cut
@@ -143,6 +149,7 @@ class Progress:
         for name in reservation.scopes if reservation else ():
             self._settle_money += money_keys(self._prefix, name)[2:]
         self._worst = reservation.worst_micros if reservation else 0
+        self._admitted = (bucket, reserved_tokens, reservation)
         self._registered = False
         self._text_index = 0  # pieces of record.completion_text already marked
         self._text_bytes = 0  # their length in the entry's text
@@ -211,6 +218,7 @@ class Progress:
             orjson.dumps(_usage_fields(usage)) if usage is not None else b"",
             _ttl(),
             _alive_until_ms(now),
+            b"" if self._registered else self._correction(),
         ]
         prefix = self._prefix
         keys = [
@@ -232,6 +240,10 @@ class Progress:
             self._registered = True
             self._text_index = end
             self._text_bytes += len(piece)
+
+    def _correction(self) -> bytes:
+        """What the usage drainer corrects should a sweeper bill this stream."""
+        return cut_correction(self._settle_limits, *self._admitted, self._prefix)
 
     def _static(self) -> bytes:
         """The record as a sweeper should bill it: a cut stream, delivered text aside."""

@@ -231,6 +231,7 @@ class Settlement:
             admission.bucket if admission is not None else 0,
             self.reservation,
             prompt=self.call.count_material() if self.call is not None else (None, None),
+            reserved_tokens=admission.reserved_tokens if admission is not None else 0,
         )
         self.progress.delivered()  # the first mark registers the stream at once
         return self.progress

@@ -40,6 +40,8 @@ from relay.limits.shapes import (
     Room,
     Scope,
     Window,
+    cut_correction,
+    cut_correction_call,
     limit_keys,
     money_keys,
 )
@@ -55,6 +57,8 @@ __all__ = [
     "Room",
     "Scope",
     "Window",
+    "cut_correction",
+    "cut_correction_call",
     "limit_keys",
     "money_keys",
     "usage_queue_key",

@@ -263,6 +263,27 @@ return {1, '', 0, '', unpack(stats)}
     "WINDOW_BUCKETS", str(WINDOW_BUCKETS)
 )
 
+# What a request's settlement corrects once its real tokens (or cost) are known: the
+# minute's and the day's token counts of a limit scope (``delta``: real less reserved), and
+# a plan window's bucket. Counts whose window or day has passed are left alone.
+CORRECTIONS_LUA = """
+local function correct_tokens(tok_key, day_key, bucket, delta)
+  if delta == 0 then return end
+  if redis.call('HEXISTS', tok_key, bucket) == 1 then
+    redis.call('HINCRBY', tok_key, bucket, delta)
+    redis.call('HINCRBY', tok_key, 'sum', delta)
+  end
+  if redis.call('EXISTS', day_key) == 1 then
+    redis.call('INCRBY', day_key, delta)
+  end
+end
+local function correct_window(key, bucket, change)
+  if change ~= 0 and redis.call('HEXISTS', key, bucket) == 1 then
+    redis.call('HINCRBY', key, bucket, change)
+  end
+end
+"""
+
 # KEYS: as for acquire, then the usage queue, then (for a stream with an open entry, see
 # ``relay.orphans``) the entry, its text and its owner's set. ARGV: request_id, bucket
 # second, token delta, limit scope count, money scope count, worst-case cost held, the
@@ -275,7 +296,9 @@ return {1, '', 0, '', unpack(stats)}
 # doing nothing, when this request was settled already: the script pipe sends a call
 # again whose connection broke before its reply (``relay.batching``), and Redis may have
 # run it; its token and plan corrections must not count twice.
-FINISH_LUA = """
+FINISH_LUA = (
+    CORRECTIONS_LUA
+    + """
 local request_id = ARGV[1]
 local bucket = ARGV[2]
 local delta = tonumber(ARGV[3])
@@ -294,17 +317,8 @@ if ARGV[9] == '1' then
   redis.call('ZREM', KEYS[queue_at + 3], request_id)
 end
 for s = 0, scopes - 1 do
-  local tok_key, conc_key, day_key = KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
-  redis.call('ZREM', conc_key, request_id)
-  if delta ~= 0 then
-    if redis.call('HEXISTS', tok_key, bucket) == 1 then
-      redis.call('HINCRBY', tok_key, bucket, delta)
-      redis.call('HINCRBY', tok_key, 'sum', delta)
-    end
-    if redis.call('EXISTS', day_key) == 1 then
-      redis.call('INCRBY', day_key, delta)
-    end
-  end
+  redis.call('ZREM', KEYS[s*4+3], request_id)
+  correct_tokens(KEYS[s*4+2], KEYS[s*4+4], bucket, delta)
 end
 local amount = cost >= 0 and cost or worst
 for m = 0, money - 1 do
@@ -322,16 +336,36 @@ for m = 0, money - 1 do
 end
 local w_at = queue_at + (ARGV[9] == '1' and 3 or 0)
 for w = 0, (tonumber(ARGV[10]) or 0) - 1 do
-  local key, bucket, change = KEYS[w_at + w + 1], ARGV[11 + w*2], tonumber(ARGV[12 + w*2])
-  if change ~= 0 and redis.call('HEXISTS', key, bucket) == 1 then
-    redis.call('HINCRBY', key, bucket, change)
-  end
+  correct_window(KEYS[w_at + w + 1], ARGV[11 + w*2], tonumber(ARGV[12 + w*2]))
 end
 if ARGV[8] ~= '' then
   redis.call('RPUSH', KEYS[queue_at], ARGV[8])
 end
 return 1
 """
+)
+
+# KEYS: per limit scope its tokens and day counters, then per plan window its counter.
+# ARGV: the admission's bucket second, the token correction, the limit scope count, the
+# plan window count, then per window its bucket and correction.
+# The corrections of a stream cut by a lost relay process, once its event is written with
+# the tokens counted from what it delivered (``relay.metering.writer``): its own
+# settlement never ran, so what its admission reserved would otherwise stay counted.
+CORRECT_LUA = (
+    CORRECTIONS_LUA
+    + """
+local bucket = ARGV[1]
+local delta = tonumber(ARGV[2])
+local scopes = tonumber(ARGV[3])
+for s = 0, scopes - 1 do
+  correct_tokens(KEYS[s*2+1], KEYS[s*2+2], bucket, delta)
+end
+for w = 0, tonumber(ARGV[4]) - 1 do
+  correct_window(KEYS[scopes*2 + w + 1], ARGV[5 + w*2], tonumber(ARGV[6 + w*2]))
+end
+return 1
+"""
+)
 
 # KEYS: per scope: base, written. ARGV: generation, now_ms, the seeding time (ms) from
 # which a base of the same generation is fresh and kept, then per scope: base, the written

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 WINDOW_SECONDS = 60
 
 
@@ -389,6 +391,54 @@ def window_settlement(
             delta = 0 if cost_micros is None else cost_micros - reservation.worst_micros
         args += [bucket // window.bucket_seconds, delta]
     return args
+
+
+def cut_correction(
+    settle_limits: list[str],
+    bucket: int,
+    reserved_tokens: int,
+    reservation: Reservation | None,
+    prefix: str,
+) -> bytes:
+    """What a stream's admission counted in advance, as kept in its open entry
+    (``relay.orphans``) for the usage drainer to correct should the stream be cut and
+    billed by a sweeper (``CORRECT_LUA``, ``cut_correction_call``): its limit scopes'
+    token counters (minute and day; ``settle_limits`` is ``limit_keys``), its bucket, the
+    tokens it reserved, its worst case, and per plan window its counter, bucket and kind.
+    Empty when nothing was counted in advance."""
+    counters = [key for index, key in enumerate(settle_limits) if index % 3 != 1]
+    windows = reservation.windows if reservation is not None else ()
+    if not windows and (not counters or not reserved_tokens):
+        return b""
+    return orjson.dumps(
+        {
+            "bucket": bucket,
+            "reserved": reserved_tokens,
+            "worst": reservation.worst_micros if reservation is not None else 0,
+            "tokens": counters,
+            "windows": [
+                [key, bucket // window.bucket_seconds, window.kind]
+                for key, window in zip(window_keys(prefix, reservation), windows, strict=True)
+            ],
+        }
+    )
+
+
+def cut_correction_call(
+    correction: dict[str, Any], used_tokens: int, cost_micros: int
+) -> tuple[list[str], list[Any]]:
+    """``CORRECT_LUA``'s keys and arguments for a cut stream billed ``used_tokens``
+    (prompt and completion) at ``cost_micros`` (retail): what its own settlement would have
+    corrected (``window_settlement``)."""
+    delta = used_tokens - int(correction["reserved"])
+    keys = [str(key) for key in correction["tokens"]]
+    windows = correction["windows"]
+    args: list[Any] = [int(correction["bucket"]), delta, len(keys) // 2, len(windows)]
+    for key, window_bucket, kind in windows:
+        keys.append(str(key))
+        change = delta if kind == "tokens" else cost_micros - int(correction["worst"])
+        args += [int(window_bucket), change]
+    return keys, args
 
 
 def _plan_detail(

@@ -10,11 +10,13 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import DatabaseError
 
 from relay import outage
-from relay.limits import money_keys, usage_queue_key
+from relay.limits import cut_correction_call, money_keys, usage_queue_key
+from relay.limits.scripts import CORRECT_LUA
 from relay.metering.events import write_events
 from relay.metering.records import MAX_PENDING_EVENTS, UsageRecord
 
@@ -253,6 +255,7 @@ class RedisUsageQueue:
         self._claim = redis.register_script(CLAIM_LUA)
         self._ack = redis.register_script(ACK_LUA)
         self._release = redis.register_script(RELEASE_LUA)
+        self._correct = redis.register_script(CORRECT_LUA)
 
     @classmethod
     def shared(cls) -> RedisUsageQueue:
@@ -323,7 +326,28 @@ class RedisUsageQueue:
                 keys += money_keys(self._prefix, name)[1:]
         # Refused and set-aside events: their holds lapse like an abandoned request's.
         self._ack(keys=keys, args=args)
+        # After the confirmation: a batch claimed again (its confirmation lost) finds its
+        # events written already and corrects nothing a second time.
+        for record, cost in written:
+            item = queued[id(record)]
+            if not item.startswith(b'{"request_id"'):
+                self._correct_cut(record, item, cost)
         return len(raw)
+
+    def _correct_cut(self, record: UsageRecord, item: bytes, cost: int) -> None:
+        """A stream cut by a lost relay process is billed now: correct what its admission
+        counted in advance (``relay.orphans``), as its own settlement would have."""
+        try:
+            correction = orjson.loads(orjson.loads(item).get("fix") or "null")
+            if not correction:
+                return
+            usage, _ = record.counts()  # as its event was written
+            keys, args = cut_correction_call(
+                correction, usage.prompt_tokens + usage.completion_tokens, cost
+            )
+            self._correct(keys=keys, args=args)
+        except Exception:  # its event is written: the counts only stay high (safe side)
+            logger.exception("correcting the limits of cut stream %s failed", record.request_id)
 
 
 usage_writer = UsageWriter()

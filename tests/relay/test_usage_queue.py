@@ -10,12 +10,22 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from django.conf import settings
 from django.utils import timezone
 
 from billing.models import UsageEvent
 from billing.pricing import tenant_price_table
-from relay.limits import RedisLimitStore, Reservation, money_keys
+from relay import orphans
+from relay.limits import (
+    Limits,
+    RedisLimitStore,
+    Reservation,
+    Scope,
+    Window,
+    limit_keys,
+    money_keys,
+)
 from relay.metering import RedisUsageQueue, Usage, UsageRecord, write_events
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, fail_to_build
 
@@ -187,3 +197,74 @@ def test_a_written_total_beyond_64_bits_does_not_stick_the_batch(
     assert UsageEvent.objects.filter(request_id__in=[r.request_id for r in records]).count() == 2
     # The first event's cost passed the maximum; the second's counts on from 2^62.
     assert _money(queue) == (2**62 + (records[1].known_cost() or 0), 0)
+
+
+def test_a_cut_stream_billed_by_a_sweeper_corrects_what_its_admission_counted(
+    gateway: Gateway, queue: RedisUsageQueue, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay process dies mid-stream: its settlement, which would have corrected the
+    tokens and plan windows its admission counted in advance (1,000 tokens reserved, the
+    worst case for spend), never runs. Once the sweeper's cut record is written, the
+    drainer corrects them to what was billed (110 tokens, its cost), as the settlement
+    would have: else a plan window of a week would keep the reserve for a week."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": queue._prefix},
+    }
+    monkeypatch.setattr(orphans.usage_writer, "start_draining", lambda: None)
+    record = _records(gateway, 1)[0]
+    record.stream, record.completion_text = True, []
+    record.usage = Usage(prompt_tokens=100, completion_tokens=10)  # reported before the cut
+    scopes = [Scope(f"key:{gateway.api_key.pk}", Limits(tpm=100_000, daily_tokens=10**6))]
+    windows = (
+        Window(name="s1:tokens", length="5h", kind="tokens", cap=10**9, seconds=18_000),
+        Window(name="s1:spend", length="5h", kind="spend", cap=10**12, seconds=18_000),
+    )
+    money = Reservation((SCOPE,), 50_000, windows=windows)
+    lost = f"lost-{uuid.uuid4().hex[:8]}"
+
+    async def stream_then_die() -> int:
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, queue._prefix)
+        await store.seed((SCOPE,), [10**9], [0], 0)
+        admission = await store.acquire(scopes, record.request_id, 1_000, 60, money)
+        assert admission.allowed
+        progress = orphans.Progress(
+            store, record, scopes, admission.bucket, money, lost,
+            reserved_tokens=admission.reserved_tokens,
+        )  # fmt: skip
+        progress.delivered()
+        await progress.close()
+        entry = orphans.entry_key(queue._prefix, record.request_id)
+        for _ in range(1000):  # the mark is written; wait until Redis has run it
+            if await client.exists(entry):
+                break
+            await asyncio.sleep(0.01)
+        await client.zrem(orphans.alive_key(queue._prefix), lost)  # the owner is gone
+        await store.close()
+        await client.aclose()
+        return admission.bucket
+
+    bucket = asyncio.run(stream_then_die())
+    tokens_key, _, day_key = limit_keys(scopes, queue._prefix, bucket)
+    token_window, spend_window = (f"{queue._prefix}:pw:{w.name}" for w in windows)
+    slot = str(bucket // windows[0].bucket_seconds)
+
+    def counted() -> tuple[int, int, int, int]:
+        r = queue._redis
+        return (
+            int(r.hget(tokens_key, "sum") or 0),
+            int(r.get(day_key) or 0),
+            int(r.hget(token_window, slot) or 0),
+            int(r.hget(spend_window, slot) or 0),
+        )
+
+    assert counted() == (1_000, 1_000, 1_000, 50_000)
+    orphans.sweeper.settle_owner(lost)  # unless this process's sweeper thread did already
+    assert queue._redis.llen(queue.queue_key) == 1
+    assert counted() == (1_000, 1_000, 1_000, 50_000)  # nothing corrected before it is billed
+    assert queue.drain_once() == 1
+    (event,) = UsageEvent.objects.filter(request_id=record.request_id)
+    assert (event.prompt_tokens, event.completion_tokens, event.completed) == (100, 10, False)
+    assert counted() == (110, 110, 110, event.cost_retail_micros)
+    assert event.cost_retail_micros > 0
