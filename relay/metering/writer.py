@@ -195,12 +195,14 @@ return items
 
 # KEYS: batch, leases, dead letters, then per event per money scope: written, held, holds,
 # expiries. ARGV: the number of records set aside, those records, then per event: request
-# id, retail cost, its number of money scopes.
-# Confirms a written batch once: moves each event's hold into ``written``, keeps the records
-# that could not be written on the dead-letter list, drops the batch. A written total that
-# would pass Redis's 64-bit integers (only absurd prices can make one) is held at 2^62, which
-# refuses the scope's requests until it is seeded again from the database: an error here
-# would leave the batch to be claimed, written and refused again for ever.
+# id, retail cost (-1 for an event the database refused), its number of money scopes.
+# Confirms a written batch once: moves each event's hold into ``written``, drops the hold
+# of an event the database refused (its key or tenant gone: a settled request's hold has no
+# expiry, so it would be held for good), keeps the records that could not be built on the
+# dead-letter list (their holds stay until they are written), drops the batch. A written
+# total that would pass Redis's 64-bit integers (only absurd prices can make one) is held
+# at 2^62, which refuses the scope's requests until it is seeded again from the database:
+# an error here would leave the batch to be claimed, written and refused again for ever.
 ACK_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local dead = tonumber(ARGV[1])
@@ -221,11 +223,13 @@ while a <= #ARGV do
       redis.call('DECRBY', held, previous)
     end
     redis.call('ZREM', exp, request_id)
-    local added = redis.pcall('INCRBY', written, cost)
-    if type(added) == 'table' and added.err then
-      redis.call('SET', written, '4611686018427387904')
+    if cost ~= '-1' then
+      local added = redis.pcall('INCRBY', written, cost)
+      if type(added) == 'table' and added.err then
+        redis.call('SET', written, '4611686018427387904')
+      end
+      redis.call('EXPIRE', written, 3024000)
     end
-    redis.call('EXPIRE', written, 3024000)
   end
 end
 redis.call('DEL', KEYS[1])
@@ -309,8 +313,11 @@ class RedisUsageQueue:
                 records.append(record)
                 queued[id(record)] = item
 
+        aside: set[int] = set()
+
         def set_aside(record: UsageRecord, exc: Exception) -> None:
             dead.append(queued[id(record)])
+            aside.add(id(record))
 
         try:
             written = write_events(records, set_aside)
@@ -320,11 +327,13 @@ class RedisUsageQueue:
             raise
         keys: list[Any] = [batch, self.leases_key, self.dead_key]
         args: list[Any] = [len(dead), *dead]
-        for record, cost in written:
+        confirmed: list[tuple[UsageRecord, int]] = list(written)
+        done = {id(record) for record, _ in written} | aside
+        confirmed += [(r, -1) for r in records if id(r) not in done and r.spend_scopes]
+        for record, cost in confirmed:
             args += [record.request_id, cost, len(record.spend_scopes)]
             for name in record.spend_scopes:
                 keys += money_keys(self._prefix, name)[1:]
-        # Refused and set-aside events: their holds lapse like an abandoned request's.
         self._ack(keys=keys, args=args)
         # After the confirmation: a batch claimed again (its confirmation lost) finds its
         # events written already and corrects nothing a second time.

@@ -128,6 +128,24 @@ def test_a_batch_written_but_not_confirmed_is_not_counted_twice(
     assert _money(queue) == (cost, 0)
 
 
+def test_an_event_the_database_refuses_releases_its_hold(
+    gateway: Gateway, queue: RedisUsageQueue
+) -> None:
+    """A settled request's hold has no expiry: it waits for its event. An event the database
+    refuses (its key deleted meanwhile) is left out, and must give its hold back, or the
+    tenant could spend that much less for good."""
+    records = _records(gateway, 2)
+    records[0].api_key_id = 2**31 - 1  # no such key: the event's foreign key fails
+    _finish(queue._prefix, records, worst=10_000)
+    cost = [r.known_cost() or 0 for r in records]
+    assert _money(queue) == (0, sum(cost))
+
+    assert queue.drain_once() == 2
+    assert not UsageEvent.objects.filter(request_id=records[0].request_id).exists()
+    assert _money(queue) == (cost[1], 0)  # the refused one added nothing and holds nothing
+    assert queue.idle()
+
+
 def test_records_survive_the_round_trip(gateway: Gateway) -> None:
     record = _records(gateway, 1)[0]
     record.completion_text = ["hello"]
