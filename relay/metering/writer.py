@@ -334,9 +334,11 @@ class RedisUsageQueue:
             args += [record.request_id, cost, len(record.spend_scopes)]
             for name in record.spend_scopes:
                 keys += money_keys(self._prefix, name)[1:]
-        self._ack(keys=keys, args=args)
-        # After the confirmation: a batch claimed again (its confirmation lost) finds its
-        # events written already and corrects nothing a second time.
+        if not self._ack(keys=keys, args=args):
+            # Confirmed already, by a writer that claimed the batch when this one's lease
+            # ran out: it corrected the cut streams too.
+            return len(raw)
+        # Only after this writer's confirmation, so that each cut stream is corrected once.
         for record, cost in written:
             item = queued[id(record)]
             if not item.startswith(b'{"request_id"'):
