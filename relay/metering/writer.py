@@ -299,7 +299,12 @@ class RedisUsageQueue:
         )
         if not claimed:
             return 0
-        batch, raw = claimed[0], claimed[1:]
+        self.write_claimed(claimed[0], claimed[1:], now_ms + lease_ms)
+        return len(claimed) - 1
+
+    def write_claimed(self, batch: bytes, raw: list[bytes], lease_until_ms: int) -> None:
+        """Write a claimed batch (``raw``: its records as queued), confirm it, and correct
+        its cut streams' limits if this writer's confirmation is the one that lands."""
         records = []
         queued: dict[int, bytes] = {}
         dead: list[bytes] = []
@@ -323,7 +328,7 @@ class RedisUsageQueue:
             written = write_events(records, set_aside)
         except Exception:
             with contextlib.suppress(Exception):  # else the lease runs out on its own
-                self._release(keys=[self.leases_key], args=[batch, now_ms + lease_ms])
+                self._release(keys=[self.leases_key], args=[batch, lease_until_ms])
             raise
         keys: list[Any] = [batch, self.leases_key, self.dead_key]
         args: list[Any] = [len(dead), *dead]
@@ -337,13 +342,12 @@ class RedisUsageQueue:
         if not self._ack(keys=keys, args=args):
             # Confirmed already, by a writer that claimed the batch when this one's lease
             # ran out: it corrected the cut streams too.
-            return len(raw)
+            return
         # Only after this writer's confirmation, so that each cut stream is corrected once.
         for record, cost in written:
             item = queued[id(record)]
             if not item.startswith(b'{"request_id"'):
                 self._correct_cut(record, item, cost)
-        return len(raw)
 
     def _correct_cut(self, record: UsageRecord, item: bytes, cost: int) -> None:
         """A stream cut by a lost relay process is billed now: correct what its admission

@@ -217,72 +217,109 @@ def test_a_written_total_beyond_64_bits_does_not_stick_the_batch(
     assert _money(queue) == (2**62 + (records[1].known_cost() or 0), 0)
 
 
-def test_a_cut_stream_billed_by_a_sweeper_corrects_what_its_admission_counted(
+class CutStream:
+    """A stream admitted against token limits and two plan windows (1,000 tokens reserved, a
+    worst case of 50,000), marked, and cut: its owner is lost, and the sweeper has queued
+    its cut record, which reports the upstream's usage (110 tokens)."""
+
+    WINDOWS = (
+        Window(name="s1:tokens", length="5h", kind="tokens", cap=10**9, seconds=18_000),
+        Window(name="s1:spend", length="5h", kind="spend", cap=10**12, seconds=18_000),
+    )
+
+    def __init__(self, gateway: Gateway, queue: RedisUsageQueue) -> None:
+        self.queue = queue
+        self.record = _records(gateway, 1)[0]
+        self.record.stream, self.record.completion_text = True, []
+        self.record.usage = Usage(prompt_tokens=100, completion_tokens=10)  # before the cut
+        self.scopes = [Scope(f"key:{gateway.api_key.pk}", Limits(tpm=10**5, daily_tokens=10**6))]
+        self.money = Reservation((SCOPE,), 50_000, windows=self.WINDOWS)
+        self.lost = f"lost-{uuid.uuid4().hex[:8]}"
+        bucket = asyncio.run(self._stream_then_die())
+        self.tokens_key, _, self.day_key = limit_keys(self.scopes, queue._prefix, bucket)
+        self.window_keys = [f"{queue._prefix}:pw:{w.name}" for w in self.WINDOWS]
+        self.slot = str(bucket // self.WINDOWS[0].bucket_seconds)
+        assert self.counted() == (1_000, 1_000, 1_000, 50_000)
+        orphans.sweeper.settle_owner(self.lost)  # unless this process's sweeper did already
+        assert queue._redis.llen(queue.queue_key) == 1
+        assert self.counted() == (1_000, 1_000, 1_000, 50_000)  # nothing corrected yet
+
+    async def _stream_then_die(self) -> int:
+        prefix = self.queue._prefix
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        await store.seed((SCOPE,), [10**9], [0], 0)
+        admission = await store.acquire(self.scopes, self.record.request_id, 1_000, 60, self.money)
+        assert admission.allowed
+        progress = orphans.Progress(
+            store, self.record, self.scopes, admission.bucket, self.money, self.lost,
+            reserved_tokens=admission.reserved_tokens,
+        )  # fmt: skip
+        progress.delivered()
+        await progress.close()
+        entry = orphans.entry_key(prefix, self.record.request_id)
+        for _ in range(1000):  # the mark is written; wait until Redis has run it
+            if await client.exists(entry):
+                break
+            await asyncio.sleep(0.01)
+        await client.zrem(orphans.alive_key(prefix), self.lost)  # the owner is gone
+        await store.close()
+        await client.aclose()
+        return admission.bucket
+
+    def counted(self) -> tuple[int, int, int, int]:
+        """Tokens this minute and today, and what the two plan windows' bucket holds."""
+        r = self.queue._redis
+        return (
+            int(r.hget(self.tokens_key, "sum") or 0),
+            int(r.get(self.day_key) or 0),
+            int(r.hget(self.window_keys[0], self.slot) or 0),
+            int(r.hget(self.window_keys[1], self.slot) or 0),
+        )
+
+
+@pytest.fixture
+def cut_stream(
     gateway: Gateway, queue: RedisUsageQueue, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> CutStream:
+    # The sweeper queues by the deployment's cache prefix: the queue's own here. The queue
+    # is what the tests look at, so this process's writer must not drain it meanwhile.
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": queue._prefix},
+    }
+    monkeypatch.setattr(orphans.usage_writer, "start_draining", lambda: None)
+    return CutStream(gateway, queue)
+
+
+def test_a_cut_stream_billed_by_a_sweeper_corrects_what_its_admission_counted(
+    cut_stream: CutStream, queue: RedisUsageQueue
 ) -> None:
     """A relay process dies mid-stream: its settlement, which would have corrected the
     tokens and plan windows its admission counted in advance (1,000 tokens reserved, the
     worst case for spend), never runs. Once the sweeper's cut record is written, the
     drainer corrects them to what was billed (110 tokens, its cost), as the settlement
     would have: else a plan window of a week would keep the reserve for a week."""
-    settings.CACHES = {
-        **settings.CACHES,
-        "default": {**settings.CACHES["default"], "KEY_PREFIX": queue._prefix},
-    }
-    monkeypatch.setattr(orphans.usage_writer, "start_draining", lambda: None)
-    record = _records(gateway, 1)[0]
-    record.stream, record.completion_text = True, []
-    record.usage = Usage(prompt_tokens=100, completion_tokens=10)  # reported before the cut
-    scopes = [Scope(f"key:{gateway.api_key.pk}", Limits(tpm=100_000, daily_tokens=10**6))]
-    windows = (
-        Window(name="s1:tokens", length="5h", kind="tokens", cap=10**9, seconds=18_000),
-        Window(name="s1:spend", length="5h", kind="spend", cap=10**12, seconds=18_000),
-    )
-    money = Reservation((SCOPE,), 50_000, windows=windows)
-    lost = f"lost-{uuid.uuid4().hex[:8]}"
-
-    async def stream_then_die() -> int:
-        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-        store = RedisLimitStore(client, queue._prefix)
-        await store.seed((SCOPE,), [10**9], [0], 0)
-        admission = await store.acquire(scopes, record.request_id, 1_000, 60, money)
-        assert admission.allowed
-        progress = orphans.Progress(
-            store, record, scopes, admission.bucket, money, lost,
-            reserved_tokens=admission.reserved_tokens,
-        )  # fmt: skip
-        progress.delivered()
-        await progress.close()
-        entry = orphans.entry_key(queue._prefix, record.request_id)
-        for _ in range(1000):  # the mark is written; wait until Redis has run it
-            if await client.exists(entry):
-                break
-            await asyncio.sleep(0.01)
-        await client.zrem(orphans.alive_key(queue._prefix), lost)  # the owner is gone
-        await store.close()
-        await client.aclose()
-        return admission.bucket
-
-    bucket = asyncio.run(stream_then_die())
-    tokens_key, _, day_key = limit_keys(scopes, queue._prefix, bucket)
-    token_window, spend_window = (f"{queue._prefix}:pw:{w.name}" for w in windows)
-    slot = str(bucket // windows[0].bucket_seconds)
-
-    def counted() -> tuple[int, int, int, int]:
-        r = queue._redis
-        return (
-            int(r.hget(tokens_key, "sum") or 0),
-            int(r.get(day_key) or 0),
-            int(r.hget(token_window, slot) or 0),
-            int(r.hget(spend_window, slot) or 0),
-        )
-
-    assert counted() == (1_000, 1_000, 1_000, 50_000)
-    orphans.sweeper.settle_owner(lost)  # unless this process's sweeper thread did already
-    assert queue._redis.llen(queue.queue_key) == 1
-    assert counted() == (1_000, 1_000, 1_000, 50_000)  # nothing corrected before it is billed
     assert queue.drain_once() == 1
-    (event,) = UsageEvent.objects.filter(request_id=record.request_id)
+    (event,) = UsageEvent.objects.filter(request_id=cut_stream.record.request_id)
     assert (event.prompt_tokens, event.completion_tokens, event.completed) == (100, 10, False)
-    assert counted() == (110, 110, 110, event.cost_retail_micros)
+    assert cut_stream.counted() == (110, 110, 110, event.cost_retail_micros)
     assert event.cost_retail_micros > 0
+
+
+def test_a_cut_stream_is_corrected_once_when_two_writers_write_its_batch(
+    cut_stream: CutStream, queue: RedisUsageQueue
+) -> None:
+    """A writer claims the batch and stalls past its lease; another claims it, writes and
+    confirms it, and corrects the cut stream. When the first one goes on, its writes are
+    no-ops and its confirmation finds the batch gone: it must not correct again (that would
+    take 890 more tokens off what the key used)."""
+    first = _claim(queue)  # the writer that stalls
+    time.sleep(0.4)  # past its lease
+    assert queue.drain_once() == 1
+    cost = UsageEvent.objects.get(request_id=cut_stream.record.request_id).cost_retail_micros
+    assert cut_stream.counted() == (110, 110, 110, cost)
+
+    queue.write_claimed(first[0], first[1:], int(time.time() * 1000))  # it goes on
+    assert UsageEvent.objects.filter(request_id=cut_stream.record.request_id).count() == 1
+    assert cut_stream.counted() == (110, 110, 110, cost)
