@@ -295,7 +295,8 @@ end
 # Returns 0, doing nothing, when a sweeper already settled the request as cut, and 1,
 # doing nothing, when this request was settled already: the script pipe sends a call
 # again whose connection broke before its reply (``relay.batching``), and Redis may have
-# run it; its token and plan corrections must not count twice.
+# run it; its token and plan corrections must not count twice, nor its event be queued
+# twice (both copies would be confirmed as written, adding its cost to ``written`` twice).
 FINISH_LUA = (
     CORRECTIONS_LUA
     + """

@@ -417,20 +417,28 @@ def test_a_settlement_run_twice_corrects_the_tokens_once() -> None:
     """Redis ran the settlement, then its connection broke before the reply: the pipe sends
     it again on a new one. The request's token correction (reserved 1,000, used 100) must
     apply once: applied twice, the minute's and the day's counts would fall 900 below what
-    was used, and the key could pass its limits by that much."""
+    was used, and the key could pass its limits by that much. Its usage event is queued
+    once too: two copies would both be confirmed as written, adding its cost to the
+    scope's written total twice."""
     parts = urlparse(settings.REDIS_URL)
     proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
     prefix = f"{settings.CACHES['default']['KEY_PREFIX']}-{uuid.uuid4().hex}"
     scopes = [Scope("key:1", Limits(tpm=10_000, daily_tokens=100_000))]
 
-    async def run() -> tuple[bool, int, int, bool]:
+    event = b'{"request_id":"twice"}'
+
+    async def run() -> tuple[bool, int, int, int, bool]:
         direct = _client()
         client = _client(f"redis://127.0.0.1:{proxy.port}{parts.path or '/0'}")
         store = RedisLimitStore(client, prefix)
+        warm = await store.acquire([], "warm", 0, 30)  # connects, loads both scripts
+        await store.release([], "warm", warm, None)
         admission = await store.acquire(scopes, "twice", 1_000, 30)
         tokens_key, _, day_key = limit_keys(scopes, prefix, admission.bucket)
         proxy.hold_replies()
-        settling = asyncio.ensure_future(store.release(scopes, "twice", admission, 100))
+        settling = asyncio.ensure_future(
+            store.release(scopes, "twice", admission, 100, event=event)
+        )
         while int(await direct.get(day_key) or 0) != 100:  # Redis ran it
             await asyncio.sleep(0.005)
         proxy.down()  # the connection breaks with the reply unsent
@@ -440,16 +448,18 @@ def test_a_settlement_run_twice_corrects_the_tokens_once() -> None:
         minute = int(await direct.hget(tokens_key, "sum") or 0)
         day = int(await direct.get(day_key) or 0)
         # A request id is settled once: the same settlement later does nothing either.
-        again = await store.release(scopes, "twice", admission, 100)
+        again = await store.release(scopes, "twice", admission, 100, event=event)
         after = int(await direct.get(day_key) or 0)
+        queued = int(await direct.llen(store.queue_key))
+        await direct.delete(store.queue_key)
         await direct.aclose()
         await store.close()
         await client.aclose()
-        return settled, minute, day, again and after == day
+        return settled, minute, day, queued, again and after == day
 
     try:
-        settled, minute, day, again = asyncio.run(run())
+        settled, minute, day, queued, again = asyncio.run(run())
     finally:
         proxy.release_replies()
         proxy.close()
-    assert (settled, minute, day, again) == (True, 100, 100, True)
+    assert (settled, minute, day, queued, again) == (True, 100, 100, 1, True)
