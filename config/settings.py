@@ -380,6 +380,10 @@ RELAY_MAX_ATTEMPTS = env.int("RELAY_MAX_ATTEMPTS", default=3)
 RELAY_CONNECT_TIMEOUT = env.float("RELAY_CONNECT_TIMEOUT", default=5.0)
 RELAY_FIRST_BYTE_TIMEOUT = env.float("RELAY_FIRST_BYTE_TIMEOUT", default=60.0)
 RELAY_TOTAL_TIMEOUT = env.float("RELAY_TOTAL_TIMEOUT", default=600.0)
+# The collector's first-generation threshold in each relay worker (Python's is 700): a
+# request makes and drops many short-lived objects, and each young collection walks the
+# objects of the requests in flight. 0 keeps Python's own. See ``config.asgi``.
+RELAY_GC_THRESHOLD = env.int("RELAY_GC_THRESHOLD", default=5000)
 # Usage events are written in batches by a background thread of each relay process.
 RELAY_USAGE_FLUSH_SECONDS = env.float("RELAY_USAGE_FLUSH_SECONDS", default=0.5)
 RELAY_USAGE_BATCH_SIZE = env.int("RELAY_USAGE_BATCH_SIZE", default=500)

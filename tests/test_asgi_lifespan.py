@@ -16,8 +16,10 @@ from config import asgi
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     gc.unfreeze()
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()  # the rest of the test run collects as before
+    gc.set_threshold(*threshold)
 
 
 def _start(messages: list[dict[str, Any]]) -> None:
@@ -60,3 +62,18 @@ def test_startup_takes_the_startup_objects_out_of_the_collectors_reach(unfrozen:
     assert _in_reach(cycle)
     del cycle
     assert gc.collect() >= 1
+
+
+def test_startup_collects_the_young_less_often(unfrozen: None, settings: Any) -> None:
+    # Python's default collects the youngest generation every 700 objects made and kept.
+    gc.set_threshold(700, 10, 10)
+    settings.RELAY_GC_THRESHOLD = 5000
+    _start([])
+    assert gc.get_threshold() == (5000, 10, 10)
+
+
+def test_a_threshold_of_zero_keeps_pythons_own(unfrozen: None, settings: Any) -> None:
+    gc.set_threshold(700, 10, 10)
+    settings.RELAY_GC_THRESHOLD = 0
+    _start([])
+    assert gc.get_threshold() == (700, 10, 10)
