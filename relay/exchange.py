@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -66,7 +66,8 @@ class Exchange:
         self.send = send
         self.started = time.monotonic()
         self.created_at = datetime.now(UTC)
-        self.request_id = "req_" + uuid.uuid4().hex
+        # 128 random bits, as hex: what uuid4().hex gave, without building a UUID (2 us).
+        self.request_id = "req_" + os.urandom(16).hex()
         self.response_started = False
         # The last byte of the response was handed to the server.
         self.response_finished = False
