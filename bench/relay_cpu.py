@@ -5,10 +5,13 @@ process) against an upstream on loopback (the simulator, in its own process), wi
 bench's plain key and its limited key, alternating the cases round by round so that a
 shared, loaded machine weighs on each alike. For each case it prints the process CPU per
 request (this process: the relay, its HTTP and Redis clients, the usage drainer thread)
-and, at concurrency 1, the wall time per request.
+and, at concurrency 1, the wall time per request, and the time the garbage collector took
+per request. Once warm, the process's objects are frozen and the collector's threshold set
+as a relay worker's start-up does (``config.asgi.freeze_startup_objects``); pass
+``--gc-threshold 700`` for Python's own.
 
     python bench/relay_cpu.py --upstream-key-file KEY --limited-key-file KEY \
-        [--concurrency 1,8,64] [--requests 400] [--rounds 5]
+        [--concurrency 1,8,64] [--requests 400] [--rounds 5] [--gc-threshold N]
 
 It needs the project's environment (DATABASE_URL, REDIS_URL) and a database seeded as the
 bench does it (``seed_demo`` against the simulator, ``bench/seed.py limited-key``).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -33,6 +37,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 import django  # noqa: E402
 
 django.setup()
+
+from django.conf import settings  # noqa: E402
 
 from bench.targets import PLAIN_BODY, STREAM_BODY  # noqa: E402
 from relay.app import RelayApp  # noqa: E402
@@ -77,10 +83,29 @@ async def _one(app: RelayApp, secret: bytes, body: bytes) -> int:
     return status
 
 
+class _Collections:
+    """The wall time the garbage collector's runs took (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+
+
+_collections = _Collections()
+gc.callbacks.append(_collections)
+
+
 async def _case(
     app: RelayApp, secret: bytes, body: bytes, requests: int, concurrency: int
-) -> tuple[float, float]:
-    """(CPU ms, wall ms) per request for ``requests`` requests at ``concurrency``."""
+) -> tuple[float, float, float]:
+    """(CPU ms, wall ms, collector ms) per request for ``requests`` requests at
+    ``concurrency``."""
     per_task = max(requests // concurrency, 1)
     statuses: list[int] = []
 
@@ -88,14 +113,15 @@ async def _case(
         for _ in range(per_task):
             statuses.append(await _one(app, secret, body))
 
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall, collecting = time.process_time(), time.perf_counter(), _collections.seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    collecting = _collections.seconds - collecting
     bad = [s for s in statuses if s != 200]
     if bad:
         raise SystemExit(f"{len(bad)} requests failed, e.g. status {bad[0]}")
     done = per_task * concurrency
-    return cpu * 1000 / done, wall * 1000 / done
+    return cpu * 1000 / done, wall * 1000 / done, collecting * 1000 / done
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +139,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     cases = [(m, k, c) for c in args.concurrency for m in modes for k in keys]
     for mode, key, concurrency in cases:  # warm every path and the caches
         await _case(app, keys[key], bodies[mode], max(concurrency, 50), concurrency)
-    samples: dict[tuple[str, str, int], list[tuple[float, float]]] = {c: [] for c in cases}
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {c: [] for c in cases}
     for _ in range(args.rounds):
         for case in cases:
             mode, key, concurrency = case
@@ -126,6 +155,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         out[f"{mode}/{key}/c{concurrency}"] = {
             "cpu_ms": round(statistics.median(v[0] for v in values), 4),
             "wall_ms": round(statistics.median(v[1] for v in values), 4),
+            "gc_ms": round(statistics.median(v[2] for v in values), 4),
         }
     return out
 
@@ -141,10 +171,19 @@ def _parse() -> argparse.Namespace:
     )
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=settings.RELAY_GC_THRESHOLD or 700,
+        help="the collector's first threshold once warm (default: the relay's setting)",
+    )
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     result = asyncio.run(main(_parse()))
     for name, figures in result.items():
-        print(f"{name:24} cpu {figures['cpu_ms']:.3f} ms  wall {figures['wall_ms']:.3f} ms")
+        print(
+            f"{name:24} cpu {figures['cpu_ms']:.3f} ms  wall {figures['wall_ms']:.3f} ms  "
+            f"gc {figures['gc_ms']:.4f} ms"
+        )
