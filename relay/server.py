@@ -13,7 +13,7 @@ adds, for every connection:
   connection, for the dashboard's and API's requests too;
 - malformed HTTP answered in OpenAI's error envelope rather than as plain text;
 - a hook in each request's scope (``ON_LOST``) that calls the application back when the
-  client goes away mid-request.
+  client goes away mid-request;
 - a response's head held until its body's first bytes, within the event loop's turn
   (``_HeadWithBody``): an answer sent whole leaves in one write rather than two.
 
@@ -34,6 +34,10 @@ from uvicorn.protocols.http import httptools_impl
 MAX_HEAD_BYTES = 64 * 1024
 # After the relay's own body deadline, so that it answers first where it reads the body.
 BODY_DEADLINE_MARGIN = 2.0
+
+# A body's first bytes up to this size are joined to the response's head in one write
+# (``_HeadWithBody``); a larger first piece is not copied for it.
+JOIN_BODY_BYTES = 64 * 1024
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -221,8 +225,13 @@ class _HeadWithBody:
         else:
             head, self._head = self._head, b""
             self._state = self._THROUGH
-            if not self._transport.is_closing():
+            if self._transport.is_closing():
+                return
+            if len(data) <= JOIN_BODY_BYTES:
                 self._transport.write(head + data)
+            else:  # not worth copying a large body for: two writes, as before
+                self._transport.write(head)
+                self._transport.write(data)
 
     def flush(self) -> None:
         """Write the held head, if any; from now on writes go straight through."""

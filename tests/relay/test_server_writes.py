@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from relay.server import HttpToolsProtocol
+from relay.server import JOIN_BODY_BYTES, HttpToolsProtocol
 
 REQUEST = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
 
@@ -87,6 +87,19 @@ def test_an_answer_sent_whole_leaves_in_one_write() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"content-length: 11" in head
     assert body == b'{"ok":true}'
+
+
+def test_a_large_body_is_not_copied_to_join_its_head() -> None:
+    body = b"x" * (JOIN_BODY_BYTES + 1)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(_start(length=len(body)))
+        await send({"type": "http.response.body", "body": body})
+
+    transport = asyncio.run(_serve(app))
+    assert len(transport.writes) == 2
+    assert transport.writes[0].endswith(b"\r\n\r\n")
+    assert transport.writes[1] == body
 
 
 def test_a_head_whose_body_comes_later_goes_out_at_the_end_of_its_turn() -> None:
