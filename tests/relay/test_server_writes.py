@@ -3,18 +3,22 @@ an answer sent whole leaves in one write, head and body together.
 
 Driven in-process: uvicorn's protocol, with the relay's subclass, over a transport that
 records what it is given (the socket is what is replaced; every write decision is the
-protocol's own). The whole relay is served over real sockets by the rest of the suite.
+protocol's own); and, for pipelined requests, served on a real socket. The whole relay is
+served over real sockets by the rest of the suite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
+import orjson
 import uvicorn
 from uvicorn.server import ServerState
 
 from relay.server import JOIN_BODY_BYTES, HttpToolsProtocol
+from tests.servers import serve_in_thread
 
 REQUEST = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
 
@@ -175,3 +179,32 @@ def test_a_refusal_of_the_next_request_goes_out_after_the_held_head() -> None:
     assert transport.closed
     assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.writes[1].startswith(b"HTTP/1.1 431 ")
+
+
+def test_pipelined_requests_get_whole_answers_in_order_over_a_real_socket() -> None:
+    # Two requests in one packet: the first's answer (head held for its body) must be
+    # complete and come before the second's.
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = orjson.dumps({"path": scope["path"]})
+        await send(_start(length=len(body)))
+        await asyncio.sleep(0.01)  # the second request waits behind this one
+        await send({"type": "http.response.body", "body": body})
+
+    url, stop = serve_in_thread(app, http=HttpToolsProtocol)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"GET /first HTTP/1.1\r\nhost: t\r\n\r\nGET /second HTTP/1.1\r\nhost: t\r\n\r\n"
+            )
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < 2 or not received.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, f"closed early: {received!r}"
+                received += chunk
+    finally:
+        stop()
+    first, _, second = received.partition(b'{"path":"/first"}')
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.endswith(b'\r\n\r\n{"path":"/second"}')
