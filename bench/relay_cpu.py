@@ -10,7 +10,7 @@ per request. Once warm, the process's objects are frozen and the collector's thr
 as a relay worker's start-up does (``config.asgi.freeze_startup_objects``); pass
 ``--gc-threshold 700`` for Python's own.
 
-    python bench/relay_cpu.py --upstream-key-file KEY --limited-key-file KEY \
+    python bench/relay_cpu.py --key-file KEY --limited-key-file KEY \
         [--concurrency 1,8,64] [--requests 400] [--rounds 5] [--gc-threshold N]
 
 It needs the project's environment (DATABASE_URL, REDIS_URL) and a database seeded as the
