@@ -135,12 +135,15 @@ def main() -> None:
                         ["git", "-C", str(ROOT), "worktree", "remove", "--force", version.checkout],
                         check=True,
                     )
+        with contextlib.suppress(OSError):
+            scratch.rmdir()
     print(f"\n{args.mode} {args.key} c={args.concurrency}, medians of {args.rounds} rounds:")
     for version in versions:
         rps, p50, cpu = (statistics.median(s[i] for s in version.samples) for i in range(3))
         print(
             f"  {version.spec[-48:]:48} {rps:8.0f} req/s  p50 {p50:6.2f} ms  cpu {cpu:.3f} ms/req"
         )
+    print(f"servers' logs: {out}")
 
 
 def _measure(
