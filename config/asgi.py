@@ -50,8 +50,8 @@ def freeze_startup_objects() -> None:
     And collect the young less often (``RELAY_GC_THRESHOLD``, 5,000 objects rather than
     Python's 700): each young collection walks what the requests in flight hold, so at
     700 a worker serving 64 requests at once spent ~8 % of its CPU in the collector, and
-    about half that at 5,000, for pauses of ~2 ms rather than ~0.3 ms (bench/README.md,
-    issue 18, tenth round)."""
+    a third to a half of that at 5,000, for pauses of ~2 ms rather than ~0.3 ms
+    (bench/README.md, issue 18, tenth round)."""
     gc.collect()
     gc.freeze()
     if settings.RELAY_GC_THRESHOLD > 0:

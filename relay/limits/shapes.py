@@ -385,12 +385,18 @@ def window_settlement(
         return [0]
     args: list[Any] = [len(reservation.windows)]
     for window in reservation.windows:
-        if window.kind == "tokens":
-            delta = token_delta
-        else:
-            delta = 0 if cost_micros is None else cost_micros - reservation.worst_micros
-        args += [bucket // window.bucket_seconds, delta]
+        change = window_change(window.kind, token_delta, cost_micros, reservation.worst_micros)
+        args += [bucket // window.bucket_seconds, change]
     return args
+
+
+def window_change(kind: str, token_delta: int, cost_micros: int | None, worst_micros: int) -> int:
+    """How a plan window's count moves once a request is settled: by the real tokens less
+    the reserved ones, or by the real cost less the worst case counted at admission (not
+    at all while the cost is unknown)."""
+    if kind == "tokens":
+        return token_delta
+    return 0 if cost_micros is None else cost_micros - worst_micros
 
 
 def cut_correction(
@@ -436,7 +442,7 @@ def cut_correction_call(
     args: list[Any] = [int(correction["bucket"]), delta, len(keys) // 2, len(windows)]
     for key, window_bucket, kind in windows:
         keys.append(str(key))
-        change = delta if kind == "tokens" else cost_micros - int(correction["worst"])
+        change = window_change(kind, delta, cost_micros, int(correction["worst"]))
         args += [int(window_bucket), change]
     return keys, args
 
