@@ -417,6 +417,9 @@ RELAY_USAGE_LEASE_SECONDS = env.float("RELAY_USAGE_LEASE_SECONDS", default=60.0)
 # A stream keeps its progress (text delivered, usage seen) in Redis at most this often,
 # so that a stream cut by a lost relay process is billed for what it delivered.
 RELAY_PROGRESS_MARK_SECONDS = env.float("RELAY_PROGRESS_MARK_SECONDS", default=1.0)
+# A stream's first progress mark waits this long after its first bytes: a stream that
+# ends sooner never writes one (and is not billed should its process die meanwhile).
+RELAY_PROGRESS_FIRST_MARK_SECONDS = env.float("RELAY_PROGRESS_FIRST_MARK_SECONDS", default=0.1)
 # A relay process not heard of for this long is taken for dead: its open streams are
 # settled as cut, from their last progress mark, by the other relay processes.
 RELAY_ORPHAN_AFTER_SECONDS = env.float("RELAY_ORPHAN_AFTER_SECONDS", default=10.0)

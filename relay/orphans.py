@@ -5,9 +5,15 @@ process killed mid-stream never gets there: the tokens it delivered would be cha
 nobody, and its limit slots and money holds would linger until they expire. So, with
 Redis, every stream that has begun keeps an *open entry* in Redis:
 
-- written by the stream's first *progress mark*, right after its first bytes reach the
-  client: the usage record as it stands (prompt, key, prices, money scopes), the keys its
-  settlement touches, and the process that owns it;
+- written by the stream's first *progress mark*, ``RELAY_PROGRESS_FIRST_MARK_SECONDS``
+  (0.1 s) after its first bytes reached the client: the usage record as it stands
+  (prompt, key, prices, money scopes), the keys its settlement touches, and the process
+  that owns it. A stream that ends sooner never writes one: its settlement is its only
+  call to Redis beside its admission. Each mark is a Redis call whose write wakes Redis,
+  which on a VM costs the relay tens of microseconds; a stream of a few milliseconds
+  paid for one it never needed. The price: a stream cut by a dying process within its
+  first tenth of a second is not billed, like a non-streaming request in flight then
+  (the client has had a tenth of a second of text at most; its holds lapse);
 - brought up to date by later marks, at most once per ``RELAY_PROGRESS_MARK_SECONDS``
   and only while text is being delivered (the text delivered since the last mark is
   written at its offset, so a retried mark never counts text twice). A mark is one
@@ -153,7 +159,13 @@ class Progress:
         self._registered = False
         self._text_index = 0  # pieces of record.completion_text already marked
         self._text_bytes = 0  # their length in the entry's text
-        self._last = 0.0
+        # The first mark waits RELAY_PROGRESS_FIRST_MARK_SECONDS: a stream that ends
+        # sooner settles without ever writing an entry (see the module's docstring).
+        self._last = (
+            time.monotonic()
+            - settings.RELAY_PROGRESS_MARK_SECONDS
+            + settings.RELAY_PROGRESS_FIRST_MARK_SECONDS
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._written: asyncio.Future[None] | None = None  # the last mark's write
@@ -173,7 +185,7 @@ class Progress:
             self._start_mark()
         else:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(wait, 0.05), self._on_timer)
+            self._timer = loop.call_later(wait if wait > 0 else 0.05, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -233,7 +233,7 @@ class Settlement:
             prompt=self.call.count_material() if self.call is not None else (None, None),
             reserved_tokens=admission.reserved_tokens if admission is not None else 0,
         )
-        self.progress.delivered()  # the first mark registers the stream at once
+        self.progress.delivered()  # its first mark is due RELAY_PROGRESS_FIRST_MARK_SECONDS on
         return self.progress
 
     async def __call__(self) -> None:

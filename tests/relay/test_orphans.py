@@ -40,6 +40,7 @@ def prefix(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         "default": {**settings.CACHES["default"], "KEY_PREFIX": name},
     }
     settings.RELAY_PROGRESS_MARK_SECONDS = 0.05
+    settings.RELAY_PROGRESS_FIRST_MARK_SECONDS = 0  # marked at once, unless a test says
     yield name
     import redis
 
@@ -246,3 +247,86 @@ def test_marks_are_rate_limited_per_stream(prefix: str, settings: Any) -> None:
     calls, text, delivered = asyncio.run(scenario())
     assert 4 <= calls <= 8, calls  # about 1 s / 0.2 s, plus the first and the trailing one
     assert text == delivered and len(delivered) > 4 * 20
+
+
+def test_a_stream_that_ends_before_its_first_mark_writes_no_entry(
+    prefix: str, settings: Any
+) -> None:
+    """Within RELAY_PROGRESS_FIRST_MARK_SECONDS a stream costs Redis no mark: it settles
+    with its admission's figures and no open entry is ever written."""
+    settings.RELAY_PROGRESS_FIRST_MARK_SECONDS = 30
+
+    async def scenario() -> tuple[Any, ...]:
+        world = World(prefix)
+        admission = await world.admit()
+        record = _record(world.request_id)
+        progress = _stream(world, admission, record)
+        calls = 0
+        run_script = world.store.run_script
+
+        async def counted(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await run_script(*args)
+
+        world.store.run_script = counted  # type: ignore[method-assign]
+        for piece in ("One, ", "two"):
+            record.keep_text([piece])
+            progress.delivered()
+            await asyncio.sleep(0.05)
+        await progress.close()
+        settled = await world.store.release(
+            world.scopes,
+            world.request_id,
+            admission,
+            8,
+            world.reservation,
+            1234,
+            record.to_json(),
+            progress.open_keys() if progress.attempted else None,
+        )
+        leftovers = await world.client.keys(f"{prefix}:open:*")
+        state = (await world.money(), await world.in_flight(), await world.queued())
+        await world.client.aclose()
+        return calls, progress.attempted, settled, leftovers, state
+
+    calls, attempted, settled, leftovers, (money, in_flight, queue) = asyncio.run(scenario())
+    assert calls == 0 and attempted is False
+    assert settled is True and leftovers == []
+    assert money == (1234, 1234) and in_flight == 0
+    (item,) = queue
+    assert "".join(UsageRecord.from_queued(item).completion_text or []) == "One, two"
+
+
+def test_a_longer_stream_is_marked_once_its_first_mark_is_due(prefix: str, settings: Any) -> None:
+    """The first mark waits RELAY_PROGRESS_FIRST_MARK_SECONDS, then holds all the text
+    delivered so far."""
+    settings.RELAY_PROGRESS_FIRST_MARK_SECONDS = 0.3
+    settings.RELAY_PROGRESS_MARK_SECONDS = 5
+
+    async def scenario() -> tuple[Any, ...]:
+        world = World(prefix)
+        admission = await world.admit()
+        record = _record(world.request_id)
+        progress = _stream(world, admission, record)
+        entry = orphans.entry_key(prefix, world.request_id)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        record.keep_text(["One, "])
+        progress.delivered()
+        await asyncio.sleep(0.1)
+        record.keep_text(["two"])
+        progress.delivered()
+        early = await world.client.exists(entry)
+        while not await world.client.exists(entry) and loop.time() - started < 10:
+            await asyncio.sleep(0.01)
+        marked_after = loop.time() - started
+        await progress.close()
+        text = await world.client.get(orphans.text_key(prefix, world.request_id))
+        await world.client.aclose()
+        return early, marked_after, text, progress.attempted
+
+    early, marked_after, text, attempted = asyncio.run(scenario())
+    assert early == 0
+    assert 0.3 <= marked_after < 10
+    assert text == b"One, two" and attempted is True

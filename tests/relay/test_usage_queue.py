@@ -78,6 +78,7 @@ def _finish(prefix: str, records: list[UsageRecord], worst: int) -> None:
 @pytest.fixture
 def queue(settings: Any) -> RedisUsageQueue:
     settings.RELAY_USAGE_LEASE_SECONDS = 0.3
+    settings.RELAY_PROGRESS_FIRST_MARK_SECONDS = 0  # a cut stream (CutStream) is marked at once
     client = redis.Redis.from_url(settings.REDIS_URL)
     return RedisUsageQueue(client, f"{settings.CACHES['default']['KEY_PREFIX']}-{uuid.uuid4()}")
 
