@@ -133,6 +133,13 @@ class Ahead:
     def forget(self, key_id: int) -> None:
         self._keys.pop(key_id, None)
 
+    def room(self, key_id: int, generation: int) -> Room | None:
+        """The room the key's last admission left, while it is trusted."""
+        seen = self._keys.get(key_id)
+        if seen is None or seen.until < time.monotonic() or seen.generation != generation:
+            return None
+        return seen.room
+
     def _sweep(self) -> None:
         now = time.monotonic()
         for key_id in [k for k, seen in self._keys.items() if seen.until < now]:

@@ -19,6 +19,7 @@ from relay.dialects.legacy import CompletionsDialect, EmbeddingsDialect
 from relay.dialects.messages import MessagesDialect
 from relay.dialects.responses import ResponsesDialect
 from relay.exchange import ClientGone, Exchange, Receive, Scope, Send
+from relay.leases import Leases
 from relay.metering import usage_writer
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class RelayApp:
     def __init__(self) -> None:
         self.cache = RelayCache()
         self.ahead = Ahead()
+        self.leases = Leases()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(self, scope, receive, send)

@@ -31,7 +31,9 @@ from redis.exceptions import RedisError
 from relay import errors, metrics, outage, shared, spend
 from relay.deadlines import Deadline
 from relay.exchange import ClientGone, Exchange
-from relay.limits import Admission, Limits, LimitStore, Reservation, Scope
+from relay.leases import LEASE_SECONDS
+from relay.limits import Admission, Limits, LimitStore, RedisLimitStore, Reservation, Scope
+from relay.limits.shapes import shifted
 from relay.snapshot import KeyInfo
 
 
@@ -264,8 +266,24 @@ async def admit(
         return None, None
     hold = _hold_seconds()
     store = pre.store if pre is not None else shared.limit_store()
+    # A busy key far from its limits leases a few admissions more (relay.leases).
+    leases = getattr(exchange.app, "leases", None) if pre is None else None
+    lease: tuple[list[str], int] | None = None
+    generation = 0
+    if leases is not None and isinstance(store, RedisLimitStore):
+        generation = exchange.app.cache.generation
+        room = exchange.app.ahead.room(key.id, generation)
+        ids = leases.size(key.id, reserved_tokens, reservation, generation, room)
+        if ids:
+            lease = (ids, leases.at())
+    held = [reservation]
 
     async def acquire(money: Reservation | None) -> Admission:
+        held[0] = money
+        if lease is not None and isinstance(store, RedisLimitStore):
+            return await store.acquire(
+                scopes, exchange.request_id, reserved_tokens, hold + LEASE_SECONDS, money, lease
+            )
         return await store.acquire(scopes, exchange.request_id, reserved_tokens, hold, money)
 
     try:
@@ -278,6 +296,13 @@ async def admit(
         admission = await store.acquire(scopes, exchange.request_id, reserved_tokens, hold)
         if pre is not None:  # its slot is in Redis: best effort, else it expires
             await intake_release(exchange, key, pre)
+    if lease is not None and admission.allowed and store is shared.limit_store():
+        assert leases is not None and isinstance(store, RedisLimitStore)
+        leases.add(key.id, store, scopes, reserved_tokens, held[0], admission, lease[0], generation)
+        # Told what is left as if the lease's other ids were not counted yet.
+        counted = admission
+        admission = shifted(admission, -len(lease[0]), reserved_tokens, held[0])
+        admission.room = counted.room
     exchange.extra_headers.extend(admission.headers())
     if admission.refused == "funds":
         metrics.observe_limit_rejection("insufficient_quota")

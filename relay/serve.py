@@ -104,7 +104,16 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
         settlement = Settlement(exchange, key, None, reservation, record, None, call)
         tokens = call.limit_tokens()
         micros = reservation.worst_micros if reservation is not None else 0
-        if (
+        leased = None
+        if taken.pre is None:
+            leased = exchange.app.leases.take(key.id, tokens, reservation, generation)
+        if leased is not None:  # admitted already, by the key's lease (relay.leases)
+            exchange.request_id = record.request_id = leased[2]
+            metrics.request_id.set(leased[2])
+            settlement.reservation = leased[3]
+            exchange.extra_headers.extend(leased[0].headers())
+            settlement.admitted(leased[0], leased[1])
+        elif (
             taken.pre is None
             and settings.RELAY_FORWARD_AHEAD
             and ahead.take(key.id, tokens, micros, generation)

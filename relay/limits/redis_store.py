@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from relay.batching import ScriptPipe
-from relay.limits.scripts import ACQUIRE_LUA, FINISH_LUA, SEED_LUA
+from relay.limits.scripts import ACQUIRE_LUA, FINISH_LUA, RETURN_LUA, SEED_LUA
 from relay.limits.shapes import (
     Admission,
     Reservation,
@@ -20,6 +20,7 @@ from relay.limits.shapes import (
     _room,
     _text,
     money_keys,
+    shifted,
     window_keys,
     window_settlement,
 )
@@ -32,6 +33,7 @@ class RedisLimitStore:
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._finish = redis.register_script(FINISH_LUA)
         self._seed = redis.register_script(SEED_LUA)
+        self._return = redis.register_script(RETURN_LUA)
         self._scripts: dict[str, Any] = {}
         # The limit checks and settlements, pipelined on a connection of their own.
         self._pipe = ScriptPipe(redis)
@@ -69,13 +71,24 @@ class RedisLimitStore:
         tokens: int,
         hold_seconds: float,
         reservation: Reservation | None = None,
+        lease: tuple[list[str], int] | None = None,
     ) -> Admission:
+        """Admit the request, or with ``lease`` (more ids, the second to count them all
+        in: ``relay.leases``) it and those ids together, each with its own ``tokens`` and
+        ``reservation``, or none of them."""
         now = time.time()
-        args: list[Any] = [int(now * 1000), request_id, tokens, int(hold_seconds * 1000)]
+        ids = request_id
+        at = int(now)
+        more = 0
+        if lease is not None:
+            ids = ",".join((request_id, *lease[0]))
+            at, more = lease[1], len(lease[0])
+        args: list[Any] = [int(now * 1000), ids, tokens, int(hold_seconds * 1000)]
         args.append(len(scopes))
         for scope in scopes:
             args += scope.limits.as_args()
         args += _money_args(reservation, hold_seconds, tokens)
+        args.append(at)
         keys = _keys(scopes, self._prefix, now)
         for name in reservation.scopes if reservation else ():
             keys += money_keys(self._prefix, name)
@@ -89,13 +102,42 @@ class RedisLimitStore:
         )
         _money_detail(admission, reservation, detail)
         windows = len(reservation.windows) if reservation is not None else 0
-        at = len(scopes) * 4
-        window_stats = stats[at : at + windows * 2]
+        first = len(scopes) * 4
+        window_stats = stats[first : first + windows * 2]
         _plan_detail(admission, reservation, tokens, window_stats, now, detail)
         if allowed:
-            extra = stats[at + windows * 2 :]
+            extra = stats[first + windows * 2 :]
             admission.room = _room(scopes, stats, tokens, reservation, window_stats, extra)
+            if more:
+                admission = shifted(admission, more, tokens, reservation)
+                admission.bucket = at
         return admission
+
+    async def give_back(
+        self,
+        scopes: list[Scope],
+        ids: list[str],
+        tokens: int,
+        reservation: Reservation | None,
+        at: int,
+    ) -> int:
+        """Uncount a lease's ids that no request took (``relay.leases``), each once; how
+        many were given back now."""
+        keys = _keys(scopes, self._prefix, at)
+        for name in reservation.scopes if reservation else ():
+            keys += money_keys(self._prefix, name)
+        keys += window_keys(self._prefix, reservation)
+        keys += [settled_key(self._prefix, request_id) for request_id in ids]
+        args: list[Any] = [at, tokens, len(scopes)]
+        for scope in scopes:
+            args += scope.limits.as_args()
+        windows = reservation.windows if reservation is not None else ()
+        args += [len(reservation.scopes) if reservation else 0, len(windows)]
+        for window in windows:
+            args += [window.bucket_seconds, reservation.window_amount(window, tokens)]  # type: ignore[union-attr]
+        args.append(self._settled_mark_ms)
+        args += ids
+        return int(await self._pipe.run(self._return, keys, args))
 
     async def release(
         self,

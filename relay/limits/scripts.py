@@ -9,10 +9,14 @@ MONEY_KEYS = 5
 
 # KEYS: per limit scope 4 keys (req, tok, conc, day), then per money scope MONEY_KEYS keys,
 # then per plan window its counter.
-# ARGV: now_ms, request_id, tokens, hold_ms, limit scope count, per limit scope 4 limits
-# (-1 = none), then money scope count, worst-case cost, money hold ms, the generation a
+# ARGV: now_ms, request ids (comma-separated: one, or a lease's, see ``relay.leases``),
+# tokens per request, hold_ms, limit scope count, per limit scope 4 limits (-1 = none),
+# then money scope count, worst-case cost per request, money hold ms, the generation a
 # base must have reached, the oldest seeding time (ms) still fresh, then plan window count
-# and per window: cap, bucket seconds, amount to count.
+# and per window: cap, bucket seconds, amount to count per request; last, the second to
+# count the requests in (now, or a lease's last second: counted from now until a minute
+# after it, so that no request the lease admits leaves a window before it should).
+# Every limit is checked for all the ids at once, and only all of them are admitted.
 # Returns {allowed, refused_kind, retry_ms, detail, then per limit scope: req_used,
 # req_oldest, tok_used, tok_oldest, then per window: used, oldest bucket}, and when
 # allowed, then per limit scope: requests in flight and tokens counted today (before this
@@ -24,7 +28,9 @@ MONEY_KEYS = 5
 ACQUIRE_LUA = """
 local now_ms = tonumber(ARGV[1])
 local now = math.floor(now_ms / 1000)
-local request_id = ARGV[2]
+local ids = {}
+for id in string.gmatch(ARGV[2], '[^,]+') do ids[#ids + 1] = id end
+local n = #ids
 local tokens = tonumber(ARGV[3])
 local hold_ms = tonumber(ARGV[4])
 local scopes = tonumber(ARGV[5])
@@ -36,6 +42,7 @@ local min_gen = tonumber(ARGV[m_at + 3]) or 0
 local fresh_after = tonumber(ARGV[m_at + 4]) or 0
 local m_keys = scopes * 4
 local windows = tonumber(ARGV[m_at + 5]) or 0
+local at = tonumber(ARGV[m_at + 6 + windows * 3]) or now
 local w_keys = m_keys + money * 5
 local stats = {}
 local room = {}
@@ -115,10 +122,10 @@ for s = 0, scopes - 1 do
   stats[#stats + 1] = tok_used
   stats[#stats + 1] = tok_oldest
   if refused_kind == '' then
-    if rpm >= 0 and req_used + 1 > rpm then
+    if rpm >= 0 and req_used + n > rpm then
       refused_kind = 'requests'
       retry_ms = ((req_oldest + 60) * 1000) - now_ms
-    elseif tpm >= 0 and tok_used + tokens > tpm then
+    elseif tpm >= 0 and tok_used + tokens * n > tpm then
       refused_kind = 'tokens'
       retry_ms = ((tok_oldest > 0 and tok_oldest or now) + 60) * 1000 - now_ms
     end
@@ -127,14 +134,14 @@ for s = 0, scopes - 1 do
   if refused_kind == '' and conc >= 0 then
     redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now_ms)
     in_flight = redis.call('ZCARD', conc_key)
-    if in_flight + 1 > conc then
+    if in_flight + n > conc then
       refused_kind = 'concurrency'
       retry_ms = 1000
     end
   end
   if refused_kind == '' and daily >= 0 then
     day_used = tonumber(redis.call('GET', day_key) or '0')
-    if day_used + tokens > daily then
+    if day_used + tokens * n > daily then
       refused_kind = 'daily_tokens'
       retry_ms = -1
     end
@@ -151,7 +158,7 @@ for w = 0, windows - 1 do
   local size = tonumber(ARGV[m_at + 7 + w*3])
   local amount = tonumber(ARGV[m_at + 8 + w*3])
   local current = math.floor(now / size)
-  w_buckets[w + 1] = current
+  w_buckets[w + 1] = math.floor(at / size)
   local fields = redis.call('HGETALL', key)
   local used, oldest = 0, 0
   local stale = {}
@@ -167,7 +174,7 @@ for w = 0, windows - 1 do
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
   stats[#stats + 1] = used
   stats[#stats + 1] = oldest
-  if refused_kind == '' and used + amount > cap then
+  if refused_kind == '' and used + amount * n > cap then
     refused_kind = 'plan'
     detail = tostring(w)
     retry_ms = ((oldest > 0 and oldest or current) + WINDOW_BUCKETS + 1) * size * 1000 - now_ms
@@ -199,7 +206,7 @@ for m = 0, money - 1 do
     local available = tonumber(base[1]) + tonumber(base[2])
       - tonumber(redis.call('GET', written_key) or '0')
       - tonumber(redis.call('GET', held_key) or '0')
-    if available < worst then
+    if available < worst * n then
       refused_kind = 'funds'
       detail = tostring(m)
     end
@@ -214,14 +221,14 @@ if #seeds > 0 then
   return {0, 'seed', 0, table.concat(seeds, ','), unpack(stats)}
 end
 
--- Counts this request's second in a window, which 'low' (from ``window``) keeps exact.
+-- Counts the requests' second in a window, which 'low' (from ``window``) keeps exact.
 -- The expiry is set when a second's count starts: every later second restarts it.
 local function count(key, amount, low)
-  if redis.call('HINCRBY', key, now, amount) == amount then
+  if redis.call('HINCRBY', key, at, amount) == amount then
     redis.call('EXPIRE', key, 120)
   end
   redis.call('HINCRBY', key, 'sum', amount)
-  if low == 0 or now < low then redis.call('HSET', key, 'low', now) end
+  if low == 0 or at < low then redis.call('HSET', key, 'low', at) end
 end
 
 for s = 0, scopes - 1 do
@@ -230,13 +237,13 @@ for s = 0, scopes - 1 do
   local tpm = tonumber(ARGV[7 + s*4])
   local conc = tonumber(ARGV[8 + s*4])
   local daily = tonumber(ARGV[9 + s*4])
-  if rpm >= 0 then count(req_key, 1, lows[s * 2 + 1]) end
-  if tpm >= 0 then count(tok_key, tokens, lows[s * 2 + 2]) end
+  if rpm >= 0 then count(req_key, n, lows[s * 2 + 1]) end
+  if tpm >= 0 then count(tok_key, tokens * n, lows[s * 2 + 2]) end
   if conc >= 0 then
-    redis.call('ZADD', conc_key, now_ms + hold_ms, request_id)
+    for i = 1, n do redis.call('ZADD', conc_key, now_ms + hold_ms, ids[i]) end
     redis.call('PEXPIRE', conc_key, hold_ms + 60000)
   end
-  if daily >= 0 and redis.call('INCRBY', day_key, tokens) == tokens then
+  if daily >= 0 and redis.call('INCRBY', day_key, tokens * n) == tokens * n then
     redis.call('EXPIRE', day_key, 172800)  -- the day's first count made the key
   end
 end
@@ -244,17 +251,19 @@ for m = 0, money - 1 do
   local k = m_keys + m * 5
   -- Held once per request: a call run again (its reply was lost with its connection, and
   -- the relay sent it anew) must not hold it twice, which no settlement would release.
-  if redis.call('HSETNX', KEYS[k+4], request_id, worst) == 1 then
-    redis.call('INCRBY', KEYS[k+3], worst)
+  for i = 1, n do
+    if redis.call('HSETNX', KEYS[k+4], ids[i], worst) == 1 then
+      redis.call('INCRBY', KEYS[k+3], worst)
+    end
+    redis.call('ZADD', KEYS[k+5], now_ms + money_hold_ms, ids[i])
   end
-  redis.call('ZADD', KEYS[k+5], now_ms + money_hold_ms, request_id)
   for i = 1, 5 do redis.call('EXPIRE', KEYS[k+i], MONEY_TTL) end
 end
 for w = 0, windows - 1 do
   local key = KEYS[w_keys + w + 1]
   local size = tonumber(ARGV[m_at + 7 + w*3])
   local amount = tonumber(ARGV[m_at + 8 + w*3])
-  if amount ~= 0 then redis.call('HINCRBY', key, w_buckets[w + 1], amount) end
+  if amount ~= 0 then redis.call('HINCRBY', key, w_buckets[w + 1], amount * n) end
   redis.call('EXPIRE', key, (WINDOW_BUCKETS + 2) * size + 60)
 end
 for i = 1, #room do stats[#stats + 1] = room[i] end
@@ -387,3 +396,69 @@ for s = 0, (#KEYS / 2) - 1 do
 end
 return 1
 """.replace("MONEY_TTL", "3024000")
+
+# KEYS: as for acquire (limit scopes' keys of the lease's second, money scopes' keys, plan
+# windows' counters), then per id its settled mark. ARGV: the second counted in, tokens
+# per request, limit scope count, per limit scope 4 limits (-1 = none), money scope count,
+# plan window count and per window its bucket seconds and amount per request, how long
+# (ms) the settled marks are kept, then the ids.
+# A lease's ids that no request took (``relay.leases``), given back: each is uncounted as
+# if never admitted (its request, tokens, slot, money hold and plan amounts), once: an id
+# already settled (given back before, by a call sent again) is skipped.
+RETURN_LUA = """
+local at = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local scopes = tonumber(ARGV[3])
+local m_at = 4 + scopes * 4
+local money = tonumber(ARGV[m_at])
+local windows = tonumber(ARGV[m_at + 1])
+local mark_ms = ARGV[m_at + 2 + windows * 2]
+local ids_at = m_at + 3 + windows * 2
+local w_keys = scopes * 4 + money * 5
+local marks_at = w_keys + windows
+local ids = {}
+for i = ids_at, #ARGV do
+  if redis.call('SET', KEYS[marks_at + i - ids_at + 1], '1', 'NX', 'PX', mark_ms) then
+    ids[#ids + 1] = ARGV[i]
+  end
+end
+local n = #ids
+if n == 0 then return 0 end
+local function uncount(key, amount)
+  if amount ~= 0 and redis.call('HEXISTS', key, at) == 1 then
+    redis.call('HINCRBY', key, at, -amount)
+    redis.call('HINCRBY', key, 'sum', -amount)
+  end
+end
+for s = 0, scopes - 1 do
+  local req_key, tok_key, conc_key, day_key = KEYS[s*4+1], KEYS[s*4+2], KEYS[s*4+3], KEYS[s*4+4]
+  if tonumber(ARGV[4 + s*4]) >= 0 then uncount(req_key, n) end
+  if tonumber(ARGV[5 + s*4]) >= 0 then uncount(tok_key, tokens * n) end
+  if tonumber(ARGV[6 + s*4]) >= 0 then redis.call('ZREM', conc_key, unpack(ids)) end
+  if tonumber(ARGV[7 + s*4]) >= 0 and redis.call('EXISTS', day_key) == 1 then
+    redis.call('DECRBY', day_key, tokens * n)
+  end
+end
+for m = 0, money - 1 do
+  local k = scopes * 4 + m * 5
+  local held_key, holds_key, exp_key = KEYS[k+3], KEYS[k+4], KEYS[k+5]
+  local amounts = redis.call('HMGET', holds_key, unpack(ids))
+  local freed = 0
+  for i = 1, #amounts do
+    if amounts[i] then freed = freed + tonumber(amounts[i]) end
+  end
+  redis.call('HDEL', holds_key, unpack(ids))
+  redis.call('ZREM', exp_key, unpack(ids))
+  if freed ~= 0 then redis.call('DECRBY', held_key, freed) end
+end
+for w = 0, windows - 1 do
+  local key = KEYS[w_keys + w + 1]
+  local size = tonumber(ARGV[m_at + 2 + w*2])
+  local amount = tonumber(ARGV[m_at + 3 + w*2]) * n
+  local bucket = math.floor(tonumber(at) / size)
+  if amount ~= 0 and redis.call('HEXISTS', key, bucket) == 1 then
+    redis.call('HINCRBY', key, bucket, -amount)
+  end
+end
+return n
+"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -472,6 +472,40 @@ def _plan_detail(
         window, _, reset = admission.plan[int(detail)]
         admission.refused_window = window
         admission.retry_after = max(math.ceil(reset), 1)
+
+
+def shifted(
+    admission: Admission, requests: int, tokens: int, reservation: Reservation | None
+) -> Admission:
+    """``admission`` as if ``requests`` more requests of ``tokens`` and ``reservation``
+    had been counted with it (fewer, if negative): its remaining figures and its room.
+    A lease's admission counts all its ids (``relay.leases``); each request that takes
+    one is told what is left as if the ids after it were not counted yet."""
+    plan = admission.plan
+    if plan is not None and reservation is not None:
+        plan = [
+            (window, max(left - requests * reservation.window_amount(window, tokens), 0), reset)
+            for window, left, reset in plan
+        ]
+    room = admission.room
+    if room is not None:
+        worst = reservation.worst_micros if reservation is not None else 0
+        room = Room(
+            requests=room.requests - requests,
+            tokens=room.tokens - requests * tokens,
+            micros=room.micros - requests * worst,
+        )
+    return replace(
+        admission,
+        remaining_requests=None
+        if admission.remaining_requests is None
+        else max(admission.remaining_requests - requests, 0),
+        remaining_tokens=None
+        if admission.remaining_tokens is None
+        else max(admission.remaining_tokens - requests * tokens, 0),
+        plan=plan,
+        room=room,
+    )
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,225 @@
+"""Leased admissions: a busy key's admission counts a few more requests at once, which its
+next requests in this process take without a round trip to Redis.
+
+Every request of a key with limits (or money to hold) is admitted in Redis
+(``relay.intake.admit``): one script call, whose write wakes Redis. On the bench's 2-core
+VM that round trip is most of what a limited key costs over a key without limits
+(bench/README.md, issue 18). So, when a key is busy in this process (it was admitted
+here more than once in the last second or so) and far from every limit, its admission
+asks Redis to admit up to ``RELAY_LEASE_SIZE`` requests at once (``RedisLimitStore.acquire``
+with ``lease``): the request's own id and a few fresh ones, each with the request's
+tokens and money, all checked and counted in one atomic step, or none. The key's next
+requests take those ids, in this process, for ``LEASE_SECONDS``:
+
+- Nothing is admitted that Redis did not count. Each id is a request counted against
+  every limit and money scope, as its own admission would have: its request and tokens
+  per minute and per day, a concurrency slot, its worst-case cost held, its plan windows'
+  amounts. A request takes an id only if its own estimate fits the id's (its tokens and
+  worst case no more than the lease's, the same money scopes and plan windows); it then
+  holds and settles the id's figures, exactly as an admission of its own would have.
+- The per-minute windows count a lease's requests in its last second (the script's
+  ``at``), so that each stays counted until a minute after it was really admitted, never
+  less. Leases never span midnight (UTC), so that daily tokens count in the right day.
+- Ids no request took within ``LEASE_SECONDS`` are given back (``RETURN_LUA``): uncounted
+  as if never admitted, each once. Until then they count, so a key near a limit could be
+  refused a moment early: a lease is taken only while the key's last admission left at
+  least twice its size before any limit was half used (``relay.limits.Room``), so that
+  a key approaching a limit is admitted request by request, as before.
+- The rate-limit headers a request gets are those of the lease's admission, as if the
+  ids after its own were not counted yet.
+
+A process that dies holding a lease loses nothing: its ids' slots and holds expire, and
+their counts leave the windows as any request's do. Keys without limits, the embedded
+mode, the fail-open fallback and requests pre-admitted before their bodies never lease.
+``RELAY_LEASE_SIZE`` 1 turns leases off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from relay.limits import Admission, RedisLimitStore, Reservation, Room, Scope
+from relay.limits.shapes import _day, shifted
+
+logger = logging.getLogger(__name__)
+
+# Ids of a lease that no request took within this are given back.
+LEASE_SECONDS = 1.0
+# Keys whose rate is remembered before the idle ones are dropped.
+_SWEEP_AT = 10_000
+_UNBOUNDED = 2**62
+
+
+@dataclass(slots=True)
+class Lease:
+    store: RedisLimitStore
+    scopes: list[Scope]
+    tokens: int
+    reservation: Reservation | None
+    admission: Admission  # as counted with every id
+    ids: list[str]  # not taken yet, in order
+    until: float  # monotonic
+    generation: int
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+def new_id() -> str:
+    """A request id, as ``relay.exchange`` makes them."""
+    return "req_" + os.urandom(16).hex()
+
+
+def _covers(lease: Reservation | None, wanted: Reservation | None) -> bool:
+    if lease is None or wanted is None:
+        return lease is wanted
+    return (
+        wanted.worst_micros <= lease.worst_micros
+        and wanted.scopes == lease.scopes
+        and wanted.windows == lease.windows
+    )
+
+
+class Leases:
+    """This process's leases, one at most per key (one per relay app)."""
+
+    def __init__(self) -> None:
+        self._leases: dict[int, Lease] = {}
+        # Per key: the second (monotonic) counted in, its admissions, the second before's.
+        self._rates: dict[int, list[int]] = {}
+        self._returning: set[asyncio.Task[None]] = set()
+
+    def take(
+        self, key_id: int, tokens: int, reservation: Reservation | None, generation: int
+    ) -> tuple[Admission, RedisLimitStore, str, Reservation | None] | None:
+        """An admitted id of the key's lease for a request of ``tokens`` and
+        ``reservation``: its admission, store, request id and the reservation it holds
+        (the lease's); None when there is none the request fits."""
+        lease = self._leases.get(key_id)
+        if lease is None:
+            return None
+        if lease.until < time.monotonic() or lease.generation != generation:
+            self._end(key_id, lease)
+            return None
+        if tokens > lease.tokens or not _covers(lease.reservation, reservation):
+            return None
+        self._count(key_id)
+        request_id = lease.ids.pop(0)
+        admission = shifted(lease.admission, -len(lease.ids), lease.tokens, lease.reservation)
+        admission.room = None  # what it left is the lease's to know, not this request's
+        if not lease.ids:
+            self._end(key_id, lease)
+        return admission, lease.store, request_id, lease.reservation
+
+    def size(
+        self,
+        key_id: int,
+        tokens: int,
+        reservation: Reservation | None,
+        generation: int,
+        room: Room | None,
+    ) -> list[str]:
+        """The ids to lease beside an admission of the key about to be made: none unless
+        the key is busy here, has no lease, and its last admission (``room``, of the same
+        ``generation``) left room for twice as many."""
+        busy = self._count(key_id)
+        limit = int(settings.RELAY_LEASE_SIZE) - 1
+        if limit < 1 or busy < 2 or room is None or key_id in self._leases:
+            return []
+        worst = reservation.worst_micros if reservation is not None else 0
+        more = min(
+            limit,
+            busy - 1,
+            room.requests // 2,
+            room.tokens // (2 * tokens) if tokens else _UNBOUNDED,
+            room.micros // (2 * worst) if worst else _UNBOUNDED,
+        )
+        now = time.time()
+        if more < 1 or _day(now) != _day(now + LEASE_SECONDS + 1):
+            return []
+        return [new_id() for _ in range(more)]
+
+    def add(
+        self,
+        key_id: int,
+        store: RedisLimitStore,
+        scopes: list[Scope],
+        tokens: int,
+        reservation: Reservation | None,
+        admission: Admission,
+        ids: list[str],
+        generation: int,
+    ) -> None:
+        """An admission counted ``ids`` besides its own: the key's next requests take them,
+        within ``LEASE_SECONDS`` and before the second they were counted in is over (a
+        slow reply from Redis shortens the lease rather than letting a request be
+        counted in a second before its own)."""
+        left = min(LEASE_SECONDS, admission.bucket + 1 - time.time() - 0.01)
+        lease = Lease(
+            store,
+            scopes,
+            tokens,
+            reservation,
+            admission,
+            list(ids),
+            time.monotonic() + left,
+            generation,
+        )
+        self._end(key_id, self._leases.get(key_id))
+        if left <= 0:
+            self._end(key_id, lease)
+            return
+        self._leases[key_id] = lease
+        lease.timer = asyncio.get_running_loop().call_later(left, self._end, key_id, lease)
+
+    @staticmethod
+    def at() -> int:
+        """The second a lease taken now counts its requests in: its last one."""
+        return int(time.time() + LEASE_SECONDS) + 1
+
+    def _count(self, key_id: int) -> int:
+        """Count an admission of the key now; how many it had this second or the last."""
+        second = int(time.monotonic())
+        seen = self._rates.get(key_id)
+        if seen is None or seen[0] < second - 1:
+            if seen is None and len(self._rates) >= _SWEEP_AT:
+                self._sweep(second)
+            seen = self._rates[key_id] = [second, 0, 0]
+        elif seen[0] == second - 1:
+            seen[0], seen[1], seen[2] = second, 0, seen[1]
+        seen[1] += 1
+        return max(seen[1], seen[2])
+
+    def _sweep(self, second: int) -> None:
+        for key_id in [k for k, seen in self._rates.items() if seen[0] < second - 1]:
+            del self._rates[key_id]
+
+    def _end(self, key_id: int, lease: Lease | None) -> None:
+        """The lease is over: the ids no request took are given back."""
+        if lease is None:
+            return
+        if self._leases.get(key_id) is lease:
+            del self._leases[key_id]
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
+        if lease.ids:
+            ids, lease.ids = lease.ids, []
+            task = asyncio.ensure_future(self._give_back(lease, ids))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+
+    async def _give_back(self, lease: Lease, ids: list[str]) -> None:
+        try:
+            await lease.store.give_back(
+                lease.scopes, ids, lease.tokens, lease.reservation, lease.admission.bucket
+            )
+        except (RedisError, OSError) as exc:
+            # They stay counted: their slots and holds expire, their counts leave the
+            # windows within a minute. Only ever on the safe side.
+            logger.info("giving back %d leased admissions failed: %s", len(ids), exc)

@@ -1,0 +1,224 @@
+"""Leased admissions (``relay.leases``) against a real Redis: a lease counts all its ids
+at once, exactly as that many admissions would, and gives back the ids no request took
+as if they had never been admitted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from relay.limits import Limits, RedisLimitStore, Reservation, Scope, Window, money_keys
+
+pytestmark = pytest.mark.services
+
+FUNDS = "t9101:funds"
+WORST = 3_000
+TOKENS = 50
+WINDOW = Window(name="s9:tokens", length="5h", kind="tokens", cap=10**9, seconds=18_000)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    name = f"leases-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter(f"{name}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _ids(count: int) -> list[str]:
+    return ["req_" + uuid.uuid4().hex for _ in range(count)]
+
+
+class Counts:
+    """What Redis counts for one key scope, its funds and its plan window."""
+
+    def __init__(self, client: Any, prefix: str, scope: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.scope = scope
+
+    async def read(self) -> dict[str, int]:
+        base = f"{self.prefix}:rl:{self.scope}"
+        day = [k async for k in self.client.scan_iter(f"{base}:day:*")]
+        _, _, held, holds, _ = money_keys(self.prefix, FUNDS)
+        window = await self.client.hgetall(f"{self.prefix}:pw:{WINDOW.name}")
+        day_total = 0
+        for key in day:
+            day_total += int(await self.client.get(key) or 0)
+        return {
+            "requests": int(await self.client.hget(f"{base}:requests", "sum") or 0),
+            "tokens": int(await self.client.hget(f"{base}:tokens", "sum") or 0),
+            "in_flight": int(await self.client.zcard(f"{base}:conc")),
+            "day": day_total,
+            "held": int(await self.client.get(held) or 0),
+            "holds": int(await self.client.hlen(holds)),
+            "window": sum(int(v) for v in window.values()),
+        }
+
+
+def test_a_lease_counts_its_ids_together_and_gives_back_the_unused_once(prefix: str) -> None:
+    scopes = [Scope("key:9102", Limits(rpm=1000, tpm=10**6, concurrency=50, daily_tokens=10**7))]
+    reservation = Reservation((FUNDS,), WORST, windows=(WINDOW,))
+
+    async def scenario() -> list[dict[str, int]]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        counts = Counts(client, prefix, "key:9102")
+        await store.seed((FUNDS,), [10**9], [0], 0)
+        seen = []
+        single = await store.acquire(scopes, _ids(1)[0], TOKENS, 60, reservation)
+        assert single.allowed
+        seen.append(await counts.read())
+        first, more = _ids(1)[0], _ids(4)
+        at = int(time.time()) + 1
+        leased = await store.acquire(scopes, first, TOKENS, 60, reservation, (more, at))
+        assert leased.allowed and leased.bucket == at
+        assert leased.remaining_requests == single.remaining_requests - 5
+        seen.append(await counts.read())
+        given = await store.give_back(scopes, more[1:], TOKENS, reservation, at)
+        again = await store.give_back(scopes, more[1:], TOKENS, reservation, at)
+        assert (given, again) == (3, 0)
+        seen.append(await counts.read())
+        await store.close()
+        await client.aclose()
+        return seen
+
+    one, leased, back = asyncio.run(scenario())
+    assert one == {
+        "requests": 1, "tokens": TOKENS, "in_flight": 1, "day": TOKENS,
+        "held": WORST, "holds": 1, "window": TOKENS,
+    }  # fmt: skip
+    # The lease: its first id and four more, all counted at once.
+    assert leased == {key: value * 6 for key, value in one.items()}
+    # Three given back: as if the single request and two of the lease's were admitted.
+    assert back == {key: value * 3 for key, value in one.items()}
+
+
+def test_a_lease_is_admitted_whole_or_not_at_all(prefix: str) -> None:
+    scopes = [Scope("key:9103", Limits(rpm=10))]
+
+    async def scenario() -> tuple[Any, ...]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        counts = Counts(client, prefix, "key:9103")
+        for request_id in _ids(8):
+            assert (await store.acquire(scopes, request_id, 0, 60)).allowed
+        at = int(time.time()) + 1
+        three = await store.acquire(scopes, _ids(1)[0], 0, 60, None, (_ids(2), at))
+        after = (await counts.read())["requests"]
+        two = await store.acquire(scopes, _ids(1)[0], 0, 60, None, (_ids(1), at))
+        await store.close()
+        await client.aclose()
+        return three, after, two
+
+    three, after, two = asyncio.run(scenario())
+    assert not three.allowed and three.refused == "requests"
+    assert after == 8  # nothing of the refused lease was counted
+    assert two.allowed and two.remaining_requests == 0
+
+
+# --- Through the relay -------------------------------------------------------------------
+
+
+def _post(gateway: Any, secret: str, **extra: Any) -> Any:
+    import httpx
+
+    from tests.relay.conftest import chat_body
+
+    return httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json=chat_body(**extra),
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=20,
+    )
+
+
+def _admissions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The Redis admissions made from now on: how many ids each counted."""
+    real = RedisLimitStore.acquire
+    made: list[int] = []
+
+    async def acquire(self: RedisLimitStore, *args: Any, **kwargs: Any) -> Any:
+        lease = kwargs.get("lease") or (args[5] if len(args) > 5 else None)
+        made.append(1 + (len(lease[0]) if lease else 0))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisLimitStore, "acquire", acquire)
+    return made
+
+
+def _redis_counts(key_name: str) -> dict[str, int]:
+    import redis
+
+    from portal.models import ApiKey
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    base = f"{prefix}:rl:key:{ApiKey.objects.get(name=key_name).pk}"
+    return {
+        "requests": int(client.hget(f"{base}:requests", "sum") or 0),
+        "tokens": int(client.hget(f"{base}:tokens", "sum") or 0),
+        "in_flight": int(client.zcard(f"{base}:conc")),
+    }
+
+
+def _until(check: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_keys_requests_are_admitted_from_its_lease_and_counted_once(
+    gateway: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.relay.conftest import usage_events
+
+    secret = gateway.new_key(name="busy", rpm_limit=1000, tpm_limit=10**6, concurrency_limit=50)
+    made = _admissions(monkeypatch)
+    answers = [_post(gateway, secret) for _ in range(12)]
+
+    assert [answer.status_code for answer in answers] == [200] * 12
+    assert sum(made) > len(made), "no lease was taken"
+    assert len(made) < 12
+    # Each answer's headers as if its request were admitted on its own.
+    remaining = [int(answer.headers["x-ratelimit-remaining-requests"]) for answer in answers]
+    assert remaining == list(range(999, 987, -1))
+    events = usage_events(12)
+    assert {event.request_id for event in events} == {a.headers["x-request-id"] for a in answers}
+    used = sum(event.prompt_tokens + event.completion_tokens for event in events)
+    # The ids no request took are given back: Redis counts each request once, with the
+    # tokens it used, and no slot is left taken.
+    _until(lambda: _redis_counts("busy")["requests"] == 12, "the unused ids given back")
+    assert _redis_counts("busy") == {"requests": 12, "tokens": used, "in_flight": 0}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_leases_admit_a_key_exactly_up_to_its_limit(
+    gateway: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = gateway.new_key(name="limited", rpm_limit=24)
+    made = _admissions(monkeypatch)
+
+    statuses = [_post(gateway, secret).status_code for _ in range(30)]
+
+    assert statuses == [200] * 24 + [429] * 6
+    assert max(made) > 1, "no lease was taken"
+    # Near the limit the key is admitted request by request again.
+    assert made[-8:] == [1] * 8
+    _until(lambda: _redis_counts("limited")["requests"] == 24, "the unused ids given back")
