@@ -296,6 +296,9 @@ async def admit(
         admission = await store.acquire(scopes, exchange.request_id, reserved_tokens, hold)
         if pre is not None:  # its slot is in Redis: best effort, else it expires
             await intake_release(exchange, key, pre)
+    finally:
+        if lease is not None and leases is not None:
+            leases.answered(key.id)
     if lease is not None and admission.allowed and store is shared.limit_store():
         assert leases is not None and isinstance(store, RedisLimitStore)
         leases.add(key.id, store, scopes, reserved_tokens, held[0], admission, lease[0], generation)

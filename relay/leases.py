@@ -93,6 +93,8 @@ class Leases:
         # Per key: the second (monotonic) counted in, its admissions, the second before's.
         self._rates: dict[int, list[int]] = {}
         self._returning: set[asyncio.Task[None]] = set()
+        # Keys whose admission with a lease is on its way to Redis: one at a time.
+        self._asking: set[int] = set()
 
     def take(
         self, key_id: int, tokens: int, reservation: Reservation | None, generation: int
@@ -129,7 +131,9 @@ class Leases:
         ``generation``) left room for twice as many."""
         busy = self._count(key_id)
         limit = int(settings.RELAY_LEASE_SIZE) - 1
-        if limit < 1 or busy < 2 or room is None or key_id in self._leases:
+        if limit < 1 or busy < 2 or room is None:
+            return []
+        if key_id in self._leases or key_id in self._asking:
             return []
         worst = reservation.worst_micros if reservation is not None else 0
         more = min(
@@ -142,7 +146,13 @@ class Leases:
         now = time.time()
         if more < 1 or _day(now) != _day(now + LEASE_SECONDS + 1):
             return []
+        self._asking.add(key_id)
         return [new_id() for _ in range(more)]
+
+    def answered(self, key_id: int) -> None:
+        """The admission that asked for the key's lease has returned (``add`` follows if
+        it was allowed): another may ask."""
+        self._asking.discard(key_id)
 
     def add(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from relay.limits import Limits, RedisLimitStore, Reservation, Scope, Window, money_keys
+from relay.limits import Limits, RedisLimitStore, Reservation, Room, Scope, Window, money_keys
 
 pytestmark = pytest.mark.services
 
@@ -222,3 +222,69 @@ def test_leases_admit_a_key_exactly_up_to_its_limit(
     # Near the limit the key is admitted request by request again.
     assert made[-8:] == [1] * 8
     _until(lambda: _redis_counts("limited")["requests"] == 24, "the unused ids given back")
+
+
+def test_a_request_takes_a_leased_id_only_if_it_fits_and_the_key_is_unchanged(
+    prefix: str,
+) -> None:
+    from relay.leases import Leases
+
+    scopes = [Scope("key:9104", Limits(rpm=1000, tpm=10**6))]
+    reservation = Reservation((FUNDS,), WORST)
+
+    async def scenario() -> tuple[Any, ...]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        counts = Counts(client, prefix, "key:9104")
+        await store.seed((FUNDS,), [10**9], [0], 0)
+        leases = Leases()
+        more = _ids(3)
+        admission = await store.acquire(
+            scopes, _ids(1)[0], TOKENS, 60, reservation, (more, leases.at())
+        )
+        leases.add(9104, store, scopes, TOKENS, reservation, admission, more, generation=5)
+        bigger = leases.take(9104, TOKENS + 1, reservation, 5)
+        dearer = leases.take(9104, TOKENS, Reservation((FUNDS,), WORST + 1), 5)
+        other = leases.take(9104, TOKENS, Reservation(("t1:funds",), WORST), 5)
+        fits = leases.take(9104, TOKENS - 10, Reservation((FUNDS,), WORST - 1), 5)
+        changed = leases.take(9104, TOKENS, reservation, 6)  # the key's limits changed
+        gone = leases.take(9104, TOKENS, reservation, 5)
+        for _ in range(200):  # the two ids left are given back in the background
+            if (await counts.read())["requests"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        after = await counts.read()
+        await store.close()
+        await client.aclose()
+        return bigger, dearer, other, fits, changed, gone, more, after
+
+    bigger, dearer, other, fits, changed, gone, more, after = asyncio.run(scenario())
+    assert bigger is None and dearer is None and other is None
+    assert fits is not None
+    admission, _, request_id, held = fits
+    # The first id not taken, holding (and told) what the lease counted for it.
+    assert request_id == more[0] and held == reservation
+    assert admission.reserved_tokens == TOKENS and admission.remaining_requests == 1000 - 2
+    assert changed is None and gone is None
+    assert after["requests"] == 2 and after["held"] == 2 * WORST and after["tokens"] == 2 * TOKENS
+
+
+def test_one_admission_at_a_time_asks_for_a_keys_lease(settings: Any) -> None:
+    """Concurrent requests of a busy key must not each lease a batch (most of which
+    would be given back): while one admission asks, the others ask for none."""
+    from relay.leases import Leases
+
+    settings.RELAY_LEASE_SIZE = 8
+    leases = Leases()
+    room = Room(requests=10**6, tokens=10**9, micros=10**12)
+    first = leases.size(1, 10, None, 0, room)  # the key's first admission here: not busy
+    asked = leases.size(1, 10, None, 0, room)
+    meanwhile = leases.size(1, 10, None, 0, room)
+    leases.answered(1)  # refused, or failed: no lease came of it
+    again = leases.size(1, 10, None, 0, room)
+    assert first == [] and len(asked) == 1 and meanwhile == [] and len(again) == 3
+    leases.answered(1)
+    settings.RELAY_LEASE_SIZE = 1
+    assert leases.size(1, 10, None, 0, room) == []  # turned off
