@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from relay import metrics
 from relay.limits import Admission, RedisLimitStore, Reservation, Room, Scope
 from relay.limits.shapes import _day, shifted
 
@@ -112,6 +113,7 @@ class Leases:
             return None
         self._count(key_id)
         request_id = lease.ids.pop(0)
+        metrics.observe_lease("taken")
         admission = shifted(lease.admission, -len(lease.ids), lease.tokens, lease.reservation)
         admission.room = None  # what it left is the lease's to know, not this request's
         if not lease.ids:
@@ -180,6 +182,7 @@ class Leases:
             time.monotonic() + left,
             generation,
         )
+        metrics.observe_lease("leased", len(ids))
         self._end(key_id, self._leases.get(key_id))
         if left <= 0:
             self._end(key_id, lease)
@@ -220,6 +223,7 @@ class Leases:
             lease.timer = None
         if lease.ids:
             ids, lease.ids = lease.ids, []
+            metrics.observe_lease("given_back", len(ids))
             task = asyncio.ensure_future(self._give_back(lease, ids))
             self._returning.add(task)
             task.add_done_callback(self._returning.discard)

@@ -117,6 +117,15 @@ AHEAD = Counter(
     registry=REGISTRY,
 )
 
+LEASED = Counter(
+    "tollgate_leased_admissions",
+    "Request ids admitted by leases of busy keys (relay.leases), by outcome: leased "
+    "(counted in Redis beside the admission that asked), taken (by a request, without a "
+    "round trip), given_back (not taken in time, uncounted).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+
 # Counting is plain Python: each request adds to its label set's tally, and the tallies are
 # folded into prometheus-client's values, which take a lock and, in multiprocess mode, write
 # to a memory-mapped file on every increment, once per interval. The event loop's thread is
@@ -208,8 +217,9 @@ _tallies: dict[tuple[Any, ...], _Tally] = {}
 # The tallies holding counts not folded yet, and the timer that will fold them.
 _dirty: list[_Tally] = []
 _fold: asyncio.TimerHandle | None = None
-# Requests ahead of their admission, by outcome, not folded yet.
+# Requests ahead of their admission, and leased ids, by outcome, not folded yet.
 _ahead: dict[str, int] = {}
+_leased: dict[str, int] = {}
 # The loop that timer runs on: should it stop without the app's shutdown (tests do), the
 # next count schedules the fold on the loop counting then.
 _fold_loop: asyncio.AbstractEventLoop | None = None
@@ -244,6 +254,11 @@ def flush() -> None:
         _ahead.clear()
         for outcome, count in counts:
             AHEAD.labels(outcome).inc(count)
+    if _leased:
+        counts = list(_leased.items())
+        _leased.clear()
+        for outcome, count in counts:
+            LEASED.labels(outcome).inc(count)
     if not _dirty:
         return
     tallies = _dirty[:]
@@ -377,6 +392,16 @@ def observe_limit_rejection(limit: str) -> None:
     """A request refused by a limit: ``requests``, ``tokens``, ``concurrency``..."""
     if settings.RELAY_METRICS:
         LIMIT_REJECTIONS.labels(limit).inc()
+
+
+def observe_lease(outcome: str, count: int = 1) -> None:
+    """Leased request ids: ``leased``, ``taken``, ``given_back`` (tallied, and folded
+    with the others)."""
+    if not settings.RELAY_METRICS:
+        return
+    _leased[outcome] = _leased.get(outcome, 0) + count
+    if _fold is None or _fold_loop is None or not _fold_loop.is_running():
+        _fold_soon()
 
 
 def observe_ahead(outcome: str) -> None:

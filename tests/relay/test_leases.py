@@ -176,6 +176,18 @@ def _redis_counts(key_name: str) -> dict[str, int]:
     }
 
 
+def _lease_counts(gateway: Any) -> dict[str, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(gateway.url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "tollgate_leased_admissions_total":
+                counts[sample.labels["outcome"]] = sample.value
+    return counts
+
+
 def _until(check: Any, what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -191,6 +203,7 @@ def test_a_busy_keys_requests_are_admitted_from_its_lease_and_counted_once(
 
     secret = gateway.new_key(name="busy", rpm_limit=1000, tpm_limit=10**6, concurrency_limit=50)
     made = _admissions(monkeypatch)
+    before = _lease_counts(gateway)
     answers = [_post(gateway, secret) for _ in range(12)]
 
     assert [answer.status_code for answer in answers] == [200] * 12
@@ -206,6 +219,11 @@ def test_a_busy_keys_requests_are_admitted_from_its_lease_and_counted_once(
     # tokens it used, and no slot is left taken.
     _until(lambda: _redis_counts("busy")["requests"] == 12, "the unused ids given back")
     assert _redis_counts("busy") == {"requests": 12, "tokens": used, "in_flight": 0}
+    # What /metrics says of it: every id leased was taken or given back.
+    after = _lease_counts(gateway)
+    counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert counts["taken"] == 12 - len(made) > 0
+    assert counts["leased"] == counts["taken"] + counts.get("given_back", 0)
 
 
 @pytest.mark.django_db(transaction=True)
