@@ -98,15 +98,23 @@ class Leases:
         self._asking: set[int] = set()
 
     def take(
-        self, key_id: int, tokens: int, reservation: Reservation | None, generation: int
+        self,
+        key_id: int,
+        tokens: int,
+        reservation: Reservation | None,
+        generation: int,
+        store: object,
     ) -> tuple[Admission, RedisLimitStore, str, Reservation | None] | None:
         """An admitted id of the key's lease for a request of ``tokens`` and
-        ``reservation``: its admission, store, request id and the reservation it holds
-        (the lease's); None when there is none the request fits."""
+        ``reservation`` whose limits are in ``store``: its admission, store, request id
+        and the reservation it holds (the lease's); None when there is none it fits."""
         lease = self._leases.get(key_id)
         if lease is None:
             return None
         if lease.until < time.monotonic() or lease.generation != generation:
+            self._end(key_id, lease)
+            return None
+        if lease.store is not store:  # not the store this request settles in
             self._end(key_id, lease)
             return None
         if tokens > lease.tokens or not _covers(lease.reservation, reservation):

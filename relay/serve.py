@@ -106,7 +106,9 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
         micros = reservation.worst_micros if reservation is not None else 0
         leased = None
         if taken.pre is None:
-            leased = exchange.app.leases.take(key.id, tokens, reservation, generation)
+            leased = exchange.app.leases.take(
+                key.id, tokens, reservation, generation, shared.limit_store()
+            )
         if leased is not None:  # admitted already, by the key's lease (relay.leases)
             exchange.request_id = record.request_id = leased[2]
             metrics.request_id.set(leased[2])

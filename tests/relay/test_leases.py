@@ -263,12 +263,12 @@ def test_a_request_takes_a_leased_id_only_if_it_fits_and_the_key_is_unchanged(
             scopes, _ids(1)[0], TOKENS, 60, reservation, (more, leases.at())
         )
         leases.add(9104, store, scopes, TOKENS, reservation, admission, more, generation=5)
-        bigger = leases.take(9104, TOKENS + 1, reservation, 5)
-        dearer = leases.take(9104, TOKENS, Reservation((FUNDS,), WORST + 1), 5)
-        other = leases.take(9104, TOKENS, Reservation(("t1:funds",), WORST), 5)
-        fits = leases.take(9104, TOKENS - 10, Reservation((FUNDS,), WORST - 1), 5)
-        changed = leases.take(9104, TOKENS, reservation, 6)  # the key's limits changed
-        gone = leases.take(9104, TOKENS, reservation, 5)
+        bigger = leases.take(9104, TOKENS + 1, reservation, 5, store)
+        dearer = leases.take(9104, TOKENS, Reservation((FUNDS,), WORST + 1), 5, store)
+        other = leases.take(9104, TOKENS, Reservation(("t1:funds",), WORST), 5, store)
+        fits = leases.take(9104, TOKENS - 10, Reservation((FUNDS,), WORST - 1), 5, store)
+        changed = leases.take(9104, TOKENS, reservation, 6, store)  # the key's limits changed
+        gone = leases.take(9104, TOKENS, reservation, 5, store)
         for _ in range(200):  # the two ids left are given back in the background
             if (await counts.read())["requests"] == 2:
                 break
