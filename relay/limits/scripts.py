@@ -7,6 +7,21 @@ from relay.limits.shapes import WINDOW_BUCKETS
 # Money keys per reserved scope, in this order (see ``money_keys``).
 MONEY_KEYS = 5
 
+# Frees a money scope's holds of ``ids`` (requests whose hold expired, or a lease's ids
+# given back): their amounts leave the held total, and they leave the holds and expiries.
+FREE_HOLDS_LUA = """
+local function free_holds(held_key, holds_key, exp_key, ids)
+  local amounts = redis.call('HMGET', holds_key, unpack(ids))
+  local freed = 0
+  for i = 1, #amounts do
+    if amounts[i] then freed = freed + tonumber(amounts[i]) end
+  end
+  redis.call('HDEL', holds_key, unpack(ids))
+  redis.call('ZREM', exp_key, unpack(ids))
+  if freed ~= 0 then redis.call('DECRBY', held_key, freed) end
+end
+"""
+
 # KEYS: per limit scope 4 keys (req, tok, conc, day), then per money scope MONEY_KEYS keys,
 # then per plan window its counter.
 # ARGV: now_ms, request ids (comma-separated: one, or a lease's, see ``relay.leases``),
@@ -25,7 +40,9 @@ MONEY_KEYS = 5
 # when refused for money, the index of the scope that cannot cover the worst case, for
 # 'plan' the index of the window, and for 'seed' the indexes to (re)seed, comma-separated.
 # A window sums its current bucket and the WINDOW_BUCKETS before it (relay.limits.Window).
-ACQUIRE_LUA = """
+ACQUIRE_LUA = (
+    FREE_HOLDS_LUA
+    + """
 local now_ms = tonumber(ARGV[1])
 local now = math.floor(now_ms / 1000)
 local ids = {}
@@ -193,16 +210,7 @@ for m = 0, money - 1 do
     seeds[#seeds + 1] = m
   elseif refused_kind == '' then
     local expired = redis.call('ZRANGEBYSCORE', exp_key, '-inf', now_ms, 'LIMIT', 0, 200)
-    if #expired > 0 then
-      local amounts = redis.call('HMGET', holds_key, unpack(expired))
-      local freed = 0
-      for i = 1, #amounts do
-        if amounts[i] then freed = freed + tonumber(amounts[i]) end
-      end
-      redis.call('HDEL', holds_key, unpack(expired))
-      redis.call('ZREM', exp_key, unpack(expired))
-      if freed ~= 0 then redis.call('DECRBY', held_key, freed) end
-    end
+    if #expired > 0 then free_holds(held_key, holds_key, exp_key, expired) end
     local available = tonumber(base[1]) + tonumber(base[2])
       - tonumber(redis.call('GET', written_key) or '0')
       - tonumber(redis.call('GET', held_key) or '0')
@@ -269,7 +277,8 @@ end
 for i = 1, #room do stats[#stats + 1] = room[i] end
 return {1, '', 0, '', unpack(stats)}
 """.replace("MONEY_TTL", "3024000").replace(  # 35 days: longer than any period a scope counts
-    "WINDOW_BUCKETS", str(WINDOW_BUCKETS)
+        "WINDOW_BUCKETS", str(WINDOW_BUCKETS)
+    )
 )
 
 # What a request's settlement corrects once its real tokens (or cost) are known: the
@@ -405,7 +414,9 @@ return 1
 # A lease's ids that no request took (``relay.leases``), given back: each is uncounted as
 # if never admitted (its request, tokens, slot, money hold and plan amounts), once: an id
 # already settled (given back before, by a call sent again) is skipped.
-RETURN_LUA = """
+RETURN_LUA = (
+    FREE_HOLDS_LUA
+    + """
 local at = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local scopes = tonumber(ARGV[3])
@@ -441,15 +452,7 @@ for s = 0, scopes - 1 do
 end
 for m = 0, money - 1 do
   local k = scopes * 4 + m * 5
-  local held_key, holds_key, exp_key = KEYS[k+3], KEYS[k+4], KEYS[k+5]
-  local amounts = redis.call('HMGET', holds_key, unpack(ids))
-  local freed = 0
-  for i = 1, #amounts do
-    if amounts[i] then freed = freed + tonumber(amounts[i]) end
-  end
-  redis.call('HDEL', holds_key, unpack(ids))
-  redis.call('ZREM', exp_key, unpack(ids))
-  if freed ~= 0 then redis.call('DECRBY', held_key, freed) end
+  free_holds(KEYS[k+3], KEYS[k+4], KEYS[k+5], ids)
 end
 for w = 0, windows - 1 do
   local key = KEYS[w_keys + w + 1]
@@ -462,3 +465,4 @@ for w = 0, windows - 1 do
 end
 return n
 """
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,6 +103,19 @@ def _stream(world: World, admission: Any, record: UsageRecord, owner: str = "") 
     return orphans.Progress(
         world.store, record, world.scopes, admission.bucket, world.reservation, owner
     )
+
+
+def _counting_marks(world: World) -> Callable[[], int]:
+    """From now on, count the scripts the store runs for others: the progress marks."""
+    calls = [0]
+    run_script = world.store.run_script
+
+    async def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return await run_script(*args)
+
+    world.store.run_script = counted  # type: ignore[method-assign]
+    return lambda: calls[0]
 
 
 def test_a_stream_whose_owner_is_lost_is_settled_once_from_its_mark(prefix: str) -> None:
@@ -222,15 +235,7 @@ def test_marks_are_rate_limited_per_stream(prefix: str, settings: Any) -> None:
         admission = await world.admit()
         record = _record(world.request_id)
         progress = _stream(world, admission, record)
-        calls = 0
-        run_script = world.store.run_script
-
-        async def counted(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return await run_script(*args)
-
-        world.store.run_script = counted  # type: ignore[method-assign]
+        marks = _counting_marks(world)
         loop = asyncio.get_running_loop()
         started = loop.time()
         progress.delivered()
@@ -242,7 +247,7 @@ def test_marks_are_rate_limited_per_stream(prefix: str, settings: Any) -> None:
         await progress.close()
         text = await world.client.get(orphans.text_key(prefix, world.request_id))
         await world.client.aclose()
-        return calls, text, "".join(record.completion_text or []).encode()
+        return marks(), text, "".join(record.completion_text or []).encode()
 
     calls, text, delivered = asyncio.run(scenario())
     assert 4 <= calls <= 8, calls  # about 1 s / 0.2 s, plus the first and the trailing one
@@ -261,15 +266,7 @@ def test_a_stream_that_ends_before_its_first_mark_writes_no_entry(
         admission = await world.admit()
         record = _record(world.request_id)
         progress = _stream(world, admission, record)
-        calls = 0
-        run_script = world.store.run_script
-
-        async def counted(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return await run_script(*args)
-
-        world.store.run_script = counted  # type: ignore[method-assign]
+        marks = _counting_marks(world)
         for piece in ("One, ", "two"):
             record.keep_text([piece])
             progress.delivered()
@@ -288,7 +285,7 @@ def test_a_stream_that_ends_before_its_first_mark_writes_no_entry(
         leftovers = await world.client.keys(f"{prefix}:open:*")
         state = (await world.money(), await world.in_flight(), await world.queued())
         await world.client.aclose()
-        return calls, progress.attempted, settled, leftovers, state
+        return marks(), progress.attempted, settled, leftovers, state
 
     calls, attempted, settled, leftovers, (money, in_flight, queue) = asyncio.run(scenario())
     assert calls == 0 and attempted is False
