@@ -277,13 +277,19 @@ async def admit(
         if ids:
             lease = (ids, leases.at())
     held = [reservation]
+    leased = [False]
 
     async def acquire(money: Reservation | None) -> Admission:
         held[0] = money
         if lease is not None and isinstance(store, RedisLimitStore):
-            return await store.acquire(
+            admission = await store.acquire(
                 scopes, exchange.request_id, reserved_tokens, hold + LEASE_SECONDS, money, lease
             )
+            leased[0] = admission.allowed
+            if admission.allowed or admission.refused == "seed":
+                return admission
+            # The lease did not fit (others used the room meanwhile): the request alone
+            # may still, and must not be refused for ids it never asked for.
         return await store.acquire(scopes, exchange.request_id, reserved_tokens, hold, money)
 
     try:
@@ -299,7 +305,7 @@ async def admit(
     finally:
         if lease is not None and leases is not None:
             leases.answered(key.id)
-    if lease is not None and admission.allowed and store is shared.limit_store():
+    if lease is not None and leased[0] and admission.allowed and store is shared.limit_store():
         assert leases is not None and isinstance(store, RedisLimitStore)
         leases.add(key.id, store, scopes, reserved_tokens, held[0], admission, lease[0], generation)
         # Told what is left as if the lease's other ids were not counted yet.

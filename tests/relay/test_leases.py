@@ -306,3 +306,23 @@ def test_one_admission_at_a_time_asks_for_a_keys_lease(settings: Any) -> None:
     leases.answered(1)
     settings.RELAY_LEASE_SIZE = 1
     assert leases.size(1, 10, None, 0, room) == []  # turned off
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_that_does_not_fit_still_admits_its_request(
+    gateway: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Others may use a key's room between its admissions: a lease refused for its extra
+    ids must not refuse the request that asked, which is admitted on its own."""
+    from relay.leases import Leases, new_id
+
+    secret = gateway.new_key(name="tight", rpm_limit=10)
+    made = _admissions(monkeypatch)
+    # Every admission asks for fifteen more ids, whatever the room (which it never has).
+    monkeypatch.setattr(Leases, "size", lambda self, *args: [new_id() for _ in range(15)])
+
+    statuses = [_post(gateway, secret).status_code for _ in range(12)]
+
+    assert statuses == [200] * 10 + [429] * 2
+    assert made[:2] == [16, 1]  # the lease was refused, the request alone admitted
+    assert _redis_counts("tight")["requests"] == 10
