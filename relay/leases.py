@@ -8,8 +8,9 @@ VM that round trip is most of what a limited key costs over a key without limits
 here more than once in the last second or so) and far from every limit, its admission
 asks Redis to admit up to ``RELAY_LEASE_SIZE`` requests at once (``RedisLimitStore.acquire``
 with ``lease``): the request's own id and a few fresh ones, each with the request's
-tokens and money, all checked and counted in one atomic step, or none. The key's next
-requests take those ids, in this process, for ``LEASE_SECONDS``:
+tokens and money, all checked and counted in one atomic step, or none (then the request
+is admitted on its own, ``relay.intake.admit``). The key's next requests take those
+ids, in this process, for ``LEASE_SECONDS``:
 
 - Nothing is admitted that Redis did not count. Each id is a request counted against
   every limit and money scope, as its own admission would have: its request and tokens
