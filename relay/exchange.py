@@ -42,6 +42,12 @@ def _mask(secret: str) -> str:
     return f"{secret[:6]}***{secret[-4:]}" if len(secret) > 12 else "***"
 
 
+def new_request_id() -> str:
+    """A request id: 128 random bits, as hex (what uuid4().hex gave, without building a
+    UUID: 2.1 -> 0.5 us). Leased admissions make theirs with it too (``relay.leases``)."""
+    return "req_" + os.urandom(16).hex()
+
+
 class Exchange:
     __slots__ = (
         "anthropic",
@@ -66,8 +72,7 @@ class Exchange:
         self.send = send
         self.started = time.monotonic()
         self.created_at = datetime.now(UTC)
-        # 128 random bits, as hex: what uuid4().hex gave, without building a UUID (2 us).
-        self.request_id = "req_" + os.urandom(16).hex()
+        self.request_id = new_request_id()
         self.response_started = False
         # The last byte of the response was handed to the server.
         self.response_finished = False

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +46,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from relay import metrics
+from relay.exchange import new_request_id
 from relay.limits import Admission, RedisLimitStore, Reservation, Room, Scope
 from relay.limits.shapes import _day, shifted
 
@@ -70,11 +70,6 @@ class Lease:
     until: float  # monotonic
     generation: int
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-
-
-def new_id() -> str:
-    """A request id, as ``relay.exchange`` makes them."""
-    return "req_" + os.urandom(16).hex()
 
 
 def _covers(lease: Reservation | None, wanted: Reservation | None) -> bool:
@@ -158,7 +153,7 @@ class Leases:
         if more < 1 or _day(now) != _day(now + LEASE_SECONDS + 1):
             return []
         self._asking.add(key_id)
-        return [new_id() for _ in range(more)]
+        return [new_request_id() for _ in range(more)]
 
     def answered(self, key_id: int) -> None:
         """The admission that asked for the key's lease has returned (``add`` follows if

@@ -314,15 +314,46 @@ def test_a_lease_that_does_not_fit_still_admits_its_request(
 ) -> None:
     """Others may use a key's room between its admissions: a lease refused for its extra
     ids must not refuse the request that asked, which is admitted on its own."""
-    from relay.leases import Leases, new_id
+    from relay.exchange import new_request_id
+    from relay.leases import Leases
 
     secret = gateway.new_key(name="tight", rpm_limit=10)
     made = _admissions(monkeypatch)
     # Every admission asks for fifteen more ids, whatever the room (which it never has).
-    monkeypatch.setattr(Leases, "size", lambda self, *args: [new_id() for _ in range(15)])
+    monkeypatch.setattr(Leases, "size", lambda self, *args: [new_request_id() for _ in range(15)])
 
     statuses = [_post(gateway, secret).status_code for _ in range(12)]
 
     assert statuses == [200] * 10 + [429] * 2
     assert made[:2] == [16, 1]  # the lease was refused, the request alone admitted
     assert _redis_counts("tight")["requests"] == 10
+
+
+def test_a_lease_is_not_taken_by_a_request_settling_in_another_store(prefix: str) -> None:
+    from relay.leases import Leases
+
+    scopes = [Scope("key:9105", Limits(rpm=1000))]
+
+    async def scenario() -> tuple[Any, Any, int]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        counts = Counts(client, prefix, "key:9105")
+        leases = Leases()
+        more = _ids(2)
+        admission = await store.acquire(scopes, _ids(1)[0], 0, 60, None, (more, leases.at()))
+        leases.add(9105, store, scopes, 0, None, admission, more, generation=1)
+        elsewhere = leases.take(9105, 0, None, 1, RedisLimitStore(client, prefix))
+        after = leases.take(9105, 0, None, 1, store)  # the lease ended: given back
+        for _ in range(200):
+            if (await counts.read())["requests"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        requests = (await counts.read())["requests"]
+        await store.close()
+        await client.aclose()
+        return elsewhere, after, requests
+
+    elsewhere, after, requests = asyncio.run(scenario())
+    assert elsewhere is None and after is None and requests == 1
