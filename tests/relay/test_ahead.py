@@ -35,6 +35,14 @@ from tests.relay.conftest import (
 # --- Which requests may go ahead (no I/O) -------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _no_leases(settings: Any) -> None:
+    """These tests count a key's admissions in Redis, one per request, as going ahead
+    makes them; a lease (``relay.leases``, tests/relay/test_leases.py) would ask for ids
+    in advance, and one refused whole is asked again for its request alone."""
+    settings.RELAY_LEASE_SIZE = 1
+
+
 def _admitted(requests: int, tokens: int = 10**9, micros: int = 10**12) -> Admission:
     return Admission(True, 0, 0, room=Room(requests, tokens, micros))
 
