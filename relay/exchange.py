@@ -48,6 +48,13 @@ def new_request_id() -> str:
     return "req_" + os.urandom(16).hex()
 
 
+def new_request_ids(count: int) -> list[str]:
+    """``count`` request ids as ``new_request_id`` makes them, from one read of the
+    system's random source rather than one each (a lease's: ``relay.leases``)."""
+    text = os.urandom(16 * count).hex()
+    return ["req_" + text[at : at + 32] for at in range(0, 32 * count, 32)]
+
+
 class Exchange:
     __slots__ = (
         "anthropic",

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, Protocol
 
 import orjson
@@ -475,37 +476,44 @@ def _plan_detail(
 
 
 def shifted(
-    admission: Admission, requests: int, tokens: int, reservation: Reservation | None
+    admission: Admission,
+    requests: int,
+    tokens: int,
+    reservation: Reservation | None,
+    *,
+    room: bool = True,
 ) -> Admission:
     """``admission`` as if ``requests`` more requests of ``tokens`` and ``reservation``
-    had been counted with it (fewer, if negative): its remaining figures and its room.
-    A lease's admission counts all its ids (``relay.leases``); each request that takes
-    one is told what is left as if the ids after it were not counted yet."""
+    had been counted with it (fewer, if negative): its remaining figures and its room
+    (none with ``room`` False). A lease's admission counts all its ids
+    (``relay.leases``); each request that takes one is told what is left as if the ids
+    after it were not counted yet."""
+    twin = Admission(*_fields(admission))  # dataclasses.replace costs four times as much
+    if admission.remaining_requests is not None:
+        twin.remaining_requests = max(admission.remaining_requests - requests, 0)
+    if admission.remaining_tokens is not None:
+        twin.remaining_tokens = max(admission.remaining_tokens - requests * tokens, 0)
     plan = admission.plan
     if plan is not None and reservation is not None:
-        plan = [
+        twin.plan = [
             (window, max(left - requests * reservation.window_amount(window, tokens), 0), reset)
             for window, left, reset in plan
         ]
-    room = admission.room
-    if room is not None:
+    left = admission.room
+    if left is not None and room:
         worst = reservation.worst_micros if reservation is not None else 0
-        room = Room(
-            requests=room.requests - requests,
-            tokens=room.tokens - requests * tokens,
-            micros=room.micros - requests * worst,
+        twin.room = Room(
+            requests=left.requests - requests,
+            tokens=left.tokens - requests * tokens,
+            micros=left.micros - requests * worst,
         )
-    return replace(
-        admission,
-        remaining_requests=None
-        if admission.remaining_requests is None
-        else max(admission.remaining_requests - requests, 0),
-        remaining_tokens=None
-        if admission.remaining_tokens is None
-        else max(admission.remaining_tokens - requests * tokens, 0),
-        plan=plan,
-        room=room,
-    )
+    else:
+        twin.room = None
+    return twin
+
+
+# An admission's fields in the order its constructor takes them.
+_fields = attrgetter(*(f.name for f in fields(Admission)))
 
 
 def _text(value: Any) -> str:
