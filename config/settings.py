@@ -397,7 +397,7 @@ RELAY_LIMITS_FAIL_OPEN = env.bool("RELAY_LIMITS_FAIL_OPEN", default=False)
 RELAY_FORWARD_AHEAD = env.bool("RELAY_FORWARD_AHEAD", default=True)
 # A busy key far from its limits has up to this many requests admitted in one Redis
 # call, taken by its next requests in the same process (relay.leases); 1: no leases.
-RELAY_LEASE_SIZE = env.int("RELAY_LEASE_SIZE", default=16)
+RELAY_LEASE_SIZE = env.int("RELAY_LEASE_SIZE", default=64)
 # A channel failing this often within the window is skipped for the cool-down, then probed.
 RELAY_BREAKER_FAILURES = env.int("RELAY_BREAKER_FAILURES", default=5)
 RELAY_BREAKER_WINDOW = env.float("RELAY_BREAKER_WINDOW", default=30.0)

@@ -307,7 +307,17 @@ async def admit(
             leases.answered(key.id)
     if lease is not None and leased[0] and admission.allowed and store is shared.limit_store():
         assert leases is not None and isinstance(store, RedisLimitStore)
-        leases.add(key.id, store, scopes, reserved_tokens, held[0], admission, lease[0], generation)
+        leases.add(
+            key.id,
+            store,
+            scopes,
+            reserved_tokens,
+            held[0],
+            admission,
+            lease[0],
+            generation,
+            hold + LEASE_SECONDS,
+        )
         # Told what is left as if the lease's other ids were not counted yet.
         counted = admission
         admission = shifted(admission, -len(lease[0]), reserved_tokens, held[0])

@@ -28,6 +28,11 @@ ids, in this process, for ``LEASE_SECONDS``:
   a key approaching a limit is admitted request by request, as before.
 - The rate-limit headers a request gets are those of the lease's admission, as if the
   ids after its own were not counted yet.
+- Once half a lease's ids are taken, the next lease is counted (``_renew``): all fresh
+  ids, as many as the key's admissions here in the last second (up to
+  ``RELAY_LEASE_SIZE``), on the room the lease's own admission left, one renewal at a
+  time per key. It takes over when the lease runs out or its second is over; ending a
+  lease (the key changed) ends the one following it.
 
 A process that dies holding a lease loses nothing: its ids' slots and holds expire, and
 their counts leave the windows as any request's do. Keys without limits, the embedded
@@ -46,7 +51,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from relay import metrics
-from relay.exchange import new_request_id
+from relay.exchange import new_request_ids
 from relay.limits import Admission, RedisLimitStore, Reservation, Room, Scope
 from relay.limits.shapes import _day, shifted
 
@@ -69,7 +74,34 @@ class Lease:
     ids: list[str]  # not taken yet, in order
     until: float  # monotonic
     generation: int
+    hold_seconds: float  # how long each id's money is held, as asked
+    renew_at: int = 0  # a lease with no more ids than this left is renewed (``_renew``)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # The key's next lease, counted while this one still had ids: it takes over when this
+    # one runs out or ends.
+    following: Lease | None = field(default=None, repr=False)
+
+
+def _fits(
+    most: int, busy: int, tokens: int, reservation: Reservation | None, room: Room | None
+) -> int:
+    """How many ids a lease may count: at most ``most``, no more than the key's recent
+    admissions here (``busy``) and half the ``room`` its last admission left; none when
+    it would span midnight (UTC)."""
+    if most < 1 or busy < 1 or room is None:
+        return 0
+    worst = reservation.worst_micros if reservation is not None else 0
+    count = min(
+        most,
+        busy,
+        room.requests // 2,
+        room.tokens // (2 * tokens) if tokens else _UNBOUNDED,
+        room.micros // (2 * worst) if worst else _UNBOUNDED,
+    )
+    now = time.time()
+    if count < 1 or _day(now) != _day(now + LEASE_SECONDS + 1):
+        return 0
+    return count
 
 
 def _covers(lease: Reservation | None, wanted: Reservation | None) -> bool:
@@ -83,7 +115,7 @@ def _covers(lease: Reservation | None, wanted: Reservation | None) -> bool:
 
 
 class Leases:
-    """This process's leases, one at most per key (one per relay app)."""
+    """This process's leases, one at most per key and its renewal (one per relay app)."""
 
     def __init__(self) -> None:
         self._leases: dict[int, Lease] = {}
@@ -105,23 +137,26 @@ class Leases:
         ``reservation`` whose limits are in ``store``: its admission, store, request id
         and the reservation it holds (the lease's); None when there is none it fits."""
         lease = self._leases.get(key_id)
+        if lease is not None and lease.until < time.monotonic():
+            lease = self._retire(key_id, lease)
         if lease is None:
             return None
-        if lease.until < time.monotonic() or lease.generation != generation:
-            self._end(key_id, lease)
-            return None
-        if lease.store is not store:  # not the store this request settles in
+        if lease.generation != generation or lease.store is not store:
+            # The key changed, or this request settles in another store.
             self._end(key_id, lease)
             return None
         if tokens > lease.tokens or not _covers(lease.reservation, reservation):
             return None
-        self._count(key_id)
+        busy = self._count(key_id)
         request_id = lease.ids.pop(0)
         metrics.observe_lease("taken")
-        admission = shifted(lease.admission, -len(lease.ids), lease.tokens, lease.reservation)
-        admission.room = None  # what it left is the lease's to know, not this request's
+        admission = shifted(
+            lease.admission, -len(lease.ids), lease.tokens, lease.reservation, room=False
+        )
         if not lease.ids:
-            self._end(key_id, lease)
+            self._retire(key_id, lease)
+        elif len(lease.ids) <= lease.renew_at and lease.following is None:
+            self._renew(key_id, lease, busy)
         return admission, lease.store, request_id, lease.reservation
 
     def size(
@@ -136,24 +171,14 @@ class Leases:
         the key is busy here, has no lease, and its last admission (``room``, of the same
         ``generation``) left room for twice as many."""
         busy = self._count(key_id)
-        limit = int(settings.RELAY_LEASE_SIZE) - 1
-        if limit < 1 or busy < 2 or room is None:
-            return []
         if key_id in self._leases or key_id in self._asking:
             return []
-        worst = reservation.worst_micros if reservation is not None else 0
-        more = min(
-            limit,
-            busy - 1,
-            room.requests // 2,
-            room.tokens // (2 * tokens) if tokens else _UNBOUNDED,
-            room.micros // (2 * worst) if worst else _UNBOUNDED,
-        )
-        now = time.time()
-        if more < 1 or _day(now) != _day(now + LEASE_SECONDS + 1):
+        # Besides the request's own id: one fewer than a lease's size.
+        more = _fits(int(settings.RELAY_LEASE_SIZE) - 1, busy - 1, tokens, reservation, room)
+        if more < 1:
             return []
         self._asking.add(key_id)
-        return [new_request_id() for _ in range(more)]
+        return new_request_ids(more)
 
     def answered(self, key_id: int) -> None:
         """The admission that asked for the key's lease has returned (``add`` follows if
@@ -170,11 +195,34 @@ class Leases:
         admission: Admission,
         ids: list[str],
         generation: int,
+        hold_seconds: float,
     ) -> None:
         """An admission counted ``ids`` besides its own: the key's next requests take them,
         within ``LEASE_SECONDS`` and before the second they were counted in is over (a
         slow reply from Redis shortens the lease rather than letting a request be
-        counted in a second before its own)."""
+        counted in a second before its own). Each id holds its money for
+        ``hold_seconds``, as the lease's renewal will."""
+        lease = self._lease(
+            key_id, store, scopes, tokens, reservation, admission, ids, generation, hold_seconds
+        )
+        self._end(key_id, self._leases.get(key_id))
+        if lease is not None:
+            self._leases[key_id] = lease
+
+    def _lease(
+        self,
+        key_id: int,
+        store: RedisLimitStore,
+        scopes: list[Scope],
+        tokens: int,
+        reservation: Reservation | None,
+        admission: Admission,
+        ids: list[str],
+        generation: int,
+        hold_seconds: float,
+    ) -> Lease | None:
+        """A lease of ``ids`` counted by ``admission``, ended by a timer; None if its time
+        was over before it came (its ids are given back)."""
         left = min(LEASE_SECONDS, admission.bucket + 1 - time.time() - 0.01)
         lease = Lease(
             store,
@@ -185,14 +233,15 @@ class Leases:
             list(ids),
             time.monotonic() + left,
             generation,
+            hold_seconds,
+            renew_at=len(ids) // 2,
         )
         metrics.observe_lease("leased", len(ids))
-        self._end(key_id, self._leases.get(key_id))
         if left <= 0:
             self._end(key_id, lease)
-            return
-        self._leases[key_id] = lease
-        lease.timer = asyncio.get_running_loop().call_later(left, self._end, key_id, lease)
+            return None
+        lease.timer = asyncio.get_running_loop().call_later(left, self._retire, key_id, lease)
+        return lease
 
     @staticmethod
     def at() -> int:
@@ -217,20 +266,98 @@ class Leases:
             del self._rates[key_id]
 
     def _end(self, key_id: int, lease: Lease | None) -> None:
-        """The lease is over: the ids no request took are given back."""
-        if lease is None:
+        """The lease is over, and the lease following it: the ids no request took are
+        given back."""
+        while lease is not None:
+            if self._leases.get(key_id) is lease:
+                del self._leases[key_id]
+            if lease.timer is not None:
+                lease.timer.cancel()
+                lease.timer = None
+            if lease.ids:
+                ids, lease.ids = lease.ids, []
+                metrics.observe_lease("given_back", len(ids))
+                task = asyncio.ensure_future(self._give_back(lease, ids))
+                self._returning.add(task)
+                task.add_done_callback(self._returning.discard)
+            following, lease.following = lease.following, None
+            lease = following
+
+    def _retire(self, key_id: int, lease: Lease) -> Lease | None:
+        """The lease ran out or its time is over: the lease following it, if its time is
+        not, takes its place (returned)."""
+        following, lease.following = lease.following, None
+        self._end(key_id, lease)
+        if following is None:
+            return None
+        if not following.ids or following.until < time.monotonic() or key_id in self._leases:
+            self._end(key_id, following)
+            return None
+        self._leases[key_id] = following
+        return following
+
+    def _renew(self, key_id: int, lease: Lease, busy: int) -> None:
+        """Count the key's next lease while this one still has ids, so that its requests
+        keep finding one rather than going to Redis each while the next is asked for: at
+        most one renewal at a time, on the room the lease's own admission left, and only
+        for a key busy enough to use it."""
+        if key_id in self._asking:
             return
-        if self._leases.get(key_id) is lease:
-            del self._leases[key_id]
-        if lease.timer is not None:
-            lease.timer.cancel()
-            lease.timer = None
-        if lease.ids:
-            ids, lease.ids = lease.ids, []
-            metrics.observe_lease("given_back", len(ids))
-            task = asyncio.ensure_future(self._give_back(lease, ids))
-            self._returning.add(task)
-            task.add_done_callback(self._returning.discard)
+        count = _fits(
+            int(settings.RELAY_LEASE_SIZE),
+            busy,
+            lease.tokens,
+            lease.reservation,
+            lease.admission.room,
+        )
+        if count < 1:
+            return
+        self._asking.add(key_id)
+        ids = new_request_ids(count)
+        task = asyncio.ensure_future(self._renewal(key_id, lease, ids))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+
+    async def _renewal(self, key_id: int, lease: Lease, ids: list[str]) -> None:
+        try:
+            admission = await lease.store.acquire(
+                lease.scopes,
+                ids[0],
+                lease.tokens,
+                lease.hold_seconds,
+                lease.reservation,
+                (ids[1:], self.at()),
+            )
+        except (RedisError, OSError) as exc:
+            # Nothing was counted, or what was expires (as a lost process's lease would).
+            logger.info("renewing a lease failed: %s", exc)
+            return
+        finally:
+            self._asking.discard(key_id)
+        if not admission.allowed:  # others used the room meanwhile: no lease now
+            return
+        renewed = self._lease(
+            key_id,
+            lease.store,
+            lease.scopes,
+            lease.tokens,
+            lease.reservation,
+            admission,
+            ids,
+            lease.generation,
+            lease.hold_seconds,
+        )
+        if renewed is None:
+            return
+        current = self._leases.get(key_id)
+        if current is lease and lease.following is None:
+            lease.following = renewed
+        elif current is None:
+            # The lease ran out meanwhile (or was ended because the key changed: then
+            # the key's next request ends this one too, ``take``).
+            self._leases[key_id] = renewed
+        else:  # another lease took its place: not needed
+            self._end(key_id, renewed)
 
     async def _give_back(self, lease: Lease, ids: list[str]) -> None:
         try:

@@ -219,11 +219,13 @@ def test_a_busy_keys_requests_are_admitted_from_its_lease_and_counted_once(
     # tokens it used, and no slot is left taken.
     _until(lambda: _redis_counts("busy")["requests"] == 12, "the unused ids given back")
     assert _redis_counts("busy") == {"requests": 12, "tokens": used, "in_flight": 0}
-    # What /metrics says of it: every id leased was taken or given back.
+    # What /metrics says of it: every id leased was taken or given back, and every id
+    # Redis counted was a request's own admission (one not taken from a lease) or leased.
     after = _lease_counts(gateway)
     counts = {name: after.get(name, 0) - before.get(name, 0) for name in after}
-    assert counts["taken"] == 12 - len(made) > 0
+    assert 0 < counts["taken"] < 12
     assert counts["leased"] == counts["taken"] + counts.get("given_back", 0)
+    assert sum(made) == (12 - counts["taken"]) + counts["leased"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -262,7 +264,7 @@ def test_a_request_takes_a_leased_id_only_if_it_fits_and_the_key_is_unchanged(
         admission = await store.acquire(
             scopes, _ids(1)[0], TOKENS, 60, reservation, (more, leases.at())
         )
-        leases.add(9104, store, scopes, TOKENS, reservation, admission, more, generation=5)
+        leases.add(9104, store, scopes, TOKENS, reservation, admission, more, 5, 60)
         bigger = leases.take(9104, TOKENS + 1, reservation, 5, store)
         dearer = leases.take(9104, TOKENS, Reservation((FUNDS,), WORST + 1), 5, store)
         other = leases.take(9104, TOKENS, Reservation(("t1:funds",), WORST), 5, store)
@@ -287,6 +289,104 @@ def test_a_request_takes_a_leased_id_only_if_it_fits_and_the_key_is_unchanged(
     assert admission.reserved_tokens == TOKENS and admission.remaining_requests == 1000 - 2
     assert changed is None and gone is None
     assert after["requests"] == 2 and after["held"] == 2 * WORST and after["tokens"] == 2 * TOKENS
+
+
+def test_a_busy_lease_is_renewed_before_it_runs_out(prefix: str, settings: Any) -> None:
+    """Half way through a lease its next one is counted, so that the key's requests find
+    one waiting rather than each going to Redis while it is asked for; the next takes
+    over when the first runs out, and what neither handed out is given back."""
+    from relay.leases import Leases
+
+    settings.RELAY_LEASE_SIZE = 4
+    scopes = [Scope("key:9106", Limits(rpm=1000))]
+
+    async def scenario() -> tuple[Any, ...]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        counts = Counts(client, prefix, "key:9106")
+        leases = Leases()
+        acquired = []
+        real = store.acquire
+
+        async def acquire(*args: Any, **kwargs: Any) -> Any:
+            acquired.append(args[1])
+            return await real(*args, **kwargs)
+
+        store.acquire = acquire  # type: ignore[method-assign]
+        more = _ids(3)
+        admission = await real(scopes, _ids(1)[0], 0, 60, None, (more, leases.at()))
+        leases.add(9106, store, scopes, 0, None, admission, more, 1, 60)
+        first = leases.take(9106, 0, None, 1, store)
+        for _ in range(3):
+            leases._count(9106)  # a busy key: four admissions here this second
+        second = leases.take(9106, 0, None, 1, store)  # one id left: the renewal is asked
+        for _ in range(200):
+            if leases._leases[9106].following is not None:
+                break
+            await asyncio.sleep(0.005)
+        counted = (await counts.read())["requests"]
+        taken = [leases.take(9106, 0, None, 1, store) for _ in range(5)]
+        for _ in range(200):  # still busy: the renewal is renewed in turn
+            if 9106 not in leases._asking:
+                break
+            await asyncio.sleep(0.005)
+        leases._end(9106, leases._leases.get(9106))  # and whatever follows it
+        for _ in range(200):
+            if (await counts.read())["requests"] == 8:
+                break
+            await asyncio.sleep(0.01)
+        after = (await counts.read())["requests"]
+        await store.close()
+        await client.aclose()
+        return more, first, second, acquired, counted, taken, after
+
+    more, first, second, acquired, counted, taken, after = asyncio.run(scenario())
+    assert [first[2], second[2]] == more[:2]
+    # The first lease's four ids and the renewal's four, all counted before any is taken.
+    assert counted == 8
+    # The first lease's last id, then the renewal's, starting with the one it was asked
+    # with: the renewal took over without a request going to Redis.
+    assert taken[0][2] == more[2]
+    assert taken[1][2] == acquired[0] and all(t is not None for t in taken)
+    # Eight requests admitted (the first lease's own, seven taken); the ids not taken, of
+    # the renewal and of its own renewal, given back.
+    assert len(acquired) == 2 and after == 8
+
+
+def test_a_lease_is_not_renewed_for_a_key_near_its_limits(prefix: str, settings: Any) -> None:
+    from relay.leases import Leases
+
+    settings.RELAY_LEASE_SIZE = 4
+    scopes = [Scope("key:9107", Limits(rpm=8))]
+
+    async def scenario() -> tuple[int, bool]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        store = RedisLimitStore(client, prefix)
+        counts = Counts(client, prefix, "key:9107")
+        leases = Leases()
+        more = _ids(3)
+        # Four of eight counted: the limit is half used, no room is left to lease.
+        admission = await store.acquire(scopes, _ids(1)[0], 0, 60, None, (more, leases.at()))
+        leases.add(9107, store, scopes, 0, None, admission, more, 1, 60)
+        for _ in range(4):
+            leases._count(9107)
+        leases.take(9107, 0, None, 1, store)
+        leases.take(9107, 0, None, 1, store)
+        await asyncio.sleep(0.05)
+        asked = 9107 in leases._asking or leases._leases[9107].following is not None
+        requests = (await counts.read())["requests"]
+        leases._end(9107, leases._leases.get(9107))
+        await asyncio.sleep(0.05)
+        await store.close()
+        await client.aclose()
+        return requests, asked
+
+    requests, asked = asyncio.run(scenario())
+    assert requests == 4 and not asked
 
 
 def test_one_admission_at_a_time_asks_for_a_keys_lease(settings: Any) -> None:
@@ -343,7 +443,7 @@ def test_a_lease_is_not_taken_by_a_request_settling_in_another_store(prefix: str
         leases = Leases()
         more = _ids(2)
         admission = await store.acquire(scopes, _ids(1)[0], 0, 60, None, (more, leases.at()))
-        leases.add(9105, store, scopes, 0, None, admission, more, generation=1)
+        leases.add(9105, store, scopes, 0, None, admission, more, 1, 60)
         elsewhere = leases.take(9105, 0, None, 1, RedisLimitStore(client, prefix))
         after = leases.take(9105, 0, None, 1, store)  # the lease ended: given back
         for _ in range(200):
