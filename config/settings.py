@@ -398,6 +398,10 @@ RELAY_FORWARD_AHEAD = env.bool("RELAY_FORWARD_AHEAD", default=True)
 # A busy key far from its limits has up to this many requests admitted in one Redis
 # call, taken by its next requests in the same process (relay.leases); 1: no leases.
 RELAY_LEASE_SIZE = env.int("RELAY_LEASE_SIZE", default=64)
+# ...and only while its last admission left room for at least this many more requests
+# (each limit and money scope) before any is half used: a lease's ids count until taken or
+# given back, so near a small budget a burst in another process could be refused early.
+RELAY_LEASE_MIN_ROOM = env.int("RELAY_LEASE_MIN_ROOM", default=256)
 # A channel failing this often within the window is skipped for the cool-down, then probed.
 RELAY_BREAKER_FAILURES = env.int("RELAY_BREAKER_FAILURES", default=5)
 RELAY_BREAKER_WINDOW = env.float("RELAY_BREAKER_WINDOW", default=30.0)

@@ -25,7 +25,10 @@ ids, in this process, for ``LEASE_SECONDS``:
   as if never admitted, each once. Until then they count, so a key near a limit could be
   refused a moment early: a lease is taken only while the key's last admission left at
   least twice its size before any limit was half used (``relay.limits.Room``), so that
-  a key approaching a limit is admitted request by request, as before.
+  a key approaching a limit is admitted request by request, as before; and a key whose
+  room is under ``RELAY_LEASE_MIN_ROOM`` requests (a small prepaid balance, a low rate
+  limit) never leases, so that a burst of its requests spread over processes is admitted
+  exactly up to its budget, not refused early for ids waiting in another process.
 - The rate-limit headers a request gets are those of the lease's admission, as if the
   ids after its own were not counted yet.
 - Once half a lease's ids are taken, the next lease is counted (``_renew``): all fresh
@@ -87,17 +90,21 @@ def _fits(
 ) -> int:
     """How many ids a lease may count: at most ``most``, no more than the key's recent
     admissions here (``busy``) and half the ``room`` its last admission left; none when
-    it would span midnight (UTC)."""
+    that room is under ``RELAY_LEASE_MIN_ROOM`` requests or the lease would span midnight
+    (UTC)."""
     if most < 1 or busy < 1 or room is None:
         return 0
     worst = reservation.worst_micros if reservation is not None else 0
-    count = min(
-        most,
-        busy,
-        room.requests // 2,
-        room.tokens // (2 * tokens) if tokens else _UNBOUNDED,
-        room.micros // (2 * worst) if worst else _UNBOUNDED,
+    fit = min(
+        room.requests,
+        room.tokens // tokens if tokens else _UNBOUNDED,
+        room.micros // worst if worst else _UNBOUNDED,
     )
+    # A small budget is not leased at all: ids counted ahead could refuse a burst of the
+    # key's requests in another process while they wait here to be taken.
+    if fit < int(settings.RELAY_LEASE_MIN_ROOM):
+        return 0
+    count = min(most, busy, fit // 2)
     now = time.time()
     if count < 1 or _day(now) != _day(now + LEASE_SECONDS + 1):
         return 0

@@ -201,7 +201,7 @@ def test_a_busy_keys_requests_are_admitted_from_its_lease_and_counted_once(
 ) -> None:
     from tests.relay.conftest import usage_events
 
-    secret = gateway.new_key(name="busy", rpm_limit=1000, tpm_limit=10**6, concurrency_limit=50)
+    secret = gateway.new_key(name="busy", rpm_limit=1000, tpm_limit=10**6, concurrency_limit=1000)
     made = _admissions(monkeypatch)
     before = _lease_counts(gateway)
     answers = [_post(gateway, secret) for _ in range(12)]
@@ -230,8 +230,9 @@ def test_a_busy_keys_requests_are_admitted_from_its_lease_and_counted_once(
 
 @pytest.mark.django_db(transaction=True)
 def test_leases_admit_a_key_exactly_up_to_its_limit(
-    gateway: Any, sim: Any, monkeypatch: pytest.MonkeyPatch
+    gateway: Any, sim: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
+    settings.RELAY_LEASE_MIN_ROOM = 0  # a limit this low is otherwise never leased
     secret = gateway.new_key(name="limited", rpm_limit=24)
     made = _admissions(monkeypatch)
 
@@ -387,6 +388,29 @@ def test_a_lease_is_not_renewed_for_a_key_near_its_limits(prefix: str, settings:
 
     requests, asked = asyncio.run(scenario())
     assert requests == 4 and not asked
+
+
+def test_a_key_with_a_small_budget_never_leases(settings: Any) -> None:
+    """Ids counted ahead could refuse the key's requests in another process while they
+    wait here: a key whose room (before any limit or money scope is half used) is under
+    RELAY_LEASE_MIN_ROOM requests is admitted request by request, exactly."""
+    from relay.leases import Leases
+
+    settings.RELAY_LEASE_MIN_ROOM = 256
+    leases = Leases()
+    wide = Room(requests=10**6, tokens=10**9, micros=10**12)
+    for _ in range(4):
+        leases.size(1, 10, None, 0, wide)  # a busy key (whose second admission asked)
+    leases.answered(1)
+    money = Reservation((FUNDS,), WORST)
+    few_requests = leases.size(1, 10, None, 0, Room(255, 10**9, 10**12))
+    few_tokens = leases.size(1, 10, None, 0, Room(10**6, 2_550, 10**12))
+    little_money = leases.size(1, 10, money, 0, Room(10**6, 10**9, 255 * WORST))
+    enough = leases.size(1, 10, money, 0, Room(256, 2_560, 256 * WORST))
+    leases.answered(1)
+    assert few_requests == few_tokens == little_money == []
+    # Busy with the seven admissions before it, and room to spare: seven ids besides its own.
+    assert len(enough) == 7
 
 
 def test_one_admission_at_a_time_asks_for_a_keys_lease(settings: Any) -> None:
