@@ -209,41 +209,31 @@ class Leases:
         slow reply from Redis shortens the lease rather than letting a request be
         counted in a second before its own). Each id holds its money for
         ``hold_seconds``, as the lease's renewal will."""
-        lease = self._lease(
-            key_id, store, scopes, tokens, reservation, admission, ids, generation, hold_seconds
+        lease = self._start(
+            key_id,
+            Lease(
+                store,
+                scopes,
+                tokens,
+                reservation,
+                admission,
+                list(ids),
+                0.0,
+                generation,
+                hold_seconds,
+            ),
         )
         self._end(key_id, self._leases.get(key_id))
         if lease is not None:
             self._leases[key_id] = lease
 
-    def _lease(
-        self,
-        key_id: int,
-        store: RedisLimitStore,
-        scopes: list[Scope],
-        tokens: int,
-        reservation: Reservation | None,
-        admission: Admission,
-        ids: list[str],
-        generation: int,
-        hold_seconds: float,
-    ) -> Lease | None:
-        """A lease of ``ids`` counted by ``admission``, ended by a timer; None if its time
-        was over before it came (its ids are given back)."""
-        left = min(LEASE_SECONDS, admission.bucket + 1 - time.time() - 0.01)
-        lease = Lease(
-            store,
-            scopes,
-            tokens,
-            reservation,
-            admission,
-            list(ids),
-            time.monotonic() + left,
-            generation,
-            hold_seconds,
-            renew_at=len(ids) // 2,
-        )
-        metrics.observe_lease("leased", len(ids))
+    def _start(self, key_id: int, lease: Lease) -> Lease | None:
+        """``lease``, its time set and a timer to end it; None if its time was over
+        before it came (its ids are given back)."""
+        left = min(LEASE_SECONDS, lease.admission.bucket + 1 - time.time() - 0.01)
+        lease.until = time.monotonic() + left
+        lease.renew_at = len(lease.ids) // 2
+        metrics.observe_lease("leased", len(lease.ids))
         if left <= 0:
             self._end(key_id, lease)
             return None
@@ -343,16 +333,19 @@ class Leases:
             self._asking.discard(key_id)
         if not admission.allowed:  # others used the room meanwhile: no lease now
             return
-        renewed = self._lease(
+        renewed = self._start(
             key_id,
-            lease.store,
-            lease.scopes,
-            lease.tokens,
-            lease.reservation,
-            admission,
-            ids,
-            lease.generation,
-            lease.hold_seconds,
+            Lease(
+                lease.store,
+                lease.scopes,
+                lease.tokens,
+                lease.reservation,
+                admission,
+                ids,
+                0.0,
+                lease.generation,
+                lease.hold_seconds,
+            ),
         )
         if renewed is None:
             return
