@@ -26,7 +26,7 @@ def _key(secret: str) -> bytes:
 
 
 def _mac(text: str) -> bytes:
-    return hmac.new(_key(settings.SECRET_KEY), text.encode(), hashlib.sha256).digest()[:MAC_BYTES]
+    return hmac.digest(_key(settings.SECRET_KEY), text.encode(), "sha256")[:MAC_BYTES]
 
 
 def _b64(data: bytes) -> str:

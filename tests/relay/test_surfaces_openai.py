@@ -124,6 +124,21 @@ def test_previous_response_id_and_stored_responses_on_pass_through(
     assert len(usage_events(2)) == 2  # retrieval and deletion are not billed
 
 
+def test_a_streamed_response_keeps_one_id_that_opens_it(
+    client: openai.OpenAI, gateway: Gateway
+) -> None:
+    """The id a pass-through stream's first events give is the one its last gives (the
+    seal is made once per stream and reused), and it reaches the stored response."""
+    gateway.channel.native_surfaces = ["responses"]
+    gateway.channel.save()
+    events = list(client.responses.create(model=PUBLIC_MODEL, input="Say hello", stream=True))
+    ids = [e.response.id for e in events if getattr(e, "response", None) is not None]
+    assert len(ids) >= 2 and len(set(ids)) == 1
+    assert ids[0].startswith("resp_") and "." in ids[0]  # sealed, not the upstream's own
+    got = client.responses.retrieve(ids[0])
+    assert got.id == ids[0] and got.output_text == events[-1].response.output_text
+
+
 def test_another_tenant_cannot_reach_a_response(
     client: openai.OpenAI, gateway: Gateway, platform_org: Organization
 ) -> None:
