@@ -252,7 +252,7 @@ class Forwarding:
             raise AttemptFailed(
                 errors.upstream_failed(502, "The upstream sent an invalid response."), attempt
             ) from exc
-        out = leg.answer(parsed)
+        out = leg.answer_body(body, parsed)
         if out is None:
             attempt["error"] = "error_body"
             raise AttemptFailed(

@@ -156,6 +156,11 @@ class Leg:
         None when the upstream answered with something other than an answer."""
         raise NotImplementedError
 
+    def answer_body(self, body: bytes, parsed: Any) -> bytes | None:
+        """``answer``, given the upstream's own bytes (``parsed`` is them parsed) as well:
+        a leg with nothing to change in them may send them on as they came."""
+        return self.answer(parsed)
+
     def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
         """What to send the client for one upstream stream event, and whether it ends
         the answer (the request is settled before it goes out). Raises ValueError on a

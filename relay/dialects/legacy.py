@@ -69,15 +69,30 @@ class EmbeddingLeg(Leg):
         return dump(self.payload)
 
     def answer(self, parsed: Any) -> bytes | None:
-        if not isinstance(parsed, dict) or "error" in parsed or "data" not in parsed:
+        if not self._metered(parsed):
             return None
         parsed["model"] = self.public
+        return orjson.dumps(parsed)
+
+    def answer_body(self, body: bytes, parsed: Any) -> bytes | None:
+        """The upstream's bytes as they came when they already name the public model:
+        the vectors are not written out again. An answer of 1,536 floats costs orjson
+        ~60 us to parse and ~45 us more to dump; a batch of inputs, that many times over,
+        on the event loop."""
+        if isinstance(parsed, dict) and parsed.get("model") == self.public:
+            return body if self._metered(parsed) else None
+        return self.answer(parsed)
+
+    def _metered(self, parsed: Any) -> bool:
+        """Whether ``parsed`` is an answer (not an error), its usage recorded if so."""
+        if not isinstance(parsed, dict) or "error" in parsed or "data" not in parsed:
+            return False
         usage = parsed.get("usage")
         if isinstance(usage, dict):
             prompt = usage.get("prompt_tokens")
             if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
                 self.record.usage = Usage(prompt_tokens=prompt)
-        return orjson.dumps(parsed)
+        return True
 
     def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
         raise ValueError("embeddings are not streamed")

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import base64
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from portal.models import CatalogModel, ChannelModel, Organization
 from tests.openai_schema import responses_validator, validate, validate_responses_stream
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
+from tests.servers import running_server
 
 TOOLS: list[Any] = [
     {
@@ -210,6 +213,70 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, embedding_model: str
     events = usage_events(3)
     assert {e.surface for e in events} == {"embeddings"}
     assert events[0].prompt_tokens == 3 and events[0].completion_tokens == 0
+
+
+# An embeddings answer as a provider may format it: spaced out, with numbers written in
+# ways a JSON library would not write them back (orjson: 0.5, 0.001, 120.0).
+_SPACED_VECTORS = b"[0.50, 1e-3, -1.20E+2, 0.1000000000000000055511151231257827]"
+
+
+async def _spaced_embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    model = orjson.loads(body)["model"]
+    answer = (
+        b'{ "object": "list",\n  "data": [ { "object": "embedding", "index": 0, '
+        b'"embedding": ' + _SPACED_VECTORS + b" } ],\n"
+        b'  "model": ' + orjson.dumps(model) + b',\n  "usage": { "prompt_tokens": 7, '
+        b'"total_tokens": 7 } }'
+    )
+    head = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def test_an_embeddings_answer_naming_the_public_model_goes_out_as_it_came(
+    gateway: Gateway,
+) -> None:
+    """No vector is parsed and written out again when nothing in the answer changes; when
+    the channel names the model otherwise, only the name changes. Both are metered."""
+    same = CatalogModel.objects.create(public_id="same-embed", surfaces=["embeddings"])
+    renamed = CatalogModel.objects.create(public_id="public-embed", surfaces=["embeddings"])
+    for model, upstream_name in ((same, "same-embed"), (renamed, "upstream-embed")):
+        ChannelModel.objects.create(
+            channel=gateway.channel, model=model, upstream_name=upstream_name
+        )
+        gateway.price(model)
+    with running_server(_spaced_embeddings) as url:
+        gateway.channel.base_url = f"{url}/v1"
+        gateway.channel.save()
+        deadline = time.monotonic() + 10
+        while True:  # the relay reloads its routes within a moment of the change
+            answer = gateway.client.post(
+                "/v1/embeddings", json={"model": "same-embed", "input": "seven"}
+            )
+            if _SPACED_VECTORS in answer.content or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert answer.status_code == 200, answer.text
+        assert answer.content.startswith(b'{ "object": "list",\n')
+        assert b'"model": "same-embed"' in answer.content
+        other = gateway.client.post(
+            "/v1/embeddings", json={"model": "public-embed", "input": "seven"}
+        )
+    assert other.status_code == 200, other.text
+    parsed = other.json()
+    assert parsed["model"] == "public-embed" and b"upstream-embed" not in other.content
+    assert parsed["data"][0]["embedding"] == orjson.loads(_SPACED_VECTORS)
+    events = usage_events(2)
+    assert [e.model for e in events][-2:] == ["same-embed", "public-embed"]
+    assert all(e.prompt_tokens == 7 and e.status_code == 200 for e in events[-2:])
 
 
 def test_embedding_model_is_not_offered_to_chat(
