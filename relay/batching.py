@@ -52,11 +52,21 @@ class _Link(asyncio.Protocol):
             protocolError=InvalidResponse, replyError=BaseParser.parse_error
         )
         self.error: RedisError | None = None
+        # Calls written but not all taken by the kernel yet (Redis reads slower than this
+        # process writes): their ``written`` waits until they are (``resume_writing``).
+        self.unflushed: list[tuple[asyncio.Future[Any], bytes, asyncio.Future[None] | None]] = []
         assert self.transport is not None
         # redis-py's protocol still hears that the connection closed (its writer waits
         # for that), but no longer reads.
         self.stream: asyncio.BaseProtocol = self.transport.get_protocol()
         self.transport.set_protocol(self)
+        # Told (``pause_writing``, then ``resume_writing``) whenever a write leaves bytes
+        # in this process, and once they have all gone to the kernel.
+        self.transport.set_write_buffer_limits(high=0)
+
+    def resume_writing(self) -> None:
+        flushed, self.unflushed = self.unflushed, []
+        _tell_written(flushed)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -84,8 +94,9 @@ class _Link(asyncio.Protocol):
         if self.error is None:
             self.error = error
         waiting = [f for f, _, _ in self.outgoing] + list(self.sent)
-        _tell_written(self.outgoing)
+        _tell_written(self.outgoing + self.unflushed)
         self.outgoing = []
+        self.unflushed = []
         self.sent.clear()
         for future in waiting:
             if not future.done():
@@ -120,8 +131,9 @@ class ScriptPipe:
         written: asyncio.Future[None] | None = None,
     ) -> Any:
         """``script(keys=keys, args=args)``, pipelined with the others of this loop turn.
-        ``written``, if given, is resolved once the call is written to Redis's connection
-        (or failed to be), before the reply comes."""
+        ``written``, if given, is resolved once the call is written to Redis's connection,
+        all of it handed to the kernel (so that it reaches Redis even if this process dies
+        next), or once it failed to be; before the reply comes."""
         try:
             reply = await self._call(("EVALSHA", script.sha, len(keys), *keys, *args), written)
         except _Unanswered:
@@ -201,6 +213,12 @@ class ScriptPipe:
                 chunks.append(packed)
         if chunks:
             link.transport.write(b"".join(chunks))
+            if link.transport.get_write_buffer_size():
+                # Part of it is still in this process, which could die before it went
+                # out: ``written`` (what a settlement waits for before the answer's last
+                # bytes) is told once the kernel has it all (``_Link.resume_writing``).
+                link.unflushed += outgoing
+                return
         _tell_written(outgoing)
 
     def _timed_out(self, link: _Link, future: asyncio.Future[Any]) -> None:

@@ -27,6 +27,9 @@ class FaultProxy:
         # Cleared: what the service sends back is held (not lost) until it is set again.
         self._replies = threading.Event()
         self._replies.set()
+        # Cleared: what clients send is left unread (in their sockets) until it is set.
+        self._requests = threading.Event()
+        self._requests.set()
         self.up()
 
     def up(self) -> None:
@@ -64,6 +67,14 @@ class FaultProxy:
     def release_replies(self) -> None:
         self._replies.set()
 
+    def hold_requests(self) -> None:
+        """Stop reading what clients send, as a service too busy to read does: once the
+        sockets' buffers between are full, a client's writes stay in the client."""
+        self._requests.clear()
+
+    def release_requests(self) -> None:
+        self._requests.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -89,7 +100,12 @@ class FaultProxy:
 
     def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
-            while data := source.recv(65536):
+            while True:
+                if not replies:
+                    self._requests.wait()
+                data = source.recv(65536)
+                if not data:
+                    break
                 if replies:
                     self._replies.wait()
                 sink.sendall(data)

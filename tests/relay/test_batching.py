@@ -372,6 +372,49 @@ def test_written_is_told_before_the_reply_comes() -> None:
         proxy.close()
 
 
+def test_written_waits_until_the_kernel_has_the_whole_call() -> None:
+    """A Redis too busy to read: the call's bytes fill the sockets between, and the rest
+    stays in this process, which could die before it went out. ``written`` (what a
+    settlement waits for before the answer's last bytes) is told only once it all went."""
+    parts = urlparse(settings.REDIS_URL)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    key = f"test-pipe-{uuid.uuid4().hex}"
+    # More than the kernel's socket buffers on both sides can hold (4 MB + 6 MB at most).
+    bulk = b"x" * (32 << 20)
+
+    async def run() -> tuple[bool, int, int]:
+        client = _client(f"redis://127.0.0.1:{proxy.port}{parts.path or '/0'}")
+        pipe = ScriptPipe(client)
+        script = client.register_script("redis.call('INCRBY', KEYS[1], ARGV[1]) return #ARGV[2]")
+        await pipe.run(script, [key], [0, b""])  # connects, and loads the script
+        link = pipe._link
+        assert link is not None and link.transport is not None
+        proxy.hold_requests()
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        call = asyncio.ensure_future(pipe.run(script, [key], [5, bulk], written))
+        for _ in range(1000):  # until the write is made, part of it left here
+            if link.transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.01)
+        told_while_held = written.done()
+        proxy.release_requests()
+        await asyncio.wait_for(asyncio.shield(written), 30)
+        reply = await asyncio.wait_for(call, 30)
+        direct = _client()
+        counted = int(await direct.get(key))
+        await direct.delete(key)
+        await direct.aclose()
+        await pipe.close()
+        await client.aclose()
+        return told_while_held, counted, reply
+
+    try:
+        assert asyncio.run(run()) == (False, 5, len(bulk))
+    finally:
+        proxy.release_requests()
+        proxy.close()
+
+
 def test_an_admission_run_twice_holds_its_money_once() -> None:
     """Redis ran the admission, then its connection broke before the reply: the pipe sends
     it again on a new one. The money must be held once, or the second hold would never be
