@@ -94,6 +94,16 @@ def serve_in_thread(
     return f"http://{netloc}:{port}", stop
 
 
+async def asgi_body(receive: Any) -> bytes:
+    """The whole body of the request an ASGI app (a test's upstream) is serving."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 @contextlib.contextmanager
 def running_server(app: Any, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
     """``serve_in_thread`` as a context manager that yields the base URL."""

@@ -16,7 +16,7 @@ from billing.periods import Period
 from billing.services import budget_alert_deliver, budget_check, rollups_advance
 from billing.tasks import budget_check_task, budget_checks_task
 from tests.billing.conftest import EventFactory, Market
-from tests.servers import serve_in_thread
+from tests.servers import asgi_body, serve_in_thread
 
 pytestmark = pytest.mark.django_db
 
@@ -32,12 +32,7 @@ class WebhookReceiver:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await asgi_body(receive)
         headers = dict(scope["headers"])
         self.received.append(
             {

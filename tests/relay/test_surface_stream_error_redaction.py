@@ -21,7 +21,7 @@ from billing.models import UsageEvent
 from portal.models import Channel
 from relay.metering import usage_writer
 from tests.relay.conftest import PUBLIC_MODEL, Gateway
-from tests.servers import running_server
+from tests.servers import asgi_body, running_server
 
 LEAKED_KEY = "sk-echoed-surface-1a2b3c4d"
 
@@ -68,12 +68,7 @@ async def echoing_upstream(scope: dict[str, Any], receive: Any, send: Any) -> No
     headers = dict(scope["headers"])
     key = (headers.get(b"x-api-key") or headers.get(b"authorization", b"")).decode()
     key = key.removeprefix("Bearer ")
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await asgi_body(receive)
     head = [(b"content-type", b"text/event-stream")]
     await send({"type": "http.response.start", "status": 200, "headers": head})
     await send({"type": "http.response.body", "body": _events(scope["path"], key, body)})

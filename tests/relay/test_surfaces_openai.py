@@ -19,7 +19,7 @@ import pytest
 from portal.models import CatalogModel, ChannelModel, Organization
 from tests.openai_schema import responses_validator, validate, validate_responses_stream
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
-from tests.servers import running_server
+from tests.servers import asgi_body, running_server
 
 TOOLS: list[Any] = [
     {
@@ -223,12 +223,7 @@ _SPACED_VECTORS = b"[0.50, 1e-3, -1.20E+2, 0.1000000000000000055511151231257827]
 async def _spaced_embeddings(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await asgi_body(receive)
     model = orjson.loads(body)["model"]
     answer = (
         b'{ "object": "list",\n  "data": [ { "object": "embedding", "index": 0, '

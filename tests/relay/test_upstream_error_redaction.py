@@ -17,7 +17,7 @@ from billing.models import UsageEvent
 from portal.models import Channel
 from relay.metering import usage_writer
 from tests.relay.conftest import Gateway, chat_body, usage_events
-from tests.servers import running_server
+from tests.servers import asgi_body, running_server
 
 # What a careless provider does: its error repeats the credentials it was sent.
 LEAKED_KEY = "sk-echoed-9f8e7d6c5b4a"
@@ -29,12 +29,7 @@ async def echoing_upstream(scope: dict[str, Any], receive: Any, send: Any) -> No
     headers = dict(scope["headers"])
     auth = headers.get(b"authorization", b"").decode()
     key = auth.removeprefix("Bearer ")
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await asgi_body(receive)
     error = {
         "message": f"Invalid key {key} (sent as {auth!r})",
         "type": f"invalid_key:{key}",
