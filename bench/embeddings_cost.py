@@ -18,7 +18,6 @@ import os
 import random
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +30,8 @@ django.setup()
 
 import orjson  # noqa: E402
 
+from bench.translation_cost import _record  # noqa: E402
 from relay.dialects.legacy import EmbeddingsDialect  # noqa: E402
-from relay.metering import UsageRecord  # noqa: E402
 
 DIMENSIONS = 1536
 PUBLIC = "text-embedding-3-small"
@@ -52,19 +51,6 @@ def _answer(inputs: int, model: str) -> bytes:
     return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
 
 
-def _record() -> UsageRecord:
-    return UsageRecord(
-        request_id="req_" + "0" * 24,
-        created_at=datetime.now(UTC),
-        tenant_id=1,
-        api_key_id=1,
-        model=PUBLIC,
-        stream=False,
-        status_code=200,
-        total_latency_ms=0,
-    )
-
-
 def _time(body: bytes, rounds: int) -> float:
     dialect = EmbeddingsDialect()
     payload = {"model": PUBLIC, "input": "x"}
@@ -73,7 +59,7 @@ def _time(body: bytes, rounds: int) -> float:
     for _ in range(rounds):
         started = time.process_time()
         for _ in range(repeat):
-            leg = dialect.begin(dict(payload), None).leg(None, _record(), PUBLIC)  # type: ignore[arg-type]
+            leg = dialect.begin(dict(payload), None).leg(None, _record(False), PUBLIC)  # type: ignore[arg-type]
             out = leg.answer_body(body, orjson.loads(body))
             assert out is not None and leg.record.usage is not None
         best = min(best, (time.process_time() - started) / repeat)

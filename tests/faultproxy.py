@@ -59,6 +59,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self.down()
+        self._requests.set()  # a pipe thread left waiting to read finds its socket closed
 
     def hold_replies(self) -> None:
         """Hold the service's replies: requests reach it, its answers wait in the proxy."""
