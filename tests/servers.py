@@ -61,6 +61,10 @@ def serve_in_thread(
         "log_config": None,
         # A request the test left hanging must not keep the server alive for ever.
         "timeout_graceful_shutdown": 2,
+        # Idle connections are closed by the clients first (httpx after 5 s, the relay's
+        # upstream pool after 30 s), never by the server as a client reuses one: at
+        # uvicorn's 5 s both sides closed at once and a request met a reset connection.
+        "timeout_keep_alive": 60,
         **config,
     }
     server = _Server(uvicorn.Config(app, host=host, port=port, **options))
