@@ -78,8 +78,14 @@ class EmbeddingLeg(Leg):
         """The upstream's bytes as they came when they already name the public model:
         the vectors are not written out again. An answer of 1,536 floats costs orjson
         ~60 us to parse and ~45 us more to dump; a batch of inputs, that many times over,
-        on the event loop."""
-        if isinstance(parsed, dict) and parsed.get("model") == self.public:
+        on the event loop. Only when they name a model once, plainly: of a member given
+        twice a parser keeps the last, and the first could name the upstream's model."""
+        if (
+            isinstance(parsed, dict)
+            and parsed.get("model") == self.public
+            and body.count(b'"model"') == 1
+            and b"\\" not in body
+        ):
             return body if self._metered(parsed) else None
         return self.answer(parsed)
 

@@ -225,8 +225,10 @@ async def _spaced_embeddings(scope: dict[str, Any], receive: Any, send: Any) -> 
         return
     body = await asgi_body(receive)
     model = orjson.loads(body)["model"]
+    # A channel that names the model twice: a JSON parser keeps the last.
+    first = b'"model": "upstream-version-7", ' if model == "twice-embed" else b""
     answer = (
-        b'{ "object": "list",\n  "data": [ { "object": "embedding", "index": 0, '
+        b'{ "object": "list",\n  ' + first + b'"data": [ { "object": "embedding", "index": 0, '
         b'"embedding": ' + _SPACED_VECTORS + b" } ],\n"
         b'  "model": ' + orjson.dumps(model) + b',\n  "usage": { "prompt_tokens": 7, '
         b'"total_tokens": 7 } }'
@@ -240,10 +242,16 @@ def test_an_embeddings_answer_naming_the_public_model_goes_out_as_it_came(
     gateway: Gateway,
 ) -> None:
     """No vector is parsed and written out again when nothing in the answer changes; when
-    the channel names the model otherwise, only the name changes. Both are metered."""
+    the channel names the model otherwise, or twice, only the name changes. All are
+    metered."""
     same = CatalogModel.objects.create(public_id="same-embed", surfaces=["embeddings"])
     renamed = CatalogModel.objects.create(public_id="public-embed", surfaces=["embeddings"])
-    for model, upstream_name in ((same, "same-embed"), (renamed, "upstream-embed")):
+    twice = CatalogModel.objects.create(public_id="twice-embed", surfaces=["embeddings"])
+    for model, upstream_name in (
+        (same, "same-embed"),
+        (renamed, "upstream-embed"),
+        (twice, "twice-embed"),
+    ):
         ChannelModel.objects.create(
             channel=gateway.channel, model=model, upstream_name=upstream_name
         )
@@ -267,14 +275,20 @@ def test_an_embeddings_answer_naming_the_public_model_goes_out_as_it_came(
         other = gateway.client.post(
             "/v1/embeddings", json={"model": "public-embed", "input": "seven"}
         )
+        doubled = gateway.client.post(
+            "/v1/embeddings", json={"model": "twice-embed", "input": "seven"}
+        )
     assert other.status_code == 200, other.text
     parsed = other.json()
     assert parsed["model"] == "public-embed" and b"upstream-embed" not in other.content
     assert parsed["data"][0]["embedding"] == orjson.loads(_SPACED_VECTORS)
-    events = usage_events(sent + 1)  # those sent before the reload were metered too
-    assert len(events) == sent + 1
-    assert [e.model for e in events][-2:] == ["same-embed", "public-embed"]
-    assert all(e.prompt_tokens == 7 and e.status_code == 200 for e in events[-2:])
+    assert doubled.status_code == 200, doubled.text
+    assert doubled.content.count(b'"model"') == 1 and b"upstream-version" not in doubled.content
+    assert doubled.json()["model"] == "twice-embed"
+    events = usage_events(sent + 2)  # those sent before the reload were metered too
+    assert len(events) == sent + 2
+    assert [e.model for e in events][-3:] == ["same-embed", "public-embed", "twice-embed"]
+    assert all(e.prompt_tokens == 7 and e.status_code == 200 for e in events[-3:])
 
 
 def test_embedding_model_is_not_offered_to_chat(
