@@ -63,6 +63,7 @@ class Exchange:
         "created_at",
         "disconnected",
         "extra_headers",
+        "held_head",
         "receive",
         "request_id",
         "response_finished",
@@ -90,6 +91,8 @@ class Exchange:
         self.extra_headers: list[tuple[bytes, bytes]] = []
         # Anthropic's Messages API: errors in its envelope, and the key may be x-api-key.
         self.anthropic = False
+        # A stream's head, held to go with its first bytes (``start_stream``).
+        self.held_head: dict[str, Any] | None = None
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -222,23 +225,36 @@ class Exchange:
         body = error.anthropic_body() if self.anthropic else error.body()
         await self.respond_json(error.status, body, error.headers)
 
-    async def start_stream(self) -> None:
+    async def start_stream(self, *, hold: bool = False) -> None:
+        """Start the streamed response. With ``hold`` its head waits for the first body
+        bytes and goes out with them in one write (``relay.server``): for an upstream
+        whose whole answer is already here, so that nothing waits on the network."""
         self.response_started = True
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    *STREAM_HEADERS,
-                    (b"x-request-id", self.request_id.encode()),
-                    *self.extra_headers,
-                ],
-            }
-        )
+        head = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                *STREAM_HEADERS,
+                (b"x-request-id", self.request_id.encode()),
+                *self.extra_headers,
+            ],
+        }
+        if hold:
+            self.held_head = head
+        else:
+            await self.send(head)
 
     async def send_body(self, data: bytes) -> None:
+        if self.held_head is not None:
+            head, self.held_head = self.held_head, None
+            await self.send(head)
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def end_body(self) -> None:
+    async def end_body(self, data: bytes = b"") -> None:
+        """The response's last bytes (``data``, if any) and its end, in one message: one
+        write rather than two."""
+        if self.held_head is not None:
+            head, self.held_head = self.held_head, None
+            await self.send(head)
         self.response_finished = True
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self.send({"type": "http.response.body", "body": data, "more_body": False})

@@ -269,15 +269,23 @@ class Forwarding:
         exchange = self.exchange
         self.record.status_code = 200
         self.record.completion_text = []
-        await exchange.start_stream()
+        content = response.content
+        # An answer already here whole (a short one, as a rule) costs the client's
+        # connection one write: its head, its events and its end together.
+        await exchange.start_stream(hold=content.is_eof())
         # From here the stream has reached its client: a lost process must not lose it.
         track = getattr(self.settle, "track_stream", None)
         progress = track() if track is not None else None
         chunks = upstream.iter_chunks(response)
+        last = b""  # the answer's end, read with the end of the upstream's body
         try:
             async for events in sse.iter_event_batches(chunks, MAX_EVENT_BYTES):
+                if last:  # more followed it after all: on it goes, as it came
+                    await exchange.send_body(last)
+                    last = b""
                 # What one upstream read completed goes out in one write.
                 out = []
+                ended = False
                 for event in events:
                     data = sse.event_data(event)
                     if data is None:
@@ -291,28 +299,35 @@ class Forwarding:
                         raise
                     if final and self.settle is not None:
                         await self.settle()  # on its way to Redis before the client sees the end
+                    ended = ended or final
                     if chunk:
                         out.append(chunk)
                 if out:
-                    await exchange.send_body(out[0] if len(out) == 1 else b"".join(out))
+                    joined = out[0] if len(out) == 1 else b"".join(out)
+                    if ended and content.at_eof():
+                        last = joined  # goes with the response's end, in one write
+                    else:
+                        await exchange.send_body(joined)
                     if progress is not None:
                         progress.delivered()
         except (upstream.UpstreamError, ValueError) as exc:
             logger.info("upstream stream broke: %s", type(exc).__name__)
             self._report_failure(route, None)
             await self._end_stream_with_error(
-                "upstream_stream_broken", "The upstream connection broke during the response."
+                "upstream_stream_broken",
+                "The upstream connection broke during the response.",
+                last,
             )
             return
-        await exchange.end_body()
+        await exchange.end_body(last)
 
-    async def _end_stream_with_error(self, code: str, message: str) -> None:
+    async def _end_stream_with_error(self, code: str, message: str, before: bytes = b"") -> None:
+        """End the stream with an error event, after ``before`` (what was held back)."""
         self.record.completed = False
         self.record.error_code = code
         error = errors.upstream_failed(502, message, code=code)
         with contextlib.suppress(Exception):
-            await self.exchange.send_body(self.dialect.stream_error(error))
-            await self.exchange.end_body()
+            await self.exchange.end_body(before + self.dialect.stream_error(error))
 
 
 def channel_suspend(*, channel_id: int, reason: str) -> None:

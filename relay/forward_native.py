@@ -167,7 +167,8 @@ async def _relay_stream(
     encoder = codec.encoder()
     public = forwarding.model.public_id
     images = ImageGate(codec.request)
-    await exchange.start_stream()
+    # An answer already here whole goes out in one write, its head with it (relay.forward).
+    await exchange.start_stream(hold=response.content.is_eof())
 
     async def send(events: list[c.Event]) -> None:
         out = bytearray()
@@ -192,8 +193,7 @@ async def _relay_stream(
         record.completed = False
         forwarding._report_failure(route, None)
         error = _error(exc.failure)
-        await exchange.send_body(codec.stream_error(error))
-        await exchange.end_body()
+        await exchange.end_body(codec.stream_error(error))
         return
     except (upstream.UpstreamError, ValueError) as exc:
         logger.info("upstream stream broke: %s", type(exc).__name__)
@@ -204,5 +204,4 @@ async def _relay_stream(
         return
     if forwarding.settle is not None:
         await forwarding.settle()  # on its way to Redis before the client sees the end
-    await exchange.send_body(b"".join(encoder.close()))
-    await exchange.end_body()
+    await exchange.end_body(b"".join(encoder.close()))
