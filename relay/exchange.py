@@ -246,15 +246,18 @@ class Exchange:
 
     async def send_body(self, data: bytes) -> None:
         if self.held_head is not None:
-            head, self.held_head = self.held_head, None
-            await self.send(head)
+            await self._send_held_head()
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def _send_held_head(self) -> None:
+        head, self.held_head = self.held_head, None
+        assert head is not None
+        await self.send(head)
 
     async def end_body(self, data: bytes = b"") -> None:
         """The response's last bytes (``data``, if any) and its end, in one message: one
         write rather than two."""
         if self.held_head is not None:
-            head, self.held_head = self.held_head, None
-            await self.send(head)
+            await self._send_held_head()
         self.response_finished = True
         await self.send({"type": "http.response.body", "body": data, "more_body": False})

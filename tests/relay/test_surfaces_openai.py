@@ -225,8 +225,12 @@ async def _spaced_embeddings(scope: dict[str, Any], receive: Any, send: Any) -> 
         return
     body = await asgi_body(receive)
     model = orjson.loads(body)["model"]
-    # A channel that names the model twice: a JSON parser keeps the last.
-    first = b'"model": "upstream-version-7", ' if model == "twice-embed" else b""
+    # A channel that names the model twice, plainly or behind an escape: a JSON parser
+    # keeps the last.
+    first = {
+        "twice-embed": b'"model": "upstream-version-7", ',
+        "escaped-embed": b'"mod\\u0065l": "upstream-version-8", ',
+    }.get(model, b"")
     answer = (
         b'{ "object": "list",\n  ' + first + b'"data": [ { "object": "embedding", "index": 0, '
         b'"embedding": ' + _SPACED_VECTORS + b" } ],\n"
@@ -247,10 +251,12 @@ def test_an_embeddings_answer_naming_the_public_model_goes_out_as_it_came(
     same = CatalogModel.objects.create(public_id="same-embed", surfaces=["embeddings"])
     renamed = CatalogModel.objects.create(public_id="public-embed", surfaces=["embeddings"])
     twice = CatalogModel.objects.create(public_id="twice-embed", surfaces=["embeddings"])
+    escaped = CatalogModel.objects.create(public_id="escaped-embed", surfaces=["embeddings"])
     for model, upstream_name in (
         (same, "same-embed"),
         (renamed, "upstream-embed"),
         (twice, "twice-embed"),
+        (escaped, "escaped-embed"),
     ):
         ChannelModel.objects.create(
             channel=gateway.channel, model=model, upstream_name=upstream_name
@@ -275,20 +281,28 @@ def test_an_embeddings_answer_naming_the_public_model_goes_out_as_it_came(
         other = gateway.client.post(
             "/v1/embeddings", json={"model": "public-embed", "input": "seven"}
         )
-        doubled = gateway.client.post(
-            "/v1/embeddings", json={"model": "twice-embed", "input": "seven"}
-        )
+        doubled = [
+            gateway.client.post("/v1/embeddings", json={"model": name, "input": "seven"})
+            for name in ("twice-embed", "escaped-embed")
+        ]
     assert other.status_code == 200, other.text
     parsed = other.json()
     assert parsed["model"] == "public-embed" and b"upstream-embed" not in other.content
     assert parsed["data"][0]["embedding"] == orjson.loads(_SPACED_VECTORS)
-    assert doubled.status_code == 200, doubled.text
-    assert doubled.content.count(b'"model"') == 1 and b"upstream-version" not in doubled.content
-    assert doubled.json()["model"] == "twice-embed"
-    events = usage_events(sent + 2)  # those sent before the reload were metered too
-    assert len(events) == sent + 2
-    assert [e.model for e in events][-3:] == ["same-embed", "public-embed", "twice-embed"]
-    assert all(e.prompt_tokens == 7 and e.status_code == 200 for e in events[-3:])
+    for answer, name in zip(doubled, ("twice-embed", "escaped-embed"), strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.content.count(b'"model"') == 1, answer.content[:200]
+        assert b"upstream-version" not in answer.content and b"\\u" not in answer.content
+        assert answer.json()["model"] == name
+    events = usage_events(sent + 3)  # those sent before the reload were metered too
+    assert len(events) == sent + 3
+    assert [e.model for e in events][-4:] == [
+        "same-embed",
+        "public-embed",
+        "twice-embed",
+        "escaped-embed",
+    ]
+    assert all(e.prompt_tokens == 7 and e.status_code == 200 for e in events[-4:])
 
 
 def test_embedding_model_is_not_offered_to_chat(
