@@ -169,6 +169,10 @@ async def _relay_stream(
     images = ImageGate(codec.request)
     # An answer already here whole goes out in one write, its head with it (relay.forward).
     await exchange.start_stream(hold=response.content.is_eof())
+    # From here the stream has reached its client: a lost process must not lose it
+    # (``relay.orphans``), whichever provider serves it.
+    track = getattr(forwarding.settle, "track_stream", None)
+    progress = track() if track is not None else None
 
     async def send(events: list[c.Event]) -> None:
         out = bytearray()
@@ -183,6 +187,8 @@ async def _relay_stream(
         record.output_images = images.delivered
         if out:
             await exchange.send_body(bytes(out))
+            if progress is not None:
+                progress.delivered()
 
     try:
         async for data in upstream.iter_chunks(response):

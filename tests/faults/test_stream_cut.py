@@ -10,6 +10,10 @@ request that reached the upstream, the cut ones marked so and charged for the de
 text (counted with the same tokenizer), the concurrency slots free and the money held
 moved into the written total, nothing twice. A stream stalled on the *surviving* process
 is left alone until it ends.
+
+The same holds for a stream served through a provider adapter (here a chat stream from an
+Anthropic channel, decoded from Anthropic's events and written as chat chunks): its
+progress is marked as a pass-through stream's is.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from relay.limits import money_keys
 from tests.relay.conftest import (
     INPUT_PRICE,
     OUTPUT_PRICE,
+    UPSTREAM_SECRET,
     Gateway,
     Simulator,
     chat_body,
@@ -58,11 +63,19 @@ def until(check: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) ->
         time.sleep(0.05)
 
 
-@pytest.fixture
-def relays(gateway: Gateway, sim: Simulator) -> Iterator[Callable[[], RelayProcess]]:
+@pytest.fixture(params=["openai", "anthropic"])
+def relays(
+    request: pytest.FixtureRequest, gateway: Gateway, sim: Simulator
+) -> Iterator[Callable[[], RelayProcess]]:
     model = CatalogModel.objects.create(public_id=CUT_MODEL, owned_by="tollgate")
     gateway.price(model)
-    gateway.add_channel(sim.channel_url(f"hang_after={DELIVERED}"), name="stalls", model=CUT_MODEL)
+    if request.param == "openai":
+        url = sim.channel_url(f"hang_after={DELIVERED}")
+    else:  # the simulator's Messages API, behind the Anthropic adapter
+        url = f"{sim.base_url}/sim/key={UPSTREAM_SECRET},hang_after={DELIVERED}"
+    channel = gateway.add_channel(url, name="stalls", model=CUT_MODEL)
+    channel.provider_type = request.param
+    channel.save()
     started: list[RelayProcess] = []
 
     def start() -> RelayProcess:
