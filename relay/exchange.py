@@ -63,6 +63,7 @@ class Exchange:
         "created_at",
         "disconnected",
         "extra_headers",
+        "held_body",
         "held_head",
         "receive",
         "request_id",
@@ -93,6 +94,8 @@ class Exchange:
         self.anthropic = False
         # A stream's head, held to go with its first bytes (``start_stream``).
         self.held_head: dict[str, Any] | None = None
+        # Body bytes held to go with the next ones or the end (``hold_body``).
+        self.held_body = b""
 
     def elapsed_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
@@ -244,9 +247,17 @@ class Exchange:
         else:
             await self.send(head)
 
+    def hold_body(self, data: bytes) -> None:
+        """Keep ``data`` to go out with the next body bytes or with the end, in one
+        message: the last events of an answer whose end is already here. Whatever ends
+        the response (its end, an error event, a timeout's) sends them first."""
+        self.held_body += data
+
     async def send_body(self, data: bytes) -> None:
         if self.held_head is not None:
             await self._send_held_head()
+        if self.held_body:
+            data, self.held_body = self.held_body + data, b""
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def _send_held_head(self) -> None:
@@ -259,5 +270,7 @@ class Exchange:
         write rather than two."""
         if self.held_head is not None:
             await self._send_held_head()
+        if self.held_body:
+            data, self.held_body = self.held_body + data, b""
         self.response_finished = True
         await self.send({"type": "http.response.body", "body": data, "more_body": False})

@@ -277,12 +277,8 @@ class Forwarding:
         track = getattr(self.settle, "track_stream", None)
         progress = track() if track is not None else None
         chunks = upstream.iter_chunks(response)
-        last = b""  # the answer's end, read with the end of the upstream's body
         try:
             async for events in sse.iter_event_batches(chunks, MAX_EVENT_BYTES):
-                if last:  # more followed it after all: on it goes, as it came
-                    await exchange.send_body(last)
-                    last = b""
                 # What one upstream read completed goes out in one write.
                 out = []
                 ended = False
@@ -305,7 +301,9 @@ class Forwarding:
                 if out:
                     joined = out[0] if len(out) == 1 else b"".join(out)
                     if ended and content.at_eof():
-                        last = joined  # goes with the response's end, in one write
+                        # The answer's end, read with the end of the upstream's body:
+                        # it goes with the response's end, in one write.
+                        exchange.hold_body(joined)
                     else:
                         await exchange.send_body(joined)
                     if progress is not None:
@@ -316,18 +314,17 @@ class Forwarding:
             await self._end_stream_with_error(
                 "upstream_stream_broken",
                 "The upstream connection broke during the response.",
-                last,
             )
             return
-        await exchange.end_body(last)
+        await exchange.end_body()
 
-    async def _end_stream_with_error(self, code: str, message: str, before: bytes = b"") -> None:
-        """End the stream with an error event, after ``before`` (what was held back)."""
+    async def _end_stream_with_error(self, code: str, message: str) -> None:
+        """End the stream with an error event (after what was held back for its end)."""
         self.record.completed = False
         self.record.error_code = code
         error = errors.upstream_failed(502, message, code=code)
         with contextlib.suppress(Exception):
-            await self.exchange.end_body(before + self.dialect.stream_error(error))
+            await self.exchange.end_body(self.dialect.stream_error(error))
 
 
 def channel_suspend(*, channel_id: int, reason: str) -> None:

@@ -167,14 +167,15 @@ async def _relay_stream(
     encoder = codec.encoder()
     public = forwarding.model.public_id
     images = ImageGate(codec.request)
+    content = response.content
     # An answer already here whole goes out in one write, its head with it (relay.forward).
-    await exchange.start_stream(hold=response.content.is_eof())
+    await exchange.start_stream(hold=content.is_eof())
     # From here the stream has reached its client: a lost process must not lose it
     # (``relay.orphans``), whichever provider serves it.
     track = getattr(forwarding.settle, "track_stream", None)
     progress = track() if track is not None else None
 
-    async def send(events: list[c.Event]) -> None:
+    def frames(events: list[c.Event]) -> bytes:
         out = bytearray()
         for event in images.events(events):
             if isinstance(event, c.StreamStart):
@@ -185,15 +186,24 @@ async def _relay_stream(
             for frame in encoder.feed(event):
                 out += frame
         record.output_images = images.delivered
-        if out:
-            await exchange.send_body(bytes(out))
-            if progress is not None:
-                progress.delivered()
+        return bytes(out)
+
+    async def send(out: bytes) -> None:
+        await exchange.send_body(out)
+        if progress is not None:
+            progress.delivered()
 
     try:
         async for data in upstream.iter_chunks(response):
-            await send(decoder.feed(data))
-        await send(decoder.finish())
+            out = frames(decoder.feed(data))
+            if out:
+                if content.at_eof():
+                    # Read with the end of the upstream's body: it goes with the
+                    # response's end, in one write (or ahead of an error ending it).
+                    exchange.hold_body(out)
+                else:
+                    await send(out)
+        exchange.hold_body(frames(decoder.finish()))
     except StreamFailed as exc:
         record.error_code = "upstream_stream_error"
         record.completed = False

@@ -4,7 +4,8 @@ end in one system call (``relay.server``, tested in test_server_writes.py); a st
 arriving has its head sent at once, as before.
 
 The relay is served on loopback with its own HTTP protocol, behind a layer that records
-the ASGI messages it sends; the upstreams are loopback servers speaking OpenAI's stream.
+the ASGI messages it sends; the upstreams are loopback servers speaking OpenAI's stream,
+or Anthropic's for a stream decoded by a provider adapter (``relay.forward_native``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,52 @@ def _events(tail: bytes = b"") -> bytes:
     return body + b"data: [DONE]\n\n" + tail
 
 
+def _anthropic_events(cut: bool = False, tail: bytes = b"") -> bytes:
+    """The same answer in Anthropic's Messages stream (``cut``: without its last two
+    events), then ``tail``."""
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_w",
+                "type": "message",
+                "role": "assistant",
+                "model": UPSTREAM_MODEL,
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 9, "output_tokens": 1},
+            },
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+            for w in WORDS
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 4},
+        },
+        {"type": "message_stop"},
+    ]
+    if cut:
+        del events[-2:]
+    whole = b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events
+    )
+    return whole + tail
+
+
 class Upstream:
     """A chat upstream that streams its whole answer in one body message, at once or once
-    ``release`` is set."""
+    ``release`` is set (``anthropic``: the answer in Anthropic's stream)."""
 
-    def __init__(self, tail: bytes = b"", wait: bool = False) -> None:
+    def __init__(
+        self, tail: bytes = b"", wait: bool = False, anthropic: bool = False, cut: bool = False
+    ) -> None:
+        self.anthropic = anthropic
+        self.cut = cut
         self.tail = tail
         self.wait = wait
         self.release = threading.Event()
@@ -75,7 +117,8 @@ class Upstream:
         await send({"type": "http.response.start", "status": 200, "headers": head})
         if self.wait:
             await asyncio.to_thread(self.release.wait, 10)
-        await send({"type": "http.response.body", "body": _events(self.tail)})
+        body = _anthropic_events(self.cut, self.tail) if self.anthropic else _events(self.tail)
+        await send({"type": "http.response.body", "body": body})
 
 
 @pytest.fixture
@@ -102,10 +145,11 @@ def recorded(gateway: Gateway) -> Iterator[tuple[httpx.Client, list[dict[str, An
         client.close()
 
 
-def _use(gateway: Gateway, url: str, client: httpx.Client) -> int:
+def _use(gateway: Gateway, url: str, client: httpx.Client, provider: str = "openai") -> int:
     """Point the gateway's channel at ``url`` and wait until the relay streams from it;
     the number of requests that took."""
-    gateway.channel.base_url = f"{url}/v1"
+    gateway.channel.base_url = f"{url}/v1" if provider == "openai" else url
+    gateway.channel.provider_type = provider
     gateway.channel.save()
     deadline = time.monotonic() + 10
     sent = 0
@@ -153,6 +197,63 @@ def test_a_short_stream_sent_whole_goes_to_the_server_as_one_message(
     assert events[-1].stream and events[-1].completed
 
 
+def test_a_short_stream_through_a_provider_adapter_goes_to_the_server_as_one_message(
+    gateway: Gateway, recorded: tuple[httpx.Client, list[dict[str, Any]]]
+) -> None:
+    """A chat stream from an Anthropic channel, decoded and written as chat chunks: its
+    events and closing frames go with the end, after the head, in one message."""
+    client, messages = recorded
+    with running_server(Upstream(anthropic=True), http=HttpToolsProtocol) as url:
+        sent = _use(gateway, url, client, provider="anthropic")
+        messages.clear()
+        answer = _stream(client)
+    assert answer.status_code == 200, answer.text
+    chunks, done = sse_chunks(answer)
+    assert done
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "".join(WORDS)
+    assert chunks[-1]["usage"]["completion_tokens"] == 4
+    assert {c["model"] for c in chunks} == {PUBLIC_MODEL}
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
+    assert not messages[1].get("more_body", False)
+    assert messages[1]["body"].endswith(b"data: [DONE]\n\n")
+    events = usage_events(sent + 1)
+    assert len(events) == sent + 1
+    assert (events[-1].prompt_tokens, events[-1].completion_tokens) == (9, 4)
+    assert events[-1].stream and events[-1].completed
+
+
+# The upstream's last bytes, without the blank line that would end them: read when its
+# body ends, after the events before them were decoded.
+OVERLOADED = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"}}'
+
+
+@pytest.mark.parametrize(
+    ("tail", "code"), [(b"", "upstream_stream_broken"), (OVERLOADED, "upstream_overloaded")]
+)
+def test_a_provider_stream_sent_whole_but_cut_delivers_its_text_before_the_error(
+    gateway: Gateway,
+    recorded: tuple[httpx.Client, list[dict[str, Any]]],
+    tail: bytes,
+    code: str,
+) -> None:
+    """The events held back for the end go out ahead of the error that ends the stream
+    instead: a stream that stopped short (no ``message_stop``), or whose last bytes are
+    the provider's error."""
+    client, _ = recorded
+    upstream = Upstream(anthropic=True)
+    with running_server(upstream, http=HttpToolsProtocol) as url:
+        _use(gateway, url, client, provider="anthropic")
+        upstream.cut, upstream.tail = True, tail
+        answer = _stream(client)
+    assert answer.status_code == 200, answer.text
+    lines = [line for line in answer.content.split(b"\n\n") if line]
+    *chunks, error = [orjson.loads(line.removeprefix(b"data: ")) for line in lines]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "".join(WORDS)
+    assert error["error"]["code"] == code
+
+
 def test_a_stream_still_arriving_has_its_head_sent_at_once(
     gateway: Gateway, recorded: tuple[httpx.Client, list[dict[str, Any]]]
 ) -> None:
@@ -180,7 +281,8 @@ def test_bytes_after_the_end_still_reach_the_client(
     gateway: Gateway, recorded: tuple[httpx.Client, list[dict[str, Any]]]
 ) -> None:
     """What follows the final event in a later batch (here the upstream's last bytes,
-    left without a blank line) goes out after the end's events, as it always did."""
+    left without a blank line) goes out after the end's events, as it always did, in
+    the same message as the events held for the end."""
     client, messages = recorded
     with running_server(Upstream(tail=b": trailing"), http=HttpToolsProtocol) as url:
         _use(gateway, url, client)
@@ -189,6 +291,6 @@ def test_bytes_after_the_end_still_reach_the_client(
     assert answer.status_code == 200, answer.text
     assert answer.content.endswith(b"data: [DONE]\n\n: trailing\n\n")
     bodies = [m["body"] for m in messages if m["type"] == "http.response.body"]
-    assert bodies[0].endswith(b"data: [DONE]\n\n")
-    assert b"".join(bodies).endswith(b": trailing\n\n")
+    assert b"".join(bodies) == answer.content
+    assert bodies[0].endswith(b"data: [DONE]\n\n: trailing\n\n")
     assert not messages[-1].get("more_body", False)
