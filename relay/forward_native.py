@@ -186,6 +186,8 @@ async def _relay_stream(
             for frame in encoder.feed(event):
                 out += frame
         record.output_images = images.delivered
+        if record.usage is None and record.prompt_usage is None:
+            record.prompt_usage = Usage.from_canonical(decoder.prompt_usage())
         return bytes(out)
 
     async def send(out: bytes) -> None:

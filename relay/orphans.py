@@ -71,6 +71,7 @@ from relay.limits import (
     usage_queue_key,
 )
 from relay.metering import UsageRecord, usage_writer
+from relay.metering.records import COUNT_FIELDS
 from relay.orphan_scripts import MARK_LUA, SWEEP_LUA
 
 logger = logging.getLogger(__name__)
@@ -296,13 +297,10 @@ class Progress:
             await asyncio.shield(self._written)
 
 
-def _usage_fields(usage: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-    }
+def _usage_fields(usage: Any) -> dict[str, Any]:
+    """Every count of the usage (cache writes, audio, images, the service tier too): the
+    sweeper bills the stream by them."""
+    return {name: getattr(usage, name) for name in COUNT_FIELDS}
 
 
 class Sweeper:

@@ -71,7 +71,6 @@ class PassLeg(Leg):
         super().__init__(record, public)
         self.call = call
         self.usage = canonical.Usage()
-        self.seen_usage = False
 
     def content(self, route: Route) -> bytes:
         self.route = route
@@ -91,13 +90,17 @@ class PassLeg(Leg):
             self.record.keep_text([canonical.text_of(messages.response_to_canonical(parsed).parts)])
         return orjson.dumps(parsed)
 
-    def _merge(self, usage: Any) -> None:
+    def _merge(self, usage: Any, final: bool) -> None:
+        """Take the counts of ``message_start`` (the prompt's, and an output count that has
+        only begun) or of ``message_delta`` (``final``: the output's, cumulative). Only the
+        final ones are the answer's usage: a stream cut before them is billed for the
+        provider's prompt counts and the text it delivered, counted here
+        (``UsageRecord.prompt_usage``), not for the one output token of its start."""
         if not isinstance(usage, dict):
             return
         found = messages.usage_to_canonical(usage)
         if found is None:
             return
-        self.seen_usage = True
         if "input_tokens" in usage or "cache_read_input_tokens" in usage:
             self.usage.input_tokens = found.input_tokens
             self.usage.cached_tokens = found.cached_tokens
@@ -107,7 +110,10 @@ class PassLeg(Leg):
             self.usage.service_tier = found.service_tier
         if "output_tokens" in usage:
             self.usage.output_tokens = found.output_tokens
-        self.record.usage = Usage.from_canonical(self.usage)
+        if final:
+            self.record.usage = Usage.from_canonical(self.usage)
+        else:
+            self.record.prompt_usage = Usage.from_canonical(self.usage)
 
     def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
         try:
@@ -124,9 +130,9 @@ class PassLeg(Leg):
             return raw + b"\n\n", False
         if kind == "message_start" and isinstance(event.get("message"), dict):
             event["message"]["model"] = self.public
-            self._merge(event["message"].get("usage"))
+            self._merge(event["message"].get("usage"), final=False)
         elif kind == "message_delta":
-            self._merge(event.get("usage"))
+            self._merge(event.get("usage"), final=True)
             return raw + b"\n\n", False
         elif kind == "error" and isinstance(event.get("error"), dict):
             self.record.error_code = "upstream_stream_error"

@@ -78,6 +78,14 @@ class Usage(Counts):
 
 # The event columns a ``Usage`` fills, one per field.
 COUNT_FIELDS = tuple(f.name for f in fields(Counts))
+# The parts of the output among them (a cut stream's are counted afresh).
+_OUTPUT_FIELDS = (
+    "completion_tokens",
+    "reasoning_tokens",
+    "audio_output_tokens",
+    "image_output_tokens",
+    "output_images",
+)
 
 
 def service_tier_of(value: Any) -> str:
@@ -121,6 +129,11 @@ class UsageRecord:
     upstream_latency_ms: int | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage | None = None
+    # The provider's counts of the prompt, sent as a stream began (Anthropic's
+    # ``message_start``), before its ``usage``: a stream cut before that is billed for
+    # them, its cache reads and writes included, and for the text it delivered, counted
+    # here; only its output is estimated.
+    prompt_usage: Usage | None = None
     # Pictures the relay counted in the request (its dialect) and in the answer: no
     # provider reports them, and prices per image bill them (``billed``).
     input_images: int = 0
@@ -167,6 +180,10 @@ class UsageRecord:
         data = {name: getattr(self, name) for name in _SLOTS_BUT_PRICE}
         if self.usage is not None or (self.status_code >= 400 and not self.completion_text):
             data["prompt_messages"] = data["prompt_tools"] = data["completion_text"] = None
+        elif self.prompt_usage is not None:
+            data["prompt_messages"] = data["prompt_tools"] = None  # the provider counted it
+        if data["prompt_usage"] is None:
+            del data["prompt_usage"]  # as a version before it queued records
         # The price last, so that a reader can take it by its bytes (``from_json``).
         data["price"] = _price_json(self.price) if self.price is not None else None
         try:
@@ -189,6 +206,8 @@ class UsageRecord:
         data["spend_scopes"] = tuple(data.get("spend_scopes") or ())
         if data.get("usage") is not None:
             data["usage"] = Usage(**data["usage"])
+        if data.get("prompt_usage") is not None:
+            data["prompt_usage"] = Usage(**data["prompt_usage"])
         return cls(**data)
 
     @classmethod
@@ -227,9 +246,10 @@ class UsageRecord:
         if self.status_code >= 400 and not self.completion_text:
             return Usage(), False  # nothing reached a model that we know of
         kept = "".join(self.completion_text or ())
+        opening = self.prompt_usage
         prompt, completion = tokens.counter.count(
-            self.prompt_messages,
-            self.prompt_tools,
+            self.prompt_messages if opening is None else None,
+            self.prompt_tools if opening is None else None,
             kept,
             idle_seconds=settings.RELAY_TOKEN_COUNTER_IDLE_SECONDS,
         )
@@ -238,6 +258,10 @@ class UsageRecord:
             completion += -(
                 -self.completion_overflow_chars * max(completion, 1) // max(len(kept), 4)
             )
+        if opening is not None:
+            output: dict[str, Any] = dict.fromkeys(_OUTPUT_FIELDS, 0)
+            output["completion_tokens"] = completion
+            return self.billed(replace(opening, **output)), True
         return self.billed(Usage(prompt_tokens=prompt, completion_tokens=completion)), True
 
     def to_event_fields(self) -> dict[str, Any]:

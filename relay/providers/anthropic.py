@@ -62,6 +62,9 @@ class AnthropicStream(SseStream):
             raise ValueError("the stream ended before message_stop")
         return []
 
+    def prompt_usage(self) -> c.Usage | None:
+        return self.decoder.prompt
+
     def event(self, payload: bytes) -> list[c.Event]:
         event = orjson.loads(payload)
         if not isinstance(event, dict):

@@ -103,6 +103,10 @@ class Adapter(Protocol):
 
     def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure: ...
 
+    def prompt_usage(self) -> c.Usage | None:
+        """The prompt's counts, if the provider sent them ahead of the stream's usage."""
+        ...
+
 
 def clip(message: str, secrets: tuple[str, ...] = ()) -> str:
     """A provider's error message made safe to show: secrets removed (in every spelling,

@@ -56,6 +56,12 @@ class SseStream(ProviderStream):
     def rest(self) -> Iterable[bytes]:
         return [payload for _, payload in self.splitter.finish()]
 
+    def prompt_usage(self) -> c.Usage | None:
+        """The provider's counts of the prompt, when it sends them before the stream's
+        usage (Anthropic, in ``message_start``): a stream cut before its usage is billed
+        for them (``UsageRecord.prompt_usage``). None for a provider that sends none."""
+        return None
+
 
 class SseSplitter:
     """Feed bytes, get back the complete events as ``(event name, data)`` pairs."""

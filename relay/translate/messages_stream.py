@@ -8,6 +8,7 @@ Generated pictures have no block in this format: they are not written.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -124,6 +125,8 @@ class Decoder:
     def __init__(self) -> None:
         self.blocks: dict[int, int] = {}  # block index -> canonical call index
         self.usage = c.Usage()
+        # The prompt's counts as ``message_start`` gave them, before the output's.
+        self.prompt: c.Usage | None = None
 
     def _merge(self, usage: Any) -> None:
         found = m.usage_to_canonical(usage)
@@ -145,6 +148,8 @@ class Decoder:
         if kind == "message_start":
             message = event.get("message") or {}
             self._merge(message.get("usage"))
+            if m.usage_to_canonical(message.get("usage")) is not None:
+                self.prompt = dataclasses.replace(self.usage)
             return [c.StreamStart(str(message.get("id") or ""), str(message.get("model") or ""))]
         if kind == "content_block_start":
             block = event.get("content_block") or {}

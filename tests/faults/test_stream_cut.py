@@ -13,7 +13,8 @@ is left alone until it ends.
 
 The same holds for a stream served through a provider adapter (here a chat stream from an
 Anthropic channel, decoded from Anthropic's events and written as chat chunks): its
-progress is marked as a pass-through stream's is.
+progress is marked as a pass-through stream's is, and its prompt billed as Anthropic
+counted it in ``message_start``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from django.conf import settings
 
 from billing.models import UsageEvent
 from billing.pricing import Prices, cost_micros
-from portal.models import ApiKey, CatalogModel
+from portal.models import ApiKey, CatalogModel, Channel
 from relay import orphans, tokens
 from relay.limits import money_keys
+from relay.simulator.anthropic import count_input
 from tests.relay.conftest import (
     INPUT_PRICE,
     OUTPUT_PRICE,
@@ -182,13 +184,19 @@ def test_streams_cut_by_a_killed_relay_are_billed_for_what_they_delivered(
     assert not UsageEvent.objects.filter(request_id=stalled_alive.request_id).exists()
     assert store.exists(orphans.entry_key(prefix, stalled_alive.request_id))
 
+    if Channel.objects.get(name="stalls").provider_type == "anthropic":
+        # Anthropic counted the prompt in message_start: that count is billed, not ours.
+        sent = [r["body"] for r in sim.requests() if r["path"].endswith("/messages")]
+        prompt = count_input(sent[0])
+    else:
+        prompt = tokens.count_prompt(chat_body()["messages"])
     for stream in cut:
         event = UsageEvent.objects.get(request_id=stream.request_id)
         assert (event.status_code, event.stream, event.completed) == (200, True, False)
         assert event.error_code == "relay_worker_lost"
         assert event.estimated
         assert event.completion_tokens == tokens.count_text(stream.text) > 0
-        assert event.prompt_tokens == tokens.count_prompt(chat_body()["messages"]) > 0
+        assert event.prompt_tokens == prompt > 0
         assert event.cost_retail_micros == _cost(event) > 0
 
     stalled_alive.close()  # its own process settles it: a client that went away

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import anthropic
 import httpx
+import orjson
 import pytest
 
+from relay import tokens
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
 
 IMAGE = (
@@ -151,6 +153,52 @@ def test_cache_reads_and_writes_are_metered(gateway: Gateway, sim: object) -> No
     [event] = usage_events(1)
     assert event.cached_tokens == 2 and event.cache_write_tokens == 3
     assert event.prompt_tokens == answer["usage"]["input_tokens"] + 5
+
+
+def test_a_cut_stream_is_billed_for_its_prompt_counts_and_the_text_it_delivered(
+    gateway: Gateway, sim: object
+) -> None:
+    """A client that reads part of a passed-through stream and hangs up is billed for the
+    provider's counts of the prompt (``message_start``'s, cache reads and writes included)
+    and for the text it received, counted here: not for the single output token that
+    ``message_start`` reports, which would make every cut stream's answer nearly free."""
+    gateway.channel.native_surfaces = ["messages"]
+    gateway.channel.base_url = gateway.channel.base_url.replace(
+        "/sim/key=", "/sim/cached=2,cache_write=3,hang_after=6,key="
+    )
+    gateway.channel.save()
+    body = {
+        "model": PUBLIC_MODEL,
+        "max_tokens": 64,
+        "stream": True,
+        "system": "long rules",
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+    }
+    headers = {"x-api-key": gateway.secret, "anthropic-version": "2023-06-01"}
+    start: dict[str, int] = {}
+    text, pieces = "", 0
+    with httpx.stream(
+        "POST", gateway.url + "/v1/messages", headers=headers, json=body, timeout=30
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = orjson.loads(line[len("data: ") :])
+            if event["type"] == "message_start":
+                start = event["message"]["usage"]
+            elif event["type"] == "content_block_delta":
+                text += event["delta"]["text"]
+                pieces += 1
+                if pieces == 6:
+                    break  # and hang up, the stream's end not yet sent
+    assert start["output_tokens"] == 1
+    [event] = usage_events(1)
+    assert (event.completed, event.error_code) == (False, "client_disconnected")
+    assert event.estimated
+    assert (event.cached_tokens, event.cache_write_tokens) == (2, 3)
+    assert event.prompt_tokens == start["input_tokens"] + 2 + 3
+    assert event.completion_tokens == tokens.count_text(text) > 1
 
 
 def test_errors_use_anthropic_envelope(gateway: Gateway) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from billing.pricing import PricePair, Prices
+from relay import tokens
 from relay.metering import Usage, UsageRecord
 
 RETAIL = Prices(input=150_000, cached_input=75_000, output=600_000, request_fee=10, currency="EUR")
@@ -65,11 +66,44 @@ def test_the_prompt_travels_only_when_it_must_be_counted() -> None:
 def test_every_field_is_queued_under_its_name() -> None:
     queued = _queued(_record())
     names = [f.name for f in dataclasses.fields(UsageRecord)]
-    # The price last: a reader takes it by its bytes and parses only the rest.
-    assert list(queued) == [name for name in names if name != "price"] + ["price"]
+    # The price last: a reader takes it by its bytes and parses only the rest. No prompt
+    # counts of a stream's start: not queued at all, as before there were any.
+    assert list(queued) == [n for n in names if n not in ("price", "prompt_usage")] + ["price"]
     assert queued["created_at"] == "2026-11-30T07:30:01.123456+00:00"
     assert queued["price"]["retail"]["input"] == 150_000
     assert queued["usage"]["cached_tokens"] == 4
+
+
+def test_a_cut_stream_is_billed_for_its_prompt_counts_and_its_text_counted_here() -> None:
+    """A stream cut after the provider counted its prompt (Anthropic's message_start) but
+    before its usage: the prompt's counts are the provider's, cache reads and writes and
+    tier included; only the output is counted here, from the text delivered."""
+    opening = Usage(
+        prompt_tokens=120,
+        completion_tokens=1,
+        cached_tokens=100,
+        cache_write_tokens=5,
+        service_tier="priority",
+    )
+    record = _record(
+        usage=None,
+        prompt_usage=opening,
+        prompt_messages=MESSAGES,
+        completion_text=["Once upon ", "a time there was"],
+        completed=False,
+    )
+    queued = _queued(record)
+    assert queued["prompt_messages"] is None  # the provider counted the prompt
+    assert queued["completion_text"] == ["Once upon ", "a time there was"]
+    assert queued["prompt_usage"]["cached_tokens"] == 100
+    back = UsageRecord.from_json(record.to_json())
+    assert back == dataclasses.replace(record, prompt_messages=None)
+    usage, estimated = back.counts()
+    assert estimated
+    assert usage == dataclasses.replace(
+        opening, completion_tokens=tokens.count_text("Once upon a time there was")
+    )
+    assert usage.completion_tokens > 1
 
 
 def test_text_orjson_refuses_is_escaped_not_lost() -> None:

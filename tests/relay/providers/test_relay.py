@@ -15,6 +15,8 @@ import openai
 import pytest
 
 from portal.models import Channel
+from relay import tokens
+from relay.simulator.anthropic import count_input
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, usage_events
 from tests.relay.providers.conftest import (
     ANTHROPIC_KEY,
@@ -175,6 +177,44 @@ def test_failing_anthropic_channel_hands_over_to_an_openai_channel(
     (event,) = usage_events(1)
     assert event.channel_id == backup.pk
     assert [a["channel"] for a in event.attempts] == [gateway.channel.pk, backup.pk]
+
+
+def test_a_cut_anthropic_stream_is_billed_for_its_prompt_counts_and_delivered_text(
+    gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    """A chat client reading part of a stream from an Anthropic channel, then hanging up:
+    billed for the provider's counts of the prompt (cache reads and writes as such, not
+    as full-price input counted here) and for the text it received."""
+    configure(
+        gateway.channel, "anthropic", native_sim, sa_info, "cached=2,cache_write=3,hang_after=6"
+    )
+    body = {
+        "model": PUBLIC_MODEL,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell me a long story"}],
+    }
+    text, pieces = "", 0
+    with gateway.client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            for choice in json.loads(line[len("data: ") :]).get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    text += content
+                    pieces += 1
+            if pieces == 6:
+                break  # and hang up, the stream's end not yet sent
+    (event,) = usage_events(1)
+    assert (event.completed, event.error_code) == (False, "client_disconnected")
+    assert event.estimated
+    assert (event.cached_tokens, event.cache_write_tokens) == (2, 3)
+    [sent] = native_sim.requests()
+    assert sent["path"].endswith("/v1/messages")
+    # The simulator's own count of the prompt it was sent, as message_start reported it.
+    assert event.prompt_tokens == count_input(sent["body"]) > 2 + 3
+    assert event.completion_tokens == tokens.count_text(text) > 1
 
 
 def test_bedrock_wrong_secret_suspends_the_channel_and_fails_over(
