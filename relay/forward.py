@@ -26,6 +26,7 @@ from relay.metering import UsageRecord
 from relay.routing import attempt_order
 from relay.snapshot import ModelInfo, Route
 from relay.upstream_errors import (
+    MALFORMED,
     MAX_ERROR_BODY_BYTES,
     MAX_EVENT_BYTES,
     MAX_RESPONSE_BYTES,
@@ -252,7 +253,18 @@ class Forwarding:
             raise AttemptFailed(
                 errors.upstream_failed(502, "The upstream sent an invalid response."), attempt
             ) from exc
-        out = leg.answer_body(body, parsed)
+        try:
+            out = leg.answer_body(body, parsed)
+        except MALFORMED as exc:
+            # An answer the leg cannot read (a translation meeting members of the wrong
+            # type): nothing reached the client, so nothing of it is billed.
+            logger.info("an upstream answer could not be read", exc_info=exc)
+            self.record.usage = self.record.completion_text = None
+            self.record.output_images = 0
+            attempt["error"] = "invalid_response"
+            raise AttemptFailed(
+                errors.upstream_failed(502, "The upstream sent an invalid response."), attempt
+            ) from exc
         if out is None:
             attempt["error"] = "error_body"
             raise AttemptFailed(
@@ -289,10 +301,12 @@ class Forwarding:
                         continue
                     try:
                         chunk, final = leg.event(event, data)
-                    except ValueError:
+                    except MALFORMED as exc:
                         if out:  # the well-formed events before it still go out
                             await exchange.send_body(b"".join(out))
-                        raise
+                        if not isinstance(exc, ValueError):
+                            logger.info("an upstream stream event could not be read", exc_info=exc)
+                        raise ValueError("malformed stream event") from exc
                     if final and self.settle is not None:
                         await self.settle()  # on its way to Redis before the client sees the end
                     ended = ended or final

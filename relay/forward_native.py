@@ -27,6 +27,7 @@ from relay.providers.vertex_auth import TokenFetchFailed
 from relay.snapshot import Route
 from relay.translate import canonical as c
 from relay.upstream_errors import (
+    MALFORMED,
     MAX_ERROR_BODY_BYTES,
     MAX_RESPONSE_BYTES,
     AttemptFailed,
@@ -213,7 +214,7 @@ async def _relay_stream(
         error = _error(exc.failure)
         await exchange.end_body(codec.stream_error(error))
         return
-    except (upstream.UpstreamError, ValueError) as exc:
+    except (upstream.UpstreamError, *MALFORMED) as exc:
         logger.info("upstream stream broke: %s", type(exc).__name__)
         forwarding._report_failure(route, None)
         await forwarding._end_stream_with_error(

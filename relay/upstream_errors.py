@@ -19,6 +19,10 @@ RETRYABLE_STATUSES = frozenset({401, 403, 408, 409, 429, 500, 502, 503, 504, 520
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+# What reading a channel's answer of an unexpected shape raises: valid JSON whose members
+# are not what the API says (a string where an object belongs) reaches ``.get`` or a
+# subscript before any check. The channel's fault, as a malformed answer is.
+MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
 class AttemptFailed(Exception):

@@ -58,13 +58,14 @@ class TranslatedLeg(Leg):
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or "error" in parsed or "choices" not in parsed:
             return None
+        # Translated first: an answer it cannot read leaves no usage behind to bill.
+        answer = chat.response_to_canonical(parsed)
         self.record.usage = Usage.from_openai(parsed.get("usage"), parsed.get("service_tier"))
         if self.record.usage is None:
             self.record.completion_text = []
             for choice in parsed.get("choices") or ():
                 message = choice.get("message") if isinstance(choice, dict) else None
                 self.record.keep_text(delta_texts({"delta": message}))
-        answer = chat.response_to_canonical(parsed)
         answer.model = self.public
         self.images.answer(answer)
         self.record.output_images = self.images.delivered

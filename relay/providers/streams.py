@@ -21,13 +21,32 @@ class ProviderStream:
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self.secrets = secrets
+        # What ended the stream inside a read, raised once that read's events are out.
+        self._failed: Exception | None = None
 
     def feed(self, data: bytes) -> list[c.Event]:
-        return [e for message in self.split(data) for e in self.event(message)]
+        return self._decode(self.split(data))
 
     def finish(self) -> list[c.Event]:
-        events = [e for message in self.rest() for e in self.event(message)]
-        return events + self.end()
+        return self._decode(self.rest()) + self.end()
+
+    def _decode(self, messages: Iterable[Any]) -> list[c.Event]:
+        """The messages' events. A message that fails (the provider's error, or one that
+        cannot be read) after others of the same read: their events are returned, so that
+        what the client was to see before the failure reaches it, and the failure is
+        raised by the next call."""
+        if self._failed is not None:
+            raise self._failed
+        events: list[c.Event] = []
+        for message in messages:
+            try:
+                events += self.event(message)
+            except Exception as exc:
+                if not events:
+                    raise
+                self._failed = exc
+                break
+        return events
 
     def split(self, data: bytes) -> Iterable[Any]:
         raise NotImplementedError
