@@ -92,7 +92,7 @@ class Forwarding:
         failures: list[AttemptFailed] = []
         board = shared.breakers()
         attempts_left = max(settings.RELAY_MAX_ATTEMPTS, 1)
-        skipped = False
+        skipped = ""  # why the last channel that could not take the request was passed
         try:
             async with asyncio.timeout(settings.RELAY_TOTAL_TIMEOUT):
                 # One conversation's turns go to one channel while it is healthy, so the
@@ -113,9 +113,9 @@ class Forwarding:
                     attempts_left -= 1
                     try:
                         await self._attempt(route)
-                    except forward_native.NotExpressible:
+                    except forward_native.NotExpressible as exc:
                         attempts_left += 1  # nothing was sent: it costs no attempt
-                        skipped = True
+                        skipped = str(exc)
                         continue
                     except AttemptFailed as failure:
                         failures.append(failure)
@@ -138,8 +138,7 @@ class Forwarding:
             )
         if not failures and skipped:
             raise errors.invalid_request(
-                f"The model `{self.model.public_id}` cannot serve this request: its providers "
-                "do not support this API or this content.",
+                f"The model `{self.model.public_id}` cannot serve this request: {skipped}",
                 param="model",
             )
         if not failures:

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 class NotExpressible(Exception):
     """The request cannot go to this channel's provider (no canonical form for its API,
-    or content the translation cannot carry): skip the channel without blaming it."""
+    or content the translation cannot carry): skip the channel without blaming it. Its
+    message says why, to the client if no channel of the model can take the request."""
 
 
 def _ms(started: float) -> int:
@@ -72,7 +73,7 @@ async def attempt(
     except errors.RelayError as exc:
         raise NotExpressible(exc.message) from None
     if codec is None:
-        raise NotExpressible("This API is not served through provider adapters.")
+        raise NotExpressible("its providers do not support this API.")
     record = forwarding.record
     try:
         built = await adapter.build(
@@ -82,7 +83,9 @@ async def attempt(
         info.update(error="credentials", latency_ms=_ms(started), status=401)
         raise AttemptFailed(_error(credentials_failure(exc)), info, credentials=True) from None
     except (UnsupportedContent, c.TranslationError) as exc:
-        raise errors.invalid_request(str(exc)) from None
+        # What this provider cannot carry (an image by URL for Bedrock) another channel
+        # of the model may: nothing was sent, so nothing is blamed.
+        raise NotExpressible(str(exc)) from None
     try:
         response = await forwarding.send(
             built.method, upstream.url(built.url), built.headers, built.content, route.timeout

@@ -179,6 +179,46 @@ def test_failing_anthropic_channel_hands_over_to_an_openai_channel(
     assert [a["channel"] for a in event.attempts] == [gateway.channel.pk, backup.pk]
 
 
+def test_content_one_provider_cannot_carry_goes_to_a_channel_that_can(
+    gateway: Gateway,
+    sim: Simulator,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+) -> None:
+    """An image by URL, which Bedrock takes only inline: the Bedrock channel is passed
+    over (nothing sent to it, nothing counted against it) and the next channel answers,
+    rather than the client being refused for what another channel of the model serves."""
+    configure(gateway.channel, "bedrock", native_sim, sa_info)
+    gateway.channel.priority = 10
+    gateway.channel.save()
+    backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    content: Any = [{"type": "text", "text": "What is this?"}, image]
+    answer = sdk.chat.completions.create(
+        model=PUBLIC_MODEL, messages=[{"role": "user", "content": content}]
+    )
+    assert answer.choices[0].message.content.startswith("tok0")
+    assert native_sim.requests() == []
+    (event,) = usage_events(1)
+    assert event.channel_id == backup.pk
+    assert [a["channel"] for a in event.attempts] == [backup.pk]
+    # With no channel that can carry it, the client hears why.
+    backup.delete()
+    deadline = time.monotonic() + 10
+    while True:  # until the relay's routes no longer hold the deleted channel
+        refused = gateway.client.post(
+            "/v1/chat/completions",
+            json={"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": content}]},
+        )
+        if refused.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert refused.status_code == 400, refused.text
+    assert "Bedrock takes images inline" in refused.json()["error"]["message"]
+    assert native_sim.requests() == []
+
+
 def test_a_cut_anthropic_stream_is_billed_for_its_prompt_counts_and_delivered_text(
     gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
 ) -> None:
