@@ -61,6 +61,12 @@ class ProviderStream:
     def end(self) -> list[c.Event]:
         return []
 
+    def prompt_usage(self) -> c.Usage | None:
+        """The provider's counts of the prompt, when it sends them before the stream's
+        usage (Anthropic, in ``message_start``): a stream cut before its usage is billed
+        for them (``UsageRecord.prompt_usage``). None for a provider that sends none."""
+        return None
+
 
 class SseStream(ProviderStream):
     """A provider stream of server-sent events; ``event`` gets each event's data."""
@@ -74,12 +80,6 @@ class SseStream(ProviderStream):
 
     def rest(self) -> Iterable[bytes]:
         return [payload for _, payload in self.splitter.finish()]
-
-    def prompt_usage(self) -> c.Usage | None:
-        """The provider's counts of the prompt, when it sends them before the stream's
-        usage (Anthropic, in ``message_start``): a stream cut before its usage is billed
-        for them (``UsageRecord.prompt_usage``). None for a provider that sends none."""
-        return None
 
 
 class SseSplitter:
