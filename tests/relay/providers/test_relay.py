@@ -125,6 +125,32 @@ def test_chat_clients_get_answers_streams_tools_and_usage(
         assert first.reasoning_tokens == 5
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stream_arriving_in_many_reads_is_relayed_whole(
+    provider: str,
+    gateway: Gateway,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+) -> None:
+    """The simulator's streams reach the relay in one read unless told otherwise: here
+    its bytes come a few at a time, so each provider's decoder meets events split across
+    reads and the relay relays them as they come."""
+    configure(gateway.channel, provider, native_sim, sa_info, "tokens=4,trickle=1")
+    stream = sdk.chat.completions.create(
+        model=PUBLIC_MODEL,
+        messages=[{"role": "user", "content": "Say hello"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() == ["tok0", "tok1", "tok2", "tok3"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 4
+    (event,) = usage_events(1)
+    assert event.completed and not event.estimated
+
+
 def test_messages_clients_get_a_bedrock_answer(
     gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
 ) -> None:
