@@ -20,7 +20,12 @@ from relay.dialects.base import Leg
 from relay.dialects.images import ImageGate
 from relay.dialects.native import NativeCodec
 from relay.metering import Usage
-from relay.providers.base import FailureKind, ProviderFailure, StreamFailed
+from relay.providers.base import (
+    AnswerRefusesRequest,
+    FailureKind,
+    ProviderFailure,
+    StreamFailed,
+)
 from relay.providers.bedrock import UnsupportedContent
 from relay.providers.vertex import credentials_failure
 from relay.providers.vertex_auth import TokenFetchFailed
@@ -80,8 +85,16 @@ async def attempt(
             codec.request, upstream_model=route.upstream_model, stream=forwarding.stream
         )
     except TokenFetchFailed as exc:
-        info.update(error="credentials", latency_ms=_ms(started), status=401)
-        raise AttemptFailed(_error(credentials_failure(exc)), info, credentials=True) from None
+        # A refused service account suspends the channel; an unreachable token endpoint
+        # is an outage: fail over, but the account is fine.
+        failure = credentials_failure(exc)
+        refused = failure.kind is FailureKind.CREDENTIALS
+        info.update(
+            error="credentials" if refused else "token_unavailable", latency_ms=_ms(started)
+        )
+        if refused:
+            info["status"] = 401
+        raise AttemptFailed(_error(failure), info, credentials=refused) from None
     except (UnsupportedContent, c.TranslationError) as exc:
         # What this provider cannot carry (an image by URL for Bedrock) another channel
         # of the model may: nothing was sent, so nothing is blamed.
@@ -132,6 +145,10 @@ async def _relay_body(
     try:
         body = await read_limited(response, MAX_RESPONSE_BYTES)
         answer = route.adapter.decode(body)
+    except AnswerRefusesRequest as exc:  # another channel would refuse it too
+        forwarding.record.attempts.append(info)
+        forwarding.record.error_code = exc.failure.code or "upstream_client_error"
+        raise _error(exc.failure) from None
     except (
         errors.RelayError,
         ValueError,
@@ -213,7 +230,10 @@ async def _relay_stream(
     except StreamFailed as exc:
         record.error_code = "upstream_stream_error"
         record.completed = False
-        forwarding._report_failure(route, None)
+        # The request's own fault (a prompt the provider blocks) says nothing about the
+        # channel: counted, one tenant's requests could open its breaker for all.
+        if exc.failure.retryable:
+            forwarding._report_failure(route, None)
         error = _error(exc.failure)
         await exchange.end_body(codec.stream_error(error))
         return

@@ -79,6 +79,17 @@ class StreamFailed(Exception):
         self.failure = failure
 
 
+class AnswerRefusesRequest(ValueError):
+    """A successful-looking answer (HTTP 200) that refuses the request itself, such as a
+    prompt the provider blocks: the client's error, answered as ``failure`` says, with no
+    failover and nothing counted against the channel. A ValueError, so a caller that knows
+    nothing of it still takes the body for no answer."""
+
+    def __init__(self, failure: ProviderFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
 class StreamDecoder(Protocol):
     """Turns a provider's stream into canonical events as its bytes arrive; ``finish``
     raises ValueError when the stream ended before the provider said it was complete."""
@@ -86,6 +97,10 @@ class StreamDecoder(Protocol):
     def feed(self, data: bytes) -> list[c.Event]: ...
 
     def finish(self) -> list[c.Event]: ...
+
+    def prompt_usage(self) -> c.Usage | None:
+        """The prompt's counts, if the provider sent them ahead of the stream's usage."""
+        ...
 
 
 class Adapter(Protocol):
@@ -102,10 +117,6 @@ class Adapter(Protocol):
     def stream_decoder(self) -> StreamDecoder: ...
 
     def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure: ...
-
-    def prompt_usage(self) -> c.Usage | None:
-        """The prompt's counts, if the provider sent them ahead of the stream's usage."""
-        ...
 
 
 def clip(message: str, secrets: tuple[str, ...] = ()) -> str:

@@ -6,6 +6,7 @@ Google's error envelope; the two providers differ only in URLs and authenticatio
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 
 from relay.providers.base import (
+    AnswerRefusesRequest,
     FailureKind,
     ProviderFailure,
     StreamFailed,
@@ -36,9 +38,32 @@ FINISH_REASONS: dict[str, c.Stop] = {
 }
 # JSON Schema keywords Google's function declarations refuse.
 _UNSUPPORTED_SCHEMA_KEYS = frozenset({"$schema", "additionalProperties", "strict", "$id"})
-CREDENTIAL_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "ACCESS_TOKEN_EXPIRED"})
-CREDENTIAL_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+# ErrorInfo reasons by which Google says the caller itself (its key, token, project or
+# service account) is refused, whatever the request asked for. Google's front end attaches
+# them; a refusal of something the request names (an uploaded File another project owns, a
+# file that expired) comes from the model's backend with no such reason.
+CREDENTIAL_REASONS = frozenset(
+    {
+        "API_KEY_INVALID",
+        "API_KEY_EXPIRED",
+        "API_KEY_SERVICE_BLOCKED",
+        "API_KEY_HTTP_REFERRER_BLOCKED",
+        "API_KEY_IP_ADDRESS_BLOCKED",
+        "API_KEY_ANDROID_APP_BLOCKED",
+        "API_KEY_IOS_APP_BLOCKED",
+        "ACCESS_TOKEN_EXPIRED",
+        "ACCESS_TOKEN_TYPE_UNSUPPORTED",
+        "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+        "SERVICE_DISABLED",
+        "BILLING_DISABLED",
+        "CONSUMER_INVALID",
+        "CONSUMER_SUSPENDED",
+        "USER_PROJECT_DENIED",
+        "IAM_PERMISSION_DENIED",
+    }
+)
 RETRYABLE_STATUSES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "ABORTED"})
+_BLOCK_REASON = re.compile(r"[A-Z][A-Z_]{0,63}")
 
 
 def _schema(value: Any) -> Any:
@@ -219,8 +244,40 @@ def _stop(reason: Any, has_calls: bool) -> c.Stop:
     return FINISH_REASONS.get(reason, "end") if isinstance(reason, str) else "end"
 
 
+class PromptBlocked(AnswerRefusesRequest):
+    """Google refused the prompt itself in an HTTP 200 (``promptFeedback.blockReason``)."""
+
+
+def blocked(answer: Mapping[str, Any]) -> ProviderFailure | None:
+    """The client's error for an answer that blocks its prompt, else None.
+
+    Google answers a prompt it will not take (safety, blocklist, prohibited content) with
+    HTTP 200, no ``candidates`` and ``promptFeedback.blockReason``. Any channel would refuse
+    the same prompt, so it is the request's fault: reported as an answer that failed, it
+    would fail over and count against the channel's breaker, and one tenant's prompts could
+    open it for every tenant. Only the reason, when it looks like Google's enum name, is
+    passed on; the rest of the feedback (safety ratings) stays out of the message.
+    """
+    if answer.get("candidates"):
+        return None
+    feedback = answer.get("promptFeedback")
+    reason = feedback.get("blockReason") if isinstance(feedback, Mapping) else None
+    if not isinstance(reason, str) or not reason:
+        return None
+    if not _BLOCK_REASON.fullmatch(reason):
+        reason = "BLOCKED_REASON_UNSPECIFIED"
+    return ProviderFailure(
+        FailureKind.CLIENT,
+        400,
+        f"The provider blocked the prompt (block reason: {reason}).",
+        code="content_filter",
+    )
+
+
 def decode(body: bytes) -> c.Response:
     answer = orjson.loads(body)
+    if isinstance(answer, dict) and (refusal := blocked(answer)) is not None:
+        raise PromptBlocked(refusal)
     if not isinstance(answer, dict) or not isinstance(answer.get("candidates"), list):
         raise ValueError("not a generateContent answer")
     candidate = (answer["candidates"] or [{}])[0]
@@ -261,6 +318,10 @@ class GoogleStream(SseStream):
             raise ValueError("malformed stream chunk")
         if "error" in answer:
             raise StreamFailed(failure_from(502, answer, self.secrets))
+        # A blocked prompt comes as the stream's only chunk: the client's error, not a
+        # broken stream.
+        if (refusal := blocked(answer)) is not None:
+            raise StreamFailed(refusal)
         events: list[c.Event] = []
         if not self.started:
             self.started = True
@@ -296,8 +357,16 @@ def failure_from(status: int, body: Any, secrets: tuple[str, ...]) -> ProviderFa
     }
     state = error.get("status")
     # An invalid Gemini key is a 400 INVALID_ARGUMENT; only its reason tells it apart.
-    if reasons & CREDENTIAL_REASONS or state in CREDENTIAL_STATUSES:
+    # UNAUTHENTICATED is always about the caller: nothing in a request produces it.
+    if reasons & CREDENTIAL_REASONS or state == "UNAUTHENTICATED":
         return by_status(401, text)
+    if state == "PERMISSION_DENIED":
+        # Without a caller reason, the refusal is of something the request named, such as
+        # a ``fileData.fileUri`` this channel's key cannot read ("You do not have
+        # permission to access the File ... or it may not exist"). Suspending the channel
+        # for that would let one tenant's request take it from every tenant, and another
+        # channel would refuse the same file: it is the client's error.
+        return ProviderFailure(FailureKind.CLIENT, 400, text, code="permission_denied")
     if state in RETRYABLE_STATUSES:
         return ProviderFailure(
             FailureKind.RETRYABLE,

@@ -10,7 +10,12 @@ from urllib.parse import quote
 
 from relay.providers import google
 from relay.providers.base import FailureKind, ProviderFailure
-from relay.providers.vertex_auth import TokenFetchFailed, VertexTokenSource, token_source
+from relay.providers.vertex_auth import (
+    TokenEndpointUnavailable,
+    TokenFetchFailed,
+    VertexTokenSource,
+    token_source,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,7 +60,18 @@ class VertexAdapter(google.GoogleAdapter):
 
 
 def credentials_failure(exc: TokenFetchFailed) -> ProviderFailure:
-    """A refused service account: the channel's credentials, not the client, are at fault."""
+    """What a failed token fetch says about the channel. A refused service account is its
+    credentials. An unreachable or failing token endpoint is an outage, like a provider's
+    own 5xx: fail over and count it against the breaker, but do not suspend the channel,
+    whose account is fine and would stay suspended long after the endpoint recovered."""
+    if isinstance(exc, TokenEndpointUnavailable):
+        return ProviderFailure(
+            FailureKind.RETRYABLE,
+            503,
+            f"The Vertex AI token endpoint could not give a token: {exc}",
+            type="server_error",
+            code="upstream_error",
+        )
     return ProviderFailure(
         FailureKind.CREDENTIALS,
         502,

@@ -49,7 +49,28 @@ def _http() -> urllib3.PoolManager:
 
 
 class TokenFetchFailed(Exception):
-    """The token endpoint refused the service account or could not be reached."""
+    """No token: the token endpoint refused the service account (this class itself), or
+    could not give one (``TokenEndpointUnavailable``)."""
+
+
+class TokenEndpointUnavailable(TokenFetchFailed):
+    """The token endpoint could not be reached, or failed (5xx, 408, 429, an answer without
+    a token): an outage that says nothing about the service account."""
+
+
+def _endpoint_failed(exc: Exception, statuses: list[int]) -> bool:
+    """Whether a failed fetch was the endpoint's fault rather than a refusal. Only a 4xx
+    from the endpoint (``invalid_grant``: an unknown key, a bad signature, a deleted
+    account) refuses the account; google-auth's RefreshError carries no status, so the
+    exchange's own statuses tell the two apart."""
+    from google.auth.exceptions import TransportError
+
+    if isinstance(exc, TransportError):
+        return True  # nothing answered: refused connection, timeout, TLS failure
+    if not statuses:
+        return False  # failed before any exchange: the key itself (signing)
+    last = statuses[-1]
+    return not 400 <= last < 500 or last in (408, 429)
 
 
 def check_service_account(info: Mapping[str, Any]) -> None:
@@ -82,6 +103,7 @@ class VertexTokenSource:
         self._backoff = 0.0  # after a failed fetch: the wait before the next one
         self._retry_at = 0.0
         self._failure = ""
+        self._failure_type: type[TokenFetchFailed] = TokenFetchFailed
         self.fetches = 0  # token fetches made, for tests and metrics
 
     @property
@@ -113,15 +135,23 @@ class VertexTokenSource:
         if self._token is not None and self._clock() < self._expires_at:
             return self._token
         wait = max(self._retry_at - self._clock(), 0.0)
-        raise TokenFetchFailed(f"{self._failure} (next token fetch in {wait:.0f} s)")
+        raise self._failure_type(f"{self._failure} (next token fetch in {wait:.0f} s)")
 
     def _fetch(self) -> str:
         from google.auth.exceptions import GoogleAuthError
         from google.auth.transport.urllib3 import Request as Urllib3Request
 
         started = self._clock()
+        send = Urllib3Request(_http())
+        statuses: list[int] = []  # of this fetch's exchanges (google-auth retries some)
+
+        def request(*args: Any, **kwargs: Any) -> Any:
+            response = send(*args, **kwargs)
+            statuses.append(response.status)
+            return response
+
         try:
-            self._credentials.refresh(Urllib3Request(_http()))
+            self._credentials.refresh(request)
             token = self._credentials.token
             expiry = self._credentials.expiry  # naive UTC, as google-auth keeps it
             if not isinstance(token, str) or expiry is None:
@@ -137,6 +167,9 @@ class VertexTokenSource:
             return token
         except (GoogleAuthError, TokenFetchFailed) as exc:
             message = str(exc)[:300]
+            failure_type = (
+                TokenEndpointUnavailable if _endpoint_failed(exc, statuses) else TokenFetchFailed
+            )
             with self._lock:
                 self.fetches += 1
                 self._backoff = min(
@@ -144,9 +177,10 @@ class VertexTokenSource:
                 )
                 self._retry_at = self._clock() + self._backoff
                 self._failure = message
+                self._failure_type = failure_type
                 if self._token is not None and self._clock() < self._expires_at:
                     return self._token  # refreshed early: the old one still serves
-            raise TokenFetchFailed(message) from None
+            raise failure_type(message) from None
         finally:
             with self._lock:
                 self._pending = None

@@ -66,6 +66,9 @@ class SimOptions:
     # never pass it on.
     echo_key: bool = False
     stream_error: bool = False  # an error event after the first token of a stream
+    # Gemini's refusal of the prompt itself: an HTTP 200 with no candidates and
+    # promptFeedback.blockReason set to this (SAFETY, OTHER, BLOCKLIST, ...).
+    blocked: str = ""
 
 
 class OptionError(ValueError):
@@ -95,6 +98,12 @@ def _rate(value: str) -> float:
 
 def _tier(value: str) -> str:
     if value not in ("flex", "priority", "default"):
+        raise ValueError(value)
+    return value
+
+
+def _block_reason(value: str) -> str:
+    if not value or not value.replace("_", "").isalpha() or not value.isupper():
         raise ValueError(value)
     return value
 
@@ -130,6 +139,7 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "key": ("key", _secret),
     "trickle": ("trickle_ms", _rate),
     "huge": ("huge", _count),
+    "blocked": ("blocked", _block_reason),
 }
 
 
@@ -141,8 +151,8 @@ def parse_options(text: str, defaults: SimOptions) -> SimOptions:
     latency=<ms>, tps=<n>, tokens=<n>, hang_after=<k>, reset_after=<k>, cached=<n>,
     cache_write=<n>, cache_write_1h=<n>, audio_in=<n>, audio_out=<n>, image_in=<n>,
     image_out=<n>, images=<n>, image_size=<n>, tier=<flex|default|priority>, reasoning=<n>,
-    key=<secret>, trickle=<ms>, huge=<bytes>). Empty items are ignored and a repeated option
-    keeps its last value. Raises ``OptionError``.
+    key=<secret>, trickle=<ms>, huge=<bytes>, blocked=<Gemini block reason>). Empty items
+    are ignored and a repeated option keeps its last value. Raises ``OptionError``.
     """
     changes: dict[str, Any] = {}
     for item in text.split(","):

@@ -57,7 +57,7 @@ async def dispatch(
     elif path in _AZURE_LISTINGS and listing_call:
         await cloud_listing.azure_listing(app, scope, exchange, options, path.rsplit("/", 1)[1])
     elif path == "/oauth2/token":
-        await google.token_endpoint(app, scope, exchange)
+        await google.token_endpoint(app, scope, exchange, options)
     elif match := _GEMINI.match(path):
         await google.handle(app, scope, exchange, options, match.groupdict(), vertex=False)
     elif match := _VERTEX.match(path):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -62,11 +63,24 @@ async def error(
 
 
 async def token_endpoint(
-    app: SimulatorApp, scope: Mapping[str, Any], exchange: SimExchange
+    app: SimulatorApp,
+    scope: Mapping[str, Any],
+    exchange: SimExchange,
+    options: SimOptions | OptionError,
 ) -> None:
-    """Exchange a service account's signed JWT for a short-lived access token."""
+    """Exchange a service account's signed JWT for a short-lived access token. Behaviour
+    prefixes apply (``/sim/fail=500/oauth2/token``: an outage of the endpoint)."""
     raw, _ = await read_request(app, scope, exchange)
     form = {k: v[-1] for k, v in parse_qs(raw.decode("latin-1")).items()}
+    if isinstance(options, SimOptions):
+        status = await gate(app, scope, exchange, options)
+        if status is False:
+            return
+        if status:
+            # Google's endpoint answers its own failures in the OAuth error shape.
+            body = {"error": "internal_failure", "error_description": "Simulated failure."}
+            await exchange.respond_json(int(status), body)
+            return
 
     async def refuse(description: str) -> None:
         body = {"error": "invalid_grant", "error_description": description}
@@ -102,6 +116,22 @@ async def token_endpoint(
     await exchange.respond_json(
         200, {"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}
     )
+
+
+# Files uploaded through the Gemini Files API are named by URIs of this shape.
+_FILE_URI = re.compile(r"^https://[^/]+/v1beta/(files/[^/?#]+)$")
+
+
+def _unreadable_file(body: Any) -> str | None:
+    """The name of a Files API file the request refers to. The simulator holds no uploaded
+    files, so every one is some other project's or expired, as Gemini then says."""
+    for turn in body.get("contents") or () if isinstance(body, dict) else ():
+        for part in (turn.get("parts") or ()) if isinstance(turn, dict) else ():
+            data = part.get("fileData") if isinstance(part, dict) else None
+            uri = data.get("fileUri") if isinstance(data, dict) else None
+            if isinstance(uri, str) and (match := _FILE_URI.match(uri)):
+                return match[1]
+    return None
 
 
 def _read(body: Any) -> tuple[list[str], int, int, bool]:
@@ -234,6 +264,17 @@ async def handle(
     if isinstance(planned, str):
         await error(exchange, 400, planned)
         return
+    if not vertex and (name := _unreadable_file(body)) is not None:
+        await error(
+            exchange,
+            403,
+            f"You do not have permission to access the File {name.removeprefix('files/')} "
+            "or it may not exist.",
+        )
+        return
+    if options.blocked:
+        await _blocked(exchange, scope, planned, route["model"], stream=method != "generateContent")
+        return
     images = _read(body)[2]
     pictures = _pictures(body, planned.options)
     finish = "MAX_TOKENS" if planned.truncated and not planned.tool_name else "STOP"
@@ -254,6 +295,39 @@ async def handle(
         return
     alt = query(scope).get("alt")
     await _stream(exchange, planned, images, pictures, finish, route["model"], alt)
+
+
+async def _blocked(
+    exchange: SimExchange,
+    scope: Mapping[str, Any],
+    p: NativePlan,
+    model: str,
+    *,
+    stream: bool,
+) -> None:
+    """Gemini's refusal of the prompt: HTTP 200, no candidates, ``promptFeedback`` saying
+    why (with the safety ratings behind a SAFETY block). Streamed, it is the only chunk."""
+    reason = p.options.blocked
+    feedback: dict[str, Any] = {"blockReason": reason}
+    if reason == "SAFETY":
+        feedback["safetyRatings"] = [
+            {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}
+        ]
+    answer = {
+        "promptFeedback": feedback,
+        "usageMetadata": {"promptTokenCount": p.prompt_tokens, "totalTokenCount": p.prompt_tokens},
+        "modelVersion": model,
+        "responseId": f"sim-{time.monotonic_ns()}",
+    }
+    if not stream:
+        await exchange.respond_json(200, answer)
+        return
+    if query(scope).get("alt") != "sse":
+        await error(exchange, 400, "The simulator streams only with alt=sse.")
+        return
+    await exchange.start(200, [(b"content-type", b"text/event-stream")])
+    await exchange.chunk(b"data: " + orjson.dumps(answer) + b"\r\n\r\n")
+    await exchange.end()
 
 
 async def _authorised(

@@ -1,14 +1,22 @@
 """The Gemini API over loopback: key in a header, generateContent and SSE streams with
-usageMetadata (cached, thoughts), images, tools and error mapping."""
+usageMetadata (cached, thoughts), images, tools and error mapping; a blocked prompt or an
+unreadable file is the client's error, never the channel's."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import httpx
 import pytest
 
+from portal.models import Channel
+from relay import health
 from relay.providers import google
-from relay.providers.base import FailureKind
+from relay.providers.base import FailureKind, StreamFailed
 from relay.providers.gemini import GeminiAdapter, GeminiConfig
 from relay.translate import canonical as c
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, chat_body
 from tests.relay.providers.conftest import (
     CHAT,
     CHAT_PROMPT_TOKENS,
@@ -158,3 +166,130 @@ def test_error_mapping(native_sim: NativeSim, options: str, key: str, kind: Fail
     error = failure(lambda: complete(adapter(native_sim, options, key), CHAT, MODEL))
     assert error.failure.kind is kind
     assert key not in error.failure.message
+
+
+def _prompt_blocked(failure: Any, reason: str) -> None:
+    assert failure.kind is FailureKind.CLIENT
+    assert (failure.status, failure.type) == (400, "invalid_request_error")
+    assert failure.message == f"The provider blocked the prompt (block reason: {reason})."
+
+
+def test_a_blocked_prompt_is_the_clients_error(native_sim: NativeSim) -> None:
+    gemini = adapter(native_sim, "blocked=SAFETY")
+    url = gemini.url(MODEL, stream=False)
+    key = {"x-goog-api-key": GEMINI_KEY}
+    sent = httpx.post(url, json={"contents": []}, headers=key, trust_env=False)
+    assert sent.status_code == 200 and "candidates" not in sent.json()
+    with pytest.raises(google.PromptBlocked) as caught:
+        gemini.decode(sent.content)
+    # Only the reason is passed on, not the safety ratings beside it.
+    _prompt_blocked(caught.value.failure, "SAFETY")
+
+    with pytest.raises(StreamFailed) as streamed:
+        stream(adapter(native_sim, "blocked=PROHIBITED_CONTENT"), CHAT, MODEL)
+    _prompt_blocked(streamed.value.failure, "PROHIBITED_CONTENT")
+
+
+@pytest.mark.parametrize(
+    ("details", "kind"),
+    [
+        ([], FailureKind.CLIENT),  # a File the key cannot read: the request's fault
+        ([{"reason": "SERVICE_DISABLED"}], FailureKind.CREDENTIALS),
+        ([{"reason": "API_KEY_SERVICE_BLOCKED"}], FailureKind.CREDENTIALS),
+        ([{"reason": "CONSUMER_SUSPENDED"}], FailureKind.CREDENTIALS),
+    ],
+)
+def test_permission_denied_is_the_channels_only_with_a_caller_reason(
+    details: list[dict[str, str]], kind: FailureKind
+) -> None:
+    body = {
+        "error": {"code": 403, "status": "PERMISSION_DENIED", "message": "No.", "details": details}
+    }
+    assert google.failure_from(403, body, ()).kind is kind
+
+
+FILE_URI = "https://generativelanguage.googleapis.com/v1beta/files/abc123"
+WITH_FILE = {
+    **CHAT,
+    "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": FILE_URI}}]}
+    ],
+}
+
+
+def test_an_unreadable_file_is_the_clients_error(native_sim: NativeSim) -> None:
+    error = failure(lambda: complete(adapter(native_sim), WITH_FILE, MODEL))
+    assert error.failure.kind is FailureKind.CLIENT
+    assert error.failure.status == 400
+    assert "permission to access the File abc123" in error.failure.message
+    assert native_sim.requests()[-1]["body"]["contents"][0]["parts"][0]["fileData"] == {
+        "mimeType": "image/*",
+        "fileUri": FILE_URI,
+    }
+
+
+def _gemini_first(gateway: Gateway, sim: Simulator, native_sim: NativeSim, options: str) -> Channel:
+    """The gateway's channel made a Gemini channel (``options`` on the native simulator)
+    tried before a working chat completions channel."""
+    channel = gateway.channel
+    channel.provider_type = "gemini"
+    channel.base_url = f"{native_sim.url}/sim/{options}" if options else native_sim.url
+    channel.provider_settings = {}
+    channel.secret = GEMINI_KEY
+    channel.priority = 10
+    channel.full_clean()
+    channel.save()
+    gateway.add_channel(sim.channel_url(), name="backup", priority=0)
+    gateway.caught_up()
+    sim.client.delete("/_sim/requests")
+    return channel
+
+
+def _stays_healthy(channel: Channel) -> None:
+    """Neither suspended nor behind an open breaker, a while after the request: both are
+    done off the client's path, so a moment is given for them to happen."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert channel.pk not in (health.breaker_states() or {})
+        assert Channel.objects.get(pk=channel.pk).status == Channel.Status.ENABLED
+        time.sleep(0.05)
+
+
+def test_a_file_request_cannot_suspend_the_channel(
+    gateway: Gateway, sim: Simulator, native_sim: NativeSim, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_BREAKER_FAILURES = 1
+    channel = _gemini_first(gateway, sim, native_sim, "")
+    response = gateway.client.post(
+        "/v1/chat/completions", json={**WITH_FILE, "model": PUBLIC_MODEL}
+    )
+    assert response.status_code == 400, response.text
+    assert "permission to access the File abc123" in response.json()["error"]["message"]
+    assert sim.requests() == []  # no failover: any channel would refuse the same file
+    _stays_healthy(channel)
+
+
+def test_a_blocked_streamed_prompt_ends_the_stream_without_blaming_the_channel(
+    gateway: Gateway, sim: Simulator, native_sim: NativeSim, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_BREAKER_FAILURES = 1
+    channel = _gemini_first(gateway, sim, native_sim, "blocked=SAFETY")
+    response = gateway.client.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert response.status_code == 200  # the block came after the head
+    assert "The provider blocked the prompt (block reason: SAFETY)." in response.text
+    assert "HARASSMENT" not in response.text
+    _stays_healthy(channel)
+
+
+def test_a_blocked_prompt_is_answered_without_failover_or_blame(
+    gateway: Gateway, sim: Simulator, native_sim: NativeSim, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_BREAKER_FAILURES = 1
+    channel = _gemini_first(gateway, sim, native_sim, "blocked=OTHER")
+    response = gateway.client.post("/v1/chat/completions", json=chat_body())
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"] == "The provider blocked the prompt (block reason: OTHER)."
+    assert error["type"] == "invalid_request_error"
+    assert sim.requests() == []
+    _stays_healthy(channel)

@@ -1,15 +1,20 @@
 """Vertex AI over loopback: service-account tokens from google-auth, fetched from the
 simulator's OAuth endpoint (which verifies the signed JWT), refreshed before expiry with
-one fetch however many requests wait, and generateContent with those tokens only."""
+one fetch however many requests wait, and generateContent with those tokens only. A token
+endpoint that is down is an outage, not a refused service account."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from portal.models import Channel
+from relay import health
 from relay.providers import client
 from relay.providers.base import FailureKind
 from relay.providers.vertex import VertexAdapter, VertexConfig
@@ -21,6 +26,7 @@ from relay.providers.vertex_auth import (
     token_source,
 )
 from relay.translate import canonical as c
+from tests.relay.conftest import Gateway, Simulator, chat_body
 from tests.relay.providers.conftest import (
     CHAT,
     CHAT_PROMPT_TOKENS,
@@ -212,3 +218,57 @@ def test_stream_and_tool_call(native_sim: NativeSim, sa_info: dict[str, Any]) ->
 def test_sources_are_shared_per_service_account(sa_info: dict[str, Any]) -> None:
     assert token_source(sa_info) is token_source(dict(sa_info))
     assert token_source(sa_info) is not token_source({**sa_info, "private_key_id": "other"})
+
+
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
+
+
+@pytest.mark.parametrize("endpoint", ["unreachable", "fail=500", "fail=502"])
+def test_a_token_endpoint_outage_is_retryable_not_the_credentials(
+    native_sim: NativeSim, key_pair: tuple[str, str], endpoint: str
+) -> None:
+    root = UNREACHABLE if endpoint == "unreachable" else f"{native_sim.url}/sim/{endpoint}"
+    info = service_account_info(root, key_pair[0])
+    tokens = VertexTokenSource(info, clock=FakeClock())
+    adapter = vertex(native_sim, info, tokens)
+    for _ in range(2):  # the failed fetch, then the back-off that remembers what failed
+        with pytest.raises(client.ProviderError) as caught:
+            many(adapter, 1)
+        assert caught.value.failure.kind is FailureKind.RETRYABLE
+        assert "token endpoint could not give a token" in caught.value.failure.message
+    assert tokens.fetches == 1
+    assert native_sim.app.native.token_fetches == 0
+
+
+def test_a_token_endpoint_outage_fails_over_without_suspending_the_channel(
+    gateway: Gateway,
+    sim: Simulator,
+    native_sim: NativeSim,
+    key_pair: tuple[str, str],
+    relay_settings: Any,
+) -> None:
+    relay_settings.RELAY_BREAKER_FAILURES = 1
+    channel = gateway.channel
+    channel.provider_type = "vertex"
+    channel.base_url = native_sim.url
+    channel.provider_settings = {"location": "us-central1"}
+    channel.secret = json.dumps(service_account_info(UNREACHABLE, key_pair[0]))
+    channel.priority = 10
+    channel.full_clean()
+    channel.save()
+    gateway.add_channel(sim.channel_url(), name="backup", priority=0)
+    gateway.caught_up()
+
+    answer = gateway.client.post("/v1/chat/completions", json=chat_body())
+
+    assert answer.status_code == 200, answer.text  # the backup answered
+    # Counted against the breaker, as any outage is...
+    deadline = time.monotonic() + 5
+    while (health.breaker_states() or {}).get(channel.pk) != "open":
+        assert time.monotonic() < deadline, "the outage was not counted against the breaker"
+        time.sleep(0.05)
+    # ...but the service account was never refused: the channel stays enabled.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert Channel.objects.get(pk=channel.pk).status == Channel.Status.ENABLED
+        time.sleep(0.05)
