@@ -168,43 +168,18 @@ def _stream(client: httpx.Client) -> httpx.Response:
     )
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_short_stream_sent_whole_goes_to_the_server_as_one_message(
-    gateway: Gateway, recorded: tuple[httpx.Client, list[dict[str, Any]]]
+    gateway: Gateway, recorded: tuple[httpx.Client, list[dict[str, Any]]], provider: str
 ) -> None:
+    """Passed through (an OpenAI-compatible channel), or decoded from Anthropic's stream by
+    its adapter and written as chat chunks with the closing frames."""
     client, messages = recorded
     # The upstream on the relay's protocol too: its head, events and end in one write, so
     # that the relay reads the whole answer at once.
-    with running_server(Upstream(), http=HttpToolsProtocol) as url:
-        sent = _use(gateway, url, client)
-        messages.clear()
-        answer = _stream(client)
-    assert answer.status_code == 200, answer.text
-    chunks, done = sse_chunks(answer)
-    assert done
-    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks if c["choices"]) == (
-        "".join(WORDS)
-    )
-    assert chunks[-1]["usage"]["completion_tokens"] == 4
-    assert {c["model"] for c in chunks} == {PUBLIC_MODEL}
-    # The head, then every event and the end together: the server joins the two.
-    assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
-    assert not messages[1].get("more_body", False)
-    assert messages[1]["body"].endswith(b"data: [DONE]\n\n")
-    # Settled before its end went out, and metered once, as every stream.
-    events = usage_events(sent + 1)
-    assert len(events) == sent + 1
-    assert (events[-1].prompt_tokens, events[-1].completion_tokens) == (9, 4)
-    assert events[-1].stream and events[-1].completed
-
-
-def test_a_short_stream_through_a_provider_adapter_goes_to_the_server_as_one_message(
-    gateway: Gateway, recorded: tuple[httpx.Client, list[dict[str, Any]]]
-) -> None:
-    """A chat stream from an Anthropic channel, decoded and written as chat chunks: its
-    events and closing frames go with the end, after the head, in one message."""
-    client, messages = recorded
-    with running_server(Upstream(anthropic=True), http=HttpToolsProtocol) as url:
-        sent = _use(gateway, url, client, provider="anthropic")
+    upstream = Upstream(anthropic=provider == "anthropic")
+    with running_server(upstream, http=HttpToolsProtocol) as url:
+        sent = _use(gateway, url, client, provider)
         messages.clear()
         answer = _stream(client)
     assert answer.status_code == 200, answer.text
@@ -214,9 +189,11 @@ def test_a_short_stream_through_a_provider_adapter_goes_to_the_server_as_one_mes
     assert text == "".join(WORDS)
     assert chunks[-1]["usage"]["completion_tokens"] == 4
     assert {c["model"] for c in chunks} == {PUBLIC_MODEL}
+    # The head, then every event and the end together: the server joins the two.
     assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
     assert not messages[1].get("more_body", False)
     assert messages[1]["body"].endswith(b"data: [DONE]\n\n")
+    # Settled before its end went out, and metered once, as every stream.
     events = usage_events(sent + 1)
     assert len(events) == sent + 1
     assert (events[-1].prompt_tokens, events[-1].completion_tokens) == (9, 4)
