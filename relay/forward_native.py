@@ -228,12 +228,14 @@ async def _relay_stream(
                     await send(out)
         exchange.hold_body(frames(decoder.finish()))
     except StreamFailed as exc:
-        record.error_code = "upstream_stream_error"
         record.completed = False
         # The request's own fault (a prompt the provider blocks) says nothing about the
         # channel: counted, one tenant's requests could open its breaker for all.
         if exc.failure.retryable:
+            record.error_code = "upstream_stream_error"
             forwarding._report_failure(route, None)
+        else:
+            record.error_code = exc.failure.code or "upstream_stream_error"
         error = _error(exc.failure)
         await exchange.end_body(codec.stream_error(error))
         return

@@ -128,10 +128,11 @@ class Decoder:
         # The prompt's counts as ``message_start`` gave them, before the output's.
         self.prompt: c.Usage | None = None
 
-    def _merge(self, usage: Any) -> None:
+    def _merge(self, usage: Any) -> bool:
+        """Take what ``usage`` counts; whether it counted anything."""
         found = m.usage_to_canonical(usage)
         if found is None:
-            return
+            return False
         raw = usage if isinstance(usage, dict) else {}
         if "input_tokens" in raw or "cache_read_input_tokens" in raw:
             self.usage.input_tokens = found.input_tokens
@@ -142,13 +143,13 @@ class Decoder:
             self.usage.service_tier = found.service_tier
         if "output_tokens" in raw:
             self.usage.output_tokens = found.output_tokens
+        return True
 
     def feed(self, event: dict[str, Any]) -> list[c.Event]:
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
-            self._merge(message.get("usage"))
-            if m.usage_to_canonical(message.get("usage")) is not None:
+            if self._merge(message.get("usage")):
                 self.prompt = dataclasses.replace(self.usage)
             return [c.StreamStart(str(message.get("id") or ""), str(message.get("model") or ""))]
         if kind == "content_block_start":

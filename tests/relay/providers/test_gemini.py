@@ -16,7 +16,7 @@ from relay.providers import google
 from relay.providers.base import FailureKind, StreamFailed
 from relay.providers.gemini import GeminiAdapter, GeminiConfig
 from relay.translate import canonical as c
-from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, chat_body
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, chat_body, usage_events
 from tests.relay.providers.conftest import (
     CHAT,
     CHAT_PROMPT_TOKENS,
@@ -278,6 +278,8 @@ def test_a_blocked_streamed_prompt_ends_the_stream_without_blaming_the_channel(
     assert response.status_code == 200  # the block came after the head
     assert "The provider blocked the prompt (block reason: SAFETY)." in response.text
     assert "HARASSMENT" not in response.text
+    [event] = usage_events(1)
+    assert (event.completed, event.error_code) == (False, "content_filter")
     _stays_healthy(channel)
 
 
