@@ -54,3 +54,52 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if form in text:
             text = text.replace(form, REDACTED)
     return text
+
+
+# Characters that continue an identifier: a name matched only where none of them borders
+# it, so the project ``prod`` is not found inside ``production``. A dot ends a sentence
+# as often as it joins a host, so a dot counts only when an identifier goes on after it.
+_BEFORE = r"(?<![A-Za-z0-9_\-.])"
+_AFTER = r"(?![A-Za-z0-9_\-]|\.[A-Za-z0-9])"
+
+
+def _whole(name: str) -> re.Pattern[str]:
+    return re.compile(_BEFORE + re.escape(name) + _AFTER, re.IGNORECASE)
+
+
+class Scrubber:
+    """An upstream's error text made fit for a client: nothing in it may tell the client
+    which provider account serves it.
+
+    - ``secrets`` (keys, tokens) are removed in every spelling, anywhere (``redact``);
+    - ``names`` (hosts, projects, account ids, key ids) are removed where they stand whole;
+    - ``renames`` map the provider's names for the model to the one the client asked for;
+    - ``patterns`` match what is private without being known beforehand (an ARN's
+      account, a project number), and are removed.
+    """
+
+    def __init__(
+        self,
+        secrets: Iterable[str] = (),
+        names: Iterable[str] = (),
+        renames: dict[str, str] | None = None,
+        patterns: Iterable[re.Pattern[str]] = (),
+    ) -> None:
+        self.secrets = tuple(secret for secret in secrets if secret)
+        subs: list[tuple[re.Pattern[str], str]] = []
+        # Longest first, so a host goes before a project named inside it.
+        for old, new in sorted((renames or {}).items(), key=lambda item: -len(item[0])):
+            if old and old != new:
+                subs.append((_whole(old), new.replace("\\", "\\\\")))  # a literal replacement
+        for name in sorted({name for name in names if name}, key=len, reverse=True):
+            subs.append((_whole(name), REDACTED))
+        subs.extend((pattern, REDACTED) for pattern in patterns)
+        self.subs = tuple(subs)
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            return text
+        text = redact(text, self.secrets)
+        for pattern, new in self.subs:
+            text = pattern.sub(new, text)
+        return text

@@ -37,6 +37,7 @@ from relay.upstream_errors import (
     MAX_RESPONSE_BYTES,
     AttemptFailed,
     read_limited,
+    redact,
 )
 
 if TYPE_CHECKING:
@@ -55,8 +56,13 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _error(failure: ProviderFailure) -> errors.RelayError:
-    return errors.RelayError(failure.status, failure.message, type=failure.type, code=failure.code)
+def _error(failure: ProviderFailure, route: Route) -> errors.RelayError:
+    """The provider's failure as the client sees it: worded by the adapter, with nothing
+    in it that names the channel's account (``upstream_errors.redact``)."""
+    code = redact(failure.code, route) if failure.code else None
+    return errors.RelayError(
+        failure.status, redact(failure.message, route), type=failure.type, code=code
+    )
 
 
 def _texts(event: c.Event) -> list[str]:
@@ -94,7 +100,7 @@ async def attempt(
         )
         if refused:
             info["status"] = 401
-        raise AttemptFailed(_error(failure), info, credentials=refused) from None
+        raise AttemptFailed(_error(failure, route), info, credentials=refused) from None
     except (UnsupportedContent, c.TranslationError) as exc:
         # What this provider cannot carry (an image by URL for Bedrock) another channel
         # of the model may: nothing was sent, so nothing is blamed.
@@ -120,11 +126,12 @@ async def attempt(
             failure = adapter.failure(status, response.headers, body)
             if failure.retryable:
                 credentials = failure.kind is FailureKind.CREDENTIALS
-                raise AttemptFailed(_error(failure), info, credentials=credentials)
+                raise AttemptFailed(_error(failure, route), info, credentials=credentials)
             record.attempts.append(info)
             forwarding._note_channel(route, started)
-            record.error_code = failure.code or "upstream_client_error"
-            raise _error(failure)
+            error = _error(failure, route)
+            record.error_code = error.code or "upstream_client_error"
+            raise error
         forwarding._note_channel(route, started)
         if forwarding.stream:
             record.attempts.append(info)
@@ -147,8 +154,9 @@ async def _relay_body(
         answer = route.adapter.decode(body)
     except AnswerRefusesRequest as exc:  # another channel would refuse it too
         forwarding.record.attempts.append(info)
-        forwarding.record.error_code = exc.failure.code or "upstream_client_error"
-        raise _error(exc.failure) from None
+        error = _error(exc.failure, route)
+        forwarding.record.error_code = error.code or "upstream_client_error"
+        raise error from None
     except (
         errors.RelayError,
         ValueError,
@@ -236,7 +244,7 @@ async def _relay_stream(
             forwarding._report_failure(route, None)
         else:
             record.error_code = exc.failure.code or "upstream_stream_error"
-        error = _error(exc.failure)
+        error = _error(exc.failure, route)
         await exchange.end_body(codec.stream_error(error))
         return
     except (upstream.UpstreamError, *MALFORMED) as exc:

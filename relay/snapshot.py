@@ -109,6 +109,12 @@ class Route:
     )
     # Parsed URLs of the other surfaces' paths, made on first use.
     targets: dict[str, URL] = field(init=False, repr=False, compare=False)
+    # The public id of the catalog model this route serves: the name an upstream error
+    # about ``upstream_model`` gives the client instead ("" for none).
+    model: str = ""
+    # What removes the channel's account from its errors (``upstream_errors.redact``),
+    # made on the first error.
+    scrubber: Any = field(default=None, init=False, repr=False, compare=False)
 
     def target_for(self, path: str) -> URL:
         """The parsed URL of ``path`` (``/responses``, ``/responses/{id}``...) on this channel."""
@@ -343,6 +349,7 @@ def load_snapshot() -> Snapshot:
                 adapter=adapter,
                 secret=secret,
                 upstream_model=link.upstream_model(),
+                model=link.model.public_id,
                 priority=channel.priority,
                 weight=max(channel.weight, 0),
                 group=channel.group,

@@ -11,6 +11,7 @@ import orjson
 
 from portal import redaction
 from relay import errors, upstream
+from relay.providers.base import Identity
 from relay.snapshot import Route
 
 # Statuses after which another channel may well succeed. 401/403 say the channel's own
@@ -40,9 +41,26 @@ class AttemptFailed(Exception):
 
 def redact(text: str, route: Route) -> str:
     """Remove anything that would reveal the channel: its secret (in every spelling, see
-    ``portal.redaction``), URL and host."""
-    netloc = urlsplit(route.url).netloc
-    return redaction.redact(text, (route.secret, route.url, route.url.rsplit("/", 1)[0], netloc))
+    ``portal.redaction``), URL and host, what its provider adapter names as the account's
+    (a project, an AWS account, a key id), and the provider's own name for the model,
+    which becomes the one the client asked for."""
+    scrubber = route.scrubber
+    if scrubber is None:
+        scrubber = _scrubber(route)
+        object.__setattr__(route, "scrubber", scrubber)  # the route's cache, see Route
+    return str(scrubber(text))
+
+
+def _scrubber(route: Route) -> redaction.Scrubber:
+    identity = route.adapter.identity(route.upstream_model) if route.adapter else Identity()
+    renames = dict.fromkeys((route.upstream_model, *identity.aliases), route.model)
+    url = route.url
+    return redaction.Scrubber(
+        secrets=(route.secret, url, url.rsplit("/", 1)[0], urlsplit(url).netloc, *identity.secrets),
+        names=identity.names,
+        renames=renames if route.model else None,
+        patterns=identity.patterns,
+    )
 
 
 # OpenAI's error codes and types are short identifiers; the usage event keeps 64 characters.

@@ -16,12 +16,14 @@ import orjson
 
 from relay.providers.base import (
     FailureKind,
+    Identity,
     ProviderFailure,
     StreamFailed,
     UpstreamRequest,
     by_status,
     clip,
     clip_code,
+    host,
 )
 from relay.providers.streams import SseStream
 from relay.translate import canonical as c
@@ -123,3 +125,6 @@ class AnthropicAdapter:
         except orjson.JSONDecodeError:
             parsed = None
         return failure_from(status, parsed, (self.config.api_key,))
+
+    def identity(self, upstream_model: str) -> Identity:
+        return Identity(secrets=(self.config.api_key,), names=(host(self.config.base_url),))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from relay.providers import openai
-from relay.providers.base import ProviderFailure, UpstreamRequest
+from relay.providers.base import Identity, ProviderFailure, UpstreamRequest, host
 from relay.translate import canonical as c
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -76,3 +76,11 @@ class AzureAdapter:
 
     def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
         return openai.parse_failure(status, body, (self.config.api_key,))
+
+    def identity(self, upstream_model: str) -> Identity:
+        resource = self.config.resource
+        return Identity(
+            secrets=(self.config.api_key,),
+            names=("" if "://" in resource else resource, host(self.config.endpoint())),
+            aliases=(self.config.deployment(upstream_model),),
+        )

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -47,6 +49,34 @@ class ProviderFailure:
     @property
     def retryable(self) -> bool:
         return self.kind is not FailureKind.CLIENT
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """What a provider's errors may echo that names the operator's account rather than the
+    client's request (see ``portal.redaction.Scrubber``): none of it may reach a client."""
+
+    secrets: tuple[str, ...] = ()  # keys and tokens
+    names: tuple[str, ...] = ()  # hosts, projects, accounts, key ids
+    aliases: tuple[str, ...] = ()  # what the provider calls the model (a deployment, an ARN)
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+
+def host(url: str) -> str:
+    """The host of ``url`` (with its port, if it has one), or "" for none."""
+    return urlsplit(url).netloc if "://" in url else ""
+
+
+# An Amazon Resource Name says whose account it is: a model's inference profile or a
+# role's ARN in an error would name the operator's AWS account.
+AWS_ARN = re.compile(r"arn:aws[a-z-]*:[^\s\"'`,;()<>]+", re.IGNORECASE)
+AWS_ACCOUNT_ID = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
+# Google names a project by id or by number: ``projects/my-proj`` in resource names,
+# ``project 123456789`` in prose and ``?project=`` in console links.
+GOOGLE_PROJECT = re.compile(
+    r"(?<=projects/)[^/\s\"'`,;()<>]+|(?<=project[ =])[0-9]{6,}|(?<=project: )[0-9]{6,}",
+    re.IGNORECASE,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +147,10 @@ class Adapter(Protocol):
     def stream_decoder(self) -> StreamDecoder: ...
 
     def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure: ...
+
+    def identity(self, upstream_model: str) -> Identity:
+        """What names the channel's account in errors about ``upstream_model``."""
+        ...
 
 
 def clip(message: str, secrets: tuple[str, ...] = ()) -> str:

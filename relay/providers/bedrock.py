@@ -12,13 +12,17 @@ from urllib.parse import quote
 import orjson
 
 from relay.providers.base import (
+    AWS_ACCOUNT_ID,
+    AWS_ARN,
     FailureKind,
+    Identity,
     ProviderFailure,
     StreamFailed,
     UpstreamRequest,
     by_status,
     clip,
     clip_code,
+    host,
 )
 from relay.providers.bedrock_auth import AwsCredentials, EventStreamDecoder, sign
 from relay.providers.streams import ProviderStream
@@ -327,6 +331,14 @@ class BedrockAdapter:
 
     def stream_decoder(self) -> BedrockStream:
         return BedrockStream(self.secrets)
+
+    def identity(self, upstream_model: str) -> Identity:
+        credentials = self.config.credentials
+        return Identity(
+            secrets=(credentials.secret_access_key, credentials.session_token or ""),
+            names=(credentials.access_key_id, host(self.config.url("m", stream=False))),
+            patterns=(AWS_ARN, AWS_ACCOUNT_ID),
+        )
 
     def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
         try:

@@ -10,6 +10,7 @@ import dataclasses
 from urllib.parse import quote
 
 from relay.providers import google
+from relay.providers.base import GOOGLE_PROJECT, Identity, host
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
@@ -42,3 +43,10 @@ class GeminiAdapter(google.GoogleAdapter):
 
     async def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.config.api_key}
+
+    def identity(self, upstream_model: str) -> Identity:
+        return Identity(
+            secrets=self.secrets,
+            names=(host(self.config.base_url),),
+            patterns=(GOOGLE_PROJECT,),
+        )

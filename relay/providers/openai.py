@@ -14,12 +14,14 @@ import orjson
 
 from relay.providers.base import (
     FailureKind,
+    Identity,
     ProviderFailure,
     StreamFailed,
     UpstreamRequest,
     by_status,
     clip,
     clip_code,
+    host,
 )
 from relay.providers.streams import SseStream
 from relay.translate import canonical as c
@@ -121,3 +123,6 @@ class OpenAIAdapter:
 
     def failure(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderFailure:
         return parse_failure(status, body, (self.config.api_key,))
+
+    def identity(self, upstream_model: str) -> Identity:
+        return Identity(secrets=(self.config.api_key,), names=(host(self.config.base_url),))

@@ -9,13 +9,16 @@ from typing import Any
 from urllib.parse import quote
 
 from relay.providers import google
-from relay.providers.base import FailureKind, ProviderFailure
+from relay.providers.base import GOOGLE_PROJECT, FailureKind, Identity, ProviderFailure, host
 from relay.providers.vertex_auth import (
     TokenEndpointUnavailable,
     TokenFetchFailed,
     VertexTokenSource,
     token_source,
 )
+
+# What a service account's key file says about the account, beside its private key.
+ACCOUNT_NAMES = ("project_id", "private_key_id", "client_email", "client_id")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +60,18 @@ class VertexAdapter(google.GoogleAdapter):
     async def auth_headers(self) -> dict[str, str]:
         token = await self.tokens.token()  # raises TokenFetchFailed: see credentials_failure
         return {"authorization": f"Bearer {token}"}
+
+    def identity(self, upstream_model: str) -> Identity:
+        account = self.config.service_account
+        return Identity(
+            secrets=(str(account.get("private_key") or ""),),
+            names=(
+                self.config.project_id(),
+                *(str(account.get(key) or "") for key in ACCOUNT_NAMES),
+                host(self.config.root()),
+            ),
+            patterns=(GOOGLE_PROJECT,),
+        )
 
 
 def credentials_failure(exc: TokenFetchFailed) -> ProviderFailure:
