@@ -13,6 +13,7 @@ import httpx
 
 from relay.providers.base import (
     Adapter,
+    AnswerRefusesRequest,
     FailureKind,
     ProviderFailure,
 )
@@ -102,6 +103,8 @@ async def complete(
         await response.aclose()
     try:
         return adapter.decode(body)
+    except AnswerRefusesRequest as exc:  # the request's fault (a blocked prompt), as worded
+        raise ProviderError(exc.failure) from None
     except (ValueError, TypeError, AttributeError):
         raise ProviderError(
             ProviderFailure(

@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -74,13 +75,41 @@ def _schema(value: Any) -> Any:
     return value
 
 
+# Google reads a ``fileUri`` with the channel's own credentials when it names Google's
+# storage: a ``gs://`` object (Vertex AI), a Gemini Files API upload, an object through
+# storage.googleapis.com. A client's URL there would have the model read the operator's
+# buckets and uploads for it, so only other http(s) URLs, fetched as anyone would fetch
+# them, are sent by reference.
+_GOOGLE_STORAGE = re.compile(r"(?:^|\.)(?:googleapis\.com|storage\.cloud\.google\.com)\.?$")
+
+
+def _file_uri(url: str) -> str:
+    try:
+        parsed = urlsplit(url)
+        hostname = parsed.hostname or ""
+    except ValueError:
+        parsed, hostname = None, ""
+    if parsed is None or parsed.scheme.lower() not in ("http", "https") or not hostname:
+        raise c.TranslationError(
+            "An image is sent to this model as an https URL or a data: URL.",
+            param="messages",
+        )
+    if _GOOGLE_STORAGE.search(hostname.lower()):
+        raise c.TranslationError(
+            "An image on Google's storage cannot be sent by URL to this model; "
+            "send it as a data: URL or from another public URL.",
+            param="messages",
+        )
+    return url
+
+
 def _media(part: c.Text | c.Image) -> dict[str, Any]:
     if isinstance(part, c.Text):
         return {"text": part.text}
     if part.url.startswith("data:") and ";base64," in part.url:
         mime, _, data = part.url[len("data:") :].partition(";base64,")
         return {"inlineData": {"mimeType": mime, "data": data}}
-    return {"fileData": {"mimeType": "image/*", "fileUri": part.url}}
+    return {"fileData": {"mimeType": "image/*", "fileUri": _file_uri(part.url)}}
 
 
 def _contents(request: c.Request) -> list[dict[str, Any]]:

@@ -184,6 +184,9 @@ def test_a_blocked_prompt_is_the_clients_error(native_sim: NativeSim) -> None:
         gemini.decode(sent.content)
     # Only the reason is passed on, not the safety ratings beside it.
     _prompt_blocked(caught.value.failure, "SAFETY")
+    # Sent through the adapter (a channel's health check), it is the same refusal, not an
+    # invalid answer.
+    _prompt_blocked(failure(lambda: complete(gemini, CHAT, MODEL)).failure, "SAFETY")
 
     with pytest.raises(StreamFailed) as streamed:
         stream(adapter(native_sim, "blocked=PROHIBITED_CONTENT"), CHAT, MODEL)
@@ -208,24 +211,52 @@ def test_permission_denied_is_the_channels_only_with_a_caller_reason(
     assert google.failure_from(403, body, ()).kind is kind
 
 
-FILE_URI = "https://generativelanguage.googleapis.com/v1beta/files/abc123"
-WITH_FILE = {
-    **CHAT,
-    "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": FILE_URI}}]}
-    ],
-}
+def _with_image(url: str) -> dict[str, Any]:
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    return {**CHAT, "messages": [{"role": "user", "content": content}]}
+
+
+# A file the provider will not read for this channel: the simulator refuses every Files
+# API path, as Gemini refuses a file another project uploaded.
+UNREADABLE = "https://files.example.com/v1beta/files/abc123"
 
 
 def test_an_unreadable_file_is_the_clients_error(native_sim: NativeSim) -> None:
-    error = failure(lambda: complete(adapter(native_sim), WITH_FILE, MODEL))
+    error = failure(lambda: complete(adapter(native_sim), _with_image(UNREADABLE), MODEL))
     assert error.failure.kind is FailureKind.CLIENT
     assert error.failure.status == 400
     assert "permission to access the File abc123" in error.failure.message
     assert native_sim.requests()[-1]["body"]["contents"][0]["parts"][0]["fileData"] == {
         "mimeType": "image/*",
-        "fileUri": FILE_URI,
+        "fileUri": UNREADABLE,
     }
+
+
+# Google reads these with the channel's own credentials: the operator's buckets and uploads.
+ON_GOOGLES_STORAGE = [
+    "gs://operator-bucket/private.png",
+    "https://generativelanguage.googleapis.com/v1beta/files/abc123",
+    "https://storage.googleapis.com/operator-bucket/private.png",
+    "https://operator-bucket.storage.googleapis.com/private.png",
+    "HTTPS://Storage.GoogleApis.COM./operator-bucket/private.png",
+    "https://someone@storage.cloud.google.com/operator-bucket/private.png",
+    "file:///etc/passwd",
+    "ftp://example.com/cat.png",
+]
+
+
+@pytest.mark.parametrize("url", ON_GOOGLES_STORAGE)
+def test_an_image_on_googles_storage_is_never_sent(native_sim: NativeSim, url: str) -> None:
+    error = failure(lambda: complete(adapter(native_sim), _with_image(url), MODEL))
+    assert (error.failure.kind, error.failure.status) == (FailureKind.CLIENT, 400)
+    assert native_sim.requests() == []
+
+
+def test_a_public_image_url_is_sent_by_reference(native_sim: NativeSim) -> None:
+    url = "https://images.example.com/storage.googleapis.com/cat.png"
+    complete(adapter(native_sim), _with_image(url), MODEL)
+    [part] = native_sim.requests()[-1]["body"]["contents"][0]["parts"]
+    assert part == {"fileData": {"mimeType": "image/*", "fileUri": url}}
 
 
 def _gemini_first(gateway: Gateway, sim: Simulator, native_sim: NativeSim, options: str) -> Channel:
@@ -261,11 +292,26 @@ def test_a_file_request_cannot_suspend_the_channel(
     relay_settings.RELAY_BREAKER_FAILURES = 1
     channel = _gemini_first(gateway, sim, native_sim, "")
     response = gateway.client.post(
-        "/v1/chat/completions", json={**WITH_FILE, "model": PUBLIC_MODEL}
+        "/v1/chat/completions", json={**_with_image(UNREADABLE), "model": PUBLIC_MODEL}
     )
     assert response.status_code == 400, response.text
     assert "permission to access the File abc123" in response.json()["error"]["message"]
     assert sim.requests() == []  # no failover: any channel would refuse the same file
+    _stays_healthy(channel)
+
+
+def test_a_storage_uri_goes_to_no_google_channel_and_blames_none(
+    gateway: Gateway, sim: Simulator, native_sim: NativeSim, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_BREAKER_FAILURES = 1
+    channel = _gemini_first(gateway, sim, native_sim, "")
+    body = {**_with_image("gs://operator-bucket/private.png"), "model": PUBLIC_MODEL}
+    response = gateway.client.post("/v1/chat/completions", json=body)
+    # The Gemini channel is passed over; the chat completions channel gets the URL as it
+    # came, to fetch (or refuse) as anyone's URL.
+    assert response.status_code == 200, response.text
+    assert native_sim.requests() == []
+    assert len(sim.requests()) == 1
     _stays_healthy(channel)
 
 
