@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay import errors, tokens
+from relay.dialects import fees
 from relay.dialects.base import (
     Call,
     Dialect,
@@ -45,6 +46,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
     check_int(payload, "n", 1, 128)
     check_int(payload, "max_tokens", 1)
     check_int(payload, "max_completion_tokens", 1)
+    fees.check_chat(payload)
     return payload
 
 

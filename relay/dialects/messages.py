@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from relay import errors, upstream
+from relay.dialects import fees
 from relay.dialects.base import Call, Dialect, Leg, check_int, dump, load_json
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
@@ -196,6 +197,7 @@ class MessagesDialect(Dialect):
         payload = parse_messages(body)
         if payload.get("max_tokens") is None:
             raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
+        fees.check_tools(payload, fees.MESSAGES_TOOLS)
         return payload
 
     def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:

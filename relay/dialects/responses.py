@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from relay import errors
-from relay.dialects import response_ids
+from relay.dialects import fees, response_ids
 from relay.dialects.base import Call, Dialect, Leg, check_int, dump, int_or_none, load_json
 from relay.dialects.images import image_limit
 from relay.dialects.translated import TranslatedLeg, translate
@@ -252,6 +252,7 @@ class ResponsesDialect(Dialect):
             raise errors.invalid_request(
                 "'previous_response_id' must be a string.", param="previous_response_id"
             )
+        fees.check_tools(payload, fees.RESPONSES_TOOLS)
         return payload
 
     def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:

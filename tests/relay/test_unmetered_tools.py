@@ -1,0 +1,140 @@
+"""Built-in tools a provider bills by the call (web search, file search, code containers)
+are refused on every surface unless the operator lets them through: nothing the relay
+meters would carry their cost, so the operator would pay for a tenant's searches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator
+
+CHAT = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "Find the news"}]}
+RESPONSES = {"model": PUBLIC_MODEL, "input": "Find the news"}
+MESSAGES = {
+    "model": PUBLIC_MODEL,
+    "max_tokens": 50,
+    "messages": [{"role": "user", "content": "Find the news"}],
+}
+FUNCTION = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+
+REFUSED = [
+    (
+        "/v1/chat/completions",
+        {**CHAT, "web_search_options": {}},
+        "web_search_options",
+        "web_search",
+    ),
+    (
+        "/v1/responses",
+        {**RESPONSES, "tools": [FUNCTION, {"type": "web_search_preview"}]},
+        "tools[1].type",
+        "web_search",
+    ),
+    (
+        "/v1/responses",
+        {**RESPONSES, "tools": [{"type": "web_search"}]},
+        "tools[0].type",
+        "web_search",
+    ),
+    (
+        "/v1/responses",
+        {**RESPONSES, "tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]},
+        "tools[0].type",
+        "file_search",
+    ),
+    (
+        "/v1/responses",
+        {**RESPONSES, "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]},
+        "tools[0].type",
+        "code_interpreter",
+    ),
+    (
+        "/v1/messages",
+        {**MESSAGES, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+        "tools[0].type",
+        "web_search",
+    ),
+    (
+        "/v1/messages",
+        {**MESSAGES, "tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
+        "tools[0].type",
+        "code_execution",
+    ),
+]
+
+
+@pytest.fixture
+def native(gateway: Gateway) -> Gateway:
+    """The channel speaks Responses and Messages itself: requests pass through as sent."""
+    gateway.channel.native_surfaces = ["responses", "messages"]
+    gateway.channel.save()
+    gateway.caught_up()
+    return gateway
+
+
+def _error(response: Any) -> dict[str, Any]:
+    body = response.json()
+    assert body.get("type") in (None, "error"), body  # Anthropic's envelope on /v1/messages
+    return dict(body["error"])
+
+
+@pytest.mark.parametrize(("path", "body", "param", "name"), REFUSED)
+def test_a_tool_billed_by_the_call_is_refused(
+    native: Gateway, sim: Simulator, path: str, body: dict[str, Any], param: str, name: str
+) -> None:
+    response = native.client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = _error(response)
+    assert f"'{name}'" in error["message"]
+    if path != "/v1/messages":
+        assert error["param"] == param
+    assert sim.requests() == []  # nothing reached the provider
+
+
+def test_the_operator_can_let_a_tool_through(
+    native: Gateway, sim: Simulator, relay_settings: Any
+) -> None:
+    relay_settings.RELAY_UNMETERED_TOOLS = frozenset({"web_search"})
+    searched = {**RESPONSES, "tools": [{"type": "web_search_preview"}]}
+    assert native.client.post("/v1/responses", json=searched).status_code == 200
+    messages = {**MESSAGES, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+    assert native.client.post("/v1/messages", json=messages).status_code == 200
+    assert len(sim.requests()) == 2
+    # Only the tools named: code execution is still refused.
+    coded = {**RESPONSES, "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}
+    assert native.client.post("/v1/responses", json=coded).status_code == 400
+
+
+def test_tools_the_client_runs_or_billed_as_tokens_pass(native: Gateway, sim: Simulator) -> None:
+    tools = [
+        {"name": "lookup", "input_schema": {"type": "object"}},
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "web_fetch_20250910", "name": "web_fetch"},
+    ]
+    response = native.client.post("/v1/messages", json={**MESSAGES, "tools": tools})
+    assert response.status_code == 200, response.text
+    response = native.client.post("/v1/responses", json={**RESPONSES, "tools": [FUNCTION]})
+    assert response.status_code == 200, response.text
+    assert len(sim.requests()) == 2
+
+
+def test_an_unknown_tool_name_stops_the_start() -> None:
+    env = {
+        **os.environ,
+        "RELAY_UNMETERED_TOOLS": "web_search,web_serach",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+    }
+    started = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "RELAY_UNMETERED_TOOLS names unknown tools: ['web_serach']" in started.stderr
