@@ -362,22 +362,25 @@ RELAY_MAX_BODY_VALUES = env.int("RELAY_MAX_BODY_VALUES", default=200_000)
 # a larger or slower one is first counted against its key's request and concurrency
 # limits, before the rest is read.
 RELAY_BODY_FAST_PATH_BYTES = env.int("RELAY_BODY_FAST_PATH_BYTES", default=64 * 1024)
-# Built-in tools a provider bills by the call, passed through unmetered (relay.dialects.fees):
-# any of web_search, file_search, code_interpreter, code_execution. Default: refused.
-RELAY_UNMETERED_TOOLS = frozenset(env.list("RELAY_UNMETERED_TOOLS", default=[]))
-_UNKNOWN_TOOLS = RELAY_UNMETERED_TOOLS - {
+RELAY_BODY_FAST_PATH_SECONDS = env.float("RELAY_BODY_FAST_PATH_SECONDS", default=0.5)
+# What a provider bills apart from the token prices the relay meters, passed through
+# unmetered (relay.dialects.fees): any of web_search, file_search, code_interpreter,
+# code_execution, fast_mode, inference_geo. Default: refused.
+RELAY_UNMETERED_FEATURES = frozenset(env.list("RELAY_UNMETERED_FEATURES", default=[]))
+_UNKNOWN_FEATURES = RELAY_UNMETERED_FEATURES - {
     "web_search",
     "file_search",
     "code_interpreter",
     "code_execution",
+    "fast_mode",
+    "inference_geo",
 }
-if _UNKNOWN_TOOLS:
+if _UNKNOWN_FEATURES:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(
-        f"RELAY_UNMETERED_TOOLS names unknown tools: {sorted(_UNKNOWN_TOOLS)}"
+        f"RELAY_UNMETERED_FEATURES names unknown features: {sorted(_UNKNOWN_FEATURES)}"
     )
-RELAY_BODY_FAST_PATH_SECONDS = env.float("RELAY_BODY_FAST_PATH_SECONDS", default=0.5)
 # Every connection of the web process (relay, dashboard, API): request headers must arrive
 # within RELAY_HEADER_TIMEOUT of the connection (or of the request's first byte), and the
 # body within RELAY_BODY_TIMEOUT of the headers (relay.server).

@@ -1,15 +1,16 @@
-"""Built-in tools that a provider bills by the call or by the container, on top of tokens.
+"""What a provider bills apart from the token prices the relay meters.
 
 A request passed through to OpenAI or Anthropic may ask the provider itself to search the
-web, search files or run code. The provider bills those calls to the channel's account
-(web search at $10 or more per 1,000 calls, code containers by the session or the hour),
-but no usage field the relay meters carries them: the tenant would be billed the tokens
-and the operator would pay the rest. So they are refused with a 400 that names the tool,
-unless the operator lets them through, unmetered, with ``RELAY_UNMETERED_TOOLS``
-(``web_search``, ``file_search``, ``code_interpreter``, ``code_execution``): for example
-when the model's token prices already allow for them. Tools the client runs itself
-(functions, Anthropic's ``bash`` or ``text_editor``) and those billed as tokens only
-(``image_generation``, ``mcp``, ``computer_use_preview``, ``web_fetch``) are not concerned.
+web, search files or run code, or (Anthropic) to answer in fast mode or keep inference in
+one geography. The provider bills those to the channel's account (web search at $10 or
+more per 1,000 calls, code containers by the session or the hour, fast mode at several
+times the token price), but no usage field the relay meters carries them: the tenant
+would be billed plain tokens and the operator would pay the rest. So they are refused
+with a 400 that names the feature, unless the operator lets it through, unmetered, with
+``RELAY_UNMETERED_FEATURES``: for example when the model's token prices already allow
+for it. Tools the client runs itself (functions, Anthropic's ``bash`` or
+``text_editor``) and those billed as tokens only (``image_generation``, ``mcp``,
+``computer_use_preview``, ``web_fetch``) are not concerned.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from django.conf import settings
 
 from relay import errors
 
-# The tool's name for RELAY_UNMETERED_TOOLS, by the prefix of its ``type`` on each API:
-# versioned types (``web_search_20250305``, ``web_search_preview_2025_03_11``) share it.
+# The feature's name for RELAY_UNMETERED_FEATURES, by the prefix of a tool's ``type`` on
+# each API: versioned types (``web_search_20250305``, ``web_search_preview_2025_03_11``)
+# share it.
 RESPONSES_TOOLS = (
     ("web_search", "web_search"),
     ("file_search", "file_search"),
@@ -32,18 +34,15 @@ MESSAGES_TOOLS = (
     ("web_search_", "web_search"),
     ("code_execution_", "code_execution"),
 )
-KNOWN = frozenset(name for _, name in RESPONSES_TOOLS + MESSAGES_TOOLS)
 
 
 def allowed() -> frozenset[str]:
-    return frozenset(settings.RELAY_UNMETERED_TOOLS)
+    return frozenset(settings.RELAY_UNMETERED_FEATURES)
 
 
-def _refused(name: str, param: str) -> errors.RelayError:
+def _refused(what: str, param: str) -> errors.RelayError:
     return errors.invalid_request(
-        f"The built-in tool '{name}' is not offered here: the provider bills its calls "
-        "apart from tokens. Use a function tool instead.",
-        param=param,
+        f"{what} is not offered here: the provider bills it apart from tokens.", param=param
     )
 
 
@@ -59,10 +58,21 @@ def check_tools(payload: Mapping[str, Any], table: tuple[tuple[str, str], ...]) 
             continue
         for prefix, name in table:
             if kind.startswith(prefix) and name not in permitted:
-                raise _refused(name, f"tools[{index}].type")
+                raise _refused(f"The built-in tool '{name}'", f"tools[{index}].type")
 
 
 def check_chat(payload: Mapping[str, Any]) -> None:
     """Chat completions: ``web_search_options`` makes the search models search, by the call."""
     if payload.get("web_search_options") is not None and "web_search" not in allowed():
-        raise _refused("web_search", "web_search_options")
+        raise _refused("The built-in tool 'web_search'", "web_search_options")
+
+
+def check_messages(payload: Mapping[str, Any]) -> None:
+    """Messages: server tools, fast mode (``speed``) and a chosen inference geography."""
+    check_tools(payload, MESSAGES_TOOLS)
+    speed = payload.get("speed")
+    if speed is not None and speed != "standard" and "fast_mode" not in allowed():
+        raise _refused(f"'speed': {speed!r}", "speed")
+    geo = payload.get("inference_geo")
+    if geo is not None and geo != "global" and "inference_geo" not in allowed():
+        raise _refused(f"'inference_geo': {geo!r}", "inference_geo")

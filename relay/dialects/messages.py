@@ -197,7 +197,7 @@ class MessagesDialect(Dialect):
         payload = parse_messages(body)
         if payload.get("max_tokens") is None:
             raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
-        fees.check_tools(payload, fees.MESSAGES_TOOLS)
+        fees.check_messages(payload)
         return payload
 
     def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:

@@ -1,6 +1,7 @@
-"""Built-in tools a provider bills by the call (web search, file search, code containers)
-are refused on every surface unless the operator lets them through: nothing the relay
-meters would carry their cost, so the operator would pay for a tenant's searches."""
+"""What a provider bills apart from tokens (web search, file search, code containers,
+Anthropic's fast mode and inference geography) is refused on every surface unless the
+operator lets it through: nothing the relay meters would carry its cost, so the operator
+would pay for a tenant's searches."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ REFUSED = [
         "tools[0].type",
         "code_execution",
     ),
+    ("/v1/messages", {**MESSAGES, "speed": "fast"}, "speed", "'speed': 'fast'"),
+    ("/v1/messages", {**MESSAGES, "inference_geo": "us"}, "inference_geo", "'inference_geo': 'us'"),
 ]
 
 
@@ -90,7 +93,7 @@ def test_a_tool_billed_by_the_call_is_refused(
     response = native.client.post(path, json=body)
     assert response.status_code == 400, response.text
     error = _error(response)
-    assert f"'{name}'" in error["message"]
+    assert name in error["message"]
     if path != "/v1/messages":
         assert error["param"] == param
     assert sim.requests() == []  # nothing reached the provider
@@ -99,12 +102,16 @@ def test_a_tool_billed_by_the_call_is_refused(
 def test_the_operator_can_let_a_tool_through(
     native: Gateway, sim: Simulator, relay_settings: Any
 ) -> None:
-    relay_settings.RELAY_UNMETERED_TOOLS = frozenset({"web_search"})
+    relay_settings.RELAY_UNMETERED_FEATURES = frozenset({"web_search"})
     searched = {**RESPONSES, "tools": [{"type": "web_search_preview"}]}
     assert native.client.post("/v1/responses", json=searched).status_code == 200
     messages = {**MESSAGES, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
     assert native.client.post("/v1/messages", json=messages).status_code == 200
     assert len(sim.requests()) == 2
+    relay_settings.RELAY_UNMETERED_FEATURES = frozenset({"fast_mode"})
+    fast = {**MESSAGES, "speed": "fast"}
+    assert native.client.post("/v1/messages", json=fast).status_code == 200
+    assert sim.requests()[-1]["body"]["speed"] == "fast"
     # Only the tools named: code execution is still refused.
     coded = {**RESPONSES, "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}
     assert native.client.post("/v1/responses", json=coded).status_code == 400
@@ -116,7 +123,8 @@ def test_tools_the_client_runs_or_billed_as_tokens_pass(native: Gateway, sim: Si
         {"type": "bash_20250124", "name": "bash"},
         {"type": "web_fetch_20250910", "name": "web_fetch"},
     ]
-    response = native.client.post("/v1/messages", json={**MESSAGES, "tools": tools})
+    plain = {**MESSAGES, "tools": tools, "speed": "standard", "inference_geo": "global"}
+    response = native.client.post("/v1/messages", json=plain)
     assert response.status_code == 200, response.text
     response = native.client.post("/v1/responses", json={**RESPONSES, "tools": [FUNCTION]})
     assert response.status_code == 200, response.text
@@ -126,7 +134,7 @@ def test_tools_the_client_runs_or_billed_as_tokens_pass(native: Gateway, sim: Si
 def test_an_unknown_tool_name_stops_the_start() -> None:
     env = {
         **os.environ,
-        "RELAY_UNMETERED_TOOLS": "web_search,web_serach",
+        "RELAY_UNMETERED_FEATURES": "web_search,web_serach",
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
     started = subprocess.run(
@@ -137,4 +145,4 @@ def test_an_unknown_tool_name_stops_the_start() -> None:
         timeout=60,
     )
     assert started.returncode != 0
-    assert "RELAY_UNMETERED_TOOLS names unknown tools: ['web_serach']" in started.stderr
+    assert "RELAY_UNMETERED_FEATURES names unknown features: ['web_serach']" in started.stderr
