@@ -365,13 +365,14 @@ RELAY_BODY_FAST_PATH_BYTES = env.int("RELAY_BODY_FAST_PATH_BYTES", default=64 * 
 RELAY_BODY_FAST_PATH_SECONDS = env.float("RELAY_BODY_FAST_PATH_SECONDS", default=0.5)
 # What a provider bills apart from the token prices the relay meters, passed through
 # unmetered (relay.dialects.fees): any of web_search, file_search, code_interpreter,
-# code_execution, fast_mode, inference_geo. Default: refused.
+# code_execution, advisor, fast_mode, inference_geo. Default: refused.
 RELAY_UNMETERED_FEATURES = frozenset(env.list("RELAY_UNMETERED_FEATURES", default=[]))
 _UNKNOWN_FEATURES = RELAY_UNMETERED_FEATURES - {
     "web_search",
     "file_search",
     "code_interpreter",
     "code_execution",
+    "advisor",
     "fast_mode",
     "inference_geo",
 }

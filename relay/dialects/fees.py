@@ -1,16 +1,17 @@
 """What a provider bills apart from the token prices the relay meters.
 
 A request passed through to OpenAI or Anthropic may ask the provider itself to search the
-web, search files or run code, or (Anthropic) to answer in fast mode or keep inference in
-one geography. The provider bills those to the channel's account (web search at $10 or
-more per 1,000 calls, code containers by the session or the hour, fast mode at several
-times the token price), but no usage field the relay meters carries them: the tenant
-would be billed plain tokens and the operator would pay the rest. So they are refused
-with a 400 that names the feature, unless the operator lets it through, unmetered, with
-``RELAY_UNMETERED_FEATURES``: for example when the model's token prices already allow
-for it. Tools the client runs itself (functions, Anthropic's ``bash`` or
-``text_editor``) and those billed as tokens only (``image_generation``, ``mcp``,
-``computer_use_preview``, ``web_fetch``) are not concerned.
+web, search files, run code or consult a second model, or (Anthropic) to answer in fast
+mode or keep inference in one geography. The provider bills those to the channel's
+account (web search at $10 or more per 1,000 calls, code containers by the session or
+the hour, fast mode at several times the token price), but no usage field the relay
+meters carries them: the tenant would be billed plain tokens and the operator would pay
+the rest. So they are refused with a 400 that names the feature, unless the operator
+lets it through, unmetered, with ``RELAY_UNMETERED_FEATURES``: for example when the
+model's token prices already allow for it. Tools the client runs itself (functions,
+Anthropic's ``bash`` or ``text_editor``) and those billed as tokens only
+(``image_generation``, ``mcp``, ``computer_use_preview``, ``web_fetch``) are not
+concerned.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ RESPONSES_TOOLS = (
 MESSAGES_TOOLS = (
     ("web_search_", "web_search"),
     ("code_execution_", "code_execution"),
+    # A second model's inference inside the request, at that model's price.
+    ("advisor_", "advisor"),
 )
 
 

@@ -66,6 +66,12 @@ REFUSED = [
         "tools[0].type",
         "code_execution",
     ),
+    (
+        "/v1/messages",
+        {**MESSAGES, "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "x"}]},
+        "tools[0].type",
+        "advisor",
+    ),
     ("/v1/messages", {**MESSAGES, "speed": "fast"}, "speed", "'speed': 'fast'"),
     ("/v1/messages", {**MESSAGES, "inference_geo": "us"}, "inference_geo", "'inference_geo': 'us'"),
 ]
