@@ -20,7 +20,7 @@ from portal import services as portal_services
 from relay import errors, forward_native, outage, shared, sse, upstream
 from relay.affinity import conversation_key
 from relay.ahead import Gate
-from relay.dialects.base import Call, Dialect, Leg
+from relay.dialects.base import Call, Dialect, Leg, StreamError
 from relay.exchange import Exchange
 from relay.metering import UsageRecord
 from relay.routing import attempt_order
@@ -288,6 +288,7 @@ class Forwarding:
         track = getattr(self.settle, "track_stream", None)
         progress = track() if track is not None else None
         chunks = upstream.iter_chunks(response)
+        finished = False  # the answer's end came
         try:
             async for events in sse.iter_event_batches(chunks, MAX_EVENT_BYTES):
                 # What one upstream read completed goes out in one write.
@@ -300,6 +301,9 @@ class Forwarding:
                         continue
                     try:
                         chunk, final = leg.event(event, data)
+                    except StreamError:
+                        exchange.hold_body(b"".join(out))  # the events before it go first
+                        raise
                     except MALFORMED as exc:
                         if out:  # the well-formed events before it still go out
                             await exchange.send_body(b"".join(out))
@@ -311,6 +315,7 @@ class Forwarding:
                     ended = ended or final
                     if chunk:
                         out.append(chunk)
+                finished = finished or ended
                 if out:
                     joined = out[0] if len(out) == 1 else b"".join(out)
                     if ended and content.at_eof():
@@ -321,6 +326,17 @@ class Forwarding:
                         await exchange.send_body(joined)
                     if progress is not None:
                         progress.delivered()
+        except StreamError as failed:
+            # The provider's own error event, passed on (redacted) as the stream's last.
+            self.record.completed = False
+            self.record.error_code = failed.code
+            if failed.channel:
+                self._report_failure(route, None)
+            if self.settle is not None:
+                await self.settle()  # as for an answer's end: before the client sees it
+            with contextlib.suppress(Exception):
+                await exchange.end_body(failed.frame)
+            return
         except (upstream.UpstreamError, ValueError) as exc:
             logger.info("upstream stream broke: %s", type(exc).__name__)
             self._report_failure(route, None)
@@ -329,6 +345,20 @@ class Forwarding:
                 "The upstream connection broke during the response.",
             )
             return
+        if not finished:
+            # The body ended (cleanly) before the answer's last event.
+            closing = leg.end_of_stream()
+            if closing is None:
+                logger.info("upstream stream ended before its answer's end")
+                self._report_failure(route, None)
+                await self._end_stream_with_error(
+                    "upstream_stream_incomplete",
+                    "The upstream's stream ended before the response was complete.",
+                )
+                return
+            if self.settle is not None:
+                await self.settle()  # on its way to Redis before the client sees the end
+            exchange.hold_body(closing)
         await exchange.end_body()
 
     async def _end_stream_with_error(self, code: str, message: str) -> None:

@@ -27,6 +27,7 @@ from relay.providers.base import (
     StreamFailed,
 )
 from relay.providers.bedrock import UnsupportedContent
+from relay.providers.streams import StreamIncomplete
 from relay.providers.vertex import credentials_failure
 from relay.providers.vertex_auth import TokenFetchFailed
 from relay.snapshot import Route
@@ -246,6 +247,15 @@ async def _relay_stream(
             record.error_code = exc.failure.code or "upstream_stream_error"
         error = _error(exc.failure, route)
         await exchange.end_body(codec.stream_error(error))
+        return
+    except StreamIncomplete:
+        # A clean end, but before the provider's own (relay.forward, pass-through).
+        logger.info("upstream stream ended before its answer's end")
+        forwarding._report_failure(route, None)
+        await forwarding._end_stream_with_error(
+            "upstream_stream_incomplete",
+            "The upstream's stream ended before the response was complete.",
+        )
         return
     except (upstream.UpstreamError, *MALFORMED) as exc:
         logger.info("upstream stream broke: %s", type(exc).__name__)

@@ -114,6 +114,71 @@ def int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# What an in-stream error's type or code says when the request itself is at fault: the
+# OpenAI and Anthropic type for it, and the Responses API's codes for a prompt or an
+# input image it refuses. Anything else (overload, rate limits, server errors, codes
+# never seen) is the channel's.
+REQUEST_FAULTS = frozenset(
+    {
+        "invalid_request_error",
+        "request_too_large",
+        "context_length_exceeded",
+        "content_filter",
+        "content_policy_violation",
+        "invalid_prompt",
+        "bio_policy",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "invalid_image_mode",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "image_content_policy_violation",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "failed_to_download_image",
+        "image_file_not_found",
+    }
+)
+# A refused key wears the request's type at OpenAI; it is the channel's fault all the same.
+_CHANNEL_CODES = frozenset({"invalid_api_key", "authentication_error", "permission_error"})
+
+
+class StreamError(Exception):
+    """An upstream's error event inside a stream, raised by ``Leg.event``: the stream ends
+    with ``frame`` (the event as the client sees it, redacted) and is recorded as failed
+    with ``code``. ``channel`` says whether the channel is to blame, which its breaker
+    counts; a request at fault never counts: one tenant's bad requests would otherwise
+    open a channel for everyone."""
+
+    def __init__(self, frame: bytes, code: str, channel: bool) -> None:
+        super().__init__(code)
+        self.frame = frame
+        self.code = code
+        self.channel = channel
+
+    @classmethod
+    def classify(cls, frame: bytes, kind: Any, code: Any) -> StreamError:
+        """The error whose type is ``kind`` and whose code is ``code`` (the provider's,
+        either may be missing), recorded under a code of the relay's own or, when the
+        request is at fault, under the provider's code if it is a known one."""
+        named = {value for value in (kind, code) if isinstance(value, str)}
+        if named & REQUEST_FAULTS and not named & _CHANNEL_CODES:
+            known = code if isinstance(code, str) and code in REQUEST_FAULTS else None
+            return cls(frame, known or "upstream_request_refused", channel=False)
+        return cls(frame, "upstream_stream_error", channel=True)
+
+    @classmethod
+    def from_openai(cls, frame: bytes, error: Any) -> StreamError:
+        """For an OpenAI-style ``error`` object (its ``type`` and ``code``)."""
+        if not isinstance(error, dict):
+            return cls.classify(frame, None, None)
+        return cls.classify(frame, error.get("type"), error.get("code"))
+
+
 class Leg:
     """One channel's side of a request: what is sent, and how the answer is relayed."""
 
@@ -164,8 +229,16 @@ class Leg:
     def event(self, raw: bytes, data: bytes) -> tuple[bytes, bool]:
         """What to send the client for one upstream stream event, and whether it ends
         the answer (the request is settled before it goes out). Raises ValueError on a
-        malformed event."""
+        malformed event, and ``StreamError`` on the provider's error event: the stream
+        ends with it."""
         raise NotImplementedError
+
+    def end_of_stream(self) -> bytes | None:
+        """The upstream's stream ended without the event that ends its answer: the
+        client's closing bytes if the answer is whole all the same, or None if it was cut
+        short (then the stream ends with an error, so a truncated answer never passes for
+        a complete one)."""
+        return None
 
     def native(self) -> NativeCodec | None:
         """The request in the canonical form, for a channel with a provider adapter; None
@@ -268,6 +341,9 @@ class OpenAIStreamLeg(Leg):
         super().__init__(record, public)
         self.payload = payload
         self.client_wants_usage = wants_usage
+        # The choices the stream began and those it finished (``end_of_stream``).
+        self.begun: set[Any] = set()
+        self.finished: set[Any] = set()
 
     def content(self, route: Route) -> bytes:
         self.route = route
@@ -297,8 +373,18 @@ class OpenAIStreamLeg(Leg):
         chunk = self.rewrite(data)
         return (b"".join((b"data: ", chunk, b"\n\n")) if chunk is not None else b""), False
 
+    def end_of_stream(self) -> bytes | None:
+        """Whole without ``[DONE]`` when every choice it began has its ``finish_reason``:
+        servers such as llama.cpp's and TGI's sent none for a long time, and what the
+        client lacks then is the marker, not the answer (a usage chunk that did not come
+        is counted locally, as on any stream without one)."""
+        if self.finished and self.begun <= self.finished:
+            return b"data: [DONE]\n\n"
+        return None
+
     def rewrite(self, data: bytes) -> bytes | None:
-        """The chunk as the client should see it, or None to drop it."""
+        """The chunk as the client should see it, or None to drop it; raises
+        ``StreamError`` for an error chunk."""
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -306,16 +392,21 @@ class OpenAIStreamLeg(Leg):
         if not isinstance(chunk, dict):
             raise ValueError("malformed stream chunk")
         if "error" in chunk:
-            self.record.error_code = "upstream_stream_error"
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             text = self.redact(str(message or "upstream error"))
-            return orjson.dumps(errors.upstream_failed(502, text).payload())
+            frame = orjson.dumps(errors.upstream_failed(502, text).payload())
+            raise StreamError.from_openai(b"data: " + frame + b"\n\n", error)
         choices = chunk.get("choices")
         if isinstance(choices, list):
             for choice in choices:
                 if texts := self.texts(choice):
                     self.record.keep_text(texts)
+                if isinstance(choice, dict):
+                    index = choice.get("index")
+                    self.begun.add(index)
+                    if choice.get("finish_reason"):
+                        self.finished.add(index)
         usage = chunk.get("usage")
         if usage is not None:
             self.record.usage = Usage.from_openai(usage, chunk.get("service_tier"))

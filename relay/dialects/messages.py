@@ -18,7 +18,7 @@ import orjson
 
 from relay import errors, upstream
 from relay.dialects import fees
-from relay.dialects.base import Call, Dialect, Leg, check_int, dump, load_json
+from relay.dialects.base import Call, Dialect, Leg, StreamError, check_int, dump, load_json
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
 from relay.metering import Usage, UsageRecord
@@ -135,10 +135,13 @@ class PassLeg(Leg):
         elif kind == "message_delta":
             self._merge(event.get("usage"), final=True)
             return raw + b"\n\n", False
-        elif kind == "error" and isinstance(event.get("error"), dict):
-            self.record.error_code = "upstream_stream_error"
-            message = str(event["error"].get("message") or "upstream error")
-            event["error"] = self.redact_all({**event["error"], "message": message})
+        elif kind == "error":
+            error = event.get("error")
+            failure = error if isinstance(error, dict) else {}
+            message = str(failure.get("message") or "upstream error")
+            event["error"] = self.redact_all({**failure, "message": message})
+            frame = b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+            raise StreamError.classify(frame, failure.get("type"), None)
         else:
             return raw + b"\n\n", kind == "message_stop"
         return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n", False

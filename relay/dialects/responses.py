@@ -17,7 +17,16 @@ import orjson
 
 from relay import errors
 from relay.dialects import fees, response_ids
-from relay.dialects.base import Call, Dialect, Leg, check_int, dump, int_or_none, load_json
+from relay.dialects.base import (
+    Call,
+    Dialect,
+    Leg,
+    StreamError,
+    check_int,
+    dump,
+    int_or_none,
+    load_json,
+)
 from relay.dialects.images import image_limit
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
@@ -140,20 +149,26 @@ class PassLeg(Leg):
             text = event.get(field)
             self.record.keep_text([text] if isinstance(text, str) else [])
             return raw + b"\n\n", False  # the hot events go out untouched
+        failure: Any = None
         if isinstance(event.get("response"), dict):
             response = event["response"]
             self._rewrite(response)
-            if response.get("error"):  # response.failed: the provider's words, redacted
-                self.record.error_code = "upstream_stream_error"
-                response["error"] = self.redact_all(response["error"])
+            if failure := response.get("error"):  # response.failed: the provider's words
+                response["error"] = self.redact_all(failure)
+            elif kind == "response.failed":
+                failure = {"code": None}  # failed all the same, saying nothing of why
         elif kind == "error":
-            self.record.error_code = "upstream_stream_error"
+            # Its code at the top, as OpenAI sends it, or in an ``error`` object.
+            failure = event.get("error") if isinstance(event.get("error"), dict) else event
             event["message"] = str(event.get("message") or "upstream error")
             event = self.redact_all(event)
         else:
             return raw + b"\n\n", False
         name = str(kind).encode()
-        return b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n", name in FINAL_EVENTS
+        frame = b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+        if failure:
+            raise StreamError.from_openai(frame, failure)
+        return frame, name in FINAL_EVENTS
 
 
 class ResponsesCall(Call):

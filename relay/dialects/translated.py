@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay import errors
-from relay.dialects.base import Leg, dump
+from relay.dialects.base import Leg, StreamError, dump
 from relay.dialects.chat import delta_texts
 from relay.dialects.images import ImageGate
 from relay.dialects.native import NativeCodec
@@ -46,6 +46,7 @@ class TranslatedLeg(Leg):
         self.make_encoder = encoder
         self.encoder = encoder()
         self.stream_error = stream_error
+        self.finished = False  # the chat stream gave its finish_reason (``end_of_stream``)
 
     def native(self) -> NativeCodec:
         return NativeCodec(self.request, self.to_client, self.make_encoder, self.stream_error)
@@ -81,21 +82,27 @@ class TranslatedLeg(Leg):
         if not isinstance(chunk, dict):
             raise ValueError("malformed stream chunk")
         if "error" in chunk:
-            self.record.error_code = "upstream_stream_error"
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
             failure = errors.upstream_failed(502, self.redact(str(message or "upstream error")))
-            return self.stream_error(failure), False
+            raise StreamError.from_openai(self.stream_error(failure), error)
         if chunk.get("usage") is not None:
             self.record.usage = Usage.from_openai(chunk["usage"], chunk.get("service_tier"))
         for choice in chunk.get("choices") or ():
             self.record.keep_text(delta_texts(choice))
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finished = True
         out = bytearray()
         for event in self.images.events(self.decoder.feed(chunk)):
             for frame in self.encoder.feed(event):
                 out += frame
         self.record.output_images = self.images.delivered
         return bytes(out), False
+
+    def end_of_stream(self) -> bytes | None:
+        """Whole without ``[DONE]`` once the chat stream gave its ``finish_reason`` (see
+        ``OpenAIStreamLeg.end_of_stream``): the client's own closing events then."""
+        return b"".join(self.encoder.close()) if self.finished else None
 
 
 def translate(

@@ -25,7 +25,7 @@ from relay.providers.base import (
     clip_code,
     host,
 )
-from relay.providers.streams import SseStream
+from relay.providers.streams import SseStream, StreamIncomplete
 from relay.translate import canonical as c
 from relay.translate import messages, messages_stream
 
@@ -61,7 +61,7 @@ class AnthropicStream(SseStream):
 
     def end(self) -> list[c.Event]:
         if not self.stopped:
-            raise ValueError("the stream ended before message_stop")
+            raise StreamIncomplete("the stream ended before message_stop")
         return []
 
     def prompt_usage(self) -> c.Usage | None:

@@ -25,7 +25,7 @@ from relay.providers.base import (
     host,
 )
 from relay.providers.bedrock_auth import AwsCredentials, EventStreamDecoder, sign
-from relay.providers.streams import ProviderStream
+from relay.providers.streams import ProviderStream, StreamIncomplete
 from relay.translate import canonical as c
 
 THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
@@ -246,7 +246,7 @@ class BedrockStream(ProviderStream):
 
     def end(self) -> list[c.Event]:
         if not self.ended:
-            raise ValueError("the stream ended before its metadata event")
+            raise StreamIncomplete("the stream ended before its metadata event")
         return []
 
     def _event(self, name: str, event: Any) -> list[c.Event]:

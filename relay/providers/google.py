@@ -23,7 +23,7 @@ from relay.providers.base import (
     by_status,
     clip,
 )
-from relay.providers.streams import SseStream
+from relay.providers.streams import SseStream, StreamIncomplete
 from relay.translate import canonical as c
 
 THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
@@ -333,7 +333,7 @@ class GoogleStream(SseStream):
 
     def end(self) -> list[c.Event]:
         if self.finish_reason is None:
-            raise ValueError("the stream ended before its last candidate")
+            raise StreamIncomplete("the stream ended before its last candidate")
         events: list[c.Event] = [c.StreamFinish(_stop(self.finish_reason, self.calls > 0))]
         if self.usage is not None:
             events.append(c.StreamUsage(self.usage))

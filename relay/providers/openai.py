@@ -23,7 +23,7 @@ from relay.providers.base import (
     clip_code,
     host,
 )
-from relay.providers.streams import SseStream
+from relay.providers.streams import SseStream, StreamIncomplete
 from relay.translate import canonical as c
 from relay.translate import chat
 
@@ -51,10 +51,13 @@ class OpenAIStream(SseStream):
         super().__init__(secrets)
         self.decoder = chat.Decoder()
         self.done = False
+        self.finished = False  # the answer's finish_reason came
 
     def end(self) -> list[c.Event]:
-        if not self.done:
-            raise ValueError("the stream ended without [DONE]")
+        # Whole without [DONE] once its finish_reason came: servers such as llama.cpp's
+        # and TGI's sent no [DONE] for a long time (``relay.dialects.base``, pass-through).
+        if not self.done and not self.finished:
+            raise StreamIncomplete("the stream ended without [DONE]")
         return []
 
     def event(self, payload: bytes) -> list[c.Event]:
@@ -68,7 +71,10 @@ class OpenAIStream(SseStream):
             raise StreamFailed(failure_from(502, chunk, self.secrets))
         if not chunk.get("choices") and not chunk.get("usage"):
             return []  # Azure's prompt_filter_results preamble carries nothing for us
-        return self.decoder.feed(chunk)
+        events = self.decoder.feed(chunk)
+        if not self.finished:
+            self.finished = any(isinstance(event, c.StreamFinish) for event in events)
+        return events
 
 
 def failure_from(status: int, body: Any, secrets: tuple[str, ...]) -> ProviderFailure:

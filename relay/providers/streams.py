@@ -14,10 +14,16 @@ from relay import sse
 from relay.translate import canonical as c
 
 
+class StreamIncomplete(ValueError):
+    """The provider's stream ended, cleanly, before the event that says its answer is
+    complete: a truncated answer, not a whole one. A ValueError, so a caller that knows
+    nothing of it still takes the stream for broken."""
+
+
 class ProviderStream:
     """Feed the body's bytes as they arrive; ``finish`` once it ended. Subclasses give
     ``split`` (bytes to whole messages), ``event`` (one message to canonical events) and
-    ``end`` (the closing events, or ValueError when the stream stopped short)."""
+    ``end`` (the closing events, or ``StreamIncomplete`` when the stream stopped short)."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self.secrets = secrets

@@ -206,7 +206,7 @@ OVERLOADED = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_e
 
 
 @pytest.mark.parametrize(
-    ("tail", "code"), [(b"", "upstream_stream_broken"), (OVERLOADED, "upstream_overloaded")]
+    ("tail", "code"), [(b"", "upstream_stream_incomplete"), (OVERLOADED, "upstream_overloaded")]
 )
 def test_a_provider_stream_sent_whole_but_cut_delivers_its_text_before_the_error(
     gateway: Gateway,
