@@ -23,6 +23,7 @@ from relay import errors, upstream
 from relay.dialects.native import NativeCodec
 from relay.exchange import Exchange
 from relay.metering import Usage, UsageRecord
+from relay.providers.base import REQUEST_FAULTS, request_at_fault
 from relay.snapshot import Route
 from relay.upstream_errors import redact
 
@@ -114,39 +115,6 @@ def int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-# What an in-stream error's type or code says when the request itself is at fault: the
-# OpenAI and Anthropic type for it, and the Responses API's codes for a prompt or an
-# input image it refuses. Anything else (overload, rate limits, server errors, codes
-# never seen) is the channel's.
-REQUEST_FAULTS = frozenset(
-    {
-        "invalid_request_error",
-        "request_too_large",
-        "context_length_exceeded",
-        "content_filter",
-        "content_policy_violation",
-        "invalid_prompt",
-        "bio_policy",
-        "invalid_image",
-        "invalid_image_format",
-        "invalid_base64_image",
-        "invalid_image_url",
-        "invalid_image_mode",
-        "image_too_large",
-        "image_too_small",
-        "image_parse_error",
-        "image_content_policy_violation",
-        "image_file_too_large",
-        "unsupported_image_media_type",
-        "empty_image_file",
-        "failed_to_download_image",
-        "image_file_not_found",
-    }
-)
-# A refused key wears the request's type at OpenAI; it is the channel's fault all the same.
-_CHANNEL_CODES = frozenset({"invalid_api_key", "authentication_error", "permission_error"})
-
-
 class StreamError(Exception):
     """An upstream's error event inside a stream, raised by ``Leg.event``: the stream ends
     with ``frame`` (the event as the client sees it, redacted) and is recorded as failed
@@ -165,8 +133,7 @@ class StreamError(Exception):
         """The error whose type is ``kind`` and whose code is ``code`` (the provider's,
         either may be missing), recorded under a code of the relay's own or, when the
         request is at fault, under the provider's code if it is a known one."""
-        named = {value for value in (kind, code) if isinstance(value, str)}
-        if named & REQUEST_FAULTS and not named & _CHANNEL_CODES:
+        if request_at_fault(kind, code):
             known = code if isinstance(code, str) and code in REQUEST_FAULTS else None
             return cls(frame, known or "upstream_request_refused", channel=False)
         return cls(frame, "upstream_stream_error", channel=True)

@@ -24,6 +24,7 @@ from relay.providers.base import (
     clip,
     clip_code,
     host,
+    request_at_fault,
 )
 from relay.providers.streams import SseStream, StreamIncomplete
 from relay.translate import canonical as c
@@ -72,7 +73,11 @@ class AnthropicStream(SseStream):
         if not isinstance(event, dict):
             raise ValueError("malformed stream event")
         if event.get("type") == "error":
-            raise StreamFailed(failure_from(529, event, self.secrets))
+            error = event.get("error")
+            kind = error.get("type") if isinstance(error, dict) else None
+            # As the HTTP status it would have had: the request's 400, else an overload.
+            status = 400 if request_at_fault(kind) else 529
+            raise StreamFailed(failure_from(status, event, self.secrets))
         if event.get("type") == "message_stop":
             self.stopped = True
         return self.decoder.feed(event)

@@ -153,6 +153,45 @@ class Adapter(Protocol):
         ...
 
 
+# What an error's type or code says when the request itself is at fault, wherever it comes
+# (an error event inside a stream, relayed or decoded): the OpenAI and Anthropic type for
+# it, and the Responses API's codes for a prompt or an input image it refuses. Anything
+# else (overload, rate limits, server errors, codes never seen) is the channel's.
+REQUEST_FAULTS = frozenset(
+    {
+        "invalid_request_error",
+        "request_too_large",
+        "context_length_exceeded",
+        "content_filter",
+        "content_policy_violation",
+        "invalid_prompt",
+        "bio_policy",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "invalid_image_mode",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "image_content_policy_violation",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "failed_to_download_image",
+        "image_file_not_found",
+    }
+)
+# A refused key wears the request's type at OpenAI; it is the channel's fault all the same.
+CHANNEL_FAULTS = frozenset({"invalid_api_key", "authentication_error", "permission_error"})
+
+
+def request_at_fault(*named: object) -> bool:
+    """Whether an error of these types and codes (any may be missing) blames the request."""
+    names = {value for value in named if isinstance(value, str)}
+    return bool(names & REQUEST_FAULTS) and not names & CHANNEL_FAULTS
+
+
 def clip(message: str, secrets: tuple[str, ...] = ()) -> str:
     """A provider's error message made safe to show: secrets removed (in every spelling,
     see ``portal.redaction``), length bounded."""

@@ -240,7 +240,10 @@ class BedrockStream(ProviderStream):
 
     def event(self, message: Any) -> list[c.Event]:
         if message.message_type != "event":
-            failure = failure_for(message.event_type, message.payload, 502, self.secrets)
+            # A validation failure is the request's (a prompt too long), as its 400 would be.
+            kind = message.event_type or ""
+            status = 400 if kind.lower() == "validationexception" else 502
+            failure = failure_for(kind, message.payload, status, self.secrets)
             raise StreamFailed(failure)
         return self._event(message.event_type, orjson.loads(message.payload or b"{}"))
 

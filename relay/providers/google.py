@@ -346,7 +346,12 @@ class GoogleStream(SseStream):
         if not isinstance(answer, dict):
             raise ValueError("malformed stream chunk")
         if "error" in answer:
-            raise StreamFailed(failure_from(502, answer, self.secrets))
+            # The error's own HTTP code when it names the request's fault (400 for an
+            # INVALID_ARGUMENT), else a broken stream.
+            error = answer["error"]
+            code = error.get("code") if isinstance(error, dict) else None
+            status = code if isinstance(code, int) and 400 <= code < 500 else 502
+            raise StreamFailed(failure_from(status, answer, self.secrets))
         # A blocked prompt comes as the stream's only chunk: the client's error, not a
         # broken stream.
         if (refusal := blocked(answer)) is not None:

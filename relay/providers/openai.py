@@ -22,6 +22,7 @@ from relay.providers.base import (
     clip,
     clip_code,
     host,
+    request_at_fault,
 )
 from relay.providers.streams import SseStream, StreamIncomplete
 from relay.translate import canonical as c
@@ -68,7 +69,10 @@ class OpenAIStream(SseStream):
         if not isinstance(chunk, dict):
             raise ValueError("malformed stream chunk")
         if "error" in chunk:
-            raise StreamFailed(failure_from(502, chunk, self.secrets))
+            error = chunk["error"]
+            named = (error.get("type"), error.get("code")) if isinstance(error, dict) else ()
+            status = 400 if request_at_fault(*named) else 502
+            raise StreamFailed(failure_from(status, chunk, self.secrets))
         if not chunk.get("choices") and not chunk.get("usage"):
             return []  # Azure's prompt_filter_results preamble carries nothing for us
         events = self.decoder.feed(chunk)

@@ -341,6 +341,8 @@ ERRORS = [
     ("/v1/messages", "native", "upstream_request_refused"),
     ("/v1/responses", "openai", "context_length_exceeded"),
     ("/v1/messages", "openai", "context_length_exceeded"),
+    # Decoded by the adapter: its in-stream error is classified as its HTTP one would be.
+    ("/v1/chat/completions", "anthropic", "invalid_request_error"),
 ]
 
 
