@@ -349,17 +349,22 @@ class Forwarding:
             # The body ended (cleanly) before the answer's last event.
             closing = leg.end_of_stream()
             if closing is None:
-                logger.info("upstream stream ended before its answer's end")
-                self._report_failure(route, None)
-                await self._end_stream_with_error(
-                    "upstream_stream_incomplete",
-                    "The upstream's stream ended before the response was complete.",
-                )
+                await self._end_incomplete(route)
                 return
             if self.settle is not None:
                 await self.settle()  # on its way to Redis before the client sees the end
             exchange.hold_body(closing)
         await exchange.end_body()
+
+    async def _end_incomplete(self, route: Route) -> None:
+        """End a stream whose body ended, cleanly, before its answer's last event: a
+        truncated answer, never passed off as a whole one, and the channel's fault."""
+        logger.info("upstream stream ended before its answer's end")
+        self._report_failure(route, None)
+        await self._end_stream_with_error(
+            "upstream_stream_incomplete",
+            "The upstream's stream ended before the response was complete.",
+        )
 
     async def _end_stream_with_error(self, code: str, message: str) -> None:
         """End the stream with an error event (after what was held back for its end)."""

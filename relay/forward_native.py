@@ -248,14 +248,8 @@ async def _relay_stream(
         error = _error(exc.failure, route)
         await exchange.end_body(codec.stream_error(error))
         return
-    except StreamIncomplete:
-        # A clean end, but before the provider's own (relay.forward, pass-through).
-        logger.info("upstream stream ended before its answer's end")
-        forwarding._report_failure(route, None)
-        await forwarding._end_stream_with_error(
-            "upstream_stream_incomplete",
-            "The upstream's stream ended before the response was complete.",
-        )
+    except StreamIncomplete:  # a clean end, but before the provider's own
+        await forwarding._end_incomplete(route)
         return
     except (upstream.UpstreamError, *MALFORMED) as exc:
         logger.info("upstream stream broke: %s", type(exc).__name__)

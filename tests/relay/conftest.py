@@ -185,6 +185,35 @@ def gateway(
     client.close()
 
 
+def messages_stream_events(words: list[str]) -> list[dict[str, Any]]:
+    """One text answer (``words``) as the events of Anthropic's Messages stream: 9 prompt
+    tokens in ``message_start``, an output token per word in ``message_delta``."""
+    message: dict[str, Any] = {
+        "id": "msg_t",
+        "type": "message",
+        "role": "assistant",
+        "model": UPSTREAM_MODEL,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": 9, "output_tokens": 1},
+    }
+    return [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+            for w in words
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": len(words)},
+        },
+        {"type": "message_stop"},
+    ]
+
+
 def chat_body(**extra: Any) -> dict[str, Any]:
     return {
         "model": PUBLIC_MODEL,

@@ -26,7 +26,7 @@ import pytest
 from billing.models import UsageEvent
 from relay import health
 from relay.metering import usage_writer
-from tests.relay.conftest import PUBLIC_MODEL, UPSTREAM_MODEL, Gateway
+from tests.relay.conftest import PUBLIC_MODEL, UPSTREAM_MODEL, Gateway, messages_stream_events
 from tests.servers import asgi_body, running_server
 
 WORDS = ["Hello", " from", " one", " read"]
@@ -98,30 +98,7 @@ def _responses(case: str) -> bytes:
 
 
 def _messages(case: str) -> bytes:
-    message = {
-        "id": "msg_e",
-        "type": "message",
-        "role": "assistant",
-        "model": UPSTREAM_MODEL,
-        "content": [],
-        "stop_reason": None,
-        "usage": {"input_tokens": 9, "output_tokens": 1},
-    }
-    events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": message},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        *(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
-            for w in WORDS
-        ),
-        {"type": "content_block_stop", "index": 0},
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": 4},
-        },
-        {"type": "message_stop"},
-    ]
+    events = messages_stream_events(WORDS)
     if case == "cut":
         del events[-3:]  # the block's stop, the usage and the end
     elif case in ("error", "refused"):

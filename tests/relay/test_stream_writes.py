@@ -26,6 +26,7 @@ from tests.relay.conftest import (
     UPSTREAM_MODEL,
     Gateway,
     chat_body,
+    messages_stream_events,
     sse_chunks,
     usage_events,
 )
@@ -62,32 +63,7 @@ def _events(tail: bytes = b"") -> bytes:
 def _anthropic_events(cut: bool = False, tail: bytes = b"") -> bytes:
     """The same answer in Anthropic's Messages stream (``cut``: without its last two
     events), then ``tail``."""
-    events: list[dict[str, Any]] = [
-        {
-            "type": "message_start",
-            "message": {
-                "id": "msg_w",
-                "type": "message",
-                "role": "assistant",
-                "model": UPSTREAM_MODEL,
-                "content": [],
-                "stop_reason": None,
-                "usage": {"input_tokens": 9, "output_tokens": 1},
-            },
-        },
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        *(
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
-            for w in WORDS
-        ),
-        {"type": "content_block_stop", "index": 0},
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-            "usage": {"output_tokens": 4},
-        },
-        {"type": "message_stop"},
-    ]
+    events = messages_stream_events(WORDS)
     if cut:
         del events[-2:]
     whole = b"".join(
