@@ -240,12 +240,14 @@ async def _relay_stream(
         record.completed = False
         # The request's own fault (a prompt the provider blocks) says nothing about the
         # channel: counted, one tenant's requests could open its breaker for all.
+        error = _error(exc.failure, route)
         if exc.failure.retryable:
             record.error_code = "upstream_stream_error"
             forwarding._report_failure(route, None)
         else:
-            record.error_code = exc.failure.code or "upstream_stream_error"
-        error = _error(exc.failure, route)
+            record.error_code = error.code or "upstream_stream_error"
+        if forwarding.settle is not None:
+            await forwarding.settle()  # as for an answer's end: before the client sees it
         await exchange.end_body(codec.stream_error(error))
         return
     except StreamIncomplete:  # a clean end, but before the provider's own
