@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -144,6 +144,25 @@ class StreamError(Exception):
         if not isinstance(error, dict):
             return cls.classify(frame, None, None)
         return cls.classify(frame, error.get("type"), error.get("code"))
+
+
+def stream_failure(error: Any, redact: Callable[[str], str]) -> errors.RelayError:
+    """An OpenAI-style ``error`` inside a stream, as the client's error event says it: the
+    provider's words, redacted; an error that blames the request keeps its type and code
+    (the 400 it would have been), any other is the upstream's failure."""
+    if not isinstance(error, dict):
+        return errors.upstream_failed(502, redact(str(error or "upstream error")))
+    text = redact(str(error.get("message") or "upstream error"))
+    kind, code, param = error.get("type"), error.get("code"), error.get("param")
+    if request_at_fault(kind, code):
+        return errors.RelayError(
+            400,
+            text,
+            type="invalid_request_error",
+            param=redact(param) if isinstance(param, str) else None,
+            code=redact(code) if isinstance(code, str) else None,
+        )
+    return errors.upstream_failed(502, text)
 
 
 class Leg:
@@ -360,9 +379,7 @@ class OpenAIStreamLeg(Leg):
             raise ValueError("malformed stream chunk")
         if "error" in chunk:
             error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            text = self.redact(str(message or "upstream error"))
-            frame = orjson.dumps(errors.upstream_failed(502, text).payload())
+            frame = orjson.dumps(stream_failure(error, self.redact).payload())
             raise StreamError.from_openai(b"data: " + frame + b"\n\n", error)
         choices = chunk.get("choices")
         if isinstance(choices, list):

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay import errors
-from relay.dialects.base import Leg, StreamError, dump
+from relay.dialects.base import Leg, StreamError, dump, stream_failure
 from relay.dialects.chat import delta_texts
 from relay.dialects.images import ImageGate
 from relay.dialects.native import NativeCodec
@@ -83,8 +83,7 @@ class TranslatedLeg(Leg):
             raise ValueError("malformed stream chunk")
         if "error" in chunk:
             error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            failure = errors.upstream_failed(502, self.redact(str(message or "upstream error")))
+            failure = stream_failure(error, self.redact)
             raise StreamError.from_openai(self.stream_error(failure), error)
         if chunk.get("usage") is not None:
             self.record.usage = Usage.from_openai(chunk["usage"], chunk.get("service_tier"))

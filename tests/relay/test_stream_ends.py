@@ -334,7 +334,18 @@ def test_an_error_event_ends_the_stream_after_it(
     body, event = _stream(gateway, path, case)
     *frames, last = _frames(body)
     assert _text(path, frames) == "".join(WORDS[:2])  # nothing after the error
-    assert _error_of(path, last)["message"]
+    error = _error_of(path, last)
+    assert error["message"]
+    if way == "openai":  # a chat channel's error, in the client's terms
+        blamed = case == "refused"
+        if path == "/v1/responses":
+            assert error["code"] == ("context_length_exceeded" if blamed else "upstream_error")
+        elif path == "/v1/messages":
+            assert error["type"] == ("invalid_request_error" if blamed else "api_error")
+        else:
+            assert error["type"] == ("invalid_request_error" if blamed else "server_error")
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            assert error["code"] == ("context_length_exceeded" if blamed else "upstream_error")
     assert b"[DONE]" not in body and b"message_stop" not in body
     code = "upstream_stream_error" if case == "error" else refused_code
     assert (event.completed, event.error_code) == (False, code)
