@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +12,21 @@ from django.http import HttpRequest
 
 from console.admin.base import AuditedAdmin
 from portal.models import (
+    Channel,
     Membership,
     Organization,
 )
+
+# What the relay enforces on a tenant (and on each key, which has its own), never on a
+# reseller or the platform, which hold no keys.
+TENANT_FIELDS = [
+    "rpm_limit",
+    "tpm_limit",
+    "concurrency_limit",
+    "daily_token_limit",
+    "channel_groups",
+]
+_GROUP = re.compile(r"[-a-zA-Z0-9_]+")
 
 
 class MembershipInline(admin.TabularInline):
@@ -25,9 +38,43 @@ class MembershipInline(admin.TabularInline):
 
 
 class OrganizationForm(forms.ModelForm):
+    # Typed as a comma-separated list, as a key's models are.
+    channel_groups = forms.CharField(
+        required=False,
+        help_text="Tenants only: comma-separated channel groups its keys may use (a key's own "
+        "groups, where set, replace these); blank allows every group.",
+    )
+
     class Meta:
         model = Organization
-        fields = ["name", "slug", "kind", "parent", "is_active"]
+        fields = ["name", "slug", "kind", "parent", "is_active", *TENANT_FIELDS]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial["channel_groups"] = ", ".join(self.instance.channel_groups or [])
+
+    def clean_channel_groups(self) -> list[str]:
+        typed = self.cleaned_data["channel_groups"].split(",")
+        groups = [name for name in dict.fromkeys(part.strip() for part in typed) if name]
+        malformed = [name for name in groups if not _GROUP.fullmatch(name)]
+        if malformed:
+            raise forms.ValidationError(f"Not a group name: {', '.join(malformed)}")
+        # A misspelt group would leave the tenant no channel at all, and every request
+        # of its keys refused: only groups some channel is in are taken.
+        known = set(Channel.objects.filter(group__in=groups).values_list("group", flat=True))
+        unknown = [name for name in groups if name not in known]
+        if unknown:
+            raise forms.ValidationError(f"No channel is in the group: {', '.join(unknown)}")
+        return groups
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        kind = data.get("kind") or self.instance.kind  # read-only once created
+        if kind and kind != Organization.Kind.TENANT:
+            for name in TENANT_FIELDS:
+                if data.get(name):
+                    self.add_error(name, "Only a tenant has limits and channel groups.")
+        return data
 
     def _post_clean(self) -> None:
         # Organization.clean() looks the kind up in a dict and raises KeyError when it is

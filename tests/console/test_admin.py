@@ -186,6 +186,39 @@ def test_adding_an_organisation_is_validated_and_audited(
     assert (entry.organization, entry.actor) == (acme, operator_user)
 
 
+def test_only_a_tenant_takes_limits_and_only_known_channel_groups(
+    operator_client: Client, tenant_org: Organization, reseller_org: Organization, channel: Channel
+) -> None:
+    def change(org: Organization, **fields: str) -> str:
+        form = {
+            "name": org.name,
+            "slug": org.slug,
+            "is_active": "on",
+            "memberships-TOTAL_FORMS": 0,
+            "memberships-INITIAL_FORMS": 0,
+            **fields,
+        }
+        response = operator_client.post(admin_url(Organization, "change", org.pk), form)
+        return "saved" if response.status_code == 302 else response.content.decode()
+
+    assert "No channel is in the group: premuim" in change(tenant_org, channel_groups="premuim")
+    assert "Not a group name: a b" in change(tenant_org, channel_groups="default, a b")
+    assert "Only a tenant has limits" in change(reseller_org, tpm_limit="1000")
+    assert "Only a tenant has limits" in change(reseller_org, channel_groups="default")
+    for org in (tenant_org, reseller_org):
+        org.refresh_from_db()
+        assert (org.channel_groups, org.tpm_limit) == ([], None)
+
+    assert change(tenant_org, channel_groups=" default, default,", tpm_limit="1000") == "saved"
+    tenant_org.refresh_from_db()
+    assert (tenant_org.channel_groups, tenant_org.tpm_limit) == (["default"], 1000)
+    page = operator_client.get(admin_url(Organization, "change", tenant_org.pk)).content.decode()
+    assert 'name="channel_groups" value="default"' in page
+    assert change(tenant_org, channel_groups="") == "saved"  # blank: every group again
+    tenant_org.refresh_from_db()
+    assert (tenant_org.channel_groups, tenant_org.tpm_limit) == ([], None)
+
+
 # --- API keys -------------------------------------------------------------------------------
 
 

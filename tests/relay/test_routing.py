@@ -203,6 +203,47 @@ def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, level: s
     assert used == ({gateway.channel.pk} if restricted else {premium.pk})
 
 
+def test_an_operator_limits_a_tenant_to_a_channel_group_from_the_admin(
+    gateway: Gateway, sim: Simulator, client: Any, operator_user: Any
+) -> None:
+    """What the admin's tenant form saves reaches every relay: its keys use that group's
+    channels only, and its own requests-per-minute limit holds."""
+    dedicated = gateway.add_channel(sim.channel_url("tokens=4"), name="dedicated", priority=10)
+    dedicated.group = "acme-only"
+    dedicated.save()
+    _settle(gateway)
+    assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    assert usage_events(1)[0].channel_id == dedicated.pk  # the higher priority, for now
+    client.force_login(operator_user)
+    tenant = gateway.tenant
+
+    response = client.post(
+        f"/admin/portal/organization/{tenant.pk}/change/",
+        {
+            "name": tenant.name,
+            "slug": tenant.slug,
+            "is_active": "on",
+            "channel_groups": "default",
+            "rpm_limit": "3",
+            "memberships-TOTAL_FORMS": 0,
+            "memberships-INITIAL_FORMS": 0,
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    tenant.refresh_from_db()
+    assert (tenant.channel_groups, tenant.rpm_limit) == (["default"], 3)
+    entry = AuditEntry.objects.filter(action="organization.update").latest("pk")
+    assert entry.data["changed"]["channel_groups"] == ["default"]
+    _settle(gateway)
+    statuses = [
+        gateway.client.post("/v1/chat/completions", json=chat_body()).status_code for _ in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+    served = [e for e in usage_events(4)[1:] if e.status_code == 200]
+    assert [e.channel_id for e in served] == [gateway.channel.pk] * 3
+
+
 def test_an_operator_tests_channels_on_demand_from_the_admin(
     gateway: Gateway, sim: Simulator, client: Any, operator_user: Any
 ) -> None:
