@@ -234,7 +234,7 @@ class ResponsesCall(Call):
                 "no responses. Send the whole conversation in 'input' instead.",
                 param="previous_response_id",
             )
-        for name in ("background", "conversation", "prompt"):
+        for name in ("conversation", "prompt"):
             if payload.get(name):
                 raise errors.invalid_request(
                     f"'{name}' is not available for this model.", param=name
@@ -266,6 +266,14 @@ class ResponsesDialect(Dialect):
         if previous is not None and not isinstance(previous, str):
             raise errors.invalid_request(
                 "'previous_response_id' must be a string.", param="previous_response_id"
+            )
+        if payload.get("background"):
+            # OpenAI answers at once and generates afterwards, at the channel's expense;
+            # the usage shows only on a later retrieve, which is not billed.
+            raise errors.invalid_request(
+                "'background' is not offered here: a background response is generated "
+                "after the request ends, where its tokens cannot be metered.",
+                param="background",
             )
         fees.check_tools(payload, fees.RESPONSES_TOOLS)
         return payload

@@ -137,6 +137,29 @@ def test_tools_the_client_runs_or_billed_as_tokens_pass(native: Gateway, sim: Si
     assert len(sim.requests()) == 2
 
 
+@pytest.mark.parametrize("native_channel", [True, False])
+def test_a_background_response_is_refused(
+    gateway: Gateway, sim: Simulator, native_channel: bool
+) -> None:
+    """OpenAI answers a background request at once, with no usage, and generates the
+    answer afterwards: its tokens would reach the tenant through an unbilled retrieve."""
+    if native_channel:
+        gateway.channel.native_surfaces = ["responses"]
+        gateway.channel.save()
+        gateway.caught_up()
+    response = gateway.client.post("/v1/responses", json={**RESPONSES, "background": True})
+    assert response.status_code == 400, response.text
+    error = _error(response)
+    assert (error["param"], error["type"]) == ("background", "invalid_request_error")
+    assert "metered" in error["message"]
+    assert sim.requests() == []
+    # Saying no is no background at all.
+    answered = gateway.client.post("/v1/responses", json={**RESPONSES, "background": False})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "completed"
+    assert len(sim.requests()) == 1
+
+
 def test_an_unknown_tool_name_stops_the_start() -> None:
     env = {
         **os.environ,
