@@ -115,7 +115,11 @@ class RelayApp:
         key = await exchange.authenticate()
         snapshot = await self.cache.snapshot()
         model = snapshot.models.get(model_id)
-        if model is None or not model.routes or not key.allows(model_id):
+        if (
+            model is None
+            or not key.allows(model_id)
+            or not any(key.allows_route(route) for route in model.routes)
+        ):
             raise errors.model_not_found(model_id)
         if model_id not in await self.cache.prices(key.tenant_id):
             raise errors.model_not_priced(model_id)

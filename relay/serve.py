@@ -55,8 +55,10 @@ async def resolve(
     price = (await cache.prices(key.tenant_id)).at(public, exchange.created_at)
     if price is None:
         raise errors.model_not_priced(public)
-    routes = tuple(route for route in model.routes if key.allows_group(route.group))
+    routes = tuple(route for route in model.routes if key.allows_route(route))
     if not routes:
+        if model.routes:  # none this key may use: to it, the model is not here
+            raise errors.model_not_found(public)
         raise errors.no_channel(public)
     return model, price, routes
 

@@ -97,7 +97,7 @@ async def stored_response(exchange: Exchange, method: str, rest: str) -> None:
     pin = response_ids.unseal(public_id, key.tenant_id)
     snapshot = await exchange.app.cache.snapshot()
     found = _channel_route(snapshot, pin[0]) if pin is not None else None
-    if pin is None or found is None or not key.allows_group(found[0].group):
+    if pin is None or found is None or not key.allows_route(found[0]):
         raise not_found(public_id)
     route, names = found
     path = f"/responses/{pin[1]}" + (f"/{action}" if action else "")

@@ -62,8 +62,12 @@ class KeyInfo:
     def allows_surface(self, surface: str) -> bool:
         return not self.allowed_surfaces or surface in self.allowed_surfaces
 
-    def allows_group(self, group: str) -> bool:
-        return not self.channel_groups or group in self.channel_groups
+    def allows_route(self, route: Route) -> bool:
+        """Whether the key may use the channel: a key with no groups may use any but a
+        dedicated one, which only keys naming its group may."""
+        if not self.channel_groups:
+            return not route.dedicated
+        return route.group in self.channel_groups
 
     def allows_address(self, address: IPAddress | None) -> bool:
         if not self.networks:
@@ -93,6 +97,7 @@ class Route:
     priority: int
     weight: int
     group: str = "default"
+    dedicated: bool = False  # only for keys whose groups name ``group``
     timeout: aiohttp.ClientTimeout | None = None  # None: the relay's defaults
     total_timeout: float | None = None
     # Client APIs the provider serves itself ("responses", "messages"): those requests
@@ -166,12 +171,12 @@ class Snapshot:
 
     def servable(self, key: KeyInfo, prices: Mapping[str, PricePair]) -> list[ModelInfo]:
         """Models this key may use, priced for its tenant, with at least one enabled channel
-        and a client API the key may call."""
+        the key may use and a client API the key may call."""
         return [
             m
             for m in self.models.values()
-            if m.routes
-            and key.allows(m.public_id)
+            if key.allows(m.public_id)
+            and any(key.allows_route(route) for route in m.routes)
             and m.public_id in prices
             and (not key.allowed_surfaces or m.surfaces & key.allowed_surfaces)
         ]
@@ -353,6 +358,7 @@ def load_snapshot() -> Snapshot:
                 priority=channel.priority,
                 weight=max(channel.weight, 0),
                 group=channel.group,
+                dedicated=channel.dedicated,
                 timeout=_timeout(channel),
                 total_timeout=channel.total_timeout,
                 native=frozenset(native or ()),

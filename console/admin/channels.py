@@ -131,7 +131,10 @@ class ChannelAdmin(AuditedAdmin):
             },
         ),
         ("Secret", {"fields": ["secret_status", "secret", "clear_secret"]}),
-        ("Routing", {"fields": ["priority", "weight", "group", "status", "status_reason"]}),
+        (
+            "Routing",
+            {"fields": ["priority", "weight", "group", "dedicated", "status", "status_reason"]},
+        ),
         ("Timeouts", {"fields": ["connect_timeout", "first_byte_timeout", "total_timeout"]}),
         (
             "Health",

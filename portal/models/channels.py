@@ -105,6 +105,11 @@ class Channel(models.Model):
         default="default",
         help_text="Keys and tenants may be restricted to some groups (e.g. premium).",
     )
+    dedicated = models.BooleanField(
+        default=False,
+        help_text="Only keys and tenants whose channel groups name this channel's group use "
+        "it; those with no groups (allowed every group) never do.",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ENABLED)
     status_reason = models.CharField(max_length=500, blank=True)
     connect_timeout = models.FloatField(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from portal.models import AuditEntry, Channel
+from portal.models import AuditEntry, CatalogModel, Channel, ChannelModel
 from relay import health
 from relay.routing import attempt_order
 from relay.snapshot import Route
@@ -201,6 +201,43 @@ def test_channel_groups_restrict_keys(gateway: Gateway, sim: Simulator, level: s
         assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
     used = {e.channel_id for e in usage_events(3)}
     assert used == ({gateway.channel.pk} if restricted else {premium.pk})
+
+
+@pytest.mark.parametrize("named_by", ["nobody", "tenant", "key"])
+def test_a_dedicated_channel_serves_only_keys_that_name_its_group(
+    gateway: Gateway, sim: Simulator, named_by: str
+) -> None:
+    """A tenant given channels of its own (``dedicated``) keeps them: a tenant or key with
+    no channel groups, allowed every group, never reaches them, nor sees the models only
+    they serve."""
+    dedicated = gateway.add_channel(sim.channel_url("tokens=4"), name="acme", priority=10)
+    dedicated.group, dedicated.dedicated = "acme-only", True
+    dedicated.save()
+    own = CatalogModel.objects.create(public_id="acme-model", owned_by="tollgate")
+    gateway.price(own)
+    ChannelModel.objects.create(channel=dedicated, model=own, upstream_name="sim-upstream")
+    if named_by == "tenant":
+        gateway.tenant.channel_groups = ["acme-only", "default"]
+        gateway.tenant.save()
+    elif named_by == "key":
+        gateway.api_key.channel_groups = ["acme-only"]
+        gateway.api_key.save()
+    _settle(gateway)
+    entitled = named_by != "nobody"
+
+    for _ in range(3):
+        assert gateway.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    used = {e.channel_id for e in usage_events(3)}
+    assert used == ({dedicated.pk} if entitled else {gateway.channel.pk})
+    listed = {m["id"] for m in gateway.client.get("/v1/models").json()["data"]}
+    assert ("acme-model" in listed) is entitled
+    asked = gateway.client.post("/v1/chat/completions", json=chat_body(model="acme-model"))
+    retrieved = gateway.client.get("/v1/models/acme-model")
+    if entitled:
+        assert (asked.status_code, retrieved.status_code) == (200, 200), asked.text
+    else:  # to this key the model is not there at all
+        assert (asked.status_code, retrieved.status_code) == (404, 404)
+        assert asked.json()["error"]["code"] == "model_not_found"
 
 
 def test_an_operator_limits_a_tenant_to_a_channel_group_from_the_admin(
