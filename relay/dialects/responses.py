@@ -234,11 +234,6 @@ class ResponsesCall(Call):
                 "no responses. Send the whole conversation in 'input' instead.",
                 param="previous_response_id",
             )
-        for name in ("conversation", "prompt"):
-            if payload.get(name):
-                raise errors.invalid_request(
-                    f"'{name}' is not available for this model.", param=name
-                )
         request = translate(responses.request_to_canonical, payload)
         return TranslatedLeg(
             record,
@@ -275,6 +270,15 @@ class ResponsesDialect(Dialect):
                 "after the request ends, where its tokens cannot be metered.",
                 param="background",
             )
+        for name in ("conversation", "prompt"):
+            # Objects kept in the channel's account, which the relay offers no way to
+            # make: an id a client sends names someone else's, if anyone's.
+            if payload.get(name):
+                raise errors.invalid_request(
+                    f"'{name}' is not available here: it names an object kept with the "
+                    "provider, which this service does not offer.",
+                    param=name,
+                )
         fees.check_tools(payload, fees.RESPONSES_TOOLS)
         return payload
 

@@ -1,7 +1,9 @@
 """What a provider bills apart from tokens (web search, file search, code containers,
 Anthropic's fast mode and inference geography) is refused on every surface unless the
 operator lets it through: nothing the relay meters would carry its cost, so the operator
-would pay for a tenant's searches."""
+would pay for a tenant's searches. So are background responses, generated where nothing
+is metered, and the provider's stored conversations and prompts, which are not the
+tenant's."""
 
 from __future__ import annotations
 
@@ -158,6 +160,20 @@ def test_a_background_response_is_refused(
     assert answered.status_code == 200, answered.text
     assert answered.json()["status"] == "completed"
     assert len(sim.requests()) == 1
+
+
+@pytest.mark.parametrize(
+    "stored", [{"conversation": "conv_abc123"}, {"prompt": {"id": "pmpt_abc123"}}]
+)
+def test_objects_kept_in_the_channels_account_are_not_named(
+    native: Gateway, sim: Simulator, stored: dict[str, Any]
+) -> None:
+    """The relay makes no conversations or prompts, so an id a client sends is one of the
+    operator's account (its other apps'), which no tenant may read through the model."""
+    response = native.client.post("/v1/responses", json={**RESPONSES, **stored})
+    assert response.status_code == 400, response.text
+    assert _error(response)["param"] == next(iter(stored))
+    assert sim.requests() == []
 
 
 def test_an_unknown_tool_name_stops_the_start() -> None:
