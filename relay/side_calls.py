@@ -18,10 +18,10 @@ import orjson
 from django.conf import settings
 
 from relay import errors, tokens, upstream
-from relay.dialects import response_ids
+from relay.dialects import response_ids, stored_files
 from relay.dialects.base import dump, load_json
 from relay.dialects.messages import anthropic_headers, parse_messages
-from relay.dialects.responses import not_found
+from relay.dialects.responses import check_stored, not_found
 from relay.exchange import Exchange
 from relay.intake import intake_body, intake_release
 from relay.routing import attempt_order
@@ -136,7 +136,12 @@ async def count_tokens(exchange: Exchange, surface: str) -> None:
     taken = await intake_body(exchange, key, max_bytes=settings.RELAY_MAX_BODY_BYTES)
     try:
         body = taken.body
-        payload = parse_messages(body) if surface == "messages" else load_json(body)
+        if surface == "messages":
+            payload = parse_messages(body)
+            stored_files.check_messages(body, payload)
+        else:
+            payload = load_json(body)
+            check_stored(body, payload)
         public = payload["model"]
         _, _, routes = await resolve(exchange, key, surface, public)
         route = next(iter(attempt_order(routes)))

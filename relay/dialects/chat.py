@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from relay import errors, tokens
-from relay.dialects import fees
+from relay.dialects import fees, stored_files
 from relay.dialects.base import (
     Call,
     Dialect,
@@ -47,6 +47,7 @@ def parse_request(body: bytes) -> dict[str, Any]:
     check_int(payload, "max_tokens", 1)
     check_int(payload, "max_completion_tokens", 1)
     fees.check_chat(payload)
+    stored_files.check_chat(body, payload)
     return payload
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from relay import errors, upstream
-from relay.dialects import fees
+from relay.dialects import fees, stored_files
 from relay.dialects.base import Call, Dialect, Leg, StreamError, check_int, dump, load_json
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
@@ -201,6 +201,7 @@ class MessagesDialect(Dialect):
         if payload.get("max_tokens") is None:
             raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
         fees.check_messages(payload)
+        stored_files.check_messages(body, payload)
         return payload
 
     def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from relay import errors
-from relay.dialects import fees, response_ids
+from relay.dialects import fees, response_ids, stored_files
 from relay.dialects.base import (
     Call,
     Dialect,
@@ -45,6 +45,19 @@ _TEXT_EVENTS = {
 def not_found(response_id: str, param: str | None = None) -> errors.RelayError:
     status = 400 if param else 404
     return errors.RelayError(status, f"Response with id '{response_id}' not found.", param=param)
+
+
+def check_stored(body: bytes, payload: Mapping[str, Any]) -> None:
+    """Refuse what names an object kept in the channel's account, which the relay offers
+    no way to make: an id a client sends is someone else's, if anyone's."""
+    for name in ("conversation", "prompt"):
+        if payload.get(name):
+            raise errors.invalid_request(
+                f"'{name}' is not available here: it names an object kept with the "
+                "provider, which this service does not offer.",
+                param=name,
+            )
+    stored_files.check_responses(body, payload)
 
 
 def _measure(value: Any) -> tuple[int, int]:
@@ -270,15 +283,7 @@ class ResponsesDialect(Dialect):
                 "after the request ends, where its tokens cannot be metered.",
                 param="background",
             )
-        for name in ("conversation", "prompt"):
-            # Objects kept in the channel's account, which the relay offers no way to
-            # make: an id a client sends names someone else's, if anyone's.
-            if payload.get(name):
-                raise errors.invalid_request(
-                    f"'{name}' is not available here: it names an object kept with the "
-                    "provider, which this service does not offer.",
-                    param=name,
-                )
+        check_stored(body, payload)
         fees.check_tools(payload, fees.RESPONSES_TOOLS)
         return payload
 

@@ -176,6 +176,142 @@ def test_objects_kept_in_the_channels_account_are_not_named(
     assert sim.requests() == []
 
 
+def _user(*parts: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": "Read it"}, *parts]}]
+
+
+NAMED_FILES = [
+    (
+        "/v1/chat/completions",
+        {**CHAT, "messages": _user({"type": "file", "file": {"file_id": "file-abc"}})},
+        "messages[0].content[1].file.file_id",
+    ),
+    (
+        "/v1/responses",
+        {**RESPONSES, "input": _user({"type": "input_file", "file_id": "file-abc"})},
+        "input[0].content[1].file_id",
+    ),
+    (
+        "/v1/responses",
+        {
+            **RESPONSES,
+            "input": [
+                {"type": "function_call", "call_id": "c1", "name": "look", "arguments": "{}"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [{"type": "input_image", "file_id": "file-abc"}],
+                },
+            ],
+        },
+        "input[1].output[0].file_id",
+    ),
+    (
+        "/v1/messages",
+        {
+            **MESSAGES,
+            "messages": _user(
+                {"type": "document", "source": {"type": "file", "file_id": "file_abc"}}
+            ),
+        },
+        "messages.0.content.1.source",
+    ),
+    (
+        "/v1/messages",
+        {
+            **MESSAGES,
+            "messages": [
+                {"role": "user", "content": "Look"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "look", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [
+                                {"type": "image", "source": {"type": "file", "file_id": "f"}}
+                            ],
+                        }
+                    ],
+                },
+            ],
+        },
+        "messages.2.content.0.content.0.source",
+    ),
+    ("/v1/messages/count_tokens", None, "messages.0.content.1.source"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), NAMED_FILES)
+def test_a_file_kept_with_the_provider_is_not_named(
+    native: Gateway, sim: Simulator, path: str, body: dict[str, Any] | None, param: str
+) -> None:
+    """The relay uploads nothing, so a file id a client sends is one of the operator's
+    account, which the model would read out to it."""
+    if body is None:  # counting tokens reads the file too
+        body = NAMED_FILES[3][1]
+    response = native.client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = _error(response)
+    assert "A file kept with the provider" in error["message"]
+    if not path.startswith("/v1/messages"):
+        assert error["param"] == param
+    assert sim.requests() == []
+
+
+def test_a_file_id_key_written_with_escapes_is_found(native: Gateway, sim: Simulator) -> None:
+    # JSON reads \u0066 as "f": the key is file_id all the same.
+    body = (
+        b'{"model": "%s", "input": [{"role": "user", "content": '
+        b'[{"type": "input_file", "\\u0066ile_id": "file-abc"}]}]}' % PUBLIC_MODEL.encode()
+    )
+    assert b"\\u0066ile_id" in body and b'"file_id"' not in body
+    response = native.client.post(
+        "/v1/responses", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert _error(response)["param"] == "input[0].content[0].file_id"
+    assert sim.requests() == []
+
+
+def test_content_sent_along_and_fields_merely_named_file_id_pass(
+    native: Gateway, sim: Simulator
+) -> None:
+    pdf = "data:application/pdf;base64,JVBERi0xLjQK"
+    tool = {**FUNCTION, "parameters": {"type": "object", "properties": {"file_id": {}}}}
+    sent = {
+        **RESPONSES,
+        "input": _user({"type": "input_file", "filename": "a.pdf", "file_data": pdf}),
+        "tools": [tool],
+    }
+    assert native.client.post("/v1/responses", json=sent).status_code == 200
+    chat = {
+        **CHAT,
+        "messages": _user({"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}}),
+    }
+    assert native.client.post("/v1/chat/completions", json=chat).status_code == 200
+    history = {
+        **MESSAGES,
+        "messages": [
+            {"role": "user", "content": "Open file_id 7 \u00e9"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "t1", "name": "open", "input": {"file_id": "7"}}
+                ],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]},
+        ],
+    }
+    response = native.client.post("/v1/messages", json=history)
+    assert response.status_code == 200, response.text
+    assert len(sim.requests()) == 3
+
+
 def test_an_unknown_tool_name_stops_the_start() -> None:
     env = {
         **os.environ,
