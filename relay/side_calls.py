@@ -18,7 +18,7 @@ import orjson
 from django.conf import settings
 
 from relay import errors, tokens, upstream
-from relay.dialects import response_ids, stored_files
+from relay.dialects import response_ids
 from relay.dialects.base import dump, load_json
 from relay.dialects.messages import anthropic_headers, parse_messages
 from relay.dialects.responses import check_stored, not_found
@@ -138,7 +138,6 @@ async def count_tokens(exchange: Exchange, surface: str) -> None:
         body = taken.body
         if surface == "messages":
             payload = parse_messages(body)
-            stored_files.check_messages(body, payload)
         else:
             payload = load_json(body)
             check_stored(body, payload)

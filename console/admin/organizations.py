@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.validators import MinValueValidator, slug_re
 from django.http import HttpRequest
 
 from console.admin.base import AuditedAdmin
@@ -19,14 +19,8 @@ from portal.models import (
 
 # What the relay enforces on a tenant (and on each key, which has its own), never on a
 # reseller or the platform, which hold no keys.
-TENANT_FIELDS = [
-    "rpm_limit",
-    "tpm_limit",
-    "concurrency_limit",
-    "daily_token_limit",
-    "channel_groups",
-]
-_GROUP = re.compile(r"[-a-zA-Z0-9_]+")
+LIMIT_FIELDS = ["rpm_limit", "tpm_limit", "concurrency_limit", "daily_token_limit"]
+TENANT_FIELDS = [*LIMIT_FIELDS, "channel_groups"]
 
 
 class MembershipInline(admin.TabularInline):
@@ -52,11 +46,13 @@ class OrganizationForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.initial["channel_groups"] = ", ".join(self.instance.channel_groups or [])
+        for name in LIMIT_FIELDS:  # blank is no limit; 0 would refuse every request
+            self.fields[name].validators.append(MinValueValidator(1))
 
     def clean_channel_groups(self) -> list[str]:
         typed = self.cleaned_data["channel_groups"].split(",")
         groups = [name for name in dict.fromkeys(part.strip() for part in typed) if name]
-        malformed = [name for name in groups if not _GROUP.fullmatch(name)]
+        malformed = [name for name in groups if not slug_re.match(name)]
         if malformed:
             raise forms.ValidationError(f"Not a group name: {', '.join(malformed)}")
         # A misspelt group would leave the tenant no channel at all, and every request
@@ -72,7 +68,7 @@ class OrganizationForm(forms.ModelForm):
         kind = data.get("kind") or self.instance.kind  # read-only once created
         if kind and kind != Organization.Kind.TENANT:
             for name in TENANT_FIELDS:
-                if data.get(name):
+                if data.get(name) not in (None, []):
                     self.add_error(name, "Only a tenant has limits and channel groups.")
         return data
 

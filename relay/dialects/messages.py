@@ -201,7 +201,6 @@ class MessagesDialect(Dialect):
         if payload.get("max_tokens") is None:
             raise errors.invalid_request("max_tokens: Field required", param="max_tokens")
         fees.check_messages(payload)
-        stored_files.check_messages(body, payload)
         return payload
 
     def begin(self, payload: dict[str, Any], exchange: Exchange) -> Call:
@@ -230,4 +229,5 @@ def parse_messages(body: bytes) -> dict[str, Any]:
                 param=f"messages.{index}.role",
             )
     check_int(payload, "max_tokens", 1)
+    stored_files.check_messages(body, payload)
     return payload

@@ -205,6 +205,8 @@ def test_only_a_tenant_takes_limits_and_only_known_channel_groups(
     assert "Not a group name: a b" in change(tenant_org, channel_groups="default, a b")
     assert "Only a tenant has limits" in change(reseller_org, tpm_limit="1000")
     assert "Only a tenant has limits" in change(reseller_org, channel_groups="default")
+    assert "greater than or equal to 1" in change(reseller_org, rpm_limit="0")
+    assert "greater than or equal to 1" in change(tenant_org, rpm_limit="0")
     for org in (tenant_org, reseller_org):
         org.refresh_from_db()
         assert (org.channel_groups, org.tpm_limit) == ([], None)
