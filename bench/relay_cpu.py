@@ -11,7 +11,11 @@ as a relay worker's start-up does (``config.asgi.freeze_startup_objects``); pass
 ``--gc-threshold 700`` for Python's own.
 
     python bench/relay_cpu.py --key-file KEY --limited-key-file KEY \
-        [--concurrency 1,8,64] [--requests 400] [--rounds 5] [--gc-threshold N]
+        [--modes plain,stream,...] [--concurrency 1,8,64] [--requests 400] [--rounds 5] \
+        [--gc-threshold N]
+
+``--modes`` takes ``bench/run``'s modes (``responses-stream``, ``chat-anthropic``, ...);
+the translated and Anthropic ones need ``bench/seed.py translated-model`` too.
 
 It needs the project's environment (DATABASE_URL, REDIS_URL) and a database seeded as the
 bench does it (``seed_demo`` against the simulator, ``bench/seed.py limited-key``).
@@ -40,13 +44,13 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from bench.targets import PLAIN_BODY, STREAM_BODY  # noqa: E402
+from bench.targets import PLAIN_BODY, STREAM_BODY, SURFACE_MODES  # noqa: E402
 from relay.app import RelayApp  # noqa: E402
 
 PATH = "/v1/chat/completions"
 
 
-async def _one(app: RelayApp, secret: bytes, body: bytes) -> int:
+async def _one(app: RelayApp, secret: bytes, body: bytes, path: str = PATH) -> int:
     """One request through the ASGI app; returns the response status."""
     finished = asyncio.Event()
     sent_body = False
@@ -70,7 +74,7 @@ async def _one(app: RelayApp, secret: bytes, body: bytes) -> int:
     scope = {
         "type": "http",
         "method": "POST",
-        "path": PATH,
+        "path": path,
         "headers": [
             (b"host", b"127.0.0.1"),
             (b"content-type", b"application/json"),
@@ -102,7 +106,7 @@ gc.callbacks.append(_collections)
 
 
 async def _case(
-    app: RelayApp, secret: bytes, body: bytes, requests: int, concurrency: int
+    app: RelayApp, secret: bytes, request: tuple[str, bytes], requests: int, concurrency: int
 ) -> tuple[float, float, float]:
     """(CPU ms, wall ms, collector ms) per request for ``requests`` requests at
     ``concurrency``."""
@@ -111,7 +115,7 @@ async def _case(
 
     async def worker() -> None:
         for _ in range(per_task):
-            statuses.append(await _one(app, secret, body))
+            statuses.append(await _one(app, secret, request[1], request[0]))
 
     cpu, wall, collecting = time.process_time(), time.perf_counter(), _collections.seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -130,11 +134,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "nolimits": Path(args.key_file).read_text().split()[0].encode(),
         "limits": Path(args.limited_key_file).read_text().split()[0].encode(),
     }
-    bodies = {
-        "plain": json.dumps(PLAIN_BODY).encode(),
-        "stream": json.dumps(STREAM_BODY).encode(),
-    }
     modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in ("plain", "stream", *SURFACE_MODES)]
+    if unknown:
+        raise SystemExit(f"unknown mode {unknown[0]!r}")
+    bodies = {
+        "plain": (PATH, json.dumps(PLAIN_BODY).encode()),
+        "stream": (PATH, json.dumps(STREAM_BODY).encode()),
+        **{m: (path, json.dumps(body).encode()) for m, (path, body) in SURFACE_MODES.items()},
+    }
     keys = {k: v for k, v in keys.items() if k in args.keys.split(",")}
     cases = [(m, k, c) for c in args.concurrency for m in modes for k in keys]
     for mode, key, concurrency in cases:  # warm every path and the caches
