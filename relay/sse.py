@@ -28,8 +28,15 @@ def _split_point(buffer: bytes | bytearray, start: int = 0) -> tuple[int, int]:
 
 def event_data(event: bytes) -> bytes | None:
     """The joined ``data:`` payload of one event, or None when it has none (a comment)."""
-    if event.startswith(b"data: ") and event.find(b"\n") == -1 and event.find(b"\r") == -1:
-        return event[6:]  # one data line: nearly every event of every stream
+    if event.find(b"\r") == -1:
+        if event.startswith(b"data: ") and event.find(b"\n") == -1:
+            return event[6:]  # one data line: nearly every event of an untyped stream
+        if event.startswith(b"event: "):
+            # A name line, then one data line: nearly every event of a typed stream
+            # (Responses, Anthropic's Messages): 0.5 us an event rather than the line walk's 0.7.
+            data = event.find(b"\n") + 1
+            if event.startswith(b"data: ", data) and event.find(b"\n", data) == -1:
+                return event[data + 6 :]
     parts = []
     for line in event.splitlines():
         if line.startswith(b"data:"):

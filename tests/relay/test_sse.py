@@ -179,9 +179,12 @@ def test_an_event_over_the_limit_in_a_split_read_is_refused() -> None:
         relay_batches(pieces, limit=64)
 
 
-def test_the_one_line_short_cut_reads_events_as_the_line_walk_does() -> None:
+def test_the_short_cuts_read_events_as_the_line_walk_does() -> None:
+    # One data line, and a name line then one data line (typed streams).
     rng = random.Random(19)
     events = [b"data: x", b"data:x", b"data:  x", b"data: ", b"data:", b": c", b"event: e", b""]
+    events += [b"event: e\ndata: x", b"event: e\ndata:x", b"event: e\ndata: ", b"event: e\n"]
+    events += [b"event: e\nid: 1\ndata: x", b"event:e\ndata: x", b"event: e\rdata: x"]
     for _ in range(2000):
         event = rng.choice(events) + bytes(rng.choice(b"ab \r\n:") for _ in range(rng.randrange(4)))
         # A final LF adds no line, and takes the line-by-line walk.
