@@ -382,6 +382,9 @@ if _UNKNOWN_FEATURES:
     raise ImproperlyConfigured(
         f"RELAY_UNMETERED_FEATURES names unknown features: {sorted(_UNKNOWN_FEATURES)}"
     )
+# More ``anthropic-beta`` names forwarded to Anthropic channels, beside those known to be
+# billed as tokens only (relay.dialects.betas); a client's other names are dropped.
+RELAY_ANTHROPIC_BETAS = frozenset(env.list("RELAY_ANTHROPIC_BETAS", default=[]))
 # Every connection of the web process (relay, dashboard, API): request headers must arrive
 # within RELAY_HEADER_TIMEOUT of the connection (or of the request's first byte), and the
 # body within RELAY_BODY_TIMEOUT of the headers (relay.server).

@@ -3,7 +3,8 @@
 The key may come as ``x-api-key`` or as a Bearer token; ``anthropic-version`` is
 accepted. Channels that speak Messages themselves (``"messages"`` in their native
 surfaces) get the request as sent but for the model name, with the client's
-``anthropic-version`` and ``anthropic-beta``; OpenAI-compatible channels get it
+``anthropic-version`` and those of its ``anthropic-beta`` names known to be billed as
+tokens only (``relay.dialects.betas``); OpenAI-compatible channels get it
 translated to chat completions, so Claude Code runs on any model an operator sells.
 Cache reads and writes are metered from Anthropic's usage (``cache_read_input_tokens``,
 ``cache_creation_input_tokens``).
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 
 from relay import errors, upstream
-from relay.dialects import fees, stored_files
+from relay.dialects import betas, fees, stored_files
 from relay.dialects.base import Call, Dialect, Leg, StreamError, check_int, dump, load_json
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
@@ -209,7 +210,7 @@ class MessagesDialect(Dialect):
         return MessagesCall(
             payload,
             version.decode("latin-1") if version else ANTHROPIC_VERSION,
-            beta.decode("latin-1") if beta else None,
+            betas.forwarded(beta.decode("latin-1")) if beta else None,
         )
 
     @staticmethod

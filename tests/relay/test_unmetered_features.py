@@ -139,6 +139,31 @@ def test_tools_the_client_runs_or_billed_as_tokens_pass(native: Gateway, sim: Si
     assert len(sim.requests()) == 2
 
 
+def test_only_betas_billed_as_tokens_reach_an_anthropic_channel(
+    native: Gateway, sim: Simulator, relay_settings: Any
+) -> None:
+    # A beta nobody here knows (billed as it may be), and one for code execution.
+    header = "interleaved-thinking-2025-05-14, code-execution-2025-08-25,"
+    header += "vendor-billed-2027-01-01 , context-1m-2025-08-07"
+
+    def forwarded(beta: str) -> str | None:
+        headers = {"anthropic-beta": beta, "anthropic-version": "2023-06-01"}
+        response = native.client.post("/v1/messages", json=MESSAGES, headers=headers)
+        assert response.status_code == 200, response.text
+        return sim.requests()[-1]["headers"].get("anthropic-beta")
+
+    assert forwarded(header) == "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
+    assert forwarded("vendor-billed-2027-01-01") is None  # no header rather than an empty one
+    # The operator lets code execution through, and names the unknown beta.
+    relay_settings.RELAY_UNMETERED_FEATURES = frozenset({"code_execution"})
+    relay_settings.RELAY_ANTHROPIC_BETAS = frozenset({"vendor-billed-2027-01-01"})
+    assert forwarded(header) == (
+        "interleaved-thinking-2025-05-14,code-execution-2025-08-25,"
+        "vendor-billed-2027-01-01,context-1m-2025-08-07"
+    )
+    assert forwarded("fast-mode-2026-02-01,skills-2025-10-02") == "skills-2025-10-02"
+
+
 @pytest.mark.parametrize("native_channel", [True, False])
 def test_a_background_response_is_refused(
     gateway: Gateway, sim: Simulator, native_channel: bool
