@@ -382,6 +382,9 @@ if _UNKNOWN_FEATURES:
     raise ImproperlyConfigured(
         f"RELAY_UNMETERED_FEATURES names unknown features: {sorted(_UNKNOWN_FEATURES)}"
     )
+# Searches allowed to a Messages web search tool that sets no ``max_uses`` (the relay
+# sets it, so that the request's hold covers every search the provider may bill).
+RELAY_WEB_SEARCH_MAX_USES = env.int("RELAY_WEB_SEARCH_MAX_USES", default=10)
 # More ``anthropic-beta`` names forwarded to Anthropic channels, beside those known to be
 # billed as tokens only (relay.dialects.betas); a client's other names are dropped.
 RELAY_ANTHROPIC_BETAS = frozenset(env.list("RELAY_ANTHROPIC_BETAS", default=[]))

@@ -300,7 +300,10 @@ class Progress:
 def _usage_fields(usage: Any) -> dict[str, Any]:
     """Every count of the usage (cache writes, audio, images, the service tier too): the
     sweeper bills the stream by them."""
-    return {name: getattr(usage, name) for name in COUNT_FIELDS}
+    found = {name: getattr(usage, name) for name in COUNT_FIELDS}
+    if not found["web_search_calls"]:
+        del found["web_search_calls"]  # read by a process of the version before as it was
+    return found
 
 
 class Sweeper:

@@ -79,6 +79,9 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
         public = payload["model"]
         model, price, routes = await resolve(exchange, key, dialect.surface, public)
         routes = call.restrict(routes, key.tenant_id)
+        searches = call.web_searches()
+        if searches:
+            spend.check_searches(searches, price)
         generation = exchange.app.cache.generation
         reservation = spend.reservation(
             key,
@@ -89,6 +92,7 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
             public,
             input_images=call.input_images(),
             generates_images=call.generates_images(),
+            web_searches=searches,
         )
         record = UsageRecord(
             request_id=exchange.request_id,

@@ -87,12 +87,14 @@ def reservation(
     *,
     input_images: int = 0,
     generates_images: bool = False,
+    web_searches: int = 0,
 ) -> Reservation | None:
     """The hold for a request of ``body_bytes`` with ``input_images`` pictures that may be
     billed ``output_tokens`` at worst (its dialect's figure: its own cap on every choice,
     else the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``), with the plan windows that
     count ``model``. Only a request that asks for pictures (``generates_images``) can be
-    billed generated images, each costing at least an output token."""
+    billed generated images, each costing at least an output token; ``web_searches`` is
+    the most searches the provider may bill it."""
     windows = tuple(w for w in key.plan_windows if w.counts(model))
     if not key.spend.any() and not windows:
         return None
@@ -102,6 +104,7 @@ def reservation(
         max_output_tokens=output_tokens,
         input_images=input_images,
         output_images=output_tokens if generates_images else 0,
+        web_searches=web_searches,
     )
     return Reservation(
         scopes=scope_names(key, datetime.now(UTC)) if key.spend.any() else (),
@@ -221,3 +224,18 @@ def refusal(scope: str, prepaid: bool) -> errors.RelayError:
     else:
         message = "You exceeded your current quota: this API key's spend quota is used up."
     return errors.RelayError(429, message, type="insufficient_quota", code="insufficient_quota")
+
+
+def check_searches(searches: int, price: PricePair) -> None:
+    """Refuse a request that lets the provider search the web (``searches``: the most it
+    may run) on a model without a price per search on either side, the tenant's or the
+    platform's, unless the operator lets web search through unmetered
+    (``RELAY_UNMETERED_FEATURES``): the provider would bill every search to the operator."""
+    if not searches or "web_search" in settings.RELAY_UNMETERED_FEATURES:
+        return
+    if not (price.retail.offers("web_search") and price.wholesale.offers("web_search")):
+        raise errors.invalid_request(
+            "The built-in tool 'web_search' is not offered here for this model: it has no "
+            "price per search.",
+            param="tools",
+        )

@@ -80,7 +80,8 @@ class InvoiceLine(models.Model):
     context tier); the amount is the sum of its events' charges in that dimension.
 
     ``dimension`` is one of ``billing.pricing.DIMENSIONS``; ``unit`` says what
-    ``unit_price_micros`` is per: a million tokens (``mtok``), an image, or a request.
+    ``unit_price_micros`` is per: a million tokens (``mtok``), an image, a web search, or
+    a request.
     Lines from before dimensions existed have dimension ``usage`` and keep their old
     prices and counts in ``detail``. Besides usage of the period: usage carried from an
     earlier period whose invoice was already issued when it was recorded (dated by

@@ -115,6 +115,10 @@ class ModelPrice(models.Model):
     )
     input_image_micros = _optional("Micro-units per input image, on top of its tokens.")
     output_image_micros = _optional("Micro-units per generated image, on top of its tokens.")
+    # Blank: the provider's web search tool is refused for this model (relay.dialects.fees).
+    web_search_micros = _optional(
+        "Micro-units per web search the provider runs; blank: web search is not offered."
+    )
     long_context_above_tokens = models.PositiveIntegerField(
         null=True,
         blank=True,

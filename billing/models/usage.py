@@ -58,6 +58,8 @@ class UsageEvent(models.Model):
     image_output_tokens = models.PositiveIntegerField(default=0)
     input_images = models.PositiveIntegerField(default=0)
     output_images = models.PositiveIntegerField(default=0)
+    # Searches the provider ran for the request (its web search tool), billed per call.
+    web_search_calls = models.PositiveIntegerField(default=0)
     # The service tier the provider served the request on: "", "flex" or "priority".
     service_tier = models.CharField(max_length=16, blank=True)
     # True when the upstream reported no usage and the counts come from our tokenizer.

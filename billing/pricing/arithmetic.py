@@ -1,7 +1,8 @@
 """The exact arithmetic of a request's price: every dimension a provider charges.
 
 Money is integer micro-units (1e-6 of the currency unit); token prices are micro-units per
-million tokens, image prices micro-units per image. Nothing here uses floats.
+million tokens, image prices micro-units per image, web search micro-units per search the
+provider ran. Nothing here uses floats.
 
 Token semantics follow OpenAI's ``usage`` object: the parts (cached reads, cache writes,
 audio and image tokens) are inside ``prompt_tokens`` and ``completion_tokens``, and
@@ -37,9 +38,13 @@ PROMPT_DIMENSIONS = (
 OUTPUT_DIMENSIONS = ("output", "audio_output", "image_output")
 TOKEN_DIMENSIONS = PROMPT_DIMENSIONS + OUTPUT_DIMENSIONS
 IMAGE_DIMENSIONS = ("input_image", "output_image")  # priced per image
+# Tools the provider runs and bills by the call: priced per call, and offered only where
+# priced (``UNSET``: the feature is refused, ``relay.dialects.fees``).
+CALL_DIMENSIONS = ("web_search",)
 # Every dimension, in invoice order; "request" is the fee per request.
-DIMENSIONS = TOKEN_DIMENSIONS + IMAGE_DIMENSIONS + ("request",)
+DIMENSIONS = TOKEN_DIMENSIONS + IMAGE_DIMENSIONS + CALL_DIMENSIONS + ("request",)
 UNITS = {**dict.fromkeys(TOKEN_DIMENSIONS, "mtok"), **dict.fromkeys(IMAGE_DIMENSIONS, "image")}
+UNITS["web_search"] = "search"
 UNITS["request"] = "request"
 LABELS = {
     "input": "Input tokens",
@@ -53,6 +58,7 @@ LABELS = {
     "image_output": "Image output tokens",
     "input_image": "Input images",
     "output_image": "Generated images",
+    "web_search": "Web searches",
     "request": "Requests",
 }
 # What a dimension costs when its price was left blank.
@@ -74,12 +80,14 @@ def price_attribute(dimension: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """Unit prices of every dimension (per million tokens, per image, per request).
+    """Unit prices of every dimension (per million tokens, per image, per call, per request).
 
     A token price not given (``UNSET``) is its text counterpart's (``FALLBACK``); an image
-    price not given is zero. ``long_context`` is the full set of prices that applies to a
-    request whose prompt exceeds ``long_context_above`` tokens; ``flex_percent`` and
-    ``priority_percent`` scale every token price on those service tiers.
+    price not given is zero; a call price not given stays ``UNSET``: the tool is not
+    offered, and a call the operator let through unpriced costs nothing. ``long_context``
+    is the full set of prices that applies to a request whose prompt exceeds
+    ``long_context_above`` tokens; ``flex_percent`` and ``priority_percent`` scale every
+    token price on those service tiers.
     """
 
     input: int
@@ -95,6 +103,7 @@ class Prices:
     image_output: int = UNSET
     input_image: int = 0
     output_image: int = 0
+    web_search: int = UNSET
     long_context_above: int | None = None
     long_context: Prices | None = None
     flex_percent: int = 100
@@ -116,6 +125,10 @@ class Prices:
     def unit(self, dimension: str) -> int:
         value: int = getattr(self, price_attribute(dimension))
         return value
+
+    def offers(self, dimension: str) -> bool:
+        """Whether a call dimension has a price (``CALL_DIMENSIONS``)."""
+        return self.unit(dimension) >= 0
 
     def for_request(self, prompt_tokens: int, service_tier: str = "") -> tuple[Prices, bool]:
         """The unit prices one request pays (its tier and service tier applied), and whether
@@ -148,7 +161,9 @@ class Prices:
         """Every price of every set times ``100 + markup_percent`` percent, half up."""
         factor = Decimal(100) + markup_percent
         changes: dict[str, Any] = {
-            price_attribute(d): percent_of(self.unit(d), factor) for d in DIMENSIONS
+            price_attribute(d): percent_of(self.unit(d), factor)
+            for d in DIMENSIONS
+            if self.unit(d) != UNSET  # a tool not offered stays so
         }
         if self.long_context is not None:
             changes["long_context"] = self.long_context.marked_up(markup_percent)
@@ -171,6 +186,7 @@ class Counts:
     image_output_tokens: int = 0
     input_images: int = 0
     output_images: int = 0
+    web_search_calls: int = 0
     service_tier: str = ""
 
 
@@ -204,13 +220,16 @@ def quantities(counts: Counts) -> dict[str, int]:
     found["output"] = left
     found["input_image"] = _n(counts.input_images)
     found["output_image"] = _n(counts.output_images)
+    found["web_search"] = _n(counts.web_search_calls)
     used = counts.prompt_tokens > 0 or output_total > 0
-    found["request"] = 1 if used or found["input_image"] or found["output_image"] else 0
+    items = found["input_image"] or found["output_image"] or found["web_search"]
+    found["request"] = 1 if used or items else 0
     return found
 
 
 _ORDER = {dimension: index for index, dimension in enumerate(DIMENSIONS)}
 _TOKEN_SET = frozenset(TOKEN_DIMENSIONS)
+_CALL_SET = frozenset(CALL_DIMENSIONS)
 
 
 def charges(prices: Prices, counts: Counts) -> tuple[dict[str, tuple[int, int, int]], bool]:
@@ -236,6 +255,7 @@ def _text_only(counts: Counts) -> bool:
         and counts.image_output_tokens <= 0
         and counts.input_images <= 0
         and counts.output_images <= 0
+        and counts.web_search_calls <= 0
     )
 
 
@@ -251,6 +271,8 @@ def _apportioned(flat: Prices, counts: Counts) -> dict[str, tuple[int, int, int]
     found = {}
     for dimension, quantity in used.items():
         unit = flat.unit(dimension)
+        if unit < 0 and dimension in _CALL_SET:  # a call let through unpriced costs nothing
+            unit = 0
         charged = micros[dimension] if dimension in micros else quantity * unit
         found[dimension] = (quantity, unit, charged)
     return found
@@ -296,7 +318,7 @@ def cost_micros(prices: Prices, **counts: Any) -> int:
     return total_micros(prices, Counts(**counts))
 
 
-_PER_ITEM_DIMENSIONS = (*IMAGE_DIMENSIONS, "request")
+_PER_ITEM_DIMENSIONS = (*IMAGE_DIMENSIONS, *CALL_DIMENSIONS, "request")
 
 
 def total_micros(prices: Prices, counts: Counts) -> int:
@@ -325,7 +347,7 @@ def total_micros(prices: Prices, counts: Counts) -> int:
     for dimension in _PER_ITEM_DIMENSIONS:
         quantity = used[dimension]
         if quantity:
-            total += quantity * flat.unit(dimension)
+            total += quantity * max(flat.unit(dimension), 0)
     return total
 
 
@@ -342,6 +364,7 @@ def worst_case_cost_micros(
     max_output_tokens: int,
     input_images: int | None = None,
     output_images: int | None = None,
+    web_searches: int = 0,
 ) -> int:
     """An upper bound of ``cost_micros`` for a request not yet sent, for reservations.
 
@@ -352,7 +375,8 @@ def worst_case_cost_micros(
     charges are rounded once, so this bounds them). ``input_images`` is the number of
     pictures the relay counted in the request, exactly what a price per input image will
     bill; not given, the body's size bounds it. ``output_images`` bounds the pictures it
-    may generate; not given, every possible output token could be one.
+    may generate; not given, every possible output token could be one. ``web_searches``
+    is the most searches the request lets the provider run (its tool's ``max_uses``).
     """
     prompt = max(prompt_bytes, 0)
     output = max(max_output_tokens, 0)
@@ -369,6 +393,8 @@ def worst_case_cost_micros(
     worst += pictures * max(s.input_image for s in sets)
     generated = output if output_images is None else max(output_images, 0)
     worst += generated * max(s.output_image for s in sets)
+    if web_searches > 0:
+        worst += web_searches * max(max(s.web_search, 0) for s in sets)
     return worst
 
 

@@ -197,6 +197,7 @@ PRICE_COLUMNS = {
     "image_output": "image_output_per_mtok",
     "input_image": "input_image_micros",
     "output_image": "output_image_micros",
+    "web_search": "web_search_micros",
 }
 _PER_IMAGE = ("input_image", "output_image")
 _TIER_NAMES = {price_attribute(d) for d in DIMENSIONS}

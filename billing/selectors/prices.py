@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing import catalog
 from billing.models import ModelPrice, PriceList
 from billing.pricing import LABELS, UNITS, Prices, prices_of
-from billing.pricing.arithmetic import DIMENSIONS, FALLBACK
+from billing.pricing.arithmetic import CALL_DIMENSIONS, DIMENSIONS, FALLBACK
 from portal.models import Organization
 
 
@@ -57,8 +57,11 @@ def price_dimensions(prices: Prices) -> list[tuple[str, int, str]]:
         "image_output",
         "input_image",
         "output_image",
+        "web_search",
     ):
         value = prices.unit(dimension)
+        if dimension in CALL_DIMENSIONS and not prices.offers(dimension):
+            continue  # not offered
         text = FALLBACK.get(dimension)
         if (text is None and value) or (text is not None and value != prices.unit(text)):
             found.append((LABELS[dimension], value, UNITS[dimension]))
@@ -77,7 +80,12 @@ def price_dimensions(prices: Prices) -> list[tuple[str, int, str]]:
 
 
 def _below(price: Prices, cost: Prices) -> list[str]:
-    below = [LABELS[d] for d in DIMENSIONS if price.unit(d) < cost.unit(d)]
+    # A tool the price does not offer is refused, never sold below cost.
+    below = [
+        LABELS[d]
+        for d in DIMENSIONS
+        if price.unit(d) < cost.unit(d) and (d not in CALL_DIMENSIONS or price.offers(d))
+    ]
     if price.long_context is not None and cost.long_context is not None:
         below += [
             f"{LABELS[d]} (long context)"

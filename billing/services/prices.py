@@ -123,6 +123,7 @@ OPTIONAL_PRICE_FIELDS = (
     "image_output_per_mtok",
     "input_image_micros",
     "output_image_micros",
+    "web_search_micros",
     "long_context_above_tokens",
     "flex_percent",
     "priority_percent",

@@ -254,6 +254,11 @@ class ModelPriceForm(forms.Form):
     )
     input_image_micros = MoneyField(required=False, label="Per input image")
     output_image_micros = MoneyField(required=False, label="Per generated image")
+    web_search_micros = MoneyField(
+        required=False,
+        label="Per web search",
+        help_text="Empty: the provider's web search tool is not offered for this model.",
+    )
     long_context_above_tokens = forms.IntegerField(
         required=False,
         min_value=1,
@@ -284,6 +289,7 @@ class ModelPriceForm(forms.Form):
         "image_output_per_mtok",
         "input_image_micros",
         "output_image_micros",
+        "web_search_micros",
         "long_context_above_tokens",
         "flex_percent",
         "priority_percent",

@@ -275,6 +275,11 @@ class Call:
         """The pictures in the request: what a price per input image bills, and reserves."""
         return self.measured()[1]
 
+    def web_searches(self) -> int:
+        """The most searches the provider may run and bill for the request (a price per
+        search reserves them; a model without one refuses them)."""
+        return 0
+
     def measured(self) -> tuple[int, int]:
         """``measure``'s figures, from its one walk of the request."""
         if self._measured is None:

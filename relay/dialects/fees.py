@@ -8,7 +8,9 @@ the hour, fast mode at several times the token price), but no usage field the re
 meters carries them: the tenant would be billed plain tokens and the operator would pay
 the rest. So they are refused with a 400 that names the feature, unless the operator
 lets it through, unmetered, with ``RELAY_UNMETERED_FEATURES``: for example when the
-model's token prices already allow for it. Tools the client runs itself (functions,
+model's token prices already allow for it. Anthropic's web search is the exception: its
+answer counts the searches, so it is billed per search where the model's price names
+one (``relay.spend.check_searches``), and refused where it does not. Tools the client runs itself (functions,
 Anthropic's ``bash`` or ``text_editor``) and those billed as tokens only
 (``image_generation``, ``mcp``, ``computer_use_preview``, ``web_fetch``) are not
 concerned.
@@ -37,6 +39,9 @@ MESSAGES_TOOLS = (
     # A second model's inference inside the request, at that model's price.
     ("advisor_", "advisor"),
 )
+# The most searches one web search tool may allow (its ``max_uses``): the hold reserves
+# each at the price per search.
+MAX_WEB_SEARCH_USES = 1000
 
 
 def allowed() -> frozenset[str]:
@@ -49,12 +54,17 @@ def _refused(what: str, param: str) -> errors.RelayError:
     )
 
 
-def check_tools(payload: Mapping[str, Any], table: tuple[tuple[str, str], ...]) -> None:
-    """Refuse a ``tools`` entry the provider would bill by the call, unless allowed."""
+def check_tools(
+    payload: Mapping[str, Any],
+    table: tuple[tuple[str, str], ...],
+    priced: frozenset[str] = frozenset(),
+) -> None:
+    """Refuse a ``tools`` entry the provider would bill by the call, unless allowed;
+    those ``priced`` are left to the price check (``check_priced``)."""
     tools = payload.get("tools")
     if not isinstance(tools, list):
         return
-    permitted = allowed()
+    permitted = allowed() | priced
     for index, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, Mapping) else None
         if not isinstance(kind, str):
@@ -71,11 +81,37 @@ def check_chat(payload: Mapping[str, Any]) -> None:
 
 
 def check_messages(payload: Mapping[str, Any]) -> None:
-    """Messages: server tools, fast mode (``speed``) and a chosen inference geography."""
-    check_tools(payload, MESSAGES_TOOLS)
+    """Messages: server tools, fast mode (``speed``) and a chosen inference geography.
+    Web search is metered there (Anthropic reports each search): it is left to the
+    model's price (``check_priced``)."""
+    check_tools(payload, MESSAGES_TOOLS, priced=frozenset({"web_search"}))
     speed = payload.get("speed")
     if speed is not None and speed != "standard" and "fast_mode" not in allowed():
         raise _refused(f"'speed': {speed!r}", "speed")
     geo = payload.get("inference_geo")
     if geo is not None and geo != "global" and "inference_geo" not in allowed():
         raise _refused(f"'inference_geo': {geo!r}", "inference_geo")
+
+
+def web_search_bound(payload: dict[str, Any]) -> int:
+    """The most searches a Messages request lets the provider run: the sum of its web
+    search tools' ``max_uses``. A tool without one is given ``RELAY_WEB_SEARCH_MAX_USES``
+    (sent to the provider), so that the hold covers every search it may bill."""
+    tools = payload.get("tools")
+    bound = 0
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, dict):
+            continue
+        kind = tool.get("type")
+        if not isinstance(kind, str) or not kind.startswith("web_search_"):
+            continue
+        uses = tool.get("max_uses")
+        if uses is None:
+            uses = tool["max_uses"] = settings.RELAY_WEB_SEARCH_MAX_USES
+        elif type(uses) is not int or not 1 <= uses <= MAX_WEB_SEARCH_USES:
+            raise errors.invalid_request(
+                f"max_uses: Input should be a whole number from 1 to {MAX_WEB_SEARCH_USES}",
+                param="tools.max_uses",
+            )
+        bound += uses
+    return bound

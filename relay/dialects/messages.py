@@ -82,10 +82,20 @@ class PassLeg(Leg):
     def headers(self, route: Route, stream: bool) -> upstream.Headers:
         return anthropic_headers(route, self.call.version, self.call.beta, stream)
 
+    def _searched(self, count: Any) -> None:
+        """Searches the provider ran (its count, or its search blocks so far): never more
+        than the request allowed, which is what its hold covers."""
+        if type(count) is int and count > self.record.web_search_calls:
+            self.record.web_search_calls = min(count, self.call.search_limit)
+
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or parsed.get("type") != "message":
             return None
         parsed["model"] = self.public
+        if self.call.search_limit:
+            self._searched(_search_requests(parsed.get("usage")))
+            blocks = parsed.get("content")
+            self._searched(sum(map(_is_search, blocks)) if isinstance(blocks, list) else 0)
         self.record.usage = Usage.from_canonical(messages.usage_to_canonical(parsed.get("usage")))
         if self.record.usage is None:
             self.record.completion_text = []
@@ -135,6 +145,8 @@ class PassLeg(Leg):
             self._merge(event["message"].get("usage"), final=False)
         elif kind == "message_delta":
             self._merge(event.get("usage"), final=True)
+            if self.call.search_limit:
+                self._searched(_search_requests(event.get("usage")))
             return raw + b"\n\n", False
         elif kind == "error":
             error = event.get("error")
@@ -144,8 +156,26 @@ class PassLeg(Leg):
             frame = b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
             raise StreamError.classify(frame, failure.get("type"), None)
         else:
+            if kind == "content_block_start" and _is_search(event.get("content_block")):
+                # Counted as it starts: a stream cut before its usage still bills it.
+                self._searched(self.record.web_search_calls + 1)
             return raw + b"\n\n", kind == "message_stop"
         return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n", False
+
+
+def _search_requests(usage: Any) -> Any:
+    """Anthropic's count of web searches run (``usage.server_tool_use``)."""
+    tools = usage.get("server_tool_use") if isinstance(usage, dict) else None
+    return tools.get("web_search_requests") if isinstance(tools, dict) else None
+
+
+def _is_search(block: Any) -> bool:
+    """A block of the provider's own web search call."""
+    return (
+        isinstance(block, dict)
+        and block.get("type") == "server_tool_use"
+        and block.get("name") == "web_search"
+    )
 
 
 class MessagesCall(Call):
@@ -153,6 +183,10 @@ class MessagesCall(Call):
         super().__init__(payload)
         self.version = version
         self.beta = beta
+        self.search_limit = fees.web_search_bound(payload)
+
+    def web_searches(self) -> int:
+        return self.search_limit
 
     def output_cap(self) -> int | None:
         return int(self.payload["max_tokens"])

@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from billing.pricing import Counts, PricePair, event_cost_fields_of, total_micros
+from billing.pricing import Counts, PricePair, Prices, event_cost_fields_of, total_micros
+from billing.pricing.arithmetic import UNSET
 from relay import tokens
 
 logger = logging.getLogger("relay.metering")
@@ -138,6 +139,9 @@ class UsageRecord:
     # provider reports them, and prices per image bill them (``billed``).
     input_images: int = 0
     output_images: int = 0
+    # Web searches the provider ran (its count, or its search blocks as a stream went),
+    # within what the request allowed: Anthropic reports them apart from its tokens.
+    web_search_calls: int = 0
     # The prices in force when the request arrived, kept on the event with its cost.
     price: PricePair | None = None
     # Material for local counting when the upstream sent no usage: the request's messages
@@ -184,10 +188,12 @@ class UsageRecord:
             data["prompt_messages"] = data["prompt_tools"] = None  # the provider counted it
         if data["prompt_usage"] is None:
             del data["prompt_usage"]  # as a version before it queued records
+        if not data["web_search_calls"]:
+            del data["web_search_calls"]  # likewise
         # The price last, so that a reader can take it by its bytes (``from_json``).
         data["price"] = _price_json(self.price) if self.price is not None else None
         try:
-            return orjson.dumps(data)
+            return orjson.dumps(data, option=orjson.OPT_PASSTHROUGH_DATACLASS, default=_queued)
         except TypeError:  # text orjson refuses (lone surrogates): escape it instead
             data["price"] = self.price
             return json.dumps(data, default=_plain, ensure_ascii=True).encode()
@@ -231,12 +237,17 @@ class UsageRecord:
     def billed(self, usage: Usage) -> Usage:
         """``usage`` (the provider's or a local count) with the images the relay counted:
         a request that reached a model is billed for the pictures it sent and received."""
-        if usage.input_images >= self.input_images and usage.output_images >= self.output_images:
+        if (
+            usage.input_images >= self.input_images
+            and usage.output_images >= self.output_images
+            and usage.web_search_calls >= self.web_search_calls
+        ):
             return usage
         return replace(
             usage,
             input_images=max(usage.input_images, self.input_images),
             output_images=max(usage.output_images, self.output_images),
+            web_search_calls=max(usage.web_search_calls, self.web_search_calls),
         )
 
     def counts(self) -> tuple[Usage, bool]:
@@ -353,8 +364,32 @@ def _price_json(pair: PricePair) -> orjson.Fragment:
     if cached is None or cached[0] is not pair:
         if len(_PRICE_JSON) >= _PRICE_PAIRS_MAX:
             _PRICE_JSON.clear()
-        cached = _PRICE_JSON[id(pair)] = (pair, orjson.Fragment(orjson.dumps(pair)))
+        queued = orjson.dumps(pair, option=orjson.OPT_PASSTHROUGH_DATACLASS, default=_queued)
+        cached = _PRICE_JSON[id(pair)] = (pair, orjson.Fragment(queued))
     return cached[1]
+
+
+def _queued(value: Any) -> dict[str, Any]:
+    """A dataclass of a queued record (its usage, its prices), without the fields newer
+    than the processes that may read it when they hold nothing: a process of the version
+    before reads the record as it did (``Usage`` and ``Prices`` take no unknown field)."""
+    if isinstance(value, Counts):
+        found = {name: getattr(value, name) for name in COUNT_FIELDS}
+        if not found["web_search_calls"]:
+            del found["web_search_calls"]
+        return found
+    if isinstance(value, Prices):
+        found = {f.name: getattr(value, f.name) for f in fields(value)}
+        if found["web_search"] == UNSET:
+            del found["web_search"]
+        return found
+    if isinstance(value, PricePair):
+        return {
+            "retail": value.retail,
+            "wholesale": value.wholesale,
+            "reseller_id": value.reseller_id,
+        }
+    raise TypeError(type(value).__name__)
 
 
 def _plain(value: Any) -> Any:

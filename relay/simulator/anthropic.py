@@ -52,9 +52,25 @@ def _tool(body: dict[str, Any]) -> str | None:
         if isinstance(name, str) and name:
             return name
     for tool in tools:
+        if _searcher(tool):
+            continue  # the provider's own tool, run by the provider
         if isinstance(tool, dict) and isinstance(tool.get("name"), str) and tool["name"]:
             return str(tool["name"])
     return None
+
+
+def _searcher(tool: Any) -> bool:
+    return isinstance(tool, dict) and str(tool.get("type") or "").startswith("web_search_")
+
+
+def _searches(body: dict[str, Any], wanted: int) -> int:
+    """The searches an answer runs: ``wanted``, within the web search tool's max_uses."""
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if _searcher(tool):
+            uses = tool.get("max_uses")
+            return min(wanted, uses) if isinstance(uses, int) and uses >= 0 else wanted
+    return 0
 
 
 class MessagePlan:
@@ -72,6 +88,7 @@ class MessagePlan:
         self.produced = min(options.tokens, limit)
         self.truncated = limit < options.tokens
         self.tool = _tool(body)
+        self.searches = _searches(body, options.searches)
         self.json = False
         fmt = body.get("output_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -95,7 +112,26 @@ class MessagePlan:
             },
             "output_tokens": output,
             "service_tier": "priority" if self.options.tier == "priority" else "standard",
+            **(
+                {"server_tool_use": {"web_search_requests": self.searches}} if self.searches else {}
+            ),
         }
+
+    def search_blocks(self) -> list[dict[str, Any]]:
+        """Each search's call and its result, as the provider's answer holds them."""
+        blocks: list[dict[str, Any]] = []
+        for number in range(self.searches):
+            call_id = f"srvtoolu_sim{number}"
+            blocks.append(
+                {
+                    "type": "server_tool_use",
+                    "id": call_id,
+                    "name": "web_search",
+                    "input": {"query": f"query {number}"},
+                }
+            )
+            blocks.append({"type": "web_search_tool_result", "tool_use_id": call_id, "content": []})
+        return blocks
 
     @property
     def output_tokens(self) -> int:
@@ -132,7 +168,8 @@ class MessagePlan:
 async def create(exchange: SimExchange, body: Any, options: SimOptions) -> None:
     plan = MessagePlan(body, options)
     if not plan.stream:
-        message = plan.message([plan.block()], plan.stop_reason, plan.output_tokens)
+        content = [*plan.search_blocks(), plan.block()]
+        message = plan.message(content, plan.stop_reason, plan.output_tokens)
         if options.nousage:
             message["usage"] = {"input_tokens": 0, "output_tokens": 0}
         await exchange.respond_json(200, message)
@@ -152,14 +189,19 @@ async def create(exchange: SimExchange, body: Any, options: SimOptions) -> None:
         start = {"type": "text", "text": ""}
         texts = [plan.text] if plan.json else pieces(plan.produced)
         deltas = [{"type": "text_delta", "text": text} for text in texts]
-    head.append(event("content_block_start", index=0, content_block=start))
-    steps = [event("content_block_delta", index=0, delta=delta) for delta in deltas]
+    searched = plan.search_blocks()
+    for index, block in enumerate(searched):
+        head.append(event("content_block_start", index=index, content_block=block))
+        head.append(event("content_block_stop", index=index))
+    at = len(searched)
+    head.append(event("content_block_start", index=at, content_block=start))
+    steps = [event("content_block_delta", index=at, delta=delta) for delta in deltas]
     usage = {"output_tokens": plan.output_tokens}
     if not options.nousage:
         full = plan.usage(plan.output_tokens)
         usage = {name: full[name] for name in full}
     tail = [
-        event("content_block_stop", index=0),
+        event("content_block_stop", index=at),
         event(
             "message_delta",
             delta={"stop_reason": plan.stop_reason, "stop_sequence": None},

@@ -51,6 +51,9 @@ class SimOptions:
     # Pictures the answer generates: Responses image_generation_call items, chat
     # message.images (delta.images on streams), as OpenRouter-style image output returns.
     images: int = 0
+    # Web searches an Anthropic answer runs when the request offers its web search tool
+    # (no more than the tool's max_uses): server_tool_use blocks, counted in its usage.
+    searches: int = 0
     # The length of each generated picture's base64 (0: a 1x1 PNG), for size-limit tests.
     image_size: int = 0
     tier: str = ""
@@ -133,6 +136,7 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any]]] = {
     "image_in": ("image_in", _count),
     "image_out": ("image_out", _count),
     "images": ("images", _count),
+    "searches": ("searches", _count),
     "image_size": ("image_size", _count),
     "tier": ("tier", _tier),
     "reasoning": ("reasoning", _count),
@@ -150,8 +154,9 @@ def parse_options(text: str, defaults: SimOptions) -> SimOptions:
     bad_sse, echo_key, stream_error) or ``name=value`` (fail=<400-599>, fail_first=<k>,
     latency=<ms>, tps=<n>, tokens=<n>, hang_after=<k>, reset_after=<k>, cached=<n>,
     cache_write=<n>, cache_write_1h=<n>, audio_in=<n>, audio_out=<n>, image_in=<n>,
-    image_out=<n>, images=<n>, image_size=<n>, tier=<flex|default|priority>, reasoning=<n>,
-    key=<secret>, trickle=<ms>, huge=<bytes>, blocked=<Gemini block reason>). Empty items
+    image_out=<n>, images=<n>, searches=<n>, image_size=<n>, tier=<flex|default|priority>,
+    reasoning=<n>, key=<secret>, trickle=<ms>, huge=<bytes>, blocked=<Gemini block reason>).
+    Empty items
     are ignored and a repeated option keeps its last value. Raises ``OptionError``.
     """
     changes: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from billing.pricing import (
 from billing.pricing.arithmetic import (
     DIMENSIONS,
     TOKEN_DIMENSIONS,
+    UNSET,
     _apportioned,  # the general path, against the short
 )
 from billing.services import model_price_set
@@ -230,13 +231,21 @@ def test_service_tiers_scale_token_prices_not_the_fee() -> None:
 def test_a_markup_marks_up_every_dimension_and_the_tier() -> None:
     tier = dataclasses.replace(CLAUDE, input=6_000_000)
     prices = dataclasses.replace(
-        CLAUDE, request_fee=10, long_context_above=1000, long_context=tier, priority_percent=200
+        CLAUDE,
+        request_fee=10,
+        web_search=10_000,
+        long_context_above=1000,
+        long_context=tier,
+        priority_percent=200,
     )
     marked = prices.marked_up(Decimal("50"))
     for dimension in DIMENSIONS:
         assert marked.unit(dimension) * 2 == prices.unit(dimension) * 3
     assert marked.long_context is not None and marked.long_context.input == 9_000_000
     assert marked.priority_percent == 200  # a multiplier, not a price
+    # A tool the wholesale price does not offer is not offered marked up either.
+    assert tier.web_search == UNSET and marked.long_context.web_search == UNSET
+    assert not marked.long_context.offers("web_search") and marked.offers("web_search")
 
 
 def test_worst_case_covers_the_dearest_dimension() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from billing.pricing import PricePair, Prices
+from billing.pricing import PricePair, Prices, total_micros
 from relay import tokens
 from relay.metering import Usage, UsageRecord
 
@@ -67,11 +67,37 @@ def test_every_field_is_queued_under_its_name() -> None:
     queued = _queued(_record())
     names = [f.name for f in dataclasses.fields(UsageRecord)]
     # The price last: a reader takes it by its bytes and parses only the rest. No prompt
-    # counts of a stream's start: not queued at all, as before there were any.
-    assert list(queued) == [n for n in names if n not in ("price", "prompt_usage")] + ["price"]
+    # counts of a stream's start and no web searches: not queued at all, as before there
+    # were any, so a process of the version before reads the record as it did.
+    unqueued = ("price", "prompt_usage", "web_search_calls")
+    assert list(queued) == [n for n in names if n not in unqueued] + ["price"]
     assert queued["created_at"] == "2026-11-30T07:30:01.123456+00:00"
     assert queued["price"]["retail"]["input"] == 150_000
     assert queued["usage"]["cached_tokens"] == 4
+    assert "web_search_calls" not in queued["usage"]
+    assert "web_search" not in queued["price"]["retail"]  # not offered: as before
+
+
+def test_web_searches_and_their_price_are_queued_when_there_are_any() -> None:
+    pair = _record().price
+    assert pair is not None
+    searched = dataclasses.replace(pair.retail, web_search=10_000)
+    record = _record(
+        price=PricePair(searched, searched, None),
+        usage=Usage(prompt_tokens=30, completion_tokens=5, web_search_calls=2),
+        web_search_calls=3,
+    )
+    queued = _queued(record)
+    assert queued["web_search_calls"] == 3
+    assert queued["usage"]["web_search_calls"] == 2
+    assert queued["price"]["retail"]["web_search"] == 10_000
+    back = UsageRecord.from_json(record.to_json())
+    assert back == record
+    # The blocks counted on the way (3) bill over the provider's figure (2).
+    assert back.counts()[0].web_search_calls == 3
+    assert back.known_cost() == total_micros(
+        searched, Usage(prompt_tokens=30, completion_tokens=5, web_search_calls=3)
+    )
 
 
 def test_a_cut_stream_is_billed_for_its_prompt_counts_and_its_text_counted_here() -> None:
@@ -127,7 +153,7 @@ def test_a_price_is_queued_as_itself_however_often_it_is_written() -> None:
     again = _record(price=pair).to_json()
     other = _record(price=PricePair(WHOLESALE, WHOLESALE, None)).to_json()
     assert first == again
-    assert orjson.loads(first)["price"] == orjson.loads(orjson.dumps(pair))
+    assert PricePair.from_dict(orjson.loads(first)["price"]) == pair
     assert orjson.loads(other)["price"]["retail"]["input"] == 100_000
     assert orjson.loads(other)["price"]["reseller_id"] is None
 
