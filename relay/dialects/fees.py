@@ -10,10 +10,10 @@ the rest. So they are refused with a 400 that names the feature, unless the oper
 lets it through, unmetered, with ``RELAY_UNMETERED_FEATURES``: for example when the
 model's token prices already allow for it. Anthropic's web search is the exception: its
 answer counts the searches, so it is billed per search where the model's price names
-one (``relay.spend.check_searches``), and refused where it does not. Tools the client runs itself (functions,
-Anthropic's ``bash`` or ``text_editor``) and those billed as tokens only
-(``image_generation``, ``mcp``, ``computer_use_preview``, ``web_fetch``) are not
-concerned.
+one (``relay.spend.check_searches``), and refused where it does not. Tools the client
+runs itself (functions, Anthropic's ``bash`` or ``text_editor``) and those billed as
+tokens only (``image_generation``, ``mcp``, ``computer_use_preview``, ``web_fetch``) are
+not concerned.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def check_tools(
     priced: frozenset[str] = frozenset(),
 ) -> None:
     """Refuse a ``tools`` entry the provider would bill by the call, unless allowed;
-    those ``priced`` are left to the price check (``check_priced``)."""
+    those ``priced`` are left to the model's price (``relay.spend.check_searches``)."""
     tools = payload.get("tools")
     if not isinstance(tools, list):
         return
@@ -83,7 +83,7 @@ def check_chat(payload: Mapping[str, Any]) -> None:
 def check_messages(payload: Mapping[str, Any]) -> None:
     """Messages: server tools, fast mode (``speed``) and a chosen inference geography.
     Web search is metered there (Anthropic reports each search): it is left to the
-    model's price (``check_priced``)."""
+    model's price (``relay.spend.check_searches``)."""
     check_tools(payload, MESSAGES_TOOLS, priced=frozenset({"web_search"}))
     speed = payload.get("speed")
     if speed is not None and speed != "standard" and "fast_mode" not in allowed():
