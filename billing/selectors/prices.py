@@ -80,19 +80,22 @@ def price_dimensions(prices: Prices) -> list[tuple[str, int, str]]:
 
 
 def _below(price: Prices, cost: Prices) -> list[str]:
-    # A tool the price does not offer is refused, never sold below cost.
-    below = [
-        LABELS[d]
+    below = [LABELS[d] for d in _under(price, cost)]
+    if price.long_context is not None and cost.long_context is not None:
+        below += [
+            f"{LABELS[d]} (long context)" for d in _under(price.long_context, cost.long_context)
+        ]
+    return below
+
+
+def _under(price: Prices, cost: Prices) -> list[str]:
+    """The dimensions ``price`` sells under ``cost``; a tool it does not offer is refused,
+    never sold below cost."""
+    return [
+        d
         for d in DIMENSIONS
         if price.unit(d) < cost.unit(d) and (d not in CALL_DIMENSIONS or price.offers(d))
     ]
-    if price.long_context is not None and cost.long_context is not None:
-        below += [
-            f"{LABELS[d]} (long context)"
-            for d in DIMENSIONS
-            if price.long_context.unit(d) < cost.long_context.unit(d)
-        ]
-    return below
 
 
 def _in_force(prices: list[ModelPrice], now: datetime) -> tuple[ModelPrice | None, list]:

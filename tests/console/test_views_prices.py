@@ -36,6 +36,7 @@ def test_a_markup_list_shows_the_resulting_price_of_every_dimension(
         long_context_above_tokens=100_000,
         long_context_prices={"input": 3_000_000},
         priority_percent=175,
+        web_search_micros=10_000,
         actor=operator_user,
     )
     html = _page(client_for(reseller_admin), "reseller", market.reseller_list.pk)
@@ -45,7 +46,23 @@ def test_a_markup_list_shows_the_resulting_price_of_every_dimension(
     assert "Audio output tokens: 90.00" in html
     assert "Input tokens, above 100,000 prompt tokens: 4.50" in html
     assert "Priority tier: 175 %" in html
+    assert "Web searches: 0.015 per search" in html
     assert "below cost" not in html
+    # Sold at an explicit price without one, web search is not offered: not below cost.
+    billing.model_price_set(
+        price_list=market.reseller_list,
+        model=CatalogModel.objects.get(public_id="model-a"),
+        input_per_mtok=3_000_000,
+        output_per_mtok=12_000_000,
+        cache_write_1h_per_mtok=6_000_000,
+        audio_output_per_mtok=90_000_000,
+        long_context_above_tokens=100_000,
+        long_context_prices={"input": 4_500_000},
+        priority_percent=175,
+        actor=reseller_admin,
+    )
+    html = _page(client_for(reseller_admin), "reseller", market.reseller_list.pk)
+    assert "Web searches" not in html and "below cost" not in html
 
 
 def test_prices_below_cost_are_marked(
