@@ -9,7 +9,9 @@ from __future__ import annotations
 # none), the entry's TTL (s), the owner's alive-until (ms), and what the tokens and plan
 # windows counted at admission need to be corrected by once the stream is billed (JSON,
 # with the record: ``relay.limits.cut_correction``).
-# Returns 1 if the entry is (now) up to date, 0 if it was swept or was never registered.
+# The record may be sent again (it changed: web searches counted since), keeping the
+# entry's opening time. Returns 1 if the entry is (now) up to date, 0 if it was swept or
+# was never registered.
 MARK_LUA = """
 local entry, text, owned, owners, alive = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ttl = tonumber(ARGV[12])
@@ -19,7 +21,7 @@ if seen < tonumber(ARGV[13]) then redis.call('ZADD', alive, ARGV[13], ARGV[2]) e
 if ARGV[4] ~= '' then
   redis.call('HSET', entry, 'record', ARGV[4], 'lim', ARGV[5], 'money', ARGV[6],
     'worst', ARGV[7], 'owner', ARGV[2], 'fix', ARGV[14] or '')
-  redis.call('ZADD', owned, ARGV[1], ARGV[3])
+  redis.call('ZADD', owned, 'NX', ARGV[1], ARGV[3])
   redis.call('EXPIRE', owned, ttl)
   redis.call('SADD', owners, ARGV[2])
 elseif redis.call('EXISTS', entry) == 0 then

@@ -158,6 +158,9 @@ class Progress:
         self._worst = reservation.worst_micros if reservation else 0
         self._admitted = (bucket, reserved_tokens, reservation)
         self._registered = False
+        # The web searches the registered record counted: a search since sends it again,
+        # so that a sweeper bills the searches the provider ran before its usage came.
+        self._searches = 0
         self._text_index = 0  # pieces of record.completion_text already marked
         self._text_bytes = 0  # their length in the entry's text
         # The first mark waits RELAY_PROGRESS_FIRST_MARK_SECONDS: a stream that ends
@@ -216,12 +219,14 @@ class Progress:
         piece = "".join(texts[self._text_index :]).encode("utf-8", errors="replace")
         end = len(texts)
         usage = record.usage
+        searches = record.web_search_calls
+        fresh = not self._registered or searches != self._searches
         now = time.time()
         args = [
             int(now * 1000),
             self.owner,
             record.request_id,
-            b"" if self._registered else self._static(),
+            self._static() if fresh else b"",
             orjson.dumps(self._settle_limits),
             orjson.dumps(self._settle_money),
             self._worst,
@@ -231,7 +236,7 @@ class Progress:
             orjson.dumps(_usage_fields(usage)) if usage is not None else b"",
             _ttl(),
             _alive_until_ms(now),
-            b"" if self._registered else self._correction(),
+            self._correction() if fresh else b"",
         ]
         prefix = self._prefix
         keys = [
@@ -251,6 +256,7 @@ class Progress:
             return
         if done:
             self._registered = True
+            self._searches = searches
             self._text_index = end
             self._text_bytes += len(piece)
 

@@ -169,6 +169,43 @@ def test_a_stream_whose_owner_is_lost_is_settled_once_from_its_mark(prefix: str)
     assert money_after == (WORST, WORST) and queue_after == queue  # nothing a second time
 
 
+def test_web_searches_counted_after_the_first_mark_are_billed_by_the_sweeper(
+    prefix: str,
+) -> None:
+    """The provider's searches come before its usage: a stream whose owner is lost after
+    them is billed for them, its entry's opening time kept as it was."""
+
+    async def scenario() -> tuple[Any, ...]:
+        world = World(prefix)
+        admission = await world.admit()
+        record = _record(world.request_id)
+        lost = f"lost-{uuid.uuid4().hex[:8]}"
+        progress = _stream(world, admission, record, lost)
+        record.keep_text(["Searching"])
+        progress.delivered()
+        await asyncio.sleep(0.2)  # past the mark interval: the first mark is written
+        opened = await world.client.zscore(orphans.owned_key(prefix, lost), world.request_id)
+        record.web_search_calls = 2  # two search blocks went out
+        record.keep_text([", found it"])
+        progress.delivered()
+        await progress.close()
+        reopened = await world.client.zscore(orphans.owned_key(prefix, lost), world.request_id)
+        await world.client.zrem(orphans.alive_key(prefix), lost)
+        swept = await asyncio.to_thread(orphans.sweeper.settle_owner, lost)
+        queued = await world.queued()
+        await world.client.aclose()
+        return opened, reopened, swept, queued
+
+    opened, reopened, swept, queue = asyncio.run(scenario())
+    assert opened is not None and reopened == opened
+    assert swept == 1
+    (item,) = queue
+    cut = UsageRecord.from_queued(item)
+    assert cut.completion_text == ["Searching, found it"]
+    assert cut.web_search_calls == 2
+    assert cut.counts()[0].web_search_calls == 2
+
+
 def test_a_stream_that_settles_itself_leaves_nothing_to_sweep(prefix: str) -> None:
     async def scenario() -> tuple[Any, ...]:
         world = World(prefix)
