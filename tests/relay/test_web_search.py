@@ -219,3 +219,33 @@ def test_both_sides_must_price_a_search(settings: Any) -> None:
     for retail, wholesale in ((priced, plain), (plain, priced), (plain, plain)):
         with pytest.raises(errors.RelayError, match="no price per search"):
             spend.check_searches(2, PricePair(retail, wholesale, 7))
+
+
+def test_the_anthropic_sdk_streams_a_searched_answer_as_from_anthropic(
+    relay_app: RelayApp, gateway: Gateway, sim: Simulator
+) -> None:
+    """The official SDK, unmodified, reads the search blocks, the text and the provider's
+    search count; the event bills what the SDK was told."""
+    import anthropic
+
+    price_model(gateway, web_search_micros=PER_SEARCH)
+    searching_channel(gateway, sim, "searches=2")
+    caught_up(relay_app)
+    with (
+        anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=0) as sdk,
+        sdk.messages.stream(
+            model=PUBLIC_MODEL,
+            max_tokens=5,
+            messages=[{"role": "user", "content": "What happened today?"}],
+            tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}],
+        ) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "tok0 tok1 tok2 tok3 tok4"
+    kinds = [block.type for block in final.content]
+    assert kinds == ["server_tool_use", "web_search_tool_result"] * 2 + ["text"]
+    assert final.usage.server_tool_use is not None
+    assert final.usage.server_tool_use.web_search_requests == 2
+    [event] = usage_events(1)
+    assert event.web_search_calls == 2 and event.completion_tokens == final.usage.output_tokens
