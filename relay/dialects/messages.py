@@ -73,6 +73,8 @@ class PassLeg(Leg):
         super().__init__(record, public)
         self.call = call
         self.usage = canonical.Usage()
+        # The provider counted the searches itself: its count stands, blocks aside.
+        self.searches_reported = False
 
     def content(self, route: Route) -> bytes:
         self.route = route
@@ -82,20 +84,28 @@ class PassLeg(Leg):
     def headers(self, route: Route, stream: bool) -> upstream.Headers:
         return anthropic_headers(route, self.call.version, self.call.beta, stream)
 
-    def _searched(self, count: Any) -> None:
-        """Searches the provider ran (its count, or its search blocks so far): never more
-        than the request allowed, which is what its hold covers."""
-        if type(count) is int and count > self.record.web_search_calls:
-            self.record.web_search_calls = min(count, self.call.search_limit)
+    def _searched(self, count: int) -> None:
+        """Searches billed: never more than the request allowed (what its hold covers)."""
+        self.record.web_search_calls = max(min(count, self.call.search_limit), 0)
+
+    def _reported(self, usage: Any) -> bool:
+        """Take the provider's own count of searches (``usage.server_tool_use``), which
+        leaves out those that failed (Anthropic bills none of them); True if it gave one."""
+        tools = usage.get("server_tool_use") if isinstance(usage, dict) else None
+        count = tools.get("web_search_requests") if isinstance(tools, dict) else None
+        if type(count) is not int:
+            return False
+        self.searches_reported = True
+        self._searched(count)
+        return True
 
     def answer(self, parsed: Any) -> bytes | None:
         if not isinstance(parsed, dict) or parsed.get("type") != "message":
             return None
         parsed["model"] = self.public
-        if self.call.search_limit:
-            self._searched(_search_requests(parsed.get("usage")))
+        if self.call.search_limit and not self._reported(parsed.get("usage")):
             blocks = parsed.get("content")
-            self._searched(sum(map(_is_search, blocks)) if isinstance(blocks, list) else 0)
+            self._searched(sum(map(_search_step, blocks)) if isinstance(blocks, list) else 0)
         self.record.usage = Usage.from_canonical(messages.usage_to_canonical(parsed.get("usage")))
         if self.record.usage is None:
             self.record.completion_text = []
@@ -146,7 +156,7 @@ class PassLeg(Leg):
         elif kind == "message_delta":
             self._merge(event.get("usage"), final=True)
             if self.call.search_limit:
-                self._searched(_search_requests(event.get("usage")))
+                self._reported(event.get("usage"))
             return raw + b"\n\n", False
         elif kind == "error":
             error = event.get("error")
@@ -156,26 +166,28 @@ class PassLeg(Leg):
             frame = b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
             raise StreamError.classify(frame, failure.get("type"), None)
         else:
-            if kind == "content_block_start" and _is_search(event.get("content_block")):
-                # Counted as it starts: a stream cut before its usage still bills it.
-                self._searched(self.record.web_search_calls + 1)
+            if kind == "content_block_start" and self.call.search_limit:
+                # Counted as it goes: a stream cut before its usage still bills them.
+                step = _search_step(event.get("content_block"))
+                if step and not self.searches_reported:
+                    self._searched(self.record.web_search_calls + step)
             return raw + b"\n\n", kind == "message_stop"
         return b"event: " + str(kind).encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n", False
 
 
-def _search_requests(usage: Any) -> Any:
-    """Anthropic's count of web searches run (``usage.server_tool_use``)."""
-    tools = usage.get("server_tool_use") if isinstance(usage, dict) else None
-    return tools.get("web_search_requests") if isinstance(tools, dict) else None
-
-
-def _is_search(block: Any) -> bool:
-    """A block of the provider's own web search call."""
-    return (
-        isinstance(block, dict)
-        and block.get("type") == "server_tool_use"
-        and block.get("name") == "web_search"
-    )
+def _search_step(block: Any) -> int:
+    """What a block adds to the searches run, where the provider has not counted them:
+    1 for its web search call, -1 for a search that failed (not billed), else 0."""
+    if not isinstance(block, dict):
+        return 0
+    kind = block.get("type")
+    if kind == "server_tool_use":
+        return 1 if block.get("name") == "web_search" else 0
+    if kind == "web_search_tool_result":
+        content = block.get("content")
+        failed = isinstance(content, dict) and content.get("type") == "web_search_tool_result_error"
+        return -1 if failed else 0
+    return 0
 
 
 class MessagesCall(Call):

@@ -142,31 +142,46 @@ def _leg(limit: int) -> PassLeg:
     return PassLeg(MessagesCall(payload, "2023-06-01", None), record, PUBLIC_MODEL)
 
 
-def test_a_provider_that_reports_more_searches_than_allowed_is_held_to_the_limit() -> None:
-    leg = _leg(2)
-    answer = {
-        "type": "message",
-        "content": [{"type": "server_tool_use", "name": "web_search", "id": "s", "input": {}}],
-        "usage": {
-            "input_tokens": 5,
-            "output_tokens": 1,
-            "server_tool_use": {"web_search_requests": 9},
-        },
-    }
-    assert leg.answer(answer) is not None
-    assert leg.record.web_search_calls == 2  # what the hold covered
-    # A stream cut before its usage is billed for the search blocks it delivered.
+SEARCH = {"type": "server_tool_use", "name": "web_search", "id": "s", "input": {}}
+FOUND = {"type": "web_search_tool_result", "tool_use_id": "s", "content": []}
+FAILED = {
+    "type": "web_search_tool_result",
+    "tool_use_id": "s",
+    "content": {"type": "web_search_tool_result_error", "error_code": "unavailable"},
+}
+
+
+def _feed(leg: PassLeg, kind: str, **fields: Any) -> None:
+    data = orjson.dumps({"type": kind, **fields})
+    leg.event(b"event: " + kind.encode() + b"\ndata: " + data, data)
+
+
+def test_the_providers_count_stands_held_to_what_the_request_allowed() -> None:
+    def answered(limit: int, content: list[Any], reported: int | None) -> int:
+        leg = _leg(limit)
+        usage: dict[str, Any] = {"input_tokens": 5, "output_tokens": 1}
+        if reported is not None:
+            usage["server_tool_use"] = {"web_search_requests": reported}
+        assert leg.answer({"type": "message", "content": content, "usage": usage}) is not None
+        return leg.record.web_search_calls
+
+    assert answered(2, [SEARCH, FOUND], 9) == 2  # a provider reporting more: the hold's
+    assert answered(5, [SEARCH, FAILED, SEARCH, FOUND], 1) == 1  # a failed search is free
+    # Without the provider's count, its blocks: the failed search left out.
+    assert answered(5, [SEARCH, FAILED, SEARCH, FOUND, SEARCH, FOUND], None) == 2
+
+
+def test_a_stream_counts_its_search_blocks_until_the_provider_counts() -> None:
     leg = _leg(5)
-    for _ in range(2):
-        block = {"type": "server_tool_use", "name": "web_search", "id": "s", "input": {}}
-        event = {"type": "content_block_start", "index": 0, "content_block": block}
-        data = orjson.dumps(event)
-        leg.event(b"event: content_block_start\ndata: " + data, data)
-    text = {"type": "content_block_start", "index": 2, "content_block": {"type": "text"}}
-    data = orjson.dumps(text)
-    leg.event(b"data: " + data, data)
+    for block in (SEARCH, FOUND, SEARCH, FAILED, SEARCH, FOUND, {"type": "text", "text": ""}):
+        _feed(leg, "content_block_start", index=0, content_block=block)
+    # Cut here, before its usage: billed for the two searches that did not fail.
     assert leg.record.web_search_calls == 2
     assert leg.record.billed(Usage(prompt_tokens=5)).web_search_calls == 2
+    _feed(leg, "message_delta", delta={}, usage={"server_tool_use": {"web_search_requests": 3}})
+    assert leg.record.web_search_calls == 3  # the provider's count, once it came
+    _feed(leg, "content_block_start", index=1, content_block=SEARCH)
+    assert leg.record.web_search_calls == 3
 
 
 def test_a_balance_is_never_overdrawn_by_searches(
