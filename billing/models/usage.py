@@ -59,7 +59,9 @@ class UsageEvent(models.Model):
     input_images = models.PositiveIntegerField(default=0)
     output_images = models.PositiveIntegerField(default=0)
     # Searches the provider ran for the request (its web search tool), billed per call.
-    web_search_calls = models.PositiveIntegerField(default=0)
+    # A default in the database too: relay processes of the version before, still running
+    # while an upgrade migrates, write their events without it.
+    web_search_calls = models.PositiveIntegerField(default=0, db_default=0)
     # The service tier the provider served the request on: "", "flex" or "priority".
     service_tier = models.CharField(max_length=16, blank=True)
     # True when the upstream reported no usage and the counts come from our tokenizer.

@@ -7,6 +7,7 @@ import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -365,3 +366,32 @@ def test_the_schedule_switches_at_the_scheduled_moment(market: Market) -> None:
     assert schedule.at("model-b", moments[1]) == schedule["model-b"]
     marked = tenant_price_schedule(market.tenant.pk).at("model-a", moments[0])
     assert marked is not None and marked.retail.input == 167  # 111 * 1.5, half up
+
+
+@pytest.mark.django_db
+def test_an_event_written_without_the_search_count_has_none(event: Any) -> None:
+    """A relay process of the version before web searches, still running while an upgrade
+    migrates, writes its events without the column: the database fills in 0."""
+    from django.db import connection
+
+    from billing.models import UsageEvent
+
+    written = event(prompt_tokens=10, completion_tokens=5)
+    table = UsageEvent._meta.db_table
+    columns = [
+        f.column
+        for f in UsageEvent._meta.concrete_fields
+        if f.column not in ("id", "web_search_calls")
+    ]
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    values = ", ".join(
+        "'req-old'" if c == "request_id" else connection.ops.quote_name(c) for c in columns
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Names from the model itself, none from input.
+            f"INSERT INTO {table} ({names}) SELECT {values} FROM {table} WHERE id = %s",  # noqa: S608
+            [written.pk],
+        )
+    old = UsageEvent.objects.get(request_id="req-old")
+    assert old.web_search_calls == 0 and old.prompt_tokens == 10
