@@ -39,6 +39,8 @@ MESSAGES_TOOLS = (
     # A second model's inference inside the request, at that model's price.
     ("advisor_", "advisor"),
 )
+# Messages' tools billed per call that the relay meters: offered where priced.
+MESSAGES_PRICED = frozenset({"web_search"})
 # The most searches one web search tool may allow (its ``max_uses``): the hold reserves
 # each at the price per search.
 MAX_WEB_SEARCH_USES = 1000
@@ -84,7 +86,7 @@ def check_messages(payload: Mapping[str, Any]) -> None:
     """Messages: server tools, fast mode (``speed``) and a chosen inference geography.
     Web search is metered there (Anthropic reports each search): it is left to the
     model's price (``relay.spend.check_searches``)."""
-    check_tools(payload, MESSAGES_TOOLS, priced=frozenset({"web_search"}))
+    check_tools(payload, MESSAGES_TOOLS, priced=MESSAGES_PRICED)
     speed = payload.get("speed")
     if speed is not None and speed != "standard" and "fast_mode" not in allowed():
         raise _refused(f"'speed': {speed!r}", "speed")
