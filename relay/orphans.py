@@ -71,7 +71,7 @@ from relay.limits import (
     usage_queue_key,
 )
 from relay.metering import UsageRecord, usage_writer
-from relay.metering.records import COUNT_FIELDS
+from relay.metering.records import queued_counts
 from relay.orphan_scripts import MARK_LUA, SWEEP_LUA
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class Progress:
             self._text_bytes,
             piece,
             record.completion_overflow_chars,
-            orjson.dumps(_usage_fields(usage)) if usage is not None else b"",
+            orjson.dumps(queued_counts(usage)) if usage is not None else b"",
             _ttl(),
             _alive_until_ms(now),
             self._correction() if fresh else b"",
@@ -301,15 +301,6 @@ class Progress:
             self._timer = None
         if self._task is not None and not self._task.done() and self._written is not None:
             await asyncio.shield(self._written)
-
-
-def _usage_fields(usage: Any) -> dict[str, Any]:
-    """Every count of the usage (cache writes, audio, images, the service tier too): the
-    sweeper bills the stream by them."""
-    found = {name: getattr(usage, name) for name in COUNT_FIELDS}
-    if not found["web_search_calls"]:
-        del found["web_search_calls"]  # read by a process of the version before as it was
-    return found
 
 
 class Sweeper:

@@ -232,6 +232,12 @@ _TOKEN_SET = frozenset(TOKEN_DIMENSIONS)
 _CALL_SET = frozenset(CALL_DIMENSIONS)
 
 
+def _item_unit(flat: Prices, dimension: str) -> int:
+    """A dimension's unit price as charged: a call let through unpriced costs nothing."""
+    unit = flat.unit(dimension)
+    return 0 if unit < 0 and dimension in _CALL_SET else unit
+
+
 def charges(prices: Prices, counts: Counts) -> tuple[dict[str, tuple[int, int, int]], bool]:
     """``{dimension: (quantity, unit price, micros)}`` for each dimension the request used,
     and whether it was priced at long-context prices (see the module's docstring for the
@@ -270,9 +276,7 @@ def _apportioned(flat: Prices, counts: Counts) -> dict[str, tuple[int, int, int]
         micros[dimension] += 1
     found = {}
     for dimension, quantity in used.items():
-        unit = flat.unit(dimension)
-        if unit < 0 and dimension in _CALL_SET:  # a call let through unpriced costs nothing
-            unit = 0
+        unit = _item_unit(flat, dimension)
         charged = micros[dimension] if dimension in micros else quantity * unit
         found[dimension] = (quantity, unit, charged)
     return found
@@ -347,7 +351,7 @@ def total_micros(prices: Prices, counts: Counts) -> int:
     for dimension in _PER_ITEM_DIMENSIONS:
         quantity = used[dimension]
         if quantity:
-            total += quantity * max(flat.unit(dimension), 0)
+            total += quantity * _item_unit(flat, dimension)
     return total
 
 

@@ -369,15 +369,21 @@ def _price_json(pair: PricePair) -> orjson.Fragment:
     return cached[1]
 
 
+def queued_counts(usage: Counts) -> dict[str, Any]:
+    """Every count of ``usage`` as queued (here and in a stream's marks): without a web
+    search count of 0, so that a process of the version before reads it as it did."""
+    found = {name: getattr(usage, name) for name in COUNT_FIELDS}
+    if not found["web_search_calls"]:
+        del found["web_search_calls"]
+    return found
+
+
 def _queued(value: Any) -> dict[str, Any]:
     """A dataclass of a queued record (its usage, its prices), without the fields newer
     than the processes that may read it when they hold nothing: a process of the version
     before reads the record as it did (``Usage`` and ``Prices`` take no unknown field)."""
     if isinstance(value, Counts):
-        found = {name: getattr(value, name) for name in COUNT_FIELDS}
-        if not found["web_search_calls"]:
-            del found["web_search_calls"]
-        return found
+        return queued_counts(value)
     if isinstance(value, Prices):
         found = {f.name: getattr(value, f.name) for f in fields(value)}
         if found["web_search"] == UNSET:
