@@ -6,9 +6,10 @@ The data the relay keeps in memory (keys, the routing table) and the queries tha
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -228,7 +229,8 @@ def key_info(api_key: ApiKey) -> KeyInfo:
             ipaddress.ip_network(str(n), strict=False) for n in api_key.allowed_networks or ()
         ),
         key_limits=_limits(api_key),
-        tenant_limits=_limits(tenant),
+        # The operator's caps and the seller's limits: the tighter of each.
+        tenant_limits=_limits(tenant, limit=tenant.enforced_limit),
         spend=_spend_shape(api_key),
         plan_windows=_plan_windows(tenant),
     )
@@ -285,12 +287,14 @@ def _spend_shape(api_key: ApiKey) -> SpendShape:
     )
 
 
-def _limits(holder: LimitFields) -> Limits:
+def _limits(holder: LimitFields, limit: Callable[[str], int | None] | None = None) -> Limits:
+    """``holder``'s limits, each read by ``limit`` (its field, unless given)."""
+    read = limit or functools.partial(getattr, holder)
     return Limits(
-        rpm=holder.rpm_limit,
-        tpm=holder.tpm_limit,
-        concurrency=holder.concurrency_limit,
-        daily_tokens=holder.daily_token_limit,
+        rpm=read("rpm_limit"),
+        tpm=read("tpm_limit"),
+        concurrency=read("concurrency_limit"),
+        daily_tokens=read("daily_token_limit"),
     )
 
 

@@ -6,10 +6,10 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from portal.models.limits import LimitFields
+from portal.models.limits import LimitFields, SellerLimitFields
 
 
-class Organization(LimitFields):
+class Organization(LimitFields, SellerLimitFields):
     class Kind(models.TextChoices):
         PLATFORM = "platform", "Platform"
         RESELLER = "reseller", "Reseller"

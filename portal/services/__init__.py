@@ -41,6 +41,7 @@ from portal.services.organizations import (
     membership_change_role,
     membership_remove,
     organization_create,
+    tenant_limits_set,
 )
 from portal.services.people import user_create
 
@@ -69,5 +70,6 @@ __all__ = [
     "membership_remove",
     "organization_create",
     "organization_create_with_owner",
+    "tenant_limits_set",
     "user_create",
 ]

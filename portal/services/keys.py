@@ -16,10 +16,11 @@ from portal.models import (
     Organization,
 )
 from portal.models.catalog import SURFACES
+from portal.models.limits import LIMIT_NAMES
 from portal.services.common import Actor, user_or_none
 
 # The relay's per-key limits (portal.models.limits.LimitFields); None means no limit.
-KEY_LIMITS = ("rpm_limit", "tpm_limit", "concurrency_limit", "daily_token_limit")
+KEY_LIMITS = LIMIT_NAMES
 
 
 def _model_ids(allowed_models: Iterable[str]) -> list[str]:
@@ -49,10 +50,11 @@ def _surfaces(allowed: Iterable[str]) -> list[str]:
     return chosen
 
 
-def _limits(limits: Mapping[str, int | None]) -> dict[str, int | None]:
+def checked_limits(limits: Mapping[str, int | None]) -> dict[str, int | None]:
+    """``limits`` by name (``KEY_LIMITS``), each None (no limit) or at least 1."""
     unknown = set(limits) - set(KEY_LIMITS)
     if unknown:
-        raise TypeError(f"unknown key limits: {sorted(unknown)}")
+        raise TypeError(f"unknown limits: {sorted(unknown)}")
     for name, value in limits.items():
         if value is not None and value < 1:
             raise ValidationError({name: "A limit is at least 1; leave it empty for none."})
@@ -92,7 +94,7 @@ def api_key_create(
         expires_at=expires_at,
         allowed_models=_model_ids(allowed_models),
         allowed_surfaces=_surfaces(allowed_surfaces),
-        **_limits(limits or {}),
+        **checked_limits(limits or {}),
     )
     api_key.set_secret(secret)
     api_key.full_clean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
@@ -14,6 +15,7 @@ from portal.models import (
     Organization,
 )
 from portal.services.common import Actor
+from portal.services.keys import checked_limits
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -144,3 +146,53 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         data=data,
     )
     membership.delete()
+
+
+@transaction.atomic
+def tenant_limits_set(
+    *, tenant: Organization, limits: Mapping[str, int | None], actor: Actor
+) -> Organization:
+    """Set the limits a tenant's seller puts on it; names not given stay as they are.
+
+    ``limits`` names ``KEY_LIMITS`` (requests and tokens per minute, concurrent requests,
+    tokens per UTC day); None is no limit of that kind. They sit beneath the operator's
+    caps (the tenant's own limit fields, set in the admin): the relay enforces the lower
+    of each pair, so a seller cannot lift a cap and the operator cannot lift a limit.
+    """
+    if not tenant.is_tenant:
+        raise ValidationError({"tenant": "Only a tenant has limits."})
+    wanted = checked_limits(limits)
+    current = Organization.objects.select_for_update().get(pk=tenant.pk)
+    changed = {
+        f"seller_{name}": value
+        for name, value in wanted.items()
+        if getattr(current, f"seller_{name}") != value
+    }
+    if not changed:
+        return tenant
+    before = {field: getattr(current, field) for field in changed}
+    for field, value in changed.items():
+        setattr(current, field, value)
+    try:  # the column's range (a value past it would fail in the database)
+        current.clean_fields(
+            exclude=[f.name for f in Organization._meta.fields if f.name not in changed]
+        )
+    except ValidationError as exc:
+        raise ValidationError(
+            {field.removeprefix("seller_"): errors for field, errors in exc.message_dict.items()}
+        ) from exc
+    # Saved through the model: the post_save signal tells every relay process.
+    current.save(update_fields=list(changed))
+    AuditEntry.record(
+        actor=actor,
+        action="organization.limits",
+        target=current,
+        organization=current,
+        data={
+            field.removeprefix("seller_"): {"before": before[field], "after": value}
+            for field, value in changed.items()
+        },
+    )
+    for field, value in changed.items():
+        setattr(tenant, field, value)
+    return tenant

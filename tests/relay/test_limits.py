@@ -12,6 +12,7 @@ import httpx
 import pytest
 from django.conf import settings
 
+from portal import services
 from relay.limits import Limits, LimitStore, LocalLimitStore, RedisLimitStore, Scope
 from tests.relay.conftest import Gateway, Simulator, chat_body
 
@@ -146,6 +147,26 @@ def test_tenant_limits_apply_to_all_its_keys(gateway: Gateway) -> None:
             headers={"Authorization": f"Bearer {secret}"},
         )
         statuses.append(response.status_code)
+    assert statuses == [200, 200, 429]
+
+
+@pytest.mark.parametrize(("cap", "seller"), [(None, 2), (2, 50), (50, 2)])
+def test_the_tighter_of_the_operators_cap_and_the_sellers_limit_applies(
+    gateway: Gateway, cap: int | None, seller: int
+) -> None:
+    gateway.tenant.rpm_limit = cap  # the operator's, in the admin
+    gateway.tenant.save()
+    services.tenant_limits_set(tenant=gateway.tenant, limits={"rpm_limit": seller}, actor="test")
+    other = gateway.new_key(name="second")
+    gateway.caught_up()
+    statuses = [
+        httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json=chat_body(),
+            headers={"Authorization": f"Bearer {secret}"},
+        ).status_code
+        for secret in (gateway.secret, other, gateway.secret)
+    ]
     assert statuses == [200, 200, 429]
 
 
