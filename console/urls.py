@@ -81,6 +81,7 @@ organization_patterns = [
         name="invitation_revoke",
     ),
     path("tenants/", organizations.tenants, name="tenants"),
+    path("limits/", organizations.limits, name="tenant_limits"),
     path("billing/", billing.billing_page, name="billing"),
     path("billing/redeem/", billing.redeem, name="redeem"),
     path("billing/budget/", billing.budget, name="budget"),

@@ -16,10 +16,13 @@ from portal.models import (
     Membership,
     Organization,
 )
+from portal.models.limits import LIMIT_NAMES
 
 # What the relay enforces on a tenant (and on each key, which has its own), never on a
-# reseller or the platform, which hold no keys.
-LIMIT_FIELDS = ["rpm_limit", "tpm_limit", "concurrency_limit", "daily_token_limit"]
+# reseller or the platform, which hold no keys. These are the operator's caps; the
+# tenant's seller sets its own limits beneath them on the tenant's Limits page (the
+# seller_* fields), and the relay enforces the tighter of the two.
+LIMIT_FIELDS = list(LIMIT_NAMES)
 TENANT_FIELDS = [*LIMIT_FIELDS, "channel_groups"]
 
 
@@ -99,7 +102,9 @@ class OrganizationAdmin(AuditedAdmin):
     ) -> list[str]:
         # Changing kind or parent would move keys, prices and invoices across the tree;
         # that needs a workflow of its own, not a form field.
-        return ["kind", "parent", "created_at"] if obj else ["created_at"]
+        # The seller's own limits (the tenant's Limits page) are shown beside the caps.
+        sellers = [f"seller_{name}" for name in LIMIT_NAMES] if obj and obj.is_tenant else []
+        return ["kind", "parent", "created_at", *sellers] if obj else ["created_at"]
 
     def get_prepopulated_fields(
         self, request: HttpRequest, obj: Organization | None = None

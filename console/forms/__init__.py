@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing.models import KeyQuota
 from portal.models import CatalogModel, Membership, Organization, PersonalAccessToken
 from portal.models.catalog import SURFACES
+from portal.models.limits import DAILY_LIMIT_MAX, LIMIT_MAX
 from portal.services.keys import KEY_LIMITS
 
 DATETIME_INPUT: forms.DateTimeInput = forms.DateTimeInput(
@@ -31,7 +32,47 @@ def _future(value: Any) -> Any:
     return value
 
 
-class ApiKeyForm(forms.Form):
+class LimitsForm(forms.Form):
+    """Rate, concurrency and daily token caps (``KEY_LIMITS``): a key's, or a tenant's as
+    its seller sets them."""
+
+    rpm_limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=LIMIT_MAX,
+        label="Requests per minute",
+        help_text="Empty: no limit.",
+    )
+    tpm_limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=LIMIT_MAX,
+        label="Tokens per minute",
+        help_text="Empty: no limit.",
+    )
+    concurrency_limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=LIMIT_MAX,
+        label="Concurrent requests",
+        help_text="Empty: no limit.",
+    )
+    daily_token_limit = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=DAILY_LIMIT_MAX,
+        label="Tokens per day (UTC)",
+        help_text="Empty: no limit.",
+    )
+
+    def limits(self) -> dict[str, int | None]:
+        return {name: self.cleaned_data.get(name) for name in KEY_LIMITS}
+
+
+class ApiKeyForm(LimitsForm):
+    # The limits (declared on the base) after what names and scopes the key.
+    field_order = ["name", "expires_at", "allowed_models", "allowed_surfaces"]
+
     name = forms.CharField(
         max_length=200, help_text="Say where the key is used, e.g. “billing-service prod”."
     )
@@ -52,19 +93,6 @@ class ApiKeyForm(forms.Form):
         choices=[(s, s) for s in SURFACES],
         widget=forms.CheckboxSelectMultiple,
         help_text="Tick none to allow every API.",
-    )
-
-    rpm_limit = forms.IntegerField(
-        required=False, min_value=1, label="Requests per minute", help_text="Empty: no limit."
-    )
-    tpm_limit = forms.IntegerField(
-        required=False, min_value=1, label="Tokens per minute", help_text="Empty: no limit."
-    )
-    concurrency_limit = forms.IntegerField(
-        required=False, min_value=1, label="Concurrent requests", help_text="Empty: no limit."
-    )
-    daily_token_limit = forms.IntegerField(
-        required=False, min_value=1, label="Tokens per day (UTC)", help_text="Empty: no limit."
     )
 
     def __init__(self, *args: Any, model_ids: Iterable[str] = (), **kwargs: Any) -> None:
@@ -88,9 +116,6 @@ class ApiKeyForm(forms.Form):
 
     def clean_expires_at(self) -> Any:
         return _future(self.cleaned_data.get("expires_at"))
-
-    def limits(self) -> dict[str, int | None]:
-        return {name: self.cleaned_data.get(name) for name in KEY_LIMITS}
 
     def quota(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -66,6 +66,8 @@ def _organization_links(access: Access) -> list[NavLink]:
             links.append(NavLink("Payments", reverse("payments", args=[slug]), "payments"))
     if access.can(Need.SELL) and org.kind != Organization.Kind.PLATFORM:
         links.append(NavLink("Terms & top-up", reverse("terms", args=[slug]), "terms"))
+    if access.can(Need.SELL) and org.is_tenant:
+        links.append(NavLink("Limits", reverse("tenant_limits", args=[slug]), "limits"))
     if access.can(Need.OWNER) and org.kind != Organization.Kind.PLATFORM:
         links.append(NavLink("Single sign-on", reverse("sso_settings", args=[slug]), "sso"))
     if access.can(Need.AUDIT):

@@ -5,19 +5,20 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
 from billing.periods import Period
 from billing.selectors import usage as usage_reads
-from console.forms import InvitationForm, OrganizationForm
+from console.forms import InvitationForm, LimitsForm, OrganizationForm
 from console.http import AuthenticatedHttpRequest
 from console.views.base import form_errors, paginate, render_page
 from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import Access, Need, get_access, membership_for_manager, require_operator
 from portal.models import ApiKey, Invitation, Membership, Organization
+from portal.models.limits import LIMIT_NAMES
 
 
 @login_required
@@ -200,6 +201,40 @@ def tenants(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
         {"form": form, "page": paginate(request, usage_reads.tenants_of(parent))},
         access=access,
         section="tenants",
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+def limits(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """A tenant's limits as its seller sets them, beneath the operator's caps."""
+    access = get_access(request.user, slug, need=Need.SELL)
+    tenant = access.organization
+    if not tenant.is_tenant:
+        raise Http404("Only tenants have limits.")
+    initial = {name: getattr(tenant, f"seller_{name}") for name in LIMIT_NAMES}
+    form = LimitsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        with form_errors(form) as failed:
+            services.tenant_limits_set(tenant=tenant, limits=form.limits(), actor=request.user)
+        if not failed:
+            messages.success(request, f"Limits of {tenant.name} saved.")
+            return redirect("tenant_limits", slug=slug)
+    rows = [
+        {
+            "label": LimitsForm.base_fields[name].label,
+            "cap": getattr(tenant, name),
+            "seller": initial[name],
+            "enforced": tenant.enforced_limit(name),
+        }
+        for name in LIMIT_NAMES
+    ]
+    return render_page(
+        request,
+        "portal/limits.html",
+        {"form": form, "rows": rows, "seller": tenant.parent},
+        access=access,
+        section="limits",
         status=400 if form.errors else 200,
     )
 

@@ -135,6 +135,7 @@ def keys(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
             "form": form,
             "page": page,
             "summary": billing_selectors.account_summary(access.organization),
+            "org_limits": access.organization.enforced_limits(),
         },
         access=access,
         section="keys",

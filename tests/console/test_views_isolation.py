@@ -91,6 +91,17 @@ ROUTES: dict[str, tuple[str, dict[str, int]]] = {
             "tenant_billing": FORBIDDEN,
         },
     ),
+    # A tenant's limits likewise: its seller sets them; its own people see them on Keys.
+    "tenant_limits": (
+        "tenant",
+        {
+            **_TENANT_VIEW,
+            **_OUTSIDERS,
+            "tenant_owner": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "tenant_billing": FORBIDDEN,
+        },
+    ),
     "org_audit": ("tenant", _tenant_page(FORBIDDEN, FORBIDDEN)),
     # A reseller's tenant list: its admins and operators; the reseller's tenants' people
     # cannot see the reseller at all.
@@ -484,6 +495,8 @@ def test_posting_to_read_only_pages_is_refused_to_read_only_roles(
         ("tenant_owner", "tenants", ["reseller"], {"name": "Sneaky"}),
         ("outsider", "keys", ["tenant"], {"name": "sneaky"}),
         ("other_reseller_admin", "tenants", ["reseller"], {"name": "Sneaky"}),
+        ("tenant_owner", "tenant_limits", ["tenant"], {"rpm_limit": "1000000"}),
+        ("other_reseller_admin", "tenant_limits", ["tenant"], {"rpm_limit": "1"}),
         ("reseller_admin", "channel_create", [], {"name": "x", "base_url": "http://x.test/v1"}),
     ]
     for persona, name, args, data in cases:

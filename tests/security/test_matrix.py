@@ -177,6 +177,7 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     # Billing people see the budget; changing it takes MANAGE.
     "budget": ("tenant", {"GET": tenant_page(403, 200), "POST": MANAGE_POST}),
     "terms": ("tenant", {"GET": SELLER_ONLY, "POST": SELLER_ONLY_POST}),
+    "tenant_limits": ("tenant", {"GET": SELLER_ONLY, "POST": SELLER_ONLY_POST}),
     "topup": ("tenant", {"GET": POST_ONLY, "POST": SELLER_ONLY_POST}),
     "price_lists": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
     "price_list": ("price_list", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
@@ -325,6 +326,14 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     ),
     "api:tenant-prices": ("tenant_slug", {"GET": row(200, **OUTSIDERS_404, anonymous=ANON)}),
     "api:balance": ("tenant_slug", {"GET": API_TENANT_BILLING}),
+    # A tenant's limits: every insider reads what is enforced; only its seller sets them.
+    "api:organization-limits": (
+        "tenant_slug",
+        {
+            "GET": row(200, **OUTSIDERS_404, anonymous=ANON),
+            "PATCH": row(403, operator=200, reseller_admin=200, **OUTSIDERS_404, anonymous=ANON),
+        },
+    ),
     # Top-ups are read with billing rights and made by the seller only.
     "api:topups": (
         "tenant_slug",
@@ -939,6 +948,8 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
         "member_role": {"role": "billing"},
         "budget": {"monthly_budget": "10", "alert_thresholds": "50, 100"},
         "terms": {"mode": "prepaid", "monthly_budget": "25"},
+        "tenant_limits": {"rpm_limit": "100"},
+        "api:organization-limits": {"rpm_limit": 100},
         "topup": {"amount": "5", "memo": f"paid {unique}"},
         "price_lists": {"name": f"list-{unique}"},
         "price_list": {

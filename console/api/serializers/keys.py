@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from rest_framework import serializers
 
+from console.api.serializers.organizations import LimitValuesSerializer
 from portal.models import ApiKey, Organization, PersonalAccessToken
 from portal.models.catalog import SURFACES
 
@@ -43,7 +44,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ApiKeyCreateSerializer(serializers.Serializer):
+class ApiKeyCreateSerializer(LimitValuesSerializer):
+    # The key's limits are declared on the base.
+
     organization = serializers.SlugField(help_text="Slug of the tenant the key is for.")
     name = serializers.CharField(max_length=200)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -59,12 +62,6 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         default=list,
         help_text="APIs the key may call (chat, responses, messages, embeddings, "
         "completions); empty allows every one.",
-    )
-    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    concurrency_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    daily_token_limit = serializers.IntegerField(
-        min_value=1, max_value=2**62, required=False, allow_null=True
     )
     spend_limit_micros = serializers.IntegerField(
         min_value=0,

@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from portal.access import Role, Scope
 from portal.models import Membership, Organization
+from portal.models.limits import DAILY_LIMIT_MAX, LIMIT_MAX
 
 
 class OrganizationSerializer(serializers.ModelSerializer):
@@ -70,3 +71,37 @@ class MembershipSerializer(serializers.ModelSerializer):
 
 class MembershipRoleSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+class LimitValuesSerializer(serializers.Serializer):
+    """Rate, concurrency and daily token limits; null (or absent) is no limit."""
+
+    rpm_limit = serializers.IntegerField(
+        min_value=1, max_value=LIMIT_MAX, required=False, allow_null=True
+    )
+    tpm_limit = serializers.IntegerField(
+        min_value=1, max_value=LIMIT_MAX, required=False, allow_null=True
+    )
+    concurrency_limit = serializers.IntegerField(
+        min_value=1, max_value=LIMIT_MAX, required=False, allow_null=True
+    )
+    daily_token_limit = serializers.IntegerField(
+        min_value=1, max_value=DAILY_LIMIT_MAX, required=False, allow_null=True
+    )
+
+
+class TenantLimitsSerializer(serializers.Serializer):
+    organization = serializers.SlugField(read_only=True)
+    enforced = LimitValuesSerializer(
+        read_only=True, help_text="What the relay enforces on all the tenant's keys together."
+    )
+    seller = LimitValuesSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="The limits the tenant's seller set; shown to the seller only.",
+    )
+    platform = LimitValuesSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="The operator's caps on the tenant; shown to the seller only.",
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -14,18 +15,21 @@ from rest_framework.viewsets import GenericViewSet
 from console.api.filters import OrganizationFilter
 from console.api.serializers.invitations import InvitationCreateSerializer, InvitationSerializer
 from console.api.serializers.organizations import (
+    LimitValuesSerializer,
     MembershipRoleSerializer,
     MembershipSerializer,
     OrganizationCreateSerializer,
     OrganizationSerializer,
+    TenantLimitsSerializer,
 )
 from console.api.views.base import ScopedMixin, service_errors
 from console.api.views.invitations import invite
 from console.http import acting_user
 from console.views.invitations import accept_link
 from portal import selectors, services
-from portal.access import Need, get_access, membership_for_manager, require_operator
+from portal.access import Access, Need, get_access, membership_for_manager, require_operator
 from portal.models import Organization
+from portal.models.limits import LIMIT_NAMES
 
 
 class OrganizationViewSet(
@@ -121,3 +125,42 @@ class OrganizationViewSet(
         with service_errors():
             services.membership_remove(membership=membership, actor=acting_user(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _tenant_access(self, slug: str, need: Need) -> Access:
+        access = get_access(self.request.user, slug, need=need)
+        if not access.organization.is_tenant:
+            raise Http404("Only tenants have limits.")
+        return access
+
+    def _limits_answer(self, access: Access) -> Response:
+        tenant = access.organization
+        sells = access.can(Need.SELL)  # the split is the seller's business, not the tenant's
+        body = {
+            "organization": tenant.slug,
+            "enforced": tenant.enforced_limits(),
+            "seller": {n: getattr(tenant, f"seller_{n}") for n in LIMIT_NAMES} if sells else None,
+            "platform": {n: getattr(tenant, n) for n in LIMIT_NAMES} if sells else None,
+        }
+        return Response(TenantLimitsSerializer(body).data)
+
+    @extend_schema(responses=TenantLimitsSerializer, filters=False)
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def limits(self, request: Request, slug: str) -> Response:
+        """A tenant's limits on all its keys together: the tighter of the operator's cap
+        and its seller's limit, each kind."""
+        return self._limits_answer(self._tenant_access(slug, Need.VIEW))
+
+    @extend_schema(request=LimitValuesSerializer, responses=TenantLimitsSerializer, filters=False)
+    @limits.mapping.patch
+    def set_limits(self, request: Request, slug: str) -> Response:
+        """Set a tenant's limits as its seller (the reseller above it, or an operator for
+        the platform's tenants); the kinds named change, null removing one. The operator's
+        caps stay, and the lower of the two applies."""
+        access = self._tenant_access(slug, Need.SELL)
+        form = LimitValuesSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        with service_errors():
+            services.tenant_limits_set(
+                tenant=access.organization, limits=form.validated_data, actor=acting_user(request)
+            )
+        return self._limits_answer(access)

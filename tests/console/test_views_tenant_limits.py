@@ -1,0 +1,226 @@
+"""A tenant's limits as its seller sets them: beneath the operator's caps, on the page and
+in the API, and never by the tenant's own people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from console.admin.organizations import OrganizationForm
+from portal import services
+from portal.models import AuditEntry, Organization
+from portal.models.limits import LIMIT_MAX
+from tests.console.conftest import api_client_for, client_for
+
+pytestmark = pytest.mark.django_db
+
+SELLER_FIELDS = (
+    "seller_rpm_limit",
+    "seller_tpm_limit",
+    "seller_concurrency_limit",
+    "seller_daily_token_limit",
+)
+
+
+def _limits_form(**values: Any) -> dict[str, Any]:
+    return {
+        name: values.get(name, "")
+        for name in ("rpm_limit", "tpm_limit", "concurrency_limit", "daily_token_limit")
+    }
+
+
+def _seller_limits(tenant: Organization) -> tuple[Any, ...]:
+    tenant.refresh_from_db()
+    return tuple(getattr(tenant, name) for name in SELLER_FIELDS)
+
+
+def test_a_reseller_limits_its_tenant_and_the_operators_cap_stays(
+    tenant_org: Organization, reseller_admin: Any
+) -> None:
+    tenant_org.rpm_limit = 30  # the operator's cap, set in the admin
+    tenant_org.save()
+    page = client_for(reseller_admin)
+
+    response = page.post(
+        reverse("tenant_limits", args=["tenant"]),
+        _limits_form(rpm_limit=60, concurrency_limit=4, daily_token_limit=1_000_000),
+    )
+
+    assert response.status_code == 302
+    assert _seller_limits(tenant_org) == (60, None, 4, 1_000_000)
+    assert tenant_org.rpm_limit == 30  # untouched
+    assert tenant_org.enforced_limits() == {
+        "rpm_limit": 30,  # the cap is lower than the reseller's 60
+        "tpm_limit": None,
+        "concurrency_limit": 4,
+        "daily_token_limit": 1_000_000,
+    }
+    entry = AuditEntry.objects.get(action="organization.limits")
+    assert entry.organization == tenant_org and entry.actor == reseller_admin
+    assert entry.data["rpm_limit"] == {"before": None, "after": 60}
+    assert set(entry.data) == {"rpm_limit", "concurrency_limit", "daily_token_limit"}
+
+    shown = page.get(reverse("tenant_limits", args=["tenant"])).content.decode()
+    enforced = [cell.split("<")[0] for cell in shown.split('data-testid="enforced">')[1:]]
+    assert enforced == ["30", "none", "4", "1000000"]
+
+    # Clearing a limit removes it; saving the same values again logs nothing.
+    page.post(
+        reverse("tenant_limits", args=["tenant"]),
+        _limits_form(rpm_limit=60, concurrency_limit=4),
+    )
+    page.post(
+        reverse("tenant_limits", args=["tenant"]),
+        _limits_form(rpm_limit=60, concurrency_limit=4),
+    )
+    assert _seller_limits(tenant_org) == (60, None, 4, None)
+    assert AuditEntry.objects.filter(action="organization.limits").count() == 2
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"rpm_limit": 0},
+        {"tpm_limit": -5},
+        {"concurrency_limit": LIMIT_MAX + 1},
+        {"daily_token_limit": 2**63},
+        {"rpm_limit": "many"},
+    ],
+)
+def test_a_limit_out_of_range_is_refused_and_nothing_changes(
+    tenant_org: Organization, reseller_admin: Any, values: dict[str, Any]
+) -> None:
+    response = client_for(reseller_admin).post(
+        reverse("tenant_limits", args=["tenant"]), _limits_form(**values)
+    )
+    assert response.status_code == 400
+    assert _seller_limits(tenant_org) == (None, None, None, None)
+    assert not AuditEntry.objects.filter(action="organization.limits").exists()
+
+
+def test_the_service_keeps_a_value_past_the_column_out_of_the_database(
+    tenant_org: Organization, reseller_admin: Any
+) -> None:
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        services.tenant_limits_set(
+            tenant=tenant_org, limits={"rpm_limit": LIMIT_MAX + 1}, actor=reseller_admin
+        )
+    assert "rpm_limit" in caught.value.message_dict
+    assert tenant_org.seller_rpm_limit is None
+    assert _seller_limits(tenant_org) == (None, None, None, None)
+    with pytest.raises(ValidationError):
+        services.tenant_limits_set(tenant=tenant_org.parent, limits={}, actor=reseller_admin)
+
+
+def test_only_the_seller_sets_them_and_only_on_a_tenant(
+    tenant_org: Organization,
+    reseller_org: Organization,
+    reseller_admin: Any,
+    tenant_owner: Any,
+    other_reseller_admin: Any,
+    operator: Any,
+) -> None:
+    url = reverse("tenant_limits", args=["tenant"])
+    assert client_for(tenant_owner).post(url, _limits_form(rpm_limit=10**6)).status_code == 403
+    assert client_for(other_reseller_admin).post(url, _limits_form(rpm_limit=1)).status_code == 404
+    assert _seller_limits(tenant_org) == (None, None, None, None)
+    # A reseller has no limits page of its own: nobody sells to it from inside, and even
+    # the operator, who sells to it, finds none.
+    reseller_page = reverse("tenant_limits", args=["reseller"])
+    assert client_for(reseller_admin).get(reseller_page).status_code == 403
+    assert operator.get(reseller_page).status_code == 404
+
+
+def test_the_navigation_and_tenant_list_lead_the_seller_there(
+    tenant_org: Organization, reseller_admin: Any, tenant_owner: Any
+) -> None:
+    url = reverse("tenant_limits", args=["tenant"])
+    assert url in client_for(reseller_admin).get(reverse("terms", args=["tenant"])).content.decode()
+    listed = client_for(reseller_admin).get(reverse("tenants", args=["reseller"]))
+    assert url in listed.content.decode()
+    own_page = client_for(tenant_owner).get(reverse("keys", args=["tenant"]))
+    assert url not in own_page.content.decode()
+
+
+def test_the_tenant_sees_what_is_enforced_on_its_keys_page(
+    tenant_org: Organization, tenant_owner: Any
+) -> None:
+    tenant_org.tpm_limit = 5_000
+    tenant_org.seller_tpm_limit = 9_000
+    tenant_org.seller_rpm_limit = 12
+    tenant_org.save()
+    page = client_for(tenant_owner).get(reverse("keys", args=["tenant"])).content.decode()
+    together = page.split("keys together:")[1].split("</div>")[0]
+    assert "12 requests/min" in together and "5000 tokens/min" in together
+    assert "9000" not in together
+
+
+def test_the_operators_admin_keeps_its_caps_apart_from_the_sellers(
+    tenant_org: Organization,
+) -> None:
+    tenant_org.seller_rpm_limit = 7
+    tenant_org.save()
+    data = {"name": "Tenant", "slug": "tenant", "kind": "tenant", "is_active": "on"}
+    form = OrganizationForm(
+        data={**data, "parent": tenant_org.parent_id, "rpm_limit": "100"}, instance=tenant_org
+    )
+    assert form.is_valid(), form.errors
+    form.save()
+    tenant_org.refresh_from_db()
+    assert (tenant_org.rpm_limit, tenant_org.seller_rpm_limit) == (100, 7)
+    assert tenant_org.enforced_limit("rpm_limit") == 7
+
+
+# --- The API ---------------------------------------------------------------------------------
+
+
+def test_the_api_shows_the_split_to_the_seller_and_only_the_result_to_the_tenant(
+    tenant_org: Organization, reseller_admin: Any, tenant_owner: Any
+) -> None:
+    tenant_org.concurrency_limit = 3
+    tenant_org.save()
+    url = "/api/organizations/tenant/limits/"
+    seller = api_client_for(reseller_admin)
+
+    response = seller.patch(url, {"concurrency_limit": 8, "rpm_limit": 100}, format="json")
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["organization"] == "tenant"
+    assert body["enforced"] == {
+        "rpm_limit": 100,
+        "tpm_limit": None,
+        "concurrency_limit": 3,
+        "daily_token_limit": None,
+    }
+    assert body["seller"]["concurrency_limit"] == 8 and body["platform"]["concurrency_limit"] == 3
+
+    # A kind not named stays; null removes one.
+    seller.patch(url, {"rpm_limit": None}, format="json")
+    assert _seller_limits(tenant_org) == (None, None, 8, None)
+
+    own = api_client_for(tenant_owner)
+    shown = own.get(url).json()
+    assert shown["enforced"]["concurrency_limit"] == 3
+    assert shown["seller"] is None and shown["platform"] is None
+    assert own.patch(url, {"concurrency_limit": 1000}, format="json").status_code == 403
+    assert _seller_limits(tenant_org) == (None, None, 8, None)
+
+
+def test_the_api_refuses_bad_values_and_strangers(
+    tenant_org: Organization, reseller_admin: Any, other_reseller_admin: Any
+) -> None:
+    url = "/api/organizations/tenant/limits/"
+    seller = api_client_for(reseller_admin)
+    assert seller.patch(url, {"rpm_limit": 0}, format="json").status_code == 400
+    assert seller.patch(url, {"tpm_limit": LIMIT_MAX + 1}, format="json").status_code == 400
+    assert seller.patch(url, {"rpm_limit": "x"}, format="json").status_code == 400
+    stranger = api_client_for(other_reseller_admin)
+    assert stranger.get(url).status_code == 404
+    assert stranger.patch(url, {"rpm_limit": 1}, format="json").status_code == 404
+    assert seller.get("/api/organizations/reseller/limits/").status_code == 404
+    assert _seller_limits(tenant_org) == (None, None, None, None)
