@@ -14,6 +14,7 @@ import orjson
 from relay import errors, metrics, probes, serve, shared, side_calls, upstream
 from relay.ahead import Ahead
 from relay.cache import RelayCache
+from relay.dialects import model_list
 from relay.dialects.chat import ChatDialect
 from relay.dialects.legacy import CompletionsDialect, EmbeddingsDialect
 from relay.dialects.messages import MessagesDialect
@@ -96,9 +97,11 @@ class RelayApp:
             _require(method, "GET", path)
             await metrics.respond(exchange)
         elif path == "/v1/models":
+            exchange.anthropic = exchange.header(b"anthropic-version") is not None
             _require(method, "GET", path)
             await self._list_models(exchange)
         elif path.startswith(MODELS_PREFIX) and len(path) > len(MODELS_PREFIX):
+            exchange.anthropic = exchange.header(b"anthropic-version") is not None
             _require(method, "GET", path)
             await self._retrieve_model(exchange, unquote(path[len(MODELS_PREFIX) :]))
         else:
@@ -108,8 +111,13 @@ class RelayApp:
         key = await exchange.authenticate()
         snapshot = await self.cache.snapshot()
         prices = await self.cache.prices(key.tenant_id)
-        data = [model.as_openai() for model in snapshot.servable(key, prices)]
-        await exchange.respond_json(200, orjson.dumps({"object": "list", "data": data}))
+        servable = snapshot.servable(key, prices)
+        if exchange.anthropic:  # Anthropic's Models API, for its clients
+            models = model_list.callable_models(servable, key)
+            body = model_list.list_page(models, exchange.scope.get("query_string", b""))
+        else:
+            body = {"object": "list", "data": [model.as_openai() for model in servable]}
+        await exchange.respond_json(200, orjson.dumps(body))
 
     async def _retrieve_model(self, exchange: Exchange, model_id: str) -> None:
         key = await exchange.authenticate()
@@ -119,11 +127,13 @@ class RelayApp:
             model is None
             or not key.allows(model_id)
             or not any(key.allows_route(route) for route in model.routes)
+            or (exchange.anthropic and not model_list.callable_model(model, key))
         ):
             raise errors.model_not_found(model_id)
         if model_id not in await self.cache.prices(key.tenant_id):
             raise errors.model_not_priced(model_id)
-        await exchange.respond_json(200, orjson.dumps(model.as_openai()))
+        shown = model_list.model_info(model) if exchange.anthropic else model.as_openai()
+        await exchange.respond_json(200, orjson.dumps(shown))
 
     async def shutdown(self) -> None:
         metrics.flush()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import quote
+
+import anthropic
+import httpx
+import pytest
 
 from portal.models import CatalogModel, Channel, ChannelModel
 from tests.openai_schema import validate
@@ -90,3 +95,100 @@ def test_a_model_without_a_price_is_never_served(gateway: Gateway) -> None:
         validate(response.json(), "ErrorResponse")
         assert response.json()["error"]["code"] == "model_not_priced"
         assert response.json()["error"]["param"] == "model"
+
+
+# --- Anthropic's Models API, for clients that send anthropic-version --------------------------
+
+
+def _anthropic_catalog(gateway: Gateway) -> list[str]:
+    """Three more models on the gateway's channel, released a day apart (newest last), and
+    one that serves embeddings only; returns every Messages model's id, newest first."""
+    ids = []
+    for day, public_id in enumerate(("claude-a", "claude-b", "claude-c"), start=1):
+        model = CatalogModel.objects.create(public_id=public_id, max_output_tokens=64_000)
+        CatalogModel.objects.filter(pk=model.pk).update(
+            created_at=datetime(2030, 1, day, tzinfo=UTC)
+        )
+        ChannelModel.objects.create(channel=gateway.channel, model=model)
+        gateway.price(model)
+        ids.insert(0, public_id)
+    vectors = CatalogModel.objects.create(public_id="vectors", surfaces=["embeddings"])
+    ChannelModel.objects.create(channel=gateway.channel, model=vectors)
+    gateway.price(vectors)
+    gateway.caught_up()
+    return [*ids, PUBLIC_MODEL]
+
+
+def test_the_anthropic_sdk_lists_pages_and_retrieves_models(gateway: Gateway) -> None:
+    newest_first = _anthropic_catalog(gateway)
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=0) as sdk:
+        # Pages of two, followed by the SDK through after_id until has_more is false.
+        listed = list(sdk.models.list(limit=2))
+        first = sdk.models.list(limit=2)
+        model = sdk.models.retrieve("claude-b")
+        with pytest.raises(anthropic.NotFoundError):
+            sdk.models.retrieve("vectors")  # not callable on /v1/messages
+        with pytest.raises(anthropic.BadRequestError):
+            sdk.models.list(limit=1001)
+        before = sdk.models.list(before_id="claude-a", limit=1)
+
+    assert [m.id for m in listed] == newest_first
+    assert all(m.type == "model" and m.lifecycle == "active" for m in listed)
+    assert listed[0].display_name == "claude-c" and listed[0].max_tokens == 64_000
+    assert listed[0].created_at == datetime(2030, 1, 3, tzinfo=UTC)
+    assert [m.id for m in first.data] == ["claude-c", "claude-b"]
+    assert (first.has_more, first.first_id, first.last_id) == (True, "claude-c", "claude-b")
+    assert model.id == "claude-b" and model.created_at == datetime(2030, 1, 2, tzinfo=UTC)
+    assert [m.id for m in before.data] == ["claude-b"] and before.has_more is True
+
+
+def test_anthropic_listing_keeps_to_the_key_and_answers_in_anthropics_envelope(
+    gateway: Gateway,
+) -> None:
+    _anthropic_catalog(gateway)
+    version = {"anthropic-version": "2023-06-01"}
+    narrow = gateway.new_key(allowed_models=["claude-a", "vectors"])
+    chat_only = gateway.new_key(allowed_surfaces=["chat"])
+
+    shown = httpx.get(gateway.url + "/v1/models", headers={**version, "x-api-key": narrow}).json()
+    nothing = httpx.get(
+        gateway.url + "/v1/models", headers={**version, "x-api-key": chat_only}
+    ).json()
+    unknown = httpx.get(
+        gateway.url + "/v1/models/claude-z", headers={**version, "x-api-key": narrow}
+    )
+    foreign = httpx.get(
+        gateway.url + "/v1/models/claude-b", headers={**version, "x-api-key": narrow}
+    )
+    keyless = httpx.get(gateway.url + "/v1/models", headers=version)
+    cursor = httpx.get(
+        gateway.url + "/v1/models?after_id=claude-b", headers={**version, "x-api-key": narrow}
+    )
+
+    assert shown == {
+        "data": [
+            {
+                "type": "model",
+                "id": "claude-a",
+                "display_name": "claude-a",
+                "created_at": "2030-01-01T00:00:00Z",
+                "lifecycle": "active",
+                "max_tokens": 64_000,
+            }
+        ],
+        "has_more": False,
+        "first_id": "claude-a",
+        "last_id": "claude-a",
+    }
+    assert nothing == {"data": [], "has_more": False, "first_id": None, "last_id": None}
+    for refused, status, kind in (
+        (unknown, 404, "not_found_error"),
+        (foreign, 404, "not_found_error"),
+        (keyless, 401, "authentication_error"),
+        (cursor, 400, "invalid_request_error"),  # a cursor this key is not shown
+    ):
+        assert refused.status_code == status
+        assert refused.json()["type"] == "error" and refused.json()["error"]["type"] == kind
+    # Without anthropic-version the list is OpenAI's, and x-api-key is no credential there.
+    openai_list = gateway.client.get("/v1/models").json()
+    assert openai_list["object"] == "list" and "vectors" in _ids(openai_list)
