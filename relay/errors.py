@@ -49,8 +49,11 @@ class RelayError(Exception):
             kind = "api_error" if self.status >= 500 else "invalid_request_error"
         return {"type": "error", "error": {"type": kind, "message": self.message}}
 
-    def anthropic_body(self) -> bytes:
-        return _dumps(self.anthropic_payload())
+    def anthropic_body(self, request_id: str | None = None) -> bytes:
+        payload = self.anthropic_payload()
+        if request_id is not None:
+            payload["request_id"] = request_id
+        return _dumps(payload)
 
 
 def _dumps(payload: dict[str, Any]) -> bytes:

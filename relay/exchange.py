@@ -214,7 +214,7 @@ class Exchange:
                 "headers": [
                     *JSON_HEADERS,
                     (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", self.request_id.encode()),
+                    *self._id_headers(),
                     *self.extra_headers,
                     *headers,
                     *close,
@@ -224,8 +224,19 @@ class Exchange:
         self.response_finished = True
         await self.send({"type": "http.response.body", "body": body})
 
+    def _id_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The request id as OpenAI's clients read it, and on Anthropic's API as its SDKs
+        do too (``request-id``: a message's ``_request_id``, an error's ``request_id``)."""
+        request_id = self.request_id.encode()
+        if self.anthropic:
+            return ((b"x-request-id", request_id), (b"request-id", request_id))
+        return ((b"x-request-id", request_id),)
+
     async def respond_error(self, error: errors.RelayError) -> None:
-        body = error.anthropic_body() if self.anthropic else error.body()
+        if self.anthropic:  # Anthropic's error bodies name the request too
+            body = error.anthropic_body(self.request_id)
+        else:
+            body = error.body()
         await self.respond_json(error.status, body, error.headers)
 
     async def start_stream(self, *, hold: bool = False) -> None:
@@ -238,7 +249,7 @@ class Exchange:
             "status": 200,
             "headers": [
                 *STREAM_HEADERS,
-                (b"x-request-id", self.request_id.encode()),
+                *self._id_headers(),
                 *self.extra_headers,
             ],
         }

@@ -68,6 +68,8 @@ def test_messages_create_with_system_and_image(client: anthropic.Anthropic, mode
     assert event.surface == "messages" and not event.estimated
     assert event.completion_tokens == message.usage.output_tokens
     assert event.prompt_tokens == message.usage.input_tokens
+    # The SDK reads the request id from Anthropic's header; it is the id the usage names.
+    assert message._request_id == event.request_id and event.request_id.startswith("req_")
 
 
 def test_messages_streamed(client: anthropic.Anthropic, mode: str) -> None:
@@ -224,3 +226,27 @@ def test_errors_use_anthropic_envelope(gateway: Gateway) -> None:
     # x-api-key counts only on Anthropic's API
     other = httpx.get(gateway.url + "/v1/models", headers={"x-api-key": gateway.secret})
     assert other.status_code == 401 and "error" in other.json()
+
+
+def test_the_anthropic_sdk_sees_the_request_id_of_an_error_and_of_a_stream(
+    client: anthropic.Anthropic, gateway: Gateway
+) -> None:
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(
+            model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    error = caught.value
+    assert error.request_id is not None and error.request_id.startswith("req_")
+    assert isinstance(error.body, dict) and error.body["request_id"] == error.request_id
+    assert error.response.headers["x-request-id"] == error.request_id
+
+    with client.messages.stream(
+        model=PUBLIC_MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    ) as stream:
+        stream.until_done()
+        streamed_id = stream.response.headers.get("request-id")
+    [event] = usage_events(1)
+    assert streamed_id == event.request_id
+    # OpenAI's clients are not sent Anthropic's header.
+    plain = gateway.client.get("/v1/models")
+    assert "request-id" not in plain.headers and plain.headers["x-request-id"]
