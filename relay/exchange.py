@@ -233,10 +233,8 @@ class Exchange:
         return ((b"x-request-id", request_id),)
 
     async def respond_error(self, error: errors.RelayError) -> None:
-        if self.anthropic:  # Anthropic's error bodies name the request too
-            body = error.anthropic_body(self.request_id)
-        else:
-            body = error.body()
+        # Anthropic's error bodies name the request too.
+        body = error.anthropic_body(self.request_id) if self.anthropic else error.body()
         await self.respond_json(error.status, body, error.headers)
 
     async def start_stream(self, *, hold: bool = False) -> None:
