@@ -199,6 +199,15 @@ def test_reseller_creates_a_tenant_with_a_price_list_and_a_top_up(
     assert (account.mode, account.price_list.name) == ("prepaid", "Standard")
 
     page.goto("/o/reseller/tenants/")
+    page.get_by_role("link", name="Limits of Acme Robotics").click()
+    page.get_by_label("Requests per minute").fill("60")
+    page.get_by_label("Concurrent requests").fill("4")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_text("Limits of Acme Robotics saved.")).to_be_visible()
+    assert page.get_by_test_id("enforced").all_inner_texts() == ["60", "none", "4", "none"]
+    shot(page, "reseller-limits")
+
+    page.goto("/o/reseller/tenants/")
     row = page.get_by_role("row", name="Acme Robotics")
     assert "prepaid" in row.inner_text() and "Standard" in row.inner_text()
     assert "50.00 USD" in row.inner_text()
