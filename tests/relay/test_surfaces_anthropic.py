@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from relay import tokens
-from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, usage_events
 
 IMAGE = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5E"
@@ -129,6 +129,34 @@ def test_count_tokens(client: anthropic.Anthropic, mode: str) -> None:
     )
     assert counted.input_tokens > 0
     assert usage_events(0) == []
+
+
+def test_the_sdks_beta_client_is_served_as_the_plain_one(
+    client: anthropic.Anthropic, gateway: Gateway, sim: Simulator
+) -> None:
+    """Claude Code and others call through the SDK's beta client: ``?beta=true`` on the
+    path and the beta names in ``anthropic-beta``; those known to be billed as tokens only
+    reach a native channel, the others are dropped."""
+    gateway.channel.native_surfaces = ["messages"]
+    gateway.channel.save()
+    gateway.caught_up()
+    sim.client.delete("/_sim/requests")
+    message = client.beta.messages.create(
+        model=PUBLIC_MODEL,
+        max_tokens=20,
+        messages=[{"role": "user", "content": "hello"}],
+        betas=["interleaved-thinking-2025-05-14", "made-up-beta-2031-01-01"],
+    )
+    counted = client.beta.messages.count_tokens(
+        model=PUBLIC_MODEL, messages=[{"role": "user", "content": "one two"}]
+    )
+    assert message.type == "message" and message.model == PUBLIC_MODEL
+    assert counted.input_tokens > 0
+    [event] = usage_events(1)
+    assert event.completion_tokens == message.usage.output_tokens
+    sent = [r for r in sim.requests() if r["path"].endswith("/v1/messages")]
+    assert len(sent) == 1
+    assert sent[0]["headers"].get("anthropic-beta") == "interleaved-thinking-2025-05-14"
 
 
 def test_cache_reads_and_writes_are_metered(gateway: Gateway, sim: object) -> None:
