@@ -82,6 +82,7 @@ organization_patterns = [
     ),
     path("tenants/", organizations.tenants, name="tenants"),
     path("limits/", organizations.limits, name="tenant_limits"),
+    path("status/", organizations.tenant_status, name="tenant_status"),
     path("billing/", billing.billing_page, name="billing"),
     path("billing/redeem/", billing.redeem, name="redeem"),
     path("billing/budget/", billing.budget, name="budget"),

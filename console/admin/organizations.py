@@ -75,6 +75,12 @@ class OrganizationForm(forms.ModelForm):
                     self.add_error(name, "Only a tenant has limits and channel groups.")
         return data
 
+    def save(self, commit: bool = True) -> Organization:
+        # The operator's own (de)activation: no longer the seller's to lift or keep.
+        if "is_active" in self.changed_data:
+            self.instance.deactivated_by_seller = False
+        return super().save(commit)
+
     def _post_clean(self) -> None:
         # Organization.clean() looks the kind up in a dict and raises KeyError when it is
         # blank or unknown; the field error already tells the operator what is wrong.
@@ -103,7 +109,11 @@ class OrganizationAdmin(AuditedAdmin):
         # Changing kind or parent would move keys, prices and invoices across the tree;
         # that needs a workflow of its own, not a form field.
         # The seller's own limits (the tenant's Limits page) are shown beside the caps.
-        sellers = [f"seller_{name}" for name in LIMIT_NAMES] if obj and obj.is_tenant else []
+        sellers = (
+            [*(f"seller_{name}" for name in LIMIT_NAMES), "deactivated_by_seller"]
+            if obj and obj.is_tenant
+            else []
+        )
         return ["kind", "parent", "created_at", *sellers] if obj else ["created_at"]
 
     def get_prepopulated_fields(

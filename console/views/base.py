@@ -67,7 +67,7 @@ def _organization_links(access: Access) -> list[NavLink]:
     if access.can(Need.SELL) and org.kind != Organization.Kind.PLATFORM:
         links.append(NavLink("Terms & top-up", reverse("terms", args=[slug]), "terms"))
     if access.can(Need.SELL) and org.is_tenant:
-        links.append(NavLink("Limits", reverse("tenant_limits", args=[slug]), "limits"))
+        links.append(NavLink("Limits & access", reverse("tenant_limits", args=[slug]), "limits"))
     if access.can(Need.OWNER) and org.kind != Organization.Kind.PLATFORM:
         links.append(NavLink("Single sign-on", reverse("sso_settings", args=[slug]), "sso"))
     if access.can(Need.AUDIT):

@@ -240,6 +240,30 @@ def limits(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def tenant_status(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
+    """Deactivate or reactivate a tenant, as its seller."""
+    access = get_access(request.user, slug, need=Need.SELL)
+    tenant = access.organization
+    if not tenant.is_tenant:
+        raise Http404("Only tenants are deactivated here.")
+    action = request.POST.get("action")
+    if action not in ("deactivate", "reactivate"):
+        messages.error(request, "Choose to deactivate or to reactivate.")
+        return redirect("tenant_limits", slug=slug)
+    try:
+        services.tenant_set_active(tenant=tenant, active=action == "reactivate", actor=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect("tenant_limits", slug=slug)
+    if tenant.is_active:
+        messages.success(request, f"{tenant.name} is active: its keys work again.")
+    else:
+        messages.success(request, f"{tenant.name} is deactivated: its keys are refused.")
+    return redirect("tenant_limits", slug=slug)
+
+
+@login_required
 def audit(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     access = get_access(request.user, slug, need=Need.AUDIT)
     return render_page(

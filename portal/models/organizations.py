@@ -29,6 +29,11 @@ class Organization(LimitFields, SellerLimitFields):
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
     )
     is_active = models.BooleanField(default=True)
+    # Deactivated by its seller (its Limits & access page), who may reactivate it; a tenant
+    # the operator deactivates (the admin) only the operator reactivates.
+    deactivated_by_seller = models.BooleanField(
+        default=False, db_default=False, verbose_name="deactivated by its seller"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta(LimitFields.Meta):

@@ -42,6 +42,7 @@ from portal.services.organizations import (
     membership_remove,
     organization_create,
     tenant_limits_set,
+    tenant_set_active,
 )
 from portal.services.people import user_create
 
@@ -71,5 +72,6 @@ __all__ = [
     "organization_create",
     "organization_create_with_owner",
     "tenant_limits_set",
+    "tenant_set_active",
     "user_create",
 ]

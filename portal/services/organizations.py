@@ -196,3 +196,38 @@ def tenant_limits_set(
     for field, value in changed.items():
         setattr(tenant, field, value)
     return tenant
+
+
+@transaction.atomic
+def tenant_set_active(*, tenant: Organization, active: bool, actor: Actor) -> Organization:
+    """Deactivate a tenant as its seller (its keys stop working at once; its people can
+    still sign in, see usage and invoices, and pay), or reactivate one its seller
+    deactivated. A tenant the operator deactivated in the admin stays so: only the operator
+    lifts that. Setting what already holds changes and logs nothing."""
+    if not tenant.is_tenant:
+        raise ValidationError({"tenant": "Only a tenant is deactivated here."})
+    current = Organization.objects.select_for_update().get(pk=tenant.pk)
+    tenant.is_active, tenant.deactivated_by_seller = (
+        current.is_active,
+        current.deactivated_by_seller,
+    )
+    if current.is_active == active:
+        return tenant
+    if active and not current.deactivated_by_seller:
+        raise ValidationError(
+            {
+                "tenant": "The platform's operator deactivated this tenant; only they can "
+                "reactivate it."
+            }
+        )
+    tenant.is_active, tenant.deactivated_by_seller = active, not active
+    # Saved through the model: the post_save signal tells every relay process.
+    tenant.save(update_fields=["is_active", "deactivated_by_seller"])
+    AuditEntry.record(
+        actor=actor,
+        action="organization.reactivate" if active else "organization.deactivate",
+        target=tenant,
+        organization=tenant,
+        data={"name": tenant.name},
+    )
+    return tenant

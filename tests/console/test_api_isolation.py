@@ -72,6 +72,8 @@ EXPECTED: dict[tuple[str, str], int | str] = {
     ("post", "/api/organizations/{slug}/topups/"): 404,
     ("get", "/api/organizations/{slug}/limits/"): 404,
     ("patch", "/api/organizations/{slug}/limits/"): 404,
+    ("post", "/api/organizations/{slug}/deactivate/"): 404,
+    ("post", "/api/organizations/{slug}/reactivate/"): 404,
     ("get", "/api/organizations/{slug}/prices/"): 404,
     ("get", "/api/organizations/{slug}/invitations/"): 404,
     ("post", "/api/organizations/{slug}/invitations/"): 404,

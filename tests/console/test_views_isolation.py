@@ -184,6 +184,18 @@ ACTIONS: dict[str, tuple[str, dict[str, int]]] = {
             "anonymous": LOGIN,
         },
     ),
+    # Deactivating a tenant: its seller's, never a role inside it.
+    "tenant_status": (
+        "tenant",
+        {
+            "outsider": MISSING,
+            "other_reseller_admin": MISSING,
+            "tenant_owner": FORBIDDEN,
+            "tenant_billing": FORBIDDEN,
+            "tenant_member": FORBIDDEN,
+            "anonymous": LOGIN,
+        },
+    ),
     "invite": (
         "tenant",
         {
@@ -496,6 +508,8 @@ def test_posting_to_read_only_pages_is_refused_to_read_only_roles(
         ("outsider", "keys", ["tenant"], {"name": "sneaky"}),
         ("other_reseller_admin", "tenants", ["reseller"], {"name": "Sneaky"}),
         ("tenant_owner", "tenant_limits", ["tenant"], {"rpm_limit": "1000000"}),
+        ("tenant_owner", "tenant_status", ["tenant"], {"action": "reactivate"}),
+        ("outsider", "tenant_status", ["tenant"], {"action": "deactivate"}),
         ("other_reseller_admin", "tenant_limits", ["tenant"], {"rpm_limit": "1"}),
         ("reseller_admin", "channel_create", [], {"name": "x", "base_url": "http://x.test/v1"}),
     ]

@@ -224,3 +224,125 @@ def test_the_api_refuses_bad_values_and_strangers(
     assert stranger.patch(url, {"rpm_limit": 1}, format="json").status_code == 404
     assert seller.get("/api/organizations/reseller/limits/").status_code == 404
     assert _seller_limits(tenant_org) == (None, None, None, None)
+
+
+# --- Deactivating a tenant --------------------------------------------------------------------
+
+
+def test_a_reseller_deactivates_and_reactivates_its_tenant(
+    tenant_org: Organization, reseller_admin: Any, tenant_owner: Any
+) -> None:
+    page = client_for(reseller_admin)
+    url = reverse("tenant_status", args=["tenant"])
+
+    response = page.post(url, {"action": "deactivate"}, follow=True)
+    assert "Tenant is deactivated: its keys are refused." in response.content.decode()
+    tenant_org.refresh_from_db()
+    assert not tenant_org.is_active
+    assert 'data-testid="status">deactivated' in response.content.decode()
+    # Its people still sign in and see their billing; they cannot issue keys.
+    own = client_for(tenant_owner)
+    assert own.get(reverse("billing", args=["tenant"])).status_code == 200
+    assert own.post(reverse("keys", args=["tenant"]), {"name": "new"}).status_code == 400
+
+    page.post(url, {"action": "deactivate"})  # again: nothing more happens
+    page.post(url, {"action": "reactivate"})
+    tenant_org.refresh_from_db()
+    assert tenant_org.is_active
+    actions = list(
+        AuditEntry.objects.filter(organization=tenant_org)
+        .order_by("pk")
+        .values_list("action", flat=True)
+    )
+    assert actions == ["organization.deactivate", "organization.reactivate"]
+
+
+def test_only_the_seller_deactivates_and_only_a_tenant(
+    tenant_org: Organization,
+    reseller_admin: Any,
+    tenant_owner: Any,
+    other_reseller_admin: Any,
+    operator: Any,
+) -> None:
+    url = reverse("tenant_status", args=["tenant"])
+    assert client_for(tenant_owner).post(url, {"action": "deactivate"}).status_code == 403
+    assert client_for(other_reseller_admin).post(url, {"action": "deactivate"}).status_code == 404
+    assert client_for(reseller_admin).get(url).status_code == 405
+    odd = client_for(reseller_admin).post(url, {"action": "delete"})
+    assert odd.status_code == 302
+    tenant_org.refresh_from_db()
+    assert tenant_org.is_active
+    reseller_url = reverse("tenant_status", args=["reseller"])
+    assert operator.post(reseller_url, {"action": "deactivate"}).status_code == 404
+    assert Organization.objects.filter(is_active=False).count() == 0
+
+
+def test_the_api_deactivates_for_the_seller_only(
+    tenant_org: Organization, reseller_admin: Any, tenant_owner: Any
+) -> None:
+    own = api_client_for(tenant_owner)
+    assert own.post("/api/organizations/tenant/deactivate/").status_code == 403
+    seller = api_client_for(reseller_admin)
+    response = seller.post("/api/organizations/tenant/deactivate/")
+    assert response.status_code == 200 and response.json()["is_active"] is False
+    tenant_org.refresh_from_db()
+    assert not tenant_org.is_active
+    assert own.post("/api/organizations/tenant/reactivate/").status_code == 403
+    response = seller.post("/api/organizations/tenant/reactivate/")
+    assert response.status_code == 200 and response.json()["is_active"] is True
+
+
+def _admin_save(tenant: Organization, **changes: Any) -> None:
+    """Save ``tenant`` through the operator's admin form with ``changes``."""
+    data = {
+        "name": tenant.name,
+        "slug": tenant.slug,
+        "kind": tenant.kind,
+        "parent": tenant.parent_id,
+        "is_active": "on" if tenant.is_active else "",
+        "rpm_limit": tenant.rpm_limit or "",
+        **changes,
+    }
+    form = OrganizationForm(data=data, instance=tenant)
+    assert form.is_valid(), form.errors
+    form.save()
+    tenant.refresh_from_db()
+
+
+def test_a_seller_cannot_lift_the_operators_deactivation(
+    tenant_org: Organization, reseller_admin: Any
+) -> None:
+    _admin_save(tenant_org, is_active="")  # the operator deactivates it
+    page = client_for(reseller_admin)
+
+    shown = page.get(reverse("tenant_limits", args=["tenant"])).content.decode()
+    refused = page.post(
+        reverse("tenant_status", args=["tenant"]), {"action": "reactivate"}, follow=True
+    )
+    api = api_client_for(reseller_admin).post("/api/organizations/tenant/reactivate/")
+
+    assert "deactivated by the platform" in shown and "Reactivate Tenant" not in shown
+    assert "only they can reactivate it" in refused.content.decode()
+    assert api.status_code == 400
+    tenant_org.refresh_from_db()
+    assert not tenant_org.is_active
+    assert not AuditEntry.objects.filter(action="organization.reactivate").exists()
+
+
+def test_the_sellers_deactivation_is_the_sellers_until_the_operator_takes_it_over(
+    tenant_org: Organization, reseller_admin: Any
+) -> None:
+    seller = api_client_for(reseller_admin)
+    seller.post("/api/organizations/tenant/deactivate/")
+    tenant_org.refresh_from_db()
+    assert (tenant_org.is_active, tenant_org.deactivated_by_seller) == (False, True)
+    # The operator changing something else leaves it the seller's to lift.
+    _admin_save(tenant_org, rpm_limit="50")
+    assert (tenant_org.is_active, tenant_org.deactivated_by_seller) == (False, True)
+    assert seller.post("/api/organizations/tenant/reactivate/").status_code == 200
+    seller.post("/api/organizations/tenant/deactivate/")
+    # The operator reactivating and deactivating it again makes it the operator's.
+    _admin_save(tenant_org, is_active="on")
+    assert (tenant_org.is_active, tenant_org.deactivated_by_seller) == (True, False)
+    _admin_save(tenant_org, is_active="")
+    assert seller.post("/api/organizations/tenant/reactivate/").status_code == 400

@@ -170,6 +170,25 @@ def test_the_tighter_of_the_operators_cap_and_the_sellers_limit_applies(
     assert statuses == [200, 200, 429]
 
 
+def test_a_deactivated_tenants_keys_are_refused_until_it_is_reactivated(
+    gateway: Gateway,
+) -> None:
+    def status() -> int:
+        return httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json=chat_body(),
+            headers={"Authorization": f"Bearer {gateway.secret}"},
+        ).status_code
+
+    assert status() == 200
+    services.tenant_set_active(tenant=gateway.tenant, active=False, actor="test")
+    gateway.caught_up()
+    refused = status()
+    services.tenant_set_active(tenant=gateway.tenant, active=True, actor="test")
+    gateway.caught_up()
+    assert (refused, status()) == (401, 200)
+
+
 def test_concurrency_limit_is_never_exceeded(gateway: Gateway, sim: Simulator) -> None:
     gateway.channel.base_url = sim.channel_url("latency=400")
     gateway.channel.save()

@@ -178,6 +178,7 @@ DASHBOARD: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
     "budget": ("tenant", {"GET": tenant_page(403, 200), "POST": MANAGE_POST}),
     "terms": ("tenant", {"GET": SELLER_ONLY, "POST": SELLER_ONLY_POST}),
     "tenant_limits": ("tenant", {"GET": SELLER_ONLY, "POST": SELLER_ONLY_POST}),
+    "tenant_status": ("tenant", {"GET": POST_ONLY, "POST": SELLER_ONLY_POST}),
     "topup": ("tenant", {"GET": POST_ONLY, "POST": SELLER_ONLY_POST}),
     "price_lists": ("reseller", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
     "price_list": ("price_list", {"GET": RESELLER_PAGE, "POST": RESELLER_PAGE_POST}),
@@ -333,6 +334,15 @@ API: dict[str, tuple[str, dict[str, dict[str, int]]]] = {
             "GET": row(200, **OUTSIDERS_404, anonymous=ANON),
             "PATCH": row(403, operator=200, reseller_admin=200, **OUTSIDERS_404, anonymous=ANON),
         },
+    ),
+    # Deactivating a tenant (its keys refused) is its seller's, never its own people's.
+    "api:organization-deactivate": (
+        "tenant_slug",
+        {"POST": row(403, operator=200, reseller_admin=200, **OUTSIDERS_404, anonymous=ANON)},
+    ),
+    "api:organization-reactivate": (
+        "tenant_slug",
+        {"POST": row(403, operator=200, reseller_admin=200, **OUTSIDERS_404, anonymous=ANON)},
     ),
     # Top-ups are read with billing rights and made by the seller only.
     "api:topups": (
@@ -949,6 +959,7 @@ def body_for(name: str, role: str, world: dict[str, Any]) -> dict[str, Any]:
         "budget": {"monthly_budget": "10", "alert_thresholds": "50, 100"},
         "terms": {"mode": "prepaid", "monthly_budget": "25"},
         "tenant_limits": {"rpm_limit": "100"},
+        "tenant_status": {"action": "reactivate"},
         "api:organization-limits": {"rpm_limit": 100},
         "topup": {"amount": "5", "memo": f"paid {unique}"},
         "price_lists": {"name": f"list-{unique}"},

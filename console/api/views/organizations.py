@@ -129,7 +129,7 @@ class OrganizationViewSet(
     def _tenant_access(self, slug: str, need: Need) -> Access:
         access = get_access(self.request.user, slug, need=need)
         if not access.organization.is_tenant:
-            raise Http404("Only tenants have limits.")
+            raise Http404("Not a tenant.")
         return access
 
     def _limits_answer(self, access: Access) -> Response:
@@ -164,3 +164,25 @@ class OrganizationViewSet(
                 tenant=access.organization, limits=form.validated_data, actor=acting_user(request)
             )
         return self._limits_answer(access)
+
+    def _set_active(self, request: Request, slug: str, active: bool) -> Response:
+        access = self._tenant_access(slug, Need.SELL)
+        with service_errors():
+            services.tenant_set_active(
+                tenant=access.organization, active=active, actor=acting_user(request)
+            )
+        context = self.get_serializer_context()
+        return Response(OrganizationSerializer(access.organization, context=context).data)
+
+    @extend_schema(request=None, responses=OrganizationSerializer, filters=False)
+    @action(detail=True, methods=["post"], filterset_class=None)
+    def deactivate(self, request: Request, slug: str) -> Response:
+        """Deactivate a tenant, as its seller: its keys are refused at once; its people
+        can still sign in, see usage and invoices, and pay."""
+        return self._set_active(request, slug, active=False)
+
+    @extend_schema(request=None, responses=OrganizationSerializer, filters=False)
+    @action(detail=True, methods=["post"], filterset_class=None)
+    def reactivate(self, request: Request, slug: str) -> Response:
+        """Reactivate a tenant its seller deactivated."""
+        return self._set_active(request, slug, active=True)
