@@ -32,38 +32,20 @@ def _future(value: Any) -> Any:
     return value
 
 
+def _limit_field(label: str, maximum: int) -> forms.IntegerField:
+    return forms.IntegerField(
+        required=False, min_value=1, max_value=maximum, label=label, help_text="Empty: no limit."
+    )
+
+
 class LimitsForm(forms.Form):
     """Rate, concurrency and daily token caps (``KEY_LIMITS``): a key's, or a tenant's as
     its seller sets them."""
 
-    rpm_limit = forms.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=LIMIT_MAX,
-        label="Requests per minute",
-        help_text="Empty: no limit.",
-    )
-    tpm_limit = forms.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=LIMIT_MAX,
-        label="Tokens per minute",
-        help_text="Empty: no limit.",
-    )
-    concurrency_limit = forms.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=LIMIT_MAX,
-        label="Concurrent requests",
-        help_text="Empty: no limit.",
-    )
-    daily_token_limit = forms.IntegerField(
-        required=False,
-        min_value=1,
-        max_value=DAILY_LIMIT_MAX,
-        label="Tokens per day (UTC)",
-        help_text="Empty: no limit.",
-    )
+    rpm_limit = _limit_field("Requests per minute", LIMIT_MAX)
+    tpm_limit = _limit_field("Tokens per minute", LIMIT_MAX)
+    concurrency_limit = _limit_field("Concurrent requests", LIMIT_MAX)
+    daily_token_limit = _limit_field("Tokens per day (UTC)", DAILY_LIMIT_MAX)
 
     def limits(self) -> dict[str, int | None]:
         return {name: self.cleaned_data.get(name) for name in KEY_LIMITS}

@@ -11,11 +11,11 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
-from portal.access import Access, Need, is_operator, request_scope
+from portal.access import Access, Need, get_access, is_operator, request_scope
 from portal.models import Organization
 
 PAGE_SIZE = 50
@@ -148,3 +148,14 @@ def form_errors(form: forms.BaseForm) -> Iterator[list[bool]]:
     except ValidationError as exc:
         add_service_errors(form, exc)
         failed.append(True)
+
+
+def sold_access(request: HttpRequest, slug: str, *, tenant_only: bool = False) -> Access:
+    """An organisation for its seller (the reseller's managers above it, operators), who
+    sets its terms, limits and access; 404 for the platform, which nobody sells to, and
+    with ``tenant_only`` for a reseller."""
+    access = get_access(request.user, slug, need=Need.SELL)
+    kind = access.organization.kind
+    if kind == Organization.Kind.PLATFORM or (tenant_only and kind != Organization.Kind.TENANT):
+        raise Http404("Nobody sells this organisation that.")
+    return access

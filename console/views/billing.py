@@ -30,7 +30,7 @@ from console.forms import (
     TopUpForm,
 )
 from console.http import AuthenticatedHttpRequest
-from console.views.base import form_errors, paginate, render_page
+from console.views.base import form_errors, paginate, render_page, sold_access
 from portal.access import (
     Access,
     Need,
@@ -146,17 +146,10 @@ def budget(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
 # --- What a seller sets for a customer ------------------------------------------------------
 
 
-def _sold_organization(request: HttpRequest, slug: str) -> Access:
-    access = get_access(request.user, slug, need=Need.SELL)
-    if access.organization.kind == Organization.Kind.PLATFORM:
-        raise Http404("The platform is not billed.")
-    return access
-
-
 @login_required
 def terms(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """A customer's terms as its seller sets them, with its balance and a top-up form."""
-    access = _sold_organization(request, slug)
+    access = sold_access(request, slug)
     organization = access.organization
     summary = reads.account_summary(organization)
     form = _terms_form(organization, summary, request.POST or None)
@@ -214,7 +207,7 @@ def _terms_page(
 @require_POST
 def topup(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Credit a customer's balance with a payment received."""
-    access = _sold_organization(request, slug)
+    access = sold_access(request, slug)
     organization = access.organization
     form = TopUpForm(request.POST)
     if form.is_valid():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
@@ -13,7 +13,7 @@ from billing.periods import Period
 from billing.selectors import usage as usage_reads
 from console.forms import InvitationForm, LimitsForm, OrganizationForm
 from console.http import AuthenticatedHttpRequest
-from console.views.base import form_errors, paginate, render_page
+from console.views.base import form_errors, paginate, render_page, sold_access
 from console.views.invitations import accept_link
 from portal import selectors, services
 from portal.access import Access, Need, get_access, membership_for_manager, require_operator
@@ -208,10 +208,8 @@ def tenants(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
 @login_required
 def limits(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """A tenant's limits as its seller sets them, beneath the operator's caps."""
-    access = get_access(request.user, slug, need=Need.SELL)
+    access = sold_access(request, slug, tenant_only=True)
     tenant = access.organization
-    if not tenant.is_tenant:
-        raise Http404("Only tenants have limits.")
     initial = {name: getattr(tenant, f"seller_{name}") for name in LIMIT_NAMES}
     form = LimitsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -243,10 +241,8 @@ def limits(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def tenant_status(request: AuthenticatedHttpRequest, slug: str) -> HttpResponse:
     """Deactivate or reactivate a tenant, as its seller."""
-    access = get_access(request.user, slug, need=Need.SELL)
+    access = sold_access(request, slug, tenant_only=True)
     tenant = access.organization
-    if not tenant.is_tenant:
-        raise Http404("Only tenants are deactivated here.")
     action = request.POST.get("action")
     if action not in ("deactivate", "reactivate"):
         messages.error(request, "Choose to deactivate or to reactivate.")
