@@ -346,3 +346,16 @@ def test_the_sellers_deactivation_is_the_sellers_until_the_operator_takes_it_ove
     assert (tenant_org.is_active, tenant_org.deactivated_by_seller) == (True, False)
     _admin_save(tenant_org, is_active="")
     assert seller.post("/api/organizations/tenant/reactivate/").status_code == 400
+
+
+def test_a_platform_tenants_page_says_which_limit_is_whose(
+    platform_org: Organization, operator: Any
+) -> None:
+    Organization.objects.create(
+        name="Direct", slug="direct", kind=Organization.Kind.TENANT, parent=platform_org
+    )
+    response = operator.post(reverse("tenant_limits", args=["direct"]), _limits_form(rpm_limit=9))
+    assert response.status_code == 302
+    page = operator.get(reverse("tenant_limits", args=["direct"])).content.decode()
+    assert "Platform cap (admin)" in page and "Limit set here" in page
+    assert Organization.objects.get(slug="direct").seller_rpm_limit == 9
