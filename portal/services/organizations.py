@@ -217,7 +217,7 @@ def tenant_set_active(*, tenant: Organization, active: bool, actor: Actor) -> Or
         raise ValidationError(
             {
                 "tenant": "The platform's operator deactivated this tenant; only they can "
-                "reactivate it."
+                "reactivate it (in the admin)."
             }
         )
     tenant.is_active, tenant.deactivated_by_seller = active, not active

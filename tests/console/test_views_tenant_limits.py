@@ -359,3 +359,13 @@ def test_a_platform_tenants_page_says_which_limit_is_whose(
     page = operator.get(reverse("tenant_limits", args=["direct"])).content.decode()
     assert "Platform cap (admin)" in page and "Limit set here" in page
     assert Organization.objects.get(slug="direct").seller_rpm_limit == 9
+
+
+def test_the_page_says_when_the_resellers_deactivation_refuses_the_keys(
+    tenant_org: Organization, reseller_org: Organization, operator: Any
+) -> None:
+    url = reverse("tenant_limits", args=["tenant"])
+    assert "every key under it is refused" not in operator.get(url).content.decode()
+    reseller_org.is_active = False
+    reseller_org.save()
+    assert "Reseller is deactivated by the platform" in operator.get(url).content.decode()
