@@ -16,7 +16,7 @@ from portal.models import (
     Organization,
 )
 from portal.models.catalog import SURFACES
-from portal.models.limits import LIMIT_NAMES
+from portal.models.limits import DAILY_LIMIT_MAX, LIMIT_MAX, LIMIT_NAMES
 from portal.services.common import Actor, user_or_none
 
 # The relay's per-key limits (portal.models.limits.LimitFields); None means no limit.
@@ -51,13 +51,18 @@ def _surfaces(allowed: Iterable[str]) -> list[str]:
 
 
 def checked_limits(limits: Mapping[str, int | None]) -> dict[str, int | None]:
-    """``limits`` by name (``KEY_LIMITS``), each None (no limit) or at least 1."""
+    """``limits`` by name (``KEY_LIMITS``), each None (no limit) or from 1 to its column's
+    largest value on every database."""
     unknown = set(limits) - set(KEY_LIMITS)
     if unknown:
         raise TypeError(f"unknown limits: {sorted(unknown)}")
     for name, value in limits.items():
         if value is not None and value < 1:
             raise ValidationError({name: "A limit is at least 1; leave it empty for none."})
+        # The column's range on every database (SQLite would take more than PostgreSQL).
+        maximum = DAILY_LIMIT_MAX if name == "daily_token_limit" else LIMIT_MAX
+        if value is not None and value > maximum:
+            raise ValidationError({name: f"A limit is at most {maximum}."})
     return dict(limits)
 
 

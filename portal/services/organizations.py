@@ -173,14 +173,6 @@ def tenant_limits_set(
     before = {field: getattr(current, field) for field in changed}
     for field, value in changed.items():
         setattr(current, field, value)
-    try:  # the column's range (a value past it would fail in the database)
-        current.clean_fields(
-            exclude=[f.name for f in Organization._meta.fields if f.name not in changed]
-        )
-    except ValidationError as exc:
-        raise ValidationError(
-            {field.removeprefix("seller_"): errors for field, errors in exc.message_dict.items()}
-        ) from exc
     # Saved through the model: the post_save signal tells every relay process.
     current.save(update_fields=list(changed))
     AuditEntry.record(
