@@ -48,6 +48,14 @@ def _forget_last(**kwargs: object) -> None:
     _last = None
 
 
+def forget_local() -> None:
+    """Start the in-memory stores (no Redis: the embedded mode) over: their limits and
+    breakers live as long as the process, which in a test run outlasts each test."""
+    global _local, _last
+    _local = None
+    _last = None
+
+
 def _for_loop() -> tuple[Any, LimitStore, BreakerBoard]:
     global _last
     loop = asyncio.get_running_loop()

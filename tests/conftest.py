@@ -55,6 +55,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_relay_memory() -> Iterator[None]:
+    """Without Redis the relay keeps its limits and breakers in this process's memory: a
+    breaker one test trips must not refuse a later test's channel (SQLite reuses row ids,
+    so that channel can have the same id)."""
+    yield
+    from relay import shared
+
+    shared.forget_local()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _end_server_sessions(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Let the test database be dropped although server threads still hold connections."""
