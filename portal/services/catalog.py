@@ -13,7 +13,7 @@ from portal.models import (
     CatalogModel,
 )
 from portal.models.catalog import SURFACES
-from portal.services.common import Actor
+from portal.services.common import Actor, apply_changes
 
 
 def check_public_id(public_id: str) -> None:
@@ -74,19 +74,13 @@ def catalog_model_upsert(
             data={"public_id": public_id, **values},
         )
         return model
-    changed = {field: value for field, value in values.items() if getattr(model, field) != value}
+    changed = apply_changes(model, values)
     if changed:
-        before = {field: getattr(model, field) for field in changed}
-        for field, value in changed.items():
-            setattr(model, field, value)
         model.save(update_fields=list(changed))
         AuditEntry.record(
             actor=actor,
             action="catalog_model.update",
             target=model,
-            data={
-                "public_id": public_id,
-                "changed": {f: {"from": before[f], "to": v} for f, v in changed.items()},
-            },
+            data={"public_id": public_id, "changed": changed},
         )
     return model

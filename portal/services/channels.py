@@ -18,7 +18,7 @@ from portal.models import (
 )
 from portal.models.provider_settings import check_secret
 from portal.services.catalog import catalog_model_upsert, check_public_id
-from portal.services.common import Actor
+from portal.services.common import Actor, apply_changes
 
 _STATUS_REASON_MAX_LENGTH = Channel._meta.get_field("status_reason").max_length or 500
 # Fields of a channel that channel_update may change; the secret and the status have
@@ -144,25 +144,19 @@ def channel_update(*, channel: Channel, actor: Actor, **changes: Any) -> Channel
     unknown = set(changes) - _CHANNEL_UPDATABLE_FIELDS
     if unknown:
         raise TypeError(f"channel_update cannot change: {', '.join(sorted(unknown))}")
-    before = {field: getattr(channel, field) for field in changes}
-    changed = {field: value for field, value in changes.items() if before[field] != value}
+    changed = apply_changes(channel, changes)
     if not changed:
         return channel
-    for field, value in changed.items():
-        setattr(channel, field, value)
     try:
         channel.full_clean()
     except ValidationError:
         # Leave the caller's instance as it was, not half-edited.
-        for field in changed:
-            setattr(channel, field, before[field])
+        for field, change in changed.items():
+            setattr(channel, field, change["from"])
         raise
     channel.save(update_fields=[*changed, "updated_at"])
     AuditEntry.record(
-        actor=actor,
-        action="channel.update",
-        target=channel,
-        data={"changed": {f: {"from": before[f], "to": v} for f, v in changed.items()}},
+        actor=actor, action="channel.update", target=channel, data={"changed": changed}
     )
     return channel
 

@@ -14,7 +14,7 @@ from portal.models import (
     Membership,
     Organization,
 )
-from portal.services.common import Actor
+from portal.services.common import Actor, apply_changes
 from portal.services.keys import checked_limits
 
 if TYPE_CHECKING:
@@ -163,16 +163,9 @@ def tenant_limits_set(
         raise ValidationError({"tenant": "Only a tenant has limits."})
     wanted = checked_limits(limits)
     current = Organization.objects.select_for_update().get(pk=tenant.pk)
-    changed = {
-        f"seller_{name}": value
-        for name, value in wanted.items()
-        if getattr(current, f"seller_{name}") != value
-    }
+    changed = apply_changes(current, {f"seller_{name}": v for name, v in wanted.items()})
     if not changed:
         return tenant
-    before = {field: getattr(current, field) for field in changed}
-    for field, value in changed.items():
-        setattr(current, field, value)
     # Saved through the model: the post_save signal tells every relay process.
     current.save(update_fields=list(changed))
     AuditEntry.record(
@@ -180,13 +173,10 @@ def tenant_limits_set(
         action="organization.limits",
         target=current,
         organization=current,
-        data={
-            field.removeprefix("seller_"): {"before": before[field], "after": value}
-            for field, value in changed.items()
-        },
+        data={"changed": changed},
     )
-    for field, value in changed.items():
-        setattr(tenant, field, value)
+    for field, change in changed.items():
+        setattr(tenant, field, change["to"])
     return tenant
 
 

@@ -59,8 +59,12 @@ def test_a_reseller_limits_its_tenant_and_the_operators_cap_stays(
     }
     entry = AuditEntry.objects.get(action="organization.limits")
     assert entry.organization == tenant_org and entry.actor == reseller_admin
-    assert entry.data["rpm_limit"] == {"before": None, "after": 60}
-    assert set(entry.data) == {"rpm_limit", "concurrency_limit", "daily_token_limit"}
+    assert entry.data["changed"]["seller_rpm_limit"] == {"from": None, "to": 60}
+    assert set(entry.data["changed"]) == {
+        "seller_rpm_limit",
+        "seller_concurrency_limit",
+        "seller_daily_token_limit",
+    }
 
     shown = page.get(reverse("tenant_limits", args=["tenant"])).content.decode()
     enforced = [cell.split("<")[0] for cell in shown.split('data-testid="enforced">')[1:]]
