@@ -16,6 +16,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import LedgerEntry, Plan, PlanCharge, PlanWindow, Subscription
@@ -131,6 +132,11 @@ def subscription_create(*, tenant: Organization, plan: Plan, actor: Actor) -> Su
         raise ValidationError({"plan": "This plan is not sold to this organisation."})
     if not plan.is_active:
         raise ValidationError({"plan": "This plan takes no new subscribers."})
+    if not _served(tenant):
+        # Its month would be charged at once for keys the relay refuses.
+        raise ValidationError(
+            {"plan": "This tenant is deactivated: it can take a plan once it is reactivated."}
+        )
     account = account_for(tenant, currency=plan.currency)
     if account.currency != plan.currency:
         raise ValidationError({"plan": f"This plan is priced in {plan.currency}."})
@@ -165,6 +171,13 @@ def _end(subscription: Subscription, actor: Actor, now: datetime) -> None:
     subscription.cancelled_at = now
     subscription.save(update_fields=["status", "cancelled_at"])
     _audit(actor, "subscription.cancel", subscription, subscription.tenant)
+
+
+def _served(tenant: Organization) -> bool:
+    """Whether the relay serves ``tenant`` now: it and its seller are active."""
+    return not Organization.objects.filter(
+        Q(pk=tenant.pk) | Q(pk=tenant.parent_id), is_active=False
+    ).exists()
 
 
 def plan_charge_post(*, subscription: Subscription, period: Period) -> PlanCharge | None:
@@ -207,12 +220,17 @@ def plan_charge_post(*, subscription: Subscription, period: Period) -> PlanCharg
 
 
 def plans_renew(*, now: datetime | None = None) -> int:
-    """The monthly renewal (run daily by beat, and safe to run anywhere, any number of
+    """The monthly renewal (run hourly by beat, and safe to run anywhere, any number of
     times): charge every active subscription for the current month; returns how many
-    months were charged by this run."""
+    months were charged by this run.
+
+    A deactivated tenant, or a tenant of a deactivated reseller, is refused by the relay,
+    so its plan is not renewed while it stays so: a month it spends wholly deactivated
+    costs nothing, and the first run after it is reactivated charges the month it is in."""
     period = Period.containing(now or timezone.now())
     due = (
-        Subscription.objects.filter(status=Subscription.Status.ACTIVE)
+        Subscription.objects.filter(status=Subscription.Status.ACTIVE, tenant__is_active=True)
+        .exclude(tenant__parent__is_active=False)
         .exclude(charges__period_start=period.start)
         .select_related("plan", "tenant")
         .order_by("pk")

@@ -28,6 +28,7 @@ from billing.services import (
 from billing.services.common import account_for
 from billing.tasks import plans_renew_task
 from portal.models import AuditEntry
+from portal.services import tenant_set_active
 from tests.billing.conftest import Market
 
 pytestmark = pytest.mark.django_db
@@ -96,6 +97,33 @@ def test_subscribing_posts_the_month_once_and_renewal_the_next(market: Market) -
     assert PlanCharge.objects.count() == 2
     credits = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.PLAN_CREDIT)
     assert [c.amount_micros for c in credits] == [5_000_000, 5_000_000]
+
+
+def test_a_deactivated_tenant_is_not_renewed_until_reactivated(market: Market) -> None:
+    """The relay refuses a deactivated tenant (or one under a deactivated reseller): a
+    month it spends so costs no fee; the first run after reactivation charges its month."""
+    plan = make_plan(market)
+    with time_machine.travel(MARCH_10, tick=False):
+        subscription_create(tenant=market.tenant, plan=plan, actor="test")
+        tenant_set_active(tenant=market.tenant, active=False, actor="test")
+    with time_machine.travel(APRIL_1, tick=False):
+        assert plans_renew() == 0
+        with pytest.raises(ValidationError, match="reactivated"):
+            subscription_create(tenant=market.tenant, plan=plan, actor="test")
+    assert fees(market) == [-20_000_000]
+    with time_machine.travel(datetime(2026, 5, 20, tzinfo=UTC), tick=False):
+        tenant_set_active(tenant=market.tenant, active=True, actor="test")
+        market.reseller.is_active = False
+        market.reseller.save(update_fields=["is_active"])
+        assert plans_renew() == 0  # its reseller is deactivated now
+        with pytest.raises(ValidationError, match="reactivated"):
+            subscription_create(tenant=market.tenant, plan=plan, actor="test")
+        market.reseller.is_active = True
+        market.reseller.save(update_fields=["is_active"])
+        assert plans_renew() == 1
+    months = PlanCharge.objects.order_by("period_start").values_list("period_start", flat=True)
+    assert [m.month for m in months] == [3, 5]  # April, spent deactivated, is not charged
+    assert fees(market) == [-20_000_000, -20_000_000]
 
 
 def test_only_the_sellers_tenants_may_subscribe(market: Market) -> None:

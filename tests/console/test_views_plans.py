@@ -167,3 +167,28 @@ def test_a_reseller_cannot_subscribe_another_resellers_tenant(
     with pytest.raises(ValidationError):  # the service refuses it too
         subscription_create(tenant=other_tenant_org, plan=plan, actor="test")
     assert not Subscription.objects.exists()
+
+
+def test_a_deactivated_tenant_sees_its_plan_paused_and_cannot_subscribe(
+    tenant_owner: Any, reseller_admin: Any, reseller_org: Organization, tenant_org: Organization
+) -> None:
+    plan = plan_create(seller=reseller_org, name="Starter", monthly_fee_micros=3, actor="test")
+    url = reverse("plan", args=[tenant_org.slug])
+    owner = client_for(tenant_owner)
+    assert owner.post(url, {"action": "subscribe", "plan": plan.pk}).status_code == 302
+    assert 'data-testid="plan-paused"' not in owner.get(url).content.decode()
+    deactivate = reverse("tenant_status", args=[tenant_org.slug])
+    assert client_for(reseller_admin).post(deactivate, {"action": "deactivate"}).status_code == 302
+    page = owner.get(url).content.decode()
+    assert 'data-testid="plan-paused"' in page and "not renewed" in page
+    other = plan_create(seller=reseller_org, name="Other", monthly_fee_micros=5, actor="test")
+    refused = owner.post(url, {"action": "subscribe", "plan": other.pk}, follow=True)
+    assert "it can take a plan once it is reactivated" in refused.content.decode()
+    api = api_client_for(tenant_owner).post(
+        reverse("api:subscription", kwargs={"slug": tenant_org.slug}),
+        {"plan": other.pk},
+        format="json",
+    )
+    assert api.status_code == 400 and "reactivated" in str(api.json())
+    assert Subscription.objects.get(tenant=tenant_org, status="active").plan == plan
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.PLAN_FEE).count() == 1
