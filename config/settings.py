@@ -365,12 +365,13 @@ RELAY_BODY_FAST_PATH_BYTES = env.int("RELAY_BODY_FAST_PATH_BYTES", default=64 * 
 RELAY_BODY_FAST_PATH_SECONDS = env.float("RELAY_BODY_FAST_PATH_SECONDS", default=0.5)
 # What a provider bills apart from the token prices the relay meters, passed through
 # unmetered (relay.dialects.fees): any of web_search, file_search, code_interpreter,
-# code_execution, advisor, fast_mode, inference_geo. Default: refused.
+# hosted_shell, code_execution, advisor, fast_mode, inference_geo. Default: refused.
 RELAY_UNMETERED_FEATURES = frozenset(env.list("RELAY_UNMETERED_FEATURES", default=[]))
 _UNKNOWN_FEATURES = RELAY_UNMETERED_FEATURES - {
     "web_search",
     "file_search",
     "code_interpreter",
+    "hosted_shell",
     "code_execution",
     "advisor",
     "fast_mode",
@@ -382,6 +383,10 @@ if _UNKNOWN_FEATURES:
     raise ImproperlyConfigured(
         f"RELAY_UNMETERED_FEATURES names unknown features: {sorted(_UNKNOWN_FEATURES)}"
     )
+# Tool types not known to relay.dialects.fees (a provider's new or own hosted tool), by
+# type or by type without its date, that the operator lets through as they are; others
+# are refused, since the provider may bill them apart from tokens.
+RELAY_ALLOWED_TOOL_TYPES = frozenset(env.list("RELAY_ALLOWED_TOOL_TYPES", default=[]))
 # Searches allowed to a Messages web search tool that sets no ``max_uses`` (the relay
 # sets it, so that the request's hold covers every search the provider may bill).
 RELAY_WEB_SEARCH_MAX_USES = env.int("RELAY_WEB_SEARCH_MAX_USES", default=10)

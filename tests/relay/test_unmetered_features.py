@@ -74,6 +74,58 @@ REFUSED = [
         "tools[0].type",
         "advisor",
     ),
+    (
+        "/v1/responses",
+        {
+            **RESPONSES,
+            "tools": [FUNCTION, {"type": "shell", "environment": {"type": "container_auto"}}],
+        },
+        "tools[1].type",
+        "hosted_shell",
+    ),
+    (
+        "/v1/responses",
+        {
+            **RESPONSES,
+            "tools": [
+                {
+                    "type": "shell",
+                    "environment": {"type": "container_reference", "container_id": "c"},
+                }
+            ],
+        },
+        "tools[0].type",
+        "hosted_shell",
+    ),
+    (  # an environment that does not say it is the client's
+        "/v1/responses",
+        {**RESPONSES, "tools": [{"type": "shell", "environment": {"memory_limit": "4g"}}]},
+        "tools[0].type",
+        "hosted_shell",
+    ),
+    # Types nobody here knows, billed as they may be: a provider's new hosted tool, or an
+    # OpenAI-compatible provider's own (Groq's browser search in chat completions).
+    (
+        "/v1/chat/completions",
+        {
+            **CHAT,
+            "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "browser_search"}],
+        },
+        "tools[1].type",
+        "'browser_search'",
+    ),
+    (
+        "/v1/responses",
+        {**RESPONSES, "tools": [{"type": "programmatic_tool_calling"}]},
+        "tools[0].type",
+        "'programmatic_tool_calling'",
+    ),
+    (
+        "/v1/messages",
+        {**MESSAGES, "tools": [{"type": "hosted_sandbox_20270101", "name": "sandbox"}]},
+        "tools[0].type",
+        "'hosted_sandbox_20270101'",
+    ),
     ("/v1/messages", {**MESSAGES, "speed": "fast"}, "speed", "'speed': 'fast'"),
     ("/v1/messages", {**MESSAGES, "inference_geo": "us"}, "inference_geo", "'inference_geo': 'us'"),
 ]
@@ -126,17 +178,73 @@ def test_the_operator_can_let_a_tool_through(
 
 
 def test_tools_the_client_runs_or_billed_as_tokens_pass(native: Gateway, sim: Simulator) -> None:
-    tools = [
+    tools: list[dict[str, Any]] = [
         {"name": "lookup", "input_schema": {"type": "object"}},
+        {"type": "custom", "name": "other", "input_schema": {"type": "object"}},
         {"type": "bash_20250124", "name": "bash"},
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 8},
+        {"type": "computer_toolset_20260801"},
+        {"type": "browser_toolset_20260801"},
+        {"type": "memory_20250818", "name": "memory"},
         {"type": "web_fetch_20250910", "name": "web_fetch"},
+        {"type": "tool_search_tool_regex_20251119", "name": "tool_search_tool_regex"},
+        {"type": "tool_search_tool_bm25", "name": "tool_search_tool_bm25"},
+        {"type": "mcp_toolset", "mcp_server_name": "docs"},
     ]
     plain = {**MESSAGES, "tools": tools, "speed": "standard", "inference_geo": "global"}
     response = native.client.post("/v1/messages", json=plain)
     assert response.status_code == 200, response.text
-    response = native.client.post("/v1/responses", json={**RESPONSES, "tools": [FUNCTION]})
+    tools = [
+        FUNCTION,
+        {"type": "custom", "name": "patch"},
+        {"type": "namespace", "name": "crm", "description": "CRM", "tools": []},
+        {"type": "local_shell"},
+        {"type": "shell"},
+        {"type": "shell", "environment": {"type": "local"}},
+        {"type": "apply_patch"},
+        {"type": "computer", "environment": "browser"},
+        {"type": "computer_use_preview", "display_width": 8, "display_height": 8},
+        {"type": "mcp", "server_label": "docs", "server_url": "https://mcp.example"},
+        {"type": "image_generation"},
+        {"type": "tool_search", "execution": "server"},
+    ]
+    response = native.client.post("/v1/responses", json={**RESPONSES, "tools": tools})
     assert response.status_code == 200, response.text
+    chat_tools = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+        {"type": "custom", "custom": {"name": "g"}},
+    ]
+    response = native.client.post("/v1/chat/completions", json={**CHAT, "tools": chat_tools})
+    assert response.status_code == 200, response.text
+    assert len(sim.requests()) == 3
+
+
+def test_the_operator_can_name_a_tool_type_unknown_here(
+    native: Gateway, sim: Simulator, relay_settings: Any
+) -> None:
+    """By its type or its type without the date; a type known to be billed apart stays
+    refused however it is named there (its feature is what lets it through)."""
+    relay_settings.RELAY_ALLOWED_TOOL_TYPES = frozenset(
+        {"browser_search", "hosted_sandbox", "web_search", "code_interpreter"}
+    )
+    chat = {**CHAT, "tools": [{"type": "browser_search"}]}
+    assert native.client.post("/v1/chat/completions", json=chat).status_code == 200
+    sandbox = {**MESSAGES, "tools": [{"type": "hosted_sandbox_20270101", "name": "sandbox"}]}
+    assert native.client.post("/v1/messages", json=sandbox).status_code == 200
     assert len(sim.requests()) == 2
+    for path, body in (
+        ("/v1/responses", {**RESPONSES, "tools": [{"type": "web_search"}]}),
+        ("/v1/responses", {**RESPONSES, "tools": [{"type": "code_interpreter"}]}),
+        ("/v1/responses", {**RESPONSES, "tools": [{"type": "programmatic_tool_calling"}]}),
+    ):
+        assert native.client.post(path, json=body).status_code == 400
+    assert len(sim.requests()) == 2
+    relay_settings.RELAY_UNMETERED_FEATURES = frozenset({"hosted_shell"})
+    hosted = {"type": "shell", "environment": {"type": "container_auto"}}
+    response = native.client.post("/v1/responses", json={**RESPONSES, "tools": [hosted]})
+    assert response.status_code == 200, response.text
+    assert sim.requests()[-1]["body"]["tools"] == [hosted]
 
 
 def test_only_betas_billed_as_tokens_reach_an_anthropic_channel(
