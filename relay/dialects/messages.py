@@ -118,20 +118,8 @@ class PassLeg(Leg):
         final ones are the answer's usage: a stream cut before them is billed for the
         provider's prompt counts and the text it delivered, counted here
         (``UsageRecord.prompt_usage``), not for the one output token of its start."""
-        if not isinstance(usage, dict):
+        if not messages.merge_usage(self.usage, usage):
             return
-        found = messages.usage_to_canonical(usage)
-        if found is None:
-            return
-        if "input_tokens" in usage or "cache_read_input_tokens" in usage:
-            self.usage.input_tokens = found.input_tokens
-            self.usage.cached_tokens = found.cached_tokens
-            self.usage.cache_write_tokens = found.cache_write_tokens
-            self.usage.cache_write_1h_tokens = found.cache_write_1h_tokens
-        if "service_tier" in usage:
-            self.usage.service_tier = found.service_tier
-        if "output_tokens" in usage:
-            self.usage.output_tokens = found.output_tokens
         if final:
             self.record.usage = Usage.from_canonical(self.usage)
         else:

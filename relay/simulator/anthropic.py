@@ -18,6 +18,10 @@ from relay.simulator.options import SimOptions
 from relay.simulator.responses import RequestError, new_id
 from relay.simulator.wire import json_text, named_event, pieces, play, words
 
+# What a stream's ``message_delta`` usage leaves out of the answer's (Anthropic's
+# ``MessageDeltaUsage``).
+DELTA_LEAVES_OUT = frozenset({"cache_creation", "service_tier"})
+
 
 def count_input(body: dict[str, Any]) -> int:
     messages = body.get("messages")
@@ -198,8 +202,10 @@ async def create(exchange: SimExchange, body: Any, options: SimOptions) -> None:
     steps = [event("content_block_delta", index=at, delta=delta) for delta in deltas]
     usage = {"output_tokens": plan.output_tokens}
     if not options.nousage:
+        # As Anthropic's message_delta: the prompt's totals again, cumulative, but neither
+        # the breakdown of cache writes by time to live nor the service tier.
         full = plan.usage(plan.output_tokens)
-        usage = {name: full[name] for name in full}
+        usage = {name: full[name] for name in full if name not in DELTA_LEAVES_OUT}
     tail = [
         event("content_block_stop", index=at),
         event(

@@ -242,6 +242,42 @@ def usage_to_canonical(usage: Any) -> c.Usage | None:
     )
 
 
+def merge_usage(into: c.Usage, usage: Any) -> bool:
+    """Fold a stream's counts into ``into``: ``message_start``'s (the prompt's), then
+    ``message_delta``'s (cumulative). Only the counts given, and not null, change. The
+    delta repeats the prompt's totals but not the breakdown of cache writes by time to
+    live, so the one-hour share stays ``message_start``'s unless the delta breaks them
+    down itself (and never exceeds the writes). Whether ``usage`` counted anything."""
+    if not isinstance(usage, dict):
+        return False
+    written = into.cache_write_tokens
+    read = into.cached_tokens
+    fresh = into.input_tokens - read - written
+    hour = into.cache_write_1h_tokens
+    counted = False
+    if usage.get("input_tokens") is not None:
+        fresh, counted = c.as_int(usage["input_tokens"]), True
+    if usage.get("cache_read_input_tokens") is not None:
+        read, counted = c.as_int(usage["cache_read_input_tokens"]), True
+    if usage.get("cache_creation_input_tokens") is not None:
+        written, counted = c.as_int(usage["cache_creation_input_tokens"]), True
+    creation = usage.get("cache_creation")
+    if isinstance(creation, dict):
+        # The breakdown by time to live; it sums to cache_creation_input_tokens.
+        hour = c.as_int(creation.get("ephemeral_1h_input_tokens"))
+        written = max(written, hour + c.as_int(creation.get("ephemeral_5m_input_tokens")))
+        counted = True
+    into.input_tokens = fresh + read + written
+    into.cached_tokens = read
+    into.cache_write_tokens = written
+    into.cache_write_1h_tokens = min(hour, written)
+    if usage.get("output_tokens") is not None:
+        into.output_tokens, counted = c.as_int(usage["output_tokens"]), True
+    if usage.get("service_tier") is not None:
+        into.service_tier = c.service_tier(usage["service_tier"])
+    return counted
+
+
 def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
     written = usage.cache_write_tokens
     hour = min(usage.cache_write_1h_tokens, written)

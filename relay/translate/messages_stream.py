@@ -130,20 +130,7 @@ class Decoder:
 
     def _merge(self, usage: Any) -> bool:
         """Take what ``usage`` counts; whether it counted anything."""
-        found = m.usage_to_canonical(usage)
-        if found is None:
-            return False
-        raw = usage if isinstance(usage, dict) else {}
-        if "input_tokens" in raw or "cache_read_input_tokens" in raw:
-            self.usage.input_tokens = found.input_tokens
-            self.usage.cached_tokens = found.cached_tokens
-            self.usage.cache_write_tokens = found.cache_write_tokens
-            self.usage.cache_write_1h_tokens = found.cache_write_1h_tokens
-        if "service_tier" in raw:
-            self.usage.service_tier = found.service_tier
-        if "output_tokens" in raw:
-            self.usage.output_tokens = found.output_tokens
-        return True
+        return m.merge_usage(self.usage, usage)
 
     def feed(self, event: dict[str, Any]) -> list[c.Event]:
         kind = event.get("type")

@@ -141,11 +141,23 @@ def test_messages_cache_writes_by_time_to_live(
     _check_charged(event, priced, cache_write_5m=4, cache_write_1h=2, cached_input=3)
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_anthropic_channel_cache_writes_reach_chat_clients(
-    priced: Gateway, sdk: openai.OpenAI, native_sim: NativeSim, sa_info: dict[str, Any]
+    priced: Gateway,
+    sdk: openai.OpenAI,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+    stream: bool,
 ) -> None:
+    """A stream's last usage (``message_delta``) repeats the prompt's totals without their
+    breakdown by time to live: the one-hour writes are still billed as such."""
     configure(priced.channel, "anthropic", native_sim, sa_info, "cache_write=5,cache_write_1h=5")
-    sdk.chat.completions.create(model=PUBLIC_MODEL, messages=[{"role": "user", "content": "Hi"}])
+    messages: Any = [{"role": "user", "content": "Hi"}]
+    if stream:
+        for _ in sdk.chat.completions.create(model=PUBLIC_MODEL, messages=messages, stream=True):
+            pass
+    else:
+        sdk.chat.completions.create(model=PUBLIC_MODEL, messages=messages)
     [event] = usage_events(1)
     assert (event.cache_write_tokens, event.cache_write_1h_tokens) == (5, 5)
     _check_charged(event, priced, cache_write_1h=5)

@@ -110,6 +110,76 @@ def test_anthropic_usage_counts_cache_reads_and_writes_into_the_prompt() -> None
     assert chat.usage_from_canonical(canonical)["prompt_tokens"] == 20
 
 
+START_USAGE = {
+    "input_tokens": 10,
+    "cache_read_input_tokens": 3,
+    "cache_creation_input_tokens": 7,
+    "cache_creation": {"ephemeral_5m_input_tokens": 2, "ephemeral_1h_input_tokens": 5},
+    "output_tokens": 1,
+    "service_tier": "priority",
+}
+
+
+@pytest.mark.parametrize(
+    ("delta", "expected"),
+    [
+        # Anthropic's message_delta: the prompt's totals again, no breakdown, no tier.
+        (
+            {
+                "input_tokens": 10,
+                "cache_read_input_tokens": 3,
+                "cache_creation_input_tokens": 7,
+                "output_tokens": 9,
+            },
+            c.Usage(20, 9, cached_tokens=3, cache_write_tokens=7, cache_write_1h_tokens=5),
+        ),
+        # An older delta with the output only; one whose prompt counts are null.
+        ({"output_tokens": 9}, None),
+        (
+            {
+                "input_tokens": None,
+                "cache_read_input_tokens": None,
+                "cache_creation_input_tokens": None,
+                "output_tokens": 9,
+            },
+            None,
+        ),
+        # A delta with its own breakdown, and one with fewer writes than the hour's share.
+        (
+            {
+                "cache_creation_input_tokens": 8,
+                "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 1},
+                "output_tokens": 9,
+            },
+            c.Usage(21, 9, cached_tokens=3, cache_write_tokens=8, cache_write_1h_tokens=1),
+        ),
+        (
+            {"cache_creation_input_tokens": 4, "output_tokens": 9},
+            c.Usage(17, 9, cached_tokens=3, cache_write_tokens=4, cache_write_1h_tokens=4),
+        ),
+    ],
+)
+def test_a_streams_last_usage_keeps_what_it_leaves_out(
+    delta: dict[str, Any], expected: c.Usage | None
+) -> None:
+    """``message_delta`` repeats the prompt's counts without their breakdown by time to
+    live or the tier (and may send nulls): what it leaves out stays ``message_start``'s,
+    on the pass-through leg and the provider adapter's decoder alike."""
+    expected = expected or c.Usage(
+        20, 9, cached_tokens=3, cache_write_tokens=7, cache_write_1h_tokens=5
+    )
+    expected.service_tier = "priority"
+    merged = c.Usage()
+    assert messages.merge_usage(merged, START_USAGE)
+    assert messages.merge_usage(merged, delta)
+    assert merged == expected
+    decoder = messages_stream.Decoder()
+    decoder.feed({"type": "message_start", "message": {"id": "m", "usage": START_USAGE}})
+    decoder.feed({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta})
+    assert decoder.usage == expected
+    assert not messages.merge_usage(c.Usage(), {"output_tokens": None, "service_tier": "x"})
+
+
 def test_anthropic_cache_writes_by_time_to_live_and_tier() -> None:
     usage = {
         "input_tokens": 10,
