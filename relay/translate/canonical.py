@@ -121,6 +121,9 @@ class Request:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     reasoning_effort: str | None = None
+    # A Messages client's own thinking budget (its effort is the nearest level), kept for
+    # an Anthropic-shaped provider rather than rounded to the level's budget.
+    thinking_budget: int | None = None
     output_format: OutputFormat | None = None
     user: str | None = None
     stream: bool = False

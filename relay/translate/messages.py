@@ -3,7 +3,9 @@
 Anthropic reports ``input_tokens`` without cache reads and writes; the canonical form
 counts the whole prompt, so reads and writes are added on the way in and taken off on
 the way out. ``thinking.budget_tokens`` and ``reasoning_effort`` map by the thresholds
-in ``EFFORT_BUDGETS``.
+in ``EFFORT_BUDGETS``; a budget sent out stays within what Anthropic takes (at least
+``MIN_THINKING_BUDGET``, below ``max_tokens``, with no forced tool and no sampling
+settings thinking refuses), or no thinking is asked for.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ STOPS_OUT: dict[str, str] = {
     "content_filter": "refusal",
 }
 EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+MIN_THINKING_BUDGET = 1024
 
 
 def _effort(budget: int) -> str:
@@ -110,7 +113,9 @@ def request_to_canonical(body: dict[str, Any]) -> c.Request:
     request.stop = list(body.get("stop_sequences") or ())
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        request.reasoning_effort = _effort(c.as_int(thinking.get("budget_tokens")))
+        budget = c.as_int(thinking.get("budget_tokens"))
+        request.reasoning_effort = _effort(budget)
+        request.thinking_budget = budget or None
     fmt = body.get("output_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         request.output_format = c.OutputFormat("json_schema", "output", fmt.get("schema"), True)
@@ -199,16 +204,14 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
         if request.parallel_tool_calls is False:
             choice["disable_parallel_tool_use"] = True
         body["tool_choice"] = choice
+    budget = thinking_budget(request, body["max_tokens"])
+    if budget is not None:
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
     for name, value in (("temperature", request.temperature), ("top_p", request.top_p)):
-        if value is not None:
+        if value is not None and (budget is None or _thinks_with(name, value)):
             body[name] = value
     if request.stop:
         body["stop_sequences"] = request.stop
-    if request.reasoning_effort in EFFORT_BUDGETS:
-        body["thinking"] = {
-            "type": "enabled",
-            "budget_tokens": EFFORT_BUDGETS[request.reasoning_effort],
-        }
     if request.output_format is not None and request.output_format.kind == "json_schema":
         body["output_format"] = {
             "type": "json_schema",
@@ -219,6 +222,26 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     if request.stream:
         body["stream"] = True
     return body
+
+
+def thinking_budget(request: c.Request, max_tokens: int) -> int | None:
+    """The thinking budget to ask an Anthropic model for: the client's own, else its
+    effort's, kept below ``max_tokens`` (the client's cap, which the request's hold
+    covers, is not raised for it). None where Anthropic would refuse any: less room than
+    its minimum, or a tool the client forces (thinking allows only auto or none)."""
+    budget = request.thinking_budget or EFFORT_BUDGETS.get(request.reasoning_effort or "")
+    if budget is None or request.tool_choice not in (None, "auto", "none"):
+        return None
+    budget = min(budget, max_tokens - 1)
+    return budget if budget >= MIN_THINKING_BUDGET else None
+
+
+def _thinks_with(name: str, value: Any) -> bool:
+    """Whether Anthropic takes this sampling setting beside thinking: a temperature of 1
+    and a ``top_p`` from 0.95 up; the client's other values are left out, not refused."""
+    if not isinstance(value, (int, float)):
+        return True  # not ours to judge: the provider answers it
+    return value == 1 if name == "temperature" else value >= 0.95
 
 
 def usage_to_canonical(usage: Any) -> c.Usage | None:

@@ -97,14 +97,55 @@ def test_chat_to_messages_and_back() -> None:
     assert body["tools"] == [{"name": "look", "input_schema": SCHEMA}]
     assert body["tool_choice"] == {"type": "any"}
     assert body["max_tokens"] == 50
-    assert body["thinking"] == {"type": "enabled", "budget_tokens": 24576}
+    assert "thinking" not in body  # a forced tool and 50 tokens: Anthropic takes none
     assert body["stop_sequences"] == ["END"]
     back = chat.request_from_canonical(messages.request_to_canonical(body))
     assert back["messages"][1]["content"][1]["image_url"]["url"] == IMAGE
     assert back["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"q":1}'
     assert back["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}
-    assert back["reasoning_effort"] == "high"
+    assert "reasoning_effort" not in back
     assert back["tool_choice"] == "required"
+
+
+def _to_anthropic(**fields: Any) -> dict[str, Any]:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    return messages.request_from_canonical(chat.request_to_canonical(body))
+
+
+def test_thinking_sent_to_anthropic_is_one_it_takes() -> None:
+    """At least 1,024 tokens and below ``max_tokens`` (never raised: the hold covers the
+    client's cap), with no forced tool and no sampling settings thinking refuses."""
+    uncapped = _to_anthropic(reasoning_effort="high")
+    assert uncapped["max_tokens"] == 4096
+    assert uncapped["thinking"] == {"type": "enabled", "budget_tokens": 4095}
+    roomy = _to_anthropic(reasoning_effort="medium", max_completion_tokens=20_000)
+    assert roomy["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert "thinking" not in _to_anthropic(reasoning_effort="low", max_tokens=1024)
+    assert (
+        _to_anthropic(reasoning_effort="low", max_tokens=1025)["thinking"]["budget_tokens"] == 1024
+    )
+    named = {"type": "function", "function": {"name": "look"}}
+    tools = [{"type": "function", "function": {"name": "look", "parameters": {}}}]
+    for choice in ("required", named):
+        assert "thinking" not in _to_anthropic(
+            reasoning_effort="high", tools=tools, tool_choice=choice
+        )
+    assert "thinking" in _to_anthropic(reasoning_effort="high", tools=tools, tool_choice="auto")
+    sampled = _to_anthropic(reasoning_effort="low", temperature=0.2, top_p=0.9)
+    assert "temperature" not in sampled and "top_p" not in sampled
+    sampled = _to_anthropic(reasoning_effort="low", temperature=1, top_p=0.97)
+    assert (sampled["temperature"], sampled["top_p"]) == (1, 0.97)
+    plain = _to_anthropic(temperature=0.2, top_p=0.9)
+    assert (plain["temperature"], plain["top_p"]) == (0.2, 0.9)
+    # A Messages client's own budget goes out as it came (not its level's 8,192).
+    own = {
+        "model": "m",
+        "max_tokens": 5000,
+        "thinking": {"type": "enabled", "budget_tokens": 4096},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    again = messages.request_from_canonical(messages.request_to_canonical(own))
+    assert (again["max_tokens"], again["thinking"]["budget_tokens"]) == (5000, 4096)
 
 
 def test_chat_to_responses_and_back() -> None:
