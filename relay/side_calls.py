@@ -18,7 +18,7 @@ import orjson
 from django.conf import settings
 
 from relay import errors, tokens, upstream
-from relay.dialects import response_ids
+from relay.dialects import betas, response_ids
 from relay.dialects.base import dump, load_json
 from relay.dialects.messages import anthropic_headers, parse_messages
 from relay.dialects.responses import check_stored, not_found
@@ -148,7 +148,10 @@ async def count_tokens(exchange: Exchange, surface: str) -> None:
             payload["model"] = route.upstream_model
             if surface == "messages":
                 version = exchange.header(b"anthropic-version") or b"2023-06-01"
-                headers = anthropic_headers(route, version.decode("latin-1"), None, False)
+                # The betas a request would carry (its tools may need them to be counted).
+                beta = exchange.header(b"anthropic-beta")
+                allowed = betas.forwarded(beta.decode("latin-1")) if beta else None
+                headers = anthropic_headers(route, version.decode("latin-1"), allowed, False)
                 answer = await _send(
                     route, "POST", "/messages/count_tokens", b"", dump(payload), headers
                 )

@@ -148,7 +148,9 @@ def test_the_sdks_beta_client_is_served_as_the_plain_one(
         betas=["interleaved-thinking-2025-05-14", "made-up-beta-2031-01-01"],
     )
     counted = client.beta.messages.count_tokens(
-        model=PUBLIC_MODEL, messages=[{"role": "user", "content": "one two"}]
+        model=PUBLIC_MODEL,
+        messages=[{"role": "user", "content": "one two"}],
+        betas=["computer-use-2025-01-24", "made-up-beta-2031-01-01"],
     )
     assert message.type == "message" and message.model == PUBLIC_MODEL
     assert counted.input_tokens > 0
@@ -157,6 +159,11 @@ def test_the_sdks_beta_client_is_served_as_the_plain_one(
     sent = [r for r in sim.requests() if r["path"].endswith("/v1/messages")]
     assert len(sent) == 1
     assert sent[0]["headers"].get("anthropic-beta") == "interleaved-thinking-2025-05-14"
+    # A count carries the betas its request would (the tools they enable), as filtered.
+    [count] = [r for r in sim.requests() if r["path"].endswith("/count_tokens")]
+    assert count["headers"].get("anthropic-beta") == (
+        "computer-use-2025-01-24,token-counting-2024-11-01"  # the SDK adds the last
+    )
 
 
 def test_cache_reads_and_writes_are_metered(gateway: Gateway, sim: object) -> None:
