@@ -61,10 +61,11 @@ LABELS = {
     "web_search": "Web searches",
     "request": "Requests",
 }
-# What a dimension costs when its price was left blank.
+# What a dimension costs when its price was left blank; in this order, so a blank
+# one-hour cache write costs the five-minute one's (never less: providers charge more).
 FALLBACK = {
     "cache_write_5m": "input",
-    "cache_write_1h": "input",
+    "cache_write_1h": "cache_write_5m",
     "audio_input": "input",
     "image_input": "input",
     "audio_output": "output",

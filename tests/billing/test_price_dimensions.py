@@ -99,6 +99,18 @@ def test_blank_dimensions_cost_the_text_price() -> None:
     assert plain.input_image == plain.output_image == 0
     writes = Counts(prompt_tokens=1_000, cache_write_tokens=1_000)
     assert cost_micros(plain, **dataclasses.asdict(writes)) == 1_000
+    # A blank one-hour write costs the five-minute write, where that one is priced.
+    five = Prices(
+        input=1_000_000,
+        cached_input=100_000,
+        output=4_000_000,
+        request_fee=0,
+        currency="USD",
+        cache_write_5m=1_250_000,
+    )
+    assert five.cache_write_1h == 1_250_000
+    hourly = Counts(prompt_tokens=1_000, cache_write_tokens=1_000, cache_write_1h_tokens=1_000)
+    assert cost_micros(five, **dataclasses.asdict(hourly)) == 1_250
 
 
 def test_parts_never_exceed_their_whole() -> None:
