@@ -387,6 +387,10 @@ if _UNKNOWN_FEATURES:
 # type or by type without its date, that the operator lets through as they are; others
 # are refused, since the provider may bill them apart from tokens.
 RELAY_ALLOWED_TOOL_TYPES = frozenset(env.list("RELAY_ALLOWED_TOOL_TYPES", default=[]))
+# What the worst-case hold allows for each input the provider fetches itself by URL (a
+# picture; a document or file), whose tokens the request's bytes do not bound.
+RELAY_URL_IMAGE_TOKENS = env.int("RELAY_URL_IMAGE_TOKENS", default=10_000)
+RELAY_URL_FILE_TOKENS = env.int("RELAY_URL_FILE_TOKENS", default=200_000)
 # Searches allowed to a Messages web search tool that sets no ``max_uses`` (the relay
 # sets it, so that the request's hold covers every search the provider may bill).
 RELAY_WEB_SEARCH_MAX_USES = env.int("RELAY_WEB_SEARCH_MAX_USES", default=10)

@@ -93,6 +93,7 @@ async def handle(exchange: Exchange, dialect: Dialect) -> None:
             input_images=call.input_images(),
             generates_images=call.generates_images(),
             web_searches=searches,
+            fetched_tokens=call.fetched_tokens(),
         )
         record = UsageRecord(
             request_id=exchange.request_id,

@@ -88,19 +88,21 @@ def reservation(
     input_images: int = 0,
     generates_images: bool = False,
     web_searches: int = 0,
+    fetched_tokens: int = 0,
 ) -> Reservation | None:
     """The hold for a request of ``body_bytes`` with ``input_images`` pictures that may be
     billed ``output_tokens`` at worst (its dialect's figure: its own cap on every choice,
     else the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``), with the plan windows that
     count ``model``. Only a request that asks for pictures (``generates_images``) can be
     billed generated images, each costing at least an output token; ``web_searches`` is
-    the most searches the provider may bill it."""
+    the most searches the provider may bill it; ``fetched_tokens`` the prompt tokens
+    allowed for inputs the provider fetches by URL, beyond those its bytes bound."""
     windows = tuple(w for w in key.plan_windows if w.counts(model))
     if not key.spend.any() and not windows:
         return None
     worst = worst_case_cost_micros(
         price.retail,
-        prompt_bytes=body_bytes,
+        prompt_bytes=body_bytes + fetched_tokens,
         max_output_tokens=output_tokens,
         input_images=input_images,
         output_images=output_tokens if generates_images else 0,

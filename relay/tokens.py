@@ -50,16 +50,23 @@ def estimate_prompt(payload: Mapping[str, Any]) -> int:
     return measure_prompt(payload)[0]
 
 
-def measure_prompt(payload: Mapping[str, Any]) -> tuple[int, int]:
-    """A quick prompt size (about 4 chars a token) and the number of input images, of a
-    chat-shaped request, without the tokenizer.
+def fetched(value: Any) -> bool:
+    """Whether an image part's ``image_url`` (an object with ``url``, or the URL itself)
+    names a picture the provider fetches, rather than one sent inline (``data:``)."""
+    url = value.get("url") if isinstance(value, Mapping) else value
+    return isinstance(url, str) and not url.startswith("data:")
 
-    Runs on the hot path, so it only walks the messages, once for both figures; the real
+
+def measure_prompt(payload: Mapping[str, Any]) -> tuple[int, int, int]:
+    """A quick prompt size (about 4 chars a token), the number of input images, and of
+    those the provider fetches by URL, of a chat-shaped request, without the tokenizer.
+
+    Runs on the hot path, so it only walks the messages, once for every figure; the real
     token count replaces the size when the request settles, while the image count is
     what per-image prices bill (no provider reports one).
     """
     total = TOKENS_REPLY_PRIMING
-    images = 0
+    images = by_url = 0
     for message in payload.get("messages") or ():
         if not isinstance(message, Mapping):
             continue
@@ -75,7 +82,8 @@ def measure_prompt(payload: Mapping[str, Any]) -> tuple[int, int]:
                         total += len(str(part.get("text", ""))) // 4
                     elif kind == "image_url" or kind == "input_image":  # IMAGE_PART_TYPES
                         images += 1
-    return total + images * TOKENS_PER_IMAGE, images
+                        by_url += fetched(part.get("image_url"))
+    return total + images * TOKENS_PER_IMAGE, images, by_url
 
 
 # Where tiktoken fetches o200k_base from, and the SHA-256 it requires of the file.

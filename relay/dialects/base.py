@@ -232,13 +232,21 @@ class Leg:
         return None
 
 
+def url_allowance(images: int, files: int) -> int:
+    """The tokens a hold allows for ``images`` pictures and ``files`` documents or files
+    the provider fetches by URL (``RELAY_URL_IMAGE_TOKENS``, ``RELAY_URL_FILE_TOKENS``)."""
+    if not images and not files:
+        return 0
+    return images * settings.RELAY_URL_IMAGE_TOKENS + files * settings.RELAY_URL_FILE_TOKENS
+
+
 class Call:
     """One request in a dialect, from its parsed payload to the legs that serve it."""
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
         self.stream = payload.get("stream") is True
-        self._measured: tuple[int, int] | None = None
+        self._measured: tuple[int, int, int] | None = None
 
     def output_cap(self) -> int | None:
         """The client's own cap on output tokens per choice, if it set one."""
@@ -280,14 +288,21 @@ class Call:
         search reserves them; a model without one refuses them)."""
         return 0
 
-    def measured(self) -> tuple[int, int]:
+    def fetched_tokens(self) -> int:
+        """What the hold allows for the inputs the provider fetches itself by URL (pictures,
+        documents): their tokens are not among the request's bytes, which bound the rest
+        of its prompt (``url_allowance``)."""
+        return self.measured()[2]
+
+    def measured(self) -> tuple[int, int, int]:
         """``measure``'s figures, from its one walk of the request."""
         if self._measured is None:
             self._measured = self.measure()
         return self._measured
 
-    def measure(self) -> tuple[int, int]:
-        """The prompt estimate and the input images, found in one walk of the request."""
+    def measure(self) -> tuple[int, int, int]:
+        """The prompt estimate, the input images and the fetched inputs' allowance, found
+        in one walk of the request."""
         raise NotImplementedError
 
     def count_material(self) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ from relay.dialects.base import (
     check_int,
     int_or_none,
     load_json,
+    url_allowance,
 )
 from relay.dialects.images import image_limit
 from relay.dialects.native import NativeCodec, chat_codec
@@ -163,8 +164,9 @@ class ChatCall(Call):
         choices = self.payload.get("n")
         return choices if isinstance(choices, int) and choices >= 1 else 1
 
-    def measure(self) -> tuple[int, int]:
-        return tokens.measure_prompt(self.payload)
+    def measure(self) -> tuple[int, int, int]:
+        estimate, images, by_url = tokens.measure_prompt(self.payload)
+        return estimate, images, url_allowance(by_url, 0)
 
     def count_material(self) -> tuple[Any, Any]:
         return self.payload["messages"], self.payload.get("tools")

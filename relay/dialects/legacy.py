@@ -113,8 +113,8 @@ class EmbeddingCall(Call):
     def output_cap(self) -> int | None:
         return 0
 
-    def measure(self) -> tuple[int, int]:
-        return _estimate(self.inputs), 0  # text or tokens only: no pictures
+    def measure(self) -> tuple[int, int, int]:
+        return _estimate(self.inputs), 0, 0  # text or tokens only: no pictures
 
     def count_material(self) -> tuple[Any, Any]:
         return _as_messages(self.inputs), None
@@ -168,8 +168,8 @@ class CompletionCall(Call):
         best_of = asked_best_of if isinstance(asked_best_of, int) else 1
         return max(n, best_of, 1) * len(self.prompts)
 
-    def measure(self) -> tuple[int, int]:
-        return _estimate(self.prompts), 0  # text or tokens only: no pictures
+    def measure(self) -> tuple[int, int, int]:
+        return _estimate(self.prompts), 0, 0  # text or tokens only: no pictures
 
     def count_material(self) -> tuple[Any, Any]:
         return _as_messages(self.prompts), None

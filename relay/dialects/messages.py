@@ -19,7 +19,16 @@ import orjson
 
 from relay import errors, upstream
 from relay.dialects import betas, fees, stored_files
-from relay.dialects.base import Call, Dialect, Leg, StreamError, check_int, dump, load_json
+from relay.dialects.base import (
+    Call,
+    Dialect,
+    Leg,
+    StreamError,
+    check_int,
+    dump,
+    load_json,
+    url_allowance,
+)
 from relay.dialects.translated import TranslatedLeg, translate
 from relay.exchange import Exchange
 from relay.metering import Usage, UsageRecord
@@ -29,16 +38,29 @@ from relay.translate import canonical, chat, messages, messages_stream
 ANTHROPIC_VERSION = "2023-06-01"
 
 
-def _measure(content: Any) -> tuple[int, int]:
-    """Characters of text, and image blocks, of a message's content (tool results' too)."""
+def _by_url(block: Mapping[str, Any]) -> bool:
+    source = block.get("source")
+    return isinstance(source, Mapping) and source.get("type") == "url"
+
+
+def _measure(content: Any) -> tuple[int, int, int]:
+    """Characters of text, image blocks, and the allowance for images and documents the
+    provider fetches by URL (``url_allowance``), of a message's content (tool results'
+    too)."""
     if isinstance(content, str):
-        return len(content), 0
-    total = images = 0
+        return len(content), 0, 0
+    total = images = allowance = 0
     for block in content if isinstance(content, list) else ():
         if not isinstance(block, Mapping):
             continue
-        if block.get("type") == "image":  # a picture has no text to size
+        kind = block.get("type")
+        if kind == "image":  # a picture has no text to size
             images += 1
+            if _by_url(block):
+                allowance += url_allowance(1, 0)
+            continue
+        if kind == "document" and _by_url(block):
+            allowance += url_allowance(0, 1)
             continue
         text = block.get("text")
         if isinstance(text, str):
@@ -47,10 +69,11 @@ def _measure(content: Any) -> tuple[int, int]:
         if isinstance(inner, str):
             total += len(inner)
         elif isinstance(inner, list):  # a tool result's blocks
-            size, pictures = _measure(inner)
+            size, pictures, fetched = _measure(inner)
             total += size
             images += pictures
-    return total, images
+            allowance += fetched
+    return total, images, allowance
 
 
 def anthropic_headers(
@@ -191,18 +214,19 @@ class MessagesCall(Call):
     def output_cap(self) -> int | None:
         return int(self.payload["max_tokens"])
 
-    def measure(self) -> tuple[int, int]:
+    def measure(self) -> tuple[int, int, int]:
         payload = self.payload
-        size, images = _measure(payload.get("system"))
+        size, images, allowance = _measure(payload.get("system"))
         for message in payload["messages"]:
             content = message.get("content")
             if isinstance(content, str):  # the common case, without the walk's tuple
                 size += len(content)
                 continue
-            chars, pictures = _measure(content)
+            chars, pictures, fetched = _measure(content)
             size += chars
             images += pictures
-        return 3 + size // 4, images
+            allowance += fetched
+        return 3 + size // 4, images, allowance
 
     def count_material(self) -> tuple[Any, Any]:
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from relay import errors
+from relay import errors, tokens
 from relay.dialects import fees, response_ids, stored_files
 from relay.dialects.base import (
     Call,
@@ -26,6 +26,7 @@ from relay.dialects.base import (
     dump,
     int_or_none,
     load_json,
+    url_allowance,
 )
 from relay.dialects.images import image_limit
 from relay.dialects.translated import TranslatedLeg, translate
@@ -60,27 +61,35 @@ def check_stored(body: bytes, payload: Mapping[str, Any]) -> None:
     stored_files.check_responses(body, payload)
 
 
-def _measure(value: Any) -> tuple[int, int]:
-    """Characters of text, and ``input_image`` parts, of input items (in messages and in
-    tool outputs given as lists of parts)."""
+def _measure(value: Any) -> tuple[int, int, int]:
+    """Characters of text, ``input_image`` parts, and the allowance for inputs fetched by
+    URL (``url_allowance``), of input items (in messages and in tool outputs given as
+    lists of parts)."""
     if isinstance(value, str):
-        return len(value), 0
-    total = images = 0
+        return len(value), 0, 0
+    total = images = allowance = 0
     for part in value if isinstance(value, list) else ():
         if not isinstance(part, Mapping):
             continue
-        if part.get("type") == "input_image":  # a picture has no text to size
+        kind = part.get("type")
+        if kind == "input_image":  # a picture has no text to size
             images += 1
+            if tokens.fetched(part.get("image_url")):
+                allowance += url_allowance(1, 0)
+            continue
+        if kind == "input_file" and isinstance(part.get("file_url"), str):
+            allowance += url_allowance(0, 1)
             continue
         for name in ("text", "arguments", "content", "output"):
             field = part.get(name)
             if isinstance(field, str):
                 total += len(field)
             elif isinstance(field, list) and (name == "content" or name == "output"):
-                size, pictures = _measure(field)  # a message's parts, a tool's output parts
+                size, pictures, fetched = _measure(field)  # a message's or tool output's parts
                 total += size
                 images += pictures
-    return total, images
+                allowance += fetched
+    return total, images, allowance
 
 
 def _generated_images(output: Any) -> int:
@@ -202,11 +211,11 @@ class ResponsesCall(Call):
     def image_limit(self) -> int:
         return image_limit(self.output_cap())
 
-    def measure(self) -> tuple[int, int]:
+    def measure(self) -> tuple[int, int, int]:
         payload = self.payload
-        size, images = _measure(payload.get("input"))
-        instructions, _ = _measure(payload.get("instructions"))
-        return 3 + (size + instructions) // 4, images
+        size, images, fetched = _measure(payload.get("input"))
+        instructions, _, _ = _measure(payload.get("instructions"))
+        return 3 + (size + instructions) // 4, images, fetched
 
     def count_material(self) -> tuple[Any, Any]:
         try:
