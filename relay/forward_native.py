@@ -106,9 +106,13 @@ async def attempt(
         # What this provider cannot carry (an image by URL for Bedrock) another channel
         # of the model may: nothing was sent, so nothing is blamed.
         raise NotExpressible(str(exc)) from None
+    # Adapters build their URLs percent-encoded, and a signed one (Bedrock's SigV4) is
+    # valid only for those exact bytes: parsed as not yet encoded, yarl would decode the
+    # model id's %3A into ':' on the wire and AWS would refuse the signature.
+    target = upstream.url(built.url, encoded=True)
     try:
         response = await forwarding.send(
-            built.method, upstream.url(built.url), built.headers, built.content, route.timeout
+            built.method, target, built.headers, built.content, route.timeout
         )
     except upstream.TimeoutException:
         info.update(error="timeout", latency_ms=_ms(started))

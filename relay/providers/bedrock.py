@@ -38,6 +38,11 @@ STOP_REASONS: dict[str, c.Stop] = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
+# Stops that say the model's answer is broken (unparseable text, a tool call with invalid
+# input): no canonical stop fits, and another try (another channel) may well succeed.
+MALFORMED_STOPS = frozenset({"malformed_model_output", "malformed_tool_use"})
+# Anthropic's extended thinking wants a budget of at least this, below ``max_tokens``.
+MIN_THINKING_BUDGET = 1024
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 # AWS's error types: the channel's credentials, worth another channel, or the request's fault.
 CREDENTIAL_ERRORS = frozenset(
@@ -51,16 +56,20 @@ CREDENTIAL_ERRORS = frozenset(
         "SignatureDoesNotMatch",
     }
 )
-RETRYABLE_ERRORS = frozenset(
-    {
-        "ThrottlingException",
-        "ServiceUnavailableException",
-        "InternalServerException",
-        "ModelNotReadyException",
-        "ModelTimeoutException",
-        "ModelStreamErrorException",
-    }
-)
+# Worth another channel, with the status the client gets when no channel answers.
+RETRYABLE_ERRORS: dict[str, int] = {
+    "ThrottlingException": 429,
+    "ModelNotReadyException": 429,
+    "ServiceUnavailableException": 503,
+    "InternalServerException": 503,
+    "ModelTimeoutException": 503,
+    "ModelStreamErrorException": 503,
+    # The model failed while answering (HTTP 424): its fault, not the request's.
+    "ModelErrorException": 502,
+    # The channel's set-up (HTTP 404): a model id the region does not have or the account
+    # has not enabled, as Azure's DeploymentNotFound. Another channel may serve the model.
+    "ResourceNotFoundException": 502,
+}
 
 
 class UnsupportedContent(ValueError):
@@ -89,7 +98,19 @@ def _media(part: c.Text | c.Image) -> dict[str, Any]:
     return {"image": {"format": IMAGE_FORMATS[mime], "source": {"bytes": data}}}
 
 
-def _blocks(parts: list[Any]) -> list[dict[str, Any]]:
+def _tool_as_text(part: c.ToolCall | c.ToolResult) -> list[dict[str, Any]]:
+    """A tool call or result told in words, for a history whose tools the request does not
+    declare: Converse refuses toolUse and toolResult blocks without a ``toolConfig``, and
+    there is no tool spec to put in one."""
+    if isinstance(part, c.ToolCall):
+        return [{"text": f"[call {part.id} of tool {part.name}: {part.arguments or '{}'}]"}]
+    said = "error" if part.is_error else "result"
+    texts = [p.text for p in part.content if isinstance(p, c.Text) and p.text]
+    images = [_media(p) for p in part.content if isinstance(p, c.Image)]
+    return [{"text": f"[{said} of call {part.call_id}: {' '.join(texts)}]"}, *images]
+
+
+def _blocks(parts: list[Any], *, tools_as_text: bool = False) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(part, c.Text):
@@ -100,6 +121,8 @@ def _blocks(parts: list[Any]) -> list[dict[str, Any]]:
                     blocks.append({"cachePoint": {"type": "default"}})
         elif isinstance(part, c.Image):
             blocks.append(_media(part))
+        elif isinstance(part, (c.ToolCall, c.ToolResult)) and tools_as_text:
+            blocks.extend(_tool_as_text(part))
         elif isinstance(part, c.ToolCall):
             try:
                 arguments = orjson.loads(part.arguments or "{}")
@@ -131,14 +154,67 @@ def _tool_choice(choice: str | None) -> dict[str, Any] | None:
     return {"tool": {"name": choice}}
 
 
-def request_body(request: c.Request) -> bytes:
-    """The Converse request for a canonical request (the model is in the URL)."""
+def _tool_config(request: c.Request, *, history_has_tools: bool) -> dict[str, Any] | None:
+    """The tools, unless the request forbids calling them and nothing in its history needs
+    them declared. Converse has no "none" choice: a history with tool blocks is sent with
+    the tools and no choice (the model's default), as Converse wants them defined then."""
+    if not request.tools or (request.tool_choice == "none" and not history_has_tools):
+        return None
+    specs = [
+        {
+            "toolSpec": {
+                "name": tool.name,
+                "description": tool.description or tool.name,
+                "inputSchema": {"json": tool.parameters or {"type": "object"}},
+            }
+        }
+        for tool in request.tools
+    ]
+    config: dict[str, Any] = {"tools": specs}
+    choice = _tool_choice(request.tool_choice)
+    if choice is not None:
+        config["toolChoice"] = choice
+    return config
+
+
+def thinking_budget(request: c.Request, model: str) -> int | None:
+    """The extended-thinking budget for ``reasoning_effort``, or None to send no thinking.
+
+    ``thinking`` is Anthropic's field: other models on Bedrock (Nova, Llama...) refuse it
+    as an unknown key, so only a model id or profile that names an Anthropic model gets it
+    (an application profile's ARN names none). Anthropic wants the budget at least 1,024
+    tokens and below ``max_tokens``: it is clamped under the client's limit, and dropped
+    when that limit leaves no room for the minimum. Anthropic allows no thinking beside a
+    tool the client forces: the tool choice wins."""
+    budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
+    if budget is None or "anthropic." not in model:
+        return None
+    if request.tool_choice not in (None, "auto", "none"):
+        return None
+    limit = request.max_output_tokens
+    if limit is None:
+        return budget  # Converse's default is the model's own maximum, above every budget
+    if limit <= MIN_THINKING_BUDGET:
+        return None
+    return min(budget, limit - 1)
+
+
+def request_body(request: c.Request, *, model: str = "") -> bytes:
+    """The Converse request for a canonical request; ``model`` (the upstream id, which
+    travels in the URL) decides what model-specific fields may be sent."""
     if request.image_output:
         # Converse answers in text: it has no way to return a generated picture.
         raise UnsupportedContent("This model cannot generate images through Bedrock.")
+    history_has_tools = any(
+        isinstance(part, (c.ToolCall, c.ToolResult))
+        for turn in request.turns
+        for part in turn.parts
+    )
+    tool_config = _tool_config(request, history_has_tools=history_has_tools)
+    tools_as_text = history_has_tools and tool_config is None
     messages: list[dict[str, Any]] = []
     for turn in request.turns:
-        blocks = _blocks(turn.parts)
+        blocks = _blocks(turn.parts, tools_as_text=tools_as_text)
         if not blocks:
             continue
         if messages and messages[-1]["role"] == turn.role:  # Converse wants turns to alternate
@@ -148,11 +224,14 @@ def request_body(request: c.Request) -> bytes:
     body: dict[str, Any] = {"messages": messages}
     if request.system:
         body["system"] = _blocks(list(request.system))
+    budget = thinking_budget(request, model)
+    thinking = budget is not None
     inference: dict[str, Any] = {}
     for name, value in (
         ("maxTokens", request.max_output_tokens),
-        ("temperature", request.temperature),
-        ("topP", request.top_p),
+        # Anthropic refuses a temperature or top_p of the client's beside thinking.
+        ("temperature", None if thinking else request.temperature),
+        ("topP", None if thinking else request.top_p),
     ):
         if value is not None:
             inference[name] = value
@@ -160,26 +239,11 @@ def request_body(request: c.Request) -> bytes:
         inference["stopSequences"] = request.stop
     if inference:
         body["inferenceConfig"] = inference
-    if request.tools and request.tool_choice != "none":
-        specs = [
-            {
-                "toolSpec": {
-                    "name": tool.name,
-                    "description": tool.description or tool.name,
-                    "inputSchema": {"json": tool.parameters or {"type": "object"}},
-                }
-            }
-            for tool in request.tools
-        ]
-        config: dict[str, Any] = {"tools": specs}
-        choice = _tool_choice(request.tool_choice)
-        if choice is not None:
-            config["toolChoice"] = choice
-        body["toolConfig"] = config
-    budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
+    if tool_config is not None:
+        body["toolConfig"] = tool_config
     if budget is not None:
-        thinking = {"type": "enabled", "budget_tokens": budget}
-        body["additionalModelRequestFields"] = {"thinking": thinking}
+        enabled = {"type": "enabled", "budget_tokens": budget}
+        body["additionalModelRequestFields"] = {"thinking": enabled}
     return orjson.dumps(body)
 
 
@@ -198,11 +262,35 @@ def usage(native: Any) -> c.Usage | None:
     )
 
 
+class MalformedAnswer(ValueError):
+    """Converse stopped because the model's own answer is broken (``malformed_*``): no
+    answer to give, and no fault of the request's. A ValueError, so the relay takes it for
+    an invalid upstream answer and fails over."""
+
+
+def _stop(reason: Any) -> c.Stop:
+    if reason in MALFORMED_STOPS:
+        raise MalformedAnswer(f"Bedrock stopped the answer: {reason}")
+    return STOP_REASONS.get(str(reason), "end")
+
+
+def malformed_failure(reason: str) -> ProviderFailure:
+    """A malformed answer as the client is told of it: the upstream's failure."""
+    return ProviderFailure(
+        FailureKind.RETRYABLE,
+        502,
+        f"The model produced a malformed answer ({reason}).",
+        type="server_error",
+        code="upstream_error",
+    )
+
+
 def decode(body: bytes) -> c.Response:
     answer = orjson.loads(body)
     message = (answer.get("output") or {}).get("message") if isinstance(answer, dict) else None
     if not isinstance(message, Mapping):
         raise ValueError("not a Converse answer")
+    stop = _stop(answer.get("stopReason"))
     parts: list[c.AnswerPart] = []
     for block in message.get("content") or ():
         if not isinstance(block, Mapping):
@@ -221,7 +309,7 @@ def decode(body: bytes) -> c.Response:
         id=f"bedrock-{uuid.uuid4().hex[:24]}",
         model="",
         parts=parts,
-        stop=STOP_REASONS.get(str(answer.get("stopReason")), "end"),
+        stop=stop,
         usage=usage(answer.get("usage")),
     )
 
@@ -275,7 +363,10 @@ class BedrockStream(ProviderStream):
                 return [c.ReasoningDelta(reasoning["text"])]
             return []
         if name == "messageStop":
-            return [c.StreamFinish(STOP_REASONS.get(str(event.get("stopReason")), "end"))]
+            reason = event.get("stopReason")
+            if reason in MALFORMED_STOPS:
+                raise StreamFailed(malformed_failure(str(reason)))
+            return [c.StreamFinish(_stop(reason))]
         if name == "metadata":
             self.ended = True
             found = usage(event.get("usage"))
@@ -303,9 +394,12 @@ def failure_for(kind: str, body: bytes, status: int, secrets: tuple[str, ...]) -
     if kind in CREDENTIAL_ERRORS:
         return by_status(403, text)
     if kind in RETRYABLE_ERRORS:
-        client_status = 429 if kind in ("ThrottlingException", "ModelNotReadyException") else 503
         return ProviderFailure(
-            FailureKind.RETRYABLE, client_status, text, type="server_error", code="upstream_error"
+            FailureKind.RETRYABLE,
+            RETRYABLE_ERRORS[kind],
+            text,
+            type="server_error",
+            code="upstream_error",
         )
     return by_status(status, text, code=clip_code(kind, secrets))
 
@@ -320,7 +414,7 @@ class BedrockAdapter:
     async def build(
         self, request: c.Request, *, upstream_model: str, stream: bool
     ) -> UpstreamRequest:
-        content = request_body(request)
+        content = request_body(request, model=upstream_model)
         url = self.config.url(upstream_model, stream=stream)
         accept = "application/vnd.amazon.eventstream" if stream else "application/json"
         headers = {"content-type": "application/json", "accept": accept}

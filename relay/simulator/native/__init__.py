@@ -31,10 +31,24 @@ _VERTEX = re.compile(
     r"^/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/publishers/google/models/(?P<model>[^/:]+):(?P<method>\w+)$"
 )
+# Matched on the path as sent (still percent-encoded), as AWS routes it: an ARN's '/'
+# travels as %2F, and a ':' sent bare instead of %3A fails the signature check.
 _BEDROCK = re.compile(r"^/model/(?P<model>[^/]+)/(?P<action>converse|converse-stream)$")
 _AZURE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
 _BEDROCK_LISTINGS = ("/foundation-models", "/inference-profiles")
 _AZURE_LISTINGS = ("/openai/deployments", "/openai/models")
+
+
+def raw_rest(scope: Mapping[str, Any], path: str) -> str:
+    """``path`` (the request's path after any ``/sim/<options>`` prefix, decoded) as it
+    came on the wire, percent-escapes kept."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return path
+    text = raw.decode("latin-1").split("?", 1)[0]
+    if text.startswith("/sim/"):
+        text = "/" + text[len("/sim/") :].partition("/")[2]
+    return text
 
 
 async def dispatch(
@@ -62,7 +76,7 @@ async def dispatch(
         await google.handle(app, scope, exchange, options, match.groupdict(), vertex=False)
     elif match := _VERTEX.match(path):
         await google.handle(app, scope, exchange, options, match.groupdict(), vertex=True)
-    elif match := _BEDROCK.match(path):
+    elif match := _BEDROCK.match(raw_rest(scope, path)):
         await bedrock.handle(app, scope, exchange, options, match.groupdict())
     elif match := _AZURE.match(path):
         await azure.handle(app, scope, exchange, options, match["deployment"])

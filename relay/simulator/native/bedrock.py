@@ -45,6 +45,7 @@ ERROR_TYPES = {
     403: "AccessDeniedException",
     404: "ResourceNotFoundException",
     408: "ModelTimeoutException",
+    424: "ModelErrorException",
     429: "ThrottlingException",
     500: "InternalServerException",
     503: "ServiceUnavailableException",
@@ -192,6 +193,44 @@ def _read(body: dict[str, Any]) -> tuple[list[str], int, int, bool]:
     return texts, messages, images, last_result
 
 
+TOOL_CONFIG_MISSING = (
+    "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+)
+
+
+def _model_errors(problem: str) -> str:
+    return f"The model returned the following errors: {problem}"
+
+
+def refusal(body: dict[str, Any], model: str) -> str | None:
+    """What Converse, or the model behind it, refuses in ``body`` (a ValidationException's
+    message); None if it takes it. Only the rules the relay's requests could break."""
+    used = any(
+        isinstance(block, dict) and ("toolUse" in block or "toolResult" in block)
+        for message in body.get("messages") or ()
+        for block in (message or {}).get("content") or ()
+    )
+    if used and not (body.get("toolConfig") or {}).get("tools"):
+        return TOOL_CONFIG_MISSING
+    thinking = (body.get("additionalModelRequestFields") or {}).get("thinking")
+    if not isinstance(thinking, dict):
+        return None
+    if "anthropic." not in model:
+        # Nova, Llama and the rest take no field of Anthropic's.
+        return _model_errors("Malformed input request: extraneous key [thinking] is not permitted")
+    inference = body.get("inferenceConfig") or {}
+    budget, limit = thinking.get("budget_tokens"), inference.get("maxTokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return _model_errors("thinking.enabled.budget_tokens: Input should be >= 1024")
+    if isinstance(limit, int) and budget >= limit:
+        return _model_errors("`max_tokens` must be greater than `thinking.budget_tokens`")
+    if inference.get("temperature", 1) != 1:
+        return _model_errors("`temperature` may only be set to 1 when thinking is enabled")
+    if inference.get("topP", 1) < 0.95:
+        return _model_errors("`top_p` must be >= 0.95 or unset when thinking is enabled")
+    return None
+
+
 def plan_converse(body: Any, options: SimOptions) -> NativePlan | str:
     if (
         not isinstance(body, dict)
@@ -252,11 +291,14 @@ async def handle(
         kind = ERROR_TYPES.get(int(status), "InternalServerException")
         await error(exchange, int(status), kind, f"Simulated failure (HTTP {status}).")
         return
+    model = unquote(route["model"])
     planned = plan_converse(None if body is INVALID_BODY else body, options)
     if isinstance(planned, str):
         await error(exchange, 400, "ValidationException", planned)
         return
-    model = unquote(route["model"])
+    if (invalid := refusal(body, model)) is not None:
+        await error(exchange, 400, "ValidationException", invalid)
+        return
     content: list[dict[str, Any]] = []
     if planned.reasoning:
         content.append(

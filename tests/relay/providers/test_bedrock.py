@@ -150,7 +150,10 @@ def test_unknown_access_key_and_wrong_region_are_credential_failures(
         (503, FailureKind.RETRYABLE),
         (500, FailureKind.RETRYABLE),
         (400, FailureKind.CLIENT),
-        (404, FailureKind.CLIENT),
+        # ResourceNotFoundException: a model id the channel's account cannot call.
+        (404, FailureKind.RETRYABLE),
+        # ModelErrorException: the model failed while answering.
+        (424, FailureKind.RETRYABLE),
     ],
 )
 def test_error_mapping(native_sim: NativeSim, status: int, kind: FailureKind) -> None:
