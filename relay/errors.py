@@ -42,9 +42,15 @@ class RelayError(Exception):
     def body(self) -> bytes:
         return _dumps(self.payload())
 
+    def anthropic_status(self) -> int:
+        """The status Anthropic's API gives the same error: a request nobody will pay for is
+        its 402 ``billing_error`` (OpenAI's 429 ``insufficient_quota`` would have
+        Anthropic's SDKs, and Claude Code, retry it as a rate limit)."""
+        return 402 if self.type == "insufficient_quota" else self.status
+
     def anthropic_payload(self) -> dict[str, object]:
         """The same error in Anthropic's envelope, ``{"type": "error", "error": {...}}``."""
-        kind = ANTHROPIC_TYPES.get(self.status)
+        kind = ANTHROPIC_TYPES.get(self.anthropic_status())
         if kind is None:
             kind = "api_error" if self.status >= 500 else "invalid_request_error"
         return {"type": "error", "error": {"type": kind, "message": self.message}}
@@ -92,6 +98,7 @@ ANTHROPIC_TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 

@@ -233,9 +233,11 @@ class Exchange:
         return ((b"x-request-id", request_id),)
 
     async def respond_error(self, error: errors.RelayError) -> None:
-        # Anthropic's error bodies name the request too.
-        body = error.anthropic_body(self.request_id) if self.anthropic else error.body()
-        await self.respond_json(error.status, body, error.headers)
+        if self.anthropic:  # Anthropic's error bodies name the request too
+            body = error.anthropic_body(self.request_id)
+            await self.respond_json(error.anthropic_status(), body, error.headers)
+            return
+        await self.respond_json(error.status, error.body(), error.headers)
 
     async def start_stream(self, *, hold: bool = False) -> None:
         """Start the streamed response. With ``hold`` its head waits for the first body

@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from relay import tokens
-from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, usage_events
+from relay import errors, tokens
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, prepaid, usage_events
 
 IMAGE = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5E"
@@ -261,6 +261,32 @@ def test_errors_use_anthropic_envelope(gateway: Gateway) -> None:
     # x-api-key counts only on Anthropic's API
     other = httpx.get(gateway.url + "/v1/models", headers={"x-api-key": gateway.secret})
     assert other.status_code == 401 and "error" in other.json()
+
+
+def test_a_request_nobody_will_pay_for_is_anthropics_billing_error(
+    gateway: Gateway, sim: Simulator
+) -> None:
+    """Not OpenAI's 429 ``insufficient_quota``: Anthropic's SDKs (and Claude Code) retry a
+    429 as a rate limit, but not a 402."""
+    prepaid(gateway, 0)
+    sim.client.delete("/_sim/requests")
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=2) as sdk:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            sdk.messages.create(
+                model=PUBLIC_MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
+    assert caught.value.status_code == 402
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["error"]["type"] == "billing_error"
+    assert sim.requests() == []
+    # OpenAI's clients still get OpenAI's answer; Anthropic's a timeout is its own type.
+    refused = gateway.client.post(
+        "/v1/chat/completions",
+        json={"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    timeout = errors.RelayError(504, "late", type="server_error").anthropic_payload()
+    assert timeout["error"] == {"type": "timeout_error", "message": "late"}
 
 
 def test_the_anthropic_sdk_sees_the_request_id_of_an_error_and_of_a_stream(

@@ -100,7 +100,8 @@ def test_a_balance_is_never_overdrawn_on_any_surface(
 
     statuses = [status for status, _ in results]
     assert statuses.count(200) == k, statuses
-    assert statuses.count(429) == 3 * k
+    # Refused for the balance: OpenAI's 429, Anthropic's 402 (billing_error).
+    assert statuses.count(402 if surface.startswith("messages") else 429) == 3 * k
     events = usage_events(k, timeout=30)
     assert {e.request_id for e in events} == {rid for status, rid in results if status == 200}
     assert {e.surface for e in events} == {surface.split("-")[0]}
