@@ -270,11 +270,11 @@ def test_a_request_nobody_will_pay_for_is_anthropics_billing_error(
     429 as a rate limit, but not a 402."""
     prepaid(gateway, 0)
     sim.client.delete("/_sim/requests")
-    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=2) as sdk:
-        with pytest.raises(anthropic.APIStatusError) as caught:
-            sdk.messages.create(
-                model=PUBLIC_MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
-            )
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=2)
+    with sdk, pytest.raises(anthropic.APIStatusError) as caught:
+        sdk.messages.create(
+            model=PUBLIC_MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     assert caught.value.status_code == 402
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["error"]["type"] == "billing_error"
