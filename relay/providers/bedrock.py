@@ -128,12 +128,12 @@ def _blocks(parts: list[Any], *, tools_as_text: bool = False) -> list[dict[str, 
                 arguments = orjson.loads(part.arguments or "{}")
             except orjson.JSONDecodeError:
                 arguments = {}
-            use = {"toolUseId": part.id, "name": part.name, "input": arguments}
+            use = {"toolUseId": c.bare_call_id(part.id), "name": part.name, "input": arguments}
             blocks.append({"toolUse": use})
         elif isinstance(part, c.ToolResult):
             content = [_media(p) for p in part.content if not isinstance(p, c.Text) or p.text]
             result = {
-                "toolUseId": part.call_id,
+                "toolUseId": c.bare_call_id(part.call_id),
                 "content": content or [{"text": ""}],
                 "status": "error" if part.is_error else "success",
             }

@@ -6,6 +6,9 @@ Google's error envelope; the two providers differ only in URLs and authenticatio
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import re
 import uuid
 from collections.abc import Mapping
@@ -26,17 +29,51 @@ from relay.providers.base import (
 from relay.providers.streams import SseStream, StreamIncomplete
 from relay.translate import canonical as c
 
-THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+# Thinking budgets (Gemini 2.x) by reasoning effort; the least and the most a model takes
+# depend on the model (``_thinking``).
+THINKING_BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+# Why Google stopped (``FinishReason``), as the canonical stop. Anything Google cut short
+# that was neither the output cap nor a finished answer is "content_filter": it is the one
+# stop every client format shows as an answer the provider ended early (chat's
+# "content_filter", Responses' "incomplete", Messages' "refusal"), where "end" would pass
+# an empty or partial answer off as complete. That includes a function call the model
+# botched (MALFORMED_FUNCTION_CALL, UNEXPECTED_TOOL_CALL, TOO_MANY_TOOL_CALLS): the answer
+# has no usable call, and Google bills it, so it is an answer that stopped short rather
+# than the relay's error. NO_IMAGE is an answer without the picture asked for: what text
+# came is whole.
 FINISH_REASONS: dict[str, c.Stop] = {
     "STOP": "end",
+    "NO_IMAGE": "end",
     "MAX_TOKENS": "length",
     "SAFETY": "content_filter",
     "RECITATION": "content_filter",
+    "LANGUAGE": "content_filter",
+    "OTHER": "content_filter",
     "BLOCKLIST": "content_filter",
     "PROHIBITED_CONTENT": "content_filter",
     "SPII": "content_filter",
+    "MALFORMED_FUNCTION_CALL": "content_filter",
+    "UNEXPECTED_TOOL_CALL": "content_filter",
+    "TOO_MANY_TOOL_CALLS": "content_filter",
     "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
+    "IMAGE_OTHER": "content_filter",
 }
+# The image types Gemini reads (its documented image MIME types). Anything else sent as an
+# image (a video, audio, a PDF) Google would bill by its own measure (seconds, pages) while
+# the relay held and limited it as one picture.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
+_IMAGE_EXTENSIONS = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "heic": "image/heic",
+    "heif": "image/heif",
+}
+_IMAGE_FORMATS = "PNG, JPEG, WebP, HEIC or HEIF"
 # JSON Schema keywords Google's function declarations refuse.
 _UNSUPPORTED_SCHEMA_KEYS = frozenset({"$schema", "additionalProperties", "strict", "$id"})
 # ErrorInfo reasons by which Google says the caller itself (its key, token, project or
@@ -83,7 +120,14 @@ def _schema(value: Any) -> Any:
 _GOOGLE_STORAGE = re.compile(r"(?:^|\.)(?:googleapis\.com|storage\.cloud\.google\.com)\.?$")
 
 
-def _file_uri(url: str) -> str:
+def _file_data(url: str) -> dict[str, Any]:
+    """An image by URL as ``fileData``, its type named by the URL's file extension.
+
+    Google wants the data's own MIME type here (not a wildcard such as ``image/*``), and
+    it reads what the URL serves as that type. A URL that does not name an image file
+    could serve a video or a PDF, which Google would bill by the second or the page while
+    the relay counted one picture, so only URLs of image files are sent by reference.
+    """
     try:
         parsed = urlsplit(url)
         hostname = parsed.hostname or ""
@@ -100,19 +144,97 @@ def _file_uri(url: str) -> str:
             "send it as a data: URL or from another public URL.",
             param="messages",
         )
-    return url
+    _, dot, extension = parsed.path.rpartition(".")
+    mime = _IMAGE_EXTENSIONS.get(extension.lower()) if dot and "/" not in extension else None
+    if mime is None:
+        raise c.TranslationError(
+            f"An image sent to this model by URL must be a {_IMAGE_FORMATS} file whose "
+            "URL ends in its extension (.png, .jpg, .webp, .heic, .heif); send other "
+            "images as a data: URL.",
+            param="messages",
+        )
+    return {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+def _inline_data(url: str) -> dict[str, Any]:
+    """An image in a ``data:`` URL as ``inlineData``, if its type is one Gemini reads."""
+    mime, _, data = url[len("data:") :].partition(";base64,")
+    mime = mime.partition(";")[0].strip().lower()
+    if mime == "image/jpg":  # a common misspelling of JPEG's type: the same bytes
+        mime = "image/jpeg"
+    if mime not in IMAGE_TYPES:
+        shown = mime[:40] or "none"
+        raise c.TranslationError(
+            f"An image sent to this model must be {_IMAGE_FORMATS}; this data: URL's "
+            f"type is {shown!r}.",
+            param="messages",
+        )
+    return {"inlineData": {"mimeType": mime, "data": data}}
 
 
 def _media(part: c.Text | c.Image) -> dict[str, Any]:
     if isinstance(part, c.Text):
         return {"text": part.text}
     if part.url.startswith("data:") and ";base64," in part.url:
-        mime, _, data = part.url[len("data:") :].partition(";base64,")
-        return {"inlineData": {"mimeType": mime, "data": data}}
-    return {"fileData": {"mimeType": "image/*", "fileUri": _file_uri(part.url)}}
+        return _inline_data(part.url)
+    return _file_data(part.url)
 
 
-def _contents(request: c.Request) -> list[dict[str, Any]]:
+# Gemini 3 signs each step's first function call (``thoughtSignature``) and refuses a
+# history that replays the call without it. No client format has a field for it, but every
+# client sends a tool call's id back (on the call and on its result), so the signature
+# rides in the id the client gets: the id Google or the relay gave the call, this mark,
+# and the signature's bytes in URL-safe base64 (the alphabet Anthropic and Bedrock allow in
+# tool ids). Nothing is kept on the server. Signatures run to hundreds of characters, so
+# such ids are long; that is the price of carrying them without server state.
+_SIGNATURE_MARK = c.SIGNED_CALL_MARK
+# Google's documented value for a replayed function call whose signature is lost (history
+# from another model or client): the call is accepted without its reasoning context.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+_GEMINI_VERSION = re.compile(r"gemini-(\d+)(?:\.(\d+))?")
+
+
+def call_id(base: str, signature: Any) -> str:
+    """The id the client gets for a call Google signed with ``signature``."""
+    if not isinstance(signature, str) or not signature:
+        return base
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return base  # not base64, as Google never sends: nothing to carry
+    return base + _SIGNATURE_MARK + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def split_call_id(value: str) -> tuple[str, str | None]:
+    """A call id as the client sent it back: the call's own id and its signature, as
+    Google sent it (standard base64), if the id carries one."""
+    base, mark, carried = value.partition(_SIGNATURE_MARK)
+    if not mark:
+        return value, None
+    try:
+        raw = base64.b64decode(carried + "=" * (-len(carried) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        return base, None
+    return base, base64.b64encode(raw).decode() if raw else None
+
+
+def _version(model: str) -> tuple[int, int] | None:
+    """Gemini's version in a model name (``gemini-3.1-pro-preview``: (3, 1)), if it has one."""
+    found = _GEMINI_VERSION.match(model.rpartition("/")[2].lower())
+    return (int(found[1]), int(found[2] or 0)) if found else None
+
+
+def _checks_signatures(model: str) -> bool:
+    """Whether the model refuses function calls replayed without their signature: Gemini
+    3 and later, and the unversioned aliases (``gemini-flash-latest``), which name the
+    newest models."""
+    version = _version(model)
+    if version is not None:
+        return version >= (3, 0)
+    return model.rpartition("/")[2].lower().startswith("gemini-")
+
+
+def _contents(request: c.Request, model: str) -> list[dict[str, Any]]:
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # a tool result names its call; Google wants the function
     for turn in request.turns:
@@ -122,12 +244,16 @@ def _contents(request: c.Request) -> list[dict[str, Any]]:
                 if not isinstance(part, c.Text) or part.text:
                     parts.append(_media(part))
             elif isinstance(part, c.ToolCall):
-                names[part.id] = part.name
+                base, signature = split_call_id(part.id)
+                names[base] = part.name
                 try:
                     args = orjson.loads(part.arguments or "{}")
                 except orjson.JSONDecodeError:
                     args = {}
-                parts.append({"functionCall": {"name": part.name, "args": args}})
+                call: dict[str, Any] = {"functionCall": {"name": part.name, "args": args}}
+                if signature is not None:
+                    call["thoughtSignature"] = signature
+                parts.append(call)
             elif isinstance(part, c.ToolResult):
                 text = c.text_of(list(part.content))
                 try:
@@ -136,8 +262,8 @@ def _contents(request: c.Request) -> list[dict[str, Any]]:
                     result = text
                 if not isinstance(result, dict):
                     result = {"error" if part.is_error else "result": result}
-                response = {"name": names.get(part.call_id, ""), "response": result}
-                parts.append({"functionResponse": response})
+                name = names.get(split_call_id(part.call_id)[0], "")
+                parts.append({"functionResponse": {"name": name, "response": result}})
         if not parts:
             continue
         role = "model" if turn.role == "assistant" else "user"
@@ -145,7 +271,62 @@ def _contents(request: c.Request) -> list[dict[str, Any]]:
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": role, "parts": parts})
+    if _checks_signatures(model):
+        for content in contents:
+            if content["role"] == "model":
+                _sign_first_call(content["parts"])
     return contents
+
+
+def _sign_first_call(parts: list[dict[str, Any]]) -> None:
+    """Google checks the first function call of each step (the model's turn): one whose
+    signature the client's history lost gets the value that skips the check."""
+    for part in parts:
+        if "functionCall" in part:
+            part.setdefault("thoughtSignature", SKIP_SIGNATURE)
+            return
+
+
+def _thinking(effort: str | None, model: str) -> dict[str, Any] | None:
+    """``thinkingConfig`` for a reasoning effort. Gemini 3 takes a level, earlier models a
+    budget of tokens. "none" and "minimal" ask for the least thinking the model allows,
+    "xhigh" and "max" for the most: ignored, the model would think at its default and the
+    client pay for thinking it asked to avoid. An effort Google has no measure for is
+    refused rather than guessed."""
+    if effort is None:
+        return None
+    if effort not in REASONING_EFFORTS:
+        shown = str(effort)[:40]
+        raise c.TranslationError(
+            f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}; got {shown!r}.",
+            param="reasoning_effort",
+        )
+    name = model.rpartition("/")[2].lower()
+    version = _version(name)
+    if version is not None and version >= (3, 0):
+        levels = {"low": "LOW", "medium": "MEDIUM", "high": "HIGH", "xhigh": "HIGH", "max": "HIGH"}
+        level = levels.get(effort) or _least_level(name, version)
+        return {"thinkingLevel": level, "includeThoughts": True}
+    pro = "-pro" in name
+    if effort in ("none", "minimal"):
+        # 2.5 Pro cannot stop thinking; 128 tokens is the least it takes.
+        budget = 128 if pro else 0
+    elif effort in ("xhigh", "max"):
+        budget = 32768 if pro else 24576
+    else:
+        budget = THINKING_BUDGETS[effort]
+    if budget == 0:
+        return {"thinkingBudget": 0}
+    return {"thinkingBudget": budget, "includeThoughts": True}
+
+
+def _least_level(name: str, version: tuple[int, int]) -> str:
+    """The lowest thinking level a Gemini 3 model takes: MINIMAL on Flash-Lite and on
+    Flash before 3.7; Pro and later Flash models start at LOW, as does any model this
+    does not know (every Gemini 3 model takes LOW)."""
+    if "flash-lite" in name or ("-flash" in name and version < (3, 7)):
+        return "MINIMAL"
+    return "LOW"
 
 
 def _tool_config(choice: str | None) -> dict[str, Any] | None:
@@ -157,9 +338,12 @@ def _tool_config(choice: str | None) -> dict[str, Any] | None:
     return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice]}}
 
 
-def request_body(request: c.Request) -> bytes:
-    """The ``generateContent`` request for a canonical request (the model is in the URL)."""
-    body: dict[str, Any] = {"contents": _contents(request)}
+def request_body(request: c.Request, model: str = "") -> bytes:
+    """The ``generateContent`` request for a canonical request. The model goes in the URL;
+    its name (``model``, else the request's) decides what it is sent: thinking levels or
+    budgets, and whether lost call signatures are stood in for."""
+    model = model or request.model
+    body: dict[str, Any] = {"contents": _contents(request, model)}
     if request.system:
         body["systemInstruction"] = {"parts": [{"text": t.text} for t in request.system]}
     config: dict[str, Any] = {}
@@ -174,9 +358,9 @@ def request_body(request: c.Request) -> bytes:
         config["stopSequences"] = request.stop
     if request.image_output:
         config["responseModalities"] = ["TEXT", "IMAGE"]
-    budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
-    if budget is not None:
-        config["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True}
+    thinking = _thinking(request.reasoning_effort, model)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     fmt = request.output_format
     if fmt is not None:
         config["responseMimeType"] = "application/json"
@@ -256,9 +440,10 @@ def _read_parts(candidate: Any, first_call: int) -> list[c.AnswerPart]:
         if isinstance(part.get("functionCall"), Mapping):
             call = part["functionCall"]
             index = first_call + sum(isinstance(p, c.ToolCall) for p in found)
-            call_id = str(call.get("id") or f"call_{uuid.uuid4().hex[:20]}_{index}")
+            base = str(call.get("id") or f"call_{uuid.uuid4().hex[:20]}_{index}")
             arguments = orjson.dumps(call.get("args") or {}).decode()
-            found.append(c.ToolCall(call_id, str(call.get("name") or ""), arguments))
+            identifier = call_id(base, part.get("thoughtSignature"))
+            found.append(c.ToolCall(identifier, str(call.get("name") or ""), arguments))
         elif isinstance(part.get("text"), str) and part["text"]:
             kind = c.Reasoning if part.get("thought") else c.Text
             found.append(kind(part["text"]))
@@ -322,7 +507,15 @@ def decode(body: bytes) -> c.Response:
 
 
 class GoogleStream(SseStream):
-    """``streamGenerateContent?alt=sse`` chunks in, canonical events out."""
+    """``streamGenerateContent?alt=sse`` chunks in, canonical events out.
+
+    ``usageMetadata`` holds running totals. The Gemini API sends it with every chunk (the
+    prompt's counts from the first); the counts that came with or after the candidate's
+    ``finishReason`` are the answer's whole usage. Earlier ones count the prompt and an
+    output that has only begun: a stream that ends without later counts is billed for the
+    prompt as Google counted it and for the text it delivered, counted by the relay
+    (``prompt_usage``, ``UsageRecord.prompt_usage``).
+    """
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__(secrets)
@@ -330,14 +523,28 @@ class GoogleStream(SseStream):
         self.finish_reason: str | None = None
         self.calls = 0
         self.usage: c.Usage | None = None
+        self.usage_final = False  # ``usage`` came with or after the finish reason
 
     def end(self) -> list[c.Event]:
         if self.finish_reason is None:
             raise StreamIncomplete("the stream ended before its last candidate")
         events: list[c.Event] = [c.StreamFinish(_stop(self.finish_reason, self.calls > 0))]
-        if self.usage is not None:
+        if self.usage is not None and self.usage_final:
             events.append(c.StreamUsage(self.usage))
         return events
+
+    def prompt_usage(self) -> c.Usage | None:
+        """The latest counts with their output left out: Google's count of the prompt."""
+        if self.usage is None:
+            return None
+        return dataclasses.replace(
+            self.usage,
+            output_tokens=0,
+            reasoning_tokens=0,
+            audio_output_tokens=0,
+            image_output_tokens=0,
+            output_images=0,
+        )
 
     def event(self, payload: bytes) -> list[c.Event]:
         answer = orjson.loads(payload)
@@ -361,9 +568,6 @@ class GoogleStream(SseStream):
             self.started = True
             model = str(answer.get("modelVersion") or "")
             events.append(c.StreamStart(str(answer.get("responseId") or ""), model))
-        found = usage(answer.get("usageMetadata"))
-        if found is not None:
-            self.usage = found  # each chunk's counts are running totals
         for candidate in (answer.get("candidates") or [])[:1]:
             for part in _read_parts(candidate, self.calls):
                 if isinstance(part, c.Reasoning):
@@ -378,6 +582,10 @@ class GoogleStream(SseStream):
                     self.calls += 1
             if isinstance(candidate, Mapping) and candidate.get("finishReason"):
                 self.finish_reason = str(candidate["finishReason"])
+        found = usage(answer.get("usageMetadata"))
+        if found is not None:
+            self.usage = found
+            self.usage_final = self.finish_reason is not None
         return events
 
 
@@ -439,14 +647,13 @@ class GoogleAdapter:
     async def build(
         self, request: c.Request, *, upstream_model: str, stream: bool
     ) -> UpstreamRequest:
+        body = request_body(request, upstream_model)  # refused before any token is fetched
         headers = {
             **await self.auth_headers(),
             "content-type": "application/json",
             "accept": "text/event-stream" if stream else "application/json",
         }
-        return UpstreamRequest(
-            "POST", self.url(upstream_model, stream=stream), headers, request_body(request)
-        )
+        return UpstreamRequest("POST", self.url(upstream_model, stream=stream), headers, body)
 
     def decode(self, body: bytes) -> c.Response:
         return decode(body)

@@ -241,5 +241,16 @@ def text_of(parts: list[Any]) -> str:
     return "".join(part.text for part in parts if isinstance(part, Text))
 
 
+# What joins a call id to the provider's signature of the call, which rides in the id the
+# client gets back (Gemini 3's ``thoughtSignature``: ``relay.providers.google``). Only that
+# provider reads it; any other gets the bare id (Bedrock takes 64 characters at most).
+SIGNED_CALL_MARK = "__tsig_"
+
+
+def bare_call_id(value: str) -> str:
+    """A call id without the signature it may carry (``SIGNED_CALL_MARK``)."""
+    return value.partition(SIGNED_CALL_MARK)[0] or value
+
+
 def as_int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

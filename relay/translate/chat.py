@@ -152,7 +152,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
             if calls:
                 message["tool_calls"] = [
                     {
-                        "id": x.id,
+                        "id": c.bare_call_id(x.id),
                         "type": "function",
                         "function": {"name": x.name, "arguments": x.arguments},
                     }
@@ -166,7 +166,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
                 messages.append(
                     {
                         "role": "tool",
-                        "tool_call_id": part.call_id,
+                        "tool_call_id": c.bare_call_id(part.call_id),
                         "content": _content_out(part.content),
                     }
                 )

@@ -153,11 +153,12 @@ def _blocks_out(parts: list[c.Part]) -> list[dict[str, Any]]:
                 arguments = orjson.loads(part.arguments or "{}")
             except orjson.JSONDecodeError:
                 arguments = {}
-            out.append({"type": "tool_use", "id": part.id, "name": part.name, "input": arguments})
+            tool_id = c.bare_call_id(part.id)
+            out.append({"type": "tool_use", "id": tool_id, "name": part.name, "input": arguments})
         elif isinstance(part, c.ToolResult):
             block: dict[str, Any] = {
                 "type": "tool_result",
-                "tool_use_id": part.call_id,
+                "tool_use_id": c.bare_call_id(part.call_id),
                 "content": _blocks_out(list(part.content)),
             }
             if part.is_error:

@@ -156,7 +156,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
                 items.append(
                     {
                         "type": "function_call",
-                        "call_id": part.id,
+                        "call_id": c.bare_call_id(part.id),
                         "name": part.name,
                         "arguments": part.arguments,
                     }
@@ -165,7 +165,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
                 items.append(
                     {
                         "type": "function_call_output",
-                        "call_id": part.call_id,
+                        "call_id": c.bare_call_id(part.call_id),
                         "output": c.text_of(part.content),
                     }
                 )

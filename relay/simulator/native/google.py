@@ -1,9 +1,14 @@
 """Google's side: the OAuth token endpoint of the service-account flow, and
 ``generateContent`` / ``streamGenerateContent`` for the Gemini API (API keys) and Vertex AI
-(bearer tokens this simulator issued), with ``usageMetadata`` in full."""
+(bearer tokens this simulator issued), with ``usageMetadata`` in full (running counts on
+every streamed chunk, as the Gemini API sends them), and Gemini 3's rules: signed function
+calls that a replayed history must carry, thinking levels rather than budgets."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import re
 import time
 from collections.abc import Mapping
@@ -159,11 +164,84 @@ def _read(body: Any) -> tuple[list[str], int, int, bool]:
     return texts, messages, images, last_response
 
 
-def plan_generate(body: Any, options: SimOptions) -> NativePlan | str:
+# What the simulator signs a Gemini 3 function call with: long, as Google's are, and with
+# the characters of base64 that URLs and tool ids do not take ("+", "/"), so a relay must
+# carry it faithfully.
+SIGNATURE_BYTES = b"sim-thought-signature:" + bytes(range(256))
+SIGNATURE = base64.b64encode(SIGNATURE_BYTES).decode()
+# Google's documented value that skips the check of a replayed call's signature.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+MISSING_SIGNATURE = "Function call is missing a thought_signature in functionCall parts."
+_VERSION = re.compile(r"gemini-(\d+)")
+
+
+def is_gemini_3(model: str) -> bool:
+    """Gemini 3 and later: signed function calls, thinking levels."""
+    found = _VERSION.match(model)
+    return found is not None and int(found[1]) >= 3
+
+
+def _signature_problem(body: Any) -> str | None:
+    """What Gemini 3 says of a history whose current turn (since the last user message
+    that is not only function responses) replays a step's first function call without
+    its signature, or with one it did not issue."""
+    contents = [t for t in body.get("contents") or () if isinstance(t, dict)]
+    start = 0
+    for index, turn in enumerate(contents):
+        parts = [p for p in turn.get("parts") or () if isinstance(p, dict)]
+        if turn.get("role") != "model" and any("functionResponse" not in p for p in parts):
+            start = index
+    for turn in contents[start:]:
+        if turn.get("role") != "model":
+            continue
+        calls = [p for p in turn.get("parts") or () if isinstance(p, dict) and "functionCall" in p]
+        if not calls:
+            continue
+        signature = calls[0].get("thoughtSignature")
+        if signature is None:
+            return MISSING_SIGNATURE
+        if signature != SKIP_SIGNATURE and not _issued(signature):
+            return "Corrupted thought signature."
+    return None
+
+
+def _issued(signature: Any) -> bool:
+    try:
+        return isinstance(signature, str) and base64.b64decode(signature) == SIGNATURE_BYTES
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _thinking_problem(config: Any, model: str) -> str | None:
+    """Gemini's refusals of a ``thinkingConfig``: a level and a budget together, a level
+    for a model before Gemini 3, no thinking for a model that always thinks (Pro)."""
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    if not isinstance(thinking, dict):
+        return None
+    if "thinkingLevel" in thinking and "thinkingBudget" in thinking:
+        return "You can only set one of thinking budget and thinking level."
+    if "thinkingLevel" in thinking and not is_gemini_3(model):
+        return "Thinking level is not supported for this model."
+    if thinking.get("thinkingBudget") == 0 and "-pro" in model:
+        return "Budget 0 is invalid. This model only works in thinking mode."
+    return None
+
+
+def _thinking_off(config: Any) -> bool:
+    """A budget of 0: the model answers without thinking, whatever ``reasoning`` says."""
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    return isinstance(thinking, dict) and thinking.get("thinkingBudget") == 0
+
+
+def plan_generate(body: Any, options: SimOptions, model: str = "") -> NativePlan | str:
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
         return "Invalid JSON payload received. Unknown name or missing 'contents'."
     texts, messages, images, last_response = _read(body)
     config = body.get("generationConfig") or {}
+    if (problem := _thinking_problem(config, model)) is not None:
+        return problem
+    if is_gemini_3(model) and (problem := _signature_problem(body)) is not None:
+        return problem
     limit = config.get("maxOutputTokens")
     tool = None
     for tools in body.get("tools") or ():
@@ -172,13 +250,38 @@ def plan_generate(body: Any, options: SimOptions) -> NativePlan | str:
     mode = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
     if last_response or mode == "NONE":
         tool = None
-    return plan(
+    planned = plan(
         options,
         prompt_tokens=count_text(texts, messages, images),
         max_tokens=limit if isinstance(limit, int) else None,
         tool_name=tool,
         thinking="thinkingConfig" in config,
     )
+    return dataclasses.replace(planned, reasoning=0) if _thinking_off(config) else planned
+
+
+def prompt_metadata(p: NativePlan, images: int) -> dict[str, Any]:
+    """The prompt's counts, which the Gemini API sends with every streamed chunk before
+    the last (whose counts are the whole answer's)."""
+    prompt = p.prompt_tokens + p.options.audio_in
+    metadata: dict[str, Any] = {
+        "promptTokenCount": prompt,
+        "totalTokenCount": prompt,
+        "promptTokensDetails": _prompt_details(p, images),
+    }
+    if p.cache_read:
+        metadata["cachedContentTokenCount"] = p.cache_read
+        metadata["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": p.cache_read}]
+    return metadata
+
+
+def _prompt_details(p: NativePlan, images: int) -> list[dict[str, Any]]:
+    details = [{"modality": "TEXT", "tokenCount": p.prompt_tokens - 258 * images}]
+    if images:
+        details.append({"modality": "IMAGE", "tokenCount": 258 * images})
+    if p.options.audio_in:
+        details.append({"modality": "AUDIO", "tokenCount": p.options.audio_in})
+    return details
 
 
 def usage_metadata(p: NativePlan, images: int) -> dict[str, Any]:
@@ -186,11 +289,6 @@ def usage_metadata(p: NativePlan, images: int) -> dict[str, Any]:
     those modalities on top of the text's."""
     produced = p.output_tokens - p.reasoning
     options = p.options
-    prompt_details = [{"modality": "TEXT", "tokenCount": p.prompt_tokens - 258 * images}]
-    if images:
-        prompt_details.append({"modality": "IMAGE", "tokenCount": 258 * images})
-    if options.audio_in:
-        prompt_details.append({"modality": "AUDIO", "tokenCount": options.audio_in})
     output_details = [{"modality": "TEXT", "tokenCount": produced}]
     for modality, count in (("AUDIO", options.audio_out), ("IMAGE", options.image_out)):
         if count:
@@ -201,7 +299,7 @@ def usage_metadata(p: NativePlan, images: int) -> dict[str, Any]:
         "promptTokenCount": prompt,
         "candidatesTokenCount": candidates,
         "totalTokenCount": prompt + candidates + p.reasoning,
-        "promptTokensDetails": prompt_details,
+        "promptTokensDetails": _prompt_details(p, images),
         "candidatesTokensDetails": output_details,
     }
     if p.cache_read:
@@ -223,12 +321,20 @@ def _pictures(body: Any, options: SimOptions) -> list[dict[str, Any]]:
     return [inline] * options.images
 
 
-def _parts(p: NativePlan, pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _call(p: NativePlan, model: str) -> dict[str, Any]:
+    """The function call part; Gemini 3 signs it."""
+    call: dict[str, Any] = {"functionCall": {"name": p.tool_name, "args": {}}}
+    if is_gemini_3(model):
+        call["thoughtSignature"] = SIGNATURE
+    return call
+
+
+def _parts(p: NativePlan, pictures: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     if p.reasoning:
         parts.append({"text": "sim thought", "thought": True})
     if p.tool_name:
-        parts.append({"functionCall": {"name": p.tool_name, "args": {}}})
+        parts.append(_call(p, model))
     else:
         parts.append({"text": p.text})
     return parts + pictures
@@ -260,7 +366,7 @@ async def handle(
     if status:
         await error(exchange, int(status), f"Simulated failure (HTTP {status}).")
         return
-    planned = plan_generate(None if body is INVALID_BODY else body, options)
+    planned = plan_generate(None if body is INVALID_BODY else body, options, route["model"])
     if isinstance(planned, str):
         await error(exchange, 400, planned)
         return
@@ -276,25 +382,27 @@ async def handle(
         await _blocked(exchange, scope, planned, route["model"], stream=method != "generateContent")
         return
     images = _read(body)[2]
+    model = route["model"]
     pictures = _pictures(body, planned.options)
     finish = "MAX_TOKENS" if planned.truncated and not planned.tool_name else "STOP"
     if method == "generateContent":
-        answer = {
+        answer: dict[str, Any] = {
             "candidates": [
                 {
-                    "content": {"role": "model", "parts": _parts(planned, pictures)},
+                    "content": {"role": "model", "parts": _parts(planned, pictures, model)},
                     "finishReason": finish,
                     "index": 0,
                 }
             ],
-            "usageMetadata": usage_metadata(planned, images),
-            "modelVersion": route["model"],
+            "modelVersion": model,
             "responseId": f"sim-{time.monotonic_ns()}",
         }
+        if not options.nousage:
+            answer["usageMetadata"] = usage_metadata(planned, images)
         await exchange.respond_json(200, answer)
         return
     alt = query(scope).get("alt")
-    await _stream(exchange, planned, images, pictures, finish, route["model"], alt)
+    await _stream(exchange, planned, images, pictures, finish, model, alt)
 
 
 async def _blocked(
@@ -396,16 +504,23 @@ async def _stream(
     if p.reasoning:
         pieces.append([{"text": "sim thought", "thought": True}])
     if p.tool_name:
-        pieces.append([{"functionCall": {"name": p.tool_name, "args": {}}}])
+        pieces.append([_call(p, model)])
     else:
         pieces.extend([{"text": piece}] for piece in p.pieces)
     pieces.extend([inline] for inline in pictures)  # one chunk per picture
+    hang_at = p.options.hang_after
     for index, parts in enumerate(pieces):
+        if index == hang_at:  # cut short: the finish reason and the last counts never come
+            await exchange.pause(None)
+            return
         candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
         chunk: dict[str, Any] = {"candidates": [candidate], **base}
-        if index == len(pieces) - 1:
+        if index < len(pieces) - 1:
+            chunk["usageMetadata"] = prompt_metadata(p, images)
+        else:
             candidate["finishReason"] = finish
-            chunk["usageMetadata"] = usage_metadata(p, images)
+            if not p.options.nousage:  # ``nousage``: the running counts only
+                chunk["usageMetadata"] = usage_metadata(p, images)
         # Google ends events with CRLF pairs.
         await exchange.chunk(b"data: " + orjson.dumps(chunk) + b"\r\n\r\n")
         if exchange.disconnected:

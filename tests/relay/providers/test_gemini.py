@@ -4,17 +4,22 @@ unreadable file is the client's error, never the channel's."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from portal.models import Channel
-from relay import health
+from relay import health, tokens
 from relay.providers import google
 from relay.providers.base import FailureKind, StreamFailed
 from relay.providers.gemini import GeminiAdapter, GeminiConfig
+from relay.providers.streams import StreamIncomplete
+from relay.simulator.native.google import plan_generate, prompt_metadata
+from relay.simulator.options import SimOptions
 from relay.translate import canonical as c
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, chat_body, usage_events
 from tests.relay.providers.conftest import (
@@ -24,6 +29,7 @@ from tests.relay.providers.conftest import (
     PIXEL,
     WEATHER_TOOL,
     NativeSim,
+    canonical,
     complete,
     failure,
     follow_up,
@@ -217,8 +223,9 @@ def _with_image(url: str) -> dict[str, Any]:
 
 
 # A file the provider will not read for this channel: the simulator refuses every Files
-# API path, as Gemini refuses a file another project uploaded.
-UNREADABLE = "https://files.example.com/v1beta/files/abc123"
+# API path, as Gemini refuses a file another project uploaded. (Named as an image file:
+# only those are sent by URL.)
+UNREADABLE = "https://files.example.com/v1beta/files/abc123.png"
 
 
 def test_an_unreadable_file_is_the_clients_error(native_sim: NativeSim) -> None:
@@ -227,7 +234,7 @@ def test_an_unreadable_file_is_the_clients_error(native_sim: NativeSim) -> None:
     assert error.failure.status == 400
     assert "permission to access the File abc123" in error.failure.message
     assert native_sim.requests()[-1]["body"]["contents"][0]["parts"][0]["fileData"] == {
-        "mimeType": "image/*",
+        "mimeType": "image/png",
         "fileUri": UNREADABLE,
     }
 
@@ -252,11 +259,78 @@ def test_an_image_on_googles_storage_is_never_sent(native_sim: NativeSim, url: s
     assert native_sim.requests() == []
 
 
-def test_a_public_image_url_is_sent_by_reference(native_sim: NativeSim) -> None:
-    url = "https://images.example.com/storage.googleapis.com/cat.png"
+@pytest.mark.parametrize(
+    ("url", "mime"),
+    [
+        ("https://images.example.com/storage.googleapis.com/cat.png", "image/png"),
+        ("https://images.example.com/cat.JPG?size=large", "image/jpeg"),
+        ("https://images.example.com/a.b/cat.webp#top", "image/webp"),
+        ("https://images.example.com/cat.heic", "image/heic"),
+    ],
+)
+def test_a_public_image_url_is_sent_by_reference_as_its_type(
+    native_sim: NativeSim, url: str, mime: str
+) -> None:
+    """Google wants the data's own MIME type (not ``image/*``): the URL's extension."""
     complete(adapter(native_sim), _with_image(url), MODEL)
     [part] = native_sim.requests()[-1]["body"]["contents"][0]["parts"]
-    assert part == {"fileData": {"mimeType": "image/*", "fileUri": url}}
+    assert part == {"fileData": {"mimeType": mime, "fileUri": url}}
+
+
+# What a client may send as an "image" that Google would bill as something else (by the
+# second, by the page) while the relay held and limited one picture for it.
+NOT_IMAGES = [
+    "data:video/mp4;base64,AAAAIGZ0eXBpc29t",
+    "data:audio/mpeg;base64,SUQzBAAAAAAA",
+    "data:application/pdf;base64,JVBERi0xLjQK",
+    "data:image/gif;base64,R0lGODlhAQABAAAAACw=",  # no image type Gemini reads
+    "data:;base64,AAAA",
+    "https://videos.example.com/talk.mp4",
+    "https://docs.example.com/report.pdf",
+    "https://images.example.com/photo?id=7",  # no extension: it could serve anything
+    "https://images.example.com/cat.png/",
+]
+
+
+@pytest.mark.parametrize("url", NOT_IMAGES)
+def test_only_image_types_gemini_reads_are_sent_as_images(native_sim: NativeSim, url: str) -> None:
+    with pytest.raises(c.TranslationError) as refused:
+        google.request_body(canonical(_with_image(url)))
+    assert refused.value.param == "messages"
+    assert "PNG, JPEG, WebP, HEIC or HEIF" in str(refused.value)
+    error = failure(lambda: complete(adapter(native_sim), _with_image(url), MODEL))
+    assert (error.failure.kind, error.failure.status) == (FailureKind.CLIENT, 400)
+    assert native_sim.requests() == []
+
+
+def test_image_types_are_read_as_gemini_names_them() -> None:
+    for url, mime in [
+        (f"data:image/png;base64,{PIXEL}", "image/png"),
+        (f"data:IMAGE/JPEG;base64,{PIXEL}", "image/jpeg"),
+        (f"data:image/jpg;base64,{PIXEL}", "image/jpeg"),  # a common misspelling of JPEG's
+    ]:
+        sent = orjson.loads(google.request_body(canonical(_with_image(url))))
+        assert sent["contents"][0]["parts"][0] == {"inlineData": {"mimeType": mime, "data": PIXEL}}
+
+
+def test_a_video_sent_as_an_image_is_refused_with_the_reason(
+    gateway: Gateway, sim: Simulator, native_sim: NativeSim
+) -> None:
+    """A model served only by Gemini: the client hears why its "image" was not sent."""
+    channel = gateway.channel
+    channel.provider_type = "gemini"
+    channel.base_url = native_sim.url
+    channel.provider_settings = {}
+    channel.secret = GEMINI_KEY
+    channel.full_clean()
+    channel.save()
+    gateway.caught_up()
+    body = {**_with_image("data:video/mp4;base64,AAAAIGZ0eXBpc29t"), "model": PUBLIC_MODEL}
+    response = gateway.client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "must be PNG, JPEG, WebP, HEIC or HEIF" in message and "'video/mp4'" in message
+    assert native_sim.requests() == []
 
 
 def _gemini_first(gateway: Gateway, sim: Simulator, native_sim: NativeSim, options: str) -> Channel:
@@ -341,3 +415,133 @@ def test_a_blocked_prompt_is_answered_without_failover_or_blame(
     assert error["type"] == "invalid_request_error"
     assert sim.requests() == []
     _stays_healthy(channel)
+
+
+def _gemini_only(gateway: Gateway, native_sim: NativeSim, options: str) -> None:
+    """The gateway's one channel made a Gemini channel (``options`` on the simulator)."""
+    channel = gateway.channel
+    channel.provider_type = "gemini"
+    channel.base_url = f"{native_sim.url}/sim/{options}" if options else native_sim.url
+    channel.provider_settings = {}
+    channel.secret = GEMINI_KEY
+    channel.full_clean()
+    channel.save()
+    gateway.caught_up()
+
+
+def _sim_prompt_count(sent: dict[str, Any]) -> int:
+    """The simulator's promptTokenCount for the request it was sent."""
+    planned = plan_generate(sent["body"], SimOptions(), MODEL)
+    assert not isinstance(planned, str)
+    return int(prompt_metadata(planned, 0)["promptTokenCount"])
+
+
+STORY: dict[str, Any] = {
+    "model": PUBLIC_MODEL,
+    "stream": True,
+    "messages": [
+        {
+            "role": "user",
+            "content": "Tell me a long story about gateways, their tollbooths and their keepers",
+        }
+    ],
+}
+
+
+def test_a_cut_stream_is_billed_for_googles_prompt_counts_and_the_delivered_text(
+    gateway: Gateway, native_sim: NativeSim
+) -> None:
+    """A client hanging up before the last chunk: the Gemini API already sent the prompt's
+    counts (running usageMetadata on every chunk), so those are billed, cached tokens as
+    such, and only the output is counted by the relay (estimated)."""
+    _gemini_only(gateway, native_sim, "cached=2,hang_after=3")
+    text = ""
+    with gateway.client.stream("POST", "/v1/chat/completions", json=STORY) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            for choice in json.loads(line[len("data: ") :]).get("choices") or ():
+                text += (choice.get("delta") or {}).get("content") or ""
+            if len(text.split()) == 3:
+                break  # and hang up: the last chunk, with the answer's counts, never came
+    (event,) = usage_events(1)
+    assert (event.completed, event.error_code) == (False, "client_disconnected")
+    assert event.estimated
+    [sent] = native_sim.requests()
+    assert event.prompt_tokens == _sim_prompt_count(sent) != tokens.count_prompt(STORY["messages"])
+    assert event.cached_tokens == 2
+    assert event.completion_tokens == tokens.count_text(text) > 1
+
+
+def test_a_stream_whose_last_chunk_has_no_counts_counts_its_output(
+    gateway: Gateway, native_sim: NativeSim
+) -> None:
+    """Running counts on the early chunks, none with the finish reason: the prompt's
+    counts are Google's, the output is counted by the relay and the event says so, rather
+    than the prompt-only counts passing for the whole answer's with no output."""
+    _gemini_only(gateway, native_sim, "tokens=4,nousage")
+    response = gateway.client.post("/v1/chat/completions", json=STORY)
+    assert response.status_code == 200, response.text
+    (event,) = usage_events(1)
+    assert event.completed and event.estimated
+    [sent] = native_sim.requests()
+    assert event.prompt_tokens == _sim_prompt_count(sent)
+    assert event.completion_tokens == tokens.count_text("tok0 tok1 tok2 tok3") > 0
+
+
+def _chunk(parts: list[dict[str, Any]], metadata: dict[str, Any] | None, finish: str = "") -> bytes:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}}
+    if finish:
+        candidate["finishReason"] = finish
+    chunk: dict[str, Any] = {"candidates": [candidate]}
+    if metadata is not None:
+        chunk["usageMetadata"] = metadata
+    return b"data: " + orjson.dumps(chunk) + b"\r\n\r\n"
+
+
+PROMPT_ONLY = {
+    "promptTokenCount": 250000,
+    "totalTokenCount": 250000,
+    "cachedContentTokenCount": 1000,
+    "promptTokensDetails": [
+        {"modality": "VIDEO", "tokenCount": 249990},
+        {"modality": "TEXT", "tokenCount": 10},
+    ],
+}
+
+
+def test_a_streams_prompt_counts_are_googles_running_counts() -> None:
+    decoder = google.GoogleStream()
+    assert decoder.prompt_usage() is None
+    decoder.feed(_chunk([{"text": "Hel"}], PROMPT_ONLY))
+    opening = c.Usage(input_tokens=250000, cached_tokens=1000, image_input_tokens=249990)
+    assert decoder.prompt_usage() == opening
+    # The output of later running counts is left out: the relay counts what it delivered.
+    running = {**PROMPT_ONLY, "candidatesTokenCount": 7, "thoughtsTokenCount": 5}
+    decoder.feed(_chunk([{"text": "lo"}], running))
+    assert decoder.prompt_usage() == opening
+    with pytest.raises(StreamIncomplete):
+        decoder.finish()
+
+
+def test_only_the_counts_that_come_with_the_finish_are_the_answers() -> None:
+    cut_short = google.GoogleStream()
+    cut_short.feed(_chunk([{"text": "a" * 10}], PROMPT_ONLY))
+    events = cut_short.feed(_chunk([{"text": "b" * 400}], None, "STOP")) + cut_short.finish()
+    assert [e for e in events if isinstance(e, c.StreamUsage)] == []
+    assert cut_short.prompt_usage() is not None
+
+    whole = google.GoogleStream()
+    final = {**PROMPT_ONLY, "candidatesTokenCount": 120}
+    whole.feed(_chunk([{"text": "a" * 10}], PROMPT_ONLY))
+    events = whole.feed(_chunk([{"text": "b" * 400}], final, "STOP")) + whole.finish()
+    [counted] = [e for e in events if isinstance(e, c.StreamUsage)]
+    assert (counted.usage.input_tokens, counted.usage.output_tokens) == (250000, 120)
+
+    # Counts in a chunk of their own after the finish reason are the answer's too.
+    after = google.GoogleStream()
+    after.feed(_chunk([{"text": "a"}], PROMPT_ONLY, "STOP"))
+    events = after.feed(b"data: " + orjson.dumps({"usageMetadata": final}) + b"\r\n\r\n")
+    [counted] = [e for e in events + after.finish() if isinstance(e, c.StreamUsage)]
+    assert counted.usage.output_tokens == 120

@@ -25,6 +25,7 @@ from relay.providers.vertex_auth import (
     VertexTokenSource,
     token_source,
 )
+from relay.simulator.native.google import SIGNATURE
 from relay.translate import canonical as c
 from tests.relay.conftest import Gateway, Simulator, chat_body
 from tests.relay.providers.conftest import (
@@ -34,6 +35,7 @@ from tests.relay.providers.conftest import (
     NativeSim,
     canonical,
     complete,
+    follow_up,
     private_key_pem,
     run,
     service_account_info,
@@ -213,6 +215,21 @@ def test_stream_and_tool_call(native_sim: NativeSim, sa_info: dict[str, Any]) ->
     assert [call.name for call in tool_calls(answer)] == ["get_weather"]
     declaration = native_sim.requests()[-1]["body"]["tools"][0]["functionDeclarations"][0]
     assert "additionalProperties" not in declaration["parameters"]
+
+
+def test_a_gemini_3_function_call_round_trip_on_vertex(
+    native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    """Vertex's Gemini 3 models sign their calls as the Gemini API's do: the signature
+    rides in the call's id and goes back with the replayed call, thinking goes by level."""
+    adapter = vertex(native_sim, sa_info, VertexTokenSource(sa_info))
+    asked = {**CHAT, "tools": [WEATHER_TOOL], "reasoning_effort": "none"}
+    [call] = tool_calls(complete(adapter, asked, "gemini-3.1-pro-preview"))
+    final = complete(adapter, follow_up(asked, call, '{"sky": "clear"}'), "gemini-3.1-pro-preview")
+    assert c.text_of(final.parts).startswith("tok0")
+    sent = native_sim.requests()[-1]["body"]
+    assert sent["contents"][1]["parts"][0]["thoughtSignature"] == SIGNATURE
+    assert sent["generationConfig"]["thinkingConfig"]["thinkingLevel"] == "LOW"
 
 
 def test_sources_are_shared_per_service_account(sa_info: dict[str, Any]) -> None:

@@ -3,10 +3,13 @@ the canonical form, feature by feature and in both directions."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
+import orjson
 import pytest
 
+from relay.providers import bedrock, google
 from relay.translate import canonical as c
 from relay.translate import chat, messages, responses
 
@@ -230,3 +233,37 @@ def test_untranslatable_features_are_refused() -> None:
         messages.request_to_canonical(
             {"model": "m", "messages": [{"role": "user", "content": [{"type": "document"}]}]}
         )
+
+
+def test_a_call_id_carrying_googles_signature_reaches_other_providers_bare() -> None:
+    """Gemini 3's signature rides in the call id the client gets back; a conversation the
+    client then sends to another provider carries it, and only Google reads it (Bedrock
+    takes ids of 64 characters at most)."""
+    signed = google.call_id("call_7", base64.b64encode(b"\x01" * 300).decode())
+    assert len(signed) > 300 and c.bare_call_id(signed) == "call_7"
+    history = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": signed, "type": "function", "function": {"name": "w", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": signed, "content": "sunny"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "w", "parameters": {}}}],
+    }
+    request = chat.request_to_canonical(history)
+    out = chat.request_from_canonical(request)["messages"]
+    assert out[1]["tool_calls"][0]["id"] == out[2]["tool_call_id"] == "call_7"
+    items = responses.request_from_canonical(request)["input"]
+    assert [i["call_id"] for i in items if "call_id" in i] == ["call_7", "call_7"]
+    turns = messages.request_from_canonical(request)["messages"]
+    assert turns[1]["content"][0]["id"] == turns[2]["content"][0]["tool_use_id"] == "call_7"
+    converse = orjson.loads(bedrock.request_body(request))["messages"]
+    ids = [b[k]["toolUseId"] for m in converse for b in m["content"] for k in b if k != "text"]
+    assert ids == ["call_7", "call_7"]
+    assert c.bare_call_id("call_8") == "call_8"
