@@ -37,6 +37,7 @@ from tests.relay.providers.conftest import (
     summarise,
     tool_calls,
 )
+from tests.relay.providers.test_relay import configure
 
 MODEL = "gemini-2.5-flash"
 
@@ -318,12 +319,7 @@ def test_a_video_sent_as_an_image_is_refused_with_the_reason(
 ) -> None:
     """A model served only by Gemini: the client hears why its "image" was not sent."""
     channel = gateway.channel
-    channel.provider_type = "gemini"
-    channel.base_url = native_sim.url
-    channel.provider_settings = {}
-    channel.secret = GEMINI_KEY
-    channel.full_clean()
-    channel.save()
+    configure(channel, "gemini", native_sim, {})
     gateway.caught_up()
     body = {**_with_image("data:video/mp4;base64,AAAAIGZ0eXBpc29t"), "model": PUBLIC_MODEL}
     response = gateway.client.post("/v1/chat/completions", json=body)

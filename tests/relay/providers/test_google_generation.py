@@ -15,6 +15,7 @@ from relay.providers.gemini import GeminiAdapter, GeminiConfig
 from relay.translate import canonical as c
 from tests.relay.conftest import PUBLIC_MODEL, Gateway
 from tests.relay.providers.conftest import CHAT, GEMINI_KEY, NativeSim, canonical, complete
+from tests.relay.providers.test_relay import configure
 
 # Every value of Google's FinishReason (python-genai ``types.FinishReason``).
 FINISH_REASONS: dict[str, c.Stop] = {
@@ -129,12 +130,7 @@ def test_a_client_asking_an_unknown_effort_hears_why(
     gateway: Gateway, native_sim: NativeSim
 ) -> None:
     channel = gateway.channel
-    channel.provider_type = "gemini"
-    channel.base_url = native_sim.url
-    channel.provider_settings = {}
-    channel.secret = GEMINI_KEY
-    channel.full_clean()
-    channel.save()
+    configure(channel, "gemini", native_sim, {})
     gateway.caught_up()
     body = {**CHAT, "model": PUBLIC_MODEL, "reasoning_effort": "turbo"}
     response = gateway.client.post("/v1/chat/completions", json=body)

@@ -33,6 +33,7 @@ from tests.relay.providers.conftest import (
     summarise,
     tool_calls,
 )
+from tests.relay.providers.test_relay import configure
 
 GEMINI_3 = "gemini-3.8-flash"
 # What Anthropic and Bedrock accept as a tool call's id: the id may travel on to them.
@@ -173,12 +174,7 @@ def test_an_openai_sdk_client_round_trips_a_gemini_3_call(
     """Through the relay with the OpenAI SDK: the id the client got and sent back, on the
     assistant message and on the tool message, is all it takes."""
     channel = gateway.channel
-    channel.provider_type = "gemini"
-    channel.base_url = native_sim.url
-    channel.provider_settings = {}
-    channel.secret = GEMINI_KEY
-    channel.full_clean()
-    channel.save()
+    configure(channel, "gemini", native_sim, {})
     ChannelModel.objects.filter(channel=channel).update(upstream_name=GEMINI_3)
     gateway.caught_up()
     sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
