@@ -24,7 +24,7 @@ FORWARDED = frozenset(
         "computer-use-2024-10-22",
         "computer-use-2025-01-24",
         "computer-use-2025-11-24",
-        "context-1m-2025-08-07",  # long prompts: priced by the model's long-context tier
+        "context-1m-2025-08-07",  # long prompts: only where priced (``priced_for``)
         "context-management-2025-06-27",
         "dev-full-thinking-2025-05-14",
         "effort-2025-11-24",
@@ -55,6 +55,21 @@ FEATURE_BETAS = (
     ("fast-mode-", "fast_mode"),
     ("skills-", "code_execution"),  # skills run in a code execution container
 )
+
+
+# Betas that open prompts past the standard context window, which Anthropic bills at its
+# long-context rates: forwarded only for a model whose price has a long-context tier.
+LONG_CONTEXT_PREFIX = "context-1m-"
+
+
+def priced_for(header: str | None, long_context_priced: bool) -> str | None:
+    """``header`` (as ``forwarded`` left it) for a model of this price: without the
+    long-context betas when the price has no long-context tier, so such a prompt is
+    refused by the provider rather than billed at rates the relay would not charge."""
+    if not header or long_context_priced or LONG_CONTEXT_PREFIX not in header:
+        return header
+    names = [name for name in header.split(",") if not name.startswith(LONG_CONTEXT_PREFIX)]
+    return ",".join(names) or None
 
 
 def _allowed(name: str, features: frozenset[str], extra: frozenset[str]) -> bool:

@@ -105,7 +105,10 @@ class PassLeg(Leg):
         return dump(self.call.payload)
 
     def headers(self, route: Route, stream: bool) -> upstream.Headers:
-        return anthropic_headers(route, self.call.version, self.call.beta, stream)
+        price = self.record.price
+        tiered = price is not None and price.retail.long_context is not None
+        beta = betas.priced_for(self.call.beta, tiered)
+        return anthropic_headers(route, self.call.version, beta, stream)
 
     def _searched(self, count: int) -> None:
         """Searches billed: never more than the request allowed (what its hold covers)."""

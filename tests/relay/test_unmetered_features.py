@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator
+from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, price_model
 
 CHAT = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "Find the news"}]}
 RESPONSES = {"model": PUBLIC_MODEL, "input": "Find the news"}
@@ -260,6 +260,12 @@ def test_only_betas_billed_as_tokens_reach_an_anthropic_channel(
         assert response.status_code == 200, response.text
         return sim.requests()[-1]["headers"].get("anthropic-beta")
 
+    # The 1M context only where the model's price has a long-context tier: Anthropic bills
+    # prompts past 200K at its long-context rates.
+    assert forwarded(header) == "interleaved-thinking-2025-05-14"
+    assert forwarded("context-1m-2025-08-07") is None
+    price_model(native, long_context_above_tokens=200_000, long_context_prices={"input": 5_000_000})
+    native.caught_up()
     assert forwarded(header) == "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
     assert forwarded("vendor-billed-2027-01-01") is None  # no header rather than an empty one
     # The operator lets code execution through, and names the unknown beta.
