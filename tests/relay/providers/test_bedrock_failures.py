@@ -1,20 +1,15 @@
 """Bedrock failures that are not the client's: a model id the channel's account cannot
 call (ResourceNotFoundException, 404) and a model that failed while answering
-(ModelErrorException, 424) fail over to another channel without suspending this one; an
-answer Converse stops as malformed is the upstream's failure, not a finished answer."""
+(ModelErrorException, 424) are retryable, not the client's nor the credentials' (the relay
+fails over: tests/relay/providers/test_relay.py); an answer Converse stops as malformed
+is the upstream's failure, not a finished answer."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from typing import Any
-
-import openai
 import orjson
 import pytest
 import respx
 
-from portal.models import Channel
 from relay.providers.base import FailureKind, StreamFailed
 from relay.providers.bedrock import (
     BedrockAdapter,
@@ -26,25 +21,15 @@ from relay.providers.bedrock import (
 )
 from relay.providers.bedrock_auth import AwsCredentials
 from relay.simulator.native.bedrock import event
-from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, usage_events
 from tests.relay.providers.conftest import (
     AWS_ACCESS_KEY,
     AWS_REGION,
     AWS_SECRET,
     CHAT,
-    NativeSim,
     complete,
     failure,
 )
 from tests.relay.providers.test_bedrock import MODEL
-from tests.relay.providers.test_relay import configure
-
-
-@pytest.fixture
-def sdk(gateway: Gateway) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize(
@@ -60,30 +45,6 @@ def test_channel_side_errors_are_retryable(kind: str, status: int, client_status
 def test_a_validation_error_stays_the_clients() -> None:
     found = failure_for("ValidationException", b'{"message":"Too long."}', 400, ())
     assert (found.kind, found.status) == (FailureKind.CLIENT, 400)
-
-
-@pytest.mark.parametrize("status", [404, 424])
-def test_relay_fails_over_without_suspending_the_channel(
-    status: int,
-    gateway: Gateway,
-    sim: Simulator,
-    sdk: openai.OpenAI,
-    native_sim: NativeSim,
-    sa_info: dict[str, Any],
-) -> None:
-    configure(gateway.channel, "bedrock", native_sim, sa_info, f"fail={status}")
-    gateway.channel.priority = 10
-    gateway.channel.save()
-    backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
-    answer = sdk.chat.completions.create(
-        model=PUBLIC_MODEL, messages=[{"role": "user", "content": "Say hello"}]
-    )
-    assert answer.choices[0].message.content.startswith("tok0")
-    assert native_sim.requests()  # the Bedrock channel was tried first
-    (usage,) = usage_events(1)
-    assert usage.channel_id == backup.pk
-    time.sleep(0.3)
-    assert Channel.objects.get(pk=gateway.channel.pk).status != Channel.Status.SUSPENDED
 
 
 def converse_answer(stop: str) -> bytes:

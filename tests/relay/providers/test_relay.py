@@ -185,14 +185,26 @@ def test_messages_to_an_anthropic_channel_pass_through_unchanged(
     assert sent["headers"]["x-api-key"] == ANTHROPIC_KEY
 
 
-def test_failing_anthropic_channel_hands_over_to_an_openai_channel(
+@pytest.mark.parametrize(
+    ("provider", "failure"),
+    [
+        ("anthropic", "fail=529"),
+        # Bedrock's ResourceNotFound (a model the region or account lacks: the channel's
+        # set-up) and ModelError (the model failed while answering): neither the client's.
+        ("bedrock", "fail=404"),
+        ("bedrock", "fail=424"),
+    ],
+)
+def test_a_failing_native_channel_hands_over_to_an_openai_channel(
     gateway: Gateway,
     sim: Simulator,
     sdk: openai.OpenAI,
     native_sim: NativeSim,
     sa_info: dict[str, Any],
+    provider: str,
+    failure: str,
 ) -> None:
-    configure(gateway.channel, "anthropic", native_sim, sa_info, "fail=529")
+    configure(gateway.channel, provider, native_sim, sa_info, failure)
     gateway.channel.priority = 10
     gateway.channel.save()
     backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
@@ -200,6 +212,7 @@ def test_failing_anthropic_channel_hands_over_to_an_openai_channel(
         model=PUBLIC_MODEL, messages=[{"role": "user", "content": "Say hello"}]
     )
     assert answer.choices[0].message.content.startswith("tok0")
+    assert native_sim.requests()  # the failing channel was tried first
     (event,) = usage_events(1)
     assert event.channel_id == backup.pk
     assert [a["channel"] for a in event.attempts] == [gateway.channel.pk, backup.pk]
