@@ -4,7 +4,6 @@ simulator routes on the raw path and recomputes the signature from it, as AWS do
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from portal.models import Channel, ChannelModel
+from portal.models import ChannelModel
 from relay.simulator.native.bedrock import SIGNATURE_MISMATCH
 from relay.translate import canonical as c
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
@@ -58,9 +57,9 @@ def test_the_relay_sends_the_signed_path_for_ids_with_colons_and_slashes(
     ]
     events = usage_events(2)
     assert [e.status_code for e in events] == [200, 200]
+    # Served by the Bedrock channel itself: a refused signature would have failed (or
+    # failed over), and suspended the channel as having bad credentials.
     assert {e.channel_id for e in events} == {gateway.channel.pk}
-    time.sleep(0.3)  # a refused signature would suspend the channel off the request path
-    assert Channel.objects.get(pk=gateway.channel.pk).status != Channel.Status.SUSPENDED
 
 
 @pytest.mark.parametrize("model", MODEL_IDS)
