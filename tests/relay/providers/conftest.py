@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
+import openai
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from portal.models import Channel
 from relay.providers import client
 from relay.providers.base import Adapter
 from relay.simulator import SimulatorApp, build_app
 from relay.translate import canonical as c
 from relay.translate import chat
+from tests.relay.conftest import Gateway
 from tests.servers import serve_in_thread
 
 T = TypeVar("T")
@@ -205,3 +209,35 @@ PIXEL = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
     "AAAABJRU5ErkJggg=="
 )
+
+
+def configure(
+    channel: Channel, provider: str, sim: NativeSim, sa_info: dict[str, Any], options: str = ""
+) -> None:
+    """Make ``channel`` a channel of ``provider`` on the native simulator."""
+    prefix = f"/sim/{options}" if options else ""
+    base, settings, secret = {
+        "anthropic": (f"{sim.url}/sim/key={ANTHROPIC_KEY},{options}", {}, ANTHROPIC_KEY),
+        "gemini": (sim.url + prefix, {}, GEMINI_KEY),
+        "vertex": (sim.url + prefix, {"location": "us-central1"}, json.dumps(sa_info)),
+        "bedrock": (
+            sim.url + prefix,
+            {"region": AWS_REGION},
+            json.dumps({"access_key_id": AWS_ACCESS_KEY, "secret_access_key": AWS_SECRET}),
+        ),
+        "azure": (sim.url + prefix, {"api_version": "2024-10-21"}, AZURE_KEY),
+    }[provider]
+    channel.provider_type = provider
+    channel.base_url = base
+    channel.provider_settings = settings
+    channel.secret = secret
+    channel.full_clean()
+    channel.save()
+
+
+@pytest.fixture
+def sdk(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    """The OpenAI SDK against the gateway, without retries (a refusal shows at once)."""
+    opened = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
+    yield opened
+    opened.close()

@@ -4,7 +4,6 @@ simulator routes on the raw path and recomputes the signature from it, as AWS do
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,21 +14,13 @@ from portal.models import ChannelModel
 from relay.simulator.native.bedrock import SIGNATURE_MISMATCH
 from relay.translate import canonical as c
 from tests.relay.conftest import PUBLIC_MODEL, Gateway, usage_events
-from tests.relay.providers.conftest import CHAT, NativeSim, canonical, complete, run
+from tests.relay.providers.conftest import CHAT, NativeSim, canonical, complete, configure, run
 from tests.relay.providers.test_bedrock import adapter
-from tests.relay.providers.test_relay import configure
 
 FOUNDATION_MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 PROFILE = "us.anthropic.claude-3-5-sonnet-20241022-v2:0"
 PROFILE_ARN = "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/p4x9"
 MODEL_IDS = [FOUNDATION_MODEL, PROFILE, PROFILE_ARN]
-
-
-@pytest.fixture
-def sdk(gateway: Gateway) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize("model", MODEL_IDS)

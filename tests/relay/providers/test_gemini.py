@@ -31,13 +31,13 @@ from tests.relay.providers.conftest import (
     NativeSim,
     canonical,
     complete,
+    configure,
     failure,
     follow_up,
     stream,
     summarise,
     tool_calls,
 )
-from tests.relay.providers.test_relay import configure
 
 MODEL = "gemini-2.5-flash"
 

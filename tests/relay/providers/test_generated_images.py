@@ -32,8 +32,7 @@ from tests.relay.conftest import (
     sse_chunks,
     usage_events,
 )
-from tests.relay.providers.conftest import NativeSim
-from tests.relay.providers.test_relay import configure
+from tests.relay.providers.conftest import NativeSim, configure
 
 PER_IMAGE = 7_654_321  # micro-units per generated picture: odd, so a wrong count shows
 

@@ -14,8 +14,14 @@ from relay.providers import google
 from relay.providers.gemini import GeminiAdapter, GeminiConfig
 from relay.translate import canonical as c
 from tests.relay.conftest import PUBLIC_MODEL, Gateway
-from tests.relay.providers.conftest import CHAT, GEMINI_KEY, NativeSim, canonical, complete
-from tests.relay.providers.test_relay import configure
+from tests.relay.providers.conftest import (
+    CHAT,
+    GEMINI_KEY,
+    NativeSim,
+    canonical,
+    complete,
+    configure,
+)
 
 # Every value of Google's FinishReason (python-genai ``types.FinishReason``).
 FINISH_REASONS: dict[str, c.Stop] = {

@@ -27,13 +27,13 @@ from tests.relay.providers.conftest import (
     NativeSim,
     canonical,
     complete,
+    configure,
     failure,
     follow_up,
     stream,
     summarise,
     tool_calls,
 )
-from tests.relay.providers.test_relay import configure
 
 GEMINI_3 = "gemini-3.8-flash"
 # What Anthropic and Bedrock accept as a tool call's id: the id may travel on to them.
@@ -169,7 +169,7 @@ def test_a_history_that_lost_the_signature_is_still_answered(native_sim: NativeS
 
 
 def test_an_openai_sdk_client_round_trips_a_gemini_3_call(
-    gateway: Gateway, native_sim: NativeSim
+    gateway: Gateway, native_sim: NativeSim, sdk: openai.OpenAI
 ) -> None:
     """Through the relay with the OpenAI SDK: the id the client got and sent back, on the
     assistant message and on the tool message, is all it takes."""
@@ -177,7 +177,6 @@ def test_an_openai_sdk_client_round_trips_a_gemini_3_call(
     configure(channel, "gemini", native_sim, {})
     ChannelModel.objects.filter(channel=channel).update(upstream_name=GEMINI_3)
     gateway.caught_up()
-    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
     tooled = sdk.chat.completions.create(
         model=PUBLIC_MODEL, messages=messages, tools=[WEATHER_TOOL]
@@ -192,7 +191,6 @@ def test_an_openai_sdk_client_round_trips_a_gemini_3_call(
             {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
         ],
     )
-    sdk.close()
     assert answered.choices[0].message.content == " ".join(f"tok{i}" for i in range(16))
     replayed = native_sim.requests()[-1]["body"]["contents"][1]["parts"][0]
     assert replayed["thoughtSignature"] == SIGNATURE

@@ -23,8 +23,7 @@ from tests.relay.conftest import (
     price_model,
     usage_events,
 )
-from tests.relay.providers.conftest import NativeSim
-from tests.relay.providers.test_relay import configure
+from tests.relay.providers.conftest import NativeSim, configure
 
 # Every dimension at its own, distinct price (micro-units per million tokens / per image).
 DIMENSION_PRICES = {

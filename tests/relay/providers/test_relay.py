@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -21,46 +20,12 @@ from tests.relay.conftest import PUBLIC_MODEL, Gateway, Simulator, usage_events
 from tests.relay.providers.conftest import (
     ANTHROPIC_KEY,
     AWS_ACCESS_KEY,
-    AWS_REGION,
-    AWS_SECRET,
-    AZURE_KEY,
-    GEMINI_KEY,
     WEATHER_TOOL,
     NativeSim,
+    configure,
 )
 
 PROVIDERS = ["anthropic", "gemini", "vertex", "bedrock", "azure"]
-
-
-def configure(
-    channel: Channel, provider: str, sim: NativeSim, sa_info: dict[str, Any], options: str = ""
-) -> None:
-    """Make ``channel`` a channel of ``provider`` on the native simulator."""
-    prefix = f"/sim/{options}" if options else ""
-    base, settings, secret = {
-        "anthropic": (f"{sim.url}/sim/key={ANTHROPIC_KEY},{options}", {}, ANTHROPIC_KEY),
-        "gemini": (sim.url + prefix, {}, GEMINI_KEY),
-        "vertex": (sim.url + prefix, {"location": "us-central1"}, json.dumps(sa_info)),
-        "bedrock": (
-            sim.url + prefix,
-            {"region": AWS_REGION},
-            json.dumps({"access_key_id": AWS_ACCESS_KEY, "secret_access_key": AWS_SECRET}),
-        ),
-        "azure": (sim.url + prefix, {"api_version": "2024-10-21"}, AZURE_KEY),
-    }[provider]
-    channel.provider_type = provider
-    channel.base_url = base
-    channel.provider_settings = settings
-    channel.secret = secret
-    channel.full_clean()
-    channel.save()
-
-
-@pytest.fixture
-def sdk(gateway: Gateway) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.secret, max_retries=0)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
