@@ -4,6 +4,7 @@ event-stream framing, and AWS's error types. The conversion is all in this modul
 from __future__ import annotations
 
 import dataclasses
+import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,8 +28,8 @@ from relay.providers.base import (
 from relay.providers.bedrock_auth import AwsCredentials, EventStreamDecoder, sign
 from relay.providers.streams import ProviderStream, StreamIncomplete
 from relay.translate import canonical as c
+from relay.translate.messages import thinking_budget as anthropic_thinking_budget
 
-THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 STOP_REASONS: dict[str, c.Stop] = {
     "end_turn": "end",
     "stop_sequence": "stop_sequence",
@@ -41,8 +42,6 @@ STOP_REASONS: dict[str, c.Stop] = {
 # Stops that say the model's answer is broken (unparseable text, a tool call with invalid
 # input): no canonical stop fits, and another try (another channel) may well succeed.
 MALFORMED_STOPS = frozenset({"malformed_model_output", "malformed_tool_use"})
-# Anthropic's extended thinking wants a budget of at least this, below ``max_tokens``.
-MIN_THINKING_BUDGET = 1024
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 # AWS's error types: the channel's credentials, worth another channel, or the request's fault.
 CREDENTIAL_ERRORS = frozenset(
@@ -178,25 +177,18 @@ def _tool_config(request: c.Request, *, history_has_tools: bool) -> dict[str, An
 
 
 def thinking_budget(request: c.Request, model: str) -> int | None:
-    """The extended-thinking budget for ``reasoning_effort``, or None to send no thinking.
+    """The extended-thinking budget, or None to send no thinking: Anthropic's rules, as for
+    its own API (``messages.thinking_budget``: the client's budget or its effort's, at
+    least 1,024 tokens, below ``max_tokens``, none beside a forced tool).
 
     ``thinking`` is Anthropic's field: other models on Bedrock (Nova, Llama...) refuse it
     as an unknown key, so only a model id or profile that names an Anthropic model gets it
-    (an application profile's ARN names none). Anthropic wants the budget at least 1,024
-    tokens and below ``max_tokens``: it is clamped under the client's limit, and dropped
-    when that limit leaves no room for the minimum. Anthropic allows no thinking beside a
-    tool the client forces: the tool choice wins."""
-    budget = THINKING_BUDGETS.get(str(request.reasoning_effort))
-    if budget is None or "anthropic." not in model:
-        return None
-    if request.tool_choice not in (None, "auto", "none"):
+    (an application profile's ARN names none). Without the client's limit no ``maxTokens``
+    is sent, and Converse's default is the model's own maximum, above every budget."""
+    if "anthropic." not in model:
         return None
     limit = request.max_output_tokens
-    if limit is None:
-        return budget  # Converse's default is the model's own maximum, above every budget
-    if limit <= MIN_THINKING_BUDGET:
-        return None
-    return min(budget, limit - 1)
+    return anthropic_thinking_budget(request, sys.maxsize if limit is None else limit)
 
 
 def request_body(request: c.Request, *, model: str = "") -> bytes:

@@ -109,7 +109,7 @@ def test_thinking_budget_stays_below_max_tokens_without_sampling(
 def test_thinking_keeps_its_budget_under_a_roomy_limit(native_sim: NativeSim) -> None:
     asked = {**CHAT, "reasoning_effort": "medium", "max_completion_tokens": 20000}
     complete(adapter(native_sim), asked, MODEL)
-    assert thinking(sent(native_sim)) == {"type": "enabled", "budget_tokens": 4096}
+    assert thinking(sent(native_sim)) == {"type": "enabled", "budget_tokens": 8192}
 
 
 def test_a_forced_tool_sends_no_thinking(native_sim: NativeSim) -> None:
@@ -120,7 +120,7 @@ def test_a_forced_tool_sends_no_thinking(native_sim: NativeSim) -> None:
         body = sent(native_sim)
         assert thinking(body) is None and "toolChoice" in body["toolConfig"]
     complete(adapter(native_sim), {**asked, "tool_choice": "auto"}, MODEL)
-    assert thinking(sent(native_sim)) == {"type": "enabled", "budget_tokens": 4096}
+    assert thinking(sent(native_sim)) == {"type": "enabled", "budget_tokens": 8192}
 
 
 def test_no_room_for_thinking_sends_none_and_keeps_sampling(native_sim: NativeSim) -> None:
