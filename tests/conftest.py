@@ -35,6 +35,10 @@ from portal.models import Membership, Organization
 # --- Test run plumbing ----------------------------------------------------------------------
 
 
+# The database the settings name, before pytest-django points the connection at a test one.
+_CONFIGURED_DB = settings.DATABASES["default"]["NAME"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Each run gets its own cache namespace, so counters in a shared Redis (rate limits,
     # change generations) never leak from one run, or one developer, into another.
@@ -68,9 +72,13 @@ def _fresh_relay_memory() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _end_server_sessions(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
-    """Let the test database be dropped although server threads still hold connections."""
+    """Let the test database be dropped although server threads still hold connections.
+
+    Only the test database's: a run whose tests need none (one file, say) creates none, and
+    its connection is then to the configured database, where a developer's own server and
+    the other xdist workers also hold sessions."""
     yield
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection.settings_dict["NAME"] == _CONFIGURED_DB:
         return
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
