@@ -394,6 +394,23 @@ RELAY_URL_FILE_TOKENS = env.int("RELAY_URL_FILE_TOKENS", default=200_000)
 # Searches allowed to a Messages web search tool that sets no ``max_uses`` (the relay
 # sets it, so that the request's hold covers every search the provider may bill).
 RELAY_WEB_SEARCH_MAX_USES = env.int("RELAY_WEB_SEARCH_MAX_USES", default=10)
+# Tools the provider runs itself add to the prompt, and every later pass of its tool loop
+# reads all of it again (relay.dialects.fees.ToolLoop, docs/pricing.md). The hold allows:
+# the passes of a Messages server tool loop (Anthropic pauses the turn after 10);
+RELAY_SERVER_TOOL_ITERATIONS = env.int("RELAY_SERVER_TOOL_ITERATIONS", default=10)
+# the tokens of each web search's results;
+RELAY_WEB_SEARCH_RESULT_TOKENS = env.int("RELAY_WEB_SEARCH_RESULT_TOKENS", default=10_000)
+# a Messages web fetch tool's pages, and tokens per page: sent as its max_uses and
+# max_content_tokens where it sets none (a PDF, which max_content_tokens does not bound,
+# is allowed RELAY_WEB_FETCH_TOKENS);
+RELAY_WEB_FETCH_MAX_USES = env.int("RELAY_WEB_FETCH_MAX_USES", default=5)
+RELAY_WEB_FETCH_TOKENS = env.int("RELAY_WEB_FETCH_TOKENS", default=25_000)
+# the tokens of each MCP server's tool list, and of what a tool with no bound in the
+# request (an MCP server, code execution) adds per pass, or per call on Responses;
+RELAY_TOOL_RESULT_TOKENS = env.int("RELAY_TOOL_RESULT_TOKENS", default=10_000)
+# and a Responses request's built-in tool calls: sent as its max_tool_calls where it
+# sets none.
+RELAY_RESPONSES_MAX_TOOL_CALLS = env.int("RELAY_RESPONSES_MAX_TOOL_CALLS", default=10)
 # More ``anthropic-beta`` names forwarded to Anthropic channels, beside those known to be
 # billed as tokens only (relay.dialects.betas); a client's other names are dropped.
 RELAY_ANTHROPIC_BETAS = frozenset(env.list("RELAY_ANTHROPIC_BETAS", default=[]))

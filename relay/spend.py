@@ -96,7 +96,9 @@ def reservation(
     count ``model``. Only a request that asks for pictures (``generates_images``) can be
     billed generated images, each costing at least an output token; ``web_searches`` is
     the most searches the provider may bill it; ``fetched_tokens`` the prompt tokens
-    allowed for inputs the provider fetches by URL, beyond those its bytes bound."""
+    allowed beyond those its bytes bound: inputs the provider fetches by URL, and what
+    the provider's own tools may add and its tool loop read again
+    (``relay.dialects.fees.ToolLoop``)."""
     windows = tuple(w for w in key.plan_windows if w.counts(model))
     if not key.spend.any() and not windows:
         return None

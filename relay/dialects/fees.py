@@ -18,12 +18,18 @@ tokens only (``image_generation``, ``mcp``, ``web_fetch``, tool search) pass. A 
 known here for none of these (one a provider ships tomorrow, billed or not, or an
 OpenAI-compatible provider's own hosted tool) is refused until the operator names it in
 ``RELAY_ALLOWED_TOOL_TYPES``, as ``anthropic-beta`` names are (``relay.dialects.betas``).
+
+Tools the provider runs itself also add to the prompt: search results, fetched pages,
+MCP servers' answers, read again by every later pass of the provider's tool loop and
+billed as prompt each time, where the request's bytes bound none of it. ``ToolLoop`` is
+what the hold allows for them (``messages_tools``, ``responses_tools``; docs/pricing.md).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -160,25 +166,167 @@ def check_messages(payload: Mapping[str, Any]) -> None:
         raise _refused(f"'inference_geo': {geo!r}", "inference_geo")
 
 
-def web_search_bound(payload: dict[str, Any]) -> int:
-    """The most searches a Messages request lets the provider run: the sum of its web
-    search tools' ``max_uses``. A tool without one is given ``RELAY_WEB_SEARCH_MAX_USES``
-    (sent to the provider), so that the hold covers every search it may bill."""
+@dataclass(frozen=True, slots=True)
+class ToolLoop:
+    """How far the provider may take a request whose tools it runs itself (web search and
+    fetch, MCP servers, code execution, tool search): in a loop of model passes, each
+    billed as prompt for the whole context it reads. The first reads the request; each
+    later one also reads the output so far and every tool result before it."""
+
+    passes: int  # the most model passes
+    upfront: int = 0  # tokens each pass reads beyond the request (MCP servers' tool lists)
+    results: int = 0  # tokens the tools with a bound may add, in all
+    per_pass: int = 0  # tokens the tools without one are allowed to add at each pass
+
+    def prompt_tokens(self, prompt: int, output: int) -> int:
+        """The prompt tokens the loop may bill beyond one reading of ``prompt`` (the
+        request's, fetched inputs included), with at most ``output`` tokens of output."""
+        later = self.passes - 1
+        return (
+            later * (prompt + output + self.results)
+            + self.passes * self.upfront
+            + self.per_pass * self.passes * later // 2
+        )
+
+
+# What a tool run by the provider may add to the prompt, per call: search results, a
+# fetched page, results with no bound in the request (MCP servers, code execution, a tool
+# type the operator vouched for), or nothing beyond the request's own bytes (tool search
+# loads tool definitions the request carries; image generation's pictures are metered).
+SEARCH, FETCH, MCP, OPEN, LOOPS = "search", "fetch", "mcp", "open", "loops"
+MESSAGES_LOOP = {
+    "web_search": SEARCH,
+    "web_fetch": FETCH,
+    "mcp_toolset": MCP,
+    "code_execution": OPEN,
+    "advisor": OPEN,
+    "tool_search_tool_regex": LOOPS,
+    "tool_search_tool_bm25": LOOPS,
+}
+RESPONSES_LOOP = {
+    "web_search": SEARCH,
+    "web_search_preview": SEARCH,
+    "mcp": MCP,
+    "file_search": OPEN,
+    "code_interpreter": OPEN,
+    "shell": OPEN,  # only in OpenAI's containers (``_hosted``)
+    "image_generation": LOOPS,
+    "tool_search": LOOPS,  # unless the client runs it (``execution``)
+}
+# The most pages a web fetch tool may allow and tokens each may hold, and the most
+# built-in tool calls a Responses request may allow: the hold grows with each.
+MAX_TOOL_USES = MAX_WEB_SEARCH_USES
+MAX_CONTENT_TOKENS = 2**31 - 1
+MAX_TOOL_CALLS = 1000
+
+
+def _role(tool: Any, known: Mapping[str, str | None], loop: Mapping[str, str]) -> str | None:
+    """What a tool entry may add as the provider runs it (None: the client runs it). A
+    type known here for neither is one the operator vouched for: it may be the provider's."""
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if not isinstance(kind, str):
+        return None
+    base = tool_kind(kind)
+    role = loop.get(base)
+    if role is None:
+        return None if base in known else OPEN
+    return role
+
+
+def _bounded(tool: dict[str, Any], name: str, default: int, high: int) -> int:
+    """The tool's ``name`` (``max_uses``, ``max_content_tokens``), set to ``default`` (sent
+    to the provider) where the client left it out."""
+    value = tool.get(name)
+    if value is None:
+        value = tool[name] = default
+    elif type(value) is not int or not 1 <= value <= high:
+        raise errors.invalid_request(
+            f"{name}: Input should be a whole number from 1 to {high}", param=f"tools.{name}"
+        )
+    return int(value)
+
+
+def messages_tools(payload: dict[str, Any]) -> tuple[int, ToolLoop | None]:
+    """A Messages request's server tools: the most web searches the provider may run and
+    bill (each tool's ``max_uses``), and its tool loop, if any. Web search and web fetch
+    tools that set no ``max_uses`` (or, fetching, no ``max_content_tokens``) are sent with
+    the relay's (``RELAY_WEB_SEARCH_MAX_USES``, ``RELAY_WEB_FETCH_MAX_USES``,
+    ``RELAY_WEB_FETCH_TOKENS``), so that the hold covers what the provider may add: each
+    search ``RELAY_WEB_SEARCH_RESULT_TOKENS``, each page its ``max_content_tokens`` (a PDF,
+    which that does not bound, ``RELAY_WEB_FETCH_TOKENS``), each MCP server's tool list and
+    each pass's results of tools with no bound ``RELAY_TOOL_RESULT_TOKENS``; over at most
+    ``RELAY_SERVER_TOOL_ITERATIONS`` passes (the provider then pauses the turn)."""
     tools = payload.get("tools")
-    bound = 0
+    servers = payload.get("mcp_servers")
+    if not isinstance(tools, list) and not servers:
+        return 0, None
+    searches = results = toolsets = unbounded = 0
+    loops = False
     for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, dict):
+        role = _role(tool, MESSAGES_TOOLS, MESSAGES_LOOP)
+        if role is None:
             continue
-        kind = tool.get("type")
-        if not isinstance(kind, str) or tool_kind(kind) != "web_search":
+        loops = True
+        if role == SEARCH:
+            uses = _bounded(tool, "max_uses", settings.RELAY_WEB_SEARCH_MAX_USES, MAX_TOOL_USES)
+            searches += uses
+            results += uses * settings.RELAY_WEB_SEARCH_RESULT_TOKENS
+        elif role == FETCH:
+            uses = _bounded(tool, "max_uses", settings.RELAY_WEB_FETCH_MAX_USES, MAX_TOOL_USES)
+            page = settings.RELAY_WEB_FETCH_TOKENS
+            limit = _bounded(tool, "max_content_tokens", page, MAX_CONTENT_TOKENS)
+            results += uses * max(limit, page)
+        elif role == MCP:
+            toolsets += 1
+        elif role == OPEN:
+            unbounded += 1
+    mcp = max(toolsets, len(servers) if isinstance(servers, list) else 0)
+    if not loops and not mcp:
+        return 0, None
+    allowance = settings.RELAY_TOOL_RESULT_TOKENS
+    loop = ToolLoop(
+        passes=settings.RELAY_SERVER_TOOL_ITERATIONS,
+        upfront=mcp * allowance,
+        results=results,
+        per_pass=(mcp + unbounded) * allowance,
+    )
+    return searches, loop
+
+
+def responses_tools(payload: dict[str, Any]) -> ToolLoop | None:
+    """A Responses request's tool loop, if it offers a tool OpenAI runs itself. Its
+    built-in tool calls are bounded by ``max_tool_calls``, sent as
+    ``RELAY_RESPONSES_MAX_TOOL_CALLS`` when the client set none: the model passes are at
+    most one more, each call adding at most ``RELAY_WEB_SEARCH_RESULT_TOKENS`` (a search)
+    or ``RELAY_TOOL_RESULT_TOKENS`` (any other), and each MCP server's tool list
+    ``RELAY_TOOL_RESULT_TOKENS`` from the first pass on."""
+    tools = payload.get("tools")
+    if not isinstance(tools, list):
+        return None
+    per_call = mcp = 0
+    loops = False
+    for tool in tools:
+        role = _role(tool, RESPONSES_TOOLS, RESPONSES_LOOP)
+        if role is None or (role == OPEN and tool.get("type") == "shell" and not _hosted(tool)):
             continue
-        uses = tool.get("max_uses")
-        if uses is None:
-            uses = tool["max_uses"] = settings.RELAY_WEB_SEARCH_MAX_USES
-        elif type(uses) is not int or not 1 <= uses <= MAX_WEB_SEARCH_USES:
-            raise errors.invalid_request(
-                f"max_uses: Input should be a whole number from 1 to {MAX_WEB_SEARCH_USES}",
-                param="tools.max_uses",
-            )
-        bound += uses
-    return bound
+        if role == LOOPS and tool.get("execution") == "client":
+            continue  # tool search the client runs
+        loops = True
+        if role == SEARCH:
+            per_call = max(per_call, settings.RELAY_WEB_SEARCH_RESULT_TOKENS)
+        elif role != LOOPS:
+            per_call = max(per_call, settings.RELAY_TOOL_RESULT_TOKENS)
+            mcp += role == MCP
+    if not loops:
+        return None
+    calls = payload.get("max_tool_calls")
+    if calls is None:
+        calls = payload["max_tool_calls"] = settings.RELAY_RESPONSES_MAX_TOOL_CALLS
+    elif type(calls) is not int or not 1 <= calls <= MAX_TOOL_CALLS:
+        raise errors.invalid_request(
+            f"'max_tool_calls' must be an integer from 1 to {MAX_TOOL_CALLS}.",
+            param="max_tool_calls",
+        )
+    return ToolLoop(
+        passes=calls + 1, upfront=mcp * settings.RELAY_TOOL_RESULT_TOKENS, per_pass=per_call
+    )

@@ -209,10 +209,19 @@ class MessagesCall(Call):
         super().__init__(payload)
         self.version = version
         self.beta = beta
-        self.search_limit = fees.web_search_bound(payload)
+        self.search_limit, self.loop = fees.messages_tools(payload)
 
     def web_searches(self) -> int:
         return self.search_limit
+
+    def fetched_tokens(self) -> int:
+        """Inputs fetched by URL, and what the server tools' loop may read
+        (``fees.ToolLoop``): the request again at every pass, its bytes bounding it."""
+        fetched = self.measured()[2]
+        if self.loop is None:
+            return fetched
+        prompt = len(dump(self.payload)) + fetched
+        return fetched + self.loop.prompt_tokens(prompt, int(self.payload["max_tokens"]))
 
     def output_cap(self) -> int | None:
         return int(self.payload["max_tokens"])

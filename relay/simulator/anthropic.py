@@ -7,6 +7,16 @@ Deterministic: the answer is ``min(options.tokens, max_tokens)`` pieces "tok0 to
 prompt as one more message; of it, ``cache_read_input_tokens`` is ``options.cached`` and
 ``cache_creation_input_tokens`` is ``options.cache_write`` (each capped by what is left),
 and ``input_tokens`` is the rest, as Anthropic reports it.
+
+Server tools run as Anthropic runs them, in a loop of model passes with one tool call per
+pass: ``options.searches`` web searches (within the tool's ``max_uses``), each adding
+``SEARCH_RESULT_TOKENS``; then every page a web fetch tool's ``max_uses`` allows, each as
+long as its ``max_content_tokens`` (``FETCH_PAGE_TOKENS`` where it sets none); then, for
+each MCP server (``mcp_servers``, or ``mcp_toolset`` tools) and code execution tool, a call
+at every pass adding ``RESULT_TOKENS``. After ``PASSES`` passes the turn is paused
+(``stop_reason: "pause_turn"``, the last call without its result). Every pass is billed as
+prompt for all it reads: the prompt, each MCP server's tool list (``LIST_TOKENS``) and
+every result before it, as the worst a provider's loop may bill.
 """
 
 from __future__ import annotations
@@ -21,6 +31,14 @@ from relay.simulator.wire import json_text, named_event, pieces, play, words
 # What a stream's ``message_delta`` usage leaves out of the answer's (Anthropic's
 # ``MessageDeltaUsage``).
 DELTA_LEAVES_OUT = frozenset({"cache_creation", "service_tier"})
+# The server tool loop: its passes before the turn pauses, and what each tool adds.
+PASSES = 10
+SEARCH_RESULT_TOKENS = 300
+FETCH_PAGE_TOKENS = 2_000
+RESULT_TOKENS = 500
+LIST_TOKENS = 200
+# How the types of the tools the provider runs itself begin (before their date).
+SERVER_TOOLS = ("web_search_", "web_fetch_", "code_execution_", "tool_search_tool_", "advisor_")
 
 
 def count_input(body: dict[str, Any]) -> int:
@@ -56,25 +74,142 @@ def _tool(body: dict[str, Any]) -> str | None:
         if isinstance(name, str) and name:
             return name
     for tool in tools:
-        if _searcher(tool):
+        if _server_tool(tool):
             continue  # the provider's own tool, run by the provider
         if isinstance(tool, dict) and isinstance(tool.get("name"), str) and tool["name"]:
             return str(tool["name"])
     return None
 
 
-def _searcher(tool: Any) -> bool:
-    return isinstance(tool, dict) and str(tool.get("type") or "").startswith("web_search_")
+def _type(tool: Any) -> str:
+    return str(tool.get("type") or "") if isinstance(tool, dict) else ""
 
 
-def _searches(body: dict[str, Any], wanted: int) -> int:
-    """The searches an answer runs: ``wanted``, within the web search tool's max_uses."""
+def _server_tool(tool: Any) -> bool:
+    kind = _type(tool)
+    return kind == "mcp_toolset" or kind.startswith(SERVER_TOOLS)
+
+
+def _uses(tool: dict[str, Any], wanted: int) -> int:
+    uses = tool.get("max_uses")
+    return min(wanted, uses) if isinstance(uses, int) and uses >= 0 else wanted
+
+
+def _search(number: int) -> list[dict[str, Any]]:
+    call_id = f"srvtoolu_sim{number}"
+    return [
+        {
+            "type": "server_tool_use",
+            "id": call_id,
+            "name": "web_search",
+            "input": {"query": f"query {number}"},
+        },
+        {"type": "web_search_tool_result", "tool_use_id": call_id, "content": []},
+    ]
+
+
+def _fetch(number: int) -> list[dict[str, Any]]:
+    call_id = f"srvtoolu_simfetch{number}"
+    url = f"https://pages.example/{number}"
+    page = {"type": "text", "media_type": "text/plain", "data": ""}
+    return [
+        {"type": "server_tool_use", "id": call_id, "name": "web_fetch", "input": {"url": url}},
+        {
+            "type": "web_fetch_tool_result",
+            "tool_use_id": call_id,
+            "content": {
+                "type": "web_fetch_result",
+                "url": url,
+                "content": {"type": "document", "source": page},
+            },
+        },
+    ]
+
+
+def _mcp_call(number: int, server: str) -> list[dict[str, Any]]:
+    call_id = f"mcptoolu_sim{number}"
+    return [
+        {
+            "type": "mcp_tool_use",
+            "id": call_id,
+            "name": "lookup",
+            "server_name": server,
+            "input": {},
+        },
+        {
+            "type": "mcp_tool_result",
+            "tool_use_id": call_id,
+            "is_error": False,
+            "content": [{"type": "text", "text": ""}],
+        },
+    ]
+
+
+def _code_call(number: int) -> list[dict[str, Any]]:
+    call_id = f"srvtoolu_simcode{number}"
+    result = {"type": "code_execution_result", "stdout": "", "stderr": "", "return_code": 0}
+    return [
+        {"type": "server_tool_use", "id": call_id, "name": "code_execution", "input": {}},
+        {"type": "code_execution_tool_result", "tool_use_id": call_id, "content": result},
+    ]
+
+
+def _mcp_servers(body: dict[str, Any]) -> list[str]:
+    """The MCP servers the request connects: those it lists, or those its toolsets name."""
+    servers = body.get("mcp_servers")
+    names = [str(s.get("name")) for s in servers if isinstance(s, dict)] if servers else []
     tools = body.get("tools")
-    for tool in tools if isinstance(tools, list) else ():
-        if _searcher(tool):
-            uses = tool.get("max_uses")
-            return min(wanted, uses) if isinstance(uses, int) and uses >= 0 else wanted
-    return 0
+    listed = tools if isinstance(tools, list) else []
+    named = [str(tool.get("mcp_server_name")) for tool in listed if _type(tool) == "mcp_toolset"]
+    return names if len(names) >= len(named) else named
+
+
+class ToolLoop:
+    """The calls the provider's tool loop makes for a request (see the module's docstring):
+    each as its blocks and the tokens its result adds."""
+
+    def __init__(self, body: dict[str, Any], options: SimOptions) -> None:
+        tools = [tool for tool in body.get("tools") or () if _server_tool(tool)]
+        calls: list[tuple[list[dict[str, Any]], int]] = []
+        searches = fetches = 0
+        for tool in tools:
+            if _type(tool).startswith("web_search_") and not searches:
+                searches = _uses(tool, options.searches)
+                calls += [(_search(n), SEARCH_RESULT_TOKENS) for n in range(searches)]
+        for tool in tools:
+            if _type(tool).startswith("web_fetch_"):
+                page = tool.get("max_content_tokens")
+                size = page if isinstance(page, int) and page > 0 else FETCH_PAGE_TOKENS
+                count = _uses(tool, PASSES)
+                calls += [(_fetch(fetches + n), size) for n in range(count)]
+                fetches += count
+        servers = _mcp_servers(body)
+        coders = sum(_type(tool).startswith("code_execution_") for tool in tools)
+        number = 0
+        while (servers or coders) and len(calls) < PASSES:
+            for server in servers:
+                calls.append((_mcp_call(number, server), RESULT_TOKENS))
+                number += 1
+            for _ in range(coders):
+                calls.append((_code_call(number), RESULT_TOKENS))
+                number += 1
+        self.paused = len(calls) >= PASSES
+        self.calls = calls[:PASSES]
+        self.passes = PASSES if self.paused else len(calls) + 1
+        self.searches = sum(1 for blocks, _ in self.calls if blocks[0].get("name") == "web_search")
+        self.fetches = sum(1 for blocks, _ in self.calls if blocks[0].get("name") == "web_fetch")
+        self.listed = LIST_TOKENS * len(servers)
+
+    def prompt(self, prompt: int) -> int:
+        """What the passes read in all: ``prompt`` and the tool lists at each, and each
+        call's result at every pass after it."""
+        read = sum(size * (self.passes - 1 - n) for n, (_, size) in enumerate(self.calls))
+        return self.passes * (prompt + self.listed) + read
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """The calls and their results, in order; a paused turn's last call has none."""
+        blocks = [block for call, _ in self.calls for block in call]
+        return blocks[:-1] if self.paused else blocks
 
 
 class MessagePlan:
@@ -88,11 +223,12 @@ class MessagePlan:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise RequestError("max_tokens: field required (an integer of at least 1)", None)
         self.model = model
-        self.prompt = count_input(body)
+        self.loop = ToolLoop(body, options)
+        self.prompt = self.loop.prompt(count_input(body))
         self.produced = min(options.tokens, limit)
         self.truncated = limit < options.tokens
         self.tool = _tool(body)
-        self.searches = _searches(body, options.searches)
+        self.searches = self.loop.searches
         self.json = False
         fmt = body.get("output_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -116,30 +252,18 @@ class MessagePlan:
             },
             "output_tokens": output,
             "service_tier": "priority" if self.options.tier == "priority" else "standard",
-            **(
-                {"server_tool_use": {"web_search_requests": self.searches}} if self.searches else {}
-            ),
+            **({"server_tool_use": self.server_tool_use()} if self.loop.calls else {}),
         }
 
-    def search_blocks(self) -> list[dict[str, Any]]:
-        """Each search's call and its result, as the provider's answer holds them."""
-        blocks: list[dict[str, Any]] = []
-        for number in range(self.searches):
-            call_id = f"srvtoolu_sim{number}"
-            blocks.append(
-                {
-                    "type": "server_tool_use",
-                    "id": call_id,
-                    "name": "web_search",
-                    "input": {"query": f"query {number}"},
-                }
-            )
-            blocks.append({"type": "web_search_tool_result", "tool_use_id": call_id, "content": []})
-        return blocks
+    def server_tool_use(self) -> dict[str, int]:
+        counts = {"web_search_requests": self.searches}
+        if self.loop.fetches:
+            counts["web_fetch_requests"] = self.loop.fetches
+        return counts
 
     @property
     def output_tokens(self) -> int:
-        return (1 if self.tool else self.produced) + self.options.reasoning
+        return (1 if self.tool or self.loop.paused else self.produced) + self.options.reasoning
 
     @property
     def text(self) -> str:
@@ -147,6 +271,8 @@ class MessagePlan:
 
     @property
     def stop_reason(self) -> str:
+        if self.loop.paused:
+            return "pause_turn"
         if self.tool:
             return "tool_use"
         return "max_tokens" if self.truncated else "end_turn"
@@ -172,7 +298,7 @@ class MessagePlan:
 async def create(exchange: SimExchange, body: Any, options: SimOptions) -> None:
     plan = MessagePlan(body, options)
     if not plan.stream:
-        content = [*plan.search_blocks(), plan.block()]
+        content = plan.loop.blocks() + ([] if plan.loop.paused else [plan.block()])
         message = plan.message(content, plan.stop_reason, plan.output_tokens)
         if options.nousage:
             message["usage"] = {"input_tokens": 0, "output_tokens": 0}
@@ -193,13 +319,15 @@ async def create(exchange: SimExchange, body: Any, options: SimOptions) -> None:
         start = {"type": "text", "text": ""}
         texts = [plan.text] if plan.json else pieces(plan.produced)
         deltas = [{"type": "text_delta", "text": text} for text in texts]
-    searched = plan.search_blocks()
-    for index, block in enumerate(searched):
+    ran = plan.loop.blocks()
+    for index, block in enumerate(ran):
         head.append(event("content_block_start", index=index, content_block=block))
         head.append(event("content_block_stop", index=index))
-    at = len(searched)
-    head.append(event("content_block_start", index=at, content_block=start))
-    steps = [event("content_block_delta", index=at, delta=delta) for delta in deltas]
+    at = len(ran)
+    steps: list[bytes] = []
+    if not plan.loop.paused:
+        head.append(event("content_block_start", index=at, content_block=start))
+        steps = [event("content_block_delta", index=at, delta=delta) for delta in deltas]
     usage = {"output_tokens": plan.output_tokens}
     if not options.nousage:
         # As Anthropic's message_delta: the prompt's totals again, cumulative, but neither
@@ -207,7 +335,7 @@ async def create(exchange: SimExchange, body: Any, options: SimOptions) -> None:
         full = plan.usage(plan.output_tokens)
         usage = {name: full[name] for name in full if name not in DELTA_LEAVES_OUT}
     tail = [
-        event("content_block_stop", index=at),
+        *([] if plan.loop.paused else [event("content_block_stop", index=at)]),
         event(
             "message_delta",
             delta={"stop_reason": plan.stop_reason, "stop_sequence": None},

@@ -7,6 +7,13 @@ when the request offers function tools and its last input item is not a tool's o
 and ``input_tokens = 3 + sum over input items of (4 + words)``, with the instructions as
 one more item and a previous response's input and output items counted before the new
 ones.
+
+MCP tools (``mcp``) run as OpenAI runs hosted tools, in a loop of model passes with one
+call per pass: each server's tool list (``MCP_LIST_TOKENS``, an ``mcp_list_tools`` item),
+then as many ``mcp_call`` items as ``max_tool_calls`` allows (``MCP_CALLS`` where it sets
+none), each result ``MCP_CALL_TOKENS`` long; they follow the message in ``output``, as
+generated pictures do. Every pass is billed as input for all it reads: the input, the tool
+lists and every result before it, as the worst a provider's loop may bill.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from relay.simulator.responses import RequestError, new_id, picture
 from relay.simulator.wire import json_text, named_event, pieces, play, words
 
 MAX_STORED = 10_000
+MCP_LIST_TOKENS = 200
+MCP_CALL_TOKENS = 500
+MCP_CALLS = 12
 
 
 class ResponseStore:
@@ -88,6 +98,55 @@ def _function_tool(body: dict[str, Any], items: list[dict[str, Any]]) -> str | N
     return None
 
 
+class McpLoop:
+    """The MCP calls a response makes (see the module's docstring), and what its passes read."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        tools = body.get("tools")
+        listed = tools if isinstance(tools, list) else []
+        self.servers = [
+            str(tool.get("server_label"))
+            for tool in listed
+            if isinstance(tool, dict) and tool.get("type") == "mcp"
+        ]
+        limit = body.get("max_tool_calls")
+        calls = limit if isinstance(limit, int) and limit >= 0 else MCP_CALLS
+        self.calls = calls if self.servers else 0
+
+    def input_tokens(self, prompt: int) -> int:
+        if not self.servers:
+            return prompt
+        passes = self.calls + 1
+        read = MCP_CALL_TOKENS * self.calls * (self.calls + 1) // 2
+        return passes * (prompt + MCP_LIST_TOKENS * len(self.servers)) + read
+
+    def items(self) -> list[dict[str, Any]]:
+        schema = {"type": "object", "properties": {}}
+        items: list[dict[str, Any]] = [
+            {
+                "id": new_id("mcpl_"),
+                "type": "mcp_list_tools",
+                "server_label": server,
+                "tools": [{"name": "lookup", "input_schema": schema}],
+            }
+            for server in self.servers
+        ]
+        for number in range(self.calls):
+            server = self.servers[number % len(self.servers)]
+            items.append(
+                {
+                    "id": new_id("mcp_"),
+                    "type": "mcp_call",
+                    "server_label": server,
+                    "name": "lookup",
+                    "arguments": "{}",
+                    "output": "",
+                    "error": None,
+                }
+            )
+        return items
+
+
 def _echo_tool(tool: Any) -> Any:
     """A tool as OpenAI echoes it on the response: function tools with ``strict`` filled."""
     if isinstance(tool, dict) and tool.get("type") == "function":
@@ -141,7 +200,9 @@ class ResponsePlan:
                     f"Previous response with id '{previous}' not found.", "previous_response_id"
                 )
             context = [*stored["input"], *stored["response"]["output"]]
-        self.input_tokens = count_input([*context, *self.items], body.get("instructions"))
+        self.mcp = McpLoop(body)
+        prompt = count_input([*context, *self.items], body.get("instructions"))
+        self.input_tokens = self.mcp.input_tokens(prompt)
         limit = body.get("max_output_tokens")
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 16
@@ -270,6 +331,7 @@ async def create(
         await exchange.respond_json(200, response)
         return
     output = [plan.item(done=True), *image_calls(options.images, picture(options))]
+    output += plan.mcp.items()
     final = plan.response(plan.final_status, output, usage=not options.nousage)
     _keep(store, plan, final)
     if plan.body.get("stream") is not True:
