@@ -74,8 +74,6 @@ _IMAGE_EXTENSIONS = {
     "heif": "image/heif",
 }
 _IMAGE_FORMATS = "PNG, JPEG, WebP, HEIC or HEIF"
-# JSON Schema keywords Google's function declarations refuse.
-_UNSUPPORTED_SCHEMA_KEYS = frozenset({"$schema", "additionalProperties", "strict", "$id"})
 # ErrorInfo reasons by which Google says the caller itself (its key, token, project or
 # service account) is refused, whatever the request asked for. Google's front end attaches
 # them; a refusal of something the request names (an uploaded File another project owns, a
@@ -104,12 +102,16 @@ RETRYABLE_STATUSES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL",
 _BLOCK_REASON = re.compile(r"[A-Z][A-Z_]{0,63}")
 
 
-def _schema(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _schema(v) for k, v in value.items() if k not in _UNSUPPORTED_SCHEMA_KEYS}
-    if isinstance(value, list):
-        return [_schema(v) for v in value]
-    return value
+def _json_schema(schema: Any) -> Any:
+    """A client's JSON Schema as Google's JSON Schema fields take it (``responseJsonSchema``,
+    a function's ``parametersJsonSchema``). ``responseSchema`` and ``parameters`` take
+    Google's OpenAPI subset instead, which refuses what JSON Schema clients send (a list of
+    types for a nullable field, ``$ref``/``$defs``) and has no ``additionalProperties`` on
+    the Gemini API. Only the root's ``$schema``, which names the dialect and constrains
+    nothing, is left out: it is not among the keywords Google reads."""
+    if not isinstance(schema, Mapping):
+        return schema  # not a schema: Google says so, as the client's error
+    return {name: value for name, value in schema.items() if name != "$schema"}
 
 
 # Google reads a ``fileUri`` with the channel's own credentials when it names Google's
@@ -365,7 +367,7 @@ def request_body(request: c.Request, model: str = "") -> bytes:
     if fmt is not None:
         config["responseMimeType"] = "application/json"
         if fmt.kind == "json_schema" and fmt.schema:
-            config["responseSchema"] = _schema(fmt.schema)
+            config["responseJsonSchema"] = _json_schema(fmt.schema)
     if config:
         body["generationConfig"] = config
     if request.tools:
@@ -375,7 +377,7 @@ def request_body(request: c.Request, model: str = "") -> bytes:
             if tool.description:
                 declaration["description"] = tool.description
             if tool.parameters:
-                declaration["parameters"] = _schema(tool.parameters)
+                declaration["parametersJsonSchema"] = _json_schema(tool.parameters)
             declarations.append(declaration)
         body["tools"] = [{"functionDeclarations": declarations}]
         tool_config = _tool_config(request.tool_choice)

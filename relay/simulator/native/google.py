@@ -1,8 +1,10 @@
 """Google's side: the OAuth token endpoint of the service-account flow, and
 ``generateContent`` / ``streamGenerateContent`` for the Gemini API (API keys) and Vertex AI
 (bearer tokens this simulator issued), with ``usageMetadata`` in full (running counts on
-every streamed chunk, as the Gemini API sends them), and Gemini 3's rules: signed function
-calls that a replayed history must carry, thinking levels rather than budgets."""
+every streamed chunk, as the Gemini API sends them), Gemini 3's rules: signed function
+calls that a replayed history must carry, thinking levels rather than budgets, and Google's
+schemas: its OpenAPI subset (``responseSchema``, ``parameters``) refuses what only JSON
+Schema (``responseJsonSchema``, ``parametersJsonSchema``) takes."""
 
 from __future__ import annotations
 
@@ -233,11 +235,111 @@ def _thinking_off(config: Any) -> bool:
     return isinstance(thinking, dict) and thinking.get("thinkingBudget") == 0
 
 
-def plan_generate(body: Any, options: SimOptions, model: str = "") -> NativePlan | str:
+# The fields of Google's ``Schema`` message, an OpenAPI 3.0 subset: what ``responseSchema``
+# and a function's ``parameters`` take. Vertex AI's has ``additionalProperties``, ``ref``
+# and ``defs`` too. JSON Schema goes in ``responseJsonSchema`` and ``parametersJsonSchema``,
+# which take any JSON value.
+SCHEMA_FIELDS = frozenset(
+    {
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    }
+)
+VERTEX_SCHEMA_FIELDS = SCHEMA_FIELDS | {"additionalProperties", "ref", "defs"}
+SCHEMA_TYPES = frozenset(
+    {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
+)
+
+
+def _openapi_problems(schema: Any, path: str, fields: frozenset[str]) -> list[str]:
+    """What Google's JSON parser says of a value sent as its ``Schema`` message, every
+    violation as Google lists them: a field the message lacks (``$ref``,
+    ``additionalProperties`` on the Gemini API), a list of types."""
+    invalid = "Invalid JSON payload received."
+    if not isinstance(schema, dict):
+        return [f"{invalid} Expected an object at '{path}'."]
+    problems: list[str] = []
+    for name, value in schema.items():
+        if name not in fields:
+            problems.append(f"{invalid} Unknown name \"{name}\" at '{path}': Cannot find field.")
+        elif name == "type" and isinstance(value, list):
+            problems.append(
+                f"{invalid} Unknown name \"type\" at '{path}': Proto field is not repeating, "
+                "cannot start list."
+            )
+        elif name == "type" and (not isinstance(value, str) or value.upper() not in SCHEMA_TYPES):
+            problems.append(f"Invalid value at '{path}.type', {orjson.dumps(value).decode()[:40]}.")
+    nested: list[tuple[Any, str]] = []
+    for key in ("properties", "defs"):
+        members = schema.get(key) if key in fields else None
+        if isinstance(members, dict):
+            nested += [(s, f"{path}.{key}[{i}].value") for i, s in enumerate(members.values())]
+    if "items" in schema:
+        nested.append((schema["items"], f"{path}.items"))
+    if isinstance(schema.get("anyOf"), list):
+        nested += [(s, f"{path}.any_of[{i}]") for i, s in enumerate(schema["anyOf"])]
+    for sub, where in nested:
+        problems += _openapi_problems(sub, where, fields)
+    return problems
+
+
+def _schema_problem(body: dict[str, Any], *, vertex: bool) -> str | None:
+    """Google's refusals of the schemas a request carries: one of its own ``Schema`` that
+    is not (``_openapi_problems``), both kinds of schema at once, a JSON Schema for the
+    answer without the JSON MIME type."""
+    fields = VERTEX_SCHEMA_FIELDS if vertex else SCHEMA_FIELDS
+    problems: list[str] = []
+    config = body.get("generationConfig")
+    if isinstance(config, dict):
+        if "responseSchema" in config and "responseJsonSchema" in config:
+            return "responseSchema and responseJsonSchema cannot both be set."
+        if "responseJsonSchema" in config and config.get("responseMimeType") != "application/json":
+            return "responseJsonSchema requires responseMimeType application/json."
+        if "responseSchema" in config:
+            where = "generation_config.response_schema"
+            problems += _openapi_problems(config["responseSchema"], where, fields)
+    for t, tool in enumerate(body.get("tools") or ()):
+        declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
+        for d, declaration in enumerate(declarations or ()):
+            if not isinstance(declaration, dict):
+                continue
+            if "parameters" in declaration and "parametersJsonSchema" in declaration:
+                return "parameters and parametersJsonSchema cannot both be set."
+            if "parameters" in declaration:
+                where = f"tools[{t}].function_declarations[{d}].parameters"
+                problems += _openapi_problems(declaration["parameters"], where, fields)
+    return "\n".join(problems) or None
+
+
+def plan_generate(
+    body: Any, options: SimOptions, model: str = "", *, vertex: bool = False
+) -> NativePlan | str:
     if not isinstance(body, dict) or not isinstance(body.get("contents"), list):
         return "Invalid JSON payload received. Unknown name or missing 'contents'."
     texts, messages, images, last_response = _read(body)
     config = body.get("generationConfig") or {}
+    if (problem := _schema_problem(body, vertex=vertex)) is not None:
+        return problem
     if (problem := _thinking_problem(config, model)) is not None:
         return problem
     if is_gemini_3(model) and (problem := _signature_problem(body)) is not None:
@@ -366,7 +468,9 @@ async def handle(
     if status:
         await error(exchange, int(status), f"Simulated failure (HTTP {status}).")
         return
-    planned = plan_generate(None if body is INVALID_BODY else body, options, route["model"])
+    planned = plan_generate(
+        None if body is INVALID_BODY else body, options, route["model"], vertex=vertex
+    )
     if isinstance(planned, str):
         await error(exchange, 400, planned)
         return

@@ -214,7 +214,12 @@ def test_stream_and_tool_call(native_sim: NativeSim, sa_info: dict[str, Any]) ->
     assert answer.stop == "tool_use"
     assert [call.name for call in tool_calls(answer)] == ["get_weather"]
     declaration = native_sim.requests()[-1]["body"]["tools"][0]["functionDeclarations"][0]
-    assert "additionalProperties" not in declaration["parameters"]
+    # JSON Schema as the client sent it: Vertex keeps ``additionalProperties``.
+    assert declaration["parametersJsonSchema"] == {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "additionalProperties": False,
+    }
 
 
 def test_a_gemini_3_function_call_round_trip_on_vertex(
