@@ -109,7 +109,19 @@ def _tool_as_text(part: c.ToolCall | c.ToolResult) -> list[dict[str, Any]]:
     return [{"text": f"[{said} of call {part.call_id}: {' '.join(texts)}]"}, *images]
 
 
-def _blocks(parts: list[Any], *, tools_as_text: bool = False) -> list[dict[str, Any]]:
+def _cache_point(cache_control: Any, *, hour: bool) -> dict[str, Any]:
+    """A Converse cache point for a client's breakpoint: five minutes (``default``), or an
+    hour when the client asked for one (Anthropic's ``ttl: "1h"``) and ``hour`` says the
+    model may take it. What is billed follows the writes Bedrock reports by TTL."""
+    point: dict[str, Any] = {"type": "default"}
+    if hour and isinstance(cache_control, Mapping) and cache_control.get("ttl") == "1h":
+        point["ttl"] = "1h"
+    return {"cachePoint": point}
+
+
+def _blocks(
+    parts: list[Any], *, tools_as_text: bool = False, hour: bool = False
+) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(part, c.Text):
@@ -117,7 +129,7 @@ def _blocks(parts: list[Any], *, tools_as_text: bool = False) -> list[dict[str, 
                 blocks.append(_media(part))
                 # A cache breakpoint becomes a Converse cache point right after its block.
                 if part.cache_control is not None:
-                    blocks.append({"cachePoint": {"type": "default"}})
+                    blocks.append(_cache_point(part.cache_control, hour=hour))
         elif isinstance(part, c.Image):
             blocks.append(_media(part))
         elif isinstance(part, (c.ToolCall, c.ToolResult)) and tools_as_text:
@@ -191,6 +203,38 @@ def thinking_budget(request: c.Request, model: str) -> int | None:
     return anthropic_thinking_budget(request, sys.maxsize if limit is None else limit)
 
 
+def hour_cache(model: str) -> bool:
+    """Whether a one-hour cache point may be sent: Bedrock keeps extended TTLs for Anthropic
+    models (Claude 4.5 and later), and other families (Nova...) have five minutes only. A
+    model id or profile that names no Anthropic model (an application profile's ARN) gets
+    five-minute points, and is billed for five-minute writes."""
+    return "anthropic." in model
+
+
+def _output_config(fmt: c.OutputFormat | None) -> dict[str, Any] | None:
+    """Converse's structured output (``outputConfig.textFormat``) for the client's response
+    format, or None if it asked for none. The schema travels as a JSON string, as the
+    service model's ``JsonSchemaDefinition`` has it.
+
+    Converse constrains answers to a JSON schema only: JSON mode (``json_object``) has no
+    counterpart, and a schema loose enough to stand in for it (an object without
+    properties) is one Anthropic's models refuse. So both are refused here, before anything
+    is sent, rather than answered in free text billed as if it were what was asked for."""
+    if fmt is None:
+        return None
+    if fmt.kind != "json_schema":
+        raise UnsupportedContent(
+            "Bedrock has no JSON mode (response_format json_object): ask for "
+            "response_format json_schema with a schema instead."
+        )
+    if not isinstance(fmt.schema, dict) or not fmt.schema:
+        raise UnsupportedContent("Bedrock's structured output needs a JSON schema.")
+    definition = {"schema": orjson.dumps(fmt.schema).decode()}
+    if fmt.name:
+        definition["name"] = fmt.name
+    return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
+
+
 def request_body(request: c.Request, *, model: str = "") -> bytes:
     """The Converse request for a canonical request; ``model`` (the upstream id, which
     travels in the URL) decides what model-specific fields may be sent."""
@@ -202,11 +246,13 @@ def request_body(request: c.Request, *, model: str = "") -> bytes:
         for turn in request.turns
         for part in turn.parts
     )
+    output_config = _output_config(request.output_format)
     tool_config = _tool_config(request, history_has_tools=history_has_tools)
     tools_as_text = history_has_tools and tool_config is None
+    hour = hour_cache(model)
     messages: list[dict[str, Any]] = []
     for turn in request.turns:
-        blocks = _blocks(turn.parts, tools_as_text=tools_as_text)
+        blocks = _blocks(turn.parts, tools_as_text=tools_as_text, hour=hour)
         if not blocks:
             continue
         if messages and messages[-1]["role"] == turn.role:  # Converse wants turns to alternate
@@ -215,7 +261,7 @@ def request_body(request: c.Request, *, model: str = "") -> bytes:
             messages.append({"role": turn.role, "content": blocks})
     body: dict[str, Any] = {"messages": messages}
     if request.system:
-        body["system"] = _blocks(list(request.system))
+        body["system"] = _blocks(list(request.system), hour=hour)
     budget = thinking_budget(request, model)
     thinking = budget is not None
     inference: dict[str, Any] = {}
@@ -233,6 +279,8 @@ def request_body(request: c.Request, *, model: str = "") -> bytes:
         body["inferenceConfig"] = inference
     if tool_config is not None:
         body["toolConfig"] = tool_config
+    if output_config is not None:
+        body["outputConfig"] = output_config
     if budget is not None:
         enabled = {"type": "enabled", "budget_tokens": budget}
         body["additionalModelRequestFields"] = {"thinking": enabled}
@@ -241,16 +289,24 @@ def request_body(request: c.Request, *, model: str = "") -> bytes:
 
 def usage(native: Any) -> c.Usage | None:
     """Bedrock's ``inputTokens`` leave out cache reads and writes; canonical input counts
-    the whole prompt."""
+    the whole prompt. ``cacheDetails`` breaks the writes down by TTL, so one-hour writes
+    are billed as such and the rest (or all, without a breakdown) as five-minute ones."""
     if not isinstance(native, Mapping):
         return None
     read = c.as_int(native.get("cacheReadInputTokens"))
     write = c.as_int(native.get("cacheWriteInputTokens"))
+    written = {"1h": 0, "5m": 0}
+    details = native.get("cacheDetails")
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, Mapping) and detail.get("ttl") in written:
+            written[detail["ttl"]] += c.as_int(detail.get("inputTokens"))
+    write = max(write, written["1h"] + written["5m"])
     return c.Usage(
         input_tokens=c.as_int(native.get("inputTokens")) + read + write,
         output_tokens=c.as_int(native.get("outputTokens")),
         cached_tokens=read,
         cache_write_tokens=write,
+        cache_write_1h_tokens=written["1h"],
     )
 
 

@@ -2,14 +2,18 @@
 
 Every request's SigV4 signature is recomputed with botocore from the request as it
 arrived (method, raw path, query, signed headers, body) and the secret registered for its
-access key; a mismatch is refused the way AWS refuses it. Streams use AWS's event-stream
-framing (prelude, headers, payload, CRC32s).
+access key; a mismatch is refused the way AWS refuses it. Every body is checked against
+botocore's service model for ``bedrock-runtime`` (the shape AWS validates before any
+model sees it). Streams use AWS's event-stream framing (prelude, headers, payload,
+CRC32s).
 """
 
 from __future__ import annotations
 
 import binascii
 import calendar
+import dataclasses
+import functools
 import hmac
 import struct
 import time
@@ -29,6 +33,7 @@ from relay.simulator.native.common import (
     read_request,
 )
 from relay.simulator.options import INVALID_BODY, OptionError, SimOptions
+from relay.simulator.wire import json_text
 
 if TYPE_CHECKING:
     from relay.simulator.app import SimulatorApp
@@ -202,6 +207,78 @@ def _model_errors(problem: str) -> str:
     return f"The model returned the following errors: {problem}"
 
 
+@functools.cache
+def _input_shape(action: str) -> Any:
+    """The request shape of Converse or ConverseStream in botocore's service model."""
+    from botocore.session import get_session
+
+    service = get_session().get_service_model("bedrock-runtime")
+    operation = "ConverseStream" if action == "converse-stream" else "Converse"
+    return service.operation_model(operation).input_shape
+
+
+def _enum_problems(value: Any, shape: Any, path: str) -> list[str]:
+    """Values outside their shape's enum (botocore's validator leaves enums to AWS)."""
+    kind = shape.type_name
+    if kind == "string" and shape.enum and isinstance(value, str) and value not in shape.enum:
+        return [
+            f"Value '{value}' at '{path}' failed to satisfy constraint: Member must "
+            f"satisfy enum value set: [{', '.join(shape.enum)}]"
+        ]
+    if kind == "structure" and isinstance(value, dict):
+        members = shape.members
+        return [
+            problem
+            for name, item in value.items()
+            if name in members
+            for problem in _enum_problems(item, members[name], f"{path}.{name}".lstrip("."))
+        ]
+    if kind == "list" and isinstance(value, list):
+        return [
+            problem
+            for index, item in enumerate(value)
+            for problem in _enum_problems(item, shape.member, f"{path}.{index + 1}")
+        ]
+    return []
+
+
+def shape_problem(body: dict[str, Any], model: str, action: str = "converse") -> str | None:
+    """What in ``body`` the service model refuses (types, required and unknown members,
+    unions with one member, lengths, enums), as AWS's ValidationException says it; None if
+    the shape is right. ``modelId`` travels in the URL, and is checked from there."""
+    from botocore.validate import ParamValidator
+
+    shape = _input_shape(action)
+    report = ParamValidator().validate({**body, "modelId": model}, shape)
+    problems = report.generate_report().splitlines() if report.has_errors() else []
+    problems += _enum_problems(body, shape, "")
+    if not problems:
+        return None
+    count = len(problems)
+    return f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(problems)
+
+
+def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema definition of the request's structured output, if it asks for one."""
+    structure = ((body.get("outputConfig") or {}).get("textFormat") or {}).get("structure")
+    definition = (structure or {}).get("jsonSchema")
+    return definition if isinstance(definition, dict) else None
+
+
+def schema_problem(body: dict[str, Any]) -> str | None:
+    """A structured output whose schema is no JSON schema (the string must hold one)."""
+    definition = _text_format(body)
+    if definition is None:
+        return None
+    try:
+        schema = orjson.loads(definition.get("schema") or "")
+    except orjson.JSONDecodeError:
+        schema = None
+    if not isinstance(schema, dict):
+        return "The JSON schema in outputConfig.textFormat is not a valid JSON object."
+    return None
+
+
 def refusal(body: dict[str, Any], model: str) -> str | None:
     """What Converse, or the model behind it, refuses in ``body`` (a ValidationException's
     message); None if it takes it. Only the rules the relay's requests could break."""
@@ -245,23 +322,49 @@ def plan_converse(body: Any, options: SimOptions) -> NativePlan | str:
     if tools and not last_result:
         tool = ((tools[0] or {}).get("toolSpec") or {}).get("name")
     thinking = "thinking" in (body.get("additionalModelRequestFields") or {})
-    return plan(
+    planned = plan(
         options,
         prompt_tokens=count_text(texts, messages, images),
         max_tokens=limit if isinstance(limit, int) else None,
         tool_name=tool,
         thinking=thinking,
     )
+    if _text_format(body) is not None and planned.pieces:
+        # Structured output: the same tokens, as the one string of a JSON object.
+        pieces = list(planned.pieces)
+        whole = json_text(len(pieces))
+        opening = whole[: whole.index(pieces[0])]
+        pieces[0] = opening + pieces[0]
+        pieces[-1] += whole[len("".join(pieces)) :]
+        planned = dataclasses.replace(planned, pieces=pieces)
+    return planned
 
 
-def _usage(p: NativePlan) -> dict[str, Any]:
-    return {
+def _hour_writes(body: dict[str, Any], p: NativePlan) -> int:
+    """The writes made for an hour: none unless a cache point asks for ``ttl: 1h``."""
+    blocks = [*(body.get("system") or ())]
+    for message in body.get("messages") or ():
+        blocks.extend((message or {}).get("content") or ())
+    hour = any(
+        isinstance(block, dict) and (block.get("cachePoint") or {}).get("ttl") == "1h"
+        for block in blocks
+    )
+    return min(p.options.cache_write_1h, p.cache_write) if hour else 0
+
+
+def _usage(p: NativePlan, hour: int = 0) -> dict[str, Any]:
+    found: dict[str, Any] = {
         "inputTokens": p.uncached_prompt,
         "outputTokens": p.output_tokens,
         "totalTokens": p.prompt_tokens + p.output_tokens,
         "cacheReadInputTokens": p.cache_read,
         "cacheWriteInputTokens": p.cache_write,
     }
+    if p.cache_write:
+        # The writes by TTL, the longer first, as Bedrock breaks them down.
+        details = [("1h", hour), ("5m", p.cache_write - hour)]
+        found["cacheDetails"] = [{"ttl": ttl, "inputTokens": n} for ttl, n in details if n]
+    return found
 
 
 def _stop(p: NativePlan) -> str:
@@ -296,9 +399,13 @@ async def handle(
     if isinstance(planned, str):
         await error(exchange, 400, "ValidationException", planned)
         return
-    if (invalid := refusal(body, model)) is not None:
+    invalid = (
+        shape_problem(body, model, route["action"]) or schema_problem(body) or refusal(body, model)
+    )
+    if invalid is not None:
         await error(exchange, 400, "ValidationException", invalid)
         return
+    usage = _usage(planned, _hour_writes(body, planned))
     content: list[dict[str, Any]] = []
     if planned.reasoning:
         content.append(
@@ -320,7 +427,7 @@ async def handle(
         answer = {
             "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": _stop(planned),
-            "usage": _usage(planned),
+            "usage": usage,
             "metrics": {"latencyMs": 1},
         }
         await exchange.respond(
@@ -366,4 +473,4 @@ async def handle(
                 return
         await exchange.chunk(event("contentBlockStop", {"contentBlockIndex": index}))
     await exchange.chunk(event("messageStop", {"stopReason": _stop(planned)}))
-    await exchange.end(event("metadata", {"usage": _usage(planned), "metrics": {"latencyMs": 1}}))
+    await exchange.end(event("metadata", {"usage": usage, "metrics": {"latencyMs": 1}}))
