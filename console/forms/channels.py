@@ -129,7 +129,10 @@ class ChannelForm(forms.Form):
         help_text="The name in https://<resource>.openai.azure.com (or give a base URL).",
     )
     api_version = forms.CharField(
-        required=False, max_length=30, label="API version", help_text="e.g. 2024-10-21."
+        required=False,
+        max_length=30,
+        label="API version",
+        help_text="e.g. 2024-10-21 (2024-09-01-preview or later).",
     )
     deployments = forms.CharField(
         required=False,

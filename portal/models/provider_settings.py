@@ -35,6 +35,13 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _LOCATION = re.compile(r"^(global|[a-z]+-[a-z]+\d+)$")
 _RESOURCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+# Azure OpenAI's data-plane version the relay sends by default, and the first that takes
+# ``stream_options`` (without ``include_usage`` a stream carries no usage, and the relay
+# could only guess what it cost) and ``max_completion_tokens``, which the relay sends:
+# 2024-09-01-preview, and every version since, GA 2024-10-21 included. Older ones refuse
+# both as unknown arguments.
+AZURE_DEFAULT_API_VERSION = "2024-10-21"
+AZURE_OLDEST_API_VERSION = "2024-09-01-preview"
 _NAME = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
 _SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
 
@@ -134,16 +141,29 @@ def check_settings(provider_type: str, base_url: str, settings: Any) -> None:
         _check_azure(base_url, settings)
 
 
+def azure_api_version_problem(version: str) -> str | None:
+    """Why an Azure channel cannot use ``version``, in words for its operator; None if it
+    can. The relay asks again of every stored channel (one saved before this rule)."""
+    if not _API_VERSION.match(version):
+        return "api_version is e.g. 2024-10-21 or 2025-04-01-preview."
+    if version[:10] < AZURE_OLDEST_API_VERSION[:10]:
+        return (
+            f"api_version {version} is older than {AZURE_OLDEST_API_VERSION}, the first Azure "
+            "OpenAI version with stream_options (usage of streamed answers) and "
+            f"max_completion_tokens: use {AZURE_DEFAULT_API_VERSION} or later."
+        )
+    return None
+
+
 def _check_azure(base_url: str, settings: dict[str, Any]) -> None:
     resource = settings.get("resource", "")
     if not base_url and not (isinstance(resource, str) and _RESOURCE.match(resource)):
         raise ValidationError(
             {"provider_settings": "Azure needs a resource name (or a base URL for the endpoint)."}
         )
-    if not _API_VERSION.match(str(settings.get("api_version", ""))):
-        raise ValidationError(
-            {"provider_settings": "api_version is e.g. 2024-10-21 or 2025-04-01-preview."}
-        )
+    problem = azure_api_version_problem(str(settings.get("api_version", "")))
+    if problem is not None:
+        raise ValidationError({"provider_settings": problem})
     deployments = settings.get("deployments", {})
     if not isinstance(deployments, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and _NAME.match(k) and _NAME.match(v)

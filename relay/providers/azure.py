@@ -13,13 +13,16 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from portal.models.provider_settings import (
+    AZURE_DEFAULT_API_VERSION,
+    azure_api_version_problem,
+)
 from relay.providers import openai
 from relay.providers.base import Identity, ProviderFailure, UpstreamRequest, host
 from relay.translate import canonical as c
 
-DEFAULT_API_VERSION = "2024-10-21"
+DEFAULT_API_VERSION = AZURE_DEFAULT_API_VERSION
 RESOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -30,8 +33,8 @@ class AzureConfig:
     api_version: str = DEFAULT_API_VERSION
 
     def __post_init__(self) -> None:
-        if not API_VERSION.match(self.api_version):
-            raise ValueError("api_version looks like 2024-10-21 or 2025-04-01-preview.")
+        if (problem := azure_api_version_problem(self.api_version)) is not None:
+            raise ValueError(problem)
         if "://" not in self.resource and not RESOURCE_NAME.match(self.resource):
             raise ValueError("resource is an Azure resource name or an https:// endpoint.")
 

@@ -87,6 +87,12 @@ def test_each_provider_type_is_stored_with_its_secret_encrypted(provider: str) -
             {"provider_settings": {"resource": "x", "api_version": "2024-10-21&evil=1"}},
             "provider_settings",
         ),
+        # Too old to report a stream's usage: the relay could not meter it.
+        (
+            "azure",
+            {"provider_settings": {"resource": "x", "api_version": "2024-06-01"}},
+            "provider_settings",
+        ),
         ("anthropic", {"secret": ""}, "secret"),
         # A secret typed into the settings would be stored in the clear: refused.
         ("gemini", {"provider_settings": {"api_key": "AIza-oops"}}, "provider_settings"),

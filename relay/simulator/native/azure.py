@@ -1,9 +1,12 @@
 """Azure OpenAI's deployments as the simulator speaks them: ``api-key``, a known
-``api-version`` and a known deployment; the answer itself is the simulator's chat one."""
+``api-version`` and a known deployment; the answer itself is the simulator's chat one.
+
+A version older than 2024-09-01-preview refuses the request fields it predates
+(``stream_options``, ``max_completion_tokens``) as Azure does: as unrecognized arguments."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -17,8 +20,36 @@ if TYPE_CHECKING:
     from relay.simulator.exchange import SimExchange
 
 
+# The first api-version (by date) with each field; older versions call it unrecognized.
+NEWER_FIELDS = {"stream_options": "2024-09-01", "max_completion_tokens": "2024-09-01"}
+
+
 async def error(exchange: SimExchange, status: int, code: str, message: str) -> None:
     await exchange.respond_json(status, {"error": {"code": code, "message": message}})
+
+
+def unrecognized(version: str, raw: bytes) -> str | None:
+    """The first field of the body that ``version`` predates; None if it takes them all."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    return next((f for f, since in NEWER_FIELDS.items() if f in body and version < since), None)
+
+
+def replaying(exchange: SimExchange, raw: bytes) -> None:
+    """Let the chat simulator read the body this handler already read, once."""
+    receive = exchange._receive
+    pending: list[MutableMapping[str, Any]] = [
+        {"type": "http.request", "body": raw, "more_body": False}
+    ]
+
+    async def replay() -> MutableMapping[str, Any]:
+        return pending.pop() if pending else await receive()
+
+    exchange._receive = replay
 
 
 async def handle(
@@ -42,10 +73,23 @@ async def handle(
             "API endpoint for your resource.",
         )
         return
-    if query(scope).get("api-version") not in trust.azure_api_versions:
+    version = query(scope).get("api-version") or ""
+    if version not in trust.azure_api_versions:
         await exchange.read_body()
         await error(exchange, 404, "404", "Resource not found")
         return
+    if version[:10] < max(NEWER_FIELDS.values()):
+        raw = await exchange.read_body()
+        if (field := unrecognized(version[:10], raw)) is not None:
+            refused = {
+                "code": None,
+                "message": f"Unrecognized request argument supplied: {field}",
+                "param": None,
+                "type": "invalid_request_error",
+            }
+            await exchange.respond_json(400, {"error": refused})
+            return
+        replaying(exchange, raw)
     name = unquote(deployment)
     known = trust.azure_known()
     if known and name not in known:

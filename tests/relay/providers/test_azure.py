@@ -77,7 +77,8 @@ def test_errors(native_sim: NativeSim) -> None:
     native_sim.app.native.azure_deployments.add("only-this-one")
     missing = failure(lambda: complete(adapter(native_sim), CHAT, "gpt-4o"))
     assert missing.failure.kind is FailureKind.RETRYABLE  # the channel is set up wrong
+    # A version the resource does not know (Azure answers 404 Resource not found).
     version = failure(
-        lambda: complete(adapter(native_sim, api_version="2019-01-01"), CHAT, "gpt-4o")
+        lambda: complete(adapter(native_sim, api_version="2025-01-01-preview"), CHAT, "gpt-4o")
     )
     assert version.failure.kind is FailureKind.CLIENT
