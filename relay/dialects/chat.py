@@ -141,6 +141,14 @@ class ChatLeg(OpenAIStreamLeg):
         return body
 
     def native(self) -> NativeCodec:
+        """The request for a provider spoken natively (Anthropic, Gemini, Bedrock): each
+        answers with one choice, so ``n`` above 1 is refused rather than answered with one
+        (another channel of the model may serve it)."""
+        choices = self.payload.get("n")
+        if isinstance(choices, int) and choices > 1:
+            raise errors.invalid_request(
+                "n must be 1: this provider answers with one choice.", param="n"
+            )
         return chat_codec(self.payload, self.public, self.client_wants_usage)
 
     def body_texts(self, choice: Any) -> list[str]:

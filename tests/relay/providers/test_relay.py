@@ -223,6 +223,41 @@ def test_content_one_provider_cannot_carry_goes_to_a_channel_that_can(
     assert native_sim.requests() == []
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "vertex", "bedrock"])
+def test_several_choices_go_to_a_channel_that_gives_them(
+    gateway: Gateway,
+    sim: Simulator,
+    native_sim: NativeSim,
+    sa_info: dict[str, Any],
+    provider: str,
+) -> None:
+    """Chat's ``n``: a provider spoken natively answers with one choice, so a request for
+    three is not sent to it (the client would get one, or pay for unseen ones); an
+    OpenAI-compatible channel of the model serves it, and without one the client hears
+    why."""
+    configure(gateway.channel, provider, native_sim, sa_info)
+    gateway.channel.priority = 10
+    gateway.channel.save()
+    backup = gateway.add_channel(sim.channel_url(), name="openai-backup", priority=0)
+    body = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "Hi"}], "n": 3}
+    served = gateway.client.post("/v1/chat/completions", json=body)
+    assert served.status_code == 200, served.text
+    assert [choice["index"] for choice in served.json()["choices"]] == [0, 1, 2]
+    assert native_sim.requests() == []
+    (event,) = usage_events(1)
+    assert [a["channel"] for a in event.attempts] == [backup.pk]
+    backup.delete()
+    gateway.caught_up()
+    for stream in (False, True):
+        refused = gateway.client.post("/v1/chat/completions", json={**body, "stream": stream})
+        assert refused.status_code == 400, refused.text
+        assert "n must be 1" in refused.json()["error"]["message"]
+    assert native_sim.requests() == []
+    one = gateway.client.post("/v1/chat/completions", json={**body, "n": 1})
+    assert one.status_code == 200, one.text
+    assert [r for r in native_sim.requests() if r["path"] != "/oauth2/token"]  # Vertex's token
+
+
 def test_a_cut_anthropic_stream_is_billed_for_its_prompt_counts_and_delivered_text(
     gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
 ) -> None:
