@@ -87,6 +87,10 @@ async def attempt(
     if codec is None:
         raise NotExpressible("its providers do not support this API.")
     record = forwarding.record
+    # A provider that needs an output cap is sent the one the request was held for.
+    codec.request.held_output_tokens = forwarding.call.output_limit(
+        forwarding.model.max_output_tokens
+    )
     try:
         built = await adapter.build(
             codec.request, upstream_model=route.upstream_model, stream=forwarding.stream

@@ -255,13 +255,16 @@ class Call:
     def choices(self) -> int:
         return 1
 
-    def output_tokens(self, model_max: int | None) -> int:
-        """The most output the request can be billed for: its own cap on every choice,
-        else the model's, else ``RELAY_RESERVE_OUTPUT_TOKENS``."""
+    def output_limit(self, model_max: int | None) -> int:
+        """The most output one choice is held for: its own cap, else the model's, else
+        ``RELAY_RESERVE_OUTPUT_TOKENS``. A provider that needs a cap is sent this one
+        where the client gave none (``canonical.Request.held_output_tokens``)."""
         limit = self.output_cap()
-        if limit is None:
-            limit = model_max or settings.RELAY_RESERVE_OUTPUT_TOKENS
-        return limit * self.choices()
+        return limit if limit is not None else model_max or settings.RELAY_RESERVE_OUTPUT_TOKENS
+
+    def output_tokens(self, model_max: int | None) -> int:
+        """The most output the request can be billed for: ``output_limit`` on every choice."""
+        return self.output_limit(model_max) * self.choices()
 
     def limit_tokens(self) -> int:
         """What the request counts against tokens-per-minute limits until it settles."""

@@ -252,12 +252,13 @@ class MessagesCall(Call):
             return PassLeg(self, record, public)
         request = translate(messages.request_to_canonical, self.payload)
         message_id = "msg_" + record.request_id.removeprefix("req_")[:24]
+        thinking = messages.shows_thinking(self.payload)
         return TranslatedLeg(
             record,
             public,
             request,
-            messages.response_from_canonical,
-            lambda: messages_stream.Encoder(public, message_id),
+            lambda answer: messages.response_from_canonical(answer, thinking=thinking),
+            lambda: messages_stream.Encoder(public, message_id, thinking=thinking),
             MessagesDialect.stream_error,
         )
 

@@ -117,6 +117,11 @@ class Request:
     tool_choice: str | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = None
+    # The output tokens per answer that the request's hold was computed with (the client's
+    # cap, else the model's catalogue maximum, else RELAY_RESERVE_OUTPUT_TOKENS): what a
+    # provider that needs a cap (Anthropic's max_tokens) is sent when the client set none.
+    # The relay's core sets it: no format's translator knows the model's maximum.
+    held_output_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)

@@ -35,6 +35,9 @@ STOPS_OUT: dict[str, str] = {
 }
 EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 MIN_THINKING_BUDGET = 1024
+# ``max_tokens`` for a request that no hold sized (neither the client's cap nor the
+# relay's held figure): RELAY_RESERVE_OUTPUT_TOKENS' default.
+DEFAULT_MAX_TOKENS = 4096
 
 
 def _effort(budget: int) -> str:
@@ -126,6 +129,18 @@ def request_to_canonical(body: dict[str, Any]) -> c.Request:
     return request
 
 
+def shows_thinking(body: dict[str, Any]) -> bool:
+    """Whether a Messages request asks to see the model's thinking (``enabled`` or
+    ``adaptive``, its ``display`` not ``omitted``): Anthropic answers with thinking blocks
+    only then, so a translated answer carries the upstream's reasoning only then."""
+    thinking = body.get("thinking")
+    return (
+        isinstance(thinking, dict)
+        and thinking.get("type") in ("enabled", "adaptive")
+        and thinking.get("display") != "omitted"
+    )
+
+
 def _image_out(image: c.Image) -> dict[str, Any]:
     if image.url.startswith("data:") and ";base64," in image.url:
         media, _, data = image.url[len("data:") :].partition(";base64,")
@@ -183,7 +198,7 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
-        "max_tokens": request.max_output_tokens or 4096,
+        "max_tokens": max_tokens_for(request),
     }
     if request.system:
         body["system"] = [_text_out(t) for t in request.system]
@@ -225,10 +240,17 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     return body
 
 
+def max_tokens_for(request: c.Request) -> int:
+    """Anthropic's required cap: the client's own, else what the request's hold covers
+    (``held_output_tokens``), so that the answer is neither cut short of what OpenAI's
+    APIs would give nor longer than the relay held money for."""
+    return request.max_output_tokens or request.held_output_tokens or DEFAULT_MAX_TOKENS
+
+
 def thinking_budget(request: c.Request, max_tokens: int) -> int | None:
     """The thinking budget to ask an Anthropic model for: the client's own, else its
-    effort's, kept below ``max_tokens`` (the client's cap, which the request's hold
-    covers, is not raised for it). None where Anthropic would refuse any: less room than
+    effort's, kept below ``max_tokens`` (``max_tokens_for``: what the request's hold
+    covers, not raised for it). None where Anthropic would refuse any: less room than
     its minimum, or a tool the client forces (thinking allows only auto or none)."""
     budget = request.thinking_budget or EFFORT_BUDGETS.get(request.reasoning_effort or "")
     if budget is None or request.tool_choice not in (None, "auto", "none"):
@@ -305,7 +327,7 @@ def merge_usage(into: c.Usage, usage: Any) -> bool:
 def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
     written = usage.cache_write_tokens
     hour = min(usage.cache_write_1h_tokens, written)
-    return {
+    out: dict[str, Any] = {
         "input_tokens": max(usage.input_tokens - usage.cached_tokens - written, 0),
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": usage.cached_tokens,
@@ -316,6 +338,9 @@ def usage_from_canonical(usage: c.Usage) -> dict[str, Any]:
         "output_tokens": usage.output_tokens,
         "service_tier": "priority" if usage.service_tier == "priority" else "standard",
     }
+    if usage.reasoning_tokens:  # the part of output_tokens spent reasoning
+        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return out
 
 
 def response_to_canonical(body: dict[str, Any]) -> c.Response:
@@ -331,10 +356,25 @@ def response_to_canonical(body: dict[str, Any]) -> c.Response:
     )
 
 
-def response_from_canonical(response: c.Response) -> dict[str, Any]:
+def thinking_block(reasoning: c.Reasoning) -> dict[str, Any]:
+    """Reasoning as an answer's ``thinking`` block. Only Claude signs its thinking; the
+    reasoning of any other model gets an empty signature (the SDKs type the field as a
+    string), which the relay leaves out when the client sends the block back."""
+    return {"type": "thinking", "thinking": reasoning.text, "signature": reasoning.signature or ""}
+
+
+def response_from_canonical(response: c.Response, *, thinking: bool = False) -> dict[str, Any]:
+    """The Messages answer; its reasoning as ``thinking`` blocks only with ``thinking``
+    (the client asked for it, as Anthropic answers with thinking only then)."""
     # A Messages answer has no block for a generated picture, and a Messages request has
     # no way to ask for one: pictures a provider volunteers are not delivered (nor billed).
-    content = _blocks_out([p for p in response.parts if isinstance(p, (c.Text, c.ToolCall))])
+    content: list[dict[str, Any]] = []
+    for part in response.parts:
+        if isinstance(part, c.Reasoning):
+            if thinking and (part.text or part.signature):
+                content.append(thinking_block(part))
+        elif isinstance(part, (c.Text, c.ToolCall)):
+            content += _blocks_out([part])
     return {
         "id": response.id if response.id.startswith("msg_") else "msg_" + uuid.uuid4().hex[:24],
         "type": "message",

@@ -1,8 +1,11 @@
 """Anthropic Messages streams to and from canonical stream events.
 
-The encoder writes ``message_start``, one ``content_block_start`` / ``_delta`` /
-``_stop`` run per text or tool-use block, then, once the source stream has ended,
-``message_delta`` with the stop reason and the whole usage, and ``message_stop``.
+The encoder writes ``message_start`` and a ``ping``, as Anthropic does, then one
+``content_block_start`` / ``_delta`` / ``_stop`` run per thinking, text or tool-use block,
+then, once the source stream has ended, ``message_delta`` with the stop reason and the
+usage, and ``message_stop``. The prompt's counts are known only at the end (a chat
+stream's usage comes last), so ``message_start`` says 0 and ``message_delta`` carries
+them, cumulative, as Anthropic's own does: its SDKs take them into the final message.
 Generated pictures have no block in this format: they are not written.
 """
 
@@ -21,13 +24,39 @@ def frame(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
+# What Anthropic's ``message_delta`` counts (``MessageDeltaUsage``): the prompt's totals
+# again, and the output's, but not the breakdown of cache writes nor the service tier.
+DELTA_COUNTS = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+    "output_tokens_details",
+)
+
+
+def delta_usage(usage: c.Usage | None) -> dict[str, Any]:
+    """``message_delta``'s usage: every count the source gave; only the output's, none
+    counted, when it gave no usage (the relay then counts the answer itself)."""
+    if usage is None:
+        return {"output_tokens": 0}
+    whole = m.usage_from_canonical(usage)
+    return {name: whole[name] for name in DELTA_COUNTS if name in whole}
+
+
 class Encoder:
-    def __init__(self, model: str, message_id: str) -> None:
+    """Canonical events as an Anthropic Messages stream. Reasoning becomes ``thinking``
+    blocks only with ``thinking`` (the client asked for it: Anthropic sends none
+    otherwise). Canonical stream events carry no signature, so no ``signature_delta`` is
+    sent: the block keeps the empty one it starts with (``messages.thinking_block``)."""
+
+    def __init__(self, model: str, message_id: str, *, thinking: bool = False) -> None:
         self.model = model
         self.id = message_id
+        self.thinking = thinking
         self.started = False
         self.block = -1
-        self.open: str | None = None  # "text" or "tool_use"
+        self.open: str | None = None  # "thinking", "text" or "tool_use"
         self.calls: dict[int, int] = {}  # canonical call index -> block index
         self.stop: c.Stop = "end"
         self.usage: c.Usage | None = None
@@ -44,9 +73,15 @@ class Encoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": m.usage_from_canonical(c.Usage()),
+            # Not known yet: ``message_delta`` carries the counts.
+            "usage": {
+                "input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 0,
+            },
         }
-        return [frame({"type": "message_start", "message": message})]
+        return [frame({"type": "message_start", "message": message}), frame({"type": "ping"})]
 
     def _close(self) -> list[bytes]:
         if self.open is None:
@@ -63,20 +98,21 @@ class Encoder:
         )
         return frames
 
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return frame({"type": "content_block_delta", "index": self.block, "delta": delta})
+
     def feed(self, event: c.Event) -> list[bytes]:
         frames = self._start()
         if isinstance(event, c.TextDelta):
             if self.open != "text":
                 frames += self._open("text", {"type": "text", "text": ""})
-            frames.append(
-                frame(
-                    {
-                        "type": "content_block_delta",
-                        "index": self.block,
-                        "delta": {"type": "text_delta", "text": event.text},
-                    }
-                )
-            )
+            frames.append(self._delta({"type": "text_delta", "text": event.text}))
+        elif isinstance(event, c.ReasoningDelta):
+            if self.thinking and event.text:
+                if self.open != "thinking":
+                    block = m.thinking_block(c.Reasoning(""))
+                    frames += self._open("thinking", block)
+                frames.append(self._delta({"type": "thinking_delta", "thinking": event.text}))
         elif isinstance(event, c.ToolCallStart):
             frames += self._open(
                 "tool_use", {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
@@ -85,13 +121,7 @@ class Encoder:
         elif isinstance(event, c.ToolCallDelta):
             if self.calls.get(event.index) == self.block and self.open == "tool_use":
                 frames.append(
-                    frame(
-                        {
-                            "type": "content_block_delta",
-                            "index": self.block,
-                            "delta": {"type": "input_json_delta", "partial_json": event.arguments},
-                        }
-                    )
+                    self._delta({"type": "input_json_delta", "partial_json": event.arguments})
                 )
         elif isinstance(event, c.StreamFinish):
             self.stop = event.stop
@@ -101,13 +131,12 @@ class Encoder:
 
     def close(self) -> list[bytes]:
         frames = self._start() + self._close()
-        usage = m.usage_from_canonical(self.usage or c.Usage())
         frames.append(
             frame(
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": m.STOPS_OUT[self.stop], "stop_sequence": None},
-                    "usage": usage,
+                    "usage": delta_usage(self.usage),
                 }
             )
         )

@@ -84,6 +84,41 @@ def test_messages_streamed(client: anthropic.Anthropic, mode: str) -> None:
     [event] = usage_events(1)
     assert event.surface == "messages" and event.stream and event.completed
     assert event.completion_tokens == 5 and not event.estimated
+    assert final.usage.input_tokens == event.prompt_tokens > 0
+
+
+def test_a_streams_prompt_and_cache_counts_reach_the_sdks_final_message(
+    gateway: Gateway, mode: str
+) -> None:
+    """Translated, the prompt's counts are known only at the stream's end: they come in
+    ``message_delta`` (cumulative, as Anthropic's current API repeats them), where the SDK
+    takes them into its final message; ``ping`` follows ``message_start`` as Anthropic's."""
+    gateway.channel.base_url = gateway.channel.base_url.replace("/sim/key=", "/sim/cached=2,key=")
+    gateway.channel.save()
+    gateway.caught_up()
+    body = {
+        "model": PUBLIC_MODEL,
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Hello there, how are you today?"}],
+    }
+    headers = {"x-api-key": gateway.secret, "anthropic-version": "2023-06-01"}
+    with httpx.stream(
+        "POST", gateway.url + "/v1/messages", headers=headers, json=body, timeout=30
+    ) as response:
+        names = [line[7:] for line in response.iter_lines() if line.startswith("event: ")]
+    assert names[:2] == ["message_start", "ping"] and names[-1] == "message_stop"
+    with (
+        anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=0) as sdk,
+        sdk.messages.stream(model=PUBLIC_MODEL, max_tokens=5, messages=body["messages"]) as stream,
+    ):
+        final = stream.get_final_message()
+    first, second = usage_events(2)
+    assert first.prompt_tokens == second.prompt_tokens and second.cached_tokens == 2
+    usage = final.usage
+    assert usage.cache_read_input_tokens == 2 and not usage.cache_creation_input_tokens
+    assert usage.input_tokens == second.prompt_tokens - 2
+    assert usage.output_tokens == second.completion_tokens == 5
 
 
 def test_tool_use_round_trip(client: anthropic.Anthropic, mode: str) -> None:

@@ -300,17 +300,19 @@ def test_chat_stream_to_messages_stream_and_back(tool: bool) -> None:
     raw = run(chat.Decoder(), messages_stream.Encoder("m", "msg_1"), chat_stream(tool))
     events = anthropic_events(raw)
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    assert kinds[:2] == ["message_start", "ping"]
+    assert kinds[-2:] == ["message_delta", "message_stop"]
     assert kinds.count("content_block_start") == (2 if tool else 1)
     delta = events[-2]
     assert delta["delta"]["stop_reason"] == ("tool_use" if tool else "end_turn")
+    # As Anthropic's message_delta: the prompt's totals (cumulative) beside the output's,
+    # without the breakdown of cache writes or the tier (MessageDeltaUsage).
     assert delta["usage"] == {
         "input_tokens": 15,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 5,
-        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
         "output_tokens": 9,
-        "service_tier": "standard",
+        "output_tokens_details": {"thinking_tokens": 4},
     }
     decoder = messages_stream.Decoder()
     canonical = [ev for e in events for ev in decoder.feed(e)]

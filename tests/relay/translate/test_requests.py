@@ -3,6 +3,7 @@ the canonical form, feature by feature and in both directions."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 import pytest
 
 from relay.providers import bedrock, google
+from relay.providers.anthropic import AnthropicAdapter, AnthropicConfig
 from relay.translate import canonical as c
 from relay.translate import chat, messages, responses
 
@@ -149,6 +151,32 @@ def test_thinking_sent_to_anthropic_is_one_it_takes() -> None:
     }
     again = messages.request_from_canonical(messages.request_to_canonical(own))
     assert (again["max_tokens"], again["thinking"]["budget_tokens"]) == (5000, 4096)
+
+
+def test_anthropics_max_tokens_is_the_figure_the_hold_covers() -> None:
+    """An OpenAI client that sets no cap is not cut at 4,096 tokens: Anthropic is asked for
+    what the request's hold was computed with (``held_output_tokens``: the model's
+    catalogue maximum, say), and the client's own cap still wins."""
+    uncapped = chat.request_to_canonical({"model": "m", "messages": [{"role": "user"}]})
+    uncapped.held_output_tokens = 64_000
+    assert messages.request_from_canonical(uncapped)["max_tokens"] == 64_000
+    capped = responses.request_to_canonical({"model": "m", "input": "hi", "max_output_tokens": 50})
+    capped.held_output_tokens = 50
+    assert messages.request_from_canonical(capped)["max_tokens"] == 50
+    # A thinking budget now has the held room, not 4,096's.
+    uncapped.reasoning_effort = "high"
+    assert messages.request_from_canonical(uncapped)["thinking"]["budget_tokens"] == 24_576
+    # Nothing sized a hold (a request built outside one): the old default.
+    assert _to_anthropic()["max_tokens"] == messages.DEFAULT_MAX_TOKENS == 4096
+
+
+def test_the_anthropic_adapter_sends_the_held_figure() -> None:
+    adapter = AnthropicAdapter(AnthropicConfig(api_key="sk-ant-test"))
+    request = chat.request_to_canonical({"model": "m", "messages": [{"role": "user"}]})
+    request.held_output_tokens = 32_000
+    built = asyncio.run(adapter.build(request, upstream_model="claude-x", stream=True))
+    body = orjson.loads(built.content)
+    assert (body["max_tokens"], body["stream"]) == (32_000, True)
 
 
 def test_chat_to_responses_and_back() -> None:
