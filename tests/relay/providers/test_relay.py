@@ -132,6 +132,53 @@ def test_messages_clients_get_a_bedrock_answer(
     client.close()
 
 
+def test_messages_clients_see_thinking_from_another_provider_only_when_they_ask(
+    gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    """Claude's reasoning through Bedrock reaches a Messages client as ``thinking`` blocks
+    (signed, whole; streamed, as thinking deltas) when it asked for thinking, and not
+    otherwise, as Anthropic's own API answers."""
+    configure(gateway.channel, "bedrock", native_sim, sa_info, "tokens=2,reasoning=5")
+    turn = [{"role": "user", "content": "Hi there"}]
+    asked: Any = {"type": "enabled", "budget_tokens": 1024}
+    with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.secret, max_retries=0) as ant:
+        shown = ant.messages.create(
+            model=PUBLIC_MODEL, max_tokens=2000, messages=turn, thinking=asked
+        )
+        assert [(b.type, getattr(b, "thinking", None)) for b in shown.content] == [
+            ("thinking", "sim thought"),
+            ("text", None),
+        ]
+        assert shown.content[0].signature == "sig"
+        with ant.messages.stream(
+            model=PUBLIC_MODEL, max_tokens=2000, messages=turn, thinking=asked
+        ) as stream:
+            final = stream.get_final_message()
+        assert [b.type for b in final.content] == ["thinking", "text"]
+        assert final.content[0].thinking == "sim thought"
+        hidden = ant.messages.create(model=PUBLIC_MODEL, max_tokens=50, messages=turn)
+        assert [b.type for b in hidden.content] == ["text"]
+
+
+def test_chat_clients_without_a_cap_get_the_models_whole_output_from_anthropic(
+    gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
+) -> None:
+    """Anthropic requires ``max_tokens``: a client that set none is sent the figure its
+    request was held for, the model's output limit from the catalog, rather than a
+    smaller one that would cut a long answer short; a client's own cap is sent as is."""
+    configure(gateway.channel, "anthropic", native_sim, sa_info)
+    gateway.model.max_output_tokens = 50_000
+    gateway.model.save()
+    gateway.caught_up()
+    turn = [{"role": "user", "content": "Hi"}]
+    for extra, sent in (({}, 50_000), ({"max_tokens": 77}, 77)):
+        answer = gateway.client.post(
+            "/v1/chat/completions", json={"model": PUBLIC_MODEL, "messages": turn, **extra}
+        )
+        assert answer.status_code == 200, answer.text
+        assert native_sim.requests()[-1]["body"]["max_tokens"] == sent
+
+
 def test_messages_to_an_anthropic_channel_pass_through_unchanged(
     gateway: Gateway, native_sim: NativeSim, sa_info: dict[str, Any]
 ) -> None:
