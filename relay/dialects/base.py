@@ -20,6 +20,7 @@ import orjson
 from django.conf import settings
 
 from relay import errors, upstream
+from relay.dialects.fees import ToolLoop
 from relay.dialects.native import NativeCodec
 from relay.exchange import Exchange
 from relay.metering import Usage, UsageRecord
@@ -247,6 +248,10 @@ class Call:
         self.payload = payload
         self.stream = payload.get("stream") is True
         self._measured: tuple[int, int, int] | None = None
+        # The provider's own tool loop, where the request offers tools it runs (Messages
+        # and Responses set it; ``fees.ToolLoop``), and the output the request is held for.
+        self.loop: ToolLoop | None = None
+        self._held_output: int | None = None
 
     def output_cap(self) -> int | None:
         """The client's own cap on output tokens per choice, if it set one."""
@@ -264,7 +269,8 @@ class Call:
 
     def output_tokens(self, model_max: int | None) -> int:
         """The most output the request can be billed for: ``output_limit`` on every choice."""
-        return self.output_limit(model_max) * self.choices()
+        self._held_output = self.output_limit(model_max) * self.choices()
+        return self._held_output
 
     def limit_tokens(self) -> int:
         """What the request counts against tokens-per-minute limits until it settles."""
@@ -294,8 +300,14 @@ class Call:
     def fetched_tokens(self) -> int:
         """What the hold allows for the inputs the provider fetches itself by URL (pictures,
         documents): their tokens are not among the request's bytes, which bound the rest
-        of its prompt (``url_allowance``)."""
-        return self.measured()[2]
+        of its prompt (``url_allowance``); and, where the provider runs tools itself, what
+        its loop may add and read again (``fees.ToolLoop``), every pass re-reading the
+        request, which its bytes bound, and the output so far."""
+        fetched = self.measured()[2]
+        if self.loop is None:
+            return fetched
+        output = self._held_output if self._held_output is not None else self.output_tokens(None)
+        return fetched + self.loop.prompt_tokens(len(dump(self.payload)) + fetched, output)
 
     def measured(self) -> tuple[int, int, int]:
         """``measure``'s figures, from its one walk of the request."""

@@ -214,15 +214,6 @@ class MessagesCall(Call):
     def web_searches(self) -> int:
         return self.search_limit
 
-    def fetched_tokens(self) -> int:
-        """Inputs fetched by URL, and what the server tools' loop may read
-        (``fees.ToolLoop``): the request again at every pass, its bytes bounding it."""
-        fetched = self.measured()[2]
-        if self.loop is None:
-            return fetched
-        prompt = len(dump(self.payload)) + fetched
-        return fetched + self.loop.prompt_tokens(prompt, int(self.payload["max_tokens"]))
-
     def output_cap(self) -> int | None:
         return int(self.payload["max_tokens"])
 

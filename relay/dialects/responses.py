@@ -198,25 +198,9 @@ class ResponsesCall(Call):
         super().__init__(payload)
         self.previous: tuple[int, str] | None = None
         self.loop = fees.responses_tools(payload)
-        self._output: int | None = None
 
     def output_cap(self) -> int | None:
         return int_or_none(self.payload.get("max_output_tokens"))
-
-    def output_tokens(self, model_max: int | None) -> int:
-        """Remembered: each later pass of a tool loop reads the output so far again."""
-        self._output = super().output_tokens(model_max)
-        return self._output
-
-    def fetched_tokens(self) -> int:
-        """Inputs fetched by URL, and what the hosted tools' loop may read
-        (``fees.ToolLoop``): the request again at every pass, its bytes bounding it."""
-        fetched = self.measured()[2]
-        if self.loop is None:
-            return fetched
-        output = self._output if self._output is not None else self.output_tokens(None)
-        prompt = len(dump(self.payload)) + fetched
-        return fetched + self.loop.prompt_tokens(prompt, output)
 
     def generates_images(self) -> bool:
         """Whether the request offers the image_generation tool."""
