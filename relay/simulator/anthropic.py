@@ -230,7 +230,8 @@ class MessagePlan:
         self.tool = _tool(body)
         self.searches = self.loop.searches
         self.json = False
-        fmt = body.get("output_format")
+        config = body.get("output_config")
+        fmt = config.get("format") if isinstance(config, dict) else body.get("output_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             self.json = True
         self.id = new_id("msg_")

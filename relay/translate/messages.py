@@ -119,14 +119,25 @@ def request_to_canonical(body: dict[str, Any]) -> c.Request:
         budget = c.as_int(thinking.get("budget_tokens"))
         request.reasoning_effort = _effort(budget)
         request.thinking_budget = budget or None
-    fmt = body.get("output_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+    fmt = output_format(body)
+    if fmt is not None and fmt.get("type") == "json_schema":
         request.output_format = c.OutputFormat("json_schema", "output", fmt.get("schema"), True)
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         request.user = metadata["user_id"]
     request.stream = body.get("stream") is True
     return request
+
+
+def output_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A Messages request's structured-output format: ``output_config.format``, the API's
+    name for it, or ``output_format``, its name while it was a beta (still sent by older
+    SDKs and by Bedrock's clients)."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        fmt = body.get("output_format")
+    return fmt if isinstance(fmt, dict) else None
 
 
 def shows_thinking(body: dict[str, Any]) -> bool:
@@ -229,10 +240,8 @@ def request_from_canonical(request: c.Request) -> dict[str, Any]:
     if request.stop:
         body["stop_sequences"] = request.stop
     if request.output_format is not None and request.output_format.kind == "json_schema":
-        body["output_format"] = {
-            "type": "json_schema",
-            "schema": request.output_format.schema or {},
-        }
+        schema = request.output_format.schema or {}
+        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if request.user:
         body["metadata"] = {"user_id": request.user}
     if request.stream:

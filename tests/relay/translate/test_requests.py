@@ -104,7 +104,15 @@ def test_chat_to_messages_and_back() -> None:
     assert body["max_tokens"] == 50
     assert "thinking" not in body  # a forced tool and 50 tokens: Anthropic takes none
     assert body["stop_sequences"] == ["END"]
+    # Structured output under the API's name (``output_format`` was the beta's).
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+    assert "output_format" not in body
     back = chat.request_from_canonical(messages.request_to_canonical(body))
+    assert back["response_format"]["json_schema"]["schema"] == SCHEMA
+    beta = {**body, "output_format": body["output_config"]["format"]}
+    del beta["output_config"]
+    again = chat.request_from_canonical(messages.request_to_canonical(beta))
+    assert again["response_format"]["json_schema"]["schema"] == SCHEMA
     assert back["messages"][1]["content"][1]["image_url"]["url"] == IMAGE
     assert back["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"q":1}'
     assert back["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}
