@@ -391,6 +391,10 @@ RELAY_ALLOWED_TOOL_TYPES = frozenset(env.list("RELAY_ALLOWED_TOOL_TYPES", defaul
 # picture; a document or file), whose tokens the request's bytes do not bound.
 RELAY_URL_IMAGE_TOKENS = env.int("RELAY_URL_IMAGE_TOKENS", default=10_000)
 RELAY_URL_FILE_TOKENS = env.int("RELAY_URL_FILE_TOKENS", default=200_000)
+# Prompt tokens the hold allows for the conversation a Responses ``previous_response_id``
+# names: OpenAI reads it again as prompt, and the request's bytes do not bound it (the
+# model's context window does).
+RELAY_PREVIOUS_RESPONSE_TOKENS = env.int("RELAY_PREVIOUS_RESPONSE_TOKENS", default=200_000)
 # Searches allowed to a Messages web search tool that sets no ``max_uses`` (the relay
 # sets it, so that the request's hold covers every search the provider may bill).
 RELAY_WEB_SEARCH_MAX_USES = env.int("RELAY_WEB_SEARCH_MAX_USES", default=10)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from django.conf import settings
 
 from relay import errors, tokens
 from relay.dialects import fees, response_ids, stored_files
@@ -213,9 +214,13 @@ class ResponsesCall(Call):
         return image_limit(self.output_cap())
 
     def measure(self) -> tuple[int, int, int]:
+        """As every dialect's, with the conversation a ``previous_response_id`` names
+        allowed ``RELAY_PREVIOUS_RESPONSE_TOKENS``: OpenAI bills it again as prompt."""
         payload = self.payload
         size, images, fetched = _measure(payload.get("input"))
         instructions, _, _ = _measure(payload.get("instructions"))
+        if payload.get("previous_response_id") is not None:
+            fetched += settings.RELAY_PREVIOUS_RESPONSE_TOKENS
         return 3 + (size + instructions) // 4, images, fetched
 
     def count_material(self) -> tuple[Any, Any]:

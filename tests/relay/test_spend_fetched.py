@@ -142,3 +142,45 @@ def test_an_input_fetched_by_url_is_held_for(
     served = gateway.client.post(path, json=fetching)
     assert served.status_code == 200, served.text
     assert len(usage_events(2)) == 2
+
+
+def test_the_conversation_a_previous_response_names_is_held_for(
+    gateway: Gateway, sim: Simulator, relay_settings: Any
+) -> None:
+    """OpenAI reads the conversation behind ``previous_response_id`` again as prompt: a
+    short follow-up is held for ``RELAY_PREVIOUS_RESPONSE_TOKENS`` more than its bytes,
+    where it would otherwise be held for a fraction of a long conversation's cost."""
+    relay_settings.RELAY_PREVIOUS_RESPONSE_TOKENS = FILE_TOKENS
+    gateway.channel.native_surfaces = ["responses"]
+    gateway.channel.save()
+    price_model(gateway)
+    price = tenant_price_table(gateway.tenant.pk)[PUBLIC_MODEL].retail
+    first = gateway.client.post(
+        "/v1/responses",
+        json={"model": PUBLIC_MODEL, "input": "Remember a word.", "max_output_tokens": SIM_TOKENS},
+    )
+    assert first.status_code == 200, first.text
+    follow = {
+        "model": PUBLIC_MODEL,
+        "input": "Which word?",
+        "max_output_tokens": SIM_TOKENS,
+        "previous_response_id": first.json()["id"],
+    }
+    size = len(orjson.dumps(follow))
+
+    def worst(extra: int) -> int:
+        return worst_case_cost_micros(
+            price, prompt_bytes=size + extra, max_output_tokens=SIM_TOKENS
+        )
+
+    assert worst(FILE_TOKENS) > 2 * worst(0)
+    prepaid(gateway, worst(FILE_TOKENS) - 1)
+    gateway.caught_up()  # the key was served without a balance: its limits change
+    sim.client.delete("/_sim/requests")
+    refused = gateway.client.post("/v1/responses", json=follow)
+    assert refused.status_code == 429, refused.text
+    assert sim.requests() == []
+    relay_settings.RELAY_PREVIOUS_RESPONSE_TOKENS = 1
+    served = gateway.client.post("/v1/responses", json=follow)
+    assert served.status_code == 200, served.text
+    assert served.json()["previous_response_id"] == first.json()["id"]
