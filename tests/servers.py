@@ -150,15 +150,21 @@ class RelayProcess:
             stderr=self.log,
         )
         deadline = time.monotonic() + 60  # a loaded CI machine starts Django slowly
+        # The port was free when picked, but another process (another xdist worker's
+        # server) may take it before this one binds: only once this process says it
+        # listens there is an answer on the port its own.
+        bound = f"Uvicorn running on {self.url} "
         while True:
             try:
-                httpx.get(self.url + "/healthz", timeout=1)
-                return
+                if bound in self.logged():
+                    httpx.get(self.url + "/healthz", timeout=1)
+                    return
             except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.process.kill()
-                    raise RuntimeError(self.logged()) from None
-                time.sleep(0.1)
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(self.logged())
+            time.sleep(0.1)
 
     def logged(self) -> str:
         self.log.seek(0)
