@@ -36,6 +36,7 @@ class SimExchange:
     """One request/response in progress, aware of the client going away."""
 
     __slots__ = (
+        "_body",
         "_receive",
         "_send",
         "_waiter",
@@ -49,6 +50,7 @@ class SimExchange:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
+        self._body: bytes | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self.disconnected = False
@@ -59,6 +61,10 @@ class SimExchange:
         self.anthropic = False
 
     async def read_body(self) -> bytes:
+        """The request's body; read once, so a handler that looked at it first (Azure's
+        version check) leaves it for the one that answers."""
+        if self._body is not None:
+            return self._body
         chunks = []
         while True:
             message = await self._receive()
@@ -68,7 +74,8 @@ class SimExchange:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        return b"".join(chunks)
+        self._body = b"".join(chunks)
+        return self._body
 
     def watch(self) -> None:
         """Start noticing a disconnect; only long answers pay for the watcher task."""

@@ -6,7 +6,7 @@ A version older than 2024-09-01-preview refuses the request fields it predates
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -37,19 +37,6 @@ def unrecognized(version: str, raw: bytes) -> str | None:
     if not isinstance(body, dict):
         return None
     return next((f for f, since in NEWER_FIELDS.items() if f in body and version < since), None)
-
-
-def replaying(exchange: SimExchange, raw: bytes) -> None:
-    """Let the chat simulator read the body this handler already read, once."""
-    receive = exchange._receive
-    pending: list[MutableMapping[str, Any]] = [
-        {"type": "http.request", "body": raw, "more_body": False}
-    ]
-
-    async def replay() -> MutableMapping[str, Any]:
-        return pending.pop() if pending else await receive()
-
-    exchange._receive = replay
 
 
 async def handle(
@@ -89,7 +76,6 @@ async def handle(
             }
             await exchange.respond_json(400, {"error": refused})
             return
-        replaying(exchange, raw)
     name = unquote(deployment)
     known = trust.azure_known()
     if known and name not in known:
